@@ -1,0 +1,57 @@
+"""What every upstream dialect module provides.
+
+A dialect module exports three things (see ``Dialect``): a request builder that
+turns a validated Responses request into one upstream HTTP request, a stream
+translator (bytes in, neutral deltas out, with its own framing decoder), and an
+error parser that turns a non-2xx upstream answer into a ``GatewayError``.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from streamgw.core.deltas import Delta
+from streamgw.errors import GatewayError
+
+if TYPE_CHECKING:
+    from streamgw.config import ProviderConfig
+    from streamgw.core.request import ResponsesRequest
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One HTTP request to send upstream."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+
+
+class StreamTranslator(Protocol):
+    """Upstream body bytes in, neutral deltas out.
+
+    ``feed`` may be called with any split of the body; ``finish`` is called once
+    at EOF and reports a stream cut before its proper end as an ``UpstreamFailure``.
+    """
+
+    def feed(self, chunk: bytes) -> list[Delta]: ...
+
+    def finish(self) -> list[Delta]: ...
+
+
+class Dialect(Protocol):
+    """A wire dialect: request builder, translator factory and error parser."""
+
+    name: str
+
+    def build_request(
+        self, request: ResponsesRequest, provider: ProviderConfig, model: str
+    ) -> UpstreamRequest: ...
+
+    def new_translator(self, request: ResponsesRequest) -> StreamTranslator: ...
+
+    def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError: ...
