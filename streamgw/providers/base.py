@@ -9,7 +9,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -52,6 +52,12 @@ class Dialect(Protocol):
         self, request: ResponsesRequest, provider: ProviderConfig, model: str
     ) -> UpstreamRequest: ...
 
-    def new_translator(self, request: ResponsesRequest) -> StreamTranslator: ...
+    def new_translator(self, request: ResponsesRequest, secrets: Sequence[str] = ()) -> StreamTranslator:
+        """A translator for one response body; ``secrets`` are redacted from upstream messages."""
+        ...
 
-    def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError: ...
+    def parse_error(
+        self, status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
+    ) -> GatewayError:
+        """The error for a non-2xx answer, upstream message kept but ``secrets`` redacted."""
+        ...

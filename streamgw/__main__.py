@@ -1,0 +1,5 @@
+"""``python -m streamgw serve ...``."""
+
+from streamgw.cli import main
+
+main()

@@ -1,0 +1,38 @@
+"""Prometheus metrics: updated once per request or per failure, never per event."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+class Metrics:
+    """The gateway's metrics in their own registry (one per app instance)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "streamgw_requests", "Responses requests by provider and HTTP status",
+            ["provider", "status"], registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "streamgw_streams_in_flight", "Streamed responses currently open", registry=self.registry
+        )
+        self.ttft = Histogram(
+            "streamgw_time_to_first_token_seconds", "Request start to the first upstream delta",
+            ["provider"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.duration = Histogram(
+            "streamgw_response_duration_seconds", "Request start to the terminal event",
+            ["provider"], buckets=_DURATION_BUCKETS, registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "streamgw_upstream_errors", "Upstream failures by provider and kind",
+            ["provider", "kind"], registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

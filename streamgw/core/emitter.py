@@ -1,0 +1,444 @@
+"""Neutral deltas in, the exact Responses event sequence out (protocols.md §4).
+
+The emitter owns every piece of Responses bookkeeping: ids, ``output_index``,
+``content_index``, ``sequence_number``, item lifecycles and the final response
+object.  Providers only produce deltas.  A non-streamed request runs the same
+machine and returns ``response`` at the end.
+
+Events are plain JSON-ready dicts; ``streamgw.core.sse.encode_event`` turns one
+into bytes, the WebSocket pump sends its JSON.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, assert_never
+
+from streamgw.core.deltas import (
+    Delta,
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    ReasoningSignature,
+    RefusalDelta,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+    UpstreamFailure,
+    Usage,
+)
+
+Event = dict[str, Any]
+
+
+def random_id(prefix: str) -> str:
+    """``prefix`` + 48 hex characters, the shape OpenAI uses."""
+    return prefix + secrets.token_hex(24)
+
+
+@dataclass(slots=True)
+class _Message:
+    item: dict[str, Any]
+    index: int
+    part_kind: str | None = None  # "output_text" | "refusal" while a part is open
+    parts: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Reasoning:
+    item: dict[str, Any]
+    index: int
+    parts: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Call:
+    key: int | str
+    call_id: str
+    name: str
+    fragments: list[str] = field(default_factory=list)
+    item: dict[str, Any] | None = None  # set once the call is emitted
+    index: int = -1
+    ended: bool = False
+
+
+_OpenItem = _Message | _Reasoning | _Call
+
+
+class ResponseEmitter:
+    """Turns deltas into Responses events for one response.
+
+    Call ``start()`` once, ``feed()`` for every batch of deltas, then ``finish()``
+    at the upstream's end (or ``fail()`` for a gateway-side failure).  Each
+    returns the events to send, in order.  After a terminal event every further
+    call returns ``[]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        provider: str,
+        echo: dict[str, Any],
+        response_id: str | None = None,
+        created_at: int | None = None,
+        new_id: Callable[[str], str] = random_id,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._new_id = new_id
+        self._clock = clock
+        self.response: dict[str, Any] = {
+            "id": response_id or new_id("resp_"),
+            "object": "response",
+            "created_at": int(clock()) if created_at is None else created_at,
+            "status": "in_progress",
+            "background": False,
+            "completed_at": None,
+            "error": None,
+            "incomplete_details": None,
+            **echo,
+            "model": model,
+            "output": [],
+            "usage": None,
+            "provider": provider,
+        }
+        self._seq = 0
+        self._out: list[Event] = []
+        self._open: _OpenItem | None = None
+        self._calls: dict[int | str, _Call] = {}
+        self._waiting: list[_Call] = []  # calls started while another call was open
+        self._usage: Usage | None = None
+        self._finish: FinishReason | None = None
+        self.done = False
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            TextDelta: self._on_text,
+            RefusalDelta: self._on_refusal,
+            ReasoningDelta: self._on_reasoning,
+            ReasoningSignature: self._on_signature,
+            ToolCallStart: self._on_call_start,
+            ToolCallArgs: self._on_call_args,
+            ToolCallEnd: self._on_call_end,
+            Usage: self._on_usage,
+            Finish: self._on_finish,
+            UpstreamFailure: self._on_failure,
+        }
+
+    # -- public verbs -------------------------------------------------------------------------
+
+    @property
+    def output_started(self) -> bool:
+        """True once any output item was emitted."""
+        return bool(self.response["output"])
+
+    @property
+    def sequence_number(self) -> int:
+        """The sequence number the next event will get."""
+        return self._seq
+
+    def start(self) -> list[Event]:
+        """``response.created`` and ``response.in_progress``."""
+        self._emit({"type": "response.created", "response": self._snapshot()})
+        self._emit({"type": "response.in_progress", "response": self._snapshot()})
+        return self._take()
+
+    def feed(self, deltas: Iterable[Delta]) -> list[Event]:
+        """Translate a batch of deltas into events."""
+        handlers = self._handlers
+        for delta in deltas:
+            if self.done:
+                break
+            handlers[type(delta)](delta)
+        return self._take()
+
+    def finish(self) -> list[Event]:
+        """The upstream ended: close open items and emit the terminal event."""
+        if not self.done:
+            match self._finish:
+                case None:
+                    self._fail("server_error", "upstream stream ended without a finish reason")
+                case FinishReason.COMPLETED:
+                    self._close_all("completed")
+                    self._terminal("completed")
+                case FinishReason.MAX_OUTPUT_TOKENS | FinishReason.CONTENT_FILTER:
+                    self._close_all("incomplete")
+                    self._terminal("incomplete", incomplete=self._finish.value)
+                case _ as unreachable:
+                    assert_never(unreachable)
+        return self._take()
+
+    def fail(self, code: str, message: str) -> list[Event]:
+        """End the stream with ``response.failed`` (gateway-side failure: timeout, upstream reset, ...)."""
+        if not self.done:
+            self._fail(code, message)
+        return self._take()
+
+    # -- delta handlers -----------------------------------------------------------------------
+
+    def _on_text(self, delta: TextDelta) -> None:
+        if delta.text:
+            msg = self._message_part("output_text")
+            msg.parts.append(delta.text)
+            self._emit(
+                {
+                    "type": "response.output_text.delta",
+                    "item_id": msg.item["id"],
+                    "output_index": msg.index,
+                    "content_index": len(msg.item["content"]),
+                    "delta": delta.text,
+                    "logprobs": [],
+                }
+            )
+
+    def _on_refusal(self, delta: RefusalDelta) -> None:
+        if delta.text:
+            msg = self._message_part("refusal")
+            msg.parts.append(delta.text)
+            self._emit(
+                {
+                    "type": "response.refusal.delta",
+                    "item_id": msg.item["id"],
+                    "output_index": msg.index,
+                    "content_index": len(msg.item["content"]),
+                    "delta": delta.text,
+                }
+            )
+
+    def _on_reasoning(self, delta: ReasoningDelta) -> None:
+        if not delta.text:
+            return
+        rs = self._open
+        if not isinstance(rs, _Reasoning):
+            rs = self._open_reasoning()
+        rs.parts.append(delta.text)
+        self._emit(
+            {
+                "type": "response.reasoning_summary_text.delta",
+                "item_id": rs.item["id"],
+                "output_index": rs.index,
+                "summary_index": 0,
+                "delta": delta.text,
+            }
+        )
+
+    def _on_signature(self, delta: ReasoningSignature) -> None:
+        if isinstance(self._open, _Reasoning):
+            self._open.item["encrypted_content"] = delta.encrypted_content
+            return
+        for item in reversed(self.response["output"]):
+            if item["type"] == "reasoning":
+                item["encrypted_content"] = delta.encrypted_content
+                return
+        # A signature with no visible reasoning (e.g. redacted thinking): an empty reasoning item.
+        rs = self._open_reasoning(summary_part=False)
+        rs.item["encrypted_content"] = delta.encrypted_content
+        self._close_open("completed")
+
+    def _on_call_start(self, delta: ToolCallStart) -> None:
+        if delta.key in self._calls:
+            return  # a repeated start for the same call: keep the first
+        call = _Call(delta.key, delta.call_id, delta.name)
+        self._calls[delta.key] = call
+        if isinstance(self._open, _Call):
+            self._waiting.append(call)  # items never interleave: replay it after the open call closes
+        else:
+            self._emit_call(call)
+
+    def _on_call_args(self, delta: ToolCallArgs) -> None:
+        call = self._calls.get(delta.key)
+        if call is None or call.ended or not delta.fragment:
+            return
+        call.fragments.append(delta.fragment)
+        if call.item is not None:
+            self._emit_args(call, delta.fragment)
+
+    def _on_call_end(self, delta: ToolCallEnd) -> None:
+        call = self._calls.get(delta.key)
+        if call is None or call.ended:
+            return
+        call.ended = True
+        if call is self._open:
+            self._close_open("completed")
+            self._drain_waiting()
+
+    def _on_usage(self, delta: Usage) -> None:
+        self._usage = delta
+
+    def _on_finish(self, delta: Finish) -> None:
+        self._finish = delta.reason
+
+    def _on_failure(self, delta: UpstreamFailure) -> None:
+        self._fail(delta.code, delta.message)
+
+    # -- items ----------------------------------------------------------------------------------
+
+    def _add_item(self, item: dict[str, Any]) -> int:
+        index = len(self.response["output"])
+        self.response["output"].append(item)
+        # The added event gets its own copy: the item's lists fill up before the batch is encoded.
+        added = {k: (list(v) if isinstance(v, list) else v) for k, v in item.items()}
+        self._emit({"type": "response.output_item.added", "output_index": index, "item": added})
+        return index
+
+    def _message_part(self, kind: str) -> _Message:
+        msg = self._open
+        if not isinstance(msg, _Message):
+            self._settle()
+            item = {"id": self._new_id("msg_"), "type": "message", "status": "in_progress",
+                    "content": [], "role": "assistant"}
+            msg = _Message(item, self._add_item(item))
+            self._open = msg
+        if msg.part_kind != kind:
+            self._close_part(msg)
+            msg.part_kind = kind
+            part: dict[str, Any] = (
+                {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
+                if kind == "output_text"
+                else {"type": "refusal", "refusal": ""}
+            )
+            self._emit({"type": "response.content_part.added", "item_id": msg.item["id"],
+                        "output_index": msg.index, "content_index": len(msg.item["content"]), "part": part})
+        return msg
+
+    def _close_part(self, msg: _Message) -> None:
+        if msg.part_kind is None:
+            return
+        text = "".join(msg.parts)
+        base = {"item_id": msg.item["id"], "output_index": msg.index, "content_index": len(msg.item["content"])}
+        part: dict[str, Any]
+        if msg.part_kind == "output_text":
+            self._emit({"type": "response.output_text.done", **base, "text": text, "logprobs": []})
+            part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+        else:
+            self._emit({"type": "response.refusal.done", **base, "refusal": text})
+            part = {"type": "refusal", "refusal": text}
+        self._emit({"type": "response.content_part.done", **base, "part": part})
+        msg.item["content"].append(part)
+        msg.part_kind = None
+        msg.parts = []
+
+    def _open_reasoning(self, *, summary_part: bool = True) -> _Reasoning:
+        self._settle()
+        item: dict[str, Any] = {"id": self._new_id("rs_"), "type": "reasoning", "summary": []}
+        rs = _Reasoning(item, self._add_item(item))
+        self._open = rs
+        if summary_part:
+            self._emit({"type": "response.reasoning_summary_part.added", "item_id": item["id"],
+                        "output_index": rs.index, "summary_index": 0,
+                        "part": {"type": "summary_text", "text": ""}})
+        return rs
+
+    def _close_reasoning(self, rs: _Reasoning) -> None:
+        if rs.parts:
+            text = "".join(rs.parts)
+            base = {"item_id": rs.item["id"], "output_index": rs.index, "summary_index": 0}
+            self._emit({"type": "response.reasoning_summary_text.done", **base, "text": text})
+            part = {"type": "summary_text", "text": text}
+            self._emit({"type": "response.reasoning_summary_part.done", **base, "part": part})
+            rs.item["summary"] = [part]
+        self._emit({"type": "response.output_item.done", "output_index": rs.index, "item": rs.item})
+
+    def _emit_call(self, call: _Call) -> None:
+        self._close_open("completed")
+        call.item = {"id": self._new_id("fc_"), "type": "function_call", "status": "in_progress",
+                     "arguments": "", "call_id": call.call_id, "name": call.name}
+        call.index = self._add_item(call.item)
+        self._open = call
+        for fragment in call.fragments:
+            self._emit_args(call, fragment)
+
+    def _emit_args(self, call: _Call, fragment: str) -> None:
+        assert call.item is not None
+        self._emit({"type": "response.function_call_arguments.delta", "item_id": call.item["id"],
+                    "output_index": call.index, "delta": fragment})
+
+    def _close_call(self, call: _Call, status: str) -> None:
+        assert call.item is not None
+        if not call.fragments:
+            call.fragments.append("{}")  # a call with no arguments still carries a JSON object
+            self._emit_args(call, "{}")
+        arguments = "".join(call.fragments)
+        self._emit({"type": "response.function_call_arguments.done", "item_id": call.item["id"],
+                    "output_index": call.index, "name": call.name, "arguments": arguments})
+        call.item["arguments"] = arguments
+        call.item["status"] = status
+        self._emit({"type": "response.output_item.done", "output_index": call.index, "item": call.item})
+        call.ended = True
+
+    def _close_open(self, status: str) -> None:
+        item = self._open
+        self._open = None
+        match item:
+            case None:
+                pass
+            case _Message():
+                self._close_part(item)
+                item.item["status"] = status
+                self._emit({"type": "response.output_item.done", "output_index": item.index,
+                            "item": item.item})
+            case _Reasoning():
+                self._close_reasoning(item)
+            case _Call():
+                self._close_call(item, status)
+            case _ as unreachable:
+                assert_never(unreachable)
+
+    def _drain_waiting(self) -> None:
+        """Emit calls that started while another call was open, in the order they started."""
+        while self._waiting and not isinstance(self._open, _Call):
+            call = self._waiting.pop(0)
+            self._emit_call(call)
+            if call.ended:
+                self._close_open("completed")
+
+    def _settle(self) -> None:
+        """Close the open item and every waiting call, before a new kind of item opens."""
+        self._close_open("completed")
+        while self._waiting:
+            self._emit_call(self._waiting.pop(0))
+            self._close_open("completed")
+
+    def _close_all(self, last_status: str) -> None:
+        """Close everything; the item still open at the very end gets ``last_status``."""
+        while self._waiting:
+            self._close_open("completed")
+            self._emit_call(self._waiting.pop(0))
+        self._close_open(last_status)
+
+    # -- terminal -------------------------------------------------------------------------------
+
+    def _fail(self, code: str, message: str) -> None:
+        self._close_all("incomplete")
+        self._terminal("failed", error={"code": code, "message": message})
+
+    def _terminal(self, status: str, *, incomplete: str | None = None,
+                  error: dict[str, str] | None = None) -> None:
+        resp = self.response
+        resp["status"] = status
+        if status == "completed":
+            resp["completed_at"] = int(self._clock())
+        resp["incomplete_details"] = {"reason": incomplete} if incomplete else None
+        resp["error"] = error
+        resp["usage"] = self._usage.as_response_usage() if self._usage is not None else None
+        self._emit({"type": f"response.{status}", "response": resp})
+        self.done = True
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _snapshot(self) -> dict[str, Any]:
+        snap = dict(self.response)
+        snap["output"] = []
+        return snap
+
+    def _emit(self, event: Event) -> None:
+        event["sequence_number"] = self._seq
+        self._seq += 1
+        self._out.append(event)
+
+    def _take(self) -> list[Event]:
+        out = self._out
+        self._out = []
+        return out

@@ -1,0 +1,626 @@
+"""Parse and validate a Responses API request body (``POST /v1/responses``).
+
+Pure: standard library only.  ``parse_request`` turns the raw body into a frozen
+``ResponsesRequest`` or raises ``InvalidRequest`` naming the offending field path
+(``input[2].content[0].type``, ``tools[1].name``, ``temperature``) in ``param``.
+``echo_fields`` gives the request fields every ``response`` snapshot echoes, with
+OpenAI's defaults filled in (protocols.md §3.1, §11).
+
+Input items are normalised so that later stages see one shape: a string ``input``
+becomes one user message, message items always carry ``"type": "message"`` and a
+list ``content``.  Built-in tools are accepted here (a native Responses upstream
+may serve them); each dialect's request builder decides whether it can.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from streamgw.errors import InvalidRequest
+
+__all__ = ["ResponsesRequest", "echo_fields", "parse_request"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesRequest:
+    """A validated ``POST /v1/responses`` body.
+
+    ``raw`` is the body as the client sent it (unknown fields included) for native
+    passthrough; ``extra`` holds only the top-level fields this class does not model.
+    ``provider`` is the gateway's routing hint and never goes upstream.
+    """
+
+    raw: dict[str, Any]
+    model: str
+    input: tuple[dict[str, Any], ...]
+    instructions: str | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] = "auto"
+    parallel_tool_calls: bool = True
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    max_tool_calls: int | None = None
+    top_logprobs: int | None = None
+    stop: tuple[str, ...] = ()
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    stream: bool = False
+    store: bool = True
+    background: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+    provider: str | None = None
+    previous_response_id: str | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    service_tier: str | None = None
+    truncation: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+Parser = Callable[[Any, str], Any]
+
+_JSON_KINDS: dict[type, str] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    type(None): "null",
+}
+
+
+def _fail(param: str | None, message: str, code: str = "invalid_value") -> NoReturn:
+    raise InvalidRequest(message, param=param, code=code)
+
+
+def _wrong_type(param: str, expected: str, value: Any) -> NoReturn:
+    got = _JSON_KINDS.get(type(value), type(value).__name__)
+    _fail(param, f"Invalid type for '{param}': expected {expected}, but got {got} instead.", "invalid_type")
+
+
+def _missing(param: str, why: str = "") -> NoReturn:
+    _fail(param, f"Missing required parameter: '{param}'.{why}", "missing_required_parameter")
+
+
+def _bad_value(param: str, value: Any, allowed: tuple[str, ...]) -> NoReturn:
+    _fail(param, f"Invalid value for '{param}': {value!r}. Supported values are: {', '.join(allowed)}.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _string(value: Any, param: str) -> str:
+    if not isinstance(value, str):
+        _wrong_type(param, "a string", value)
+    return value
+
+
+def _boolean(value: Any, param: str) -> bool:
+    if not isinstance(value, bool):
+        _wrong_type(param, "a boolean", value)
+    return value
+
+
+def _out_of_range(param: str, value: Any, where: str, code: str) -> NoReturn:
+    _fail(param, f"Invalid '{param}': {value} is {where}.", code)
+
+
+def _number_between(low: float, high: float) -> Parser:
+    def parse(value: Any, param: str) -> float:
+        if not _is_number(value):
+            _wrong_type(param, "a number", value)
+        if value < low:
+            _out_of_range(param, value, f"below the minimum {low}", "decimal_below_min_value")
+        if value > high:
+            _out_of_range(param, value, f"above the maximum {high}", "decimal_above_max_value")
+        return float(value)
+
+    return parse
+
+
+def _int_between(low: int, high: int | None = None) -> Parser:
+    def parse(value: Any, param: str) -> int:
+        if not _is_int(value):
+            _wrong_type(param, "an integer", value)
+        if value < low:
+            _out_of_range(param, value, f"below the minimum {low}", "integer_below_min_value")
+        if high is not None and value > high:
+            _out_of_range(param, value, f"above the maximum {high}", "integer_above_max_value")
+        return int(value)
+
+    return parse
+
+
+def _enum(*allowed: str) -> Parser:
+    def parse(value: Any, param: str) -> str:
+        if value not in allowed:
+            _bad_value(param, value, allowed)
+        return str(value)
+
+    return parse
+
+
+def _check_optional(obj: dict[str, Any], key: str, param: str, parse: Parser) -> None:
+    """Validate ``obj[key]`` with ``parse`` when it is present and not null."""
+    value = obj.get(key)
+    if value is not None:
+        parse(value, f"{param}.{key}")
+
+
+def _required_str(obj: dict[str, Any], key: str, param: str) -> str:
+    if obj.get(key) is None:
+        _missing(f"{param}.{key}")
+    return _string(obj[key], f"{param}.{key}")
+
+
+def _object(value: Any, param: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        _wrong_type(param, "an object", value)
+    return value
+
+
+def _array(value: Any, param: str) -> list[Any]:
+    if not isinstance(value, list):
+        _wrong_type(param, "an array", value)
+    return value
+
+
+# --- content parts -------------------------------------------------------------------------------
+
+_IMAGE_DETAILS = ("low", "high", "auto", "original")
+
+
+def _text_part(part: dict[str, Any], param: str) -> None:
+    _required_str(part, "text", param)
+
+
+def _refusal_part(part: dict[str, Any], param: str) -> None:
+    _required_str(part, "refusal", param)
+
+
+def _image_part(part: dict[str, Any], param: str) -> None:
+    if part.get("image_url") is None and part.get("file_id") is None:
+        _missing(f"{param}.image_url", " An input_image needs 'image_url' or 'file_id'.")
+    _check_optional(part, "image_url", param, _string)
+    _check_optional(part, "file_id", param, _string)
+    _check_optional(part, "detail", param, _enum(*_IMAGE_DETAILS))
+
+
+def _file_part(part: dict[str, Any], param: str) -> None:
+    sources = ("file_data", "file_id", "file_url")
+    if all(part.get(key) is None for key in sources):
+        _missing(f"{param}.file_data", " An input_file needs 'file_data', 'file_id' or 'file_url'.")
+    for key in (*sources, "filename"):
+        _check_optional(part, key, param, _string)
+
+
+_PART_CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
+    "input_text": _text_part,
+    "input_image": _image_part,
+    "input_file": _file_part,
+    "output_text": _text_part,
+    "refusal": _refusal_part,
+}
+_INPUT_PARTS = ("input_text", "input_image", "input_file")
+# Assistant history also takes input_text: many clients replay their own text that way.
+_ASSISTANT_PARTS = ("output_text", "refusal", "input_text")
+_ROLE_PARTS: dict[str, tuple[str, ...]] = {
+    "user": _INPUT_PARTS,
+    "system": _INPUT_PARTS,
+    "developer": _INPUT_PARTS,
+    "assistant": _ASSISTANT_PARTS,
+}
+_STRING_CONTENT_PART = {"user": "input_text", "system": "input_text", "developer": "input_text"}
+
+
+def _part(value: Any, param: str, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
+    part = _object(value, param)
+    if part.get("type") is None:
+        _missing(f"{param}.type")
+    kind = _string(part["type"], f"{param}.type")
+    if kind not in allowed:
+        _fail(
+            f"{param}.type",
+            f"Invalid value for '{param}.type': {kind!r} is not allowed in {where}. "
+            f"Supported values are: {', '.join(allowed)}.",
+        )
+    _PART_CHECKS[kind](part, param)
+    return part
+
+
+def _parts(value: Any, param: str, allowed: tuple[str, ...], where: str) -> list[dict[str, Any]]:
+    return [_part(p, f"{param}[{j}]", allowed, where) for j, p in enumerate(_array(value, param))]
+
+
+# --- input items ---------------------------------------------------------------------------------
+
+
+def _message_item(item: dict[str, Any], param: str) -> dict[str, Any]:
+    role = item.get("role")
+    if role is None:
+        _missing(f"{param}.role")
+    if role not in _ROLE_PARTS:
+        _bad_value(f"{param}.role", role, tuple(_ROLE_PARTS))
+    content = item.get("content")
+    if content is None:
+        _missing(f"{param}.content")
+    if isinstance(content, str):
+        parts = [{"type": _STRING_CONTENT_PART.get(role, "output_text"), "text": content}]
+    elif isinstance(content, list):
+        parts = _parts(content, f"{param}.content", _ROLE_PARTS[role], f"a '{role}' message")
+    else:
+        _wrong_type(f"{param}.content", "a string or an array of content parts", content)
+    return {**item, "type": "message", "content": parts}
+
+
+def _function_call_item(item: dict[str, Any], param: str) -> dict[str, Any]:
+    for key in ("call_id", "name", "arguments"):
+        _required_str(item, key, param)
+    return item
+
+
+def _function_call_output_item(item: dict[str, Any], param: str) -> dict[str, Any]:
+    _required_str(item, "call_id", param)
+    output = item.get("output")
+    if output is None:
+        _missing(f"{param}.output")
+    if not isinstance(output, str):
+        if not isinstance(output, list):
+            _wrong_type(f"{param}.output", "a string or an array of content parts", output)
+        _parts(output, f"{param}.output", _INPUT_PARTS, "a function_call_output")
+    return item
+
+
+def _reasoning_item(item: dict[str, Any], param: str) -> dict[str, Any]:
+    for key in ("summary", "content"):
+        entries = item.get(key)
+        if entries is None:
+            continue
+        for j, entry in enumerate(_array(entries, f"{param}.{key}")):
+            _required_str(_object(entry, f"{param}.{key}[{j}]"), "text", f"{param}.{key}[{j}]")
+    _check_optional(item, "encrypted_content", param, _string)
+    return item
+
+
+def _item_reference_item(item: dict[str, Any], param: str) -> dict[str, Any]:
+    _required_str(item, "id", param)
+    return {**item, "type": "item_reference"}
+
+
+_ITEM_PARSERS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
+    "message": _message_item,
+    "function_call": _function_call_item,
+    "function_call_output": _function_call_output_item,
+    "reasoning": _reasoning_item,
+    "item_reference": _item_reference_item,
+}
+
+# Items of the Responses API's built-in tools (protocols.md §2.2): real, but not served here yet.
+_BUILTIN_ITEMS = frozenset(
+    {
+        "file_search_call", "web_search_call", "computer_call", "computer_call_output",
+        "image_generation_call", "code_interpreter_call", "local_shell_call", "local_shell_call_output",
+        "shell_call", "shell_call_output", "apply_patch_call", "apply_patch_call_output",
+        "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "mcp_call",
+        "custom_tool_call", "custom_tool_call_output", "tool_search_call", "tool_search_call_output",
+        "compaction", "compaction_trigger", "additional_tools", "program", "program_output",
+    }
+)  # fmt: skip
+
+
+def _item_type(item: dict[str, Any], param: str) -> str:
+    kind = item.get("type")
+    if kind is None:
+        # Easy-form messages omit ``type``; so may item references (protocols.md §2.2).
+        if "role" in item:
+            return "message"
+        if "id" in item:
+            return "item_reference"
+        _missing(f"{param}.type", " An input item needs a 'type' (or a 'role' for a message).")
+    kind = _string(kind, f"{param}.type")
+    if kind in _ITEM_PARSERS:
+        return kind
+    if kind in _BUILTIN_ITEMS:
+        _fail(
+            f"{param}.type",
+            f"Input item type {kind!r} belongs to a built-in tool, which this gateway does not support yet.",
+        )
+    _bad_value(f"{param}.type", kind, tuple(_ITEM_PARSERS))
+
+
+def _input(value: Any) -> tuple[dict[str, Any], ...]:
+    if value is None:
+        _missing("input")
+    if isinstance(value, str):
+        return ({"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]},)
+    if not isinstance(value, list):
+        _wrong_type("input", "a string or an array of input items", value)
+    if not value:
+        _fail("input", "Invalid 'input': empty array. Expected at least one input item.", "empty_array")
+    items = []
+    for i, raw_item in enumerate(value):
+        param = f"input[{i}]"
+        item = _object(raw_item, param)
+        items.append(_ITEM_PARSERS[_item_type(item, param)](item, param))
+    return tuple(items)
+
+
+# --- tools, tool_choice, text, reasoning ---------------------------------------------------------
+
+_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def _name(value: Any, param: str) -> str:
+    name = _string(value, param)
+    if not _NAME.fullmatch(name):
+        _fail(param, f"Invalid '{param}': {name!r} must match ^[a-zA-Z0-9_-]{{1,64}}$.", "invalid_value")
+    return name
+
+
+def _function_tool(tool: dict[str, Any], param: str) -> None:
+    if tool.get("name") is None:
+        _missing(f"{param}.name")
+    _name(tool["name"], f"{param}.name")
+    _check_optional(tool, "parameters", param, _object)
+    _check_optional(tool, "description", param, _string)
+    _check_optional(tool, "strict", param, _boolean)
+
+
+def _tool(value: Any, param: str) -> dict[str, Any]:
+    tool = _object(value, param)
+    if tool.get("type") is None:
+        _missing(f"{param}.type")
+    kind = _string(tool["type"], f"{param}.type")
+    if kind == "function":
+        _function_tool(tool, param)
+    return tool
+
+
+def _tools(value: Any, param: str) -> tuple[dict[str, Any], ...]:
+    return tuple(_tool(t, f"{param}[{i}]") for i, t in enumerate(_array(value, param)))
+
+
+def _choice_function(choice: dict[str, Any], param: str) -> None:
+    _required_str(choice, "name", param)
+
+
+def _choice_allowed_tools(choice: dict[str, Any], param: str) -> None:
+    if choice.get("mode") is None:
+        _missing(f"{param}.mode")
+    _enum("auto", "required")(choice["mode"], f"{param}.mode")
+    if choice.get("tools") is None:
+        _missing(f"{param}.tools")
+    for i, entry in enumerate(_array(choice["tools"], f"{param}.tools")):
+        _tool(entry, f"{param}.tools[{i}]")
+
+
+_CHOICE_CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
+    "function": _choice_function,
+    "allowed_tools": _choice_allowed_tools,
+}
+_CHOICE_MODES = ("none", "auto", "required")
+
+
+def _tool_choice(value: Any, param: str) -> str | dict[str, Any]:
+    if isinstance(value, str):
+        if value not in _CHOICE_MODES:
+            _bad_value(param, value, _CHOICE_MODES)
+        return value
+    choice = _object(value, param)
+    if choice.get("type") is None:
+        _missing(f"{param}.type")
+    kind = _string(choice["type"], f"{param}.type")
+    check = _CHOICE_CHECKS.get(kind)
+    if check is not None:
+        check(choice, param)
+    return choice
+
+
+def _json_schema_format(fmt: dict[str, Any], param: str) -> None:
+    if fmt.get("name") is None:
+        _missing(f"{param}.name")
+    _name(fmt["name"], f"{param}.name")
+    if fmt.get("schema") is None:
+        _missing(f"{param}.schema")
+    _object(fmt["schema"], f"{param}.schema")
+    _check_optional(fmt, "strict", param, _boolean)
+    _check_optional(fmt, "description", param, _string)
+
+
+_FORMAT_CHECKS: dict[str, Callable[[dict[str, Any], str], None] | None] = {
+    "text": None,
+    "json_object": None,
+    "json_schema": _json_schema_format,
+}
+
+
+def _text_format(value: Any, param: str) -> None:
+    fmt = _object(value, param)
+    if fmt.get("type") is None:
+        _missing(f"{param}.type")
+    kind = _string(fmt["type"], f"{param}.type")
+    if kind not in _FORMAT_CHECKS:
+        _bad_value(f"{param}.type", kind, tuple(_FORMAT_CHECKS))
+    check = _FORMAT_CHECKS[kind]
+    if check is not None:
+        check(fmt, param)
+
+
+def _text(value: Any, param: str) -> dict[str, Any]:
+    text = _object(value, param)
+    _check_optional(text, "format", param, _text_format)
+    _check_optional(text, "verbosity", param, _enum("low", "medium", "high"))
+    return text
+
+
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+_SUMMARIES = ("auto", "concise", "detailed")
+
+
+def _reasoning(value: Any, param: str) -> dict[str, Any]:
+    reasoning = _object(value, param)
+    _check_optional(reasoning, "effort", param, _enum(*_EFFORTS))
+    _check_optional(reasoning, "summary", param, _enum(*_SUMMARIES))
+    _check_optional(reasoning, "generate_summary", param, _enum(*_SUMMARIES))
+    return reasoning
+
+
+# --- scalar fields -------------------------------------------------------------------------------
+
+
+def _metadata(value: Any, param: str) -> dict[str, str]:
+    metadata = _object(value, param)
+    if len(metadata) > 16:
+        _fail(param, f"Invalid '{param}': at most 16 key-value pairs, got {len(metadata)}.")
+    for key, item in metadata.items():
+        if len(key) > 64:
+            _fail(param, f"Invalid '{param}': key {key[:64]!r}... is longer than 64 characters.")
+        _string(item, f"{param}.{key}")
+        if len(item) > 512:
+            _fail(f"{param}.{key}", f"Invalid '{param}.{key}': value is longer than 512 characters.")
+    return dict(metadata)
+
+
+def _stop(value: Any, param: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    stops = _array(value, param)
+    if len(stops) > 4:
+        message = f"Invalid '{param}': at most 4 stop sequences, got {len(stops)}."
+        _fail(param, message, "array_above_max_length")
+    return tuple(_string(s, f"{param}[{i}]") for i, s in enumerate(stops))
+
+
+# field -> (parser, default when absent or null); ``model`` and ``input`` are handled apart.
+_FIELDS: dict[str, tuple[Parser, Any]] = {
+    "instructions": (_string, None),
+    "tools": (_tools, ()),
+    "tool_choice": (_tool_choice, "auto"),
+    "parallel_tool_calls": (_boolean, True),
+    "temperature": (_number_between(0, 2), None),
+    "top_p": (_number_between(0, 1), None),
+    "max_output_tokens": (_int_between(0), None),
+    "max_tool_calls": (_int_between(0), None),
+    "top_logprobs": (_int_between(0, 20), None),
+    "stop": (_stop, ()),
+    "text": (_text, None),
+    "reasoning": (_reasoning, None),
+    "stream": (_boolean, False),
+    "store": (_boolean, True),
+    "background": (_boolean, False),
+    "metadata": (_metadata, {}),
+    "provider": (_string, None),
+    "previous_response_id": (_string, None),
+    "user": (_string, None),
+    "safety_identifier": (_string, None),
+    "prompt_cache_key": (_string, None),
+    "service_tier": (_string, None),
+    "truncation": (_enum("auto", "disabled"), None),
+}
+_MODELLED = frozenset({"model", "input", *_FIELDS})
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # Python's json accepts NaN/Infinity; JSON does not, and they would poison every range check.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    try:
+        raw = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        _fail(None, f"The request body is not valid JSON: {exc}", "invalid_json")
+    if not isinstance(raw, dict):
+        _fail(None, "The request body must be a JSON object.", "invalid_json")
+    return raw
+
+
+def _model(value: Any) -> str:
+    if value is None:
+        _missing("model")
+    model = _string(value, "model")
+    if not model.strip():
+        _fail("model", "Invalid 'model': expected a non-empty string.", "empty_string")
+    return model
+
+
+def parse_request(body: bytes) -> ResponsesRequest:
+    """Parse a ``POST /v1/responses`` body; raise ``InvalidRequest`` (400, ``param`` set) if it is wrong."""
+    raw = _load(body)
+    model = _model(raw.get("model"))
+    items = _input(raw.get("input"))
+    values: dict[str, Any] = {}
+    for name, (parse, default) in _FIELDS.items():
+        value = raw.get(name)
+        values[name] = copy.copy(default) if value is None else parse(value, name)
+    extra = {key: value for key, value in raw.items() if key not in _MODELLED}
+    return ResponsesRequest(raw=raw, model=model, input=items, extra=extra, **values)
+
+
+# --- echo ----------------------------------------------------------------------------------------
+
+_DEFAULT_TEXT: dict[str, Any] = {"format": {"type": "text"}, "verbosity": "medium"}
+_DEFAULT_REASONING: dict[str, Any] = {"effort": None, "summary": None}
+
+
+def _present(obj: dict[str, Any] | None) -> dict[str, Any]:
+    """``obj`` without its null values (a null ``text.format`` still echoes the default)."""
+    return {key: value for key, value in (obj or {}).items() if value is not None}
+
+
+def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    if tool.get("type") != "function":
+        return dict(tool)
+    strict = tool.get("strict")
+    return {
+        **tool,
+        "description": tool.get("description"),
+        "parameters": tool.get("parameters"),
+        "strict": True if strict is None else strict,
+    }
+
+
+def echo_fields(req: ResponsesRequest) -> dict[str, Any]:
+    """The request fields echoed into every ``response`` snapshot, defaults filled (protocols.md §3.1).
+
+    The returned dict and its first-level containers are fresh; deeper values (tool
+    schemas, ``text.format``) are shared with ``req`` and must not be mutated.  No
+    deep copy: a client's deeply nested schema must not cost a recursion per snapshot.
+    """
+    return {
+        "background": req.background,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "max_tool_calls": req.max_tool_calls,
+        "metadata": dict(req.metadata),
+        "parallel_tool_calls": req.parallel_tool_calls,
+        "previous_response_id": req.previous_response_id,
+        "prompt_cache_key": req.prompt_cache_key,
+        "reasoning": {**_DEFAULT_REASONING, **_present(req.reasoning)},
+        "safety_identifier": req.safety_identifier,
+        "service_tier": req.service_tier or "auto",
+        "store": req.store,
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "text": {**_DEFAULT_TEXT, **_present(req.text)},
+        "tool_choice": req.tool_choice if isinstance(req.tool_choice, str) else dict(req.tool_choice),
+        "tools": [_echo_tool(tool) for tool in req.tools],
+        "top_logprobs": req.top_logprobs or 0,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "truncation": req.truncation or "disabled",
+        "user": req.user,
+    }

@@ -1,0 +1,251 @@
+"""Sans-IO Server-Sent Events framing: an incremental decoder and the byte encoders.
+
+The decoder follows the WHATWG ``EventSource`` parsing rules (HTML Living Standard,
+"Server-sent events", *Interpreting an event stream*), with two deliberate
+differences that suit a gateway better than a browser:
+
+* an event without an ``event:`` field has ``event == ""`` (not ``"message"``);
+* ``finish()`` reports a stream that ended inside an event by raising
+  :class:`TruncatedStream` instead of silently discarding the partial event.
+
+As in the specification, the last event id persists across events: ``SSEEvent.id``
+is the most recent ``id:`` value seen anywhere earlier in the stream (``None`` until
+one is seen).  ``SSEEvent.retry`` is the ``retry:`` value given inside that event's
+own block, if any.
+
+This module is pure: standard library only, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SSEDecoder", "SSEEvent", "TruncatedStream", "encode_comment", "encode_event"]
+
+_BOM = b"\xef\xbb\xbf"
+_LF = 0x0A
+_COLON = 0x3A
+_DATA_PREFIX = b"data: "
+# One shared encoder: ``json.dumps`` with non-default options builds a new one per call.
+_json_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class TruncatedStream(ValueError):
+    """The event stream ended inside an event (partial line or no dispatching blank line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched Server-Sent Event.
+
+    ``event`` is ``""`` when the block had no ``event:`` field; ``data`` is the
+    ``data:`` lines joined with ``"\\n"``; ``id`` is the last event id seen so far in
+    the stream; ``retry`` is the block's own ``retry:`` value in milliseconds.
+    """
+
+    event: str
+    data: str
+    id: str | None
+    retry: int | None
+
+
+# Hot-path constructor: a frozen dataclass's generated ``__init__`` goes through
+# ``object.__setattr__`` for each field; writing the slots through their member
+# descriptors builds an identical instance in about half the time.
+_new_object = object.__new__
+_set_event, _set_data, _set_id, _set_retry = (
+    SSEEvent.__dict__[name].__set__ for name in ("event", "data", "id", "retry")
+)
+
+
+def _make_event(event: str, data: str, id_: str | None, retry: int | None) -> SSEEvent:
+    """Equivalent to ``SSEEvent(event, data, id_, retry)``, only faster."""
+    obj: SSEEvent = _new_object(SSEEvent)
+    _set_event(obj, event)
+    _set_data(obj, data)
+    _set_id(obj, id_)
+    _set_retry(obj, retry)
+    return obj
+
+
+class SSEDecoder:
+    """Incremental, sans-IO Server-Sent Events parser.
+
+    Feed raw body bytes as they arrive with :meth:`feed`; each call returns the events
+    completed by that chunk.  Call :meth:`finish` at end of stream to detect truncation.
+    """
+
+    __slots__ = (
+        "_data",
+        "_done",
+        "_event",
+        "_head",
+        "_last_id",
+        "_open",
+        "_parts",
+        "_pending_cr",
+        "_retry",
+        "_started",
+    )
+
+    def __init__(self) -> None:
+        self._data: list[str] = []  # data-line values of the event being built
+        self._event = ""  # event type buffer
+        self._last_id: str | None = None  # last event id buffer (persists)
+        self._retry: int | None = None  # retry value of the event being built
+        self._parts: list[bytes] = []  # pieces of the current unterminated line (no CR inside)
+        self._head = b""  # first bytes of the stream, held back while a BOM is still possible
+        self._started = False  # True once the BOM check is over
+        self._pending_cr = False  # last chunk ended with CR: a leading LF next is the same line end
+        self._open = False  # a field line was seen since the last blank line
+        self._done = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Consume ``chunk`` and return the events it completes (possibly none)."""
+        if self._done:
+            raise RuntimeError("SSEDecoder.feed() called after finish()")
+        if not self._started:
+            chunk = self._skip_bom(chunk)
+        if not chunk:
+            return []
+        if self._pending_cr:
+            self._pending_cr = False
+            if chunk[0] == _LF:
+                chunk = chunk[1:]
+                if not chunk:
+                    return []
+        if b"\r" in chunk:
+            return self._feed_with_cr(chunk)
+        # Fast path: LF-only line ends.
+        parts = self._parts
+        if b"\n" not in chunk:
+            parts.append(chunk)
+            return []
+        if parts:
+            parts.append(chunk)
+            chunk = b"".join(parts)
+            parts.clear()
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        if tail:
+            parts.append(tail)
+        return self._process(lines)
+
+    def finish(self) -> list[SSEEvent]:
+        """Signal end of stream.
+
+        Returns ``[]`` when the stream ended cleanly (between events).  Raises
+        :class:`TruncatedStream` when it ended inside a line or after field lines
+        that were never dispatched by a blank line.  The decoder cannot be used after.
+        """
+        if self._done:
+            raise RuntimeError("SSEDecoder.finish() called twice")
+        self._done = True
+        if self._head or self._parts:
+            raise TruncatedStream("event stream ended in the middle of a line")
+        if self._open:
+            raise TruncatedStream("event stream ended before the blank line closing an event")
+        return []
+
+    def _skip_bom(self, chunk: bytes) -> bytes:
+        """Drop a UTF-8 BOM at the very start of the stream, even when split across chunks."""
+        head = self._head + chunk if self._head else chunk
+        if len(head) < len(_BOM) and _BOM.startswith(head):
+            self._head = head
+            return b""
+        self._started = True
+        self._head = b""
+        return head[len(_BOM) :] if head.startswith(_BOM) else head
+
+    def _feed_with_cr(self, chunk: bytes) -> list[SSEEvent]:
+        """Slow path for chunks containing CR: normalise CRLF and lone CR to LF."""
+        parts = self._parts
+        parts.append(chunk)
+        data = b"".join(parts)
+        parts.clear()
+        ends_with_cr = data[-1] == 0x0D
+        if ends_with_cr:
+            # The line is complete; an LF opening the next chunk belongs to this line end.
+            self._pending_cr = True
+            data = data[:-1]
+        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        if not ends_with_cr:
+            tail = lines.pop()
+            if tail:
+                parts.append(tail)
+        return self._process(lines)
+
+    def _process(self, lines: list[bytes]) -> list[SSEEvent]:
+        """Interpret complete lines (without their line ends) and return dispatched events."""
+        events: list[SSEEvent] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    events.append(self._dispatch())
+                else:
+                    self._event = ""
+                    self._retry = None
+                self._open = False
+            elif line[0] == _COLON:
+                continue
+            elif line.startswith(_DATA_PREFIX):
+                data.append(line[6:].decode("utf-8", "replace"))
+                self._open = True
+            else:
+                self._field(line)
+                self._open = True
+        return events
+
+    def _field(self, line: bytes) -> None:
+        """Apply one non-comment field line other than the common ``data: `` form."""
+        colon = line.find(b":")
+        if colon < 0:
+            name, value = line, b""
+        else:
+            name, value = line[:colon], line[colon + 1 :]
+            if value[:1] == b" ":
+                value = value[1:]
+        if name == b"data":
+            self._data.append(value.decode("utf-8", "replace"))
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id":
+            if b"\x00" not in value:
+                self._last_id = value.decode("utf-8", "replace")
+        elif name == b"retry":
+            if value.isdigit():  # bytes.isdigit(): ASCII digits only, False when empty
+                self._retry = int(value)
+
+    def _dispatch(self) -> SSEEvent:
+        """Build the event from the buffers and reset the per-event buffers."""
+        data = self._data
+        text = data[0] if len(data) == 1 else "\n".join(data)
+        event = _make_event(self._event, text, self._last_id, self._retry)
+        data.clear()
+        self._event = ""
+        self._retry = None
+        return event
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    """Frame ``event`` as ``event: <type>`` + one compact-JSON ``data:`` line + blank line.
+
+    ``event["type"]`` must be a string without CR or LF.
+    """
+    etype = event["type"]
+    if not isinstance(etype, str):
+        raise TypeError(f"event type must be a str, not {type(etype).__name__}")
+    if "\n" in etype or "\r" in etype:
+        raise ValueError("event type must not contain CR or LF")
+    payload = _json_compact(event)
+    return ("event: " + etype + "\ndata: " + payload + "\n\n").encode()
+
+
+def encode_comment(text: str) -> bytes:
+    """Frame ``text`` as an SSE comment (``: text`` + blank line), e.g. a keepalive."""
+    if "\n" in text or "\r" in text:
+        raise ValueError("SSE comment text must not contain CR or LF")
+    return b": " + text.encode() + b"\n\n"

@@ -1,0 +1,60 @@
+"""Model resolution: which provider answers, and with which upstream model id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamgw.config import Config, ProviderConfig
+from streamgw.errors import InvalidRequest, NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One provider and the model id to send it."""
+
+    provider: ProviderConfig
+    model: str
+
+
+class Router:
+    """Resolves ``"provider/model"``, the ``provider`` hint, and bare names from ``models`` lists."""
+
+    def __init__(self, config: Config) -> None:
+        self._providers = config.providers
+        self._bare: dict[str, ProviderConfig] = {}
+        for provider in config.providers.values():
+            for model in provider.models:
+                self._bare.setdefault(model, provider)
+
+    def resolve(self, model: str, hint: str | None = None) -> Target:
+        """The target for a request's ``model`` and optional ``provider`` hint."""
+        if hint is not None:
+            provider = self._providers.get(hint)
+            if provider is None:
+                raise NotFound(f"unknown provider {hint!r}", param="provider", code="provider_not_found")
+            prefix = hint + "/"
+            return Target(provider, model.removeprefix(prefix))
+        if model in self._bare:
+            return Target(self._bare[model], model)
+        name, sep, rest = model.partition("/")
+        if sep:
+            provider = self._providers.get(name)
+            if provider is not None:
+                if not rest:
+                    raise InvalidRequest("model id after the provider name is empty", param="model")
+                return Target(provider, rest)
+        raise NotFound(
+            f"model {model!r} is not routed by this gateway: use \"provider/model\" "
+            f"(providers: {', '.join(sorted(self._providers))})",
+            param="model",
+            code="model_not_found",
+        )
+
+    def listed_models(self) -> list[tuple[str, str]]:
+        """``(id, owner)`` for ``GET /v1/models``."""
+        out: list[tuple[str, str]] = []
+        for provider in self._providers.values():
+            if provider.type == "demo":
+                out.append((f"{provider.name}/demo", provider.name))
+            out += [(f"{provider.name}/{m}", provider.name) for m in provider.models]
+        return out

@@ -1,0 +1,491 @@
+"""A trio-native HTTP/1.1 transport for httpx, with an O(1) connection pool.
+
+httpx stays the client API; this replaces httpcore underneath it.  Each socket
+(`trio.SocketStream`, wrapped in a `trio.SSLStream` for https) gets one
+`h11.Connection`.  Idle connections wait in a per-origin LIFO stack; checking one
+out or in never scans other requests or connections.
+
+Two properties matter to the gateway:
+
+* the read path is cheap per chunk: every body byte that has already arrived is
+  parsed and handed over as ONE bytes object (never an empty one);
+* closing is synchronous: a cancelled or abandoned response closes its socket
+  before anything awaits, so it works inside a cancelled scope and the upstream
+  sees EOF at once.
+
+Every failure leaves this module as an ``httpx`` exception; ``trio.Cancelled``
+is never swallowed.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any, Final, cast
+
+import h11
+import httpx
+import trio
+
+__all__ = ["TrioH11Transport"]
+
+#: (scheme, host, port) -- connections are only shared within one origin.
+Origin = tuple[bytes, bytes, int]
+
+_DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
+#: h11 rejects a response head bigger than this.
+_MAX_HEAD_SIZE: Final = 64 * 1024
+#: what trio streams raise when the connection breaks or was closed under us
+_IO_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+#: failures that, on a reused connection with no response byte yet, mean "stale"
+_STALE_ERRORS: Final = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
+def _deadline(seconds: float | None) -> float:
+    return math.inf if seconds is None else trio.current_time() + seconds
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _buffered_body(request: httpx.Request) -> bytes | None:
+    """The request body if httpx already holds it in memory (then it can be replayed)."""
+    try:
+        return request.content
+    except httpx.RequestNotRead:
+        return None
+
+
+class _Connection:
+    """One socket, its h11 state machine, and the pool's bookkeeping for it."""
+
+    __slots__ = ("closed", "h11", "idle_since", "origin", "read_chunk", "response_started", "reused",
+                 "socket", "stream")
+
+    def __init__(self, origin: Origin, stream: trio.abc.Stream, socket: trio.socket.SocketType,
+                 read_chunk: int) -> None:
+        self.origin = origin
+        self.stream = stream
+        self.socket = socket
+        self.read_chunk = read_chunk
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_SIZE)
+        self.idle_since = 0.0
+        self.reused = False  # True once it served a request and came back from the pool
+        self.response_started = False  # a byte of the current response arrived
+        self.closed = False
+
+    def close(self) -> None:
+        """Close the socket now.
+
+        Deliberately synchronous: trio closes the fd (waking any task blocked on
+        it) without a checkpoint, so this also works inside a cancelled scope.
+        Neither stream needs anything else: `SSLStream` is used in
+        ``https_compatible`` mode, which sends no close_notify.
+        """
+        self.closed = True
+        self.socket.close()
+
+    def peer_closed(self) -> bool:
+        """Whether an idle connection is unusable, checked without blocking.
+
+        An idle HTTP/1.1 connection has nothing to read: if its socket is readable
+        the server closed it (EOF) or broke the protocol -- either way, drop it.
+        """
+        return self.socket.is_readable()
+
+    async def exchange(self, request: httpx.Request, write_timeout: float | None,
+                       read_timeout: float | None) -> h11.Response:
+        """Send ``request`` and read the response head, skipping 1xx responses."""
+        self.response_started = False
+        try:
+            await self._send_request(request, write_timeout)
+        except httpx.WriteError as exc:
+            write_error = exc
+        else:
+            return await self._receive_head(read_timeout)
+        # A server may answer early (413, 401...) and close without reading the
+        # whole body: its response is more useful than our write error.
+        try:
+            return await self._receive_head(read_timeout)
+        except httpx.TransportError:
+            pass
+        raise write_error
+
+    async def receive_body(self, read_timeout: float | None) -> tuple[bytes, bool]:
+        """Return (data, finished): all body bytes parseable from what already
+        arrived -- waiting for the socket only when there are none -- and whether
+        the body is complete.  ``data`` is empty only when ``finished``."""
+        conn = self.h11
+        parts: list[bytes] = []
+        try:
+            while True:
+                event = conn.next_event()
+                if type(event) is h11.Data:
+                    parts.append(event.data)
+                elif type(event) is h11.EndOfMessage:
+                    return b"".join(parts), True
+                elif event is not h11.NEED_DATA:
+                    raise httpx.RemoteProtocolError(f"unexpected {event!r} in a response body")
+                elif parts:
+                    # Everything buffered is parsed: hand it over as one object.
+                    return b"".join(parts), False
+                else:
+                    await self._receive(read_timeout)
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(_describe(exc)) from exc
+
+    async def _send_request(self, request: httpx.Request, write_timeout: float | None) -> None:
+        conn = self.h11
+        try:
+            head = conn.send(h11.Request(method=request.method, target=request.url.raw_path,
+                                         headers=request.headers.raw))
+            body = _buffered_body(request)
+            if body is not None:
+                # Head, body and end in one write: one syscall for a typical API call.
+                data = [head, conn.send(h11.Data(data=body)) if body else b"", conn.send(h11.EndOfMessage())]
+                await self._send(b"".join(data), write_timeout)
+                return
+            await self._send(head, write_timeout)
+            stream = request.stream
+            if not isinstance(stream, httpx.AsyncByteStream):
+                raise TypeError("TrioH11Transport needs an async request body")
+            async for part in stream:
+                if part:
+                    await self._send(conn.send(h11.Data(data=part)), write_timeout)
+            await self._send(conn.send(h11.EndOfMessage()), write_timeout)
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(_describe(exc)) from exc
+
+    async def _receive_head(self, read_timeout: float | None) -> h11.Response:
+        conn = self.h11
+        try:
+            while True:
+                event = conn.next_event()
+                if type(event) is h11.Response:
+                    return event
+                if event is h11.NEED_DATA:
+                    if await self._receive(read_timeout):
+                        self.response_started = True
+                elif type(event) is not h11.InformationalResponse:
+                    raise httpx.RemoteProtocolError(f"unexpected {event!r} before the response head")
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(_describe(exc)) from exc
+
+    async def _send(self, data: bytes, write_timeout: float | None) -> None:
+        with trio.CancelScope(deadline=_deadline(write_timeout)):
+            try:
+                await self.stream.send_all(data)
+            except _IO_ERRORS as exc:
+                raise httpx.WriteError(_describe(exc)) from exc
+            return
+        raise httpx.WriteTimeout("timed out sending the request")
+
+    async def _receive(self, read_timeout: float | None) -> bool:
+        """Feed the next bytes from the socket to h11; False at EOF."""
+        with trio.CancelScope(deadline=_deadline(read_timeout)):
+            try:
+                data = await self.stream.receive_some(self.read_chunk)
+            except _IO_ERRORS as exc:
+                raise httpx.ReadError(_describe(exc)) from exc
+            # b"" tells h11 about EOF; a bytearray (from SSLStream) works as well as bytes.
+            self.h11.receive_data(cast(bytes, data))
+            return bool(data)
+        raise httpx.ReadTimeout("timed out waiting for the server")
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """A response body read straight from the socket.
+
+    An async iterator object rather than an async generator: nothing is left for
+    the garbage collector to finalise when a consumer stops early.
+    """
+
+    def __init__(self, transport: TrioH11Transport, conn: _Connection, read_timeout: float | None) -> None:
+        self._transport = transport
+        self._conn: _Connection | None = conn  # None once finished or closed
+        self._read_timeout = read_timeout
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        try:
+            data, finished = await conn.receive_body(self._read_timeout)
+        except BaseException:
+            # Error or cancellation mid-body: the connection is unusable.
+            self._conn = None
+            self._transport._discard(conn)
+            raise
+        if finished:
+            self._conn = None
+            self._transport._checkin(conn)
+            if not data:
+                raise StopAsyncIteration
+        return data
+
+    async def aclose(self) -> None:
+        """Stop reading.  A body not read to its end makes the connection
+        unusable, so its socket is closed (synchronously, no checkpoint)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._transport._discard(conn)
+
+
+class _Waiter:
+    """A request waiting for a connection slot, or for a connection handed over."""
+
+    __slots__ = ("conn", "scope")
+
+    def __init__(self) -> None:
+        self.conn: _Connection | None = None
+        self.scope = trio.CancelScope()  # cancelled to wake the waiter for a hand-over
+
+
+class TrioH11Transport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 over trio sockets with h11, pooling keep-alive connections.
+
+    Use it as ``httpx.AsyncClient(transport=TrioH11Transport())``.
+
+    Args:
+        max_connections: cap on open connections, in use or idle, over all origins.
+        max_keepalive_per_origin: idle connections kept per (scheme, host, port).
+        keepalive_expiry: seconds an idle connection may wait before it is closed.
+        ssl_context: for https; default ``ssl.create_default_context()``.  Its ALPN
+            protocols are set to ``http/1.1``.
+        connect_timeout: used when a request carries no connect timeout.
+        read_chunk: bytes asked from the socket per receive.
+
+    Timeouts come from httpx (``request.extensions["timeout"]``): ``pool`` for a
+    free slot, ``connect`` for TCP+TLS, ``write`` per send, ``read`` per receive.
+    A request that fails on a reused connection before any response byte arrives
+    (the server closed it while idle) is sent once more on a fresh connection,
+    if its body is in memory.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 1000,
+        max_keepalive_per_origin: int = 256,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float | None = 5.0,
+        read_chunk: int = 65536,
+    ) -> None:
+        self._max_keepalive = max_keepalive_per_origin
+        self._keepalive_expiry = keepalive_expiry
+        self._ssl_context = ssl_context if ssl_context is not None else ssl.create_default_context()
+        self._ssl_context.set_alpn_protocols(["http/1.1"])
+        self._connect_timeout = connect_timeout
+        self._read_chunk = read_chunk
+        # One token per open connection; a connection returns it when closed.
+        self._slots = trio.Semaphore(max_connections, max_value=max_connections)
+        # Idle connections: per-origin LIFO stacks (dict.popitem() takes the newest)
+        # plus one oldest-first view over all origins for expiry and eviction.
+        self._idle: dict[Origin, dict[_Connection, None]] = {}
+        self._idle_lru: OrderedDict[_Connection, None] = OrderedDict()
+        # Requests waiting for a slot, per origin, oldest first.
+        self._waiters: dict[Origin, OrderedDict[_Waiter, None]] = {}
+        self._connections: set[_Connection] = set()  # every open one, for aclose()
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; the returned response's body streams from the socket."""
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        connect_timeout: float | None = timeouts.get("connect", self._connect_timeout)
+        write_timeout: float | None = timeouts.get("write")
+        read_timeout: float | None = timeouts.get("read")
+        origin = _origin(request.url)
+        conn = await self._checkout(origin, timeouts.get("pool"), connect_timeout)
+        while True:
+            try:
+                head = await conn.exchange(request, write_timeout, read_timeout)
+                break
+            except _STALE_ERRORS:
+                if not conn.reused or conn.response_started or _buffered_body(request) is None:
+                    self._discard(conn)
+                    raise
+                # The server closed this keep-alive connection while it sat idle,
+                # so it never saw the request: replay it once, on a new connection
+                # that takes over the old one's slot (reused=False: no 2nd retry).
+                conn = await self._reconnect(conn, connect_timeout)
+            except BaseException:
+                self._discard(conn)
+                raise
+        return httpx.Response(
+            head.status_code,
+            headers=head.headers.raw_items(),
+            stream=_ResponseStream(self, conn, read_timeout),
+            extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason},
+        )
+
+    async def aclose(self) -> None:
+        """Close every connection, idle or in use (synchronously, no checkpoint)."""
+        self._closed = True
+        for conn in list(self._connections):
+            self._discard(conn)
+        self._idle.clear()
+        self._idle_lru.clear()
+
+    # -- pool ---------------------------------------------------------------
+
+    async def _checkout(self, origin: Origin, pool_timeout: float | None,
+                        connect_timeout: float | None) -> _Connection:
+        conn = self._pop_idle(origin)
+        if conn is not None:
+            return conn
+        if self._slots.value == 0 and self._idle_lru:
+            # All slots are held, some by idle connections to other origins.
+            self._discard(self._take_idle(next(iter(self._idle_lru))))
+        handed_over = await self._wait_for_slot(origin, pool_timeout)
+        if handed_over is not None:
+            return handed_over
+        return await self._connect(origin, connect_timeout)
+
+    def _pop_idle(self, origin: Origin) -> _Connection | None:
+        self._close_expired()
+        stack = self._idle.get(origin)
+        while stack:
+            conn, _ = stack.popitem()  # the most recently used: LIFO keeps few connections warm
+            if not stack:
+                del self._idle[origin]
+            del self._idle_lru[conn]
+            if not conn.peer_closed():
+                return conn
+            self._discard(conn)
+        return None
+
+    def _take_idle(self, conn: _Connection) -> _Connection:
+        stack = self._idle[conn.origin]
+        del stack[conn]
+        if not stack:
+            del self._idle[conn.origin]
+        del self._idle_lru[conn]
+        return conn
+
+    def _close_expired(self) -> None:
+        lru = self._idle_lru
+        if lru:
+            cutoff = time.monotonic() - self._keepalive_expiry
+            while lru and (oldest := next(iter(lru))).idle_since < cutoff:
+                self._discard(self._take_idle(oldest))
+
+    async def _wait_for_slot(self, origin: Origin, pool_timeout: float | None) -> _Connection | None:
+        """Take a slot, or a connection that another request hands over,
+        whichever comes first.  Returns the latter, or None for a slot."""
+        waiter = _Waiter()
+        queue = self._waiters.setdefault(origin, OrderedDict())
+        queue[waiter] = None
+        got_slot = False
+        try:
+            with trio.CancelScope(deadline=_deadline(pool_timeout)), waiter.scope:
+                await self._slots.acquire()
+                got_slot = True
+        except BaseException:
+            if waiter.conn is not None:  # handed over, then we got cancelled: pass it on
+                self._release(waiter.conn)
+            raise
+        finally:
+            queue.pop(waiter, None)
+            if not queue and self._waiters.get(origin) is queue:
+                del self._waiters[origin]
+        if waiter.conn is not None:
+            if got_slot:  # both arrived in the same tick
+                self._slots.release()
+            return waiter.conn
+        if not got_slot:
+            raise httpx.PoolTimeout("timed out waiting for a free connection slot")
+        return None
+
+    async def _connect(self, origin: Origin, connect_timeout: float | None) -> _Connection:
+        """Open a connection using a slot the caller holds (returned on failure)."""
+        try:
+            stream, sock = await self._open_stream(origin, connect_timeout)
+        except BaseException:
+            self._slots.release()
+            raise
+        conn = _Connection(origin, stream, sock, self._read_chunk)
+        self._connections.add(conn)
+        return conn
+
+    async def _reconnect(self, conn: _Connection, connect_timeout: float | None) -> _Connection:
+        conn.close()
+        self._connections.discard(conn)
+        return await self._connect(conn.origin, connect_timeout)  # inherits conn's slot
+
+    async def _open_stream(self, origin: Origin, connect_timeout: float | None
+                           ) -> tuple[trio.abc.Stream, trio.socket.SocketType]:
+        scheme, host, port = origin
+        hostname = host.decode("ascii")
+        with trio.CancelScope(deadline=_deadline(connect_timeout)):
+            try:
+                tcp = await trio.open_tcp_stream(hostname, port)
+            except OSError as exc:
+                raise httpx.ConnectError(_describe(exc)) from exc
+            if scheme == b"http":
+                return tcp, tcp.socket
+            tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=hostname, https_compatible=True)
+            try:
+                await tls.do_handshake()
+            except _IO_ERRORS as exc:
+                tcp.socket.close()
+                raise httpx.ConnectError(_describe(exc)) from exc
+            except BaseException:
+                tcp.socket.close()
+                raise
+            return tls, tcp.socket
+        raise httpx.ConnectTimeout(f"timed out connecting to {hostname}:{port}")
+
+    def _checkin(self, conn: _Connection) -> None:
+        """The response was read to its end: keep the connection if it can carry another request."""
+        state = conn.h11
+        # Bytes past the end of the response would be misread as the next
+        # response, so such a connection is closed too.
+        if state.our_state is h11.DONE and state.their_state is h11.DONE and not state.trailing_data[0]:
+            state.start_next_cycle()
+            conn.reused = True
+            self._release(conn)
+        else:
+            self._discard(conn)
+
+    def _release(self, conn: _Connection) -> None:
+        """Hand a reusable connection to a request waiting for its origin, or park it."""
+        queue = self._waiters.get(conn.origin)
+        if queue:
+            waiter, _ = queue.popitem(last=False)
+            if not queue:
+                del self._waiters[conn.origin]
+            waiter.conn = conn
+            waiter.scope.cancel()
+            return
+        stack = self._idle.get(conn.origin, {})
+        # When requests to other origins wait for a slot, closing this frees one.
+        if self._waiters or self._closed or len(stack) >= self._max_keepalive:
+            self._discard(conn)
+            return
+        conn.idle_since = time.monotonic()
+        stack[conn] = None
+        self._idle[conn.origin] = stack
+        self._idle_lru[conn] = None
+
+    def _discard(self, conn: _Connection) -> None:
+        """Close a connection that is not idle, and return its slot (idempotent)."""
+        if not conn.closed:
+            conn.close()
+            self._connections.discard(conn)
+            self._slots.release()
+
+
+def _origin(url: httpx.URL) -> Origin:
+    scheme = url.raw_scheme
+    default_port = _DEFAULT_PORTS.get(scheme)
+    if default_port is None:
+        raise httpx.UnsupportedProtocol(f"TrioH11Transport does not support {url.scheme!r} URLs")
+    return scheme, url.raw_host, url.port or default_port

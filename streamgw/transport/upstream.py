@@ -1,0 +1,112 @@
+"""One shared httpx client per provider, and the one boundary where httpx errors become ours.
+
+The clients run on ``TrioH11Transport`` (trio + h11, an O(1) pool) instead of
+httpcore's pool, whose cost grows with the number of concurrent requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import httpx
+
+from streamgw.config import ProviderConfig, Timeouts
+from streamgw.errors import GatewayError, UpstreamError, UpstreamTimeout, redact
+from streamgw.providers.base import Dialect, UpstreamRequest
+from streamgw.transport.h11pool import TrioH11Transport
+
+#: the most of an upstream error body we read to build the envelope
+MAX_ERROR_BODY = 64 * 1024
+
+
+class UpstreamClients:
+    """Lazily created ``httpx.AsyncClient``s, one per provider name."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def get(self, provider: ProviderConfig, timeouts: Timeouts) -> httpx.AsyncClient:
+        """The client for ``provider``, created on first use."""
+        client = self._clients.get(provider.name)
+        if client is None:
+            connect = timeouts.connect or None
+            transport = TrioH11Transport(max_connections=provider.max_connections, connect_timeout=connect)
+            client = httpx.AsyncClient(
+                transport=transport,
+                # Reads are bounded by our own first-token/idle deadlines, not by httpx.
+                timeout=httpx.Timeout(connect=connect, read=None, write=30.0, pool=connect),
+                follow_redirects=False,
+            )
+            self._clients[provider.name] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close every client and its pooled connections."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def map_transport_error(exc: httpx.TransportError, provider: str, secrets: Sequence[str]) -> GatewayError:
+    """An httpx transport failure before the first byte, as a gateway error."""
+    detail = redact(_describe(exc), secrets)
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"upstream {provider!r} timed out ({detail})", code="upstream_timeout")
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamError(f"could not connect to upstream {provider!r} ({detail})", code="upstream_unreachable")
+    return UpstreamError(f"upstream {provider!r} failed ({detail})", code="upstream_connection_error")
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
+
+
+async def open_stream(
+    client: httpx.AsyncClient,
+    upstream: UpstreamRequest,
+    dialect: Dialect,
+    provider: str,
+    secrets: Sequence[str],
+) -> httpx.Response:
+    """Send ``upstream`` and return the streaming response once it answered 2xx.
+
+    A non-2xx answer is read (up to ``MAX_ERROR_BODY``), closed and raised as the
+    dialect's ``GatewayError``; transport failures raise mapped errors.
+    """
+    request = client.build_request(upstream.method, upstream.url, headers=upstream.headers, content=upstream.body)
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.TransportError as exc:
+        raise map_transport_error(exc, provider, secrets) from None
+    if 200 <= response.status_code < 300:
+        return response
+    try:
+        body = await _read_limited(response, MAX_ERROR_BODY)
+    except httpx.TransportError:
+        body = b""
+    finally:
+        await response.aclose()
+    raise dialect.parse_error(response.status_code, response.headers, body, secrets)
+
+
+def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body bytes as the transport yields them: no decoders, no re-chunking.
+
+    We ask upstreams for ``accept-encoding: identity``, so there is nothing to decode,
+    and each yielded chunk holds every frame that was buffered when it was read.
+    """
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    return stream.__aiter__()

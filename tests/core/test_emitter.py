@@ -1,0 +1,204 @@
+"""The emitter: deltas in, exact Responses event sequences out."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+from streamgw.core.deltas import (
+    Delta,
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    ReasoningSignature,
+    RefusalDelta,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+    UpstreamFailure,
+    Usage,
+)
+from streamgw.core.emitter import ResponseEmitter
+from streamgw.testing.invariants import StreamInvariantError, check_events, output_text
+
+ECHO = {"instructions": None, "tools": [], "tool_choice": "auto", "parallel_tool_calls": True}
+
+
+def make_emitter() -> ResponseEmitter:
+    counter = itertools.count()
+    return ResponseEmitter(
+        model="m",
+        provider="demo",
+        echo=dict(ECHO),
+        new_id=lambda prefix: f"{prefix}{next(counter)}",
+        clock=lambda: 1700000000.0,
+    )
+
+
+def run(deltas: list[Delta], *, batch: int = 1) -> list[dict[str, Any]]:
+    em = make_emitter()
+    events = em.start()
+    for i in range(0, len(deltas), batch):
+        events += em.feed(deltas[i : i + batch])
+    events += em.finish()
+    # Every event must survive JSON encoding unchanged (no shared mutable state leaking later).
+    return [json.loads(json.dumps(e)) for e in events]
+
+
+def types(events: list[dict[str, Any]]) -> list[str]:
+    return [e["type"].removeprefix("response.") for e in events]
+
+
+def test_plain_text_matches_the_reference_sequence() -> None:
+    events = run([TextDelta("Hi"), TextDelta(" there"), TextDelta("!"), Finish(FinishReason.COMPLETED),
+                  Usage(12, 4)])
+    assert types(events) == [
+        "created", "in_progress", "output_item.added", "content_part.added",
+        "output_text.delta", "output_text.delta", "output_text.delta", "output_text.done",
+        "content_part.done", "output_item.done", "completed",
+    ]
+    final = check_events(events)
+    assert output_text(final) == "Hi there!"
+    assert final["status"] == "completed" and final["completed_at"] == 1700000000
+    assert final["usage"] == {"input_tokens": 12, "input_tokens_details": {"cache_write_tokens": 0,
+                              "cached_tokens": 0}, "output_tokens": 4,
+                              "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 16}
+    assert final["provider"] == "demo" and final["id"].startswith("resp_")
+    added = events[2]["item"]
+    assert added == {"id": "msg_1", "type": "message", "status": "in_progress", "content": [],
+                     "role": "assistant"}
+    delta = events[4]
+    assert delta == {"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
+                     "content_index": 0, "delta": "Hi", "logprobs": [], "sequence_number": 4}
+
+
+def test_batching_does_not_change_the_events() -> None:
+    deltas: list[Delta] = [ReasoningDelta("think"), TextDelta("a"), TextDelta("b"),
+                           ToolCallStart(0, "call_1", "f"), ToolCallArgs(0, '{"x":'), ToolCallArgs(0, "1}"),
+                           Finish(FinishReason.COMPLETED)]
+    one = run(deltas, batch=1)
+    check_events(one)
+    for batch in (2, 3, len(deltas)):
+        assert run(deltas, batch=batch) == one
+
+
+def test_snapshots_echo_request_fields_and_start_empty() -> None:
+    events = run([TextDelta("x"), Finish(FinishReason.COMPLETED)])
+    for ev in events[:2]:
+        resp = ev["response"]
+        assert resp["status"] == "in_progress" and resp["output"] == [] and resp["usage"] is None
+        assert resp["tool_choice"] == "auto" and resp["parallel_tool_calls"] is True
+        assert resp["provider"] == "demo" and resp["model"] == "m"
+
+
+def test_function_call_fragments_join_and_item_closes() -> None:
+    events = run([ToolCallStart(0, "call_9", "get_weather"), ToolCallArgs(0, '{"city":'),
+                  ToolCallArgs(0, '"Paris"}'), ToolCallEnd(0), Finish(FinishReason.COMPLETED)])
+    assert types(events) == ["created", "in_progress", "output_item.added", "function_call_arguments.delta",
+                             "function_call_arguments.delta", "function_call_arguments.done",
+                             "output_item.done", "completed"]
+    final = check_events(events)
+    call = final["output"][0]
+    assert call["call_id"] == "call_9" and call["name"] == "get_weather"
+    assert json.loads(call["arguments"]) == {"city": "Paris"} and call["status"] == "completed"
+    assert events[5]["name"] == "get_weather"
+
+
+def test_interleaved_parallel_calls_are_serialised() -> None:
+    events = run([ToolCallStart(0, "call_a", "f"), ToolCallStart(1, "call_b", "g"),
+                  ToolCallArgs(0, '{"a":'), ToolCallArgs(1, '{"b":'), ToolCallArgs(0, "1}"),
+                  ToolCallArgs(1, "2}"), Finish(FinishReason.COMPLETED), ToolCallEnd(0), ToolCallEnd(1)])
+    final = check_events(events)
+    assert [(o["call_id"], json.loads(o["arguments"])) for o in final["output"]] == [
+        ("call_a", {"a": 1}), ("call_b", {"b": 2})]
+
+
+def test_call_without_arguments_gets_an_empty_object() -> None:
+    final = check_events(run([ToolCallStart(0, "c", "now"), ToolCallEnd(0), Finish(FinishReason.COMPLETED)]))
+    assert final["output"][0]["arguments"] == "{}"
+
+
+def test_reasoning_then_text() -> None:
+    events = run([ReasoningDelta("Checking "), ReasoningDelta("units."), ReasoningSignature("gw1:abc"),
+                  TextDelta("42"), Finish(FinishReason.COMPLETED), Usage(5, 10, reasoning_tokens=7)])
+    assert types(events)[2:9] == ["output_item.added", "reasoning_summary_part.added",
+                                  "reasoning_summary_text.delta", "reasoning_summary_text.delta",
+                                  "reasoning_summary_text.done", "reasoning_summary_part.done",
+                                  "output_item.done"]
+    final = check_events(events)
+    rs, msg = final["output"]
+    assert rs["summary"] == [{"type": "summary_text", "text": "Checking units."}]
+    assert rs["encrypted_content"] == "gw1:abc"
+    assert msg["content"][0]["text"] == "42" and events[9]["output_index"] == 1
+    assert final["usage"]["output_tokens_details"]["reasoning_tokens"] == 7
+
+
+def test_refusal_part() -> None:
+    events = run([RefusalDelta("I can't "), RefusalDelta("help."), Finish(FinishReason.COMPLETED)])
+    final = check_events(events)
+    assert final["output"][0]["content"] == [{"type": "refusal", "refusal": "I can't help."}]
+    assert "refusal.done" in types(events)
+
+
+@pytest.mark.parametrize(("reason", "why"), [(FinishReason.MAX_OUTPUT_TOKENS, "max_output_tokens"),
+                                             (FinishReason.CONTENT_FILTER, "content_filter")])
+def test_incomplete(reason: FinishReason, why: str) -> None:
+    events = run([TextDelta("partial"), Finish(reason)])
+    final = check_events(events)
+    assert events[-1]["type"] == "response.incomplete"
+    assert final["incomplete_details"] == {"reason": why} and final["completed_at"] is None
+    assert final["output"][0]["status"] == "incomplete"
+
+
+def test_upstream_failure_mid_stream_is_honest() -> None:
+    events = run([TextDelta("half"), UpstreamFailure("server_error", "boom"), TextDelta("ignored"),
+                  Finish(FinishReason.COMPLETED)])
+    final = check_events(events)
+    assert events[-1]["type"] == "response.failed"
+    assert final["error"] == {"code": "server_error", "message": "boom"} and final["usage"] is None
+    assert output_text(final) == "half" and final["output"][0]["status"] == "incomplete"
+    assert not any(e["type"] == "response.completed" for e in events)
+
+
+def test_no_finish_reason_is_a_failure_not_a_completion() -> None:
+    events = run([TextDelta("x")])
+    assert events[-1]["type"] == "response.failed"
+    check_events(events)
+
+
+def test_fail_after_finish_is_a_no_op_and_feed_after_terminal_is_ignored() -> None:
+    em = make_emitter()
+    em.start()
+    em.feed([Finish(FinishReason.COMPLETED)])
+    assert em.finish()[-1]["type"] == "response.completed"
+    assert em.fail("x", "y") == [] and em.feed([TextDelta("z")]) == [] and em.finish() == []
+
+
+def test_sequence_numbers_and_ids() -> None:
+    events = run([TextDelta("a"), ToolCallStart(0, "c1", "f"), ToolCallArgs(0, "{}"), TextDelta("b"),
+                  Finish(FinishReason.COMPLETED)])
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    final = check_events(events)
+    assert [o["type"] for o in final["output"]] == ["message", "function_call", "message"]
+    assert final["output"][1]["id"].startswith("fc_") and final["output"][0]["id"].startswith("msg_")
+
+
+def test_checker_rejects_broken_streams() -> None:
+    good = run([TextDelta("a"), Finish(FinishReason.COMPLETED)])
+    gap = [dict(e) for e in good]
+    gap[3]["sequence_number"] = 9
+    with pytest.raises(StreamInvariantError):
+        check_events(gap)
+    no_done = [e for e in good if e["type"] != "response.output_item.done"]
+    for i, e in enumerate(no_done):
+        e["sequence_number"] = i
+    with pytest.raises(StreamInvariantError):
+        check_events(no_done)
+    bad_text = json.loads(json.dumps(good))
+    next(e for e in bad_text if e["type"] == "response.output_text.done")["text"] = "b"
+    with pytest.raises(StreamInvariantError):
+        check_events(bad_text)

@@ -1,0 +1,404 @@
+"""Chat Completions stream translator: golden transcripts and edge cases.
+
+Each ``tests/fixtures/streams/chat/<name>.sse`` is an upstream body as an
+OpenAI-compatible server sends it (LF line ends); ``<name>.deltas.json`` is the
+expected delta list in the encoding of ``encode`` below.  Every transcript is
+replayed with LF, CRLF and CR line ends: whole, one byte at a time, and split into
+two chunks at every offset.  The translator never coalesces fragments, so every
+replay must give the identical list.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, assert_never
+
+import pytest
+
+from streamgw.core.deltas import (
+    Delta,
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    ReasoningSignature,
+    RefusalDelta,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+    UpstreamFailure,
+    Usage,
+)
+from streamgw.providers.base import Dialect, StreamTranslator
+from streamgw.providers.chat_completions import DIALECT, ChatDialect, ChatStreamTranslator
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "streams" / "chat"
+NAMES = sorted(path.name.removesuffix(".sse") for path in FIXTURES.glob("*.sse"))
+LINE_ENDS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
+MINTED = re.compile(r"call_[A-Za-z0-9]{24}")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def encode(delta: Delta) -> list[Any]:
+    """The JSON encoding the ``.deltas.json`` files use."""
+    match delta:
+        case TextDelta(text):
+            return ["text", text]
+        case RefusalDelta(text):
+            return ["refusal", text]
+        case ReasoningDelta(text):
+            return ["reasoning", text]
+        case ReasoningSignature(data):
+            return ["signature", data]
+        case ToolCallStart(key, call_id, name):
+            return ["tool_start", key, call_id, name]
+        case ToolCallArgs(key, fragment):
+            return ["tool_args", key, fragment]
+        case ToolCallEnd(key):
+            return ["tool_end", key]
+        case Usage():
+            return [
+                "usage",
+                {
+                    "input_tokens": delta.input_tokens,
+                    "output_tokens": delta.output_tokens,
+                    "cached_tokens": delta.cached_tokens,
+                    "cache_write_tokens": delta.cache_write_tokens,
+                    "reasoning_tokens": delta.reasoning_tokens,
+                },
+            ]
+        case Finish(reason):
+            return ["finish", reason.value]
+        case UpstreamFailure(code, message):
+            return ["failure", code, message]
+        case _:
+            assert_never(delta)
+
+
+def normalise_minted(encoded: list[list[Any]]) -> list[list[Any]]:
+    """Replace each distinct minted call id by ``<minted:N>`` in order of appearance."""
+    names: dict[str, str] = {}
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and MINTED.fullmatch(value):
+            return names.setdefault(value, f"<minted:{len(names) + 1}>")
+        return value
+
+    return [[fix(value) for value in item] for item in encoded]
+
+
+def check_invariants(deltas: list[Delta]) -> None:
+    """Tool calls start once (key and call_id), fragments only while open, nothing after a failure."""
+    started: set[int | str] = set()
+    call_ids: set[str] = set()
+    ended: set[int | str] = set()
+    for position, delta in enumerate(deltas):
+        match delta:
+            case ToolCallStart(key, call_id, _):
+                assert key not in started and call_id not in call_ids
+                started.add(key)
+                call_ids.add(call_id)
+            case ToolCallArgs(key, fragment):
+                assert key in started and key not in ended and fragment
+            case ToolCallEnd(key):
+                assert key in started and key not in ended
+                ended.add(key)
+            case UpstreamFailure():
+                assert position == len(deltas) - 1
+            case TextDelta(text) | RefusalDelta(text) | ReasoningDelta(text):
+                assert text
+    assert sum(isinstance(d, Finish) for d in deltas) <= 1
+    if any(isinstance(d, Finish) for d in deltas):
+        assert started == ended
+
+
+def replay(chunks: Iterable[bytes]) -> list[Delta]:
+    """Feed ``chunks`` to a fresh translator, then finish it."""
+    translator = ChatStreamTranslator()
+    out: list[Delta] = []
+    for chunk in chunks:
+        out += translator.feed(chunk)
+    out += translator.finish()
+    return out
+
+
+def body(name: str, line_end: str) -> bytes:
+    data = (FIXTURES / f"{name}.sse").read_bytes()
+    assert b"\r" not in data, "fixtures are written with LF line ends"
+    return data.replace(b"\n", LINE_ENDS[line_end])
+
+
+def expected(name: str) -> list[list[Any]]:
+    result: list[list[Any]] = json.loads((FIXTURES / f"{name}.deltas.json").read_text(encoding="utf-8"))
+    return result
+
+
+def split_everywhere(data: bytes) -> Iterator[list[bytes]]:
+    for offset in range(len(data) + 1):
+        yield [data[:offset], data[offset:]]
+
+
+def run(chunks: list[bytes]) -> list[list[Any]]:
+    deltas = replay(chunks)
+    check_invariants(deltas)
+    return normalise_minted([encode(d) for d in deltas])
+
+
+# --- golden transcripts ----------------------------------------------------------------------------
+
+
+def test_fixtures_present() -> None:
+    assert len(NAMES) >= 15
+    for name in NAMES:
+        assert (FIXTURES / f"{name}.deltas.json").is_file(), name
+
+
+@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
+@pytest.mark.parametrize("name", NAMES)
+def test_whole(name: str, line_end: str) -> None:
+    assert run([body(name, line_end)]) == expected(name)
+
+
+@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
+@pytest.mark.parametrize("name", NAMES)
+def test_byte_at_a_time(name: str, line_end: str) -> None:
+    data = body(name, line_end)
+    assert run([data[i : i + 1] for i in range(len(data))]) == expected(name)
+
+
+@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
+@pytest.mark.parametrize("name", NAMES)
+def test_split_at_every_offset(name: str, line_end: str) -> None:
+    want = expected(name)
+    for chunks in split_everywhere(body(name, line_end)):
+        assert run(chunks) == want, f"split at {len(chunks[0])}"
+
+
+# --- edge cases ------------------------------------------------------------------------------------
+
+
+def sse(*payloads: object) -> bytes:
+    """An SSE body: dicts as compact JSON data, strings verbatim as data."""
+    out = b""
+    for payload in payloads:
+        data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+        out += b"data: " + data.encode() + b"\n\n"
+    return out
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **top: Any) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
+    return {"object": "chat.completion.chunk", "choices": [choice], **top}
+
+
+def deltas_of(data: bytes) -> list[Delta]:
+    return replay([data])
+
+
+def test_satisfies_protocols() -> None:
+    translator: StreamTranslator = ChatStreamTranslator()
+    dialect: Dialect = DIALECT
+    assert translator.feed(b"") == []
+    assert isinstance(dialect, ChatDialect) and dialect.name == "chat"
+
+
+def test_dialect_new_translator_is_fresh() -> None:
+    from streamgw.core.request import parse_request
+
+    request = parse_request(b'{"model": "m", "input": "hi"}')
+    first, second = DIALECT.new_translator(request), DIALECT.new_translator(request)
+    assert isinstance(first, ChatStreamTranslator) and first is not second
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        ({"message": "m", "type": "requests", "code": "rate_limit_exceeded"}, "rate_limit_exceeded"),
+        ({"message": "m", "type": "rate_limit_error", "code": None}, "rate_limit_exceeded"),
+        ({"message": "m", "code": 429}, "rate_limit_exceeded"),
+        ({"message": "m", "type": "insufficient_quota", "code": "insufficient_quota"}, "rate_limit_exceeded"),
+        (
+            {"message": "m", "type": "invalid_request_error", "code": "context_length_exceeded"},
+            "invalid_prompt",
+        ),
+        ({"message": "m", "code": 400}, "invalid_prompt"),
+        ({"message": "m", "type": "server_error", "code": None}, "server_error"),
+        ({"message": "m", "code": 502}, "server_error"),
+        ({"message": "m"}, "server_error"),
+    ],
+)
+def test_error_payload_codes(error: dict[str, Any], code: str) -> None:
+    assert deltas_of(sse({"error": error})) == [UpstreamFailure(code, "m")]
+
+
+def test_error_payload_bare_string_and_missing_message() -> None:
+    assert deltas_of(sse({"error": "Internal error"})) == [UpstreamFailure("server_error", "Internal error")]
+    [failure] = deltas_of(sse({"error": {"type": "server_error"}}))
+    assert isinstance(failure, UpstreamFailure) and failure.message
+
+
+def test_error_payload_is_redacted() -> None:
+    payload = {"error": {"message": "bad key sk-live-abcdef1234567890 and hunter2-secret", "type": "x"}}
+    translator = ChatStreamTranslator(secrets=["hunter2-secret"])
+    [failure] = translator.feed(sse(payload))
+    assert isinstance(failure, UpstreamFailure)
+    assert "sk-live" not in failure.message and "hunter2" not in failure.message
+    assert translator.finish() == []
+
+
+def test_openrouter_error_with_choices_is_a_failure_only() -> None:
+    payload = chunk({"content": "x"}, "error", error={"code": 502, "message": "Provider disconnected"})
+    assert deltas_of(sse(payload)) == [UpstreamFailure("server_error", "Provider disconnected")]
+
+
+def test_finish_reason_error_without_payload_fails() -> None:
+    assert deltas_of(sse(chunk({"content": "a"}, "error"))) == [
+        TextDelta("a"),
+        UpstreamFailure("server_error", "upstream finish_reason=error"),
+    ]
+
+
+def test_unknown_finish_reason_completes() -> None:
+    assert deltas_of(sse(chunk({}, "eos"), "[DONE]")) == [Finish(FinishReason.COMPLETED)]
+
+
+def test_only_first_finish_reason_counts() -> None:
+    data = sse(chunk({}, "length"), chunk({}, "stop"), "[DONE]")
+    assert deltas_of(data) == [Finish(FinishReason.MAX_OUTPUT_TOKENS)]
+
+
+@pytest.mark.parametrize("payload", ["[1, 2]", '"text"', "42", "null"])
+def test_json_that_is_not_an_object_is_malformed(payload: str) -> None:
+    [failure] = deltas_of(sse(payload))
+    assert failure == UpstreamFailure("server_error", "malformed upstream chunk: unexpected structure")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"choices": "nope"},
+        {"choices": [{"index": 0, "delta": ["x"]}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": "f"}]}}]},
+        {"choices": [], "usage": {"prompt_tokens_details": "x"}},
+    ],
+)
+def test_wrong_shape_is_malformed(payload: dict[str, Any]) -> None:
+    [failure] = deltas_of(sse(payload, "[DONE]"))
+    assert isinstance(failure, UpstreamFailure) and failure.code == "server_error"
+
+
+def test_nothing_after_done() -> None:
+    translator = ChatStreamTranslator()
+    assert translator.feed(sse("[DONE]")) == [Finish(FinishReason.COMPLETED)]
+    assert translator.feed(sse(chunk({"content": "late"}))) == []
+    assert translator.finish() == []
+
+
+def test_empty_body_fails() -> None:
+    assert deltas_of(b"") == [UpstreamFailure("server_error", "upstream stream ended before completion")]
+
+
+def test_comments_and_empty_data_are_ignored() -> None:
+    data = b": keepalive\n\ndata:\n\n" + sse(chunk({"content": "a"}, "stop"), "[DONE]")
+    assert deltas_of(data) == [TextDelta("a"), Finish(FinishReason.COMPLETED)]
+
+
+def test_cut_inside_the_usage_chunk_after_finish_is_accepted() -> None:
+    data = sse(chunk({"content": "a"}), chunk({}, "stop")) + b'data: {"choices":[],"usage":{"prompt'
+    assert deltas_of(data) == [TextDelta("a"), Finish(FinishReason.COMPLETED)]
+
+
+def test_eof_after_finish_closes_calls_opened_later() -> None:
+    # A call after finish_reason is not expected, but if it comes it still gets its end.
+    data = sse(chunk({}, "stop"), chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f"}}]}))
+    assert deltas_of(data) == [Finish(FinishReason.COMPLETED), ToolCallStart(0, "c", "f"), ToolCallEnd(0)]
+
+
+def test_fragments_of_closed_calls_are_dropped() -> None:
+    first = {"index": 0, "id": "c", "function": {"name": "f", "arguments": "{"}}
+    data = sse(
+        chunk({"tool_calls": [first]}, "tool_calls"),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}),
+        "[DONE]",
+    )
+    assert deltas_of(data) == [
+        ToolCallStart(0, "c", "f"),
+        ToolCallArgs(0, "{"),
+        ToolCallEnd(0),
+        Finish(FinishReason.COMPLETED),
+    ]
+
+
+def test_fragments_keyed_by_id_without_index() -> None:
+    data = sse(
+        chunk({"tool_calls": [{"index": 3, "id": "call_x", "function": {"name": "f", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"id": "call_x", "function": {"arguments": "{}"}}]}),
+        chunk({"tool_calls": [{"function": {"arguments": " "}}]}),
+        "[DONE]",
+    )
+    assert deltas_of(data) == [
+        ToolCallStart(3, "call_x", "f"),
+        ToolCallArgs(3, "{}"),
+        ToolCallArgs(3, " "),
+        ToolCallEnd(3),
+        Finish(FinishReason.COMPLETED),
+    ]
+
+
+def test_arguments_sent_as_an_object() -> None:
+    call = {"id": "call_o", "function": {"name": "f", "arguments": {"city": "Zürich"}}}
+    data = sse(chunk({"tool_calls": [call]}, "tool_calls"))
+    assert deltas_of(data) == [
+        ToolCallStart("call_o", "call_o", "f"),
+        ToolCallArgs("call_o", '{"city": "Zürich"}'),
+        ToolCallEnd("call_o"),
+        Finish(FinishReason.COMPLETED),
+    ]
+
+
+def test_minted_call_ids_are_well_formed_and_unique() -> None:
+    calls = [{"index": i, "function": {"name": "f", "arguments": "{}"}} for i in range(50)]
+    starts = [
+        d for d in deltas_of(sse(chunk({"tool_calls": calls}), "[DONE]")) if isinstance(d, ToolCallStart)
+    ]
+    assert len({s.call_id for s in starts}) == 50
+    assert all(MINTED.fullmatch(s.call_id) for s in starts)
+
+
+def test_groq_usage_in_x_groq() -> None:
+    usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    data = sse(chunk({}, "stop", x_groq={"id": "req_1", "usage": usage}), "[DONE]")
+    assert deltas_of(data) == [Usage(7, 3), Finish(FinishReason.COMPLETED)]
+
+
+def test_usage_with_null_details_and_odd_numbers() -> None:
+    usage = {
+        "prompt_tokens": 7.0,
+        "completion_tokens": None,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+        "prompt_cache_hit_tokens": 2,
+    }
+    data = sse({"choices": [], "usage": usage}, "[DONE]")
+    assert deltas_of(data) == [Usage(7, 0, cached_tokens=2), Finish(FinishReason.COMPLETED)]
+
+
+def test_non_string_content_is_ignored() -> None:
+    data = sse(chunk({"content": ["part"], "refusal": 3, "reasoning": {"x": 1}}), "[DONE]")
+    assert deltas_of(data) == [Finish(FinishReason.COMPLETED)]
+
+
+def test_nan_and_infinite_counts_are_zero() -> None:
+    data = b'data: {"choices":[],"usage":{"prompt_tokens":NaN,"completion_tokens":Infinity}}\n\n'
+    assert deltas_of(data + sse("[DONE]")) == [Usage(0, 0), Finish(FinishReason.COMPLETED)]
+
+
+def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
+    [failure] = deltas_of(sse("[" * 100_000 + "]" * 100_000))
+    assert isinstance(failure, UpstreamFailure)
+    assert failure.message.startswith("malformed upstream chunk")
