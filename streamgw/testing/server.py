@@ -346,7 +346,7 @@ class _Connection:
             await send.abort()
 
     async def _reject_bad_request(self) -> None:
-        if self._conn.our_state is not h11.SEND_RESPONSE:
+        if self._conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         body = b"bad request\n"
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
