@@ -39,7 +39,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.keep_alive_timeout = 75.0
-    hc.graceful_timeout = 10.0
+    hc.graceful_timeout = config.server.graceful_timeout
     return hc
 
 
@@ -59,7 +59,7 @@ async def _serve(config: Config) -> None:
 
         names = ", ".join(f"{p.name} ({p.type})" for p in config.providers.values())
         log.info("streamgw listening on http://%s:%d — providers: %s", config.server.host, config.server.port, names)
-        await serve(app, hc, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await serve(app, hc, shutdown_trigger=shutdown_trigger)
 
 
 def _serve_workers(config: Config, config_path: str | None) -> None:

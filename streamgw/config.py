@@ -91,6 +91,8 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 10 * 1024 * 1024
+    #: seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut
+    graceful_timeout: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         port=int(env.get("STREAMGW_PORT", server_raw.get("port", 8080))),
         workers=int(server_raw.get("workers", 1)),
         max_body_bytes=int(server_raw.get("max_body_bytes", 10 * 1024 * 1024)),
+        graceful_timeout=float(server_raw.get("graceful_timeout", 3.0)),
     )
     keys_raw = raw.get("auth", {}).get("keys", [])
     if env.get("STREAMGW_API_KEYS"):

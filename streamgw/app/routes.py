@@ -104,7 +104,7 @@ def create_app(config: Config) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     gw = Gateway(config)
     app.extensions["streamgw"] = gw
-    app.asgi_app = CloseGuard(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = CloseGuard(app.asgi_app)  # type: ignore[method-assign,assignment]
     _install_hooks(app, gw)
     _install_routes(app, gw)
     return app
@@ -176,7 +176,7 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
         run = await ResponseRun.open(
             req, target, clients=gw.clients, dialects=gw.dialects, timeouts=timeouts, secrets=gw.secrets
         )
-        request.scope[_CLOSERS].append(run.aclose)
+        request.scope[_CLOSERS].append(run.aclose)  # type: ignore[literal-required]
         if run.first_delta_at is not None:
             gw.metrics.ttft.labels(target.provider.name).observe(run.first_delta_at - started)
         if not req.stream:

@@ -12,6 +12,31 @@ Timing: the response headers go out at once; the first chunk follows after ``ttf
 seeded Pareto draw when ``heavy_tail`` is set, capped at 1000 x ``ttft``); each later content
 chunk ``token_delay`` after the previous one (deadline-based, no drift).
 
+Scenarios (streamed / non-streamed ``stream`` absent or false):
+
+* ``text`` (and unknown names): ``tokens`` chunks of ``token_text``, finish ``stop``.
+* ``tool`` / ``two-tools``: one / two (index 0, 1) fragmented tool calls named after the request's
+  first / second tool (default ``get_weather``), args ``{"city":"Paris"|"Tokyo","unit":"celsius"}``,
+  finish ``tool_calls``.
+* ``reasoning``: ``reasoning_tokens`` ``delta.reasoning_content`` chunks, then text; non-streamed
+  puts ``reasoning_content`` on the message.
+* ``length``: text, finish ``length``.  ``refusal``: ``delta.refusal`` chunks, finish ``stop``.
+* ``error-mid``: 3 text chunks, then an ``{"error":...}`` event and the end of the body (no
+  ``[DONE]``); non-streamed: HTTP 500.
+* ``cut``: 3 text chunks, then the connection is closed without the chunked terminator;
+  non-streamed: half the JSON body, then the same.
+* ``eof``: 3 text chunks, then a clean end without finish_reason or ``[DONE]``; non-streamed:
+  ``finish_reason: null``.
+* ``malformed``: a chunk whose data is not JSON after the second text chunk, then the rest as
+  ``text``; non-streamed: a truncated (invalid) JSON body.
+* ``stall``: the first text chunk, then silence until the client leaves; non-streamed: no answer.
+* ``echo``: the raw request body as text chunks of 24 characters.
+* ``status-400|401|404|429|500|503``: the §6.4 error envelope (429 ``retry-after: 7``, 503
+  ``retry-after: 3``).  ``fault_rate`` turns any request into ``status-500``.
+
+Usage: ``prompt_tokens`` = characters of message contents // 4 + 1; ``completion_tokens`` = the
+number of content chunks (text, reasoning, refusal and tool-call chunks).
+
 Run standalone: ``python -m streamgw.testing.chat_mock --port 0`` prints ``LISTENING <port>``.
 """
 

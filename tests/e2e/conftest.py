@@ -7,33 +7,21 @@ inspect exactly what the gateway sent upstream.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 from streamgw.testing.chat_mock import ChatCompletionsMock
+from streamgw.testing.process import free_port, start_gateway, stop_process
 from streamgw.testing.server import serving_in_thread
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789abcdef"
 WRONG_UPSTREAM_KEY = "sk-wrong-upstream-key-9876543210"
 GATEWAY_KEY = "sk-gw-test-key-42"
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -46,45 +34,6 @@ class Gateway:
 
     def client(self, key: str = GATEWAY_KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=20)
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"gateway did not become healthy:\n{log.read_text()}")
-
-
-def start_gateway(config_text: str, tmp: Path) -> Gateway:
-    config = tmp / "streamgw.toml"
-    config.write_text(config_text)
-    port = free_port()
-    log = tmp / "gateway.log"
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(url, process, log)
-    return Gateway(url, process, log)
-
-
-def stop_gateway(gw: Gateway) -> None:
-    gw.process.terminate()
-    try:
-        gw.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        gw.process.kill()
-        gw.process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -138,8 +87,10 @@ tokens_per_second = 2000
 @pytest.fixture(scope="session")
 def gateway(mock: ChatCompletionsMock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gateway")
-    gw = start_gateway(gateway_config(mock.port, free_port()), tmp)  # type: ignore[attr-defined]
+    config = tmp / "streamgw.toml"
+    config.write_text(gateway_config(mock.port, free_port()))  # type: ignore[attr-defined]
+    proc, url = start_gateway(config, tmp / "gateway.log")
     try:
-        yield gw
+        yield Gateway(url, proc, tmp / "gateway.log")
     finally:
-        stop_gateway(gw)
+        assert stop_process(proc) == 0, "the gateway must exit cleanly on SIGTERM"

@@ -1,0 +1,87 @@
+"""Added time to first event: gateway vs. calling the mock upstream directly, interleaved, concurrency 1.
+
+    python bench/ttfe.py [--requests 300] [--tokens 20]
+
+Starts the Chat Completions mock and the gateway (hypercorn, trio worker) as real processes on
+127.0.0.1, then alternates one direct request and one gateway request, each on its own keep-alive
+connection. Direct: time to the mock's first content chunk. Gateway: time to the first SSE event
+(the gateway sends ``response.created`` together with the first translated delta). Reports medians
+and p99 of both and of the paired difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from streamgw.testing.process import start_gateway, start_mock, stop_process  # noqa: E402
+
+
+def first_event_time(client: httpx.Client, url: str, body: dict[str, object], marker: bytes) -> float:
+    """Seconds from sending ``body`` to the first received chunk containing ``marker``; drains the rest."""
+    start = time.perf_counter()
+    first = None
+    with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():
+            if first is None and marker in chunk:
+                first = time.perf_counter() - start
+    assert first is not None, "no event seen"
+    return first
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--tokens", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        mock_proc, mock_port = start_mock([])
+        config = Path(tmp) / "gw.toml"
+        config.write_text(f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
+        gw_proc, gw_url = start_gateway(config, Path(tmp) / "gw.log")
+        try:
+            run(args, mock_port, gw_url)
+        finally:
+            stop_process(gw_proc)
+            stop_process(mock_proc)
+
+
+def run(args: argparse.Namespace, mock_port: int, gw_url: str) -> None:
+    model = f"text:tokens={args.tokens}"
+    direct_body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    gw_body = {"model": f"mock/{model}", "input": "hi", "stream": True}
+    direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
+    with httpx.Client(timeout=30) as direct_client, httpx.Client(timeout=30) as gw_client:
+        for _ in range(20):  # warm up both paths and their connection pools
+            first_event_time(direct_client, direct_url, direct_body, b'"content":"tok')
+            first_event_time(gw_client, gw_url + "/v1/responses", gw_body, b"event: ")
+        direct, gateway = [], []
+        for _ in range(args.requests):
+            direct.append(first_event_time(direct_client, direct_url, direct_body, b'"content":"tok'))
+            gateway.append(first_event_time(gw_client, gw_url + "/v1/responses", gw_body, b"event: "))
+    added = [g - d for g, d in zip(gateway, direct, strict=True)]
+    report = {
+        "requests": args.requests,
+        "direct_ms": {"p50": statistics.median(direct) * 1e3, "p99": percentile(direct, 0.99) * 1e3},
+        "gateway_ms": {"p50": statistics.median(gateway) * 1e3, "p99": percentile(gateway, 0.99) * 1e3},
+        "added_ms": {"p50": statistics.median(added) * 1e3, "p99": percentile(added, 0.99) * 1e3},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Start the mock upstreams and the gateway as real processes (for e2e tests and bench/)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_mock(args: list[str], module: str = "streamgw.testing.chat_mock") -> tuple[subprocess.Popen[str], int]:
+    """Run ``python -m module --port 0 *args``; return the process and the port it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    if len(line) != 2 or line[0] != "LISTENING":
+        proc.kill()
+        raise RuntimeError(f"mock {module} did not start: {line}")
+    return proc, int(line[1])
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
+    """Poll ``/healthz`` until it answers 200; raise with the log if the process dies or stalls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway did not become healthy:\n{log.read_text()}")
+
+
+def start_gateway(
+    config: Path, log: Path, *, port: int | None = None, extra_args: list[str] | None = None,
+    prefix: list[str] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Run ``streamgw serve --config config`` (optionally under ``prefix``, e.g. taskset); return it and its URL."""
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    cmd = [*(prefix or []), sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port),
+           *(extra_args or [])]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(url, proc, log)
+    return proc, url
+
+
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 10) -> int:
+    """SIGTERM, wait, SIGKILL if needed; return the exit code."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
