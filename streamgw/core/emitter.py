@@ -53,6 +53,7 @@ class _Reasoning:
     item: dict[str, Any]
     index: int
     parts: list[str] = field(default_factory=list)
+    sealed: bool = False  # its signature arrived: the block is complete
 
 
 @dataclass(slots=True)
@@ -211,7 +212,7 @@ class ResponseEmitter:
         if not delta.text:
             return
         rs = self._open
-        if not isinstance(rs, _Reasoning):
+        if not isinstance(rs, _Reasoning) or rs.sealed:
             rs = self._open_reasoning()
         rs.parts.append(delta.text)
         self._emit(
@@ -225,17 +226,13 @@ class ResponseEmitter:
         )
 
     def _on_signature(self, delta: ReasoningSignature) -> None:
-        if isinstance(self._open, _Reasoning):
-            self._open.item["encrypted_content"] = delta.encrypted_content
-            return
-        for item in reversed(self.response["output"]):
-            if item["type"] == "reasoning":
-                item["encrypted_content"] = delta.encrypted_content
-                return
-        # A signature with no visible reasoning (e.g. redacted thinking): an empty reasoning item.
-        rs = self._open_reasoning(summary_part=False)
+        rs = self._open
+        if not isinstance(rs, _Reasoning) or rs.sealed:
+            # A signature with no visible reasoning before it (redacted thinking, a Gemini call
+            # signature): it gets an empty reasoning item of its own.
+            rs = self._open_reasoning(summary_part=False)
         rs.item["encrypted_content"] = delta.encrypted_content
-        self._close_open("completed")
+        rs.sealed = True  # reasoning after a signature belongs to a new block
 
     def _on_call_start(self, delta: ToolCallStart) -> None:
         if delta.key in self._calls:

@@ -23,7 +23,8 @@ from streamgw.core.request import ResponsesRequest, echo_fields
 from streamgw.engine.routing import Target
 from streamgw.errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout, redact
 from streamgw.providers import demo
-from streamgw.providers.base import Dialect, StreamTranslator
+from streamgw.providers.base import NO_ASSETS, Dialect, StreamTranslator
+from streamgw.transport.fetch import fetch_images, remote_image_urls
 from streamgw.transport.upstream import UpstreamClients, open_stream, raw_chunks
 
 
@@ -230,7 +231,10 @@ async def _open_source(
     dialect = dialects.get(provider.type)
     if dialect is None:
         raise UpstreamError(f"provider type {provider.type!r} is not supported", code="unsupported_provider")
-    upstream = dialect.build_request(request, provider, target.model)
+    assets = NO_ASSETS
+    if dialect.needs_image_bytes:
+        assets = await fetch_images(clients.fetcher(), remote_image_urls(request))
+    upstream = dialect.build_request(request, provider, target.model, assets)
     client = clients.get(provider, timeouts)
     deadline = trio.current_time() + (timeouts.first_token or math.inf)
     with trio.move_on_at(deadline) as scope:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from streamgw.core.deltas import Delta
@@ -43,13 +44,26 @@ class StreamTranslator(Protocol):
     def finish(self) -> list[Delta]: ...
 
 
+#: fetched bytes of remote images, ``url -> (mime type, base64 data)``
+Assets = Mapping[str, tuple[str, str]]
+NO_ASSETS: Assets = MappingProxyType({})
+
+
 class Dialect(Protocol):
-    """A wire dialect: request builder, translator factory and error parser."""
+    """A wire dialect: request builder, translator factory and error parser.
+
+    ``needs_image_bytes``: the upstream cannot take an http(s) image URL, so the engine
+    fetches those (size-capped) and hands them to ``build_request`` as ``assets``.
+    ``relays_events``: the upstream already speaks Responses events; the engine relays
+    them (``streamgw.core.relay``) instead of running the emitter on deltas.
+    """
 
     name: str
+    needs_image_bytes: bool
+    relays_events: bool
 
     def build_request(
-        self, request: ResponsesRequest, provider: ProviderConfig, model: str
+        self, request: ResponsesRequest, provider: ProviderConfig, model: str, assets: Assets = ...
     ) -> UpstreamRequest: ...
 
     def new_translator(self, request: ResponsesRequest, secrets: Sequence[str] = ()) -> StreamTranslator:

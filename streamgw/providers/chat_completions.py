@@ -39,7 +39,7 @@ from streamgw.errors import (
     UpstreamTimeout,
     redact,
 )
-from streamgw.providers.base import Dialect, UpstreamRequest
+from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
 
 # --- request builder ---------------------------------------------------------------------------
 #
@@ -776,9 +776,11 @@ class ChatDialect:
     """The OpenAI-compatible Chat Completions dialect (``type = "chat"`` providers)."""
 
     name: str = "chat"
+    needs_image_bytes: bool = False
+    relays_events: bool = False
 
     def build_request(
-        self, request: ResponsesRequest, provider: ProviderConfig, model: str
+        self, request: ResponsesRequest, provider: ProviderConfig, model: str, assets: Assets = NO_ASSETS
     ) -> UpstreamRequest:
         """See ``build_request``."""
         return build_request(request, provider, model)

@@ -40,6 +40,19 @@ class UpstreamClients:
             self._clients[provider.name] = client
         return client
 
+    def fetcher(self) -> httpx.AsyncClient:
+        """The client that downloads remote images for dialects that need bytes."""
+        client = self._clients.get("\0fetch")
+        if client is None:
+            client = httpx.AsyncClient(
+                transport=TrioH11Transport(max_connections=64),
+                timeout=httpx.Timeout(10.0),
+                follow_redirects=True,
+                headers={"user-agent": "streamgw-image-fetch"},
+            )
+            self._clients["\0fetch"] = client
+        return client
+
     async def aclose(self) -> None:
         """Close every client and its pooled connections."""
         clients, self._clients = list(self._clients.values()), {}

@@ -202,3 +202,25 @@ def test_checker_rejects_broken_streams() -> None:
     next(e for e in bad_text if e["type"] == "response.output_text.done")["text"] = "b"
     with pytest.raises(StreamInvariantError):
         check_events(bad_text)
+
+
+def test_signature_seals_a_reasoning_block_and_redacted_gets_its_own_item() -> None:
+    events = run([ReasoningDelta("one"), ReasoningSignature("sig-1"), ReasoningDelta("two"),
+                  ReasoningSignature("sig-2"), ReasoningSignature("redacted"), TextDelta("answer"),
+                  Finish(FinishReason.COMPLETED)])
+    final = check_events(events)
+    reasoning = [o for o in final["output"] if o["type"] == "reasoning"]
+    assert [(r["summary"], r["encrypted_content"]) for r in reasoning] == [
+        ([{"type": "summary_text", "text": "one"}], "sig-1"),
+        ([{"type": "summary_text", "text": "two"}], "sig-2"),
+        ([], "redacted"),
+    ]
+    assert final["output"][-1]["type"] == "message"
+
+
+def test_signature_never_lands_on_an_item_already_done() -> None:
+    events = run([ReasoningDelta("r"), TextDelta("t"), ReasoningSignature("late"), Finish(FinishReason.COMPLETED)])
+    final = check_events(events)
+    assert "encrypted_content" not in final["output"][0]
+    assert final["output"][2] == {"id": final["output"][2]["id"], "type": "reasoning", "summary": [],
+                                  "encrypted_content": "late"}
