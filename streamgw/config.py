@@ -133,8 +133,11 @@ ENV_PROVIDERS: dict[str, tuple[str, str, str, ChatFlags]] = {
     "gemini": ("gemini", "https://generativelanguage.googleapis.com", "GEMINI_API_KEY", ChatFlags()),
 }
 
-SUPPORTED_TYPES = ("chat", "demo")
-PLANNED_TYPES = ("openai", "anthropic", "gemini", "ollama")
+def supported_types() -> tuple[str, ...]:
+    """Provider types this installation can serve: the installed dialects plus ``demo``."""
+    from streamgw.providers.registry import dialects
+
+    return (*dialects(), "demo")
 
 
 def _timeouts(raw: Mapping[str, Any], base: Timeouts, where: str) -> Timeouts:
@@ -154,16 +157,14 @@ def _timeouts(raw: Mapping[str, Any], base: Timeouts, where: str) -> Timeouts:
 def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfig:
     where = f"providers.{name}"
     ptype = raw.get("type", "chat")
-    if ptype not in SUPPORTED_TYPES:
-        if ptype in PLANNED_TYPES:
-            raise ConfigError(f"{where}.type = {ptype!r} is not supported yet (supported: chat, demo)")
-        raise ConfigError(f"{where}.type must be one of {', '.join(SUPPORTED_TYPES)}")
+    if ptype not in supported_types():
+        raise ConfigError(f"{where}.type must be one of {', '.join(supported_types())}")
     key = raw.get("api_key")
     key_env = raw.get("api_key_env")
     if key is None and key_env:
         key = env.get(str(key_env), "")
-    if ptype == "chat" and not raw.get("base_url"):
-        raise ConfigError(f"{where}.base_url is required for type 'chat'")
+    if ptype != "demo" and not raw.get("base_url"):
+        raise ConfigError(f"{where}.base_url is required for type {ptype!r}")
     models = raw.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(f"{where}.models must be a list of strings")
@@ -187,7 +188,7 @@ def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> Prov
 def _env_providers(env: Mapping[str, str]) -> dict[str, ProviderConfig]:
     found: dict[str, ProviderConfig] = {}
     for name, (ptype, base_url, key_var, flags) in ENV_PROVIDERS.items():
-        if env.get(key_var) and ptype in SUPPORTED_TYPES:
+        if env.get(key_var) and ptype in supported_types():
             found[name] = ProviderConfig(
                 name=name, type=ptype, base_url=base_url, api_key=Secret(env[key_var]), chat=flags
             )

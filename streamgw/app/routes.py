@@ -30,6 +30,7 @@ from streamgw.errors import (
     UpstreamError,
 )
 from streamgw.providers.base import Dialect
+from streamgw.providers.registry import dialects
 from streamgw.transport.upstream import UpstreamClients
 
 log = logging.getLogger("streamgw")
@@ -42,12 +43,10 @@ class Gateway:
     """Everything the routes share: config, router, upstream clients, dialects, metrics."""
 
     def __init__(self, config: Config) -> None:
-        from streamgw.providers import chat_completions
-
         self.config = config
         self.router = Router(config)
         self.clients = UpstreamClients()
-        self.dialects: dict[str, Dialect] = {"chat": chat_completions.DIALECT}
+        self.dialects: dict[str, Dialect] = dialects()
         self.metrics = Metrics()
         self.secrets = config.secrets()
         self.keys = [k.get().encode() for k in config.auth_keys]

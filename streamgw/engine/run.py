@@ -9,6 +9,7 @@ wait has a deadline; nothing here spans a ``yield`` with a cancel scope.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
@@ -130,6 +131,10 @@ class ResponseRun:
         new_emitter: Callable[..., ResponseEmitter] = ResponseEmitter,
     ) -> ResponseRun:
         """Connect and wait for the first delta; raise ``GatewayError`` if that fails."""
+        dialect = dialects.get(target.provider.type)
+        if dialect is not None and dialect.relays_events:
+            # The upstream speaks Responses events itself: relay them instead of re-emitting.
+            new_emitter = importlib.import_module("streamgw.core.relay").RelayEmitter
         emitter = new_emitter(
             model=request.model, provider=target.provider.name, echo=echo_fields(request)
         )
@@ -244,4 +249,4 @@ async def _open_source(
             f"upstream {provider.name!r} sent no response headers within {timeouts.first_token:g} s",
             code="first_token_timeout",
         )
-    return HttpSource(response, dialect.new_translator(request, secrets), secrets)
+    return HttpSource(response, dialect.new_translator(request, provider, secrets), secrets)

@@ -66,7 +66,9 @@ class Dialect(Protocol):
         self, request: ResponsesRequest, provider: ProviderConfig, model: str, assets: Assets = ...
     ) -> UpstreamRequest: ...
 
-    def new_translator(self, request: ResponsesRequest, secrets: Sequence[str] = ()) -> StreamTranslator:
+    def new_translator(
+        self, request: ResponsesRequest, provider: ProviderConfig, secrets: Sequence[str] = ()
+    ) -> StreamTranslator:
         """A translator for one response body; ``secrets`` are redacted from upstream messages."""
         ...
 

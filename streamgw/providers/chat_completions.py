@@ -785,7 +785,9 @@ class ChatDialect:
         """See ``build_request``."""
         return build_request(request, provider, model)
 
-    def new_translator(self, request: ResponsesRequest, secrets: Sequence[str] = ()) -> ChatStreamTranslator:
+    def new_translator(
+        self, request: ResponsesRequest, provider: ProviderConfig, secrets: Sequence[str] = ()
+    ) -> ChatStreamTranslator:
         """A fresh translator for one upstream response body."""
         return ChatStreamTranslator(secrets=secrets)
 

@@ -208,10 +208,12 @@ def test_satisfies_protocols() -> None:
 
 
 def test_dialect_new_translator_is_fresh() -> None:
+    from streamgw.config import ProviderConfig
     from streamgw.core.request import parse_request
 
     request = parse_request(b'{"model": "m", "input": "hi"}')
-    first, second = DIALECT.new_translator(request), DIALECT.new_translator(request)
+    provider = ProviderConfig(name="p", type="chat", base_url="http://x")
+    first, second = DIALECT.new_translator(request, provider), DIALECT.new_translator(request, provider)
     assert isinstance(first, ChatStreamTranslator) and first is not second
 
 

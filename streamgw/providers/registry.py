@@ -1,0 +1,30 @@
+"""Provider ``type`` -> wire dialect module.  One module per dialect, not per vendor."""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from streamgw.providers.base import Dialect
+
+#: config ``type`` -> module exporting ``DIALECT``
+DIALECT_MODULES: dict[str, str] = {
+    "chat": "streamgw.providers.chat_completions",
+    "openai": "streamgw.providers.openai_responses",
+    "anthropic": "streamgw.providers.anthropic",
+    "gemini": "streamgw.providers.gemini",
+    "ollama": "streamgw.providers.ollama",
+}
+
+
+@cache
+def dialects() -> dict[str, Dialect]:
+    """Every dialect that is installed, by provider type."""
+    found: dict[str, Dialect] = {}
+    for ptype, module in DIALECT_MODULES.items():
+        try:
+            found[ptype] = importlib.import_module(module).DIALECT
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return found
