@@ -55,9 +55,13 @@ class Timeouts:
 class ChatFlags:
     """Quirks of an OpenAI-compatible Chat Completions server."""
 
-    max_tokens_param: str = "max_tokens"  # or "max_completion_tokens" (OpenAI)
+    max_tokens_param: str = "max_tokens"  # or "max_completion_tokens" (OpenAI, Xiaomi)
     system_role: str = "system"  # "developer" only for OpenAI
-    supports_reasoning_effort: bool = True
+    #: how reasoning.effort is sent: reasoning_effort | openrouter | thinking | enable_thinking | none
+    reasoning_style: str = "reasoning_effort"
+    #: the assistant-message field that replays earlier reasoning (DeepSeek: reasoning_content,
+    #: vLLM: reasoning); None: reasoning items are not sent back
+    replay_reasoning: str | None = None
     stream_usage: bool = True  # send stream_options.include_usage
 
 
@@ -115,23 +119,15 @@ class ConfigError(ValueError):
     """The configuration file or environment is invalid."""
 
 
-# Providers detected from the environment when no config file names them:
-# name -> (type, default base_url, key variable, chat flags)
-ENV_PROVIDERS: dict[str, tuple[str, str, str, ChatFlags]] = {
-    # OpenAI is served through its Chat Completions endpoint until the native Responses dialect lands.
-    "openai": (
-        "chat",
-        "https://api.openai.com/v1",
-        "OPENAI_API_KEY",
-        ChatFlags(max_tokens_param="max_completion_tokens", system_role="developer"),
-    ),
-    "groq": ("chat", "https://api.groq.com/openai/v1", "GROQ_API_KEY", ChatFlags()),
-    "openrouter": ("chat", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", ChatFlags()),
-    "deepseek": ("chat", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", ChatFlags()),
-    "xai": ("chat", "https://api.x.ai/v1", "XAI_API_KEY", ChatFlags()),
-    "anthropic": ("anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY", ChatFlags()),
-    "gemini": ("gemini", "https://generativelanguage.googleapis.com", "GEMINI_API_KEY", ChatFlags()),
+# Native dialects detected from the environment: name -> (type, default base_url, key variable).
+# OpenAI-compatible vendors come from ``streamgw.providers.presets``.
+ENV_NATIVE: dict[str, tuple[str, str, str]] = {
+    "openai": ("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "anthropic": ("anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
+    "gemini": ("gemini", "https://generativelanguage.googleapis.com", "GEMINI_API_KEY"),
 }
+_FLAG_KEYS = ("max_tokens_param", "system_role", "reasoning_style", "replay_reasoning", "stream_usage")
+
 
 def supported_types() -> tuple[str, ...]:
     """Provider types this installation can serve: the installed dialects plus ``demo``."""
@@ -154,30 +150,49 @@ def _timeouts(raw: Mapping[str, Any], base: Timeouts, where: str) -> Timeouts:
     return replace(base, **values)
 
 
+def _preset_defaults(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Base URL, key variable and flags of the preset this table names (if any)."""
+    from streamgw.providers.presets import PRESETS
+
+    preset_name = raw.get("preset")
+    if preset_name is None and "type" not in raw and name in PRESETS:
+        preset_name = name
+    if preset_name is None:
+        return {}
+    preset = PRESETS.get(str(preset_name))
+    if preset is None:
+        raise ConfigError(f"providers.{name}.preset must be one of {', '.join(sorted(PRESETS))}")
+    base_url = env.get(preset.base_url_env, "") if preset.base_url_env else ""
+    return {"type": "chat", "base_url": base_url or preset.base_url, "api_key_env": preset.key_env,
+            "flags": preset.flags}
+
+
 def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfig:
     where = f"providers.{name}"
-    ptype = raw.get("type", "chat")
+    defaults = _preset_defaults(name, raw, env)
+    ptype = raw.get("type", defaults.get("type", "chat"))
     if ptype not in supported_types():
         raise ConfigError(f"{where}.type must be one of {', '.join(supported_types())}")
     key = raw.get("api_key")
-    key_env = raw.get("api_key_env")
+    key_env = raw.get("api_key_env", defaults.get("api_key_env"))
     if key is None and key_env:
         key = env.get(str(key_env), "")
-    if ptype != "demo" and not raw.get("base_url"):
+    base_url = raw.get("base_url", defaults.get("base_url", ""))
+    if ptype != "demo" and not base_url:
         raise ConfigError(f"{where}.base_url is required for type {ptype!r}")
     models = raw.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(f"{where}.models must be a list of strings")
-    chat_raw = {k: raw[k] for k in ("max_tokens_param", "system_role") if k in raw}
+    flags = replace(defaults.get("flags", ChatFlags()), **{k: raw[k] for k in _FLAG_KEYS if k in raw})
     demo_raw = {k: float(raw[k]) for k in ("first_token_delay", "tokens_per_second") if k in raw}
     headers = raw.get("headers", {})
     return ProviderConfig(
         name=name,
         type=ptype,
-        base_url=str(raw.get("base_url", "")).rstrip("/"),
+        base_url=str(base_url).rstrip("/"),
         api_key=Secret(str(key or "")),
         models=tuple(models),
-        chat=ChatFlags(**chat_raw),
+        chat=flags,
         demo=DemoSettings(**demo_raw),
         timeouts=_timeouts(raw["timeouts"], Timeouts(), f"{where}.timeouts") if "timeouts" in raw else None,
         max_connections=int(raw.get("max_connections", 1000)),
@@ -186,12 +201,24 @@ def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> Prov
 
 
 def _env_providers(env: Mapping[str, str]) -> dict[str, ProviderConfig]:
+    """Providers implied by API-key variables (and ``OLLAMA_BASE_URL``) alone."""
+    from streamgw.providers.presets import PRESETS
+
     found: dict[str, ProviderConfig] = {}
-    for name, (ptype, base_url, key_var, flags) in ENV_PROVIDERS.items():
-        if env.get(key_var) and ptype in supported_types():
-            found[name] = ProviderConfig(
-                name=name, type=ptype, base_url=base_url, api_key=Secret(env[key_var]), chat=flags
-            )
+    types = supported_types()
+    for name, (ptype, base_url, key_var) in ENV_NATIVE.items():
+        if env.get(key_var) and ptype in types:
+            found[name] = ProviderConfig(name=name, type=ptype, base_url=base_url, api_key=Secret(env[key_var]))
+    if env.get("OPENAI_API_KEY") and "openai" not in found:  # no native dialect: OpenAI's chat endpoint
+        found["openai"] = _provider("openai", {"preset": "openai-chat"}, env)
+    for name, preset in PRESETS.items():
+        has_key = bool(preset.key_env and env.get(preset.key_env))
+        has_url = bool(preset.base_url_env and env.get(preset.base_url_env))
+        if name not in ("openai-chat", "ollama-v1") and (has_key or (has_url and name == "vllm")):
+            if preset.base_url or has_url:
+                found[name] = _provider(name, {"preset": name}, env)
+    if env.get("OLLAMA_BASE_URL") and "ollama" in types:
+        found["ollama"] = ProviderConfig(name="ollama", type="ollama", base_url=env["OLLAMA_BASE_URL"].rstrip("/"))
     return found
 
 

@@ -73,12 +73,17 @@ class _History:
         self.pending_reasoning.clear()
         self.messages.append(message)
 
-    def finish(self) -> list[Message]:
-        # DeepSeek's thinking mode requires the reasoning replayed on assistant turns that
-        # called tools; on other turns it is only noise, so it is dropped there.
-        for index, text in self.reasoning_at.items():
-            if "tool_calls" in self.messages[index]:
-                self.messages[index]["reasoning_content"] = text
+    def finish(self, replay_field: str | None) -> list[Message]:
+        # Vendors in thinking mode (DeepSeek, Xiaomi, Z.ai) require the reasoning replayed on
+        # assistant turns that called tools, an empty string when it was lost; on other turns
+        # it is only noise. Vendors without a replay field never see it.
+        if replay_field is None:
+            return self.messages
+        for index, message in enumerate(self.messages):
+            if message["role"] == "assistant" and "tool_calls" in message:
+                text = self.reasoning_at.get(index)
+                if text is not None or replay_field == "reasoning_content":
+                    message[replay_field] = text or ""
         return self.messages
 
 
@@ -236,7 +241,7 @@ def _messages(request: ResponsesRequest, provider: ProviderConfig) -> list[Messa
         history.add({"role": provider.chat.system_role, "content": request.instructions})
     for i, item in enumerate(request.input):
         _ITEMS[item["type"]](history, item, f"input[{i}]")
-    return history.finish()
+    return history.finish(provider.chat.replay_reasoning)
 
 
 # - tools -
@@ -309,6 +314,15 @@ def _format_fields(request: ResponsesRequest) -> dict[str, Any]:
     return {} if convert is None else {"response_format": convert(fmt)}
 
 
+_REASONING_STYLES: dict[str, Callable[[str], dict[str, Any]]] = {
+    "reasoning_effort": lambda effort: {"reasoning_effort": effort},
+    "openrouter": lambda effort: {"reasoning": {"effort": effort}},
+    "thinking": lambda effort: {"thinking": {"type": "disabled" if effort == "none" else "enabled"}},
+    "enable_thinking": lambda effort: {"enable_thinking": effort != "none"},
+    "none": lambda effort: {},
+}
+
+
 def _sampling_fields(request: ResponsesRequest, flags: ChatFlags) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if request.temperature is not None:
@@ -320,8 +334,8 @@ def _sampling_fields(request: ResponsesRequest, flags: ChatFlags) -> dict[str, A
     if request.stop:
         fields["stop"] = request.stop[0] if len(request.stop) == 1 else list(request.stop)
     effort = (request.reasoning or {}).get("effort")
-    if effort is not None and flags.supports_reasoning_effort:
-        fields["reasoning_effort"] = effort
+    if effort is not None:
+        fields.update(_REASONING_STYLES[flags.reasoning_style](effort))
     if request.user is not None:
         fields["user"] = request.user
     if request.safety_identifier is not None:

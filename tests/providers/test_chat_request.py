@@ -313,15 +313,27 @@ def test_reasoning_replayed_on_assistant_message_with_tool_calls() -> None:
         "content": [{"type": "reasoning_text", "text": "raw thoughts"}],
     }
     items = [{"role": "user", "content": "q"}, reasoning, call("c1"), result("c1")]
-    messages = chat(input=items)["messages"]
+    deepseek = provider(replay_reasoning="reasoning_content")
+    messages = chat(deepseek, input=items)["messages"]
     assert messages[1]["reasoning_content"] == "raw thoughts"
     assert messages[1]["tool_calls"][0]["id"] == "c1"
+    vllm = chat(provider(replay_reasoning="reasoning"), input=items)["messages"]
+    assert vllm[1]["reasoning"] == "raw thoughts" and "reasoning_content" not in vllm[1]
+    plain = chat(input=items)["messages"]
+    assert "reasoning_content" not in plain[1] and "reasoning" not in plain[1]
+
+
+def test_deepseek_rule_sends_empty_reasoning_when_it_was_lost() -> None:
+    items = [{"role": "user", "content": "q"}, call("c1"), result("c1"), {"role": "assistant", "content": "done"}]
+    messages = chat(provider(replay_reasoning="reasoning_content"), input=items)["messages"]
+    assert messages[1]["reasoning_content"] == ""
+    assert "reasoning_content" not in messages[3]
 
 
 def test_reasoning_summary_is_the_fallback() -> None:
     reasoning = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "plan"}]}
     items = [{"role": "user", "content": "q"}, reasoning, {"role": "assistant", "content": "ok"}, call("c1")]
-    messages = chat(input=items)["messages"]
+    messages = chat(provider(replay_reasoning="reasoning_content"), input=items)["messages"]
     assert messages[1] == {
         "role": "assistant",
         "content": "ok",
@@ -491,6 +503,20 @@ def test_reasoning_effort(effort: str) -> None:
 
 
 def test_reasoning_effort_dropped_when_unsupported() -> None:
-    assert "reasoning_effort" not in chat(
-        provider(supports_reasoning_effort=False), reasoning={"effort": "high"}
-    )
+    assert "reasoning_effort" not in chat(provider(reasoning_style="none"), reasoning={"effort": "high"})
+
+
+@pytest.mark.parametrize(
+    ("style", "effort", "expected"),
+    [
+        ("openrouter", "high", {"reasoning": {"effort": "high"}}),
+        ("thinking", "high", {"thinking": {"type": "enabled"}}),
+        ("thinking", "none", {"thinking": {"type": "disabled"}}),
+        ("enable_thinking", "low", {"enable_thinking": True}),
+        ("enable_thinking", "none", {"enable_thinking": False}),
+    ],
+)
+def test_reasoning_styles(style: str, effort: str, expected: dict[str, Any]) -> None:
+    body = chat(provider(reasoning_style=style), reasoning={"effort": effort})
+    assert "reasoning_effort" not in body
+    assert {k: body[k] for k in expected} == expected
