@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from streamgw.testing.process import start_gateway, start_mock, stop_process  # noqa: E402
+from streamgw.testing.process import start_gateway, start_mock, stop_process
 
 
 def first_event_time(client: httpx.Client, url: str, body: dict[str, object], marker: bytes) -> float:
