@@ -49,6 +49,16 @@ class Timeouts:
     first_token: float = 30.0
     idle: float = 60.0
     total: float = 0.0
+    #: an SSE comment every this many seconds while the upstream is silent (0: off)
+    keepalive: float = 15.0
+
+    def merged(self, *overrides: tuple[tuple[str, float], ...]) -> Timeouts:
+        """These timeouts with each override applied in turn (global < provider < route)."""
+        result = self
+        for override in overrides:
+            if override:
+                result = replace(result, **dict(override))
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +91,37 @@ class ProviderConfig:
     type: str  # openai | chat | anthropic | gemini | ollama | demo
     base_url: str = ""
     api_key: Secret = field(default_factory=lambda: Secret(""))
+    #: more keys of the same account pool; requests spread over all keys by least in-flight
+    extra_keys: tuple[Secret, ...] = ()
     models: tuple[str, ...] = ()
     chat: ChatFlags = field(default_factory=ChatFlags)
     demo: DemoSettings = field(default_factory=DemoSettings)
-    timeouts: Timeouts | None = None
+    #: only the keys set in ``[providers.NAME.timeouts]``; see ``Timeouts.merged``
+    timeouts: tuple[tuple[str, float], ...] = ()
     max_connections: int = 1000
     headers: tuple[tuple[str, str], ...] = ()
+
+
+STRATEGIES = ("fallback", "hedge", "weighted")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """A virtual model: several ``provider/model`` targets and how to use them."""
+
+    name: str
+    targets: tuple[str, ...]
+    strategy: str = "fallback"  # fallback | hedge | weighted
+    weights: tuple[float, ...] = ()  # weighted: one per target (default all 1)
+    hedge_delay: float = 1.0  # hedge: seconds without a first delta before the next attempt starts
+    max_attempts: int = 0  # attempts across targets and retries (0: one per target plus retries)
+    retries: int = 0  # extra attempts on the same target after a retryable failure
+    backoff: float = 0.25  # first retry delay in seconds; doubled each retry, jittered, capped
+    backoff_max: float = 8.0
+    cooldown_failures: int = 3  # consecutive failures that put a target in cooldown (0: never)
+    cooldown_seconds: float = 30.0
+    #: only the keys set in ``[routes.NAME.timeouts]``
+    timeouts: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +143,13 @@ class Config:
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
+    routes: Mapping[str, RouteConfig] = field(default_factory=dict)
+
     def secrets(self) -> list[str]:
         """Every secret value, for redaction of upstream messages."""
         values = [k.get() for k in self.auth_keys]
-        values += [p.api_key.get() for p in self.providers.values()]
+        for provider in self.providers.values():
+            values += [k.get() for k in (provider.api_key, *provider.extra_keys)]
         return [v for v in values if v]
 
 
@@ -126,6 +164,7 @@ ENV_NATIVE: dict[str, tuple[str, str, str]] = {
     "anthropic": ("anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
     "gemini": ("gemini", "https://generativelanguage.googleapis.com", "GEMINI_API_KEY"),
 }
+_TIMEOUT_KEYS = ("connect", "first_token", "idle", "total", "keepalive")
 _FLAG_KEYS = ("max_tokens_param", "system_role", "reasoning_style", "replay_reasoning", "stream_usage")
 
 
@@ -138,13 +177,13 @@ def supported_types() -> tuple[str, ...]:
 
 def _timeouts(raw: Mapping[str, Any], base: Timeouts, where: str) -> Timeouts:
     values: dict[str, float] = {}
-    for key in ("connect", "first_token", "idle", "total"):
+    for key in _TIMEOUT_KEYS:
         if key in raw:
             value = raw[key]
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{where}.{key} must be a number >= 0")
             values[key] = float(value)
-    unknown = set(raw) - {"connect", "first_token", "idle", "total"}
+    unknown = set(raw) - set(_TIMEOUT_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     return replace(base, **values)
@@ -167,6 +206,11 @@ def _preset_defaults(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) 
             "flags": preset.flags}
 
 
+def _timeout_overrides(raw: Mapping[str, Any], where: str) -> tuple[tuple[str, float], ...]:
+    checked = _timeouts(raw, Timeouts(), where)  # validates keys and values
+    return tuple((key, float(getattr(checked, key))) for key in _TIMEOUT_KEYS if key in raw)
+
+
 def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfig:
     where = f"providers.{name}"
     defaults = _preset_defaults(name, raw, env)
@@ -177,6 +221,10 @@ def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> Prov
     key_env = raw.get("api_key_env", defaults.get("api_key_env"))
     if key is None and key_env:
         key = env.get(str(key_env), "")
+    extra_keys = [str(k) for k in raw.get("api_keys", [])]
+    extra_keys += [env.get(str(var), "") for var in raw.get("api_key_envs", [])]
+    if not key and extra_keys:
+        key, extra_keys = extra_keys[0], extra_keys[1:]
     base_url = raw.get("base_url", defaults.get("base_url", ""))
     if ptype != "demo" and not base_url:
         raise ConfigError(f"{where}.base_url is required for type {ptype!r}")
@@ -191,10 +239,11 @@ def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> Prov
         type=ptype,
         base_url=str(base_url).rstrip("/"),
         api_key=Secret(str(key or "")),
+        extra_keys=tuple(Secret(k) for k in extra_keys if k),
         models=tuple(models),
         chat=flags,
         demo=DemoSettings(**demo_raw),
-        timeouts=_timeouts(raw["timeouts"], Timeouts(), f"{where}.timeouts") if "timeouts" in raw else None,
+        timeouts=_timeout_overrides(raw.get("timeouts", {}), f"{where}.timeouts"),
         max_connections=int(raw.get("max_connections", 1000)),
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
     )
@@ -220,6 +269,43 @@ def _env_providers(env: Mapping[str, str]) -> dict[str, ProviderConfig]:
     if env.get("OLLAMA_BASE_URL") and "ollama" in types:
         found["ollama"] = ProviderConfig(name="ollama", type="ollama", base_url=env["OLLAMA_BASE_URL"].rstrip("/"))
     return found
+
+
+def _route(name: str, raw: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> RouteConfig:
+    where = f"routes.{name}"
+    targets = raw.get("targets")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise ConfigError(f"{where}.targets must be a non-empty list of \"provider/model\" strings")
+    for target in targets:
+        provider, sep, model = target.partition("/")
+        if not sep or not model or provider not in providers:
+            raise ConfigError(f"{where}: target {target!r} must be \"provider/model\" with a configured provider")
+    if name in providers:
+        raise ConfigError(f"{where}: a route cannot have the name of a provider")
+    strategy = raw.get("strategy", "fallback")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"{where}.strategy must be one of {', '.join(STRATEGIES)}")
+    weights = tuple(float(w) for w in raw.get("weights", []))
+    if weights and (len(weights) != len(targets) or any(w < 0 for w in weights) or not any(weights)):
+        raise ConfigError(f"{where}.weights needs one non-negative weight per target, not all zero")
+    numbers: dict[str, Any] = {}
+    for key in ("hedge_delay", "backoff", "backoff_max", "cooldown_seconds"):
+        if key in raw:
+            numbers[key] = _non_negative(raw[key], f"{where}.{key}")
+    ints: dict[str, Any] = {key: int(_non_negative(raw[key], f"{where}.{key}")) for key in
+            ("max_attempts", "retries", "cooldown_failures") if key in raw}
+    unknown = set(raw) - {"targets", "strategy", "weights", "timeouts", *numbers, *ints}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    route_timeouts = _timeout_overrides(raw.get("timeouts", {}), f"{where}.timeouts")
+    return RouteConfig(name=name, targets=tuple(targets), strategy=strategy, weights=weights,
+                       timeouts=route_timeouts, **numbers, **ints)
+
+
+def _non_negative(value: Any, where: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where} must be a number >= 0")
+    return float(value)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -252,9 +338,11 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if "demo" not in providers:
         providers["demo"] = ProviderConfig(name="demo", type="demo")
     timeouts = _timeouts(raw.get("timeouts", {}), Timeouts(), "timeouts")
+    routes = {name: _route(name, route_raw, providers) for name, route_raw in raw.get("routes", {}).items()}
     return Config(
         server=server,
         auth_keys=tuple(Secret(str(k)) for k in keys_raw),
         providers=providers,
         timeouts=timeouts,
+        routes=routes,
     )

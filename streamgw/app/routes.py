@@ -170,7 +170,7 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
         req = parse_request(body)
         target = gw.router.resolve(req.model, req.provider)
         g.provider = target.provider.name
-        timeouts = target.provider.timeouts or gw.config.timeouts
+        timeouts = gw.config.timeouts.merged(target.provider.timeouts)
         started = trio.current_time()
         run = await ResponseRun.open(
             req, target, clients=gw.clients, dialects=gw.dialects, timeouts=timeouts, secrets=gw.secrets

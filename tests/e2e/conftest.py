@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import openai
@@ -26,14 +26,22 @@ GATEWAY_KEY = "sk-gw-test-key-42"
 
 @dataclass
 class Gateway:
-    """A running gateway process."""
+    """A running gateway process; the SDK clients it hands out are closed with it."""
 
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     def client(self, key: str = GATEWAY_KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=20)
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=20)
+        self.clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +98,9 @@ def gateway(mock: ChatCompletionsMock, tmp_path_factory: pytest.TempPathFactory)
     config = tmp / "streamgw.toml"
     config.write_text(gateway_config(mock.port, free_port()))  # type: ignore[attr-defined]
     proc, url = start_gateway(config, tmp / "gateway.log")
+    gw = Gateway(url, proc, tmp / "gateway.log")
     try:
-        yield Gateway(url, proc, tmp / "gateway.log")
+        yield gw
     finally:
+        gw.close_clients()
         assert stop_process(proc) == 0, "the gateway must exit cleanly on SIGTERM"
