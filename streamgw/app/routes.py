@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,10 +16,12 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from streamgw.app.metrics import Metrics
-from streamgw.app.streaming import SSE_HEADERS, SSEBody
+from streamgw.app.streaming import SSE_HEADERS, Opening, SSEBody
 from streamgw.config import Config
-from streamgw.core.request import parse_request
-from streamgw.engine.routing import Router
+from streamgw.core.request import ResponsesRequest, parse_request
+from streamgw.engine.attempt import EngineContext
+from streamgw.engine.health import Health
+from streamgw.engine.routing import Plan, Router
 from streamgw.engine.run import ResponseRun
 from streamgw.errors import (
     AuthenticationFailed,
@@ -37,6 +40,7 @@ log = logging.getLogger("streamgw")
 
 Closer = Callable[[], Awaitable[None]]
 _CLOSERS = "streamgw.closers"
+_NURSERY = "streamgw.nursery"
 
 
 class Gateway:
@@ -49,6 +53,7 @@ class Gateway:
         self.dialects: dict[str, Dialect] = dialects()
         self.metrics = Metrics()
         self.secrets = config.secrets()
+        self.engine = EngineContext(self.clients, self.dialects, self.secrets, Health(), config.timeouts)
         self.keys = [k.get().encode() for k in config.auth_keys]
         self.ready = False
 
@@ -70,11 +75,13 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(body, status=status, headers=headers, content_type="application/json")
 
 
-class CloseGuard:
-    """ASGI wrapper: whatever happens to a request, the upstreams it opened are closed.
+class RequestScope:
+    """ASGI wrapper: every HTTP request gets a nursery of its own, and its upstreams are always closed.
 
-    Quart sends the response after the handler returned; if the client leaves in
-    between, nothing else would close the upstream a handler had opened.
+    Work that must outlive the Quart handler (waiting for a first token while keepalives
+    flow) runs in this nursery, so its lifetime is the request's: when the request ends —
+    completed, or the client gone — the nursery is cancelled and every upstream it opened
+    is closed.
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
@@ -87,7 +94,10 @@ class CloseGuard:
         closers: list[Closer] = []
         scope[_CLOSERS] = closers
         try:
-            await self._app(scope, receive, send)
+            async with trio.open_nursery() as nursery:
+                scope[_NURSERY] = nursery
+                await self._app(scope, receive, send)
+                nursery.cancel_scope.cancel()
         finally:
             if closers:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -103,7 +113,7 @@ def create_app(config: Config) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     gw = Gateway(config)
     app.extensions["streamgw"] = gw
-    app.asgi_app = CloseGuard(app.asgi_app)  # type: ignore[method-assign,assignment]
+    app.asgi_app = RequestScope(app.asgi_app)  # type: ignore[method-assign,assignment]
     _install_hooks(app, gw)
     _install_routes(app, gw)
     return app
@@ -165,32 +175,46 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
 def _install_routes(app: QuartTrio, gw: Gateway) -> None:
     @app.post("/v1/responses")
     async def create_response() -> Response:
+        started = trio.current_time()
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
         req = parse_request(body)
-        target = gw.router.resolve(req.model, req.provider)
-        g.provider = target.provider.name
-        timeouts = gw.config.timeouts.merged(target.provider.timeouts)
-        started = trio.current_time()
-        run = await ResponseRun.open(
-            req, target, clients=gw.clients, dialects=gw.dialects, timeouts=timeouts, secrets=gw.secrets
-        )
-        request.scope[_CLOSERS].append(run.aclose)  # type: ignore[literal-required]
-        if run.first_delta_at is not None:
-            gw.metrics.ttft.labels(target.provider.name).observe(run.first_delta_at - started)
+        plan = gw.router.plan(req.model, req.provider)
+        g.provider = plan.targets[0].provider.name if plan.route is None else plan.route.name
         if not req.stream:
+            run = await ResponseRun.open(req, plan, gw.engine, started_at=started)
+            request.scope[_CLOSERS].append(run.aclose)  # type: ignore[literal-required]
+            g.provider = run.provider
+            gw.metrics.ttft.labels(run.provider).observe(run.first_delta_at - started)
             final = await run.collect()
-            gw.metrics.duration.labels(target.provider.name).observe(trio.current_time() - started)
+            gw.metrics.duration.labels(run.provider).observe(trio.current_time() - started)
             return json_response(final)
+        return await _stream(req, plan, started)
+
+    async def _stream(req: ResponsesRequest, plan: Plan, started: float) -> Response:
+        opening = Opening(req, plan, gw.engine, started)
+        request.scope[_NURSERY].start_soon(opening.run)  # type: ignore[literal-required]
+        request.scope[_CLOSERS].append(opening.aclose)  # type: ignore[literal-required]
+        keepalive = gw.config.timeouts.merged(plan.route.timeouts if plan.route else ()).keepalive
+        with trio.move_on_after(keepalive if keepalive > 0 else math.inf):
+            await opening.ready.wait()
+        source: ResponseRun | Opening = opening
+        if opening.ready.is_set():
+            source = opening.result()  # a GatewayError here is still an HTTP error
+            request.scope[_CLOSERS].append(source.aclose)  # type: ignore[literal-required]
+            g.provider = source.provider
         gw.metrics.in_flight.inc()
 
-        def finished(done_run: ResponseRun) -> None:
+        def finished(run: ResponseRun | None) -> None:
             gw.metrics.in_flight.dec()
-            gw.metrics.duration.labels(target.provider.name).observe(trio.current_time() - started)
-            if not done_run.done:
-                gw.metrics.upstream_errors.labels(target.provider.name, "client_disconnected").inc()
+            if run is None:
+                return
+            gw.metrics.ttft.labels(run.provider).observe(run.first_delta_at - started)
+            gw.metrics.duration.labels(run.provider).observe(trio.current_time() - started)
+            if not run.done:
+                gw.metrics.upstream_errors.labels(run.provider, "client_disconnected").inc()
 
-        return Response(SSEBody(run, finished), status=200, headers=SSE_HEADERS)
+        return Response(SSEBody(source, keepalive, finished), status=200, headers=SSE_HEADERS)
 
     @app.get("/v1/models")
     async def list_models() -> Response:

@@ -7,6 +7,7 @@ httpcore's pool, whose cost grows with the number of concurrent requests.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import httpx
 
@@ -15,6 +16,8 @@ from streamgw.errors import GatewayError, UpstreamError, UpstreamTimeout, redact
 from streamgw.providers.base import Dialect, UpstreamRequest
 from streamgw.transport.h11pool import TrioH11Transport
 
+#: response extension under which ``TrioH11Transport`` exposes its body iterator
+BODY_EXTENSION = "streamgw.body"
 #: the most of an upstream error body we read to build the envelope
 MAX_ERROR_BODY = 64 * 1024
 
@@ -117,9 +120,15 @@ async def open_stream(
 def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body bytes as the transport yields them: no decoders, no re-chunking.
 
-    We ask upstreams for ``accept-encoding: identity``, so there is nothing to decode,
-    and each yielded chunk holds every frame that was buffered when it was read.
+    We ask upstreams for ``accept-encoding: identity``, so there is nothing to decode.
+    ``TrioH11Transport`` hands its own body iterator over in the response's extensions:
+    a class-based iterator whose ``__anext__`` may be cancelled and called again without
+    losing data, and each chunk it yields holds every frame that was buffered when it was
+    read. httpx's wrapper around it is an async generator, which a cancellation would end.
     """
+    body = response.extensions.get(BODY_EXTENSION)
+    if body is not None:
+        return cast(AsyncIterator[bytes], body)
     stream = response.stream
     assert isinstance(stream, httpx.AsyncByteStream)
     return stream.__aiter__()

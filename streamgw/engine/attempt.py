@@ -1,0 +1,300 @@
+"""Attempts and strategies: how a request gets its first delta from one of a route's targets.
+
+An attempt opens one upstream and waits for its first delta.  Strategies decide
+which attempts run: ``single`` (a plain ``provider/model``), ``fallback`` (targets in
+order, with retries and backoff), ``weighted`` (weighted random order, then
+fallback) and ``hedge`` (start the next target when the current one has produced
+nothing for ``hedge_delay``; the first delta wins and the other attempts are
+cancelled, which closes their upstream connections).  Everything here happens
+before the first byte reaches the client, so any failure can still move on.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from streamgw.config import RouteConfig, Timeouts
+from streamgw.core.deltas import Delta, UpstreamFailure, Usage
+from streamgw.core.request import ResponsesRequest
+from streamgw.engine.health import Endpoint, Health
+from streamgw.engine.routing import Plan, Target
+from streamgw.engine.sources import DeltaSource, open_source
+from streamgw.errors import GatewayError, InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
+from streamgw.providers.base import Dialect
+from streamgw.transport.upstream import UpstreamClients
+
+
+@dataclass(slots=True)
+class EngineContext:
+    """What attempts share across requests."""
+
+    clients: UpstreamClients
+    dialects: Mapping[str, Dialect]
+    secrets: Sequence[str]
+    health: Health
+    timeouts: Timeouts
+    rng: random.Random = field(default_factory=random.Random)
+
+
+@dataclass(slots=True)
+class Opened:
+    """A winning attempt: its source, the first batch of deltas, and who served it."""
+
+    source: DeltaSource
+    first: list[Delta]
+    target: Target
+    endpoint: Endpoint
+    timeouts: Timeouts
+    attempts: int = 1
+
+    async def aclose(self) -> None:
+        """Close the upstream and give the endpoint's in-flight slot back (idempotent)."""
+        if self.endpoint.in_flight > 0 and self.source is not _CLOSED:
+            self.endpoint.in_flight -= 1
+        source, self.source = self.source, _CLOSED
+        await source.aclose()
+
+
+class _Closed:
+    async def receive(self) -> list[Delta] | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+_CLOSED = _Closed()
+
+
+def timeouts_for(ctx: EngineContext, target: Target, route: RouteConfig | None) -> Timeouts:
+    """Global timeouts, then the provider's, then the route's."""
+    return ctx.timeouts.merged(target.provider.timeouts, route.timeouts if route else ())
+
+
+def _first_failure(batch: list[Delta]) -> UpstreamFailure | None:
+    for delta in batch:
+        if isinstance(delta, UpstreamFailure):
+            return delta
+        if not isinstance(delta, Usage):
+            return None
+    return None
+
+
+def _failure_error(failure: UpstreamFailure) -> GatewayError:
+    if failure.code == "rate_limit_exceeded":
+        return RateLimited(failure.message)
+    if failure.code == "invalid_prompt":
+        return InvalidRequest(failure.message, code="upstream_rejected")
+    return UpstreamError(failure.message, code=failure.code)
+
+
+async def _first_batch(source: DeltaSource, deadline: float, first_token: float) -> list[Delta]:
+    """Read until the first non-empty batch; a failure before any output is an error."""
+    with trio.move_on_at(deadline):
+        while True:
+            batch = await source.receive()
+            if batch is None:
+                raise UpstreamError("upstream closed the stream before any output", code="upstream_empty")
+            if batch:
+                failure = _first_failure(batch)
+                if failure is not None:
+                    raise _failure_error(failure)
+                return batch
+    raise UpstreamTimeout(f"no output from upstream within {first_token:g} s (first_token timeout)",
+                          code="first_token_timeout")
+
+
+async def open_attempt(
+    request: ResponsesRequest, target: Target, ctx: EngineContext, route: RouteConfig | None
+) -> Opened:
+    """One upstream attempt up to its first delta; the endpoint's health is updated either way."""
+    timeouts = timeouts_for(ctx, target, route)
+    endpoint = ctx.health.pick(target.provider)
+    provider = ctx.health.with_key(target.provider, endpoint)
+    deadline = trio.current_time() + (timeouts.first_token or math.inf)
+    endpoint.in_flight += 1
+    try:
+        source = await open_source(request, provider, target.model, clients=ctx.clients, dialects=ctx.dialects,
+                                   secrets=ctx.secrets, timeouts=timeouts, deadline=deadline)
+        try:
+            first = await _first_batch(source, deadline, timeouts.first_token)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await source.aclose()
+            raise
+    except GatewayError as error:
+        endpoint.in_flight -= 1
+        if retryable(error) or may_fall_back(error):
+            threshold = route.cooldown_failures if route else 3
+            ctx.health.failure(endpoint, threshold, route.cooldown_seconds if route else 30.0)
+        raise
+    except BaseException:
+        endpoint.in_flight -= 1
+        raise
+    ctx.health.success(endpoint)
+    return Opened(source, first, target, endpoint, timeouts)
+
+
+def retryable(error: GatewayError) -> bool:
+    """Worth another try on the same target: connection failures, 5xx, 429, timeouts."""
+    return isinstance(error, UpstreamError | RateLimited) and error.code != "upstream_auth_failed"
+
+
+def may_fall_back(error: GatewayError) -> bool:
+    """Worth trying the next target: anything but a request the upstream called wrong."""
+    return not isinstance(error, InvalidRequest)
+
+
+def _retry_after(error: GatewayError) -> float:
+    value = error.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 0.0
+
+
+def backoff_delay(route: RouteConfig, retry: int, error: GatewayError, rng: random.Random) -> float:
+    """Exponential backoff with jitter, never shorter than the upstream's ``retry-after``."""
+    base = min(route.backoff_max, route.backoff * (2.0**retry))
+    return max(base * rng.uniform(0.5, 1.0), _retry_after(error))
+
+
+def _ordered(plan: Plan, ctx: EngineContext) -> list[Target]:
+    """Targets in the order to try them: weighted draw for ``weighted``, cooling targets last."""
+    targets = list(plan.targets)
+    route = plan.route
+    if route is not None and route.strategy == "weighted":
+        weights = list(route.weights or [1.0] * len(targets))
+        drawn: list[Target] = []
+        while targets:
+            pick = ctx.rng.choices(range(len(targets)), weights=[w or 1e-9 for w in weights])[0]
+            drawn.append(targets.pop(pick))
+            weights.pop(pick)
+        targets = _least_in_flight_first(drawn, ctx)
+    if route is None:
+        return targets
+    order = ctx.health.order([t.provider for t in targets])
+    return [targets[i] for i in order]
+
+
+def _least_in_flight_first(drawn: list[Target], ctx: EngineContext) -> list[Target]:
+    """Power of two choices: of the first two drawn, the one with fewer requests in flight goes first."""
+    if len(drawn) >= 2:
+        load = [sum(e.in_flight for e in ctx.health.endpoints(t.provider)) for t in drawn[:2]]
+        if load[1] < load[0]:
+            drawn[0], drawn[1] = drawn[1], drawn[0]
+    return drawn
+
+
+async def open_plan(request: ResponsesRequest, plan: Plan, ctx: EngineContext, deadline: float) -> Opened:
+    """Run the plan's strategy until an attempt produced its first delta, or raise the last error."""
+    route = plan.route
+    if route is None:
+        return await open_attempt(request, plan.targets[0], ctx, None)
+    targets = _ordered(plan, ctx)
+    if route.strategy == "hedge":
+        return await _hedge(request, targets, route, ctx, deadline)
+    return await _fallback(request, targets, route, ctx, deadline)
+
+
+def _budget(route: RouteConfig, targets: int) -> int:
+    return route.max_attempts or targets * (1 + route.retries)
+
+
+async def _fallback(
+    request: ResponsesRequest, targets: list[Target], route: RouteConfig, ctx: EngineContext, deadline: float
+) -> Opened:
+    budget = _budget(route, len(targets))
+    attempts = 0
+    last: GatewayError | None = None
+    for target in targets:
+        for retry in range(route.retries + 1):
+            if attempts >= budget:
+                break
+            attempts += 1
+            try:
+                opened = await open_attempt(request, target, ctx, route)
+            except GatewayError as error:
+                last = error
+                if not may_fall_back(error):
+                    raise
+                if not retryable(error) or retry == route.retries:
+                    break
+                delay = backoff_delay(route, retry, error, ctx.rng)
+                if trio.current_time() + delay >= deadline:
+                    break  # no time left for this target: try the next one
+                await trio.sleep(delay)
+                continue
+            opened.attempts = attempts
+            return opened
+    raise _exhausted(route, attempts, last)
+
+
+def _exhausted(route: RouteConfig, attempts: int, last: GatewayError | None) -> GatewayError:
+    if last is None:
+        return UpstreamError(f"route {route.name!r} has no target left to try", code="route_exhausted")
+    last.message = f"route {route.name!r}: all {attempts} attempt(s) failed; last: {last.message}"
+    return last
+
+
+async def _hedge(
+    request: ResponsesRequest, targets: list[Target], route: RouteConfig, ctx: EngineContext, deadline: float
+) -> Opened:
+    """Start attempts ``hedge_delay`` apart (or at once after a failure); the first delta wins."""
+    send, receive = trio.open_memory_channel[Opened | GatewayError](math.inf)
+    budget = min(len(targets), _budget(route, len(targets)))
+    launched = finished = 0
+    winner: Opened | None = None
+    last: GatewayError | None = None
+    fatal: GatewayError | None = None
+
+    async def attempt(target: Target) -> None:
+        try:
+            result: Opened | GatewayError = await open_attempt(request, target, ctx, route)
+        except GatewayError as error:
+            result = error
+        send.send_nowait(result)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(attempt, targets[0])
+        launched = 1
+        while winner is None and finished < launched:
+            wait = route.hedge_delay if launched < budget else math.inf
+            with trio.move_on_after(wait):
+                result = await receive.receive()
+                finished += 1
+                if isinstance(result, Opened):
+                    winner = result
+                    break
+                last = result
+                if not may_fall_back(result):
+                    fatal = result
+                    break
+            if launched < budget and trio.current_time() < deadline:
+                nursery.start_soon(attempt, targets[launched])  # hedge, or replace the failed attempt
+                launched += 1
+        nursery.cancel_scope.cancel()  # the losers: cancelling them closes their upstreams
+    await _close_losers(receive, winner)
+    if fatal is not None:
+        raise fatal
+    if winner is None:
+        raise _exhausted(route, launched, last)
+    winner.attempts = launched
+    return winner
+
+
+async def _close_losers(receive: trio.MemoryReceiveChannel[Opened | GatewayError], winner: Opened | None) -> None:
+    """Attempts that also succeeded before they could be cancelled: close them."""
+    while True:
+        try:
+            extra = receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+        if isinstance(extra, Opened) and extra is not winner:
+            with trio.CancelScope(shield=True):
+                await extra.aclose()

@@ -1,0 +1,115 @@
+"""Where deltas come from: the demo script, or an upstream HTTP body through a dialect translator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Protocol
+
+import httpx
+import trio
+
+from streamgw.config import ProviderConfig, Timeouts
+from streamgw.core.deltas import Delta, ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart, UpstreamFailure
+from streamgw.core.request import ResponsesRequest
+from streamgw.errors import UpstreamError, UpstreamTimeout, redact
+from streamgw.providers import demo
+from streamgw.providers.base import NO_ASSETS, Dialect, StreamTranslator
+from streamgw.transport.fetch import fetch_images, remote_image_urls
+from streamgw.transport.upstream import UpstreamClients, open_stream, raw_chunks
+
+
+class DeltaSource(Protocol):
+    """Where deltas come from: ``receive`` returns a batch, ``None`` once the source is exhausted."""
+
+    async def receive(self) -> list[Delta] | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class DemoSource:
+    """Plays the demo provider's script with its configured pacing."""
+
+    def __init__(self, request: ResponsesRequest, first_delay: float, tokens_per_second: float) -> None:
+        self._deltas = demo.script(request)
+        self._pos = 0
+        self._delay = first_delay
+        self._gap = 1.0 / tokens_per_second if tokens_per_second > 0 else 0.0
+
+    async def receive(self) -> list[Delta] | None:
+        if self._pos >= len(self._deltas):
+            return None
+        await trio.sleep(self._delay)
+        self._delay = self._gap
+        batch = [self._deltas[self._pos]]
+        self._pos += 1
+        # Bookkeeping deltas (end of call, finish, usage) ride with the token before them.
+        while self._pos < len(self._deltas) and not _is_token(self._deltas[self._pos]):
+            batch.append(self._deltas[self._pos])
+            self._pos += 1
+        return batch
+
+    async def aclose(self) -> None:
+        self._pos = len(self._deltas)
+
+
+def _is_token(delta: Delta) -> bool:
+    return isinstance(delta, TextDelta | ReasoningDelta | ToolCallArgs | ToolCallStart)
+
+
+class HttpSource:
+    """An upstream HTTP response body fed through a dialect translator."""
+
+    def __init__(self, response: httpx.Response, translator: StreamTranslator, secrets: Sequence[str]) -> None:
+        self._response = response
+        self._chunks: AsyncIterator[bytes] = raw_chunks(response)
+        self._translator = translator
+        self._secrets = secrets
+        self._ended = False
+
+    async def receive(self) -> list[Delta] | None:
+        if self._ended:
+            return None
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._ended = True
+            return self._translator.finish()
+        except httpx.TransportError as exc:
+            self._ended = True
+            detail = redact(f"{type(exc).__name__}: {exc}", self._secrets)
+            return [UpstreamFailure("server_error", f"upstream connection failed mid-stream ({detail})")]
+        return self._translator.feed(chunk)
+
+    async def aclose(self) -> None:
+        self._ended = True
+        await self._response.aclose()
+
+
+async def open_source(
+    request: ResponsesRequest,
+    provider: ProviderConfig,
+    model: str,
+    *,
+    clients: UpstreamClients,
+    dialects: Mapping[str, Dialect],
+    secrets: Sequence[str],
+    timeouts: Timeouts,
+    deadline: float,
+) -> DeltaSource:
+    """Connect to ``provider`` and return its source once it answered 2xx (by ``deadline``)."""
+    if provider.type == "demo":
+        return DemoSource(request, provider.demo.first_token_delay, provider.demo.tokens_per_second)
+    dialect = dialects.get(provider.type)
+    if dialect is None:
+        raise UpstreamError(f"provider type {provider.type!r} is not supported", code="unsupported_provider")
+    with trio.move_on_at(deadline):
+        assets = NO_ASSETS
+        if dialect.needs_image_bytes:
+            assets = await fetch_images(clients.fetcher(), remote_image_urls(request))
+        upstream = dialect.build_request(request, provider, model, assets)
+        response = await open_stream(clients.get(provider, timeouts), upstream, dialect, provider.name, secrets)
+        return HttpSource(response, dialect.new_translator(request, provider, secrets), secrets)
+    raise UpstreamTimeout(
+        f"upstream {provider.name!r} sent no response headers within {timeouts.first_token:g} s",
+        code="first_token_timeout",
+    )
