@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from streamgw.app.metrics import Metrics
-from streamgw.app.streaming import SSE_HEADERS, Opening, SSEBody
+from streamgw.app.streaming import SSE_HEADERS, SSEBody, StreamPump
 from streamgw.config import Config
 from streamgw.core.request import ResponsesRequest, parse_request
 from streamgw.engine.attempt import EngineContext
@@ -192,17 +192,17 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
         return await _stream(req, plan, started)
 
     async def _stream(req: ResponsesRequest, plan: Plan, started: float) -> Response:
-        opening = Opening(req, plan, gw.engine, started)
-        request.scope[_NURSERY].start_soon(opening.run)  # type: ignore[literal-required]
-        request.scope[_CLOSERS].append(opening.aclose)  # type: ignore[literal-required]
+        pump = StreamPump(req, plan, gw.engine, started)
+        request.scope[_NURSERY].start_soon(pump.pump)  # type: ignore[literal-required]
         keepalive = gw.config.timeouts.merged(plan.route.timeouts if plan.route else ()).keepalive
+        first: ResponseRun | None = None
         with trio.move_on_after(keepalive if keepalive > 0 else math.inf):
-            await opening.ready.wait()
-        source: ResponseRun | Opening = opening
-        if opening.ready.is_set():
-            source = opening.result()  # a GatewayError here is still an HTTP error
-            request.scope[_CLOSERS].append(source.aclose)  # type: ignore[literal-required]
-            g.provider = source.provider
+            item = await pump.receive.receive()
+            if isinstance(item, GatewayError):
+                raise item  # nothing was sent yet: an ordinary HTTP error
+            assert isinstance(item, ResponseRun)
+            first = item
+            g.provider = first.provider
         gw.metrics.in_flight.inc()
 
         def finished(run: ResponseRun | None) -> None:
@@ -214,7 +214,7 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
             if not run.done:
                 gw.metrics.upstream_errors.labels(run.provider, "client_disconnected").inc()
 
-        return Response(SSEBody(source, keepalive, finished), status=200, headers=SSE_HEADERS)
+        return Response(SSEBody(pump, first, keepalive, finished), status=200, headers=SSE_HEADERS)
 
     @app.get("/v1/models")
     async def list_models() -> Response:

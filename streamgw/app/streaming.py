@@ -1,9 +1,13 @@
-"""The SSE pump: a response body that drains a ``ResponseRun`` into bytes, with keepalives.
+"""The SSE pump: one task per streamed request reads the upstream; the response body sends what it reads.
 
-It is a plain async iterator with ``aclose`` (no async generator), so Quart always
-closes it — and with it the upstream connection — however the response ends:
-completed, client gone, or cancelled.  While the upstream is silent it sends
-``: keepalive`` comments so proxies do not cut a slow but healthy stream.
+The pump task runs in the request's own nursery (``RequestScope``): it opens the plan
+(fallback, hedging, ...), then drives the run, handing encoded bytes to the response
+body over a zero-capacity channel — so a slow client slows the upstream read, and
+memory per stream stays bounded.  The body waits on that channel with a timeout and
+sends a ``: keepalive`` comment whenever the upstream has been silent that long,
+before the first token and mid-stream.  Reads are never cancelled for a keepalive
+(``trio.SSLStream`` is unusable after a cancelled receive).  The body is a plain async
+iterator with ``aclose`` (no async generator), and the pump always closes its upstream.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ SSE_HEADERS = {
 }
 KEEPALIVE = encode_comment("keepalive")
 
+Item = bytes | ResponseRun | GatewayError
+
 
 def encode_events(events: list[Event]) -> bytes:
     """Several events as one write."""
@@ -37,57 +43,54 @@ def encode_events(events: list[Event]) -> bytes:
     return b"".join([encode_event(e) for e in events])
 
 
-class Opening:
-    """Runs a plan to its first delta in the request's nursery, so the wait can outlive the handler."""
+class StreamPump:
+    """Opens the plan and streams the run; the handler and the body read what it produces."""
 
     def __init__(self, request: ResponsesRequest, plan: Plan, ctx: EngineContext, started_at: float) -> None:
         self.request = request
         self._plan = plan
         self._ctx = ctx
         self._started_at = started_at
-        self.ready = trio.Event()
-        self._run: ResponseRun | None = None
-        self._error: GatewayError | None = None
-        self._taken = False
+        self._send, self.receive = trio.open_memory_channel[Item](0)
+        self.run: ResponseRun | None = None
 
-    async def run(self) -> None:
-        """Open the plan; the outcome is kept for ``result``."""
-        try:
-            self._run = await ResponseRun.open(self.request, self._plan, self._ctx, started_at=self._started_at)
-        except GatewayError as error:
-            self._error = error
-        finally:
-            self.ready.set()
-
-    def result(self) -> ResponseRun:
-        """The opened run (ownership passes to the caller), or the ``GatewayError`` that prevented it."""
-        if self._error is not None:
-            raise self._error
-        assert self._run is not None, "result() before ready"
-        self._taken = True
-        return self._run
-
-    async def aclose(self) -> None:
-        """Close a run nobody took (the client left before it could be streamed)."""
-        if self._run is not None and not self._taken:
-            await self._run.aclose()
+    async def pump(self) -> None:
+        """The task: first the run (or the error that prevented it), then bytes until the end."""
+        async with self._send:
+            try:
+                run = await ResponseRun.open(self.request, self._plan, self._ctx, started_at=self._started_at)
+            except GatewayError as error:
+                await self._send.send(error)
+                return
+            self.run = run
+            try:
+                await self._send.send(run)
+                await self._send.send(encode_events(run.initial))
+                while not run.done:
+                    events = await run.next_events()
+                    if events:
+                        await self._send.send(encode_events(events))
+            except trio.BrokenResourceError:
+                pass  # the body is gone (client left): stop reading
+            finally:
+                with trio.CancelScope(shield=True):
+                    await run.aclose()
 
 
 class SSEBody:
-    """Async iterator of SSE bytes for one response; ``aclose`` closes the upstream."""
+    """Async iterator of SSE bytes for one response, fed by a ``StreamPump``."""
 
     def __init__(
         self,
-        source: ResponseRun | Opening,
+        pump: StreamPump,
+        first: ResponseRun | None,
         keepalive: float,
         on_close: Callable[[ResponseRun | None], None],
     ) -> None:
-        self._run: ResponseRun | None = source if isinstance(source, ResponseRun) else None
-        self._opening = source if isinstance(source, Opening) else None
-        # A body built on a pending Opening was committed because the keepalive interval passed.
-        self._pending: bytes | None = encode_events(self._run.initial) if self._run is not None else KEEPALIVE
+        self._pump = pump
+        # Committed without a run means the keepalive interval passed before the first delta.
+        self._pending: bytes | None = None if first is not None else KEEPALIVE
         self._interval = keepalive if keepalive > 0 else math.inf
-        self._failed_early: list[Event] | None = None
         self._on_close: Callable[[ResponseRun | None], None] | None = on_close
 
     def __aiter__(self) -> SSEBody:
@@ -97,50 +100,33 @@ class SSEBody:
         if self._pending is not None:
             data, self._pending = self._pending, None
             return data
-        if self._run is None:
-            return await self._wait_for_opening()
-        run = self._run
-        while not run.done:
+        receive = self._pump.receive
+        while True:
             with trio.move_on_after(self._interval):
-                events = await run.next_events()
-                if events:
-                    return encode_events(events)
-                continue
+                try:
+                    item = await receive.receive()
+                except trio.EndOfChannel:
+                    raise StopAsyncIteration from None
+                if type(item) is bytes:
+                    return item
+                if isinstance(item, GatewayError):
+                    # Headers are out: the failure becomes a complete, honest stream of its own.
+                    return encode_events(failed_stream(self._pump.request, item))
+                continue  # the run itself: its bytes come next
             return KEEPALIVE
-        raise StopAsyncIteration
-
-    async def _wait_for_opening(self) -> bytes:
-        if self._failed_early is not None:
-            raise StopAsyncIteration
-        opening = self._opening
-        assert opening is not None
-        with trio.move_on_after(self._interval):
-            await opening.ready.wait()
-        if not opening.ready.is_set():
-            return KEEPALIVE
-        try:
-            self._run = opening.result()
-        except GatewayError as error:
-            # Headers are out: the failure becomes a complete, honest stream of its own.
-            self._failed_early = failed_stream(opening.request, error)
-            return encode_events(self._failed_early)
-        return encode_events(self._run.initial)
 
     async def aclose(self) -> None:
-        """Close the upstream and report the outcome once."""
+        """Stop the pump (closing the channel ends it) and report the outcome once."""
         try:
-            if self._run is not None:
-                await self._run.aclose()
-            elif self._opening is not None:
-                await self._opening.aclose()
+            await self._pump.receive.aclose()
         finally:
             callback, self._on_close = self._on_close, None
             if callback is not None:
-                callback(self._run)
+                callback(self._pump.run)
 
 
 def failed_stream(request: ResponsesRequest, error: GatewayError, provider: str = "none") -> list[Event]:
     """``response.created``, ``in_progress`` and ``failed`` for an error found after the 200 went out."""
     emitter = ResponseEmitter(model=request.model, provider=provider, echo=echo_fields(request))
     events: list[dict[str, Any]] = emitter.start()
-    return events + emitter.fail(error.stream_code if error.code is None else error.code, error.message)
+    return events + emitter.fail(error.code or error.stream_code, error.message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from types import AsyncGeneratorType
 from typing import Protocol
 
 import httpx
@@ -82,7 +83,12 @@ class HttpSource:
 
     async def aclose(self) -> None:
         self._ended = True
-        await self._response.aclose()
+        chunks = self._chunks
+        try:
+            if isinstance(chunks, AsyncGeneratorType):
+                await chunks.aclose()  # httpx's wrapper: finalise it here, not in the garbage collector
+        finally:
+            await self._response.aclose()
 
 
 async def open_source(
