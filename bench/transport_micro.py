@@ -1,21 +1,35 @@
 """Client CPU per streamed chunk: TrioH11Transport vs httpx's default transport.
 
-    python bench/transport_micro.py [--chunks 200000] [--concurrency 64] [--requests 6400]
+    python bench/transport_micro.py [--repeat 3] [--only single,paced] [--json out.json]
 
-The parent process runs a local trio + h11 server that streams SSE-like chunks
-(~150 bytes, chunked encoding, one ``send_all`` per chunk).  Each measurement runs
-in a fresh client subprocess that reports its own ``time.process_time()`` for the
-measured part only, so server work never counts.  Scenarios:
+The parent process runs a local trio + h11 server streaming SSE-like chunks
+(~150 bytes each, chunked transfer-encoding).  Every measurement runs in a fresh
+client subprocess that reports its own ``time.process_time()`` (user + system)
+for the measured part only -- server work never counts.  Connections are opened
+by a warm-up round first.
 
-* ``single``:     one request streaming ``--chunks`` chunks;
-* ``concurrent``: ``--concurrency`` workers issuing ``--requests`` requests in
-  total, each streaming ``--stream-chunks`` chunks, over kept-alive connections.
+Scenarios (workers x requests x chunks per request):
+
+``single``      1 x 1 x 200 000, one ``send_all`` per chunk, no pause.  Caveat:
+                server and client run flat out side by side, so a client that is
+                quicker per read just reads more often, in smaller pieces; its
+                CPU per chunk then tracks the server's send rate, not its own cost.
+``bulk``        as ``single`` but 1 000 chunk frames per ``send_all``: the client
+                is the bottleneck and always finds a full buffer -- parse and
+                hand-over cost per chunk.
+``trickle``     1 x 1 x 2 000, ``--pace-ms`` between chunks, as an LLM emits
+                tokens: every chunk is its own wake-up and socket read.
+``concurrent``  64 x 6 400 x 20, one ``send_all`` per chunk, no pause.
+``paced``       64 x 1 280 x 20, ``--pace-ms`` between chunks.
 
 Clients: ``h11pool`` (httpx.AsyncClient + TrioH11Transport), ``httpcore``
-(httpx.AsyncClient's default transport, same pool limits) and ``h11pool-raw``
-(TrioH11Transport.handle_async_request without httpx.AsyncClient on top, to
-show how much of the per-chunk cost is httpx's own response layers).
-Best (lowest CPU) of ``--repeat`` runs is reported.
+(httpx.AsyncClient with its default transport, pool limits raised to match) and
+``h11pool-raw`` (TrioH11Transport without httpx.AsyncClient, iterating the
+response stream itself: what httpx's own response layers add) and ``floor``
+(a bare trio socket per worker that writes a canned request and reads until the
+last chunk, parsing nothing: the cost of trio and the kernel alone).  "pieces"
+is how many ``bytes`` objects the consumer received.  Best (lowest CPU) of
+``--repeat`` runs.
 """
 
 from __future__ import annotations
@@ -23,10 +37,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,7 +50,26 @@ import h11
 import httpx
 import trio
 
-CLIENTS = ("h11pool", "httpcore", "h11pool-raw")
+CLIENTS = ("h11pool", "h11pool-raw", "httpcore", "floor")
+SCRIPT = str(Path(__file__).resolve())
+
+
+@dataclass(frozen=True)
+class Scenario:
+    workers: int
+    requests: int
+    chunks: int  # per request
+    batch: int = 1  # chunk frames per send_all
+    paced: bool = False
+
+
+SCENARIOS = {
+    "single": Scenario(1, 1, 200_000),
+    "bulk": Scenario(1, 1, 200_000, batch=1000),
+    "trickle": Scenario(1, 1, 2000, paced=True),
+    "concurrent": Scenario(64, 6400, 20),
+    "paced": Scenario(64, 1280, 20, paced=True),
+}
 
 
 def sse_chunk(i: int, size: int) -> bytes:
@@ -51,19 +85,10 @@ async def serve_connection(stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER)
     async with stream:
         try:
-            while True:
-                target = await read_request(stream, conn)
-                if target is None:
-                    return
-                query = parse_qs(urlsplit(target).query)
-                chunks = int(query.get("chunks", ["20"])[0])
-                size = int(query.get("size", ["150"])[0])
-                payload = sse_chunk(0, size)
-                await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
-                    (b"content-type", b"text/event-stream"), (b"transfer-encoding", b"chunked")])))
-                for _ in range(chunks):
-                    await stream.send_all(conn.send(h11.Data(data=payload)))  # one chunk per send
-                await stream.send_all(conn.send(h11.EndOfMessage()))
+            while (target := await read_request(stream, conn)) is not None:
+                query = {k: v[0] for k, v in parse_qs(urlsplit(target).query).items()}
+                await stream_response(stream, conn, chunks=int(query["chunks"]), size=int(query["size"]),
+                                      batch=int(query["batch"]), pace=float(query["pace_ms"]) / 1000)
                 conn.start_next_cycle()
         except (trio.BrokenResourceError, h11.RemoteProtocolError):
             return
@@ -83,17 +108,32 @@ async def read_request(stream: trio.SocketStream, conn: h11.Connection) -> str |
             return None
 
 
+async def stream_response(stream: trio.SocketStream, conn: h11.Connection, *, chunks: int, size: int,
+                          batch: int, pace: float) -> None:
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+        (b"content-type", b"text/event-stream"), (b"transfer-encoding", b"chunked")])))
+    # Framed once by h11 and re-sent, to keep the server quick.  (Chunked framing
+    # is stateless: h11 need not see each frame.)
+    frame = conn.send(h11.Data(data=sse_chunk(0, size)))
+    for sent in range(0, chunks, batch):
+        await stream.send_all(frame * min(batch, chunks - sent))
+        if pace:
+            await trio.sleep(pace)
+    await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
 async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, serve_connection, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
-        for scenario in ("single", "concurrent"):
+        for scenario in args.only:
             for client in CLIENTS:
                 runs = []
                 for _ in range(args.repeat):
-                    cmd = [sys.executable, str(Path(__file__).resolve()), "--client", client,
-                           "--scenario", scenario, "--port", str(port), *forwarded(args)]
+                    cmd = [sys.executable, SCRIPT, "--client", client,
+                           "--scenario", scenario, "--port", str(port), "--size", str(args.size),
+                           "--pace-ms", str(args.pace_ms)]
                     proc = await trio.run_process(cmd, capture_stdout=True)
                     runs.append(json.loads(proc.stdout))
                 best = min(runs, key=lambda r: r["cpu_s"])
@@ -104,17 +144,11 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
-def forwarded(args: argparse.Namespace) -> list[str]:
-    return ["--chunks", str(args.chunks), "--concurrency", str(args.concurrency),
-            "--requests", str(args.requests), "--stream-chunks", str(args.stream_chunks),
-            "--size", str(args.size)]
-
-
 def print_row(r: dict[str, Any]) -> None:
-    print(f"{r['scenario']:<10} {r['client']:<12} requests={r['requests']:<6} chunks={r['chunks']:<7} "
-          f"cpu={r['cpu_s']:.3f}s (median {r['cpu_s_median']:.3f}s) wall={r['wall_s']:.3f}s  "
-          f"{r['us_per_chunk']:.2f} us/chunk  {r['us_per_request']:.1f} us/request  "
-          f"reads={r['reads']}", flush=True)
+    print(f"{r['scenario']:<10} {r['client']:<11} {r['requests']:>5} req {r['chunks']:>7} chunks  "
+          f"cpu {r['cpu_s']:6.3f}s (median {r['cpu_s_median']:6.3f}s) wall {r['wall_s']:6.3f}s  "
+          f"{r['us_per_chunk']:7.2f} us/chunk {r['us_per_request']:10.1f} us/req  "
+          f"pieces {r['pieces']}", flush=True)
 
 
 # -- client (subprocess) ---------------------------------------------------------------
@@ -129,82 +163,103 @@ def make_transport(kind: str) -> httpx.AsyncBaseTransport:
     return TrioH11Transport()
 
 
-async def stream_once(client: httpx.AsyncClient | None, transport: httpx.AsyncBaseTransport,
-                      url: str) -> tuple[int, int]:
-    """Stream one response to its end; return (bytes, reads)."""
-    nbytes = reads = 0
-    if client is None:  # raw: the transport alone
-        request = httpx.Request("GET", url, extensions={"timeout": httpx.Timeout(30).as_dict()})
-        response = await transport.handle_async_request(request)
+async def stream_once(client: httpx.AsyncClient, raw: bool, url: str) -> tuple[int, int]:
+    """Stream one response to its end; return (bytes, pieces)."""
+    nbytes = pieces = 0
+    if raw:  # the transport alone, without httpx.AsyncClient's layers
+        request = client.build_request("GET", url)
+        response = await client._transport.handle_async_request(request)
         assert isinstance(response.stream, httpx.AsyncByteStream)
         async for data in response.stream:
             nbytes += len(data)
-            reads += 1
+            pieces += 1
         await response.stream.aclose()
-        return nbytes, reads
+        return nbytes, pieces
     async with client.stream("GET", url) as response:
         async for data in response.aiter_raw():
             nbytes += len(data)
-            reads += 1
-    return nbytes, reads
+            pieces += 1
+    return nbytes, pieces
+
+
+async def floor_worker(port: int, target: str, count: int, totals: list[int],
+                       warm: trio.Event, go: trio.Event) -> None:
+    """Sequential requests on one bare connection; no parsing but the end marker."""
+    request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        warm.set()
+        await go.wait()
+        for _ in range(count):
+            await stream.send_all(request)
+            tail = b""
+            while tail != b"0\r\n\r\n":  # the last chunk
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise RuntimeError("server closed the connection")
+                tail = (tail + data)[-5:]
+                totals[1] += 1
 
 
 async def client_main(args: argparse.Namespace) -> dict[str, Any]:
-    transport = make_transport(args.client)
+    sc = SCENARIOS[args.scenario]
     raw = args.client == "h11pool-raw"
-    base = f"http://127.0.0.1:{args.port}"
-    async with httpx.AsyncClient(transport=transport, timeout=30) as client:
-        use = None if raw else client
-        if args.scenario == "single":
-            await stream_once(use, transport, f"{base}/?chunks=100&size={args.size}")  # warm-up
-            n_requests, per_request = 1, args.chunks
-        else:
-            n_requests, per_request = args.requests, args.stream_chunks
-        url = f"{base}/?chunks={per_request}&size={args.size}"
-        totals = [0, 0]
+    target = f"/?chunks={sc.chunks}&size={args.size}&batch={sc.batch}&pace_ms={args.pace_ms if sc.paced else 0}"
+    url = f"http://127.0.0.1:{args.port}{target}"
+    shares = [sc.requests // sc.workers + (i < sc.requests % sc.workers) for i in range(sc.workers)]
+    totals = [0, 0]
 
-        async def worker(count: int) -> None:
-            for _ in range(count):
-                nbytes, reads = await stream_once(use, transport, url)
-                totals[0] += nbytes
-                totals[1] += reads
+    async def worker(client: httpx.AsyncClient, count: int) -> None:
+        for _ in range(count):
+            nbytes, pieces = await stream_once(client, raw, url)
+            totals[0] += nbytes
+            totals[1] += pieces
 
-        workers = 1 if args.scenario == "single" else args.concurrency
-        if workers > 1:  # warm-up: open the connections
-            async with trio.open_nursery() as nursery:
-                for _ in range(workers):
-                    nursery.start_soon(partial(stream_once, use, transport, url))
-        cpu0, wall0 = time.process_time(), time.perf_counter()
+    if args.client == "floor":
+        go = trio.Event()
         async with trio.open_nursery() as nursery:
-            for i in range(workers):
-                nursery.start_soon(worker, n_requests // workers + (i < n_requests % workers))
+            for share in shares:
+                warm = trio.Event()
+                nursery.start_soon(floor_worker, args.port, target, share, totals, warm, go)
+                await warm.wait()
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            go.set()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    expected = n_requests * per_request * len(sse_chunk(0, args.size))
-    assert totals[0] == expected, (totals[0], expected)
-    chunks = n_requests * per_request
-    return {"client": args.client, "scenario": args.scenario, "requests": n_requests, "chunks": chunks,
+        totals[0] = sc.requests * sc.chunks * len(sse_chunk(0, args.size))  # not counted, only framed
+    else:
+        async with httpx.AsyncClient(transport=make_transport(args.client), timeout=30) as client:
+            warm_up = url.replace(f"chunks={sc.chunks}", "chunks=20")
+            async with trio.open_nursery() as nursery:  # open the connections
+                for _ in range(sc.workers):
+                    nursery.start_soon(stream_once, client, raw, warm_up)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for share in shares:
+                    nursery.start_soon(worker, client, share)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    chunks = sc.requests * sc.chunks
+    assert totals[0] == chunks * len(sse_chunk(0, args.size)), totals
+    return {"client": args.client, "scenario": args.scenario, "requests": sc.requests, "chunks": chunks,
             "cpu_s": cpu, "wall_s": wall, "us_per_chunk": cpu / chunks * 1e6,
-            "us_per_request": cpu / n_requests * 1e6, "reads": totals[1]}
+            "us_per_request": cpu / sc.requests * 1e6, "pieces": totals[1]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chunks", type=int, default=200_000, help="chunks in the single-stream scenario")
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=6400, help="requests in the concurrent scenario")
-    parser.add_argument("--stream-chunks", type=int, default=20, help="chunks per concurrent request")
+    parser.add_argument("--only", type=lambda s: s.split(","), default=list(SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--size", type=int, default=150, help="bytes per chunk")
+    parser.add_argument("--pace-ms", type=float, default=1.0, help="pause between chunks when paced")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--client", choices=CLIENTS, help=argparse.SUPPRESS)
-    parser.add_argument("--scenario", choices=("single", "concurrent"), help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         print(json.dumps(trio.run(client_main, args)))
         return
     print(f"python {sys.version.split()[0]}, trio {trio.__version__}, httpx {httpx.__version__}, "
-          f"h11 {h11.__version__}; best of {args.repeat}; client CPU only")
+          f"h11 {version('h11')}; client CPU only; best of {args.repeat}")
     results = trio.run(run_all, args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -9,9 +9,13 @@ Two properties matter to the gateway:
 
 * the read path is cheap per chunk: every body byte that has already arrived is
   parsed and handed over as ONE bytes object (never an empty one);
-* closing is synchronous: a cancelled or abandoned response closes its socket
+* closing is synchronous: closing an unfinished response closes its socket
   before anything awaits, so it works inside a cancelled scope and the upstream
-  sees EOF at once.
+  sees EOF at once;
+* reading is cancellation-safe: a cancelled read loses no data and leaves the
+  response usable (a caller may wait for the next chunk with a deadline, then
+  wait again); a cancelled request is one whose response gets closed --
+  ``client.stream(...)`` does that on the way out.
 
 Every failure leaves this module as an ``httpx`` exception; ``trio.Cancelled``
 is never swallowed.
@@ -30,7 +34,12 @@ import h11
 import httpx
 import trio
 
-__all__ = ["TrioH11Transport"]
+__all__ = ["BODY_EXTENSION", "TrioH11Transport"]
+
+#: Response extension holding the body iterator itself (the object httpx wraps in
+#: an async generator): ``response.extensions[BODY_EXTENSION]``.  Unlike httpx's
+#: wrapper, its ``__anext__`` may be cancelled and called again without losing data.
+BODY_EXTENSION: Final = "streamgw.body"
 
 #: (scheme, host, port) -- connections are only shared within one origin.
 Origin = tuple[bytes, bytes, int]
@@ -63,8 +72,8 @@ def _buffered_body(request: httpx.Request) -> bytes | None:
 class _Connection:
     """One socket, its h11 state machine, and the pool's bookkeeping for it."""
 
-    __slots__ = ("closed", "h11", "idle_since", "origin", "read_chunk", "response_started", "reused",
-                 "socket", "stream")
+    __slots__ = ("closed", "h11", "idle_since", "need_data", "origin", "read_chunk", "response_started",
+                 "reused", "socket", "stream")
 
     def __init__(self, origin: Origin, stream: trio.abc.Stream, socket: trio.socket.SocketType,
                  read_chunk: int) -> None:
@@ -76,6 +85,7 @@ class _Connection:
         self.idle_since = 0.0
         self.reused = False  # True once it served a request and came back from the pool
         self.response_started = False  # a byte of the current response arrived
+        self.need_data = False  # h11 said NEED_DATA when the body reader last returned
         self.closed = False
 
     def close(self) -> None:
@@ -118,9 +128,18 @@ class _Connection:
     async def receive_body(self, read_timeout: float | None) -> tuple[bytes, bool]:
         """Return (data, finished): all body bytes parseable from what already
         arrived -- waiting for the socket only when there are none -- and whether
-        the body is complete.  ``data`` is empty only when ``finished``."""
+        the body is complete.  ``data`` is empty only when ``finished``.
+
+        It only awaits with nothing collected yet, and h11 is fed only after a
+        receive completed: a cancellation loses no data.
+        """
         conn = self.h11
         parts: list[bytes] = []
+        if self.need_data:
+            # The last call ended on NEED_DATA and nothing fed h11 since:
+            # skip asking it again (one h11 call less per read).
+            self.need_data = False
+            await self._receive(read_timeout)
         try:
             while True:
                 event = conn.next_event()
@@ -132,6 +151,7 @@ class _Connection:
                     raise httpx.RemoteProtocolError(f"unexpected {event!r} in a response body")
                 elif parts:
                     # Everything buffered is parsed: hand it over as one object.
+                    self.need_data = True
                     return b"".join(parts), False
                 else:
                     await self._receive(read_timeout)
@@ -186,22 +206,28 @@ class _Connection:
 
     async def _receive(self, read_timeout: float | None) -> bool:
         """Feed the next bytes from the socket to h11; False at EOF."""
-        with trio.CancelScope(deadline=_deadline(read_timeout)):
-            try:
+        try:
+            if read_timeout is None:  # no cancel scope: entering one costs about as much as the receive
                 data = await self.stream.receive_some(self.read_chunk)
-            except _IO_ERRORS as exc:
-                raise httpx.ReadError(_describe(exc)) from exc
-            # b"" tells h11 about EOF; a bytearray (from SSLStream) works as well as bytes.
-            self.h11.receive_data(cast(bytes, data))
-            return bool(data)
-        raise httpx.ReadTimeout("timed out waiting for the server")
+            else:
+                data = None
+                with trio.CancelScope(deadline=trio.current_time() + read_timeout):
+                    data = await self.stream.receive_some(self.read_chunk)
+                if data is None:  # the deadline cancelled the receive
+                    raise httpx.ReadTimeout("timed out waiting for the server")
+        except _IO_ERRORS as exc:
+            raise httpx.ReadError(_describe(exc)) from exc
+        # b"" tells h11 about EOF; a bytearray (from SSLStream) works as well as bytes.
+        self.h11.receive_data(cast(bytes, data))
+        return bool(data)
 
 
 class _ResponseStream(httpx.AsyncByteStream):
     """A response body read straight from the socket.
 
-    An async iterator object rather than an async generator: nothing is left for
-    the garbage collector to finalise when a consumer stops early.
+    An async iterator object rather than an async generator: it survives a
+    cancelled ``__anext__``, and nothing is left for the garbage collector to
+    finalise when a consumer stops early.
     """
 
     def __init__(self, transport: TrioH11Transport, conn: _Connection, read_timeout: float | None) -> None:
@@ -218,8 +244,12 @@ class _ResponseStream(httpx.AsyncByteStream):
             raise StopAsyncIteration
         try:
             data, finished = await conn.receive_body(self._read_timeout)
+        except trio.Cancelled:
+            # Cancelled only while waiting on the socket, before h11 saw any new
+            # byte, so nothing is lost: the body may still be read, or closed.
+            raise
         except BaseException:
-            # Error or cancellation mid-body: the connection is unusable.
+            # Errors (timeouts included) leave the connection unusable.
             self._conn = None
             self._transport._discard(conn)
             raise
@@ -319,11 +349,13 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
             except BaseException:
                 self._discard(conn)
                 raise
+        body = _ResponseStream(self, conn, read_timeout)
         return httpx.Response(
             head.status_code,
             headers=head.headers.raw_items(),
-            stream=_ResponseStream(self, conn, read_timeout),
-            extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason},
+            stream=body,
+            extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason,
+                        BODY_EXTENSION: body},
         )
 
     async def aclose(self) -> None:

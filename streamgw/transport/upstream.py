@@ -18,10 +18,8 @@ import httpx
 from streamgw.config import ProviderConfig, Timeouts
 from streamgw.errors import GatewayError, UpstreamError, UpstreamTimeout, redact
 from streamgw.providers.base import Dialect, UpstreamRequest
-from streamgw.transport.h11pool import TrioH11Transport
+from streamgw.transport.h11pool import BODY_EXTENSION, TrioH11Transport
 
-#: response extension under which ``TrioH11Transport`` exposes its body iterator
-BODY_EXTENSION = "streamgw.body"
 #: the most of an upstream error body we read to build the envelope
 MAX_ERROR_BODY = 64 * 1024
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trustme
 
-from streamgw.transport.h11pool import TrioH11Transport
+from streamgw.transport.h11pool import BODY_EXTENSION, TrioH11Transport
 
 # -- the in-test server --------------------------------------------------------
 
@@ -55,20 +55,21 @@ class Exchange:
         self.seen = seen
         self.close_connection = False  # set to drop the connection after the handler
 
-    async def _emit(self, event: h11.Event) -> None:
+    async def emit(self, event: h11.Response | h11.InformationalResponse | h11.Data | h11.EndOfMessage
+                   ) -> None:
         await self.stream.send_all(self.h11.send(event))
 
     async def start(self, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         if headers is None:
             headers = [(b"content-type", b"text/event-stream"), (b"transfer-encoding", b"chunked")]
         reason = b"OK" if status == 200 else b""
-        await self._emit(h11.Response(status_code=status, headers=headers, reason=reason))
+        await self.emit(h11.Response(status_code=status, headers=headers, reason=reason))
 
     async def send(self, data: bytes) -> None:
-        await self._emit(h11.Data(data=data))
+        await self.emit(h11.Data(data=data))
 
     async def end(self) -> None:
-        await self._emit(h11.EndOfMessage())
+        await self.emit(h11.EndOfMessage())
 
     async def respond(self, body: bytes = b"ok", status: int = 200,
                       headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -151,7 +152,7 @@ class Server:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
+                conn.receive_data(bytes(await stream.receive_some(65536)))
             elif isinstance(event, h11.Request):
                 request = event
             elif isinstance(event, h11.Data):
@@ -259,12 +260,38 @@ async def test_streamed_request_body_is_sent_chunked(server: Server, client: htt
 
 async def test_informational_responses_are_skipped(server: Server, client: httpx.AsyncClient) -> None:
     async def handler(ex: Exchange) -> None:
-        await ex._emit(h11.InformationalResponse(status_code=103, headers=[(b"link", b"</a>")]))
+        await ex.emit(h11.InformationalResponse(status_code=103, headers=[(b"link", b"</a>")]))
         await ex.respond(b"final")
 
     server.handler = handler
     r = await client.get("/")
     assert (r.status_code, r.text) == (200, "final")
+
+
+async def test_without_timeouts(server: Server, client: httpx.AsyncClient) -> None:
+    server.handler = streaming_handler
+    async with client.stream("POST", "/sse", json={"a": 1}, timeout=None) as r:
+        assert b"".join([chunk async for chunk in r.aiter_raw()]) == b"".join(sse(i) for i in range(5))
+
+
+async def test_early_response_beats_our_write_error(nursery: trio.Nursery) -> None:
+    async def rejects_before_reading_the_body(stream: trio.SocketStream) -> None:
+        async with stream:
+            conn = h11.Connection(h11.SERVER)
+            while not isinstance(conn.next_event(), h11.Request):
+                conn.receive_data(await stream.receive_some(65536))
+            await stream.send_all(
+                conn.send(h11.Response(status_code=413, headers=[(b"content-length", b"9")]))
+                + conn.send(h11.Data(data=b"too large"))
+                + conn.send(h11.EndOfMessage())
+            )
+
+    listeners = await nursery.start(partial(trio.serve_tcp, rejects_before_reading_the_body, 0,
+                                            host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    async with httpx.AsyncClient(transport=TrioH11Transport()) as c:
+        r = await c.post(f"http://127.0.0.1:{port}/", content=b"x" * (16 << 20))
+    assert (r.status_code, r.text) == (413, "too large")
 
 
 # -- streaming -----------------------------------------------------------------
@@ -327,15 +354,16 @@ async def test_sequential_requests_reuse_one_connection(server: Server, client: 
 
 async def test_64_concurrent_streams_then_pool_reuses_them(server: Server) -> None:
     n = 64
-    batch = {"arrived": 0, "all_in": trio.Event()}
+    arrived: list[Exchange] = []
+    all_in = trio.Event()
 
     async def handler(ex: Exchange) -> None:
         # Hold every response until all n requests are in: they must be concurrent.
-        batch["arrived"] += 1
-        if batch["arrived"] == n:
-            batch["all_in"].set()
+        arrived.append(ex)
+        if len(arrived) == n:
+            all_in.set()
         with trio.fail_after(5):
-            await batch["all_in"].wait()
+            await all_in.wait()
         await streaming_handler(ex, chunks=5)
 
     server.handler = handler
@@ -347,7 +375,8 @@ async def test_64_concurrent_streams_then_pool_reuses_them(server: Server) -> No
 
     async with httpx.AsyncClient(transport=TrioH11Transport(), base_url=server.url) as c:
         for round_ in range(2):
-            batch.update(arrived=0, all_in=trio.Event())
+            arrived.clear()
+            all_in = trio.Event()
             async with trio.open_nursery() as nursery:
                 for _ in range(n):
                     nursery.start_soon(one, c)
@@ -578,6 +607,30 @@ async def test_cancelled_stream_closes_upstream_at_once(server: Server, client: 
     server.handler = default_handler
     assert (await client.get("/")).status_code == 200
     assert len(server.connections) == 2  # the cancelled one was not pooled
+
+
+async def test_cancelled_read_loses_nothing_and_can_resume(server: Server,
+                                                            client: httpx.AsyncClient) -> None:
+    go_on = trio.Event()
+
+    async def handler(ex: Exchange) -> None:
+        await ex.start()
+        await ex.send(sse(0))
+        await go_on.wait()
+        await ex.send(sse(1))
+        await ex.end()
+
+    server.handler = handler
+    async with client.stream("GET", "/sse") as r:
+        body = r.extensions[BODY_EXTENSION]
+        assert await body.__anext__() == sse(0)
+        with trio.move_on_after(0.05) as idle:  # e.g. waiting with a heartbeat deadline
+            await body.__anext__()
+        assert idle.cancelled_caught
+        go_on.set()
+        assert [chunk async for chunk in body] == [sse(1)]
+    assert (await client.get("/")).status_code == 200
+    assert len(server.connections) == 1  # read to its end, so it was reused
 
 
 # Breaking out of `aiter_raw()` leaves httpx's own async generators (`aiter_raw`,
