@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streamgw.core.relay import RelayedEvent
 
 __all__ = ["SSEDecoder", "SSEEvent", "TruncatedStream", "encode_comment", "encode_event"]
 
@@ -230,11 +233,15 @@ class SSEDecoder:
         return event
 
 
-def encode_event(event: dict[str, Any]) -> bytes:
+def encode_event(event: dict[str, Any] | RelayedEvent) -> bytes:
     """Frame ``event`` as ``event: <type>`` + one compact-JSON ``data:`` line + blank line.
 
-    ``event["type"]`` must be a string without CR or LF.
+    ``event["type"]`` must be a string without CR or LF.  A ``RelayedEvent`` (an
+    upstream event relayed unchanged) already holds its JSON text: its own framing is
+    returned, with no JSON work.
     """
+    if not isinstance(event, dict):
+        return event.sse
     etype = event["type"]
     if not isinstance(etype, str):
         raise TypeError(f"event type must be a str, not {type(etype).__name__}")
