@@ -26,7 +26,8 @@ def _check_lifecycle(events: list[dict[str, Any]]) -> dict[str, Any]:
     for i, ev in enumerate(events):
         _require(ev.get("sequence_number") == i, f"event {i} has sequence_number {ev.get('sequence_number')}")
     _require(events[0]["type"] == "response.created", "first event is not response.created")
-    _require(events[1]["type"] == "response.in_progress", "second event is not response.in_progress")
+    second = 2 if events[1]["type"] == "response.queued" else 1  # background responses queue first
+    _require(events[second]["type"] == "response.in_progress", "response.in_progress does not follow created")
     terminals = [e for e in events if e["type"] in TERMINAL]
     _require(len(terminals) == 1, f"expected exactly one terminal event, got {len(terminals)}")
     _require(events[-1]["type"] in TERMINAL, "the terminal event is not last")
@@ -102,7 +103,8 @@ def _on_item_event(ev: dict[str, Any], tr: _ItemTracker) -> None:
 def _check_items(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     trackers: list[_ItemTracker] = []
     current: _ItemTracker | None = None
-    for ev in events[2:-1]:
+    start = 3 if events[1]["type"] == "response.queued" else 2
+    for ev in events[start:-1]:
         kind = ev["type"]
         if kind == "response.output_item.added":
             _require(current is None, "output_item.added while another item is open (items interleave)")
