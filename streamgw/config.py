@@ -132,6 +132,33 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     #: seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut
     graceful_timeout: float = 3.0
+    #: listen queue length: bursts of new connections beyond it are dropped by the kernel
+    backlog: int = 4096
+
+
+STORE_BACKENDS = ("sqlite", "redis", "memory", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """``[store]``: where responses are kept for ``GET /v1/responses/{id}`` and ``previous_response_id``.
+
+    ``load_config`` defaults to SQLite at ``./streamgw.db``; a ``Config`` built in code
+    (tests, embedding) defaults to the process-local ``memory`` backend, so that it never
+    writes a file nobody asked for.
+    """
+
+    backend: str = "sqlite"  # sqlite | redis | memory (one process, lost on exit) | none
+    path: str = "streamgw.db"  # sqlite: the database file, created on first start
+    url: str = "redis://127.0.0.1:6379/0"  # redis
+    key_prefix: str = "streamgw:"  # redis: every key starts with it
+    retention_days: float = 30.0  # stored responses expire after this long (0: never)
+    max_response_bytes: int = 1024 * 1024  # a bigger record is not stored (a warning and a metric)
+    queue_size: int = 1000  # records waiting for the writer task; beyond it they are dropped
+    timeout: float = 2.0  # seconds for one store operation before it counts as down
+    #: a response's terminal event waits (at most ``timeout``) until its record is written, so that
+    #: another gateway instance can continue it at once; false: never waited for
+    confirm_writes: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +171,7 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     routes: Mapping[str, RouteConfig] = field(default_factory=dict)
+    store: StoreConfig = field(default_factory=lambda: StoreConfig(backend="memory"))
 
     def secrets(self) -> list[str]:
         """Every secret value, for redaction of upstream messages."""
@@ -308,6 +336,42 @@ def _non_negative(value: Any, where: str) -> float:
     return float(value)
 
 
+_STORE_NUMBERS: dict[str, type] = {
+    "retention_days": float, "max_response_bytes": int, "queue_size": int, "timeout": float,
+}
+_STORE_STRINGS = ("backend", "path", "url", "key_prefix")
+_STORE_FLAGS = ("confirm_writes",)
+_STORE_ENV = {"backend": "STREAMGW_STORE_BACKEND", "path": "STREAMGW_STORE_PATH", "url": "STREAMGW_REDIS_URL"}
+
+
+def _store(raw: Mapping[str, Any], env: Mapping[str, str]) -> StoreConfig:
+    """``[store]``, then the environment overrides; sqlite at ``./streamgw.db`` when nothing is said."""
+    unknown = set(raw) - {*_STORE_STRINGS, *_STORE_NUMBERS, *_STORE_FLAGS}
+    if unknown:
+        raise ConfigError(f"store: unknown keys {sorted(unknown)}")
+    values: dict[str, Any] = {key: str(raw[key]) for key in _STORE_STRINGS if key in raw}
+    for key in _STORE_FLAGS:
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise ConfigError(f"store.{key} must be true or false")
+            values[key] = raw[key]
+    values.update({key: env[var] for key, var in _STORE_ENV.items() if env.get(var)})
+    for key, kind in _STORE_NUMBERS.items():
+        if key in raw:
+            number = _non_negative(raw[key], f"store.{key}")
+            if kind is int and number != int(number):
+                raise ConfigError(f"store.{key} must be a whole number")
+            values[key] = kind(number)
+    store = StoreConfig(**values)
+    if store.backend not in STORE_BACKENDS:
+        raise ConfigError(f"store.backend must be one of {', '.join(STORE_BACKENDS)}")
+    if store.backend == "redis" and not store.url.startswith("redis://"):
+        raise ConfigError("store.url must be a redis:// URL")
+    if store.queue_size < 1 or store.max_response_bytes < 1:
+        raise ConfigError("store.queue_size and store.max_response_bytes must be at least 1")
+    return store
+
+
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load the TOML file at ``path`` (or ``$STREAMGW_CONFIG``), falling back to the environment alone."""
     env = os.environ if env is None else env
@@ -328,6 +392,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         workers=int(server_raw.get("workers", 1)),
         max_body_bytes=int(server_raw.get("max_body_bytes", 10 * 1024 * 1024)),
         graceful_timeout=float(server_raw.get("graceful_timeout", 3.0)),
+        backlog=int(server_raw.get("backlog", 4096)),
     )
     keys_raw = raw.get("auth", {}).get("keys", [])
     if env.get("STREAMGW_API_KEYS"):
@@ -345,4 +410,5 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         providers=providers,
         timeouts=timeouts,
         routes=routes,
+        store=_store(raw.get("store", {}), env),
     )

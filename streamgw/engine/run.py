@@ -48,7 +48,7 @@ class ResponseRun:
         self._total = timeouts.total
         self._total_deadline = started_at + timeouts.total if timeouts.total > 0 else math.inf
         self.first_delta_at = trio.current_time()
-        self._last_data_at = self.first_delta_at  # the idle deadline counts from here
+        self._waiting_since: float | None = None  # when the current wait for upstream data began
         self.initial: list[Event] = emitter.start() + emitter.feed(opened.first)
         self._closed = False
 
@@ -86,18 +86,22 @@ class ResponseRun:
     async def next_events(self) -> list[Event]:
         """The next events to send; the terminal event comes last, then ``done`` is true.
 
-        Safe to cancel (the SSE pump does, to send keepalives): a cancelled call loses no data,
-        and the idle deadline keeps counting from the last data received.
+        The idle clock counts only time spent waiting for the upstream: it starts when a wait
+        begins (time the caller spent delivering earlier events to a slow client is not upstream
+        silence), restarts whenever data arrives, and carries over a cancelled call.
         """
         emitter = self.emitter
         source = self.opened.source
+        if self._waiting_since is None:
+            self._waiting_since = trio.current_time()
         while not emitter.done:
-            deadline = self._last_data_at + self._idle if self._idle > 0 else math.inf
+            deadline = self._waiting_since + self._idle if self._idle > 0 else math.inf
             with trio.move_on_at(min(deadline, self._total_deadline)):
                 batch = await source.receive()
-                self._last_data_at = trio.current_time()
+                self._waiting_since = trio.current_time()
                 out = emitter.feed(batch) if batch is not None else emitter.finish()
                 if out:
+                    self._waiting_since = None
                     return out
                 continue
             await self.aclose()

@@ -15,10 +15,10 @@ from typing import Any
 
 import h11
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from streamgw.app.routes import create_app
+from streamgw.cli import hypercorn_config
 from streamgw.config import Config
 from streamgw.core.sse import SSEDecoder
 
@@ -27,9 +27,8 @@ from streamgw.core.sse import SSEDecoder
 async def running_gateway(config: Config) -> AsyncIterator[int]:
     """Serve ``config`` on 127.0.0.1 (a free port) until the block exits; yields the port."""
     app = create_app(config)
-    hc = HypercornConfig()
+    hc = hypercorn_config(config)  # production settings; only the bind and shutdown differ
     hc.bind = ["127.0.0.1:0"]
-    hc.accesslog = None
     hc.graceful_timeout = 0.5
     stop = trio.Event()
 

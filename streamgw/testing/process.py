@@ -61,7 +61,11 @@ def start_gateway(
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(url, proc, log)
+    try:
+        wait_until_healthy(url, proc, log)
+    except BaseException:
+        stop_process(proc, timeout=2)  # never leave an orphan gateway behind
+        raise
     return proc, url
 
 
