@@ -64,6 +64,9 @@ class _Closed:
     async def receive(self) -> list[Delta] | None:
         return None
 
+    async def drain(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 

@@ -121,10 +121,17 @@ class ResponseRun:
         return response
 
     async def aclose(self) -> None:
-        """Close the upstream (idempotent; effective even when cancelled)."""
+        """Close the upstream (idempotent; effective even when cancelled).
+
+        After a clean end the rest of the body is drained first, to keep the connection.
+        """
         if not self._closed:
             self._closed = True
-            await self.opened.aclose()
+            try:
+                if self.emitter.done and self.emitter.response["status"] != "failed":
+                    await self.opened.source.drain()
+            finally:
+                await self.opened.aclose()
 
     def _deadline_failure(self) -> list[Event]:
         if trio.current_time() >= self._total_deadline:

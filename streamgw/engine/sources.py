@@ -20,9 +20,16 @@ from streamgw.transport.upstream import UpstreamClients, open_stream, raw_chunks
 
 
 class DeltaSource(Protocol):
-    """Where deltas come from: ``receive`` returns a batch, ``None`` once the source is exhausted."""
+    """Where deltas come from: ``receive`` returns a batch, ``None`` once the source is exhausted.
+
+    ``drain`` is called before ``aclose`` when the response ended cleanly: an HTTP source reads
+    what little is left of the body (the chunked terminator after ``[DONE]``), so its connection
+    can go back to the pool instead of being closed.
+    """
 
     async def receive(self) -> list[Delta] | None: ...
+
+    async def drain(self) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -49,12 +56,20 @@ class DemoSource:
             self._pos += 1
         return batch
 
+    async def drain(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         self._pos = len(self._deltas)
 
 
 def _is_token(delta: Delta) -> bool:
     return isinstance(delta, TextDelta | ReasoningDelta | ToolCallArgs | ToolCallStart)
+
+
+#: how much of a cleanly finished body we read to keep its connection (the terminator is 5 bytes)
+DRAIN_BYTES = 64 * 1024
+DRAIN_SECONDS = 0.5
 
 
 class HttpSource:
@@ -80,6 +95,20 @@ class HttpSource:
             detail = redact(f"{type(exc).__name__}: {exc}", self._secrets)
             return [UpstreamFailure("server_error", f"upstream connection failed mid-stream ({detail})")]
         return self._translator.feed(chunk)
+
+    async def drain(self) -> None:
+        """Read the rest of a finished body (bounded), so the connection can be reused."""
+        if self._ended:
+            return
+        left = DRAIN_BYTES
+        with trio.move_on_after(DRAIN_SECONDS):
+            try:
+                while left > 0:
+                    left -= len(await self._chunks.__anext__())
+            except StopAsyncIteration:
+                self._ended = True
+            except httpx.TransportError:
+                pass
 
     async def aclose(self) -> None:
         self._ended = True

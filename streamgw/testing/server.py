@@ -113,6 +113,7 @@ class Responder:
         self.started = False
         self.finished = False
         self.aborted = False
+        self._ending = False  # the final write is in progress
         self.disconnected = False
         self._chunked = True
 
@@ -161,7 +162,15 @@ class Responder:
         frame = b"" if not last or self._head_only else self._frame(last)
         tail = frame + self._h11(h11.EndOfMessage())
         if tail:
-            await self._write(tail)
+            # A client that reads the terminator may close before this task is scheduled again:
+            # an EOF seen meanwhile is a disconnect only if the write itself fails.
+            self._ending = True
+            try:
+                await self._write(tail)
+            except BaseException:
+                self._ending = False
+                self.mark_disconnected()
+                raise
         self.finished = True
 
     async def abort(self, *, reset: bool = False) -> None:
@@ -179,7 +188,7 @@ class Responder:
 
     def mark_disconnected(self) -> None:
         """Record that the client went away (once, and only while the response is unfinished)."""
-        if self.disconnected or self.finished or self.aborted:
+        if self.disconnected or self.finished or self.aborted or self._ending:
             return
         self.disconnected = True
         self._stats.disconnects.append((self.request_id, trio.current_time()))
