@@ -1,0 +1,63 @@
+"""streamgw's benchmark suite: ``python -m bench`` (or ``streamgw-bench``).
+
+It starts real processes on 127.0.0.1 — the Chat Completions mock upstream (``bench.procs``), the gateway
+under hypercorn, and the load generator (``bench.loadgen``) — pins the gateway to one core and everything
+else to another where it can, runs the scenarios of ``bench.scenarios`` and writes, under
+``bench/results/<UTC timestamp>/``: ``results.json``, ``report.md``, PNG plots, the gateways' configs and logs
+(and ``raw/`` load generator output with ``--keep-raw``).
+
+Modules: ``__main__`` (command line), ``scenarios`` (the six scenarios and their statistics), ``loadgen``
+(the load generator process: HTTP/1.1 and HTTP/2 client, SSE scanner, per-request timing), ``procs``
+(processes, pinning, /proc sampling, environment), ``report`` (targets verdicts, markdown, plots, progress).
+
+Results JSON (``results.json``, schema ``streamgw-bench/1``); times are milliseconds where a key ends in
+``_ms``, seconds in ``_s``; every distribution is ``{"n", "mean", "p50", "p90", "p99", "max"}``::
+
+    schema        "streamgw-bench/1"
+    mode          "quick" | "full"
+    started_at, finished_at   ISO 8601 UTC;  duration_s   float;  argv   [str]
+    settings      the run's settings: quick, repeats, out_dir, http2, pin, knobs {ttft, token_delay, tokens,
+                  token_bytes, fault_rate, heavy_tail, seed}, target {base_url, path, model, pid, api_key:
+                  "set"|null} | null, open_levels [int], concurrencies [int], keep_raw, store
+    environment   cpu_model, cores, usable_cores, python, implementation, platform, git_commit (read from
+                  .git, null outside a checkout), packages {name: version}, pinning {applied, gateway_cpus,
+                  load_cpus, mock_cpus, usable_cpus, reason, description}, open_files_limit [soft, hard], loadavg [3],
+                  memory_total_bytes
+    targets       [{key, measure, floor, target, unit, measured, display, met, note}] — the issue's four
+                  targets; met is "yes (target)" | "yes (floor)" | "no" | "n/a" | "n/a (--target)"
+    plots         [file name];  files   [file name]
+    scenarios     {name: scenario}; every scenario has key, title, skipped (reason | null), started_at,
+                  finished_at, environment (the environment above plus loadavg at start, loadavg_end), or
+                  {key, error} when it crashed.  Per scenario:
+
+      throughput, non_streamed:
+        rows [{target: "gateway"|"direct"|"target", concurrency, median {<run keys below>}, runs [run],
+               invariants_checked, invariant_failures [str]}]
+        run: target, window_s, requests, completed_in_window, streams_per_s (completed requests/s),
+             events_per_s, events_in_window, errors, error_kinds {kind: n}, held, headers_ms, first_event_ms,
+             first_token_ms, total_ms, gaps_ms (distributions), events_per_request, bytes_per_request,
+             invariants {checked, failures}, gw_cpu_pct, gw_cpu_us_per_event, gw_cpu_us_per_request,
+             mock_cpu_pct, mock_cpu_us_per_request, load_core_busy_pct, gw_core_others_pct,
+             loadgen_cpu_pct, loadgen_cpu_us_per_event, loadgen_capacity_per_s, first_event_p50_ms,
+             first_event_p99_ms, total_p50_ms, total_p99_ms
+      ttfe:
+        levels {"1"|"16": {median {added_p50_ms, added_p99_ms, paired_added_p50_ms, gateway_p50_ms,
+                gateway_p90_ms, gateway_p99_ms, direct_p50_ms, direct_p90_ms, direct_p99_ms,
+                gw_cpu_us_per_event, gw_cpu_pct, errors}, runs [{targets [run summary], gateway_first_event_ms,
+                direct_first_token_ms, added_p50_ms, added_p99_ms, paired_added_ms (c=1), gw_cpu_*}],
+                samples_ms {gateway: [ms], direct: [ms]}}}
+      open_streams:
+        levels [{streams, opened, ramp_s, window_s, loadgen_processes, events_per_s (delivered, median of
+                 the window's thirds), delivered_ratio, gw_cpu_pct, gw_cpu_us_per_event, thirds [{events_per_s,
+                 gw_cpu_pct, gw_cpu_us_per_event}], idle_rss_bytes, rss_bytes, rss_per_stream_kb, open_files,
+                 errors, error_kinds, held, gaps_ms, invariant_failures, ok}]
+      hedging:
+        config {model, hedge_delay_s, concurrency, pareto_alpha, ttft_scale_s}, median {single_p50_ms,
+        single_p90_ms, single_p99_ms, single_max_ms, hedged_..., errors}, samples_ms {single, hedged},
+        runs [{single: run summary, hedged: run summary}]
+      cancellation:
+        config {model, cancel_after_events, pause_s}, targets {gateway|direct: {latency_ms, cancels,
+        not_observed, samples_ms}}
+
+The load generator's own output (``raw/*.out.json``) is documented in ``bench.loadgen``.
+"""

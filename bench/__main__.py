@@ -1,0 +1,109 @@
+"""``python -m bench`` / ``streamgw-bench``: run the benchmark scenarios and write the report.
+
+    python -m bench --quick                      # about a minute: every scenario, short runs
+    python -m bench                              # the full run (at most ~15 minutes)
+    python -m bench --scenarios 1,2 --repeats 5  # pick scenarios
+    python -m bench --target https://gw.example/ --api-key KEY --model gpt-4o-mini [--path /v1/chat/completions]
+
+Results go to ``bench/results/<UTC timestamp>/`` (``--out`` to change the parent directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.loadgen import raise_fd_limit
+from bench.report import Progress, summary, write_report
+from bench.scenarios import SCENARIOS, MockKnobs, RemoteTarget, Settings, planned_steps, run_suite
+
+_QUICK_OPEN = (300,)
+_FULL_OPEN = (1000, 3000, 5000, 9000)
+_SCENARIO_HELP = ", ".join(f"{n}={name}" for n, (name, _) in SCENARIOS.items())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamgw-bench", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--quick", action="store_true", help="short runs, one repeat, 300 open streams (~1 minute)")
+    p.add_argument("--scenarios", type=_ints, default=tuple(SCENARIOS), help=f"which to run ({_SCENARIO_HELP})")
+    p.add_argument("--repeats", type=int, help="runs per configuration; medians are reported (default 3, quick 1)")
+    p.add_argument("--out", type=Path, default=Path("bench/results"), help="parent directory of the results")
+    p.add_argument("--concurrency", type=_ints, default=(1, 16, 64, 256), help="scenario 1's levels")
+    p.add_argument("--open-streams", type=_ints, help="scenario 3's levels (default 1000,3000,5000,9000; quick 300)")
+    p.add_argument("--http2", action="store_true", help="talk HTTP/2 (h2c prior knowledge, or ALPN over TLS)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores with taskset")
+    p.add_argument("--store", choices=("sqlite", "memory", "none"), default="sqlite",
+                   help="the gateway's response store (default sqlite, as deployed; the file goes to the results)")
+    p.add_argument("--keep-raw", action="store_true", help="keep the load generators' raw per-request output")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    remote = p.add_argument_group("load another endpoint (scenarios 1-4, client-side figures)")
+    remote.add_argument("--target", metavar="URL", help="base URL of an OpenAI-compatible server")
+    remote.add_argument("--path", default="/v1/responses", help="/v1/responses or /v1/chat/completions")
+    remote.add_argument("--model", default="demo/demo", help="model to ask the target for")
+    remote.add_argument("--api-key", help="sent as Authorization: Bearer KEY")
+    remote.add_argument("--target-pid", type=int, help="a local server process whose CPU and RSS to measure")
+    mock = p.add_argument_group("mock upstream defaults (scenarios override what they define)")
+    mock.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
+    mock.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
+    mock.add_argument("--tokens", type=int, default=20, help="tokens per answer")
+    mock.add_argument("--token-bytes", type=int, default=0, help="payload bytes per token (0: 'tok{i} ')")
+    mock.add_argument("--fault-rate", type=float, default=0.0, help="probability of an upstream 500")
+    mock.add_argument("--heavy-tail", type=float, metavar="ALPHA", help="Pareto shape of the first-token delay")
+    mock.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace, out_dir: Path) -> Settings:
+    """The run's settings from parsed arguments."""
+    knobs = MockKnobs(args.ttft, args.token_delay, args.tokens, args.token_bytes, args.fault_rate, args.heavy_tail,
+                      args.seed)
+    target = None
+    if args.target:
+        target = RemoteTarget(args.target, args.path, args.api_key, args.model, args.target_pid)
+    levels = args.open_streams or (_QUICK_OPEN if args.quick else _FULL_OPEN)
+    repeats = args.repeats or (1 if args.quick else 3)
+    return Settings(quick=args.quick, repeats=repeats, out_dir=out_dir, http2=args.http2, pin=not args.no_pin,
+                    knobs=knobs, target=target, open_levels=levels, concurrencies=args.concurrency,
+                    keep_raw=args.keep_raw, store=args.store)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m bench`` and ``streamgw-bench``."""
+    args = _parser().parse_args(argv)
+    unknown = [n for n in args.scenarios if n not in SCENARIOS]
+    if unknown:
+        print(f"streamgw-bench: unknown scenarios {unknown} (known: {_SCENARIO_HELP})", file=sys.stderr)
+        return 2
+    raise_fd_limit()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out_dir = (args.out / stamp).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings_from_args(args, out_dir)
+    progress = Progress(planned_steps(settings, args.scenarios), enabled=not args.no_progress)
+    try:
+        results = run_suite(settings, args.scenarios, progress)
+    finally:
+        progress.close()
+    results["argv"] = list(sys.argv[1:] if argv is None else argv)
+    write_report(results, out_dir, plots=not args.no_plots)
+    print(summary(results, out_dir))
+    return 1 if any(s.get("error") for s in results["scenarios"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,558 @@
+"""The bench's processes: the mock upstream, the gateway, the load generators, and what we read from /proc.
+
+Everything runs as a real process on 127.0.0.1.  Where the machine has at least two usable cores and
+``taskset``, the gateway is pinned to one core and the mock, the load generators and this orchestrator to
+another (``Pinning``), so the gateway's CPU figures are its own.
+
+The mock is ``streamgw.testing.chat_mock`` run by ``python -m bench.procs mock`` (the same knobs), plus two
+bench-only paths: ``GET /bench/disconnects`` answers the ``time.monotonic()`` of every client disconnect the
+mock saw (the cancellation scenario lines them up with the load generator's cancel times; ``monotonic`` is
+one clock for every process on the machine), and ``POST /bench/reset`` clears that list.  It also drops the
+mock's per-request log as it goes, so its memory stays flat over a long run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from bench.loadgen import PhaseSpec, raise_fd_limit
+from streamgw.testing.process import start_gateway, stop_process
+
+Json = dict[str, Any]
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------ environment
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Which cores the gateway, the mock and the load generators run on (``applied`` False: not pinned, and why).
+
+    With two cores the mock shares the load generators' core; with three or more it gets its own.
+    """
+
+    applied: bool
+    gateway_cpus: tuple[int, ...] = ()
+    load_cpus: tuple[int, ...] = ()
+    reason: str = ""
+    usable_cpus: tuple[int, ...] = ()
+    mock_cpus: tuple[int, ...] = ()
+
+    def gateway_prefix(self) -> list[str]:
+        """Command prefix that pins the gateway (empty when not pinned)."""
+        return _taskset(self.gateway_cpus) if self.applied else []
+
+    def load_prefix(self) -> list[str]:
+        """Command prefix that pins the load generators."""
+        return _taskset(self.load_cpus) if self.applied else []
+
+    def mock_prefix(self) -> list[str]:
+        """Command prefix that pins the mock upstream."""
+        return _taskset(self.mock_cpus or self.load_cpus) if self.applied else []
+
+    @property
+    def client_cpus(self) -> tuple[int, ...]:
+        """Every core of the client side (mock and load generators), each once."""
+        return tuple(sorted({*self.mock_cpus, *self.load_cpus}))
+
+    def describe(self) -> str:
+        """One line for the report."""
+        if not self.applied:
+            return f"not pinned ({self.reason})"
+        gateway, load = _cpus(self.gateway_cpus), _cpus(self.load_cpus)
+        if not self.mock_cpus or self.mock_cpus == self.load_cpus:
+            return f"gateway on CPU {gateway}; mock, load generator and bench on CPU {load}"
+        return f"gateway on CPU {gateway}; mock on CPU {_cpus(self.mock_cpus)}; load generator and bench on CPU {load}"
+
+    def to_json(self) -> Json:
+        """The JSON form recorded in the results."""
+        return {"applied": self.applied, "gateway_cpus": list(self.gateway_cpus), "mock_cpus": list(self.mock_cpus),
+                "load_cpus": list(self.load_cpus), "usable_cpus": list(self.usable_cpus), "reason": self.reason,
+                "description": self.describe()}
+
+
+def _taskset(cpus: tuple[int, ...]) -> list[str]:
+    return ["taskset", "-c", _cpus(cpus)]
+
+
+def _cpus(cpus: tuple[int, ...]) -> str:
+    return ",".join(str(c) for c in cpus)
+
+
+def plan_pinning(wanted: bool, usable: Sequence[int] | None = None, has_taskset: bool | None = None) -> Pinning:
+    """Pin when asked, ``taskset`` exists and at least two cores are usable (defaults: this process's)."""
+    cpus = tuple(sorted(os.sched_getaffinity(0) if usable is None else usable))
+    if not wanted:
+        return Pinning(False, reason="disabled with --no-pin", usable_cpus=cpus)
+    if len(cpus) < 2:
+        return Pinning(False, reason=f"only {len(cpus)} usable core", usable_cpus=cpus)
+    if not (shutil.which("taskset") is not None if has_taskset is None else has_taskset):
+        return Pinning(False, reason="taskset not found", usable_cpus=cpus)
+    gateway, mock = cpus[:1], cpus[1:2]
+    load = cpus[2:] if len(cpus) >= 3 else mock
+    return Pinning(True, gateway, load, usable_cpus=cpus, mock_cpus=mock)
+
+
+def pin_self(pinning: Pinning) -> None:
+    """Move this process (the bench's orchestrator) to the load generators' cores, off the gateway's."""
+    if pinning.applied:
+        os.sched_setaffinity(0, set(pinning.load_cpus))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit(root: Path = REPO_ROOT) -> str | None:
+    """The checked-out commit, read from ``.git`` files (no git command); None outside a checkout."""
+    git = root / ".git"
+    try:
+        if git.is_file():  # a worktree: "gitdir: <path>"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head
+        ref = head.split(":", 1)[1].strip()
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        pass
+    return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str] = {}
+    for name in ("streamgw", "trio", "hypercorn", "quart-trio", "httpx", "h11", "h2"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def environment(pinning: Pinning) -> Json:
+    """What the numbers were measured on."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {
+        "cpu_model": _cpu_model(), "cores": os.cpu_count(), "usable_cores": len(pinning.usable_cpus),
+        "python": sys.version.split()[0], "implementation": platform.python_implementation(),
+        "platform": platform.platform(), "git_commit": git_commit(), "packages": _versions(),
+        "pinning": pinning.to_json(), "open_files_limit": [soft, hard], "loadavg": list(os.getloadavg()),
+        "memory_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+    }
+
+
+# ---------------------------------------------------------------------------------------- /proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid``."""
+    with open(f"/proc/{pid}/statm", "rb") as fh:
+        return int(fh.read().split()[1]) * _PAGE
+
+
+def core_busy_seconds(cores: Sequence[int]) -> dict[int, float]:
+    """Busy (non-idle, non-iowait) seconds of each core since boot, from /proc/stat."""
+    wanted = {f"cpu{c}".encode(): c for c in cores}
+    found: dict[int, float] = {}
+    with open("/proc/stat", "rb") as fh:
+        for line in fh:
+            name, _, rest = line.partition(b" ")
+            if name in wanted:
+                ticks = [int(x) for x in rest.split()]
+                found[wanted[name]] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / _CLK_TCK
+            elif not name.startswith(b"cpu"):
+                break
+    return found
+
+
+def open_fds(pid: int) -> int:
+    """Number of open file descriptors of ``pid`` (-1 when not readable)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+@dataclass
+class _Series:
+    times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
+
+
+class Sampler:
+    """Samples CPU time and RSS of some processes, and busy time of some cores, in a daemon thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self._series: dict[int, _Series] = {}
+        self._cores: dict[int, _Series] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+        self._thread.start()
+
+    def watch(self, pid: int) -> None:
+        """Start sampling ``pid``."""
+        with self._lock:
+            self._series.setdefault(pid, _Series())
+        self._sample(pid)
+
+    def watch_cores(self, cores: Sequence[int]) -> None:
+        """Start sampling the busy time of ``cores``."""
+        with self._lock:
+            for core in cores:
+                self._cores.setdefault(core, _Series())
+        self._sample_cores()
+
+    def forget(self, pid: int) -> None:
+        """Stop sampling ``pid`` (it is gone)."""
+        with self._lock:
+            self._series.pop(pid, None)
+
+    def close(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                pids = list(self._series)
+            for pid in pids:
+                self._sample(pid)
+            self._sample_cores()
+
+    def _sample_cores(self) -> None:
+        with self._lock:
+            cores = list(self._cores)
+        if not cores:
+            return
+        now, busy = time.monotonic(), core_busy_seconds(cores)
+        with self._lock:
+            for core, seconds in busy.items():
+                self._cores[core].times.append(now)
+                self._cores[core].cpu.append(seconds)
+
+    def _sample(self, pid: int) -> None:
+        try:
+            now, cpu, rss = time.monotonic(), cpu_seconds(pid), rss_bytes(pid)
+        except (OSError, IndexError, ValueError):
+            return
+        with self._lock:
+            series = self._series.get(pid)
+            if series is not None:
+                series.times.append(now)
+                series.cpu.append(cpu)
+                series.rss.append(rss)
+
+    def cpu_between(self, pid: int, t0: float, t1: float) -> float | None:
+        """CPU seconds ``pid`` used between monotonic times ``t0`` and ``t1`` (interpolated samples)."""
+        with self._lock:
+            series = self._series.get(pid)
+            if series is None or len(series.times) < 2:
+                return None
+            return _interpolate(series.times, series.cpu, t1) - _interpolate(series.times, series.cpu, t0)
+
+    def core_busy_between(self, core: int, t0: float, t1: float) -> float | None:
+        """Busy seconds of ``core`` between ``t0`` and ``t1`` (every process on it, ours and others')."""
+        with self._lock:
+            series = self._cores.get(core)
+            if series is None or len(series.times) < 2:
+                return None
+            return _interpolate(series.times, series.cpu, t1) - _interpolate(series.times, series.cpu, t0)
+
+    def rss_at(self, pid: int, t: float) -> int | None:
+        """The RSS sample of ``pid`` closest to ``t``."""
+        with self._lock:
+            series = self._series.get(pid)
+            if series is None or not series.times:
+                return None
+            best = min(range(len(series.times)), key=lambda i: abs(series.times[i] - t))
+            return series.rss[best]
+
+
+def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    lo, hi = 0, len(xs) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if xs[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    span = xs[hi] - xs[lo]
+    return ys[lo] + (ys[hi] - ys[lo]) * ((x - xs[lo]) / span if span else 0.0)
+
+
+# ------------------------------------------------------------------------------------ processes
+
+
+@dataclass
+class MockProcess:
+    """The bench mock (a Chat Completions upstream) running as a process."""
+
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        """The ``base_url`` a ``chat`` provider uses."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def disconnects(self) -> list[float]:
+        """Monotonic times of every client disconnect the mock saw since the last reset."""
+        answer = httpx.get(f"http://127.0.0.1:{self.port}/bench/disconnects", timeout=10)
+        answer.raise_for_status()
+        times: list[float] = answer.json()
+        return times
+
+    def reset(self) -> None:
+        """Clear the disconnect log."""
+        httpx.post(f"http://127.0.0.1:{self.port}/bench/reset", timeout=10).raise_for_status()
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        stop_process(self.proc)
+
+
+def start_bench_mock(knobs: Sequence[str], prefix: Sequence[str]) -> MockProcess:
+    """Run ``python -m bench.procs mock --port 0 *knobs`` under ``prefix``; wait for ``LISTENING``."""
+    cmd = [*prefix, sys.executable, "-m", "bench.procs", "mock", "--port", "0", *knobs]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    if len(line) != 2 or line[0] != "LISTENING":
+        proc.kill()
+        raise RuntimeError(f"bench mock did not start: {line}")
+    return MockProcess(proc, int(line[1]))
+
+
+@dataclass
+class GatewayProcess:
+    """The gateway under hypercorn, started from a generated config."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        """The gateway's process id (``taskset`` execs, so it is the Python process)."""
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """SIGTERM (graceful), then SIGKILL if needed."""
+        stop_process(self.proc, timeout=15)
+
+
+def gateway_config(mock_url: str, hedge_model: str, hedge_delay: float, store: str = "memory",
+                   store_path: Path | None = None) -> str:
+    """The gateway config the bench uses: two providers on the mock (for hedging) and one hedge route.
+
+    ``store`` is the ``[store]`` backend; a SQLite file goes to ``store_path`` (never the working directory).
+    """
+    provider = f'type = "chat"\nbase_url = "{mock_url}"\nmax_connections = 20000\n'
+    path = f'path = "{store_path}"\n' if store == "sqlite" and store_path is not None else ""
+    return (
+        "[server]\ngraceful_timeout = 1\n\n"
+        f'[store]\nbackend = "{store}"\n{path}\n'
+        f"[providers.mock]\n{provider}\n[providers.mock_b]\n{provider}\n"
+        "[timeouts]\nconnect = 5\nfirst_token = 120\nidle = 60\nkeepalive = 15\n\n"
+        f'[routes.hedged]\ntargets = ["mock/{hedge_model}", "mock_b/{hedge_model}"]\n'
+        f'strategy = "hedge"\nhedge_delay = {hedge_delay}\n'
+    )
+
+
+def launch_gateway(config_text: str, workdir: Path, prefix: Sequence[str], name: str = "gateway") -> GatewayProcess:
+    """Write the config and start ``streamgw serve`` under ``prefix``; wait until healthy."""
+    config = workdir / f"{name}.toml"
+    config.write_text(config_text)
+    log = workdir / f"{name}.log"
+    proc, url = start_gateway(config, log, prefix=list(prefix), extra_args=["--log-level", "warning"])
+    return GatewayProcess(proc, url, log)
+
+
+# ------------------------------------------------------------------------------- load generators
+
+
+class LoadRun:
+    """One or more load generator processes running their phases; progress lines arrive on a callback."""
+
+    def __init__(self, plans: Sequence[Sequence[PhaseSpec]], workdir: Path, prefix: Sequence[str],
+                 on_progress: Callable[[int, Json], None] | None = None) -> None:
+        self.workdir = workdir
+        self.latest: list[Json] = [{} for _ in plans]
+        self._on_progress = on_progress
+        self._procs: list[subprocess.Popen[str]] = []
+        self._outs: list[Path] = []
+        self._threads: list[threading.Thread] = []
+        stamp = f"{os.getpid()}-{time.monotonic_ns()}"
+        for i, phases in enumerate(plans):
+            spec = workdir / f"loadgen-{stamp}-{i}.spec.json"
+            out = workdir / f"loadgen-{stamp}-{i}.out.json"
+            spec.write_text(json.dumps({"phases": [p.to_json() for p in phases]}))
+            cmd = [*prefix, sys.executable, "-m", "bench.loadgen", "--spec", str(spec), "--out", str(out)]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+            self._procs.append(proc)
+            self._outs.append(out)
+            thread = threading.Thread(target=self._read, args=(i, proc.stdout), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @property
+    def pids(self) -> list[int]:
+        """The load generators' process ids."""
+        return [p.pid for p in self._procs]
+
+    def _read(self, index: int, stdout: IO[str] | None) -> None:
+        assert stdout is not None
+        for line in stdout:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            self.latest[index] = data
+            if self._on_progress is not None:
+                self._on_progress(index, data)
+
+    def terminate(self) -> None:
+        """Ask every load generator to end its current phase (streams still open count as held)."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float | None = None) -> list[Json]:
+        """Wait for every process; return their results (``{"phases": [...]}`` each)."""
+        results: list[Json] = []
+        for proc, out, thread in zip(self._procs, self._outs, self._threads, strict=True):
+            try:
+                _, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, stderr = proc.communicate()
+            thread.join(timeout=5)
+            if proc.returncode != 0 or not out.exists():
+                raise RuntimeError(f"load generator failed ({proc.returncode}):\n{stderr[-4000:]}")
+            results.append(json.loads(out.read_text()))
+        return results
+
+    def cleanup(self, keep: bool) -> None:
+        """Remove the spec and output files unless ``keep``."""
+        if keep:
+            return
+        for out in self._outs:
+            out.unlink(missing_ok=True)
+            out.with_name(out.name.replace(".out.", ".spec.")).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------ bench mock
+
+
+def _mock_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.procs mock",
+                                     description="The chat_mock upstream with the bench's disconnect log.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ttft", type=float, default=0.0)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--token-text", default="tok{i} ")
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--heavy-tail", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+async def _serve_mock(args: argparse.Namespace) -> None:
+    import trio
+
+    from streamgw.testing.chat_mock import ChatCompletionsMock
+    from streamgw.testing.server import MockRequest, Responder, serve_http
+
+    mock = ChatCompletionsMock(ttft=args.ttft, token_delay=args.token_delay, tokens=args.tokens,
+                               token_text=args.token_text, fault_rate=args.fault_rate,
+                               heavy_tail=args.heavy_tail, seed=args.seed)
+    offset = trio.current_time() - time.monotonic()  # trio's clock is monotonic plus an offset
+
+    async def handle(req: MockRequest, send: Responder) -> None:
+        if req.path == "/bench/disconnects":
+            times = [t - offset for _, t in mock.stats.disconnects]
+            await send.full(200, [("content-type", "application/json")], json.dumps(times).encode())
+            return
+        if req.path == "/bench/reset":
+            mock.stats.disconnects.clear()
+            await send.full(204)
+            return
+        mock.requests.clear()  # the mock logs every request; the bench never reads that log
+        await mock.handle(req, send)
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            serve = partial(serve_http, handle, host=args.host, port=args.port, stats=mock.stats)
+            bound = await nursery.start(serve)
+            print(f"LISTENING {bound}", flush=True)
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.procs mock [knobs]``: run the bench mock until SIGTERM."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "mock":
+        print("usage: python -m bench.procs mock [--port P] [--ttft S] [--token-delay S] [--tokens N] ...",
+              file=sys.stderr)
+        return 2
+    raise_fd_limit()
+    import trio
+
+    trio.run(_serve_mock, _mock_args(args[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

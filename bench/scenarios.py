@@ -1,0 +1,809 @@
+"""The bench's six scenarios and the statistics they report.
+
+Each scenario is a function ``(Bench) -> Json`` registered in ``SCENARIOS`` under its number; ``run_suite``
+runs the selected ones and returns the whole results document (schema in ``bench/__init__.py``).  Every
+measured figure is the median over ``repeats`` runs (the runs of different configurations are interleaved,
+so slow drift of a shared machine hits all of them alike); the per-run figures are kept next to it.
+
+1. ``throughput``: translated 20-chunk streams (``mock/text:tokens=20``) at concurrency 1, 16, 64, 256,
+   through the gateway and directly to the mock; streams/s, events/s, time to first event, the gateway's CPU
+   µs per relayed event, and the load generator's own CPU (the direct runs show its ceiling).
+2. ``ttfe``: added time to first event: gateway and direct requests interleaved in the same workers at
+   concurrency 1 and 16.  Gateway: time to the first SSE event; direct: time to the mock's first content
+   chunk (the earliest moment the gateway could have had anything to relay).
+3. ``open_streams``: N long streams at one event per second each (``token_delay=1``), opened with at most
+   64 requests waiting for headers, held for a steady window on a freshly started gateway; gateway CPU,
+   RSS per stream over the idle baseline, open files, delivered events/s, errors.  The window is split in
+   three and the median of the thirds is reported.
+4. ``non_streamed``: ``stream: false`` requests, gateway and direct; requests/s, latency, CPU per request.
+5. ``hedging``: a heavy-tailed upstream first token (Pareto, scaled by ``ttft``): the same model straight
+   (``mock/...``) and through a ``hedge`` route over two providers on the mock, interleaved; p50/p99 TTFT.
+6. ``cancellation``: long paced streams that the client closes after a few events; the latency from the
+   client's close to the mock seeing its upstream connection close (gateway) or its client close (direct).
+
+With ``--target`` only 1-4 run, against that endpoint, and report client-side figures (and the CPU/RSS of
+``--target-pid`` when given); 5 and 6 need the bench's own mock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.loadgen import PhaseSpec, TargetSpec
+from bench.procs import (
+    GatewayProcess,
+    LoadRun,
+    MockProcess,
+    Pinning,
+    Sampler,
+    environment,
+    gateway_config,
+    launch_gateway,
+    open_fds,
+    pin_self,
+    plan_pinning,
+    rss_bytes,
+    start_bench_mock,
+)
+from bench.report import Progress
+
+Json = dict[str, Any]
+SCHEMA = "streamgw-bench/1"
+_PROMPT = "hi"
+_HEDGE_ALPHA = 1.2
+_HEDGE_TTFT = 0.02
+_HEDGE_DELAY = 0.1
+_OPEN_PENDING = 64
+_LOADGEN_STREAMS_PER_PROC = 5000
+
+
+# ---------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class MockKnobs:
+    """Defaults of the mock upstream (scenarios override what they define through the model name)."""
+
+    ttft: float = 0.0
+    token_delay: float = 0.0
+    tokens: int = 20
+    token_bytes: int = 0  # 0: the mock's "tok{i} "
+    fault_rate: float = 0.0
+    heavy_tail: float | None = None
+    seed: int = 0
+
+    def args(self) -> list[str]:
+        """The mock's command-line flags."""
+        args = ["--ttft", str(self.ttft), "--token-delay", str(self.token_delay), "--tokens", str(self.tokens),
+                "--fault-rate", str(self.fault_rate), "--seed", str(self.seed)]
+        if self.token_bytes:
+            args += ["--token-text", "{i}" + "x" * max(0, self.token_bytes - 3) + " "]
+        if self.heavy_tail is not None:
+            args += ["--heavy-tail", str(self.heavy_tail)]
+        return args
+
+
+@dataclass(frozen=True)
+class RemoteTarget:
+    """``--target``: an OpenAI-compatible endpoint somebody else runs."""
+
+    base_url: str
+    path: str = "/v1/responses"
+    api_key: str | None = None
+    model: str = "demo/demo"
+    pid: int | None = None
+
+    @property
+    def dialect(self) -> str:
+        """``chat`` for a Chat Completions path, else ``responses``."""
+        return "chat" if "chat/completions" in self.path else "responses"
+
+    def to_json(self) -> Json:
+        """Recorded in the results (the key is never written)."""
+        return {"base_url": self.base_url, "path": self.path, "model": self.model, "pid": self.pid,
+                "api_key": "set" if self.api_key else None}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the command line asked for."""
+
+    quick: bool = False
+    repeats: int = 3
+    out_dir: Path = Path("bench/results")
+    http2: bool = False
+    pin: bool = True
+    knobs: MockKnobs = field(default_factory=MockKnobs)
+    target: RemoteTarget | None = None
+    open_levels: tuple[int, ...] = (1000, 3000, 5000, 9000)
+    concurrencies: tuple[int, ...] = (1, 16, 64, 256)
+    keep_raw: bool = False
+    store: str = "sqlite"  # the gateway's [store] backend (sqlite is what a default deployment runs)
+
+    @property
+    def duration(self) -> float:
+        """Measured seconds of one closed-loop run."""
+        return 1.5 if self.quick else 5.0
+
+    @property
+    def warmup(self) -> float:
+        """Unrecorded seconds before each closed-loop run."""
+        return 0.3 if self.quick else 1.0
+
+    def to_json(self) -> Json:
+        """Recorded in the results."""
+        data = asdict(self)
+        data["out_dir"] = str(self.out_dir)
+        data["target"] = self.target.to_json() if self.target else None
+        return data
+
+
+# -------------------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def distribution_ms(values: Sequence[float | None]) -> Json:
+    """n, mean, p50, p90, p99 and max of seconds, in milliseconds."""
+    present = [v * 1e3 for v in values if v is not None]
+    if not present:
+        return {"n": 0, "mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    return {"n": len(present), "mean": _r(statistics.fmean(present)), "p50": _r(percentile(present, 0.5)),
+            "p90": _r(percentile(present, 0.9)), "p99": _r(percentile(present, 0.99)), "max": _r(max(present))}
+
+
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def window_count(hist: dict[str, int], t0: float, t1: float) -> int:
+    """Sum of a decisecond histogram (keys ``int(monotonic*10)``) over ``[t0, t1)``."""
+    lo, hi = math.ceil(t0 * 10), math.ceil(t1 * 10)
+    return sum(n for k, n in hist.items() if lo <= int(k) < hi)
+
+
+def median_of(runs: Sequence[Json], key: str) -> float | None:
+    """Median of ``run[key]`` over the runs that have it."""
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return _r(statistics.median(values)) if values else None
+
+
+def _window(phase: Json) -> tuple[float, float]:
+    """The measured window of a phase, aligned to the decisecond histogram buckets."""
+    t0 = math.ceil(phase["t_measure"] * 10) / 10
+    t1 = math.ceil(phase["t_stop"] * 10) / 10
+    return t0, max(t1, t0 + 0.1)
+
+
+def summarize_target(phase: Json, index: int, window: tuple[float, float] | None = None) -> Json:
+    """One target of one phase: rates over the window, latency distributions over its records."""
+    tally = phase["targets"][index]
+    rec = tally["records"]
+    t0, t1 = window or _window(phase)
+    span = t1 - t0
+    ok = [i for i, err in enumerate(rec["error"]) if not err]
+    done, events = window_count(tally["done_hist"], t0, t1), window_count(tally["event_hist"], t0, t1)
+    return {
+        "target": tally["name"], "window_s": _r(span), "requests": len(rec["start"]), "completed_in_window": done,
+        "streams_per_s": _r(done / span, 1), "events_per_s": _r(events / span, 1), "events_in_window": events,
+        "errors": sum(tally["errors"].values()), "error_kinds": tally["errors"], "held": tally["held"],
+        "headers_ms": distribution_ms([rec["head"][i] for i in ok]),
+        "first_event_ms": distribution_ms([rec["first_event"][i] for i in ok]),
+        "first_token_ms": distribution_ms([rec["first_token"][i] for i in ok]),
+        "total_ms": distribution_ms([rec["total"][i] for i in ok]),
+        "gaps_ms": distribution_ms(tally["gaps"]),
+        "events_per_request": _r(statistics.median([rec["events"][i] for i in ok]), 1) if ok else None,
+        "bytes_per_request": _r(statistics.median([rec["bytes"][i] for i in ok]), 1) if ok else None,
+        "invariants": tally["invariants"],
+    }
+
+
+# ------------------------------------------------------------------------------------------ runtime
+
+
+class Bench:
+    """The processes and helpers scenarios share: mock, gateway, sampler, load runs, progress."""
+
+    def __init__(self, settings: Settings, progress: Progress) -> None:
+        self.settings = settings
+        self.progress = progress
+        local = settings.target is None
+        self.pinning = plan_pinning(settings.pin) if local else Pinning(False, reason="--target: nothing to pin")
+        pin_self(self.pinning)
+        self.sampler = Sampler()
+        self.sampler.watch_cores([*self.pinning.gateway_cpus, *self.pinning.client_cpus])
+        self.environment = environment(self.pinning)
+        self.raw_dir = settings.out_dir / "raw"
+        self.raw_dir.mkdir(parents=True, exist_ok=True)
+        self._mock: MockProcess | None = None
+        self._gateway: GatewayProcess | None = None
+        if settings.target and settings.target.pid:
+            self.sampler.watch(settings.target.pid)
+
+    # processes -----------------------------------------------------------------------------------
+
+    @property
+    def mock(self) -> MockProcess:
+        """The mock upstream, started on first use."""
+        if self._mock is None:
+            self._mock = start_bench_mock(self.settings.knobs.args(), self.pinning.mock_prefix())
+            self.sampler.watch(self._mock.proc.pid)
+        return self._mock
+
+    @property
+    def gateway(self) -> GatewayProcess:
+        """The shared gateway, started on first use."""
+        if self._gateway is None:
+            self._gateway = self.new_gateway("gateway")
+        return self._gateway
+
+    def new_gateway(self, name: str) -> GatewayProcess:
+        """A fresh gateway process (pinned), watched by the sampler."""
+        knobs = self.settings.knobs
+        ttft = knobs.ttft or _HEDGE_TTFT
+        alpha = knobs.heavy_tail or _HEDGE_ALPHA
+        hedge_model = f"text:tokens=20,ttft={ttft},heavy_tail={alpha}"
+        db = self.settings.out_dir / f"{name}.db"
+        config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db)
+        gateway = launch_gateway(config, self.settings.out_dir, self.pinning.gateway_prefix(), name)
+        self.sampler.watch(gateway.pid)
+        return gateway
+
+    def stop_gateway(self, gateway: GatewayProcess) -> None:
+        """Stop a gateway started with ``new_gateway``."""
+        self.sampler.forget(gateway.pid)
+        gateway.stop()
+
+    def close(self) -> None:
+        """Stop everything this bench started."""
+        if self._gateway is not None:
+            self.stop_gateway(self._gateway)
+        if self._mock is not None:
+            self._mock.stop()
+        self.sampler.close()
+
+    # targets -------------------------------------------------------------------------------------
+
+    def gateway_target(self, model: str, *, stream: bool = True, name: str = "gateway",
+                       gateway: GatewayProcess | None = None) -> TargetSpec:
+        """A Responses request for ``mock/<model>`` (or a route name) to ``gateway`` (default: the shared one)."""
+        body = {"model": model, "input": _PROMPT, **({"stream": True} if stream else {})}
+        url = (gateway or self.gateway).url + "/v1/responses"
+        return TargetSpec(name, url, json.dumps(body), "responses", stream, http2=self.settings.http2)
+
+    def direct_target(self, model: str, *, stream: bool = True, name: str = "direct") -> TargetSpec:
+        """The same answer asked of the mock directly (Chat Completions, usage included like the gateway)."""
+        body: Json = {"model": model, "messages": [{"role": "user", "content": _PROMPT}]}
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+        return TargetSpec(name, self.mock.base_url + "/chat/completions", json.dumps(body), "chat", stream)
+
+    def remote_target(self, *, stream: bool = True) -> TargetSpec:
+        """The ``--target`` endpoint with ``--model`` and ``--api-key``."""
+        remote = self.settings.target
+        assert remote is not None
+        body: Json = {"model": remote.model}
+        body |= {"messages": [{"role": "user", "content": _PROMPT}]} if remote.dialect == "chat" else {
+            "input": _PROMPT}
+        if stream:
+            body["stream"] = True
+        headers = (("authorization", f"Bearer {remote.api_key}"),) if remote.api_key else ()
+        url = remote.base_url.rstrip("/") + remote.path
+        return TargetSpec("target", url, json.dumps(body), remote.dialect, stream, headers, self.settings.http2)
+
+    def server_pid(self) -> int | None:
+        """The process whose CPU is 'the gateway's' (ours, or ``--target-pid``)."""
+        if self.settings.target is not None:
+            return self.settings.target.pid
+        return self.gateway.pid
+
+    # load ----------------------------------------------------------------------------------------
+
+    def run(self, phases: Sequence[PhaseSpec], labels: Sequence[str]) -> list[Json]:
+        """Run phases in one load generator process, one progress step per phase."""
+        self.progress.step(labels[0])
+
+        def on_progress(_: int, line: Json) -> None:
+            if line.get("finished"):
+                index = int(line["phase"]) + 1
+                if index < len(labels):
+                    self.progress.step(labels[index])
+            else:
+                self.progress.update(_counters(line))
+
+        load = LoadRun([phases], self.raw_dir, self.pinning.load_prefix(), on_progress)
+        try:
+            results = load.wait()
+        finally:
+            load.cleanup(self.settings.keep_raw)
+        phases_out: list[Json] = results[0]["phases"]
+        return phases_out
+
+    def usage(self, t0: float, t1: float, events: int, requests: int, pid: int | None = None) -> Json:
+        """Server (``pid``, default the shared gateway) and mock CPU over a window: % of a core, µs per unit."""
+        span = max(t1 - t0, 1e-9)
+        pid = pid or self.server_pid()
+        cpu = self.sampler.cpu_between(pid, t0, t1) if pid else None
+        mock_cpu = self.sampler.cpu_between(self._mock.proc.pid, t0, t1) if self._mock else None
+        return {
+            "gw_cpu_pct": _r(100 * cpu / span, 1) if cpu is not None else None,
+            "gw_cpu_us_per_event": _r(1e6 * cpu / events, 1) if cpu is not None and events else None,
+            "gw_cpu_us_per_request": _r(1e6 * cpu / requests, 1) if cpu is not None and requests else None,
+            "mock_cpu_pct": _r(100 * mock_cpu / span, 1) if mock_cpu is not None else None,
+            "mock_cpu_us_per_request": _r(1e6 * mock_cpu / requests, 1) if mock_cpu is not None and requests
+            else None,
+            **self._cores_usage(t0, t1, cpu),
+        }
+
+    def _cores_usage(self, t0: float, t1: float, gateway_cpu: float | None) -> Json:
+        """How busy the pinned cores were: the busiest client-side core, the gateway's core without the gateway."""
+        if not self.pinning.applied:
+            return {"load_core_busy_pct": None, "gw_core_others_pct": None}
+        span = max(t1 - t0, 1e-9)
+        busy = [self.sampler.core_busy_between(c, t0, t1) for c in self.pinning.client_cpus]
+        load = max((b for b in busy if b is not None), default=None)
+        gw_core = self.sampler.core_busy_between(self.pinning.gateway_cpus[0], t0, t1)
+        others = gw_core - gateway_cpu if gw_core is not None and gateway_cpu is not None else None
+        return {"load_core_busy_pct": _r(100 * load / span, 1) if load is not None else None,
+                "gw_core_others_pct": _r(max(0.0, 100 * others / span), 1) if others is not None else None}
+
+
+def _counters(line: Json) -> str:
+    return f"{line.get('done', 0)} done, {line.get('open', 0)} open, {line.get('events', 0)} events, " \
+           f"{line.get('errors', 0)} errors"
+
+
+def _loadgen_usage(phase: Json) -> Json:
+    """The load generator's own cost over the whole phase, and the request rate one core of it could drive."""
+    span = max(phase["t_end"] - phase["t_start"], 1e-9)
+    events = sum(sum(t["event_hist"].values()) for t in phase["targets"])
+    requests = sum(sum(t["done_hist"].values()) + sum(t["errors"].values()) for t in phase["targets"])
+    cpu = phase["loadgen_cpu_seconds"]
+    return {"loadgen_cpu_pct": _r(100 * cpu / span, 1),
+            "loadgen_cpu_us_per_event": _r(1e6 * cpu / events, 1) if events else None,
+            "loadgen_capacity_per_s": _r(requests / cpu, 0) if cpu > 0 else None}
+
+
+def _scenario(bench: Bench, key: str, title: str) -> Json:
+    return {"key": key, "title": title, "skipped": None, "started_at": _now(),
+            "environment": {**bench.environment, "loadavg": list(os.getloadavg())}}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _finish(result: Json) -> Json:
+    result["finished_at"] = _now()
+    result["environment"]["loadavg_end"] = list(os.getloadavg())
+    return result
+
+
+# --------------------------------------------------------------------------- 1: throughput & 4: JSON
+
+
+def _closed_loop(bench: Bench, key: str, title: str, concurrencies: Sequence[int], stream: bool) -> Json:
+    """Closed-loop load at each concurrency, gateway and direct (or the remote target), repeated."""
+    s = bench.settings
+    result = _scenario(bench, key, title)
+    if s.target is not None:
+        kinds = [("target", bench.remote_target(stream=stream))]
+    else:
+        kinds = [("gateway", bench.gateway_target("mock/text:tokens=20", stream=stream)),
+                 ("direct", bench.direct_target("text:tokens=20", stream=stream))]
+    plan = [(r, c, name, t) for r in range(s.repeats) for c in concurrencies for name, t in kinds]
+    phases = [PhaseSpec(f"{name} c={c}", (t,), c, duration=s.duration, warmup=s.warmup, sample_streams=3)
+              for _, c, name, t in plan]
+    labels = [f"{key}: {name} c={c} run {r + 1}/{s.repeats}" for r, c, name, _ in plan]
+    outs = bench.run(phases, labels)
+    rows: dict[tuple[str, int], list[Json]] = {}
+    for (_, c, name, _), phase in zip(plan, outs, strict=True):
+        rows.setdefault((name, c), []).append(_closed_loop_run(bench, phase, name))
+    result["rows"] = [_closed_loop_row(name, c, runs) for (name, c), runs in sorted(rows.items(),
+                                                                                    key=lambda kv: kv[0][::-1])]
+    return _finish(result)
+
+
+def _closed_loop_run(bench: Bench, phase: Json, name: str) -> Json:
+    summary = summarize_target(phase, 0)
+    t0, t1 = _window(phase)
+    usage = bench.usage(t0, t1, summary["events_in_window"], summary["completed_in_window"])
+    if name == "direct":
+        for key in ("gw_cpu_pct", "gw_cpu_us_per_event", "gw_cpu_us_per_request", "gw_core_others_pct"):
+            usage[key] = None  # the gateway sits idle during direct runs
+    return {**summary, **usage, **_loadgen_usage(phase),
+            "first_event_p50_ms": summary["first_event_ms"]["p50"],
+            "first_event_p99_ms": summary["first_event_ms"]["p99"],
+            "total_p50_ms": summary["total_ms"]["p50"], "total_p99_ms": summary["total_ms"]["p99"]}
+
+
+_ROW_KEYS = ("streams_per_s", "events_per_s", "gw_cpu_pct", "gw_cpu_us_per_event", "gw_cpu_us_per_request",
+             "mock_cpu_pct", "mock_cpu_us_per_request", "loadgen_cpu_pct", "loadgen_cpu_us_per_event",
+             "loadgen_capacity_per_s", "load_core_busy_pct", "gw_core_others_pct", "first_event_p50_ms",
+             "first_event_p99_ms", "total_p50_ms", "total_p99_ms", "errors")
+
+
+def _closed_loop_row(name: str, concurrency: int, runs: list[Json]) -> Json:
+    median = {k: median_of(runs, k) for k in _ROW_KEYS}
+    median["errors"] = sum(r["errors"] for r in runs)
+    failures = [f for r in runs for f in r["invariants"]["failures"]]
+    return {"target": name, "concurrency": concurrency, "median": median, "runs": runs,
+            "invariant_failures": failures[:5], "invariants_checked": sum(r["invariants"]["checked"] for r in runs)}
+
+
+def throughput(bench: Bench) -> Json:
+    """Scenario 1: translated 20-chunk streams at concurrency 1, 16, 64, 256."""
+    return _closed_loop(bench, "throughput", "Throughput: translated 20-chunk streams",
+                        bench.settings.concurrencies, True)
+
+
+def non_streamed(bench: Bench) -> Json:
+    """Scenario 4: non-streamed requests."""
+    levels = (16,) if bench.settings.quick else (1, 16, 64)
+    return _closed_loop(bench, "non_streamed", "Non-streamed requests (stream: false)", levels, False)
+
+
+# ---------------------------------------------------------------------------------------- 2: TTFE
+
+
+def ttfe(bench: Bench) -> Json:
+    """Scenario 2: added time to first event, gateway and direct interleaved, at concurrency 1 and 16."""
+    s = bench.settings
+    result = _scenario(bench, "ttfe", "Added time to first event (gateway vs direct, interleaved)")
+    if s.target is not None:
+        pairs = [bench.remote_target()]
+    else:
+        pairs = [bench.gateway_target("mock/text:tokens=20"), bench.direct_target("text:tokens=20")]
+    per_worker = {1: 300 if s.quick else 2000, 16: 40 if s.quick else 150}
+    plan = [(r, c) for r in range(s.repeats) for c in (1, 16)]
+    phases = [PhaseSpec(f"ttfe c={c}", tuple(pairs), c, requests=per_worker[c], warmup=0.2, sample_streams=3)
+              for _, c in plan]
+    outs = bench.run(phases, [f"ttfe: c={c} run {r + 1}/{s.repeats}" for r, c in plan])
+    by_c: dict[int, list[Json]] = {}
+    for (_, c), phase in zip(plan, outs, strict=True):
+        by_c.setdefault(c, []).append(_ttfe_run(bench, phase, c))
+    result["levels"] = {str(c): _ttfe_level(runs) for c, runs in by_c.items()}
+    return _finish(result)
+
+
+def _ttfe_run(bench: Bench, phase: Json, concurrency: int) -> Json:
+    t0, t1 = phase["t_measure"], phase["t_end"]
+    summaries = [summarize_target(phase, i, (t0, t1)) for i in range(len(phase["targets"]))]
+    gw = summaries[0]
+    run: Json = {"targets": summaries, **bench.usage(t0, t1, gw["events_in_window"], gw["completed_in_window"]),
+                 "gateway_first_event_ms": gw["first_event_ms"], "samples_ms": {}}
+    gw_rec = phase["targets"][0]["records"]
+    run["samples_ms"]["gateway"] = _sample_ms(gw_rec["first_event"], gw_rec["error"])
+    if len(summaries) > 1:
+        direct, d_rec = summaries[1], phase["targets"][1]["records"]
+        run["direct_first_token_ms"] = direct["first_token_ms"]
+        run["samples_ms"]["direct"] = _sample_ms(d_rec["first_token"], d_rec["error"])
+        g50, d50 = gw["first_event_ms"]["p50"], direct["first_token_ms"]["p50"]
+        run["added_p50_ms"] = _r(g50 - d50) if g50 is not None and d50 is not None else None
+        g99, d99 = gw["first_event_ms"]["p99"], direct["first_token_ms"]["p99"]
+        run["added_p99_ms"] = _r(g99 - d99) if g99 is not None and d99 is not None else None
+        if concurrency == 1:
+            run["paired_added_ms"] = distribution_ms(_paired(gw_rec["first_event"], d_rec["first_token"]))
+    return run
+
+
+def _sample_ms(values: Sequence[float | None], errors: Sequence[str], cap: int = 3000) -> list[float]:
+    kept = [round(v * 1e3, 4) for v, e in zip(values, errors, strict=True) if v is not None and not e]
+    return kept[:cap]
+
+
+def _paired(gateway: Sequence[float | None], direct: Sequence[float | None]) -> list[float | None]:
+    """At concurrency 1 the worker alternates, so the i-th records of both targets are neighbours."""
+    return [g - d if g is not None and d is not None else None for g, d in zip(gateway, direct, strict=False)]
+
+
+def _ttfe_level(runs: list[Json]) -> Json:
+    keys = ("added_p50_ms", "added_p99_ms", "gw_cpu_us_per_event", "gw_cpu_pct")
+    median: Json = {k: median_of(runs, k) for k in keys}
+    for name, field_name in (("gateway", "gateway_first_event_ms"), ("direct", "direct_first_token_ms")):
+        for q in ("p50", "p90", "p99"):
+            median[f"{name}_{q}_ms"] = median_of([r[field_name] for r in runs if field_name in r], q)
+    paired = [r["paired_added_ms"] for r in runs if "paired_added_ms" in r]
+    median["paired_added_p50_ms"] = median_of(paired, "p50")
+    samples = {k: [v for r in runs for v in r["samples_ms"].get(k, [])][:5000] for k in ("gateway", "direct")}
+    median["errors"] = sum(t["errors"] for r in runs for t in r["targets"])
+    for r in runs:
+        r.pop("samples_ms")
+    return {"median": median, "runs": runs, "samples_ms": samples}
+
+
+# -------------------------------------------------------------------------------- 3: open streams
+
+
+def open_streams(bench: Bench) -> Json:
+    """Scenario 3: N long streams at one event per second each, for each N in ``open_levels``."""
+    s = bench.settings
+    result = _scenario(bench, "open_streams", "Open streams at 1 event/s each")
+    if s.target is not None:
+        result["note"] = "against --target, N workers keep N streams in flight at the target's own pacing"
+    result["levels"] = []
+    for n in s.open_levels:
+        bench.progress.step(f"open_streams: {n} streams")
+        level = _open_level(bench, n) if s.target is None else _open_level_remote(bench, n)
+        result["levels"].append(level)
+    return _finish(result)
+
+
+@dataclass
+class _OpenPlan:
+    n: int
+    window: float
+    ramp_limit: float
+    tokens: int
+    procs: int
+
+    @staticmethod
+    def make(n: int, quick: bool) -> _OpenPlan:
+        window = 3.0 if quick else 9.0
+        ramp_limit = max(10.0, n / 150)
+        return _OpenPlan(n, window, ramp_limit, int(ramp_limit + window + 8),
+                         max(1, math.ceil(n / _LOADGEN_STREAMS_PER_PROC)))
+
+
+def _open_phases(target: TargetSpec, plan: _OpenPlan, requests: int) -> list[list[PhaseSpec]]:
+    shares = [plan.n // plan.procs + (1 if i < plan.n % plan.procs else 0) for i in range(plan.procs)]
+    pending = max(1, _OPEN_PENDING // plan.procs)
+    return [[PhaseSpec(f"open {plan.n}", (target,), share, requests=requests, max_pending=pending, timeout=0,
+                       sample_streams=2, gap_samples=200_000, progress_interval=0.2)] for share in shares]
+
+
+def _open_level(bench: Bench, n: int) -> Json:
+    plan = _OpenPlan.make(n, bench.settings.quick)
+    gateway = bench.new_gateway(f"gateway-open-{n}")
+    try:
+        _warm(gateway.url)
+        time.sleep(0.5)
+        idle_rss = _rss_now(gateway.pid)
+        target = bench.gateway_target(f"mock/text:tokens={plan.tokens},token_delay=1", gateway=gateway)
+        level = _hold(bench, plan, target, gateway.pid)
+        level["idle_rss_bytes"] = idle_rss
+        rss = level.get("rss_bytes")
+        opened = min(n, level["opened"])
+        level["rss_per_stream_kb"] = _r((rss - idle_rss) / opened / 1024, 2) if rss and idle_rss and opened else None
+        return level
+    finally:
+        bench.stop_gateway(gateway)
+
+
+def _open_level_remote(bench: Bench, n: int) -> Json:
+    """Against ``--target`` the answers' pacing is the target's: N workers keep N streams in flight."""
+    plan = _OpenPlan.make(n, bench.settings.quick)
+    return _hold(bench, plan, bench.remote_target(), bench.server_pid(), remote=True)
+
+
+def _warm(url: str) -> None:
+    body = {"model": "mock/text:tokens=5", "input": _PROMPT, "stream": True}
+    with httpx.Client(timeout=30) as client:
+        for _ in range(20):
+            client.post(url + "/v1/responses", json=body).raise_for_status()
+
+
+def _rss_now(pid: int) -> int | None:
+    try:
+        return rss_bytes(pid)
+    except OSError:
+        return None
+
+
+def _hold(bench: Bench, plan: _OpenPlan, target: TargetSpec, pid: int | None, remote: bool = False) -> Json:
+    """Open the streams, measure a steady window, then end the load generators."""
+    seen: dict[int, Json] = {}
+
+    def on_progress(index: int, line: Json) -> None:
+        if "done" in line:
+            seen[index] = line
+            keys = ("done", "open", "events", "errors")
+            bench.progress.update(_counters({k: sum(int(v.get(k, 0)) for v in seen.values()) for k in keys}))
+
+    load = LoadRun(_open_phases(target, plan, 0 if remote else 1), bench.raw_dir, bench.pinning.load_prefix(),
+                   on_progress)
+    try:
+        ramp_start = time.monotonic()
+        opened = _wait_open(load, plan, remote)
+        ramp_s = time.monotonic() - ramp_start
+        t0 = math.ceil(time.monotonic() * 10) / 10 + 0.1
+        thirds = [t0 + plan.window * i / 3 for i in range(4)]
+        time.sleep(max(0.0, thirds[-1] - time.monotonic()) + 0.15)
+        fds = open_fds(pid) if pid else None
+        rss = bench.sampler.rss_at(pid, thirds[-1]) if pid else None
+        load.terminate()
+        results = load.wait(timeout=120)
+    finally:
+        load.cleanup(bench.settings.keep_raw)
+    level = _hold_summary(bench, plan, results, thirds, pid)
+    level.update({"opened": opened, "ramp_s": _r(ramp_s, 2), "open_files": fds, "rss_bytes": rss})
+    level["ok"] = opened >= plan.n and level["errors"] == 0
+    return level
+
+
+def _wait_open(load: LoadRun, plan: _OpenPlan, in_flight: bool) -> int:
+    """Wait until every stream has its headers, or (``in_flight``) every worker has started, or the ramp limit
+    passed; return how many streams are open (in flight)."""
+    deadline = time.monotonic() + plan.ramp_limit
+    opened = 0
+    while time.monotonic() < deadline:
+        if in_flight:
+            opened = sum(int(line.get("started", 0)) - int(line.get("done", 0)) for line in load.latest)
+        else:
+            opened = sum(int(line.get("open", 0)) for line in load.latest)
+        if opened >= plan.n:
+            break
+        time.sleep(0.05)
+    return opened
+
+
+def _hold_summary(bench: Bench, plan: _OpenPlan, results: list[Json], cuts: list[float], pid: int | None) -> Json:
+    phases = [r["phases"][0] for r in results if r["phases"]]
+    tallies = [p["targets"][0] for p in phases]
+    thirds = []
+    for a, b in itertools.pairwise(cuts):
+        events = sum(window_count(t["event_hist"], a, b) for t in tallies)
+        usage = bench.usage(a, b, events, 0, pid) if pid else {}
+        thirds.append({"events_per_s": events / (b - a), **usage})
+    errors: dict[str, int] = {}
+    for t in tallies:
+        for kind, count in t["errors"].items():
+            errors[kind] = errors.get(kind, 0) + count
+    gaps = [g for t in tallies for g in t["gaps"]]
+    return {
+        "streams": plan.n, "window_s": plan.window, "loadgen_processes": len(phases),
+        "events_per_s": median_of(thirds, "events_per_s"), "gw_cpu_pct": median_of(thirds, "gw_cpu_pct"),
+        "gw_cpu_us_per_event": median_of(thirds, "gw_cpu_us_per_event"), "thirds": thirds,
+        "gw_core_others_pct": median_of(thirds, "gw_core_others_pct"),
+        "load_core_busy_pct": median_of(thirds, "load_core_busy_pct"),
+        "delivered_ratio": _r((median_of(thirds, "events_per_s") or 0) / plan.n, 3),
+        "errors": sum(errors.values()), "error_kinds": errors, "held": sum(t["held"] for t in tallies),
+        "gaps_ms": distribution_ms(gaps),
+        "invariant_failures": [f for t in tallies for f in t["invariants"]["failures"]][:5],
+    }
+
+
+# ------------------------------------------------------------------------------------- 5: hedging
+
+
+def hedging(bench: Bench) -> Json:
+    """Scenario 5: heavy-tailed first token, straight vs a hedge route; p50/p99 TTFT."""
+    s = bench.settings
+    result = _scenario(bench, "hedging", "Hedging under a heavy-tailed upstream")
+    if s.target is not None:
+        result["skipped"] = "needs the bench's own mock upstream (not available with --target)"
+        return _finish(result)
+    ttft, alpha = s.knobs.ttft or _HEDGE_TTFT, s.knobs.heavy_tail or _HEDGE_ALPHA
+    model = f"text:tokens=20,ttft={ttft},heavy_tail={alpha}"
+    targets = (bench.gateway_target(f"mock/{model}", name="single"), bench.gateway_target("hedged", name="hedged"))
+    per_worker = 40 if s.quick else 150
+    phases = [PhaseSpec("hedging", targets, 8, requests=per_worker, sample_streams=3) for _ in range(s.repeats)]
+    outs = bench.run(phases, [f"hedging: run {r + 1}/{s.repeats}" for r in range(s.repeats)])
+    runs = []
+    for phase in outs:
+        t0, t1 = phase["t_start"], phase["t_end"]
+        runs.append({name: summarize_target(phase, i, (t0, t1)) for i, name in enumerate(("single", "hedged"))})
+    result["config"] = {"model": model, "hedge_delay_s": _HEDGE_DELAY, "concurrency": 8, "pareto_alpha": alpha,
+                        "ttft_scale_s": ttft}
+    result["median"] = {f"{name}_{q}_ms": median_of([r[name]["first_token_ms"] for r in runs], q)
+                        for name in ("single", "hedged") for q in ("p50", "p90", "p99", "max")}
+    result["median"]["errors"] = sum(r[n]["errors"] for r in runs for n in ("single", "hedged"))
+    result["samples_ms"] = {n: _sample_ms(outs[-1]["targets"][i]["records"]["first_token"],
+                                          outs[-1]["targets"][i]["records"]["error"])
+                            for i, n in enumerate(("single", "hedged"))}
+    result["runs"] = runs
+    return _finish(result)
+
+
+# -------------------------------------------------------------------------------- 6: cancellation
+
+
+def cancellation(bench: Bench) -> Json:
+    """Scenario 6: client closes mid-stream; latency until the mock sees its connection close."""
+    s = bench.settings
+    result = _scenario(bench, "cancellation", "Cancellation latency (client close → upstream close)")
+    if s.target is not None:
+        result["skipped"] = "needs the bench's own mock upstream (not available with --target)"
+        return _finish(result)
+    model = "text:tokens=500,token_delay=0.01"
+    targets = (bench.gateway_target(f"mock/{model}"), bench.direct_target(model))
+    per_worker = 40 if s.quick else 120
+    phases = [PhaseSpec("cancel", targets, 1, requests=per_worker, cancel_after_events=6, pause=0.1,
+                        sample_streams=0) for _ in range(s.repeats)]
+    bench.mock.reset()
+    outs = bench.run(phases, [f"cancellation: run {r + 1}/{s.repeats}" for r in range(s.repeats)])
+    time.sleep(0.3)
+    disconnects = sorted(bench.mock.disconnects())
+    latencies = _match_cancels(outs, disconnects)
+    result["config"] = {"model": model, "cancel_after_events": 6, "pause_s": 0.1}
+    result["targets"] = {name: {"latency_ms": distribution_ms(values), "cancels": len(values),
+                                "not_observed": sum(v is None for v in values),
+                                "samples_ms": [round(v * 1e3, 4) for v in values if v is not None]}
+                         for name, values in latencies.items()}
+    return _finish(result)
+
+
+def _match_cancels(outs: list[Json], disconnects: list[float]) -> dict[str, list[float | None]]:
+    """Each cancel's latency: the first mock disconnect after it and before the next cancel."""
+    cancels: list[tuple[float, str]] = []
+    for phase in outs:
+        for tally in phase["targets"]:
+            cancels += [(t, tally["name"]) for t in tally["records"]["cancel_at"] if t is not None]
+    cancels.sort()
+    found: dict[str, list[float | None]] = {}
+    for i, (at, name) in enumerate(cancels):
+        until = cancels[i + 1][0] if i + 1 < len(cancels) else math.inf
+        seen = next((d for d in disconnects if at <= d < until), None)
+        found.setdefault(name, []).append(seen - at if seen is not None else None)
+    return found
+
+
+# ------------------------------------------------------------------------------------------ suite
+
+
+Scenario = Callable[[Bench], Json]
+
+SCENARIOS: dict[int, tuple[str, Scenario]] = {
+    1: ("throughput", throughput),
+    2: ("ttfe", ttfe),
+    3: ("open_streams", open_streams),
+    4: ("non_streamed", non_streamed),
+    5: ("hedging", hedging),
+    6: ("cancellation", cancellation),
+}
+
+
+def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
+    """How many progress steps the selected scenarios take (for the progress bar)."""
+    local = settings.target is None
+    steps = {
+        1: len(settings.concurrencies) * (2 if local else 1) * settings.repeats,
+        2: 2 * settings.repeats,
+        3: len(settings.open_levels),
+        4: (1 if settings.quick else 3) * (2 if local else 1) * settings.repeats,
+        5: settings.repeats if local else 0,
+        6: settings.repeats if local else 0,
+    }
+    return sum(steps[i] for i in selected)
+
+
+def run_suite(settings: Settings, selected: Sequence[int], progress: Progress) -> Json:
+    """Run the selected scenarios; return the results document (without targets and report paths)."""
+    started = time.time()
+    bench = Bench(settings, progress)
+    results: Json = {"schema": SCHEMA, "started_at": _now(), "mode": "quick" if settings.quick else "full",
+                     "settings": settings.to_json(), "environment": bench.environment, "scenarios": {}}
+    try:
+        for number in selected:
+            name, scenario = SCENARIOS[number]
+            try:
+                results["scenarios"][name] = scenario(bench)
+            except Exception as exc:  # one broken scenario must not lose the others' results
+                progress.note(f"scenario {number} ({name}) failed: {type(exc).__name__}: {exc}")
+                results["scenarios"][name] = {"key": name, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        bench.close()
+    results["finished_at"] = _now()
+    results["duration_s"] = round(time.time() - started, 1)
+    return results
