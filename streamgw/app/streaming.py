@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from streamgw.app.recording import Recorder
 from streamgw.core.emitter import Event, ResponseEmitter
 from streamgw.core.request import ResponsesRequest, echo_fields
 from streamgw.core.sse import encode_comment, encode_event
@@ -46,11 +47,13 @@ def encode_events(events: list[Event]) -> bytes:
 class StreamPump:
     """Opens the plan and streams the run; the handler and the body read what it produces."""
 
-    def __init__(self, request: ResponsesRequest, plan: Plan, ctx: EngineContext, started_at: float) -> None:
+    def __init__(self, request: ResponsesRequest, plan: Plan, ctx: EngineContext, started_at: float,
+                 recorder: Recorder | None = None) -> None:
         self.request = request
         self._plan = plan
         self._ctx = ctx
         self._started_at = started_at
+        self._recorder = recorder  # stores the response: snapshot first, final object before its terminal event
         self._send, self.receive = trio.open_memory_channel[Item](0)
         self.run: ResponseRun | None = None
 
@@ -63,11 +66,16 @@ class StreamPump:
                 await self._send.send(error)
                 return
             self.run = run
+            recorder = self._recorder
             try:
+                if recorder is not None:
+                    await recorder.started(run)
                 await self._send.send(run)
                 await self._send.send(encode_events(run.initial))
                 while not run.done:
                     events = await run.next_events()
+                    if recorder is not None and run.done:
+                        await recorder.finish(run)  # stored before the client can see the terminal event
                     if events:
                         await self._send.send(encode_events(events))
             except trio.BrokenResourceError:
@@ -75,6 +83,8 @@ class StreamPump:
             finally:
                 with trio.CancelScope(shield=True):
                     await run.aclose()
+                if recorder is not None:
+                    recorder.finished(run)
 
 
 class SSEBody:
@@ -102,6 +112,18 @@ class SSEBody:
             return data
         receive = self._pump.receive
         while True:
+            try:
+                item = receive.receive_nowait()  # the pump is usually already waiting: no timeout scope
+            except trio.WouldBlock:
+                pass
+            except trio.EndOfChannel:
+                raise StopAsyncIteration from None
+            else:
+                if type(item) is bytes:
+                    return item
+                if isinstance(item, GatewayError):
+                    return encode_events(failed_stream(self._pump.request, item))
+                continue
             with trio.move_on_after(self._interval):
                 try:
                     item = await receive.receive()

@@ -10,7 +10,7 @@ cancel scope spans a ``yield``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -107,6 +107,32 @@ class ResponseRun:
             await self.aclose()
             return self._deadline_failure()
         return []
+
+    async def stream(self, deliver: Callable[[list[Event]], Awaitable[None]]) -> None:
+        """Drive the run to its end, handing each batch of events to ``deliver``.
+
+        The pump's form of ``next_events``: one cancel scope for the whole stream whose deadline
+        moves with the upstream's silence (setting a deadline costs less than entering a scope per
+        batch). While ``deliver`` waits for a slow client there is no idle deadline — that time is
+        not upstream silence — and a delivery is never cut in half.
+        """
+        emitter = self.emitter
+        source = self.opened.source
+        idle = self._idle if self._idle > 0 else math.inf
+        total_deadline = self._total_deadline
+        with trio.CancelScope() as scope:
+            while not emitter.done:
+                scope.deadline = min(trio.current_time() + idle, total_deadline)
+                batch = await source.receive()
+                out = emitter.feed(batch) if batch is not None else emitter.finish()
+                if out:
+                    scope.deadline = math.inf
+                    await deliver(out)
+                    if trio.current_time() >= total_deadline and not emitter.done:
+                        break
+        if not emitter.done:
+            await self.aclose()
+            await deliver(self._deadline_failure())
 
     async def collect(self) -> dict[str, Any]:
         """Run to the end (non-streamed requests) and return the final response object."""
