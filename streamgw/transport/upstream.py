@@ -27,17 +27,23 @@ MAX_ERROR_BODY = 64 * 1024
 class Upstream:
     """A provider's transport and the timeouts its requests carry."""
 
-    __slots__ = ("timeouts", "transport")
+    __slots__ = ("_urls", "timeouts", "transport")
 
     def __init__(self, transport: TrioH11Transport, timeouts: Timeouts) -> None:
         self.transport = transport
+        self._urls: dict[str, httpx.URL] = {}  # parsing a URL costs more than the rest of the request
         connect = timeouts.connect or None
         # Reads are bounded by our own first-token/idle deadlines, not by the transport.
         self.timeouts = {"connect": connect, "read": None, "write": 30.0, "pool": connect}
 
     async def send(self, upstream: UpstreamRequest) -> httpx.Response:
         """Send one request; the response body is left to stream."""
-        request = httpx.Request(upstream.method, upstream.url, headers=upstream.headers, content=upstream.body,
+        url = self._urls.get(upstream.url)
+        if url is None:
+            if len(self._urls) >= 1024:  # model ids in the path (Gemini) could grow it without end
+                self._urls.clear()
+            url = self._urls[upstream.url] = httpx.URL(upstream.url)
+        request = httpx.Request(upstream.method, url, headers=upstream.headers, content=upstream.body,
                                 extensions={"timeout": self.timeouts})
         response = await self.transport.handle_async_request(request)
         response.request = request
