@@ -365,8 +365,13 @@ def _store(raw: Mapping[str, Any], env: Mapping[str, str]) -> StoreConfig:
     store = StoreConfig(**values)
     if store.backend not in STORE_BACKENDS:
         raise ConfigError(f"store.backend must be one of {', '.join(STORE_BACKENDS)}")
-    if store.backend == "redis" and not store.url.startswith("redis://"):
-        raise ConfigError("store.url must be a redis:// URL")
+    if store.backend == "redis":
+        from streamgw.store.resp import RedisURL
+
+        try:
+            RedisURL.parse(store.url)
+        except ValueError as exc:
+            raise ConfigError(f"store.url must be a redis://[user:password@]host[:port][/db] URL: {exc}") from None
     if store.queue_size < 1 or store.max_response_bytes < 1:
         raise ConfigError("store.queue_size and store.max_response_bytes must be at least 1")
     return store

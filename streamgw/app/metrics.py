@@ -32,6 +32,14 @@ class Metrics:
             "streamgw_upstream_errors", "Upstream failures by provider and kind",
             ["provider", "kind"], registry=self.registry,
         )
+        self.store_errors = Counter(
+            "streamgw_store_errors", "Response store failures by operation (write, read, delete, queue_full, "
+            "too_large)", ["op"], registry=self.registry,
+        )
+        self.store_write_seconds = Histogram(
+            "streamgw_store_write_seconds", "Time the writer task took for one batch of stored responses",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from streamgw.app.metrics import Metrics
+from streamgw.app.recording import Recorder
 from streamgw.app.streaming import SSE_HEADERS, SSEBody, StreamPump
 from streamgw.config import Config
 from streamgw.core.request import ResponsesRequest, parse_request
@@ -34,6 +35,10 @@ from streamgw.errors import (
 )
 from streamgw.providers.base import Dialect
 from streamgw.providers.registry import dialects
+from streamgw.store import pages
+from streamgw.store.base import StoredResponse
+from streamgw.store.chain import expand
+from streamgw.store.service import StoreService
 from streamgw.transport.upstream import UpstreamClients
 
 log = logging.getLogger("streamgw")
@@ -55,6 +60,7 @@ class Gateway:
         self.secrets = config.secrets()
         self.engine = EngineContext(self.clients, self.dialects, self.secrets, Health(), config.timeouts)
         self.keys = [k.get().encode() for k in config.auth_keys]
+        self.store = StoreService(config.store, self.metrics)
         self.ready = False
 
     def authorised(self, header: str | None) -> bool:
@@ -124,12 +130,14 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
     async def _startup() -> None:
         if not gw.keys:
             log.warning("no [auth] keys configured: the gateway accepts requests without authentication")
+        await app.nursery.start(gw.store.run)  # the store's writer task lives as long as the app serves
         gw.ready = True
 
     @app.after_serving
     async def _shutdown() -> None:
         gw.ready = False
         await gw.clients.aclose()
+        await gw.store.aclose()
 
     @app.before_request
     async def _before() -> None:
@@ -181,18 +189,27 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
         req = parse_request(body)
         plan = gw.router.plan(req.model, req.provider)
         g.provider = plan.targets[0].provider.name if plan.route is None else plan.route.name
+        expansion = await expand(req, plan, gw.store)  # previous_response_id, item_reference: once, for all
+        req = expansion.request
+        recorder = Recorder(gw.store, expansion) if req.store and gw.store.enabled else None
         if not req.stream:
             run = await ResponseRun.open(req, plan, gw.engine, started_at=started)
             request.scope[_CLOSERS].append(run.aclose)  # type: ignore[literal-required]
             g.provider = run.provider
             gw.metrics.ttft.labels(run.provider).observe(run.first_delta_at - started)
-            final = await run.collect()
+            try:
+                final = await run.collect()
+            finally:
+                if recorder is not None:
+                    recorder.finished(run)  # whatever the outcome, once
+            if recorder is not None:
+                await recorder.finish(run)  # written before the answer leaves (confirm_writes)
             gw.metrics.duration.labels(run.provider).observe(trio.current_time() - started)
             return json_response(final)
-        return await _stream(req, plan, started)
+        return await _stream(req, plan, started, recorder)
 
-    async def _stream(req: ResponsesRequest, plan: Plan, started: float) -> Response:
-        pump = StreamPump(req, plan, gw.engine, started)
+    async def _stream(req: ResponsesRequest, plan: Plan, started: float, recorder: Recorder | None) -> Response:
+        pump = StreamPump(req, plan, gw.engine, started, recorder)
         request.scope[_NURSERY].start_soon(pump.pump)  # type: ignore[literal-required]
         keepalive = gw.config.timeouts.merged(plan.route.timeouts if plan.route else ()).keepalive
         first: ResponseRun | None = None
@@ -216,6 +233,8 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
 
         return Response(SSEBody(pump, first, keepalive, finished), status=200, headers=SSE_HEADERS)
 
+    _install_store_routes(app, gw)
+
     @app.get("/v1/models")
     async def list_models() -> Response:
         data = [{"id": mid, "object": "model", "created": 0, "owned_by": owner}
@@ -233,3 +252,33 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(gw.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def _stored(gw: Gateway, response_id: str) -> StoredResponse:
+    """The stored response ``response_id``, or the 404 that says why there is none."""
+    record = await gw.store.get(response_id) if gw.store.enabled else None
+    if record is None:
+        raise NotFound(f"Response with id '{response_id}' not found.", code="response_not_found")
+    if record.omitted is not None:
+        raise NotFound(f"Response with id '{response_id}' is not available: {record.omitted}.",
+                       code="response_not_stored")
+    return record
+
+
+def _install_store_routes(app: QuartTrio, gw: Gateway) -> None:
+    """``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``."""
+
+    @app.get("/v1/responses/<response_id>")
+    async def get_response(response_id: str) -> Response:
+        return json_response((await _stored(gw, response_id)).response)
+
+    @app.delete("/v1/responses/<response_id>")
+    async def delete_response(response_id: str) -> Response:
+        if not (gw.store.enabled and await gw.store.delete(response_id)):
+            raise NotFound(f"Response with id '{response_id}' not found.", code="response_not_found")
+        return json_response({"id": response_id, "object": "response", "deleted": True})
+
+    @app.get("/v1/responses/<response_id>/input_items")
+    async def list_input_items(response_id: str) -> Response:
+        record = await _stored(gw, response_id)
+        return json_response(pages.page(record.input_items, request.args))

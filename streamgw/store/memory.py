@@ -1,0 +1,74 @@
+"""A process-local backend: dictionaries, lost when the process exits (tests, embedding, one process)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import trio
+
+from streamgw.store.base import EncodedRecord, Encoder, ItemPointer
+
+
+class MemoryBackend:
+    """Encoded records in a dict; expiry is checked on read and on ``purge``."""
+
+    name = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._records: dict[str, EncodedRecord] = {}
+        self._items: dict[str, ItemPointer] = {}
+        self._clock = clock
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def put_many(self, records: Sequence[EncodedRecord]) -> None:
+        """Store every record and its pointers."""
+        for record in records:
+            self._drop_pointers(record.id)
+            self._records[record.id] = record
+            for pointer in record.pointers:
+                self._items[pointer.item_id] = pointer
+
+    async def write(self, encode: Encoder) -> None:
+        """Encode in a worker thread, then store."""
+        await self.put_many(await trio.to_thread.run_sync(encode))
+
+    async def get(self, response_id: str) -> bytes | None:
+        """The record's bytes unless absent or expired."""
+        record = self._records.get(response_id)
+        if record is None or self._expired(record):
+            return None
+        return record.body
+
+    async def locate(self, item_id: str) -> ItemPointer | None:
+        """The pointer for ``item_id`` unless its record is gone."""
+        pointer = self._items.get(item_id)
+        if pointer is None or await self.get(pointer.response_id) is None:
+            return None
+        return pointer
+
+    async def delete(self, response_id: str) -> bool:
+        """Remove the record and its pointers."""
+        self._drop_pointers(response_id)
+        return self._records.pop(response_id, None) is not None
+
+    async def purge(self, now: float) -> int:
+        """Remove expired records."""
+        expired = [key for key, record in self._records.items() if self._expired(record, now)]
+        for key in expired:
+            await self.delete(key)
+        return len(expired)
+
+    async def aclose(self) -> None:
+        """Nothing to close (the data stays with this object)."""
+
+    def _expired(self, record: EncodedRecord, now: float | None = None) -> bool:
+        return record.expires_at is not None and record.expires_at <= (self._clock() if now is None else now)
+
+    def _drop_pointers(self, response_id: str) -> None:
+        old = self._records.get(response_id)
+        for pointer in old.pointers if old is not None else ():
+            if self._items.get(pointer.item_id) == pointer:
+                del self._items[pointer.item_id]

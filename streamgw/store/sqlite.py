@@ -1,0 +1,199 @@
+"""The SQLite backend: one file, WAL, no server; every call runs in a worker thread.
+
+``sqlite3`` blocks, so it never runs on the event loop: each operation is one
+``trio.to_thread.run_sync`` call.  Writes go through one connection (the service's single
+writer task, and the rare DELETE, take turns on a ``trio.Lock``); reads use a small pool of
+their own connections, which WAL lets run while a write is in progress.  The file and its
+schema are created on first use; a file that cannot be opened makes the store "down" (every
+call raises ``StoreUnavailable``), and opening is retried at most every few seconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+import trio
+
+from streamgw.store.base import EncodedRecord, Encoder, ItemPointer, StoreUnavailable
+
+T = TypeVar("T")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, body BLOB NOT NULL, expires_at REAL)",
+    "CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at)",
+    "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, response_id TEXT NOT NULL, kind TEXT NOT NULL, "
+    "idx INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS items_by_response ON items (response_id)",
+)
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_READERS = 4
+_REOPEN_AFTER = 5.0  # seconds between two attempts to open a store that failed to open
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """``sqlite3``/OS errors become ``StoreUnavailable``."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailable(f"response store (sqlite) {what} failed: {exc}") from exc
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def _create(path: str) -> sqlite3.Connection:
+    conn = _connect(path)
+    try:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _write(conn: sqlite3.Connection, records: Sequence[EncodedRecord]) -> None:
+    """One transaction for the whole batch: the records, then their item pointers."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for record in records:
+            conn.execute("DELETE FROM items WHERE response_id = ?", (record.id,))
+        conn.executemany(
+            "INSERT OR REPLACE INTO responses (id, body, expires_at) VALUES (?, ?, ?)",
+            [(r.id, r.body, r.expires_at) for r in records],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO items (id, response_id, kind, idx) VALUES (?, ?, ?, ?)",
+            [(p.item_id, p.response_id, p.kind, p.index) for r in records for p in r.pointers],
+        )
+
+
+def _encode_and_write(conn: sqlite3.Connection, encode: Encoder) -> None:
+    _write(conn, encode())
+
+
+def _delete(conn: sqlite3.Connection, response_id: str) -> bool:
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM items WHERE response_id = ?", (response_id,))
+        return conn.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+
+
+def _purge(conn: sqlite3.Connection, now: float) -> int:
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM items WHERE response_id IN "
+                     "(SELECT id FROM responses WHERE expires_at IS NOT NULL AND expires_at <= ?)", (now,))
+        return conn.execute("DELETE FROM responses WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                            (now,)).rowcount
+
+
+def _get(conn: sqlite3.Connection, response_id: str, now: float) -> bytes | None:
+    row = conn.execute(f"SELECT body FROM responses WHERE id = ? AND {_LIVE}", (response_id, now)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _locate(conn: sqlite3.Connection, item_id: str, now: float) -> ItemPointer | None:
+    row = conn.execute(
+        f"SELECT i.response_id, i.kind, i.idx FROM items i JOIN responses r ON r.id = i.response_id "
+        f"WHERE i.id = ? AND {_LIVE.replace('expires_at', 'r.expires_at')}", (item_id, now),
+    ).fetchone()
+    return None if row is None else ItemPointer(item_id, str(row[0]), str(row[1]), int(row[2]))
+
+
+class SQLiteBackend:
+    """Records in an SQLite file (WAL), every call in a worker thread."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._clock = clock
+        self._writer: sqlite3.Connection | None = None
+        self._write_lock = trio.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self._reader_limit = trio.CapacityLimiter(_READERS)
+        self._failed_at: float | None = None
+
+    async def open(self) -> None:
+        """Create the file and schema (if needed) and open the writing connection."""
+        if self._writer is None:
+            async with self._write_lock:
+                await self._open_locked()
+
+    async def _open_locked(self) -> None:
+        if self._writer is not None:
+            return
+        if self._failed_at is not None and time.monotonic() - self._failed_at < _REOPEN_AFTER:
+            raise StoreUnavailable(f"response store (sqlite) {self._path!r} could not be opened")
+        try:
+            with _translated(f"opening {self._path!r}"):
+                self._writer = await trio.to_thread.run_sync(_create, self._path)
+        except StoreUnavailable:
+            self._failed_at = time.monotonic()
+            raise
+        self._failed_at = None
+
+    async def put_many(self, records: Sequence[EncodedRecord]) -> None:
+        """Write the batch in one transaction."""
+        await self._on_writer(_write, records)
+
+    async def write(self, encode: Encoder) -> None:
+        """Encode and write in the same worker thread: one hop off the event loop per batch."""
+        await self._on_writer(_encode_and_write, encode)
+
+    async def delete(self, response_id: str) -> bool:
+        """Remove a record and its pointers."""
+        return await self._on_writer(_delete, response_id)
+
+    async def purge(self, now: float) -> int:
+        """Remove records (and their pointers) that expired before ``now``."""
+        return await self._on_writer(_purge, now)
+
+    async def get(self, response_id: str) -> bytes | None:
+        """The live record's bytes, or ``None``."""
+        return await self._on_reader(_get, response_id, self._clock())
+
+    async def locate(self, item_id: str) -> ItemPointer | None:
+        """The pointer of an item whose record is live."""
+        return await self._on_reader(_locate, item_id, self._clock())
+
+    async def aclose(self) -> None:
+        """Close every connection (in a thread: closing checkpoints the WAL)."""
+        async with self._write_lock:
+            conns = [c for c in (self._writer, *self._readers) if c is not None]
+            self._writer, self._readers = None, []
+            for conn in conns:
+                await trio.to_thread.run_sync(conn.close)
+
+    async def _on_writer(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._write_lock:
+            await self._open_locked()
+            conn = self._writer
+            assert conn is not None
+            with _translated("write"):
+                return await trio.to_thread.run_sync(fn, conn, *args)
+
+    async def _on_reader(self, fn: Callable[..., T], *args: object) -> T:
+        await self.open()
+        async with self._reader_limit:
+            conn = self._readers.pop() if self._readers else None
+            with _translated("read"):
+                if conn is None:
+                    conn = await trio.to_thread.run_sync(_connect, self._path)
+                try:
+                    result = await trio.to_thread.run_sync(fn, conn, *args)
+                except BaseException:
+                    conn.close()
+                    raise
+            self._readers.append(conn)
+            return result

@@ -1,0 +1,53 @@
+"""``[store]`` in the config file and its environment overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamgw.config import Config, ConfigError, StoreConfig, load_config
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> StoreConfig:
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    return load_config(path, env=env or {}).store
+
+
+def test_defaults_sqlite_next_to_the_process() -> None:
+    store = load_config(None, env={}).store
+    assert store == StoreConfig(backend="sqlite", path="streamgw.db", url="redis://127.0.0.1:6379/0",
+                                retention_days=30.0, max_response_bytes=1048576, queue_size=1000)
+    assert Config().store.backend == "memory", "a config built in code writes no file"
+
+
+def test_store_table(tmp_path: Path) -> None:
+    store = load(tmp_path, '[store]\nbackend = "redis"\nurl = "redis://cache:6380/2"\nretention_days = 0.5\n'
+                           'max_response_bytes = 2048\nqueue_size = 10\ntimeout = 1\nkey_prefix = "gw1:"\n'
+                           'confirm_writes = false\n')
+    assert store == StoreConfig(backend="redis", url="redis://cache:6380/2", retention_days=0.5,
+                                max_response_bytes=2048, queue_size=10, timeout=1.0, key_prefix="gw1:",
+                                confirm_writes=False)
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    env = {"STREAMGW_STORE_BACKEND": "redis", "STREAMGW_STORE_PATH": "/data/gw.db",
+           "STREAMGW_REDIS_URL": "redis://other:6379/1"}
+    store = load(tmp_path, '[store]\nbackend = "sqlite"\npath = "here.db"\n', env)
+    assert (store.backend, store.path, store.url) == ("redis", "/data/gw.db", "redis://other:6379/1")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('backend = "mongo"', "store.backend"),
+    ('colour = "blue"', "unknown keys"),
+    ("retention_days = -1", "store.retention_days"),
+    ("queue_size = 0", "queue_size"),
+    ("queue_size = 1.5", "whole number"),
+    ('confirm_writes = "yes"', "true or false"),
+    ('backend = "redis"\nurl = "http://cache"', "store.url"),
+    ('backend = "redis"\nurl = "redis://cache/x"', "redis://"),
+])
+def test_bad_store_tables(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, f"[store]\n{text}\n")
