@@ -32,7 +32,7 @@ def _drain(parser: RespParser) -> list[object]:
     return out
 
 
-def _same(got: list[object]) -> None:
+def _check_same(got: list[object]) -> None:
     assert [str(x) if isinstance(x, RespError) else x for x in got] == [
         str(x) if isinstance(x, RespError) else x for x in EXPECTED
     ]
@@ -47,13 +47,13 @@ def test_encode_command() -> None:
 def test_parser_whole_and_one_byte_at_a_time() -> None:
     whole = RespParser()
     whole.feed(REPLIES)
-    _same(_drain(whole))
+    _check_same(_drain(whole))
     parser = RespParser()
     got: list[object] = []
     for i in range(len(REPLIES)):
         parser.feed(REPLIES[i : i + 1])
         got += _drain(parser)
-    _same(got)
+    _check_same(got)
 
 
 def test_parser_split_at_every_offset() -> None:
@@ -62,7 +62,7 @@ def test_parser_split_at_every_offset() -> None:
         parser.feed(REPLIES[:cut])
         got = _drain(parser)
         parser.feed(REPLIES[cut:])
-        _same(got + _drain(parser))
+        _check_same(got + _drain(parser))
 
 
 def test_parser_rejects_what_is_not_resp() -> None:

@@ -442,8 +442,9 @@ async def test_aclose_closes_idle_connections(server: Server) -> None:
     transport = TrioH11Transport()
     async with httpx.AsyncClient(transport=transport, base_url=server.url) as c:
         await c.get("/")
-    with trio.fail_after(1):
+    with trio.fail_after(1):  # TooSlowError if the idle connection stayed open
         await server.connections[0].eof.wait()
+    assert server.connections[0].eof.is_set()
 
 
 # -- stale keep-alive connections ----------------------------------------------
