@@ -59,6 +59,7 @@ from streamgw.errors import (
     redact,
 )
 from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
+from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -854,14 +855,6 @@ def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _Error
     return _ErrorBody(redact(message, secrets), etype if isinstance(etype, str) and etype else None)
 
 
-def _retry_after(headers: Mapping[str, str]) -> dict[str, str]:
-    """``{"retry-after": value}`` when the upstream sent one (header names in any case)."""
-    value = headers.get("retry-after")
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    return {"retry-after": value} if value else {}
-
-
 _CONTEXT_MARKERS = ("prompt is too long", "context window", "context length")
 
 
@@ -881,12 +874,11 @@ def _too_large(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> Gate
 
 def _rate_limited(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
     code = "insufficient_quota" if status == 402 else "rate_limit_exceeded"
-    return RateLimited(err.message, code=code, headers=_retry_after(headers))
+    return RateLimited(err.message, code=code, headers=retry_after(headers))
 
 
 def _bad_credentials(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    message = f"upstream rejected the gateway's credentials (HTTP {status}): {err.message}"
-    return UpstreamError(message, code="upstream_auth_failed")
+    return credentials_rejected(status, err.message)
 
 
 # Anthropic ``error.type`` of a 5xx → our ``code``.
@@ -899,8 +891,8 @@ def _upstream_failed(status: int, err: _ErrorBody, headers: Mapping[str, str]) -
     elif err.type in _SERVER_CODES:
         code = _SERVER_CODES[err.type]
     else:
-        code = "upstream_5xx" if 500 <= status < 600 else "upstream_unexpected_status"
-    return UpstreamError(f"upstream error (HTTP {status}): {err.message}", code=code, headers=_retry_after(headers))
+        code = failure_code(status)
+    return UpstreamError(f"upstream error (HTTP {status}): {err.message}", code=code, headers=retry_after(headers))
 
 
 _ErrorFactory = Callable[[int, _ErrorBody, Mapping[str, str]], GatewayError]

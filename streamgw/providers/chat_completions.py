@@ -40,6 +40,7 @@ from streamgw.errors import (
     redact,
 )
 from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
+from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
 
 # --- request builder ---------------------------------------------------------------------------
 #
@@ -712,14 +713,6 @@ def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _Error
     )
 
 
-def _retry_after(headers: Mapping[str, str]) -> dict[str, str]:
-    """``{"retry-after": value}`` when the upstream sent one (header names in any case)."""
-    value = headers.get("retry-after")
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    return {"retry-after": value} if value else {}
-
-
 def _invalid_request(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
     return InvalidRequest(err.message, param=err.param, code=err.code)
 
@@ -734,12 +727,11 @@ def _too_large(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> Gate
 
 def _rate_limited(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
     code = err.code or ("insufficient_quota" if status == 402 else None)
-    return RateLimited(err.message, code=code, headers=_retry_after(headers))
+    return RateLimited(err.message, code=code, headers=retry_after(headers))
 
 
 def _bad_credentials(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    message = f"upstream rejected the gateway's credentials (HTTP {status}): {err.message}"
-    return UpstreamError(message, code="upstream_auth_failed")
+    return credentials_rejected(status, err.message)
 
 
 def _timed_out(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
@@ -747,11 +739,11 @@ def _timed_out(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> Gate
 
 
 def _upstream_failed(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    fallback = "upstream_5xx" if 500 <= status < 600 else "upstream_unexpected_status"
+    fallback = failure_code(status)
     return UpstreamError(
         f"upstream error (HTTP {status}): {err.message}",
         code=err.code or fallback,
-        headers=_retry_after(headers),
+        headers=retry_after(headers),
     )
 
 

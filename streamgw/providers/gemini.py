@@ -90,6 +90,7 @@ from streamgw.errors import (
     redact,
 )
 from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
+from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
 
 __all__ = [
     "DIALECT",
@@ -1014,19 +1015,16 @@ def _read_error(status: int, body: bytes, secrets: Sequence[str]) -> _GoogleErro
 
 def _retry_after(headers: Mapping[str, str], err: _GoogleError) -> dict[str, str]:
     """``retry-after`` from the header, else from RetryInfo's ``retryDelay`` (whole seconds, rounded up)."""
-    value = headers.get("retry-after")
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if not value and err.retry_delay:
+    delay = None
+    if err.retry_delay:
         match = _DELAY.fullmatch(err.retry_delay.strip())
         if match:
-            value = str(math.ceil(float(match[1])))
-    return {"retry-after": value} if value else {}
+            delay = str(math.ceil(float(match[1])))
+    return retry_after(headers, delay)
 
 
 def _bad_credentials(status: int, err: _GoogleError, headers: Mapping[str, str]) -> GatewayError:
-    message = f"upstream rejected the gateway's credentials (HTTP {status}): {err.message}"
-    return UpstreamError(message, code="upstream_auth_failed")
+    return credentials_rejected(status, err.message)
 
 
 def _invalid_request(status: int, err: _GoogleError, headers: Mapping[str, str]) -> GatewayError:
@@ -1057,7 +1055,7 @@ def _timed_out(status: int, err: _GoogleError, headers: Mapping[str, str]) -> Ga
 
 
 def _upstream_failed(status: int, err: _GoogleError, headers: Mapping[str, str]) -> GatewayError:
-    code = "upstream_5xx" if 500 <= status < 600 else "upstream_unexpected_status"
+    code = failure_code(status)
     return UpstreamError(f"upstream error (HTTP {status}): {err.message}", code=code,
                          headers=_retry_after(headers, err))
 

@@ -59,6 +59,7 @@ from streamgw.errors import (
     redact,
 )
 from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
+from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
 
 __all__ = [
     "DIALECT",
@@ -561,12 +562,6 @@ def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _Error
     return _ErrorBody(redact(message, secrets), is_json)
 
 
-def _retry_after(headers: Mapping[str, str]) -> dict[str, str]:
-    """``{"retry-after": value}`` when the upstream sent one (header names in any case)."""
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    return {"retry-after": value} if value else {}
-
-
 def _invalid_request(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
     return InvalidRequest(err.message)
 
@@ -583,12 +578,11 @@ def _too_large(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> Gate
 
 
 def _rate_limited(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return RateLimited(err.message, headers=_retry_after(headers))
+    return RateLimited(err.message, headers=retry_after(headers))
 
 
 def _bad_credentials(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    message = f"upstream rejected the gateway's credentials (HTTP {status}): {err.message}"
-    return UpstreamError(message, code="upstream_auth_failed")
+    return credentials_rejected(status, err.message)
 
 
 def _timed_out(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
@@ -596,9 +590,9 @@ def _timed_out(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> Gate
 
 
 def _upstream_failed(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    code = "upstream_5xx" if 500 <= status < 600 else "upstream_unexpected_status"
+    code = failure_code(status)
     return UpstreamError(f"upstream error (HTTP {status}): {err.message}", code=code,
-                         headers=_retry_after(headers))
+                         headers=retry_after(headers))
 
 
 _ErrorFactory = Callable[[int, _ErrorBody, Mapping[str, str]], GatewayError]
