@@ -34,6 +34,8 @@ import h11
 import httpx
 import trio
 
+from streamgw.transport.http1body import BodyDecoder, BodyFramingError, framing
+
 __all__ = ["BODY_EXTENSION", "TrioH11Transport"]
 
 #: Response extension holding the body iterator itself (the object httpx wraps in
@@ -51,6 +53,14 @@ _MAX_HEAD_SIZE: Final = 64 * 1024
 _IO_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 #: failures that, on a reused connection with no response byte yet, mean "stale"
 _STALE_ERRORS: Final = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
+def _asks_close(headers: Any) -> bool:
+    """Whether a ``Connection`` header in ``headers`` ((name, value) byte pairs) says ``close``."""
+    for name, value in headers:
+        if name.lower() == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]:
+            return True
+    return False
 
 
 def _deadline(seconds: float | None) -> float:
@@ -72,8 +82,8 @@ def _buffered_body(request: httpx.Request) -> bytes | None:
 class _Connection:
     """One socket, its h11 state machine, and the pool's bookkeeping for it."""
 
-    __slots__ = ("closed", "h11", "idle_since", "need_data", "origin", "read_chunk", "response_started",
-                 "reused", "socket", "stream")
+    __slots__ = ("body", "closed", "eof", "h11", "idle_since", "keep_alive", "origin", "pending", "read_chunk",
+                 "response_started", "reused", "socket", "stream")
 
     def __init__(self, origin: Origin, stream: trio.abc.Stream, socket: trio.socket.SocketType,
                  read_chunk: int) -> None:
@@ -85,7 +95,10 @@ class _Connection:
         self.idle_since = 0.0
         self.reused = False  # True once it served a request and came back from the pool
         self.response_started = False  # a byte of the current response arrived
-        self.need_data = False  # h11 said NEED_DATA when the body reader last returned
+        self.body = BodyDecoder("none")  # h11 parses heads; bodies are unframed by this decoder
+        self.pending = b""  # body bytes that arrived with the head
+        self.eof = False  # the peer closed its side
+        self.keep_alive = False  # the connection may carry another request after this response
         self.closed = False
 
     def close(self) -> None:
@@ -116,47 +129,58 @@ class _Connection:
         except httpx.WriteError as exc:
             write_error = exc
         else:
-            return await self._receive_head(read_timeout)
+            return self._body_follows(await self._receive_head(read_timeout), request)
         # A server may answer early (413, 401...) and close without reading the
         # whole body: its response is more useful than our write error.
         try:
-            return await self._receive_head(read_timeout)
+            head = await self._receive_head(read_timeout)
         except httpx.TransportError:
-            pass
-        raise write_error
+            raise write_error from None
+        self._body_follows(head, request)
+        self.keep_alive = False
+        return head
+
+    def _body_follows(self, head: h11.Response, request: httpx.Request) -> h11.Response:
+        """Set up the body decoder for ``head``; h11 is done with this response."""
+        try:
+            mode, length = framing(head.status_code, list(head.headers), request.method.encode())
+        except BodyFramingError as exc:
+            raise httpx.RemoteProtocolError(_describe(exc)) from exc
+        self.body = decoder = BodyDecoder(mode, length)
+        leftover, self.eof = self.h11.trailing_data
+        self.pending = decoder.feed(bytes(leftover)) if leftover else b""
+        self.keep_alive = (head.http_version == b"1.1" and not decoder.until_eof
+                           and not _asks_close(head.headers) and not _asks_close(request.headers.raw))
+        return head
 
     async def receive_body(self, read_timeout: float | None) -> tuple[bytes, bool]:
-        """Return (data, finished): all body bytes parseable from what already
+        """Return (data, finished): all body bytes decodable from what already
         arrived -- waiting for the socket only when there are none -- and whether
         the body is complete.  ``data`` is empty only when ``finished``.
 
-        It only awaits with nothing collected yet, and h11 is fed only after a
-        receive completed: a cancellation loses no data.
+        It only awaits with nothing collected yet, and the decoder is fed only
+        after a receive completed: a cancellation loses no data.
         """
-        conn = self.h11
-        parts: list[bytes] = []
-        if self.need_data:
-            # The last call ended on NEED_DATA and nothing fed h11 since:
-            # skip asking it again (one h11 call less per read).
-            self.need_data = False
-            await self._receive(read_timeout)
+        decoder = self.body
+        data = self.pending
+        if data:
+            self.pending = b""
+            return data, decoder.done
         try:
-            while True:
-                event = conn.next_event()
-                if type(event) is h11.Data:
-                    parts.append(event.data)
-                elif type(event) is h11.EndOfMessage:
-                    return b"".join(parts), True
-                elif event is not h11.NEED_DATA:
-                    raise httpx.RemoteProtocolError(f"unexpected {event!r} in a response body")
-                elif parts:
-                    # Everything buffered is parsed: hand it over as one object.
-                    self.need_data = True
-                    return b"".join(parts), False
-                else:
-                    await self._receive(read_timeout)
-        except h11.RemoteProtocolError as exc:
+            while not decoder.done:
+                if self.eof:
+                    decoder.eof()
+                    break
+                raw = await self._receive_raw(read_timeout)
+                if not raw:
+                    self.eof = True
+                    continue
+                data = decoder.feed(raw)
+                if data:
+                    return data, decoder.done
+        except BodyFramingError as exc:
             raise httpx.RemoteProtocolError(_describe(exc)) from exc
+        return b"", True
 
     async def _send_request(self, request: httpx.Request, write_timeout: float | None) -> None:
         conn = self.h11
@@ -206,6 +230,12 @@ class _Connection:
 
     async def _receive(self, read_timeout: float | None) -> bool:
         """Feed the next bytes from the socket to h11; False at EOF."""
+        data = await self._receive_raw(read_timeout)
+        self.h11.receive_data(data)  # b"" tells h11 about EOF
+        return bool(data)
+
+    async def _receive_raw(self, read_timeout: float | None) -> bytes:
+        """The next bytes from the socket (b"" at EOF)."""
         try:
             if read_timeout is None:  # no cancel scope: entering one costs about as much as the receive
                 data = await self.stream.receive_some(self.read_chunk)
@@ -217,9 +247,7 @@ class _Connection:
                     raise httpx.ReadTimeout("timed out waiting for the server")
         except _IO_ERRORS as exc:
             raise httpx.ReadError(_describe(exc)) from exc
-        # b"" tells h11 about EOF; a bytearray (from SSLStream) works as well as bytes.
-        self.h11.receive_data(cast(bytes, data))
-        return bool(data)
+        return data if type(data) is bytes else bytes(cast(bytearray, data))  # SSLStream gives a bytearray
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -311,8 +339,9 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
     ) -> None:
         self._max_keepalive = max_keepalive_per_origin
         self._keepalive_expiry = keepalive_expiry
-        self._ssl_context = ssl_context if ssl_context is not None else ssl.create_default_context()
-        self._ssl_context.set_alpn_protocols(["http/1.1"])
+        # Loading the system CA store takes ~100 ms: done at the first https connection, not here.
+        self._given_ssl_context = ssl_context
+        self._tls: ssl.SSLContext | None = None
         self._connect_timeout = connect_timeout
         self._read_chunk = read_chunk
         # One token per open connection; a connection returns it when closed.
@@ -463,7 +492,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                 raise httpx.ConnectError(_describe(exc)) from exc
             if scheme == b"http":
                 return tcp, tcp.socket
-            tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=hostname, https_compatible=True)
+            tls = trio.SSLStream(tcp, self._ssl_context(), server_hostname=hostname, https_compatible=True)
             try:
                 await tls.do_handshake()
             except _IO_ERRORS as exc:
@@ -475,13 +504,19 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
             return tls, tcp.socket
         raise httpx.ConnectTimeout(f"timed out connecting to {hostname}:{port}")
 
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            context = self._given_ssl_context or ssl.create_default_context()
+            context.set_alpn_protocols(["http/1.1"])
+            self._tls = context
+        return self._tls
+
     def _checkin(self, conn: _Connection) -> None:
         """The response was read to its end: keep the connection if it can carry another request."""
-        state = conn.h11
         # Bytes past the end of the response would be misread as the next
         # response, so such a connection is closed too.
-        if state.our_state is h11.DONE and state.their_state is h11.DONE and not state.trailing_data[0]:
-            state.start_next_cycle()
+        if conn.keep_alive and conn.body.done and not conn.body.extra and not conn.eof:
+            conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_SIZE)
             conn.reused = True
             self._release(conn)
         else:

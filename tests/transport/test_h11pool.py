@@ -352,6 +352,52 @@ async def test_sequential_requests_reuse_one_connection(server: Server, client: 
     assert server.connections[0].requests == 6
 
 
+async def test_connection_close_from_the_server_is_honoured(nursery: trio.Nursery) -> None:
+    """A server that says ``Connection: close`` but leaves the socket open never gets a second request on it."""
+    per_connection: list[int] = []
+
+    async def says_close_but_stays(stream: trio.SocketStream) -> None:
+        index = len(per_connection)
+        per_connection.append(0)
+        data = b""
+        async with stream:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    more = await stream.receive_some(65536)
+                    if not more:
+                        return
+                    data += more
+                data = data.split(b"\r\n\r\n", 1)[1]
+                per_connection[index] += 1
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbye")
+
+    listeners = await nursery.start(partial(trio.serve_tcp, says_close_but_stays, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    async with httpx.AsyncClient(transport=TrioH11Transport()) as c:
+        for _ in range(3):
+            r = await c.get(f"http://127.0.0.1:{port}/")
+            assert (r.status_code, r.text) == (200, "bye")
+    assert per_connection == [1, 1, 1]
+
+
+async def test_raw_http10_body_until_close(nursery: trio.Nursery) -> None:
+    """An HTTP/1.0 answer without Content-Length: the body is everything up to EOF."""
+    async def old_server(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(65536)
+            await stream.send_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\npart one, ")
+            await trio.sleep(0.01)
+            await stream.send_all(b"part two")
+
+    listeners = await nursery.start(partial(trio.serve_tcp, old_server, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    async with httpx.AsyncClient(transport=TrioH11Transport()) as c:
+        r = await c.get(f"http://127.0.0.1:{port}/")
+    assert (r.status_code, r.text) == (200, "part one, part two")
+
+
 async def test_64_concurrent_streams_then_pool_reuses_them(server: Server) -> None:
     n = 64
     arrived: list[Exchange] = []

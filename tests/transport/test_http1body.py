@@ -1,0 +1,123 @@
+"""The response body decoder, checked against h11 as the oracle on the same bytes at every split."""
+
+from __future__ import annotations
+
+import random
+
+import h11
+import pytest
+
+from streamgw.transport.http1body import BodyDecoder, BodyFramingError, framing
+
+CHUNKED = (
+    b"5\r\nhello\r\n"
+    b"1;name=value;flag\r\n \r\n"
+    b"00A\r\n0123456789\r\n"
+    b"1a\r\nabcdefghijklmnopqrstuvwxyz\r\n"
+    b"0\r\nx-trailer: yes\r\nother: 1\r\n\r\n"
+)
+EXPECTED = b"hello 0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def h11_body(head: bytes, body: bytes) -> bytes:
+    """What h11 makes of ``body`` after ``head`` (the oracle)."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(head + body)
+    out = b""
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Data):
+            out += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return out
+        elif event is h11.NEED_DATA:
+            raise AssertionError("h11 wants more data")
+
+
+def decode(decoder: BodyDecoder, pieces: list[bytes]) -> bytes:
+    out = b""
+    for piece in pieces:
+        got = decoder.feed(piece)
+        assert isinstance(got, bytes)
+        out += got
+    return out
+
+
+def test_chunked_matches_h11() -> None:
+    assert h11_body(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", CHUNKED) == EXPECTED
+    decoder = BodyDecoder("chunked")
+    assert decode(decoder, [CHUNKED]) == EXPECTED
+    assert decoder.done and decoder.extra == b""
+
+
+@pytest.mark.parametrize("split", range(1, len(CHUNKED)))
+def test_chunked_at_every_split(split: int) -> None:
+    decoder = BodyDecoder("chunked")
+    first = decoder.feed(CHUNKED[:split])
+    assert not decoder.done
+    assert first + decoder.feed(CHUNKED[split:]) == EXPECTED
+    assert decoder.done
+
+
+def test_chunked_byte_by_byte_and_random_pieces() -> None:
+    decoder = BodyDecoder("chunked")
+    assert decode(decoder, [CHUNKED[i:i + 1] for i in range(len(CHUNKED))]) == EXPECTED
+    rng = random.Random(7)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(CHUNKED)), rng.randint(1, 12)))
+        pieces = [CHUNKED[a:b] for a, b in zip([0, *cuts], [*cuts, len(CHUNKED)], strict=True)]
+        decoder = BodyDecoder("chunked")
+        assert decode(decoder, pieces) == EXPECTED and decoder.done
+
+
+def test_bytes_after_the_end_are_kept_as_extra() -> None:
+    decoder = BodyDecoder("chunked")
+    assert decoder.feed(b"3\r\nabc\r\n0\r\n\r\nHTTP/1.1 200") == b"abc"
+    assert decoder.done and decoder.extra == b"HTTP/1.1 200"
+    fixed = BodyDecoder("length", 3)
+    assert fixed.feed(b"abcdef") == b"abc" and fixed.done and fixed.extra == b"def"
+
+
+@pytest.mark.parametrize("body", [
+    b"zz\r\nabc\r\n",  # not hex
+    b"3\r\nabcX\r\n",  # data not followed by CRLF
+    b"-1\r\n",  # sign
+    b"123456789012345678901\r\n",  # 21 digits
+    b"\r\n",  # empty size
+])
+def test_bad_chunked_bodies_are_refused(body: bytes) -> None:
+    with pytest.raises(BodyFramingError):
+        BodyDecoder("chunked").feed(body)
+
+
+def test_early_eof_is_an_error_except_for_until_close_bodies() -> None:
+    chunked = BodyDecoder("chunked")
+    chunked.feed(b"5\r\nhel")
+    with pytest.raises(BodyFramingError):
+        chunked.eof()
+    fixed = BodyDecoder("length", 10)
+    assert fixed.feed(b"12345") == b"12345" and not fixed.done
+    with pytest.raises(BodyFramingError):
+        fixed.eof()
+    until_close = BodyDecoder("eof")
+    assert until_close.feed(b"anything") == b"anything" and not until_close.done
+    until_close.eof()
+    assert until_close.done
+
+
+def test_framing_from_the_head() -> None:
+    te = [(b"transfer-encoding", b"chunked"), (b"content-length", b"5")]
+    assert framing(200, te, b"POST") == ("chunked", 0)
+    assert framing(200, [(b"content-length", b"12")], b"POST") == ("length", 12)
+    assert framing(200, [], b"POST") == ("eof", 0)
+    assert framing(204, [(b"content-length", b"12")], b"POST") == ("none", 0)
+    assert framing(200, [(b"content-length", b"12")], b"HEAD") == ("none", 0)
+    assert BodyDecoder("none").done and BodyDecoder("length", 0).done
+    with pytest.raises(BodyFramingError):
+        framing(200, [(b"transfer-encoding", b"gzip")], b"GET")
+    with pytest.raises(BodyFramingError):
+        framing(200, [(b"content-length", b"1"), (b"content-length", b"2")], b"GET")
+    with pytest.raises(BodyFramingError):
+        framing(200, [(b"content-length", b"x")], b"GET")
