@@ -632,3 +632,46 @@ def test_random_streams_match_reference_parser_under_random_chunking() -> None:
         assert decode([stream]) == expected, stream
         assert decode(random_chunks(rng, stream)) == expected, stream
     assert dispatched > 1000  # the generator really produces events
+
+
+# -- the text-delta fast path ------------------------------------------------------------------
+
+
+def _generic(event: dict[str, Any]) -> bytes:
+    payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return ("event: " + event["type"] + "\ndata: " + payload + "\n\n").encode()
+
+
+def _delta(text: str, **overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "response.output_text.delta", "item_id": "msg_abc", "output_index": 2,
+                             "content_index": 1, "delta": text, "logprobs": [], "sequence_number": 17}
+    event.update(overrides)
+    return event
+
+
+@pytest.mark.parametrize("text", ["", "plain", 'quo"te\\back', "line\nfeed\r\ttab", "\x00\x1f\x7f",
+                                  "é ü 中文 😀", "\u2028\u2029", "</script>"])
+def test_text_delta_fast_path_is_byte_identical(text: str) -> None:
+    event = _delta(text)
+    assert encode_event(event) == _generic(event)
+    assert json.loads(encode_event(event).split(b"data: ", 1)[1]) == event
+
+
+def test_text_delta_fast_path_random_text() -> None:
+    rng = random.Random(3)
+    alphabet = [chr(c) for c in range(0, 0x250)] + ["😀", "\u2028", '"', "\\"]
+    for _ in range(500):
+        event = _delta("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))),
+                       sequence_number=rng.randint(0, 10**6), output_index=rng.randint(0, 50))
+        assert encode_event(event) == _generic(event)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"logprobs": [{"token": "a", "logprob": -0.1, "bytes": [97], "top_logprobs": []}]},
+    {"output_index": True},
+    {"obfuscation": "xyz"},
+    {"delta": None},
+])
+def test_other_delta_shapes_take_the_generic_path(overrides: dict[str, Any]) -> None:
+    event = _delta("text", **overrides)
+    assert encode_event(event) == _generic(event)
