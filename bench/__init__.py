@@ -1,12 +1,13 @@
 """streamgw's benchmark suite: ``python -m bench`` (or ``streamgw-bench``).
 
 It starts real processes on 127.0.0.1 — the Chat Completions mock upstream (``bench.procs``), the gateway
-under hypercorn, and the load generator (``bench.loadgen``) — pins the gateway to one core and everything
-else to another where it can, runs the scenarios of ``bench.scenarios`` and writes, under
+under hypercorn (``--http2``; HTTPS with ``--tls``), and the load generator (``bench.loadgen``) — pins the
+gateway to one core and everything else to another where it can, runs the scenarios of ``bench.scenarios``
+and writes, under
 ``bench/results/<UTC timestamp>/``: ``results.json``, ``report.md``, PNG plots, the gateways' configs and logs
 (and ``raw/`` load generator output with ``--keep-raw``).
 
-Modules: ``__main__`` (command line), ``scenarios`` (the six scenarios and their statistics), ``loadgen``
+Modules: ``__main__`` (command line), ``scenarios`` (the scenarios and their statistics), ``loadgen``
 (the load generator process: HTTP/1.1 and HTTP/2 client, SSE scanner, per-request timing), ``procs``
 (processes, pinning, /proc sampling, environment), ``report`` (targets verdicts, markdown, plots, progress).
 
@@ -18,7 +19,8 @@ Results JSON (``results.json``, schema ``streamgw-bench/1``); times are millisec
     started_at, finished_at   ISO 8601 UTC;  duration_s   float;  argv   [str]
     settings      the run's settings: quick, repeats, out_dir, http2, pin, knobs {ttft, token_delay, tokens,
                   token_bytes, fault_rate, heavy_tail, seed}, target {base_url, path, model, pid, api_key:
-                  "set"|null} | null, open_levels [int], concurrencies [int], keep_raw, store
+                  "set"|null} | null, open_levels [int], concurrencies [int], keep_raw, store, tls,
+                  h2_streams_per_connection
     environment   cpu_model, cores, usable_cores, python, implementation, platform, git_commit (read from
                   .git, null outside a checkout), packages {name: version}, pinning {applied, gateway_cpus,
                   load_cpus, mock_cpus, usable_cpus, reason, description}, open_files_limit [soft, hard], loadavg [3],
@@ -30,9 +32,9 @@ Results JSON (``results.json``, schema ``streamgw-bench/1``); times are millisec
                   finished_at, environment (the environment above plus loadavg at start, loadavg_end), or
                   {key, error} when it crashed.  Per scenario:
 
-      throughput, non_streamed:
-        rows [{target: "gateway"|"direct"|"target", concurrency, median {<run keys below>}, runs [run],
-               invariants_checked, invariant_failures [str]}]
+      throughput, non_streamed, http_versions:
+        rows [{target: "gateway"|"direct"|"target" (http_versions: "http/1.1"|"h2"), concurrency,
+               median {<run keys below>}, runs [run], invariants_checked, invariant_failures [str]}]
         run: target, window_s, requests, completed_in_window, streams_per_s (completed requests/s),
              events_per_s, events_in_window, errors, error_kinds {kind: n}, held, headers_ms, first_event_ms,
              first_token_ms, total_ms, gaps_ms (distributions), events_per_request, bytes_per_request,
@@ -58,6 +60,9 @@ Results JSON (``results.json``, schema ``streamgw-bench/1``); times are millisec
       cancellation:
         config {model, cancel_after_events, pause_s}, targets {gateway|direct: {latency_ms, cancels,
         not_observed, samples_ms}}
+      http_versions (scenario 7, ``--compare-http2``): the rows above plus
+        config {concurrency, model, tls, http1_connections, h2_connections, h2_streams_per_connection},
+        comparison {http1_streams_per_s, h2_streams_per_s, h2_over_http1, errors}
 
 The load generator's own output (``raw/*.out.json``) is documented in ``bench.loadgen``.
 """

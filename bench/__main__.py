@@ -3,6 +3,8 @@
     python -m bench --quick                      # about a minute: every scenario, short runs
     python -m bench                              # the full run (at most ~15 minutes)
     python -m bench --scenarios 1,2 --repeats 5  # pick scenarios
+    python -m bench --quick --compare-http2      # also HTTP/1.1 vs HTTP/2 streams/s at c=64 (scenario 7)
+    python -m bench --http2 --tls                # scenarios 1-6 over HTTP/2 with TLS (ALPN h2)
     python -m bench --target https://gw.example/ --api-key KEY --model gpt-4o-mini [--path /v1/chat/completions]
 
 Results go to ``bench/results/<UTC timestamp>/`` (``--out`` to change the parent directory).
@@ -18,7 +20,15 @@ from pathlib import Path
 
 from bench.loadgen import raise_fd_limit
 from bench.report import Progress, summary, write_report
-from bench.scenarios import SCENARIOS, MockKnobs, RemoteTarget, Settings, planned_steps, run_suite
+from bench.scenarios import (
+    DEFAULT_SCENARIOS,
+    SCENARIOS,
+    MockKnobs,
+    RemoteTarget,
+    Settings,
+    planned_steps,
+    run_suite,
+)
 
 _QUICK_OPEN = (300,)
 _FULL_OPEN = (1000, 3000, 5000, 9000)
@@ -39,12 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamgw-bench", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="short runs, one repeat, 300 open streams (~1 minute)")
-    p.add_argument("--scenarios", type=_ints, default=tuple(SCENARIOS), help=f"which to run ({_SCENARIO_HELP})")
+    p.add_argument("--scenarios", type=_ints, default=DEFAULT_SCENARIOS,
+                   help=f"which to run ({_SCENARIO_HELP}; default 1-6)")
     p.add_argument("--repeats", type=int, help="runs per configuration; medians are reported (default 3, quick 1)")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="parent directory of the results")
     p.add_argument("--concurrency", type=_ints, default=(1, 16, 64, 256), help="scenario 1's levels")
     p.add_argument("--open-streams", type=_ints, help="scenario 3's levels (default 1000,3000,5000,9000; quick 300)")
     p.add_argument("--http2", action="store_true", help="talk HTTP/2 (h2c prior knowledge, or ALPN over TLS)")
+    p.add_argument("--tls", action="store_true",
+                   help="the gateway serves HTTPS with a throwaway certificate (needs trustme); clients trust it")
+    p.add_argument("--compare-http2", action="store_true",
+                   help="add scenario 7: the same gateway at c=64 over HTTP/1.1 and over HTTP/2, interleaved")
+    p.add_argument("--h2-streams-per-connection", type=int, default=100, metavar="N",
+                   help="HTTP/2 load: concurrent streams per connection (default 100: c=64 is one connection)")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores with taskset")
     p.add_argument("--store", choices=("sqlite", "memory", "none"), default="sqlite",
                    help="the gateway's response store (default sqlite, as deployed; the file goes to the results)")
@@ -79,13 +96,21 @@ def settings_from_args(args: argparse.Namespace, out_dir: Path) -> Settings:
     repeats = args.repeats or (1 if args.quick else 3)
     return Settings(quick=args.quick, repeats=repeats, out_dir=out_dir, http2=args.http2, pin=not args.no_pin,
                     knobs=knobs, target=target, open_levels=levels, concurrencies=args.concurrency,
-                    keep_raw=args.keep_raw, store=args.store)
+                    keep_raw=args.keep_raw, store=args.store, tls=args.tls,
+                    h2_streams_per_connection=max(1, args.h2_streams_per_connection))
+
+
+def selected_scenarios(args: argparse.Namespace) -> tuple[int, ...]:
+    """``--scenarios``, plus 7 with ``--compare-http2``."""
+    chosen = tuple(args.scenarios)
+    return (*chosen, 7) if args.compare_http2 and 7 not in chosen else chosen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m bench`` and ``streamgw-bench``."""
     args = _parser().parse_args(argv)
-    unknown = [n for n in args.scenarios if n not in SCENARIOS]
+    scenarios = selected_scenarios(args)
+    unknown = [n for n in scenarios if n not in SCENARIOS]
     if unknown:
         print(f"streamgw-bench: unknown scenarios {unknown} (known: {_SCENARIO_HELP})", file=sys.stderr)
         return 2
@@ -94,9 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = (args.out / stamp).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_from_args(args, out_dir)
-    progress = Progress(planned_steps(settings, args.scenarios), enabled=not args.no_progress)
+    progress = Progress(planned_steps(settings, scenarios), enabled=not args.no_progress)
     try:
-        results = run_suite(settings, args.scenarios, progress)
+        results = run_suite(settings, scenarios, progress)
     finally:
         progress.close()
     results["argv"] = list(sys.argv[1:] if argv is None else argv)

@@ -99,6 +99,7 @@ class TargetSpec:
     stream: bool = True
     headers: tuple[tuple[str, str], ...] = ()
     http2: bool = False
+    ca_file: str | None = None  # https: trust this CA (PEM) instead of the system's (a self-signed gateway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,7 +606,7 @@ class _Endpoint:
                    ("accept", "text/event-stream" if spec.stream else "application/json"),
                    ("content-length", str(len(body))), *spec.headers]
         head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
-        context = _tls_context(spec.http2) if tls else None
+        context = _tls_context(spec.http2, spec.ca_file) if tls else None
         return _Endpoint(spec, parts.hostname, port, context, path, head.encode("latin-1") + body, body)
 
     def h2_headers(self) -> list[tuple[str, str]]:
@@ -617,8 +618,8 @@ class _Endpoint:
                 ("content-length", str(len(self.body))), *((k.lower(), v) for k, v in self.spec.headers)]
 
 
-def _tls_context(http2: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
+def _tls_context(http2: bool, ca_file: str | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca_file)
     context.set_alpn_protocols(["h2"] if http2 else ["http/1.1"])
     return context
 

@@ -20,6 +20,7 @@ import platform
 import resource
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -33,7 +34,7 @@ from typing import IO, Any
 import httpx
 
 from bench.loadgen import PhaseSpec, raise_fd_limit
-from streamgw.testing.process import start_gateway, stop_process
+from streamgw.testing.process import free_port, start_gateway, stop_process
 
 Json = dict[str, Any]
 
@@ -357,6 +358,8 @@ class MockProcess:
     def stop(self) -> None:
         """SIGTERM and wait."""
         stop_process(self.proc)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def start_bench_mock(knobs: Sequence[str], prefix: Sequence[str]) -> MockProcess:
@@ -371,6 +374,30 @@ def start_bench_mock(knobs: Sequence[str], prefix: Sequence[str]) -> MockProcess
     return MockProcess(proc, int(line[1]))
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """``--tls``: a certificate for 127.0.0.1 from a throwaway CA; the gateway serves it, the clients trust the CA."""
+
+    certfile: Path
+    keyfile: Path
+    ca_file: Path
+
+
+def make_tls(folder: Path) -> TLSFiles:
+    """Write a fresh CA and a server certificate for 127.0.0.1/localhost under ``folder``."""
+    try:
+        import trustme
+    except ImportError:
+        raise RuntimeError("--tls needs the trustme package (pip install trustme, or the test extra)") from None
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    files = TLSFiles(folder / "tls-cert.pem", folder / "tls-key.pem", folder / "tls-ca.pem")
+    files.certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(files.keyfile))
+    ca.cert_pem.write_to_path(str(files.ca_file))
+    return files
+
+
 @dataclass
 class GatewayProcess:
     """The gateway under hypercorn, started from a generated config."""
@@ -378,11 +405,17 @@ class GatewayProcess:
     proc: subprocess.Popen[bytes]
     url: str
     log: Path
+    #: the CA to trust when ``url`` is https (the bench's own certificate)
+    ca_file: str | None = None
 
     @property
     def pid(self) -> int:
         """The gateway's process id (``taskset`` execs, so it is the Python process)."""
         return self.proc.pid
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client needs to trust this gateway."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
     def stop(self) -> None:
         """SIGTERM (graceful), then SIGKILL if needed."""
@@ -407,13 +440,47 @@ def gateway_config(mock_url: str, hedge_model: str, hedge_delay: float, store: s
     )
 
 
-def launch_gateway(config_text: str, workdir: Path, prefix: Sequence[str], name: str = "gateway") -> GatewayProcess:
-    """Write the config and start ``streamgw serve`` under ``prefix``; wait until healthy."""
+def launch_gateway(config_text: str, workdir: Path, prefix: Sequence[str], name: str = "gateway", *,
+                   tls: TLSFiles | None = None) -> GatewayProcess:
+    """Write the config and start ``streamgw serve --http2`` under ``prefix`` (HTTPS with ``tls``); wait until healthy.
+
+    ``--http2`` is explicit: the same port then serves HTTP/1.1 and h2 (h2c prior knowledge, or ALPN over TLS).
+    """
     config = workdir / f"{name}.toml"
     config.write_text(config_text)
     log = workdir / f"{name}.log"
-    proc, url = start_gateway(config, log, prefix=list(prefix), extra_args=["--log-level", "warning"])
-    return GatewayProcess(proc, url, log)
+    args = ["--log-level", "warning", "--http2"]
+    if tls is None:
+        proc, url = start_gateway(config, log, prefix=list(prefix), extra_args=args)
+        return GatewayProcess(proc, url, log)
+    args += ["--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile)]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    cmd = [*prefix, sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port), *args]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    gateway = GatewayProcess(proc, f"https://127.0.0.1:{port}", log, str(tls.ca_file))
+    try:
+        _wait_healthy(gateway)
+    except BaseException:
+        stop_process(proc, timeout=2)
+        raise
+    return gateway
+
+
+def _wait_healthy(gateway: GatewayProcess, timeout: float = 20) -> None:
+    verify = gateway.verify()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gateway.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {gateway.proc.returncode}:\n{gateway.log.read_text()}")
+        try:
+            if httpx.get(gateway.url + "/healthz", timeout=1, verify=verify).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway did not become healthy:\n{gateway.log.read_text()}")
 
 
 # ------------------------------------------------------------------------------- load generators

@@ -248,7 +248,7 @@ def warnings(results: Json) -> list[str]:
                          "of the gateway's core")
         if lv.get("opened", 0) < lv["streams"]:
             found.append(f"open_streams {lv['streams']}: only {lv['opened']} streams opened within the ramp limit")
-    for key in ("throughput", "non_streamed"):
+    for key in ("throughput", "non_streamed", "http_versions"):
         for row in (results["scenarios"].get(key) or {}).get("rows", []):
             m, where = row["median"], f"{key} {row['target']} c={row['concurrency']}"
             if row["target"] != "direct" and (m.get("load_core_busy_pct") or 0) >= 90:
@@ -295,6 +295,17 @@ def _throughput_md(s: Json, title: str) -> list[str]:
     return [f"## {title}", "", *_table(perf, perf_rows), "", "CPU (medians; \"loadgen capacity\" is the request "
             "rate one core of the load generator could drive at its measured cost):", "", *_table(cost, cost_rows),
             "", note, *[f"- {f}" for f in failures[:3]], ""]
+
+
+def _http_versions_md(s: Json) -> list[str]:
+    cfg, cmp = s.get("config") or {}, s.get("comparison") or {}
+    ratio = cmp.get("h2_over_http1")
+    intro = (f"The same gateway{' over TLS' if cfg.get('tls') else ''}, `{cfg.get('model')}` at "
+             f"c={cfg.get('concurrency')}: HTTP/1.1 on {cfg.get('http1_connections')} connections, HTTP/2 on "
+             f"{cfg.get('h2_connections')} ({cfg.get('h2_streams_per_connection')} streams each); runs interleaved, "
+             f"medians. **HTTP/1.1 {_fmt(cmp.get('http1_streams_per_s'))} streams/s, HTTP/2 "
+             f"{_fmt(cmp.get('h2_streams_per_s'))} streams/s** (h2/h1 = {_fmt(ratio, 2)}).")
+    return [*_throughput_md(s, "7. HTTP/1.1 vs HTTP/2")[:2], intro, "", *_throughput_md(s, "")[2:]]
 
 
 def _ttfe_md(s: Json) -> list[str]:
@@ -348,7 +359,7 @@ def _scenario_md(name: str, s: Json) -> list[str]:
         "throughput": lambda x: _throughput_md(x, "1. Throughput: translated 20-chunk streams"),
         "ttfe": _ttfe_md, "open_streams": _open_md,
         "non_streamed": lambda x: _throughput_md(x, "4. Non-streamed requests"),
-        "hedging": _hedging_md, "cancellation": _cancel_md,
+        "hedging": _hedging_md, "cancellation": _cancel_md, "http_versions": _http_versions_md,
     }
     return writers[name](s)
 
@@ -526,6 +537,10 @@ def summary(results: Json, out: Path) -> str:
     """The short text printed at the end of a run."""
     lines = ["", f"streamgw bench ({results['mode']}, {results.get('duration_s', '?')} s) — "
              f"{results['environment']['pinning']['description']}", "", *targets_table(results["targets"]), ""]
+    cmp = (results["scenarios"].get("http_versions") or {}).get("comparison")
+    if cmp:
+        lines.append(f"HTTP/1.1 vs HTTP/2 at c=64: {_fmt(cmp['http1_streams_per_s'])} vs "
+                     f"{_fmt(cmp['h2_streams_per_s'])} streams/s (h2/h1 = {_fmt(cmp['h2_over_http1'], 2)})")
     for name, scenario in results["scenarios"].items():
         if scenario.get("error"):
             lines.append(f"! scenario {name} failed: {scenario['error']}")

@@ -1,4 +1,4 @@
-"""The bench's six scenarios and the statistics they report.
+"""The bench's scenarios (six by default, a seventh on request) and the statistics they report.
 
 Each scenario is a function ``(Bench) -> Json`` registered in ``SCENARIOS`` under its number; ``run_suite``
 runs the selected ones and returns the whole results document (schema in ``bench/__init__.py``).  Every
@@ -20,8 +20,15 @@ so slow drift of a shared machine hits all of them alike); the per-run figures a
    (``mock/...``) and through a ``hedge`` route over two providers on the mock, interleaved; p50/p99 TTFT.
 6. ``cancellation``: long paced streams that the client closes after a few events; the latency from the
    client's close to the mock seeing its upstream connection close (gateway) or its client close (direct).
+7. ``http_versions`` (not in the default set: ``--compare-http2`` or ``--scenarios 7``): scenario 1's streams
+   at concurrency 64 over HTTP/1.1 (64 connections) and over HTTP/2 (``h2_streams_per_connection`` streams
+   per connection), against the same gateway, interleaved; streams/s, TTFE and gateway CPU of both.
 
-With ``--target`` only 1-4 run, against that endpoint, and report client-side figures (and the CPU/RSS of
+The gateway is always started with ``--http2`` (it then serves HTTP/1.1 and h2 on one port); ``--http2``
+makes scenarios 1-6 talk h2 to it, ``--tls`` makes it serve HTTPS with a throwaway certificate (HTTP/2
+then by ALPN).
+
+With ``--target`` only 1-4 and 7 run, against that endpoint, and report client-side figures (and the CPU/RSS of
 ``--target-pid`` when given); 5 and 6 need the bench's own mock.
 """
 
@@ -48,9 +55,11 @@ from bench.procs import (
     MockProcess,
     Pinning,
     Sampler,
+    TLSFiles,
     environment,
     gateway_config,
     launch_gateway,
+    make_tls,
     open_fds,
     pin_self,
     plan_pinning,
@@ -67,6 +76,7 @@ _HEDGE_TTFT = 0.02
 _HEDGE_DELAY = 0.1
 _OPEN_PENDING = 64
 _LOADGEN_STREAMS_PER_PROC = 5000
+_COMPARE_CONCURRENCY = 64
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -131,6 +141,8 @@ class Settings:
     concurrencies: tuple[int, ...] = (1, 16, 64, 256)
     keep_raw: bool = False
     store: str = "sqlite"  # the gateway's [store] backend (sqlite is what a default deployment runs)
+    tls: bool = False  # the gateway serves HTTPS (a throwaway certificate); the load generators trust it
+    h2_streams_per_connection: int = 100  # HTTP/2 load: concurrent streams a connection carries
 
     @property
     def duration(self) -> float:
@@ -238,6 +250,7 @@ class Bench:
         self.raw_dir.mkdir(parents=True, exist_ok=True)
         self._mock: MockProcess | None = None
         self._gateway: GatewayProcess | None = None
+        self.tls: TLSFiles | None = make_tls(settings.out_dir) if settings.tls and local else None
         if settings.target and settings.target.pid:
             self.sampler.watch(settings.target.pid)
 
@@ -266,7 +279,7 @@ class Bench:
         hedge_model = f"text:tokens=20,ttft={ttft},heavy_tail={alpha}"
         db = self.settings.out_dir / f"{name}.db"
         config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db)
-        gateway = launch_gateway(config, self.settings.out_dir, self.pinning.gateway_prefix(), name)
+        gateway = launch_gateway(config, self.settings.out_dir, self.pinning.gateway_prefix(), name, tls=self.tls)
         self.sampler.watch(gateway.pid)
         return gateway
 
@@ -286,11 +299,16 @@ class Bench:
     # targets -------------------------------------------------------------------------------------
 
     def gateway_target(self, model: str, *, stream: bool = True, name: str = "gateway",
-                       gateway: GatewayProcess | None = None) -> TargetSpec:
-        """A Responses request for ``mock/<model>`` (or a route name) to ``gateway`` (default: the shared one)."""
+                       gateway: GatewayProcess | None = None, http2: bool | None = None) -> TargetSpec:
+        """A Responses request for ``mock/<model>`` (or a route name) to ``gateway`` (default: the shared one).
+
+        ``http2`` overrides ``--http2`` for this target.
+        """
         body = {"model": model, "input": _PROMPT, **({"stream": True} if stream else {})}
-        url = (gateway or self.gateway).url + "/v1/responses"
-        return TargetSpec(name, url, json.dumps(body), "responses", stream, http2=self.settings.http2)
+        gateway = gateway or self.gateway
+        h2 = self.settings.http2 if http2 is None else http2
+        return TargetSpec(name, gateway.url + "/v1/responses", json.dumps(body), "responses", stream, http2=h2,
+                          ca_file=gateway.ca_file)
 
     def direct_target(self, model: str, *, stream: bool = True, name: str = "direct") -> TargetSpec:
         """The same answer asked of the mock directly (Chat Completions, usage included like the gateway)."""
@@ -299,8 +317,8 @@ class Bench:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
         return TargetSpec(name, self.mock.base_url + "/chat/completions", json.dumps(body), "chat", stream)
 
-    def remote_target(self, *, stream: bool = True) -> TargetSpec:
-        """The ``--target`` endpoint with ``--model`` and ``--api-key``."""
+    def remote_target(self, *, stream: bool = True, http2: bool | None = None, name: str = "target") -> TargetSpec:
+        """The ``--target`` endpoint with ``--model`` and ``--api-key`` (``http2`` overrides ``--http2``)."""
         remote = self.settings.target
         assert remote is not None
         body: Json = {"model": remote.model}
@@ -310,7 +328,8 @@ class Bench:
             body["stream"] = True
         headers = (("authorization", f"Bearer {remote.api_key}"),) if remote.api_key else ()
         url = remote.base_url.rstrip("/") + remote.path
-        return TargetSpec("target", url, json.dumps(body), remote.dialect, stream, headers, self.settings.http2)
+        h2 = self.settings.http2 if http2 is None else http2
+        return TargetSpec(name, url, json.dumps(body), remote.dialect, stream, headers, h2)
 
     def server_pid(self) -> int | None:
         """The process whose CPU is 'the gateway's' (ours, or ``--target-pid``)."""
@@ -403,18 +422,20 @@ def _finish(result: Json) -> Json:
 # --------------------------------------------------------------------------- 1: throughput & 4: JSON
 
 
-def _closed_loop(bench: Bench, key: str, title: str, concurrencies: Sequence[int], stream: bool) -> Json:
-    """Closed-loop load at each concurrency, gateway and direct (or the remote target), repeated."""
+def _closed_loop(bench: Bench, key: str, title: str, concurrencies: Sequence[int], stream: bool,
+                 kinds: Sequence[tuple[str, TargetSpec]] = ()) -> Json:
+    """Closed-loop load at each concurrency over ``kinds`` (default: gateway and direct, or the remote target),
+    repeated; the runs of all kinds and concurrencies are interleaved."""
     s = bench.settings
     result = _scenario(bench, key, title)
-    if s.target is not None:
+    if not kinds and s.target is not None:
         kinds = [("target", bench.remote_target(stream=stream))]
-    else:
+    elif not kinds:
         kinds = [("gateway", bench.gateway_target("mock/text:tokens=20", stream=stream)),
                  ("direct", bench.direct_target("text:tokens=20", stream=stream))]
     plan = [(r, c, name, t) for r in range(s.repeats) for c in concurrencies for name, t in kinds]
-    phases = [PhaseSpec(f"{name} c={c}", (t,), c, duration=s.duration, warmup=s.warmup, sample_streams=3)
-              for _, c, name, t in plan]
+    phases = [PhaseSpec(f"{name} c={c}", (t,), c, duration=s.duration, warmup=s.warmup, sample_streams=3,
+                        h2_streams_per_connection=s.h2_streams_per_connection) for _, c, name, t in plan]
     labels = [f"{key}: {name} c={c} run {r + 1}/{s.repeats}" for r, c, name, _ in plan]
     outs = bench.run(phases, labels)
     rows: dict[tuple[str, int], list[Json]] = {}
@@ -462,6 +483,28 @@ def non_streamed(bench: Bench) -> Json:
     """Scenario 4: non-streamed requests."""
     levels = (16,) if bench.settings.quick else (1, 16, 64)
     return _closed_loop(bench, "non_streamed", "Non-streamed requests (stream: false)", levels, False)
+
+
+def http_versions(bench: Bench) -> Json:
+    """Scenario 7: scenario 1's streams at c=64 over HTTP/1.1 and over HTTP/2, same gateway, interleaved."""
+    s = bench.settings
+    if s.target is not None:
+        kinds = [(name, bench.remote_target(http2=h2, name=name)) for name, h2 in (("http/1.1", False), ("h2", True))]
+    else:
+        kinds = [(name, bench.gateway_target("mock/text:tokens=20", http2=h2, name=name))
+                 for name, h2 in (("http/1.1", False), ("h2", True))]
+    result = _closed_loop(bench, "http_versions", "HTTP/1.1 vs HTTP/2 (translated 20-chunk streams, c=64)",
+                          (_COMPARE_CONCURRENCY,), True, kinds)
+    medians = {row["target"]: row["median"] for row in result["rows"]}
+    h1, h2 = (medians.get(name, {}).get("streams_per_s") for name in ("http/1.1", "h2"))
+    connections = math.ceil(_COMPARE_CONCURRENCY / max(1, s.h2_streams_per_connection))
+    result["config"] = {"concurrency": _COMPARE_CONCURRENCY, "model": "mock/text:tokens=20", "tls": s.tls,
+                        "http1_connections": _COMPARE_CONCURRENCY, "h2_connections": connections,
+                        "h2_streams_per_connection": min(_COMPARE_CONCURRENCY, s.h2_streams_per_connection)}
+    result["comparison"] = {"http1_streams_per_s": h1, "h2_streams_per_s": h2,
+                            "h2_over_http1": _r(h2 / h1, 3) if h1 and h2 is not None else None,
+                            "errors": sum(m.get("errors") or 0 for m in medians.values())}
+    return result
 
 
 # ---------------------------------------------------------------------------------------- 2: TTFE
@@ -577,7 +620,7 @@ def _open_level(bench: Bench, n: int) -> Json:
     plan = _OpenPlan.make(n, bench.settings.quick)
     gateway = bench.new_gateway(f"gateway-open-{n}")
     try:
-        _warm(gateway.url)
+        _warm(gateway)
         time.sleep(0.5)
         idle_rss = _rss_now(gateway.pid)
         target = bench.gateway_target(f"mock/text:tokens={plan.tokens},token_delay=1", gateway=gateway)
@@ -597,11 +640,11 @@ def _open_level_remote(bench: Bench, n: int) -> Json:
     return _hold(bench, plan, bench.remote_target(), bench.server_pid(), remote=True)
 
 
-def _warm(url: str) -> None:
+def _warm(gateway: GatewayProcess) -> None:
     body = {"model": "mock/text:tokens=5", "input": _PROMPT, "stream": True}
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, verify=gateway.verify()) as client:
         for _ in range(20):
-            client.post(url + "/v1/responses", json=body).raise_for_status()
+            client.post(gateway.url + "/v1/responses", json=body).raise_for_status()
 
 
 def _rss_now(pid: int) -> int | None:
@@ -771,7 +814,10 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     4: ("non_streamed", non_streamed),
     5: ("hedging", hedging),
     6: ("cancellation", cancellation),
+    7: ("http_versions", http_versions),
 }
+#: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``)
+DEFAULT_SCENARIOS = (1, 2, 3, 4, 5, 6)
 
 
 def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
@@ -784,6 +830,7 @@ def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
         4: (1 if settings.quick else 3) * (2 if local else 1) * settings.repeats,
         5: settings.repeats if local else 0,
         6: settings.repeats if local else 0,
+        7: 2 * settings.repeats,
     }
     return sum(steps[i] for i in selected)
 

@@ -1,9 +1,19 @@
-"""``streamgw.asgi:app`` for ASGI servers started by hand (and for ``--workers N``).
+"""``streamgw.asgi:app`` for ASGI servers started by hand (``hypercorn -k trio streamgw.asgi:app``).
 
 The configuration comes from ``$STREAMGW_CONFIG`` and the environment.
+
+The graceful drain on SIGTERM (``/readyz`` at 503, in-flight streams ended with an honest
+``response.failed`` at ``[server] drain_timeout``) is a feature of ``streamgw serve``, which runs
+its own accept loop (``streamgw.worker``).  A server started by hand tells the application of its
+shutdown only through the lifespan protocol, after every connection has finished or been cut, so
+under it hypercorn's own ``--graceful-timeout`` applies and streams still running then are cut
+without a terminal event.  Importing this module does install the connection fixes of
+``streamgw.serving.hypercorn_trio`` (HTTP/2 writes, scheduling) into hypercorn.
 """
 
 from streamgw.app.routes import create_app
 from streamgw.config import load_config
+from streamgw.serving.hypercorn_trio import install
 
+install()  # hypercorn's trio worker with serialised writes and fair HTTP/2 scheduling (see that module)
 app = create_app(load_config())

@@ -6,13 +6,14 @@ import argparse
 import gc
 import logging
 import os
-import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
 
 from streamgw.config import Config, ConfigError, load_config
 
@@ -27,13 +28,30 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default from config: 8080)")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
+    serve.add_argument("--http2", action=argparse.BooleanOptionalAction, default=None,
+                       help="accept HTTP/2: h2c (prior knowledge, Upgrade: h2c) on cleartext, ALPN h2 with TLS "
+                            "(default from config: on); --no-http2 serves HTTP/1.1 only")
+    serve.add_argument("--certfile", help="TLS certificate chain, PEM (with --keyfile: serve HTTPS)")
+    serve.add_argument("--keyfile", help="TLS private key, PEM (with --certfile)")
+    serve.add_argument("--drain-timeout", type=float, metavar="S", help="seconds in-flight work gets after SIGTERM")
     serve.add_argument("--log-level", default=os.environ.get("STREAMGW_LOG_LEVEL", "info"))
     return parser
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
-    """The hypercorn settings for ``config``: trio worker, no access log on the hot path."""
-    hc = HypercornConfig()
+    """The hypercorn settings for ``config``: trio worker, no access log on the hot path.
+
+    Every way streamgw serves builds its hypercorn config here, so this is also where the fix for
+    concurrent writes on one connection is installed (``streamgw.serving.hypercorn_trio``); the
+    config it returns carries the fix into worker processes that hypercorn spawns.
+    """
+    from streamgw.serving.hypercorn_trio import GatewayHypercornConfig, install
+
+    server = config.server
+    if bool(server.certfile) != bool(server.keyfile):
+        raise ConfigError("server.certfile and server.keyfile (--certfile, --keyfile) go together")
+    install()
+    hc = GatewayHypercornConfig()
     hc.bind = [f"{config.server.host}:{config.server.port}"]
     hc.worker_class = "trio"
     hc.workers = config.server.workers
@@ -42,41 +60,52 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.keep_alive_timeout = 75.0
     hc.backlog = config.server.backlog  # hypercorn's 100 drops connection bursts
     hc.graceful_timeout = config.server.graceful_timeout
+    # hypercorn ends a connection after keep_alive_max_requests (1000) requests.  Over HTTP/2 it does so
+    # with a GOAWAY that also stops every stream still in flight on it (h2 refuses to send after GOAWAY):
+    # they hang until the connection is dropped.  No request limit per connection, then.
+    hc.keep_alive_max_requests = sys.maxsize
+    hc.http2 = server.http2  # cleartext: h2c accepted or refused
+    hc.alpn_protocols = ["h2", "http/1.1"] if server.http2 else ["http/1.1"]  # TLS
+    if server.certfile:  # then the bind is HTTPS only
+        hc.certfile, hc.keyfile = server.certfile, server.keyfile
     return hc
 
 
-async def _serve(config: Config) -> None:
-    from hypercorn.trio import serve
+async def _serve(
+    config: Config,
+    sockets: Sockets | None = None,
+    *,
+    on_ready: Callable[[], None] | None = None,
+    supervisor_sentinel: int | None = None,
+) -> None:
+    """Serve ``config`` in this process until SIGTERM/SIGINT, then drain and return (``streamgw.worker``).
 
+    ``sockets`` listen already (bound by ``main``, or inherited from the supervisor); without them
+    they are bound here.  A supervised worker passes ``on_ready`` and the supervisor's sentinel.
+    """
     from streamgw.app.routes import create_app
+    from streamgw.worker import addresses, listen, serve
 
     app = create_app(config)
     hc = hypercorn_config(config)
+    if sockets is None:
+        sockets = listen(hc)
     # Everything loaded so far lives as long as the process: keep it out of the collector, whose
     # full passes over it otherwise pause the event loop for tens of milliseconds.
     gc.collect()
     gc.freeze()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-
-        async def shutdown_trigger() -> None:
-            async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
-                return
-
-        names = ", ".join(f"{p.name} ({p.type})" for p in config.providers.values())
-        log.info("streamgw listening on http://%s:%d — providers: %s", config.server.host, config.server.port, names)
-        await serve(app, hc, shutdown_trigger=shutdown_trigger)
+    server = config.server
+    names = ", ".join(f"{p.name} ({p.type})" for p in config.providers.values())
+    log.info("streamgw listening on %s — providers: %s", ", ".join(addresses(sockets)), names)
+    await serve(app, hc, sockets, app.extensions["streamgw"].drain, drain_timeout=server.drain_timeout,
+                grace=server.graceful_timeout, on_ready=on_ready, supervisor_sentinel=supervisor_sentinel)
 
 
-def _serve_workers(config: Config, config_path: str | None) -> None:
-    """Several processes sharing the port: hypercorn's own supervisor imports ``streamgw.asgi:app``."""
-    from hypercorn.run import run
+def _serve_workers(config: Config, sockets: Sockets, log_level: str) -> None:
+    """Several processes sharing the listening ``sockets``, each running ``_serve`` (``streamgw.supervisor``)."""
+    from streamgw.supervisor import Supervisor
 
-    if config_path:
-        os.environ["STREAMGW_CONFIG"] = os.path.abspath(config_path)
-    hc = hypercorn_config(config)
-    hc.application_path = "streamgw.asgi:app"
-    sys.exit(run(hc))
+    sys.exit(trio.run(Supervisor(config, sockets, log_level).run))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
+        if args.drain_timeout is not None and not 0 <= args.drain_timeout < float("inf"):
+            raise ConfigError("--drain-timeout must be a number >= 0")
     except ConfigError as exc:
         print(f"streamgw: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -94,10 +125,25 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host or server.host,
         port=server.port if args.port is None else args.port,
         workers=args.workers or server.workers,
+        http2=server.http2 if args.http2 is None else args.http2,
+        certfile=args.certfile or server.certfile,
+        keyfile=args.keyfile or server.keyfile,
+        drain_timeout=server.drain_timeout if args.drain_timeout is None else args.drain_timeout,
     )
     config = replace(config, server=server)
+    from streamgw.worker import listen, run_gateway
+
+    try:
+        hc = hypercorn_config(config)
+    except ConfigError as exc:
+        print(f"streamgw: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        sockets = listen(hc)  # once, here: a port in use is a clear error before anything starts
+    except OSError as exc:
+        print(f"streamgw: cannot listen on {', '.join(hc.bind)}: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(1)
     if server.workers > 1:
-        os.environ["STREAMGW_HOST"], os.environ["STREAMGW_PORT"] = server.host, str(server.port)
-        _serve_workers(config, args.config)
+        _serve_workers(config, sockets, args.log_level)
         return
-    trio.run(partial(_serve, config))
+    sys.exit(run_gateway(partial(_serve, config, sockets)))

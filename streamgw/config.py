@@ -6,6 +6,7 @@ show them by accident.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -130,10 +131,21 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 10 * 1024 * 1024
-    #: seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut
+    #: seconds in-flight requests get to finish after SIGTERM/SIGINT; then streams end with
+    #: ``response.failed`` and non-streamed requests with a 503 (``streamgw serve``)
+    drain_timeout: float = 30.0
+    #: seconds after the drain deadline for the last bytes to be written before connections are
+    #: closed hard (the drain's margin; hypercorn's own ``graceful_timeout`` when run by hand)
     graceful_timeout: float = 3.0
     #: listen queue length: bursts of new connections beyond it are dropped by the kernel
     backlog: int = 4096
+    #: seconds a WebSocket-mode connection may live before ``websocket_connection_limit_reached`` (0: no limit)
+    websocket_max_age: float = 3600.0
+    #: accept HTTP/2: h2c (prior knowledge, ``Upgrade: h2c``) on cleartext, ALPN ``h2`` with TLS
+    http2: bool = True
+    #: TLS certificate chain and private key (PEM files); both set: the port serves HTTPS only
+    certfile: str = ""
+    keyfile: str = ""
 
 
 STORE_BACKENDS = ("sqlite", "redis", "memory", "none")
@@ -377,6 +389,51 @@ def _store(raw: Mapping[str, Any], env: Mapping[str, str]) -> StoreConfig:
     return store
 
 
+def _websocket_max_age(server_raw: Mapping[str, Any], env: Mapping[str, str]) -> float:
+    """``[server] websocket_max_age`` in seconds, or ``$STREAMGW_WEBSOCKET_MAX_AGE`` over it."""
+    value: Any = server_raw.get("websocket_max_age", 3600.0)
+    if env.get("STREAMGW_WEBSOCKET_MAX_AGE"):
+        try:
+            value = float(env["STREAMGW_WEBSOCKET_MAX_AGE"])
+        except ValueError:
+            raise ConfigError("STREAMGW_WEBSOCKET_MAX_AGE must be a number >= 0") from None
+    seconds = _non_negative(value, "server.websocket_max_age")
+    if seconds != seconds:  # NaN slips through every comparison
+        raise ConfigError("server.websocket_max_age must be a number >= 0")
+    return seconds
+
+
+def _server_seconds(server_raw: Mapping[str, Any], env: Mapping[str, str], key: str, default: float) -> float:
+    """``[server] key`` in seconds (a number >= 0), with ``$STREAMGW_<KEY>`` over it."""
+    value: Any = server_raw.get(key, default)
+    where = f"server.{key}"
+    variable = f"STREAMGW_{key.upper()}"
+    if env.get(variable):
+        where = variable
+        try:
+            value = float(env[variable])
+        except ValueError:
+            raise ConfigError(f"{where} must be a number >= 0") from None
+    seconds = _non_negative(value, where)
+    if seconds != seconds or seconds == math.inf:  # NaN and inf slip past the comparison
+        raise ConfigError(f"{where} must be a finite number >= 0")
+    return seconds
+
+
+def _server_flag(server_raw: Mapping[str, Any], env: Mapping[str, str], key: str, default: bool) -> bool:
+    """``[server] key`` (true or false), with ``$STREAMGW_<KEY>`` (1/0, true/false, yes/no, on/off) over it."""
+    variable = f"STREAMGW_{key.upper()}"
+    if env.get(variable):
+        text = env[variable].strip().lower()
+        if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ConfigError(f"{variable} must be 1 or 0 (true/false, yes/no, on/off), got {env[variable]!r}")
+        return text in ("1", "true", "yes", "on")
+    value = server_raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"server.{key} must be true or false")
+    return value
+
+
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load the TOML file at ``path`` (or ``$STREAMGW_CONFIG``), falling back to the environment alone."""
     env = os.environ if env is None else env
@@ -397,8 +454,15 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         workers=int(server_raw.get("workers", 1)),
         max_body_bytes=int(server_raw.get("max_body_bytes", 10 * 1024 * 1024)),
         graceful_timeout=float(server_raw.get("graceful_timeout", 3.0)),
+        drain_timeout=_server_seconds(server_raw, env, "drain_timeout", 30.0),
         backlog=int(server_raw.get("backlog", 4096)),
+        websocket_max_age=_websocket_max_age(server_raw, env),
+        http2=_server_flag(server_raw, env, "http2", True),
+        certfile=str(env.get("STREAMGW_CERTFILE") or server_raw.get("certfile", "")),
+        keyfile=str(env.get("STREAMGW_KEYFILE") or server_raw.get("keyfile", "")),
     )
+    if bool(server.certfile) != bool(server.keyfile):
+        raise ConfigError("server.certfile and server.keyfile must be set together")
     keys_raw = raw.get("auth", {}).get("keys", [])
     if env.get("STREAMGW_API_KEYS"):
         keys_raw = [k.strip() for k in env["STREAMGW_API_KEYS"].split(",") if k.strip()]

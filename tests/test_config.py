@@ -91,3 +91,57 @@ def test_secrets_never_show() -> None:
     for text in (repr(secret), str(secret), repr(config), str(config.providers["groq"])):
         assert "very" not in text and "secret_value" not in text and "sk-gw-1" not in text
     assert sorted(config.secrets()) == ["gsk_very_secret_value", "sk-gw-1", "sk-gw-2"]
+
+
+def test_websocket_max_age_from_file_and_environment(tmp_path: Path) -> None:
+    assert load_config(None, env={}).server.websocket_max_age == 3600
+    path = write(tmp_path, "[server]\nwebsocket_max_age = 90\n")
+    assert load_config(path, env={}).server.websocket_max_age == 90
+    assert load_config(path, env={"STREAMGW_WEBSOCKET_MAX_AGE": "0.5"}).server.websocket_max_age == 0.5
+    assert load_config(path, env={"STREAMGW_WEBSOCKET_MAX_AGE": "0"}).server.websocket_max_age == 0  # no limit
+    for text, env in (("[server]\nwebsocket_max_age = -1\n", {}), ('[server]\nwebsocket_max_age = "1h"\n', {}),
+                      ("", {"STREAMGW_WEBSOCKET_MAX_AGE": "soon"}), ("", {"STREAMGW_WEBSOCKET_MAX_AGE": "nan"})):
+        with pytest.raises(ConfigError, match=r"(?i)websocket_max_age"):
+            load_config(write(tmp_path, text), env=env)
+
+
+def test_drain_timeout_from_file_and_environment(tmp_path: Path) -> None:
+    server = load_config(None, env={}).server
+    assert (server.drain_timeout, server.graceful_timeout) == (30, 3)
+    path = write(tmp_path, "[server]\ndrain_timeout = 12.5\ngraceful_timeout = 2\n")
+    assert load_config(path, env={}).server.drain_timeout == 12.5
+    assert load_config(path, env={"STREAMGW_DRAIN_TIMEOUT": "4"}).server.drain_timeout == 4
+    assert load_config(path, env={"STREAMGW_DRAIN_TIMEOUT": "0"}).server.drain_timeout == 0  # cut at once
+    errors = [
+        ("[server]\ndrain_timeout = -1\n", {}, "server.drain_timeout must be a number >= 0"),
+        ('[server]\ndrain_timeout = "30s"\n', {}, "server.drain_timeout must be a number >= 0"),
+        ("[server]\ndrain_timeout = nan\n", {}, "server.drain_timeout must be a finite number >= 0"),
+        ("", {"STREAMGW_DRAIN_TIMEOUT": "soon"}, "STREAMGW_DRAIN_TIMEOUT must be a number >= 0"),
+        ("", {"STREAMGW_DRAIN_TIMEOUT": "-3"}, "STREAMGW_DRAIN_TIMEOUT must be a number >= 0"),
+        ("", {"STREAMGW_DRAIN_TIMEOUT": "inf"}, "STREAMGW_DRAIN_TIMEOUT must be a finite number >= 0"),
+    ]
+    for text, env, message in errors:
+        with pytest.raises(ConfigError) as raised:
+            load_config(write(tmp_path, text), env=env)
+        assert str(raised.value) == message
+
+
+def test_http2_and_tls_from_file_and_environment(tmp_path: Path) -> None:
+    server = load_config(None, env={}).server
+    assert (server.http2, server.certfile, server.keyfile) == (True, "", "")  # h2c accepted, no TLS
+    path = write(tmp_path, '[server]\nhttp2 = false\ncertfile = "/etc/gw/cert.pem"\nkeyfile = "/etc/gw/key.pem"\n')
+    server = load_config(path, env={}).server
+    assert (server.http2, server.certfile, server.keyfile) == (False, "/etc/gw/cert.pem", "/etc/gw/key.pem")
+    env = {"STREAMGW_HTTP2": "on", "STREAMGW_CERTFILE": "c.pem", "STREAMGW_KEYFILE": "k.pem"}
+    server = load_config(path, env=env).server
+    assert (server.http2, server.certfile, server.keyfile) == (True, "c.pem", "k.pem")
+    assert load_config(None, env={"STREAMGW_HTTP2": "0"}).server.http2 is False
+    errors = [
+        ('[server]\nhttp2 = "yes"\n', {}, "server.http2 must be true or false"),
+        ("", {"STREAMGW_HTTP2": "maybe"}, "STREAMGW_HTTP2 must be 1 or 0"),
+        ('[server]\ncertfile = "c.pem"\n', {}, "server.certfile and server.keyfile must be set together"),
+        ("", {"STREAMGW_KEYFILE": "k.pem"}, "server.certfile and server.keyfile must be set together"),
+    ]
+    for text, env, message in errors:
+        with pytest.raises(ConfigError, match=message):
+            load_config(write(tmp_path, text), env=env)

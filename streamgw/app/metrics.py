@@ -32,6 +32,14 @@ class Metrics:
             "streamgw_upstream_errors", "Upstream failures by provider and kind",
             ["provider", "kind"], registry=self.registry,
         )
+        self.websocket_connections = Gauge(
+            "streamgw_websocket_connections", "WebSocket-mode connections currently open", registry=self.registry
+        )
+        self.websocket_responses = Counter(
+            "streamgw_websocket_responses", "Responses requested over WebSocket mode by provider and status "
+            "(200: the response streamed; otherwise the status of its error frame)",
+            ["provider", "status"], registry=self.registry,
+        )
         self.store_errors = Counter(
             "streamgw_store_errors", "Response store failures by operation (write, read, delete, queue_full, "
             "too_large)", ["op"], registry=self.registry,

@@ -5,25 +5,22 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
+import os
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from streamgw.app.metrics import Metrics
-from streamgw.app.recording import Recorder
-from streamgw.app.streaming import SSE_HEADERS, SSEBody, StreamPump
+from streamgw.app.streaming import ResponsesEndpoint
+from streamgw.app.websocket import install_websocket
 from streamgw.config import Config
-from streamgw.core.request import ResponsesRequest, parse_request
 from streamgw.engine.attempt import EngineContext
 from streamgw.engine.health import Health
-from streamgw.engine.routing import Plan, Router
-from streamgw.engine.run import ResponseRun
+from streamgw.engine.routing import Router
 from streamgw.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -37,15 +34,11 @@ from streamgw.providers.base import Dialect
 from streamgw.providers.registry import dialects
 from streamgw.store import pages
 from streamgw.store.base import StoredResponse
-from streamgw.store.chain import expand
 from streamgw.store.service import StoreService
 from streamgw.transport.upstream import UpstreamClients
 
 log = logging.getLogger("streamgw")
 
-Closer = Callable[[], Awaitable[None]]
-_CLOSERS = "streamgw.closers"
-_NURSERY = "streamgw.nursery"
 
 
 class Gateway:
@@ -59,6 +52,8 @@ class Gateway:
         self.metrics = Metrics()
         self.secrets = config.secrets()
         self.engine = EngineContext(self.clients, self.dialects, self.secrets, Health(), config.timeouts)
+        #: graceful shutdown: ``begin`` turns /readyz to 503 and gives every run its deadline
+        self.drain = self.engine.drain
         self.keys = [k.get().encode() for k in config.auth_keys]
         self.store = StoreService(config.store, self.metrics)
         self.ready = False
@@ -81,34 +76,22 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(body, status=status, headers=headers, content_type="application/json")
 
 
-class RequestScope:
-    """ASGI wrapper: every HTTP request gets a nursery of its own, and its upstreams are always closed.
+class ResponsesFirst:
+    """ASGI wrapper: ``POST /v1/responses`` goes straight to ``ResponsesEndpoint``, the rest to Quart.
 
-    Work that must outlive the Quart handler (waiting for a first token while keepalives
-    flow) runs in this nursery, so its lifetime is the request's: when the request ends —
-    completed, or the client gone — the nursery is cancelled and every upstream it opened
-    is closed.
+    The hot path skips the framework (see ``streamgw.app.streaming``); every other route,
+    and the WebSocket mode, keeps Quart's routing, hooks and error handlers.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], endpoint: ResponsesEndpoint) -> None:
         self._app = app
+        self._endpoint = endpoint
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/responses":
+            await self._endpoint(scope, receive, send)
+        else:
             await self._app(scope, receive, send)
-            return
-        closers: list[Closer] = []
-        scope[_CLOSERS] = closers
-        try:
-            async with trio.open_nursery() as nursery:
-                scope[_NURSERY] = nursery
-                await self._app(scope, receive, send)
-                nursery.cancel_scope.cancel()
-        finally:
-            if closers:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    for close in closers:
-                        await close()
 
 
 def create_app(config: Config) -> QuartTrio:
@@ -119,9 +102,10 @@ def create_app(config: Config) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     gw = Gateway(config)
     app.extensions["streamgw"] = gw
-    app.asgi_app = RequestScope(app.asgi_app)  # type: ignore[method-assign,assignment]
+    app.asgi_app = ResponsesFirst(app.asgi_app, ResponsesEndpoint(gw))  # type: ignore[method-assign,assignment]
     _install_hooks(app, gw)
     _install_routes(app, gw)
+    install_websocket(app, gw)
     return app
 
 
@@ -149,8 +133,6 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
     @app.after_request
     async def _after(response: Response) -> Response:
         response.headers["x-request-id"] = g.get("request_id", "")
-        if request.path == "/v1/responses" and request.method == "POST":
-            gw.metrics.requests.labels(g.get("provider", "none"), str(response.status_code)).inc()
         return response
 
     @app.errorhandler(GatewayError)
@@ -181,58 +163,6 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
 
 
 def _install_routes(app: QuartTrio, gw: Gateway) -> None:
-    @app.post("/v1/responses")
-    async def create_response() -> Response:
-        started = trio.current_time()
-        body = await request.get_data(cache=False)
-        assert isinstance(body, bytes)
-        req = parse_request(body)
-        plan = gw.router.plan(req.model, req.provider)
-        g.provider = plan.targets[0].provider.name if plan.route is None else plan.route.name
-        expansion = await expand(req, plan, gw.store)  # previous_response_id, item_reference: once, for all
-        req = expansion.request
-        recorder = Recorder(gw.store, expansion) if req.store and gw.store.enabled else None
-        if not req.stream:
-            run = await ResponseRun.open(req, plan, gw.engine, started_at=started)
-            request.scope[_CLOSERS].append(run.aclose)  # type: ignore[literal-required]
-            g.provider = run.provider
-            gw.metrics.ttft.labels(run.provider).observe(run.first_delta_at - started)
-            try:
-                final = await run.collect()
-            finally:
-                if recorder is not None:
-                    recorder.finished(run)  # whatever the outcome, once
-            if recorder is not None:
-                await recorder.finish(run)  # written before the answer leaves (confirm_writes)
-            gw.metrics.duration.labels(run.provider).observe(trio.current_time() - started)
-            return json_response(final)
-        return await _stream(req, plan, started, recorder)
-
-    async def _stream(req: ResponsesRequest, plan: Plan, started: float, recorder: Recorder | None) -> Response:
-        pump = StreamPump(req, plan, gw.engine, started, recorder)
-        request.scope[_NURSERY].start_soon(pump.pump)  # type: ignore[literal-required]
-        keepalive = gw.config.timeouts.merged(plan.route.timeouts if plan.route else ()).keepalive
-        first: ResponseRun | None = None
-        with trio.move_on_after(keepalive if keepalive > 0 else math.inf):
-            item = await pump.receive.receive()
-            if isinstance(item, GatewayError):
-                raise item  # nothing was sent yet: an ordinary HTTP error
-            assert isinstance(item, ResponseRun)
-            first = item
-            g.provider = first.provider
-        gw.metrics.in_flight.inc()
-
-        def finished(run: ResponseRun | None) -> None:
-            gw.metrics.in_flight.dec()
-            if run is None:
-                return
-            gw.metrics.ttft.labels(run.provider).observe(run.first_delta_at - started)
-            gw.metrics.duration.labels(run.provider).observe(trio.current_time() - started)
-            if not run.done:
-                gw.metrics.upstream_errors.labels(run.provider, "client_disconnected").inc()
-
-        return Response(SSEBody(pump, first, keepalive, finished), status=200, headers=SSE_HEADERS)
-
     _install_store_routes(app, gw)
 
     @app.get("/v1/models")
@@ -247,7 +177,10 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        return json_response({"ready": gw.ready}, 200 if gw.ready else 503)
+        # 503 while draining, so load balancers stop sending work; ``pid`` tells workers apart.
+        draining = gw.drain.draining
+        ready = gw.ready and not draining
+        return json_response({"ready": ready, "draining": draining, "pid": os.getpid()}, 200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -1,31 +1,51 @@
-"""The SSE pump: one task per streamed request reads the upstream; the response body sends what it reads.
+"""``POST /v1/responses`` as a plain ASGI endpoint: the hot path, without a framework in the way.
 
-The pump task runs in the request's own nursery (``RequestScope``): it opens the plan
-(fallback, hedging, ...), then drives the run, handing encoded bytes to the response
-body over a zero-capacity channel — so a slow client slows the upstream read, and
-memory per stream stays bounded.  The body waits on that channel with a timeout and
-sends a ``: keepalive`` comment whenever the upstream has been silent that long,
-before the first token and mid-stream.  Reads are never cancelled for a keepalive
-(``trio.SSLStream`` is unusable after a cancelled receive).  The body is a plain async
-iterator with ``aclose`` (no async generator), and the pump always closes its upstream.
+Every Responses request costs the gateway its share of one core, and with short streams the
+fixed cost per request dominates.  Quart would add a request object, hooks, two tasks and a
+nursery per request and an extra layer per body chunk; this endpoint talks ASGI directly:
+
+* the handler task reads the body, validates it, picks the plan and runs it: it reads the
+  upstream and writes each batch of events with one ``send`` — no task hand-off per event;
+* one watcher task per request waits for ``http.disconnect`` (a client that leaves cancels
+  the work and so closes the upstream at once) and, for streams, sends the ``: keepalive``
+  comment whenever nothing was written for the keepalive interval — before the first delta
+  (which commits the response to 200) and mid-stream.  Upstream reads are never cancelled
+  for a keepalive (``trio.SSLStream`` is unusable after a cancelled receive);
+* an error before anything was sent is an ordinary HTTP error envelope; after the 200 went
+  out it becomes a complete ``response.failed`` stream.
+
+Every other route stays in the Quart app (``routes.py``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
-from collections.abc import Callable
-from typing import Any
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from streamgw.app.recording import Recorder
 from streamgw.core.emitter import Event, ResponseEmitter
-from streamgw.core.request import ResponsesRequest, echo_fields
+from streamgw.core.request import ResponsesRequest, echo_fields, parse_request
 from streamgw.core.sse import encode_comment, encode_event
-from streamgw.engine.attempt import EngineContext
 from streamgw.engine.routing import Plan
 from streamgw.engine.run import ResponseRun
-from streamgw.errors import GatewayError
+from streamgw.errors import AuthenticationFailed, GatewayError, PayloadTooLarge, RateLimited, UpstreamError
+from streamgw.store.chain import expand
+
+if TYPE_CHECKING:
+    from streamgw.app.routes import Gateway
+
+log = logging.getLogger("streamgw")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -33,8 +53,8 @@ SSE_HEADERS = {
     "x-accel-buffering": "no",  # ask nginx-like proxies not to buffer the stream
 }
 KEEPALIVE = encode_comment("keepalive")
-
-Item = bytes | ResponseRun | GatewayError
+_SSE_RAW = [(k.encode(), v.encode()) for k, v in SSE_HEADERS.items()]
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
 def encode_events(events: list[Event]) -> bytes:
@@ -44,111 +64,279 @@ def encode_events(events: list[Event]) -> bytes:
     return b"".join([encode_event(e) for e in events])
 
 
-class StreamPump:
-    """Opens the plan and streams the run; the handler and the body read what it produces."""
-
-    def __init__(self, request: ResponsesRequest, plan: Plan, ctx: EngineContext, started_at: float,
-                 recorder: Recorder | None = None) -> None:
-        self.request = request
-        self._plan = plan
-        self._ctx = ctx
-        self._started_at = started_at
-        self._recorder = recorder  # stores the response: snapshot first, final object before its terminal event
-        self._send, self.receive = trio.open_memory_channel[Item](0)
-        self.run: ResponseRun | None = None
-
-    async def pump(self) -> None:
-        """The task: first the run (or the error that prevented it), then bytes until the end."""
-        async with self._send:
-            try:
-                run = await ResponseRun.open(self.request, self._plan, self._ctx, started_at=self._started_at)
-            except GatewayError as error:
-                await self._send.send(error)
-                return
-            self.run = run
-            recorder = self._recorder
-            try:
-                if recorder is not None:
-                    await recorder.started(run)
-                await self._send.send(run)
-                await self._send.send(encode_events(run.initial))
-                while not run.done:
-                    events = await run.next_events()
-                    if recorder is not None and run.done:
-                        await recorder.finish(run)  # stored before the client can see the terminal event
-                    if events:
-                        await self._send.send(encode_events(events))
-            except trio.BrokenResourceError:
-                pass  # the body is gone (client left): stop reading
-            finally:
-                with trio.CancelScope(shield=True):
-                    await run.aclose()
-                if recorder is not None:
-                    recorder.finished(run)
-
-
-class SSEBody:
-    """Async iterator of SSE bytes for one response, fed by a ``StreamPump``."""
-
-    def __init__(
-        self,
-        pump: StreamPump,
-        first: ResponseRun | None,
-        keepalive: float,
-        on_close: Callable[[ResponseRun | None], None],
-    ) -> None:
-        self._pump = pump
-        # Committed without a run means the keepalive interval passed before the first delta.
-        self._pending: bytes | None = None if first is not None else KEEPALIVE
-        self._interval = keepalive if keepalive > 0 else math.inf
-        self._on_close: Callable[[ResponseRun | None], None] | None = on_close
-
-    def __aiter__(self) -> SSEBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._pending is not None:
-            data, self._pending = self._pending, None
-            return data
-        receive = self._pump.receive
-        while True:
-            try:
-                item = receive.receive_nowait()  # the pump is usually already waiting: no timeout scope
-            except trio.WouldBlock:
-                pass
-            except trio.EndOfChannel:
-                raise StopAsyncIteration from None
-            else:
-                if type(item) is bytes:
-                    return item
-                if isinstance(item, GatewayError):
-                    return encode_events(failed_stream(self._pump.request, item))
-                continue
-            with trio.move_on_after(self._interval):
-                try:
-                    item = await receive.receive()
-                except trio.EndOfChannel:
-                    raise StopAsyncIteration from None
-                if type(item) is bytes:
-                    return item
-                if isinstance(item, GatewayError):
-                    # Headers are out: the failure becomes a complete, honest stream of its own.
-                    return encode_events(failed_stream(self._pump.request, item))
-                continue  # the run itself: its bytes come next
-            return KEEPALIVE
-
-    async def aclose(self) -> None:
-        """Stop the pump (closing the channel ends it) and report the outcome once."""
-        try:
-            await self._pump.receive.aclose()
-        finally:
-            callback, self._on_close = self._on_close, None
-            if callback is not None:
-                callback(self._pump.run)
-
-
 def failed_stream(request: ResponsesRequest, error: GatewayError, provider: str = "none") -> list[Event]:
     """``response.created``, ``in_progress`` and ``failed`` for an error found after the 200 went out."""
     emitter = ResponseEmitter(model=request.model, provider=provider, echo=echo_fields(request))
     events: list[dict[str, Any]] = emitter.start()
     return events + emitter.fail(error.code or error.stream_code, error.message)
+
+
+def json_body(payload: Any) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class _ClientGone(Exception):
+    """The client disconnected before the request body was complete."""
+
+
+class _Exchange:
+    """One request's response side: who has written what, and the client's presence.
+
+    The handler task writes events; the watcher task writes keepalives.  They never send at
+    the same time: ``busy`` marks a send in progress and the other side waits for it.
+    """
+
+    __slots__ = ("_send", "_waiter", "busy", "committed", "ended", "gone", "last_write", "request_id", "status")
+
+    def __init__(self, send: Send, request_id: str) -> None:
+        self._send = send
+        self.request_id = request_id
+        self.committed = False  # the response start went out
+        self.ended = False  # the last body message went out
+        self.status = 0
+        self.busy = False
+        self._waiter: trio.Event | None = None
+        self.last_write = trio.current_time()
+        self.gone = False
+
+    async def _idle(self) -> None:
+        while self.busy:
+            if self._waiter is None:
+                self._waiter = trio.Event()
+            await self._waiter.wait()
+
+    def _release(self) -> None:
+        self.busy = False
+        self.last_write = trio.current_time()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.set()
+
+    async def write(self, data: bytes, more: bool = True) -> None:
+        """Send SSE bytes, committing the stream to ``200`` first if that has not happened."""
+        if self.busy:
+            await self._idle()
+        if self.ended:
+            return
+        self.ended = not more
+        self.busy = True
+        try:
+            if not self.committed:
+                await self._start(200, _SSE_RAW)
+            await self._send({"type": "http.response.body", "body": data, "more_body": more})
+        finally:
+            self._release()
+
+    async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """A whole non-streamed response (JSON)."""
+        if self.busy:
+            await self._idle()
+        if self.ended:
+            return
+        self.ended = True
+        self.busy = True
+        try:
+            await self._start(status, [_JSON_TYPE, *headers])
+            await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        finally:
+            self._release()
+
+    async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.committed = True
+        self.status = status
+        await self._send({"type": "http.response.start", "status": status,
+                          "headers": [*headers, (b"x-request-id", self.request_id.encode())]})
+
+    def keepalive_due(self, interval: float) -> bool:
+        return not (self.busy or self.ended) and trio.current_time() - self.last_write >= interval
+
+
+class ResponsesEndpoint:
+    """The ASGI application for ``POST /v1/responses``."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gw
+        started = trio.current_time()
+        exchange = _Exchange(send, "req_" + secrets.token_hex(16))
+        provider = "none"
+        req: ResponsesRequest | None = None
+        try:
+            try:
+                if gw.keys and not gw.authorised(_header(scope, b"authorization")):
+                    raise AuthenticationFailed("Missing or invalid gateway API key (use Authorization: Bearer <key>).")
+                body = await _read_body(scope, receive, gw.config.server.max_body_bytes)
+                req = parse_request(body)
+                plan = gw.router.plan(req.model, req.provider)
+                provider = plan.targets[0].provider.name if plan.route is None else plan.route.name
+                provider = await self._serve(req, plan, started, exchange, receive) or provider
+            except _ClientGone:
+                pass
+            except Exception as exc:
+                if isinstance(exc, GatewayError):
+                    error = exc
+                    if isinstance(error, UpstreamError | RateLimited):
+                        gw.metrics.upstream_errors.labels(provider, error.code or error.type).inc()
+                else:
+                    log.exception("unexpected error on POST /v1/responses")
+                    error = UpstreamError("internal gateway error", code="internal_error")
+                    error.status = 500
+                if exchange.gone:
+                    pass
+                elif not exchange.committed:
+                    headers = [(k.encode(), v.encode()) for k, v in error.headers.items()]
+                    await exchange.respond(error.status, json_body(error.envelope()), headers)
+                elif req is not None and req.stream:  # the 200 is out: end the stream honestly
+                    await exchange.write(encode_events(failed_stream(req, error, provider)), more=False)
+        finally:
+            if exchange.committed:
+                gw.metrics.requests.labels(provider, str(exchange.status)).inc()
+
+    async def _serve(self, req: ResponsesRequest, plan: Plan, started: float, exchange: _Exchange,
+                     receive: Receive) -> str | None:
+        """Run the request while a watcher looks out for the client; the provider that served it."""
+        gw = self.gw
+        expansion = await expand(req, plan, gw.store)  # previous_response_id, item_reference: once, for all
+        req = expansion.request
+        recorder = Recorder(gw.store, expansion) if req.store and gw.store.enabled else None
+        keepalive = 0.0
+        if req.stream:
+            keepalive = gw.config.timeouts.merged(plan.route.timeouts if plan.route else ()).keepalive
+        served = _Served()
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch, receive, exchange, nursery.cancel_scope, keepalive)
+            try:
+                if req.stream:
+                    await self._stream(req, plan, started, exchange, recorder, served)
+                else:
+                    await self._complete(req, plan, started, exchange, recorder, served)
+            except Exception as exc:  # raised below, outside the nursery (no exception group)
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if exchange.gone and served.run is not None and not served.run.done:
+            gw.metrics.upstream_errors.labels(served.run.provider, "client_disconnected").inc()
+        return served.run.provider if served.run is not None else None
+
+    async def _complete(self, req: ResponsesRequest, plan: Plan, started: float, exchange: _Exchange,
+                        recorder: Recorder | None, served: _Served) -> None:
+        gw = self.gw
+        run = served.run = await ResponseRun.open(req, plan, gw.engine, started_at=started)
+        try:
+            gw.metrics.ttft.labels(run.provider).observe(run.first_delta_at - started)
+            try:
+                final = await run.collect()
+            finally:
+                if recorder is not None:
+                    recorder.finished(run)  # whatever the outcome, once
+            if recorder is not None:
+                await recorder.finish(run)  # written before the answer leaves (confirm_writes)
+        finally:
+            with trio.CancelScope(shield=True):
+                await run.aclose()
+        gw.metrics.duration.labels(run.provider).observe(trio.current_time() - started)
+        await exchange.respond(200, json_body(final), [])
+
+    async def _stream(self, req: ResponsesRequest, plan: Plan, started: float, exchange: _Exchange,
+                      recorder: Recorder | None, served: _Served) -> None:
+        gw = self.gw
+        try:
+            run = served.run = await ResponseRun.open(req, plan, gw.engine, started_at=started)
+        except GatewayError as error:
+            if not exchange.committed:
+                raise  # nothing was sent yet: an ordinary HTTP error
+            # A keepalive committed the 200 already: the failure is a complete stream of its own.
+            await exchange.write(encode_events(failed_stream(req, error)), more=False)
+            return
+        gw.metrics.in_flight.inc()
+        try:
+            if recorder is not None:
+                await recorder.started(run)
+            if run.done:
+                await exchange.write(encode_events(run.initial), more=False)
+                return
+            await exchange.write(encode_events(run.initial))
+
+            async def deliver(events: list[Event]) -> None:
+                if run.done:
+                    if recorder is not None:
+                        await recorder.finish(run)  # stored before the client can see the terminal event
+                    await exchange.write(encode_events(events), more=False)
+                else:
+                    await exchange.write(encode_events(events))
+
+            await run.stream(deliver)
+        except Exception:
+            if run.done or exchange.ended or not exchange.committed:
+                raise
+            # A bug of ours mid-stream: the client still gets an honest end of this response.
+            log.exception("unexpected error while streaming a response")
+            await exchange.write(encode_events(run.emitter.fail("server_error", "internal gateway error")),
+                                 more=False)
+        finally:
+            gw.metrics.in_flight.dec()
+            with trio.CancelScope(shield=True):
+                await run.aclose()
+            if recorder is not None:
+                recorder.finished(run)
+            gw.metrics.ttft.labels(run.provider).observe(run.first_delta_at - started)
+            gw.metrics.duration.labels(run.provider).observe(trio.current_time() - started)
+
+
+class _Served:
+    """Which run served the request (set once it opened)."""
+
+    __slots__ = ("run",)
+
+    def __init__(self) -> None:
+        self.run: ResponseRun | None = None
+
+
+async def _watch(receive: Receive, exchange: _Exchange, work: trio.CancelScope, keepalive: float) -> None:
+    """Cancel ``work`` when the client disconnects; send keepalives when the stream has been quiet."""
+    interval = keepalive if keepalive > 0 else math.inf
+    while True:
+        with trio.move_on_at(exchange.last_write + interval):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                exchange.gone = True
+                work.cancel()
+                return
+            continue
+        if exchange.keepalive_due(interval):
+            await exchange.write(KEEPALIVE)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes (checked against Content-Length first)."""
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -21,6 +21,7 @@ import trio
 from streamgw.config import RouteConfig, Timeouts
 from streamgw.core.deltas import Delta, UpstreamFailure, Usage
 from streamgw.core.request import ResponsesRequest
+from streamgw.engine.drain import Drain
 from streamgw.engine.health import Endpoint, Health
 from streamgw.engine.routing import Plan, Target
 from streamgw.engine.sources import DeltaSource, open_source
@@ -39,6 +40,8 @@ class EngineContext:
     health: Health
     timeouts: Timeouts
     rng: random.Random = field(default_factory=random.Random)
+    #: the process's graceful-shutdown deadline: every run's waits end by it (see ``engine.drain``)
+    drain: Drain = field(default_factory=Drain)
 
 
 @dataclass(slots=True)

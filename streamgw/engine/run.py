@@ -5,6 +5,10 @@ runs the plan (one target, or a route's strategy) until an attempt produced its
 first delta.  Only then does the caller commit to a 200 and stream ``initial``
 followed by ``next_events()`` until ``done``.  Every wait has a deadline; no
 cancel scope spans a ``yield``.
+
+Every deadline also includes the process's drain deadline (``engine.drain``): when the
+gateway shuts down, ``Drain.begin`` lowers the deadline of the wait a run is in (the run
+registers itself once, when it opens), and the run ends with ``response.failed`` saying so.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import trio
 from streamgw.core.emitter import Event, ResponseEmitter
 from streamgw.core.request import ResponsesRequest, echo_fields
 from streamgw.engine.attempt import EngineContext, Opened, open_plan
+from streamgw.engine.drain import Drain, GatewayShuttingDown
 from streamgw.engine.routing import Plan
 from streamgw.errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout
 
@@ -39,7 +44,7 @@ def _emitter_factory(opened: Opened, ctx: EngineContext) -> Callable[..., Any]:
 class ResponseRun:
     """The emitter plus the winning upstream source, with idle and total deadlines."""
 
-    def __init__(self, emitter: ResponseEmitter, opened: Opened, started_at: float) -> None:
+    def __init__(self, emitter: ResponseEmitter, opened: Opened, started_at: float, drain: Drain | None = None) -> None:
         self.emitter = emitter
         self.opened = opened
         self.started_at = started_at
@@ -51,6 +56,12 @@ class ResponseRun:
         self._waiting_since: float | None = None  # when the current wait for upstream data began
         self.initial: list[Event] = emitter.start() + emitter.feed(opened.first)
         self._closed = False
+        #: the cancel scope of the upstream wait in progress (None while events are delivered):
+        #: what ``drain_at`` cuts short.  An exited scope left here ignores a new deadline.
+        self._wait: trio.CancelScope | None = None
+        self._shut_down = False  # ended by the drain deadline
+        self._drain = Drain() if drain is None else drain
+        self._drain.watch(self)
 
     @property
     def done(self) -> bool:
@@ -69,18 +80,25 @@ class ResponseRun:
         """Run ``plan`` until an attempt produced its first delta; raise ``GatewayError`` if none did."""
         started = trio.current_time() if started_at is None else started_at
         total = ctx.timeouts.merged(plan.route.timeouts if plan.route else ()).total
-        deadline = started + total if total > 0 else math.inf
-        with trio.move_on_at(deadline):
-            opened = await open_plan(request, plan, ctx, deadline)
+        drain = ctx.drain
+        deadline = min(started + total if total > 0 else math.inf, drain.deadline)
+        with trio.move_on_at(deadline) as scope:
+            drain.watch(scope)
+            try:
+                opened = await open_plan(request, plan, ctx, deadline)
+            finally:
+                drain.unwatch(scope)
             try:
                 emitter = _emitter_factory(opened, ctx)(
                     model=request.model, provider=opened.target.provider.name, echo=echo_fields(request)
                 )
-                return cls(emitter, opened, started)
+                return cls(emitter, opened, started, drain)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await opened.aclose()
                 raise
+        if drain.expired():
+            raise GatewayShuttingDown(drain.message())
         raise UpstreamTimeout(f"no output within the total timeout of {total:g} s", code="total_timeout")
 
     async def next_events(self) -> list[Event]:
@@ -92,11 +110,12 @@ class ResponseRun:
         """
         emitter = self.emitter
         source = self.opened.source
+        drain = self._drain
         if self._waiting_since is None:
             self._waiting_since = trio.current_time()
         while not emitter.done:
             deadline = self._waiting_since + self._idle if self._idle > 0 else math.inf
-            with trio.move_on_at(min(deadline, self._total_deadline)):
+            with trio.move_on_at(min(deadline, self._total_deadline, drain.deadline)) as self._wait:
                 batch = await source.receive()
                 self._waiting_since = trio.current_time()
                 out = emitter.feed(batch) if batch is not None else emitter.finish()
@@ -118,18 +137,22 @@ class ResponseRun:
         """
         emitter = self.emitter
         source = self.opened.source
+        drain = self._drain
         idle = self._idle if self._idle > 0 else math.inf
         total_deadline = self._total_deadline
         with trio.CancelScope() as scope:
             while not emitter.done:
-                scope.deadline = min(trio.current_time() + idle, total_deadline)
+                scope.deadline = min(trio.current_time() + idle, total_deadline, drain.deadline)
+                self._wait = scope  # the drain may cut this wait, never a delivery
                 batch = await source.receive()
+                self._wait = None
                 out = emitter.feed(batch) if batch is not None else emitter.finish()
                 if out:
                     scope.deadline = math.inf
                     await deliver(out)
-                    if trio.current_time() >= total_deadline and not emitter.done:
+                    if trio.current_time() >= min(total_deadline, drain.deadline) and not emitter.done:
                         break
+        self._wait = None
         if not emitter.done:
             await self.aclose()
             await deliver(self._deadline_failure())
@@ -143,8 +166,16 @@ class ResponseRun:
             await self.aclose()
         response: dict[str, Any] = self.emitter.response
         if response["status"] == "failed":
+            if self._shut_down:
+                raise GatewayShuttingDown(self._drain.message())
             raise failure_error(response["error"])
         return response
+
+    def drain_at(self, deadline: float) -> None:
+        """The drain began: the upstream wait in progress (if any) ends by ``deadline``."""
+        wait = self._wait
+        if wait is not None:
+            wait.deadline = min(wait.deadline, deadline)
 
     async def aclose(self) -> None:
         """Close the upstream (idempotent; effective even when cancelled).
@@ -153,6 +184,7 @@ class ResponseRun:
         """
         if not self._closed:
             self._closed = True
+            self._drain.unwatch(self)
             try:
                 if self.emitter.done and self.emitter.response["status"] != "failed":
                     await self.opened.source.drain()
@@ -160,6 +192,9 @@ class ResponseRun:
                 await self.opened.aclose()
 
     def _deadline_failure(self) -> list[Event]:
+        if self._drain.expired():
+            self._shut_down = True
+            return self.emitter.fail("server_error", self._drain.message())
         if trio.current_time() >= self._total_deadline:
             return self.emitter.fail("upstream_total_timeout",
                                      f"the response exceeded the total timeout of {self._total:g} s")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,13 +69,17 @@ def _with_ids(items: Sequence[Item], origins: Sequence[str]) -> tuple[list[Item]
     return out, out_origins, new_ids
 
 
+def _not_found(response_id: str) -> NotFound:
+    return NotFound(f"Previous response with id '{response_id}' not found.", param="previous_response_id",
+                    code="previous_response_not_found")
+
+
 async def _previous(service: StoreService, response_id: str) -> StoredResponse:
     """The stored previous response, or the 404/400 that says why it cannot be continued."""
     record = await service.get(response_id)
     param = "previous_response_id"
     if record is None:
-        raise NotFound(f"Previous response with id '{response_id}' not found.", param=param,
-                       code="previous_response_not_found")
+        raise _not_found(response_id)
     if record.omitted is not None:
         raise NotFound(f"Previous response with id '{response_id}' cannot be continued: {record.omitted}.",
                        param=param, code="previous_response_not_stored")
@@ -144,8 +148,13 @@ def _forwardable(plan: Plan) -> bool:
     return all(target.provider.type == "openai" for target in plan.targets)
 
 
-async def expand(request: ResponsesRequest, plan: Plan, service: StoreService) -> Expansion:
+async def expand(request: ResponsesRequest, plan: Plan, service: StoreService,
+                 local: Mapping[str, StoredResponse] | None = None) -> Expansion:
     """Expand ``previous_response_id`` and ``item_reference`` items for ``plan``.
+
+    ``local`` is a source of responses consulted before the store (a WebSocket connection's
+    last response, kept even with ``store: false`` or the store disabled); when it is given,
+    an id found in neither is ``previous_response_not_found`` even with the store disabled.
 
     Raises ``NotFound`` (param ``previous_response_id`` or ``input[i].id``), ``InvalidRequest``
     when the previous response is still in progress or the store is disabled, and
@@ -153,20 +162,29 @@ async def expand(request: ResponsesRequest, plan: Plan, service: StoreService) -
     """
     chained = request.previous_response_id is not None
     references = any(item.get("type") == "item_reference" for item in request.input)
-    if not service.enabled and (chained or references) and not _forwardable(plan):
+    held = local.get(request.previous_response_id) if local and request.previous_response_id else None
+    missing = chained and held is None
+    if not service.enabled and (missing or references) and not _forwardable(plan):
+        if missing and local is not None:
+            raise _not_found(str(request.previous_response_id))
         raise InvalidRequest("This gateway keeps no responses ([store] backend = \"none\"): "
                              "previous_response_id and item_reference cannot be used.",
-                             param="previous_response_id" if chained else "input", code="store_disabled")
-    if not service.enabled or not (chained or references):
+                             param="previous_response_id" if missing else "input", code="store_disabled")
+    if held is None and (not service.enabled or not (chained or references)):
         items, origins, new_ids = _with_ids(request.input, [CLIENT] * len(request.input))
         return Expansion(request, tuple(items), tuple(origins), tuple(new_ids))
-    previous = await _previous(service, request.previous_response_id) if request.previous_response_id else None
+    previous = held
+    if previous is None and request.previous_response_id is not None:
+        previous = await _previous(service, request.previous_response_id)
     prefix: list[Item] = []
     prefix_origins: list[str] = []
     if previous is not None:
         prefix = [*previous.input_items, *previous.output]
         prefix_origins = [*previous.origins, *[previous.provider] * len(previous.output)]
-    own, own_origins = await _resolved(service, request)
+    if service.enabled:
+        own, own_origins = await _resolved(service, request)
+    else:  # only a forwardable plan gets here with references: its upstream resolves them
+        own, own_origins = list(request.input), [CLIENT] * len(request.input)
     items, origins = [*prefix, *own], [*prefix_origins, *own_origins]
     raw = _native_raw(request, plan, previous, items, origins, len(prefix), references)
     expanded = dataclasses.replace(request, input=tuple(items), raw=raw)

@@ -52,7 +52,8 @@ def test_models_list(gateway: Gateway) -> None:
 
 
 def test_health_readiness_and_metrics(gateway: Gateway) -> None:
-    assert httpx.get(gateway.url + "/readyz", timeout=5).json() == {"ready": True}
+    ready = httpx.get(gateway.url + "/readyz", timeout=5).json()
+    assert ready == {"ready": True, "draining": False, "pid": gateway.process.pid}
     gateway.client().responses.create(model="demo/demo", input="count me")
     metrics = httpx.get(gateway.url + "/metrics", timeout=5)
     assert metrics.headers["content-type"].startswith("text/plain")

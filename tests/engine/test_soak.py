@@ -54,7 +54,8 @@ SCENARIOS = (
     Scenario(f"error-mid:{PACE}", 1, "failed", "server_error"),  # an upstream error event mid-stream
     Scenario(f"cut:{PACE}", 1, "failed", "server_error"),  # the connection drops mid-body
     Scenario(f"eof:{PACE}", 1, "failed", "server_error"),  # a clean end without finish or [DONE]
-    Scenario(f"malformed:{PACE}", 1, "failed", "server_error"),  # a chunk that is not JSON
+    # a chunk that is not JSON, then many more: the upstream is still sending when the gateway gives up
+    Scenario(f"malformed:{PACE},tokens={TOKENS}", 1, "failed", "server_error"),
     Scenario(f"stall:{PACE}", 1, "failed", "upstream_idle_timeout"),  # silence after one chunk
     Scenario("status-500", 1, "502"),  # before the first byte: an HTTP error
 )

@@ -1,0 +1,319 @@
+"""WebSocket mode on ``/v1/responses`` (protocols.md §5): ``response.create`` frames in, one event a frame out.
+
+The same path as ``POST /v1/responses`` and the same engine: a frame is validated by
+``parse_request`` (after ``type`` and the implicit ``stream`` are taken off), routed,
+expanded and run exactly as a streamed POST, and every event the SSE stream would carry
+after ``data:`` goes out as one text frame.  Differences from SSE, all from the protocol:
+
+* auth is checked on the upgrade request: a bad key gets an HTTP 401 with the JSON error
+  envelope and the connection is never upgraded;
+* what would be an HTTP error before the first byte (bad input, unknown model, upstream
+  4xx/5xx before the first delta, ...) is an error frame
+  ``{"type":"error","status":N,"error":{"type","code","message","param"}}`` and the
+  connection stays open; a failure after output started ends with ``response.failed``;
+* one response at a time: a ``response.create`` while one runs gets
+  ``response_already_in_flight`` and the running one continues, so frames are read by the
+  handler while the response runs in a task of its own;
+* the connection keeps its last finished response in memory for ``previous_response_id``
+  (even with ``store: false`` or no store at all), consulted before the store;
+* ``[server] websocket_max_age``: when the connection reaches it, new responses are no
+  longer started, a response in flight is left to finish (its own timeouts bound it), then
+  the error frame ``websocket_connection_limit_reached`` goes out and the socket closes with
+  code 1000.
+
+Lifetimes: the handler owns one nursery for the connection (the response task, the age
+timer).  When the client leaves, quart-trio cancels the handler, the nursery cancels the
+response task, and its ``finally`` closes the upstream under a shield — the same path as
+an SSE client that disconnects.  Sends go through one lock: with permessage-deflate the
+order in which frames are compressed must be the order in which they are written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+from quart import Response
+from quart.globals import websocket_ctx
+from quart.wrappers import Websocket
+from quart_trio import QuartTrio
+
+from streamgw.app.recording import Recorder
+from streamgw.core.emitter import Event
+from streamgw.core.relay import RelayedEvent
+from streamgw.core.request import ResponsesRequest, parse_request
+from streamgw.engine.routing import Plan
+from streamgw.engine.run import ResponseRun
+from streamgw.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RateLimited,
+    UpstreamError,
+)
+from streamgw.store.base import StoredResponse
+from streamgw.store.chain import Expansion, expand, record_for
+
+if TYPE_CHECKING:
+    from streamgw.app.routes import Gateway
+
+__all__ = ["ResponseSocket", "error_frame", "event_text", "install_websocket", "parse_create"]
+
+log = logging.getLogger("streamgw")
+
+CREATE = "response.create"
+#: envelope fields of a ``response.create`` frame that are no ``POST /v1/responses`` body field
+_ENVELOPE = ("type", "stream", "generate")
+#: seconds the upstream gets to close (or drain after a clean end) when a response task ends
+_CLOSE_GRACE = 5.0
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class ConnectionLimitReached(InvalidRequest):
+    """The connection reached ``[server] websocket_max_age``: the client opens a new one."""
+
+    default_code = "websocket_connection_limit_reached"
+
+
+class ResponseInFlight(InvalidRequest):
+    """A ``response.create`` arrived while the connection's response was still running."""
+
+    default_code = "response_already_in_flight"
+
+
+def _unsupported(param: str, why: str) -> InvalidRequest:
+    return InvalidRequest(f"'{param}' is not supported in WebSocket mode: {why}.", param=param,
+                          code="unsupported_parameter")
+
+
+def parse_create(data: str | bytes) -> ResponsesRequest:
+    """The request a ``response.create`` frame asks for; ``InvalidRequest`` (param set) if it is wrong.
+
+    The frame holds every ``POST /v1/responses`` body field at top level, plus ``type``;
+    ``stream`` is implicit (whatever the frame says, the response streams) and
+    ``generate: true`` is the default.  Lanes (``stream_id``), ``background`` and
+    ``generate: false`` are refused rather than silently ignored.
+    """
+    try:
+        frame = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"The frame is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(frame, dict):
+        raise InvalidRequest("A frame must be a JSON object with a 'type'.", code="invalid_json")
+    kind = frame.get("type")
+    if kind != CREATE:
+        what = "has no 'type'" if kind is None else f"has the unknown type {json.dumps(kind)}"
+        raise InvalidRequest(f"The frame {what}: this endpoint accepts '{CREATE}' frames.", param="type",
+                             code="unknown_event_type")
+    if "stream_id" in frame:
+        raise _unsupported("stream_id", "this gateway runs one response at a time per connection, without lanes")
+    if frame.get("background") is True:
+        raise _unsupported("background", "open a WebSocket per concurrent response instead")
+    if frame.get("generate", True) is not True:
+        raise _unsupported("generate", "every response.create generates a response")
+    body = {key: value for key, value in frame.items() if key not in _ENVELOPE}
+    body["stream"] = True
+    return parse_request(_compact(body).encode())
+
+
+def event_text(event: Event | RelayedEvent) -> str:
+    """The text frame of one event: exactly the JSON an SSE ``data:`` line would carry."""
+    if isinstance(event, RelayedEvent):
+        return event.data  # relayed unchanged from a native Responses upstream, no JSON work
+    return _compact(event)
+
+
+def error_frame(error: GatewayError) -> str:
+    """The WebSocket error frame for ``error`` (the nested shape, with the HTTP-like status)."""
+    detail: dict[str, Any] = {"type": error.type, "code": error.code, "message": error.message,
+                              "param": error.param}
+    if error.headers:
+        detail["headers"] = dict(error.headers)
+    return _compact({"type": "error", "status": error.status, "error": detail})
+
+
+def _route_name(gw: Gateway, request: ResponsesRequest) -> tuple[str, Plan]:
+    """The metrics label and the plan for ``request`` (``NotFound`` and friends propagate)."""
+    plan = gw.router.plan(request.model, request.provider)
+    return (plan.targets[0].provider.name if plan.route is None else plan.route.name), plan
+
+
+class ResponseSocket:
+    """One accepted WebSocket-mode connection: reads frames, runs one response at a time."""
+
+    def __init__(self, gw: Gateway, ws: Websocket) -> None:
+        self._gw = gw
+        self._ws = ws
+        self._max_age = gw.config.server.websocket_max_age
+        self._send_lock = trio.Lock()
+        self._busy = False  # a response.create is being served (from its frame to its last event)
+        self._free = trio.Event()  # set while nothing is in flight
+        self._free.set()
+        self._expired = False  # the age limit was reached: no new response starts
+        self._last: dict[str, StoredResponse] = {}  # the connection's last finished response, by id
+
+    async def serve(self) -> None:
+        """Read frames until the client leaves or the connection reaches its age limit."""
+        metrics = self._gw.metrics
+        metrics.websocket_connections.inc()
+        try:
+            async with trio.open_nursery() as nursery:
+                if 0 < self._max_age < math.inf:
+                    nursery.start_soon(self._expire, trio.current_time() + self._max_age, nursery.cancel_scope)
+                await self._read(nursery)
+        finally:
+            metrics.websocket_connections.dec()
+
+    async def _read(self, nursery: trio.Nursery) -> None:
+        limit = self._gw.config.server.max_body_bytes
+        while True:
+            data = await self._ws.receive()
+            started = trio.current_time()
+            try:
+                if len(data) > limit or (isinstance(data, str) and len(data.encode()) > limit):
+                    raise PayloadTooLarge(f"the frame is larger than {limit} bytes ([server] max_body_bytes)")
+                request = parse_create(data)
+                if self._busy:
+                    raise ResponseInFlight("A response is already in flight on this connection: wait for its "
+                                           "terminal event before sending the next response.create.")
+            except InvalidRequest as error:
+                self._count("none", error.status)
+                await self.send_error(error)
+                continue
+            if self._expired:
+                continue  # the limit error frame and the close follow at once
+            self._busy = True
+            self._free = trio.Event()
+            nursery.start_soon(self._respond, request, started)
+
+    async def _respond(self, request: ResponsesRequest, started: float) -> None:
+        try:
+            await self._create(request, started)
+        except Exception:  # a bug, not the client's fault: say so and keep the connection
+            log.exception("unexpected error in a WebSocket-mode response")
+            self._release()
+            error = UpstreamError("internal gateway error", code="internal_error")
+            error.status = 500
+            await self.send_error(error)
+        finally:
+            self._release()
+
+    async def _create(self, request: ResponsesRequest, started: float) -> None:
+        gw = self._gw
+        label = "none"
+        try:
+            label, plan = _route_name(gw, request)
+            expansion = await expand(request, plan, gw.store, self._last)
+            request = expansion.request
+            recorder = Recorder(gw.store, expansion) if request.store and gw.store.enabled else None
+            run = await ResponseRun.open(request, plan, gw.engine, started_at=started)
+        except GatewayError as error:
+            if isinstance(error, UpstreamError | RateLimited):
+                gw.metrics.upstream_errors.labels(label, error.code or error.type).inc()
+            self._count(label, error.status)
+            self._release()  # before the frame: a client may retry as soon as it reads it
+            await self.send_error(error)
+            return
+        await self._stream(run, expansion, recorder, started)
+
+    async def _stream(self, run: ResponseRun, expansion: Expansion, recorder: Recorder | None,
+                      started: float) -> None:
+        metrics = self._gw.metrics
+        provider = run.provider
+        self._count(provider, 200)
+        metrics.ttft.labels(provider).observe(run.first_delta_at - started)
+        metrics.in_flight.inc()
+        created_at = time.time()
+
+        async def deliver(events: list[Event]) -> None:
+            if run.done:  # the terminal event is in this batch: stored, kept and released before it goes
+                if recorder is not None:
+                    await recorder.finish(run)
+                self._keep(expansion, run, created_at)
+                self._release()
+            await self.send_events(events)
+
+        try:
+            if recorder is not None:
+                await recorder.started(run)
+            await deliver(run.initial)
+            if not run.done:
+                await run.stream(deliver)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
+                await run.aclose()
+            if recorder is not None:
+                recorder.finished(run)
+            metrics.in_flight.dec()
+            if run.done:
+                metrics.duration.labels(provider).observe(trio.current_time() - started)
+            else:
+                metrics.upstream_errors.labels(provider, "client_disconnected").inc()
+
+    def _keep(self, expansion: Expansion, run: ResponseRun, created_at: float) -> None:
+        """Remember the finished response for ``previous_response_id`` (this connection only)."""
+        target = run.opened.target.provider
+        record = record_for(expansion, run.emitter.response, target.name, target.type, created_at)
+        self._last = {record.id: record}
+
+    def _release(self) -> None:
+        if self._busy:
+            self._busy = False
+            self._free.set()
+
+    def _count(self, provider: str, status: int) -> None:
+        metrics = self._gw.metrics
+        metrics.requests.labels(provider, str(status)).inc()
+        metrics.websocket_responses.labels(provider, str(status)).inc()
+
+    async def _expire(self, deadline: float, scope: trio.CancelScope) -> None:
+        """At the age limit: let the response in flight finish, then say why and close (1000)."""
+        await trio.sleep_until(deadline)
+        self._expired = True
+        await self._free.wait()
+        age = self._max_age
+        limit = f"{age / 60:g} minutes" if age >= 60 and age % 60 == 0 else f"{age:g} seconds"
+        await self.send_error(ConnectionLimitReached(
+            f"Responses WebSocket connection limit reached ({limit}). Create a new WebSocket connection to continue."))
+        async with self._send_lock:
+            await self._ws.close(1000, "websocket_connection_limit_reached")
+        scope.cancel()
+
+    async def send_events(self, events: Sequence[Event | RelayedEvent]) -> None:
+        """Each event as one text frame, in order."""
+        ws = self._ws
+        async with self._send_lock:
+            for event in events:
+                await ws.send(event_text(event))
+
+    async def send_error(self, error: GatewayError) -> None:
+        """One error frame."""
+        async with self._send_lock:
+            await self._ws.send(error_frame(error))
+
+
+def _rejection(error: GatewayError) -> Response:
+    body = json.dumps(error.envelope(), separators=(",", ":"), ensure_ascii=False)
+    return Response(body, status=error.status, content_type="application/json",
+                    headers={"www-authenticate": "Bearer"})
+
+
+def install_websocket(app: QuartTrio, gw: Gateway) -> None:
+    """Serve WebSocket mode on ``/v1/responses`` (next to the ``POST`` route of the same path)."""
+
+    @app.websocket("/v1/responses")
+    async def responses_websocket() -> Response | None:
+        ws = websocket_ctx.websocket
+        if not gw.authorised(ws.headers.get("authorization")):
+            # Returned before accepting: Quart sends it as the handshake's HTTP answer.
+            return _rejection(AuthenticationFailed(
+                "Missing or invalid gateway API key (use Authorization: Bearer <key>)."))
+        await ws.accept()
+        await ResponseSocket(gw, ws).serve()
+        return None

@@ -1,0 +1,1 @@
+"""How streamgw is served: fixes and switches for the hypercorn trio worker (see ``hypercorn_trio``)."""

@@ -1,0 +1,302 @@
+"""Fixes for hypercorn's trio worker under multiplexed HTTP/2, and a switch for cleartext HTTP/2.
+
+Found with many concurrent streams on one HTTP/2 connection against hypercorn 0.18 (file and line
+references are to that version); each is fixed by a subclass that ``install()`` puts in place.
+
+1. A worker killed by ``trio.BusyResourceError`` (``hypercorn/trio/tcp_server.py``)
+----------------------------------------------------------------------------------
+One ``TCPServer`` owns one client connection, and every task of that connection writes to the same
+trio stream: on HTTP/2 the connection's sender task (DATA frames), each request's ASGI task (HEADERS)
+and the reader task (SETTINGS/WINDOW_UPDATE acks, GOAWAY).  Trio forbids two tasks from using the
+send side of a ``SocketStream`` or ``SSLStream`` at once, so ``TCPServer.protocol_send`` takes
+``self.send_lock`` around ``send_all``.  But ``TCPServer._close`` calls ``self.stream.send_eof()``
+**without** the lock, and on a plain socket ``SocketStream.send_eof`` holds the stream's
+send-conflict detector across a checkpoint: a task that reaches ``send_all`` during that checkpoint
+gets ``BusyResourceError: another task is currently sending data on this SocketStream``.  ``_close``
+runs from ``protocol_send(Closed())`` while the connection's other tasks are alive: on HTTP/2 when the
+client sends GOAWAY (an HTTP/2 client closing a connection with streams in flight, ``h2load -D``) or a
+frame that breaks the protocol.  If the sender task was between taking the lock and ``send_all`` (the
+lock's own checkpoint) when the GOAWAY was read, trio picks it first half the time.  The error escapes
+the connection's nursery, and hypercorn runs connection handlers in the server's nursery
+(``serve_listeners(..., handler_nursery=server_nursery)``): the whole worker dies, with every stream of
+every client.  TLS is not affected: ``SSLStream`` has no ``send_eof``, hypercorn skips it.
+
+2. Frames lost when a request task is cancelled (same file)
+-----------------------------------------------------------
+``protocol_send`` shields ``send_all`` from cancellation but not the wait for ``send_lock``.  The bytes
+were already taken out of the h2 state machine (``data_to_send()``), so a task cancelled while queued
+for the lock drops frames the connection has accounted for: HEADERS whose HPACK table entries the
+client never sees (its decoder is out of step from then on: "Invalid table index", COMPRESSION_ERROR
+for the whole connection).  quart-trio cancels a request's handler exactly when its stream is reset
+(``http.disconnect``), and handlers queue for the lock whenever the socket is full.
+
+Fix for 1 and 2: ``SerialisedTCPServer`` makes ``send_lock`` the one gate of the send side.
+``_close`` half-closes under the lock, and only if it is free (a write in flight is ended by the
+``aclose`` that follows, with the ``ClosedResourceError`` hypercorn handles); a writer queued behind
+the half-close gets ``ClosedResourceError``, never ``BusyResourceError``; the close is shielded, so a
+cancelled connection still releases its socket.  ``protocol_send`` shields the lock wait together
+with ``send_all``: bytes taken from the protocol are written, in order, or the connection is closed
+(cancellation waits at most for the writes queued ahead, which hypercorn already shields).  As defence
+in depth, an exception that still escapes a connection is logged and ends that connection only.
+Upstream this is a few lines in ``TCPServer._close`` and ``TCPServer.protocol_send``.
+
+A shielded write blocked on a client that stopped reading (its socket buffer full) also outlived the
+cancellation of its connection: the server's hard shutdown deadline did not end such a connection, and
+the process waited for the client to go away.  ``SerialisedTCPServer.run`` closes the socket when the
+connection is cancelled from outside, which ends the blocked write.
+
+3. Streams starved under a steady flow of new ones (``hypercorn/protocol/h2.py``)
+---------------------------------------------------------------------------------
+hypercorn's HTTP/2 sender picks the next stream to send from a ``priority.PriorityTree`` (RFC 7540
+weights).  A stream joins the tree at the level of the stream scheduled last, and each scheduling
+raises a stream's level; a stream that sends everything in one turn (a short response) leaves the
+tree without raising the level the next newcomer gets.  Under a steady flow of short streams, a
+stream that has already sent one frame sits one level higher than every newcomer and is not picked
+again until the flow stops: on a busy connection some streams stalled for as long as the load lasted
+(bench: 64 streams on one connection, p50 time to first event close to the whole stream's time, and
+streams waiting out the load generator's 60 s timeout).  ``FairH2Protocol`` schedules with
+``RoundRobinScheduler`` instead: the streams with data to send take turns.  RFC 9113 deprecates the
+RFC 7540 priority scheme and lets servers ignore it.
+
+(hypercorn's ``keep_alive_max_requests`` is a fourth: after 1000 requests it sends GOAWAY, which also
+stops every stream in flight on the connection, because h2 sends nothing after GOAWAY.
+``streamgw.cli.hypercorn_config`` sets no limit.)
+
+Installing
+----------
+``install()`` points the names hypercorn looks up when it serves (``hypercorn.trio.run.TCPServer``,
+``hypercorn.protocol.H11Protocol`` and ``H2Protocol``) at the subclasses here; ``uninstall()`` puts
+hypercorn's own classes back (tests use it to show each failure).  ``streamgw.cli.hypercorn_config``
+installs, so ``streamgw serve``, its workers and the in-process test harness are covered; a config
+pickled into a process hypercorn spawns installs there when it is loaded.
+
+HTTP/2 on cleartext
+-------------------
+Hypercorn always accepts h2c on a cleartext bind: the prior-knowledge preface (``PRI * HTTP/2.0``)
+and ``Upgrade: h2c`` on a request without a body.  ``GatewayHypercornConfig.http2 = False`` turns
+that off (``H1OnlyCapableProtocol``): the upgrade header is ignored and the preface is answered
+``505 HTTP Version Not Supported``; with TLS the same switch leaves ``h2`` out of ALPN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any
+
+import h11
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.tcp_server import TCPServer
+from priority.priority import DeadlockError, DuplicateStreamError, MissingStreamError, PriorityTree
+
+__all__ = [
+    "FairH2Protocol",
+    "GatewayHypercornConfig",
+    "H1OnlyCapableProtocol",
+    "RoundRobinScheduler",
+    "SerialisedTCPServer",
+    "install",
+    "installed",
+    "uninstall",
+]
+
+_H2_PREFACE_TARGET = (b"PRI", b"*", b"2.0")
+
+
+class SerialisedTCPServer(TCPServer):
+    """hypercorn's trio ``TCPServer`` with one gate for every write to the connection (see the module doc)."""
+
+    async def run(self) -> None:
+        """Serve the connection; a failure inside it ends this connection, not the worker.
+
+        When the connection is cancelled from outside (a server's hard shutdown deadline), its socket is
+        closed at once: a write blocked on a client that stopped reading is shielded and would
+        otherwise hold the connection, and the server, for as long as the client keeps it open.
+        """
+        self._served = False
+        try:
+            async with trio.open_nursery() as watcher:
+                watcher.start_soon(self._close_when_cancelled)
+                try:
+                    await super().run()  # its ``finally`` closes the stream, also when this raises
+                finally:
+                    self._served = True
+                    watcher.cancel_scope.cancel()
+        except* Exception:
+            await self.config.log.exception("connection failed; it was closed, other connections go on")
+
+    async def _close_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            if not self._served:  # cancelled from outside while the connection was still being served
+                await trio.aclose_forcefully(self.stream)
+
+    async def protocol_send(self, event: Event) -> None:
+        """Write ``RawData`` under ``send_lock`` with the wait shielded; other events as hypercorn does."""
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        broken = False
+        with trio.CancelScope(shield=True):
+            async with self.send_lock:
+                try:
+                    await self.stream.send_all(event.data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    broken = True
+        if broken:
+            await self.protocol.handle(Closed())
+
+    async def _close(self) -> None:
+        with trio.CancelScope(shield=True):
+            stream: trio.abc.Stream = self.stream
+            # ``locked()`` is also true when this very task holds the lock (a close triggered from
+            # inside a write): skipping the half-close is right then too, and avoids a re-acquire.
+            if isinstance(stream, trio.abc.HalfCloseableStream) and not self.send_lock.locked():
+                async with self.send_lock:  # free, and nothing yields before it is taken
+                    with contextlib.suppress(
+                        trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError
+                    ):
+                        await stream.send_eof()
+            await stream.aclose()
+
+
+class RoundRobinScheduler(PriorityTree):
+    """Which HTTP/2 stream of a connection sends its next frame: the streams with data, in turn.
+
+    Drop-in for the ``priority.PriorityTree`` hypercorn's ``H2Protocol`` schedules with (the methods it
+    calls: ``insert_stream``, ``block``, ``unblock``, ``remove_stream``, ``reprioritize``, ``next``).
+    A stream that gets data joins the back of the line; each ``next`` serves the front one and moves it
+    to the back.  RFC 7540 priority signals are ignored, as RFC 9113 §5.3.2 allows.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._known: set[int] = set()
+        self._ready: dict[int, None] = {}  # insertion order is the turn order
+
+    def insert_stream(self, stream_id: int, depends_on: int | None = None, weight: int = 16,
+                      exclusive: bool = False) -> None:
+        """A new stream, ready to send (hypercorn blocks it until the application writes)."""
+        if stream_id in self._known:
+            raise DuplicateStreamError(f"Stream {stream_id} already in tree")
+        self._known.add(stream_id)
+        self._ready[stream_id] = None
+
+    def reprioritize(self, stream_id: int, depends_on: int | None = None, weight: int = 16,
+                     exclusive: bool = False) -> None:
+        """PRIORITY frames change nothing (and never add streams)."""
+
+    def remove_stream(self, stream_id: int) -> None:
+        """The stream is done."""
+        self._require(stream_id)
+        self._known.discard(stream_id)
+        self._ready.pop(stream_id, None)
+
+    def block(self, stream_id: int) -> None:
+        """The stream has nothing to send (or no flow-control window)."""
+        self._require(stream_id)
+        self._ready.pop(stream_id, None)
+
+    def unblock(self, stream_id: int) -> None:
+        """The stream has something to send: it joins the line unless it is in it already."""
+        self._require(stream_id)
+        self._ready.setdefault(stream_id, None)
+
+    def __next__(self) -> int:
+        for stream_id in self._ready:
+            del self._ready[stream_id]
+            self._ready[stream_id] = None  # to the back of the line
+            return stream_id
+        raise DeadlockError("No unblocked streams to schedule.")
+
+    def _require(self, stream_id: int) -> None:
+        if stream_id not in self._known:
+            raise MissingStreamError(f"Stream {stream_id} not in tree")
+
+
+class FairH2Protocol(H2Protocol):
+    """hypercorn's HTTP/2 protocol with streams sending in turn (``RoundRobinScheduler``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.priority = RoundRobinScheduler()
+
+
+class H1OnlyCapableProtocol(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol that refuses h2c when the config says ``http2 = False``."""
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        if http2_enabled(self.config):
+            await super()._check_protocol(event)
+        # else: ``Upgrade: h2c`` is ignored (RFC 9110 §7.8 lets a server decline an upgrade) and the
+        # prior-knowledge preface goes on to ``_create_stream``, which refuses it.
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        preface = (request.method, request.target, request.http_version) == _H2_PREFACE_TARGET
+        if preface and not http2_enabled(self.config):
+            await self._send_error_response(505)
+            # No stream is created: the request's EndOfMessage then ends hypercorn's event loop
+            # (``self.stream is None``) and the closed socket ends the read loop.
+            await self.send(Closed())
+            return
+        await super()._create_stream(request)
+
+
+def http2_enabled(config: HypercornConfig) -> bool:
+    """Whether ``config`` allows HTTP/2 (a plain hypercorn ``Config`` does, as hypercorn always has)."""
+    return bool(getattr(config, "http2", True))
+
+
+class GatewayHypercornConfig(HypercornConfig):
+    """hypercorn's ``Config`` plus streamgw's HTTP/2 switch.
+
+    hypercorn's own ``run()`` pickles its config into each worker process it spawns; unpickling this
+    class there runs ``install()`` before the worker serves, so such workers get the fixes too.
+    """
+
+    #: accept HTTP/2: h2c (prior knowledge, ``Upgrade: h2c``) on cleartext, ALPN ``h2`` with TLS
+    http2: bool = True
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        install()
+        self.__dict__.update(state)
+
+
+#: the names hypercorn's trio worker looks up when it serves, and what ``install()`` puts there
+_PATCHES: tuple[tuple[str, str, type], ...] = (
+    ("hypercorn.trio.run", "TCPServer", SerialisedTCPServer),
+    ("hypercorn.protocol", "H11Protocol", H1OnlyCapableProtocol),
+    ("hypercorn.protocol", "H2Protocol", FairH2Protocol),
+)
+_ORIGINALS: dict[tuple[str, str], Any] = {}
+
+
+def install() -> None:
+    """Make hypercorn's trio worker serve connections with the classes above (idempotent).
+
+    Affects servers started after the call, in this process.
+    """
+    for module_name, name, replacement in _PATCHES:
+        module = importlib.import_module(module_name)
+        current = getattr(module, name)
+        if current is not replacement:
+            _ORIGINALS[module_name, name] = current
+            setattr(module, name, replacement)
+
+
+def uninstall() -> None:
+    """Put hypercorn's own classes back (for tests that show what the fix prevents)."""
+    for (module_name, name), original in list(_ORIGINALS.items()):
+        setattr(importlib.import_module(module_name), name, original)
+        del _ORIGINALS[module_name, name]
+
+
+def installed() -> bool:
+    """Whether hypercorn's trio worker currently uses ``SerialisedTCPServer``."""
+    module_name, name, replacement = _PATCHES[0]
+    return getattr(importlib.import_module(module_name), name) is replacement

@@ -1,0 +1,169 @@
+"""Helpers and fixtures for the HTTP/2 and TLS tests: a self-signed certificate, the gateway in-process
+(with or without the hypercorn fix) and as a ``streamgw serve`` process.  Test modules import the
+fixtures they use by name."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trustme
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from streamgw.app.routes import create_app
+from streamgw.cli import hypercorn_config
+from streamgw.config import Config, ProviderConfig
+from streamgw.serving import hypercorn_trio
+from streamgw.testing.chat_mock import ChatCompletionsMock
+from streamgw.testing.process import free_port, stop_process
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A certificate for 127.0.0.1 signed by a throwaway CA."""
+
+    certfile: Path
+    keyfile: Path
+    ca_pem: bytes
+
+    def client_context(self, alpn: tuple[str, ...] = ("h2",)) -> ssl.SSLContext:
+        context = ssl.create_default_context(cadata=self.ca_pem.decode())
+        context.set_alpn_protocols(list(alpn))
+        return context
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    folder = tmp_path_factory.mktemp("tls")
+    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    return TLSFiles(certfile, keyfile, ca.cert_pem.bytes())
+
+
+@pytest.fixture
+async def mock_port(nursery: trio.Nursery) -> int:
+    """A Chat Completions mock upstream in the test's own trio run."""
+    port: int = await nursery.start(ChatCompletionsMock().serve)
+    return port
+
+
+def gateway_config(mock_port: int, tls: TLSFiles | None = None, *, http2: bool = True) -> Config:
+    """The gateway with one provider ``mock`` on the mock upstream."""
+    provider = ProviderConfig(name="mock", type="chat", base_url=f"http://127.0.0.1:{mock_port}/v1")
+    config = Config(providers={"mock": provider})
+    server = replace(config.server, http2=http2)
+    if tls is not None:
+        server = replace(server, certfile=str(tls.certfile), keyfile=str(tls.keyfile))
+    return replace(config, server=server)
+
+
+@asynccontextmanager
+async def serving(config: Config, *, fixed: bool = True,
+                  tweak: Callable[[HypercornConfig], None] | None = None) -> AsyncIterator[int]:
+    """Serve the gateway in this trio run on a free port; ``fixed=False`` uses hypercorn's own classes.
+
+    ``tweak`` may change the hypercorn config first.  A failure of the server (the worker dying)
+    propagates out of the block as an exception group.
+    """
+    hc = hypercorn_config(config)  # installs the fix
+    hc.bind = ["127.0.0.1:0"]
+    hc.graceful_timeout = 0.5
+    if tweak is not None:
+        tweak(hc)
+    if not fixed:
+        hypercorn_trio.uninstall()
+    stop = trio.Event()
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(lambda task_status: serve(
+                create_app(config), hc, shutdown_trigger=shutdown_trigger, task_status=task_status))
+            try:
+                yield int(binds[0].rsplit(":", 1)[1])
+            finally:
+                stop.set()
+    finally:
+        hypercorn_trio.install()
+
+
+def find(group: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first ``kind`` inside a (nested) exception group, or None."""
+    if isinstance(group, kind):
+        return group
+    if isinstance(group, BaseExceptionGroup):
+        for inner in group.exceptions:
+            found = find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+# ------------------------------------------------------------------------------- as a process
+
+
+@dataclass
+class GatewayProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_serve(config_text: str, folder: Path, args: list[str], verify: Any = False) -> GatewayProcess:
+    """``python -m streamgw serve --config ... --port P *args``; wait for ``/healthz`` (https when TLS)."""
+    config = folder / "gw.toml"
+    config.write_text(config_text)
+    log = folder / "gw.log"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    cmd = [sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port),
+           "--log-level", "warning", *args]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    scheme = "https" if "--certfile" in args else "http"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{scheme}://127.0.0.1:{port}/healthz", timeout=1, verify=verify).status_code == 200:
+                return GatewayProcess(proc, port, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    stop_process(proc, timeout=2)
+    raise RuntimeError(f"gateway did not become healthy:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def mock_process() -> Iterator[int]:
+    """The Chat Completions mock as its own process (it gets the other core under load)."""
+    from streamgw.testing.process import start_mock
+
+    proc, port = start_mock([])
+    try:
+        yield port
+    finally:
+        stop_process(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
