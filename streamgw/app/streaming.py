@@ -262,6 +262,7 @@ class ResponsesEndpoint:
                 await exchange.write(encode_events(run.initial), more=False)
                 return
             await exchange.write(encode_events(run.initial))
+            run.initial = []  # the snapshots in them would otherwise live as long as the stream
 
             async def deliver(events: list[Event]) -> None:
                 if run.done:

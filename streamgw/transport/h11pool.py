@@ -148,6 +148,9 @@ class _Connection:
             raise httpx.RemoteProtocolError(_describe(exc)) from exc
         self.body = decoder = BodyDecoder(mode, length)
         leftover, self.eof = self.h11.trailing_data
+        # h11 is done with this response; a fresh one, ready for the next request, does not keep
+        # the parsed head and its receive buffer alive for as long as the body streams.
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_SIZE)
         self.pending = decoder.feed(bytes(leftover)) if leftover else b""
         self.keep_alive = (head.http_version == b"1.1" and not decoder.until_eof
                            and not _asks_close(head.headers) and not _asks_close(request.headers.raw))
@@ -516,7 +519,6 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         # Bytes past the end of the response would be misread as the next
         # response, so such a connection is closed too.
         if conn.keep_alive and conn.body.done and not conn.body.extra and not conn.eof:
-            conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_SIZE)
             conn.reused = True
             self._release(conn)
         else:

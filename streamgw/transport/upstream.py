@@ -45,9 +45,9 @@ class Upstream:
             url = self._urls[upstream.url] = httpx.URL(upstream.url)
         request = httpx.Request(upstream.method, url, headers=upstream.headers, content=upstream.body,
                                 extensions={"timeout": self.timeouts})
-        response = await self.transport.handle_async_request(request)
-        response.request = request
-        return response
+        # The response does not keep the request: its body (the whole conversation, often) would
+        # otherwise stay in memory for as long as the answer streams.
+        return await self.transport.handle_async_request(request)
 
 
 class UpstreamClients:
