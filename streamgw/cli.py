@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import os
+import resource
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -108,10 +109,25 @@ def _serve_workers(config: Config, sockets: Sockets, log_level: str) -> None:
     sys.exit(trio.run(Supervisor(config, sockets, log_level).run))
 
 
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard limit (a proxied stream holds two); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+    return hard
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``streamgw`` command."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limit = raise_open_file_limit()  # inherited by worker processes
+    if limit < 4096:
+        log.warning("open-file limit is %d: at most ~%d concurrent streams (raise it: ulimit -n, LimitNOFILE)",
+                    limit, limit // 2 - 50)
     try:
         config = load_config(args.config)
         if args.drain_timeout is not None and not 0 <= args.drain_timeout < float("inf"):

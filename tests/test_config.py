@@ -145,3 +145,18 @@ def test_http2_and_tls_from_file_and_environment(tmp_path: Path) -> None:
     for text, env, message in errors:
         with pytest.raises(ConfigError, match=message):
             load_config(write(tmp_path, text), env=env)
+
+
+def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from streamgw.cli import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if hard > 256:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert raise_open_file_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
