@@ -20,10 +20,11 @@ Results JSON (``results.json``, schema ``streamgw-bench/1``); times are millisec
     settings      the run's settings: quick, repeats, out_dir, http2, pin, knobs {ttft, token_delay, tokens,
                   token_bytes, fault_rate, heavy_tail, seed}, target {base_url, path, model, pid, api_key:
                   "set"|null} | null, open_levels [int], concurrencies [int], keep_raw, store, tls,
-                  h2_streams_per_connection
+                  h2_streams_per_connection, workers (``--workers``: every gateway's worker count)
     environment   cpu_model, cores, usable_cores, python, implementation, platform, git_commit (read from
                   .git, null outside a checkout), packages {name: version}, pinning {applied, gateway_cpus,
-                  load_cpus, mock_cpus, usable_cpus, reason, description}, open_files_limit [soft, hard], loadavg [3],
+                  load_cpus, mock_cpus, usable_cpus, reason, note (why the gateway got fewer cores than workers,
+                  or ""), description}, open_files_limit [soft, hard], loadavg [3],
                   memory_total_bytes
     targets       [{key, measure, floor, target, unit, measured, display, met, note}] — the issue's four
                   targets; met is "yes (target)" | "yes (floor)" | "no" | "n/a" | "n/a (--target)"
@@ -38,7 +39,8 @@ Results JSON (``results.json``, schema ``streamgw-bench/1``); times are millisec
         run: target, window_s, requests, completed_in_window, streams_per_s (completed requests/s),
              events_per_s, events_in_window, errors, error_kinds {kind: n}, held, headers_ms, first_event_ms,
              first_token_ms, total_ms, gaps_ms (distributions), events_per_request, bytes_per_request,
-             invariants {checked, failures}, gw_cpu_pct, gw_cpu_us_per_event, gw_cpu_us_per_request,
+             invariants {checked, failures}, gw_cpu_pct, gw_cpu_us_per_event, gw_cpu_us_per_request (the
+             gateway's CPU is its whole process tree's: with ``--workers N`` the supervisor and its workers),
              mock_cpu_pct, mock_cpu_us_per_request, load_core_busy_pct, gw_core_others_pct,
              loadgen_cpu_pct, loadgen_cpu_us_per_event, loadgen_capacity_per_s, first_event_p50_ms,
              first_event_p99_ms, total_p50_ms, total_p99_ms
@@ -52,7 +54,8 @@ Results JSON (``results.json``, schema ``streamgw-bench/1``); times are millisec
         levels [{streams, opened, ramp_s, window_s, loadgen_processes, events_per_s (delivered, median of
                  the window's thirds), delivered_ratio, gw_cpu_pct, gw_cpu_us_per_event, thirds [{events_per_s,
                  gw_cpu_pct, gw_cpu_us_per_event}], idle_rss_bytes, rss_bytes, rss_per_stream_kb, open_files,
-                 errors, error_kinds, held, gaps_ms, invariant_failures, ok}]
+                 errors, error_kinds, held, gaps_ms, invariant_failures, ok}] (RSS and open files: the
+                 gateway's whole process tree)
       hedging:
         config {model, hedge_delay_s, concurrency, pareto_alpha, ttft_scale_s}, median {single_p50_ms,
         single_p90_ms, single_p99_ms, single_max_ms, hedged_..., errors}, samples_ms {single, hedged},
@@ -63,6 +66,11 @@ Results JSON (``results.json``, schema ``streamgw-bench/1``); times are millisec
       http_versions (scenario 7, ``--compare-http2``): the rows above plus
         config {concurrency, model, tls, http1_connections, h2_connections, h2_streams_per_connection},
         comparison {http1_streams_per_s, h2_streams_per_s, h2_over_http1, errors}
+      workers (scenario 8, ``--compare-workers``): the rows above (target "1 worker" | "2 workers"; each run
+        also has worker_cpu_pct [% of a core per worker], and each median the per-worker medians) plus
+        config {concurrency, model, http2, tls, configurations [{name, workers, pinned, cpus [int], pinning}]},
+        comparison {workers_1_streams_per_s, workers_2_streams_per_s, ratio_2_over_1, errors}, note (what the
+        pinning let the comparison show)
 
 The load generator's own output (``raw/*.out.json``) is documented in ``bench.loadgen``.
 """

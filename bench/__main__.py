@@ -4,6 +4,8 @@
     python -m bench                              # the full run (at most ~15 minutes)
     python -m bench --scenarios 1,2 --repeats 5  # pick scenarios
     python -m bench --quick --compare-http2      # also HTTP/1.1 vs HTTP/2 streams/s at c=64 (scenario 7)
+    python -m bench --quick --compare-workers    # also a 1-worker vs a 2-worker gateway at c=64 (scenario 8)
+    python -m bench --workers 2                  # every scenario against ``streamgw serve --workers 2``
     python -m bench --http2 --tls                # scenarios 1-6 over HTTP/2 with TLS (ALPN h2)
     python -m bench --target https://gw.example/ --api-key KEY --model gpt-4o-mini [--path /v1/chat/completions]
 
@@ -45,6 +47,16 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamgw-bench", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -60,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="the gateway serves HTTPS with a throwaway certificate (needs trustme); clients trust it")
     p.add_argument("--compare-http2", action="store_true",
                    help="add scenario 7: the same gateway at c=64 over HTTP/1.1 and over HTTP/2, interleaved")
+    p.add_argument("--workers", type=_positive, default=1, metavar="N",
+                   help="start every gateway with `streamgw serve --workers N` (default 1; CPU and RSS are the "
+                        "whole process tree's; pinned to N cores when the machine has N plus one for the client side)")
+    p.add_argument("--compare-workers", action="store_true",
+                   help="add scenario 8: a 1-worker and a 2-worker gateway at c=64, interleaved")
     p.add_argument("--h2-streams-per-connection", type=int, default=100, metavar="N",
                    help="HTTP/2 load: concurrent streams per connection (default 100: c=64 is one connection)")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores with taskset")
@@ -97,13 +114,17 @@ def settings_from_args(args: argparse.Namespace, out_dir: Path) -> Settings:
     return Settings(quick=args.quick, repeats=repeats, out_dir=out_dir, http2=args.http2, pin=not args.no_pin,
                     knobs=knobs, target=target, open_levels=levels, concurrencies=args.concurrency,
                     keep_raw=args.keep_raw, store=args.store, tls=args.tls,
-                    h2_streams_per_connection=max(1, args.h2_streams_per_connection))
+                    h2_streams_per_connection=max(1, args.h2_streams_per_connection), workers=args.workers)
 
 
 def selected_scenarios(args: argparse.Namespace) -> tuple[int, ...]:
-    """``--scenarios``, plus 7 with ``--compare-http2``."""
+    """``--scenarios``, plus 7 with ``--compare-http2`` and 8 with ``--compare-workers``."""
     chosen = tuple(args.scenarios)
-    return (*chosen, 7) if args.compare_http2 and 7 not in chosen else chosen
+    if args.compare_http2 and 7 not in chosen:
+        chosen = (*chosen, 7)
+    if args.compare_workers and 8 not in chosen:
+        chosen = (*chosen, 8)
+    return chosen
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,10 @@
 
 Everything runs as a real process on 127.0.0.1.  Where the machine has at least two usable cores and
 ``taskset``, the gateway is pinned to one core and the mock, the load generators and this orchestrator to
-another (``Pinning``), so the gateway's CPU figures are its own.
+another (``Pinning``), so the gateway's CPU figures are its own.  A gateway with N workers
+(``streamgw serve --workers N``: a supervisor and N worker processes) gets N cores when the machine has N
+plus one for the client side, else it shares the one gateway core; its CPU and RSS are those of the whole
+process tree (``tree_cpu_seconds``, ``Sampler.watch(pid, tree=True)``).
 
 The mock is ``streamgw.testing.chat_mock`` run by ``python -m bench.procs mock`` (the same knobs), plus two
 bench-only paths: ``GET /bench/disconnects`` answers the ``time.monotonic()`` of every client disconnect the
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -59,10 +63,17 @@ class Pinning:
     reason: str = ""
     usable_cpus: tuple[int, ...] = ()
     mock_cpus: tuple[int, ...] = ()
+    #: why the gateway has fewer cores than were asked for (empty when it has them all)
+    note: str = ""
 
-    def gateway_prefix(self) -> list[str]:
-        """Command prefix that pins the gateway (empty when not pinned)."""
-        return _taskset(self.gateway_cpus) if self.applied else []
+    def gateway_cores(self, workers: int = 1) -> tuple[int, ...]:
+        """The cores a gateway with ``workers`` workers is pinned to: one per worker from the gateway's cores,
+        as many as there are (empty when not pinned)."""
+        return self.gateway_cpus[:max(1, workers)] if self.applied else ()
+
+    def gateway_prefix(self, workers: int = 1) -> list[str]:
+        """Command prefix that pins a gateway with ``workers`` workers (empty when not pinned)."""
+        return _taskset(self.gateway_cores(workers)) if self.applied else []
 
     def load_prefix(self) -> list[str]:
         """Command prefix that pins the load generators."""
@@ -82,15 +93,20 @@ class Pinning:
         if not self.applied:
             return f"not pinned ({self.reason})"
         gateway, load = _cpus(self.gateway_cpus), _cpus(self.load_cpus)
+        if len(self.gateway_cpus) > 1:
+            gateway += " (one per worker, from the first)"
         if not self.mock_cpus or self.mock_cpus == self.load_cpus:
-            return f"gateway on CPU {gateway}; mock, load generator and bench on CPU {load}"
-        return f"gateway on CPU {gateway}; mock on CPU {_cpus(self.mock_cpus)}; load generator and bench on CPU {load}"
+            text = f"gateway on CPU {gateway}; mock, load generator and bench on CPU {load}"
+        else:
+            text = (f"gateway on CPU {gateway}; mock on CPU {_cpus(self.mock_cpus)}; load generator and bench on "
+                    f"CPU {load}")
+        return f"{text} ({self.note})" if self.note else text
 
     def to_json(self) -> Json:
         """The JSON form recorded in the results."""
         return {"applied": self.applied, "gateway_cpus": list(self.gateway_cpus), "mock_cpus": list(self.mock_cpus),
                 "load_cpus": list(self.load_cpus), "usable_cpus": list(self.usable_cpus), "reason": self.reason,
-                "description": self.describe()}
+                "note": self.note, "description": self.describe()}
 
 
 def _taskset(cpus: tuple[int, ...]) -> list[str]:
@@ -101,8 +117,14 @@ def _cpus(cpus: tuple[int, ...]) -> str:
     return ",".join(str(c) for c in cpus)
 
 
-def plan_pinning(wanted: bool, usable: Sequence[int] | None = None, has_taskset: bool | None = None) -> Pinning:
-    """Pin when asked, ``taskset`` exists and at least two cores are usable (defaults: this process's)."""
+def plan_pinning(wanted: bool, usable: Sequence[int] | None = None, has_taskset: bool | None = None,
+                 gateway_cores: int = 1) -> Pinning:
+    """Pin when asked, ``taskset`` exists and at least two cores are usable (defaults: this process's).
+
+    The gateway gets ``gateway_cores`` cores (its largest worker count) when that leaves at least one for the
+    client side, else one.  The next core is the mock's; the load generators get the rest, or share the
+    mock's core when there is no rest.
+    """
     cpus = tuple(sorted(os.sched_getaffinity(0) if usable is None else usable))
     if not wanted:
         return Pinning(False, reason="disabled with --no-pin", usable_cpus=cpus)
@@ -110,9 +132,15 @@ def plan_pinning(wanted: bool, usable: Sequence[int] | None = None, has_taskset:
         return Pinning(False, reason=f"only {len(cpus)} usable core", usable_cpus=cpus)
     if not (shutil.which("taskset") is not None if has_taskset is None else has_taskset):
         return Pinning(False, reason="taskset not found", usable_cpus=cpus)
-    gateway, mock = cpus[:1], cpus[1:2]
-    load = cpus[2:] if len(cpus) >= 3 else mock
-    return Pinning(True, gateway, load, usable_cpus=cpus, mock_cpus=mock)
+    wanted_cores = max(1, gateway_cores)
+    count = wanted_cores if len(cpus) >= wanted_cores + 1 else 1
+    note = "" if count == wanted_cores else (
+        f"{wanted_cores} gateway cores wanted but only {len(cpus)} usable and the client side needs one: "
+        f"every gateway shares CPU {cpus[0]}")
+    gateway, rest = cpus[:count], cpus[count:]
+    mock = rest[:1]
+    load = rest[1:] if len(rest) >= 2 else mock
+    return Pinning(True, gateway, load, usable_cpus=cpus, mock_cpus=mock, note=note)
 
 
 def pin_self(pinning: Pinning) -> None:
@@ -191,6 +219,64 @@ def rss_bytes(pid: int) -> int:
         return int(fh.read().split()[1]) * _PAGE
 
 
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (``/proc/PID/task/*/children`` where the kernel has it, else a scan
+    of every ``/proc/*/stat`` for the parent id)."""
+    found: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    try:
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as fh:
+                found.update(int(x) for x in fh.read().split())
+        return sorted(found)
+    except FileNotFoundError:
+        pass  # a kernel without CONFIG_PROC_CHILDREN
+    except OSError:
+        return []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == pid:
+            found.add(int(entry))
+    return sorted(found)
+
+
+def tree_cpu_seconds(pid: int, children: Sequence[int]) -> float:
+    """CPU seconds of ``pid`` and its ``children``: its own user + system time, its reaped children's (the
+    kernel adds a child's time to its parent's ``cutime``/``cstime`` when the parent waits for it, so a worker
+    that exited and was replaced still counts), and each live child's.  A child gone since ``children`` was
+    read is skipped (its time shows up in the parent's once reaped)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14)) / _CLK_TCK
+    for child in children:
+        try:
+            total += cpu_seconds(child)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def tree_rss_bytes(pid: int, children: Sequence[int] | None = None) -> int:
+    """RSS of ``pid`` plus its children's (default: its children now).  Pages the processes share (libraries)
+    count once per process, so for N workers this overstates the memory a little."""
+    total = rss_bytes(pid)
+    for child in children_of(pid) if children is None else children:
+        try:
+            total += rss_bytes(child)
+        except OSError:
+            pass
+    return total
+
+
 def core_busy_seconds(cores: Sequence[int]) -> dict[int, float]:
     """Busy (non-idle, non-iowait) seconds of each core since boot, from /proc/stat."""
     wanted = {f"cpu{c}".encode(): c for c in cores}
@@ -214,6 +300,14 @@ def open_fds(pid: int) -> int:
         return -1
 
 
+def tree_open_fds(pid: int) -> int:
+    """Open file descriptors of ``pid`` and its children (-1 when ``pid``'s are not readable)."""
+    own = open_fds(pid)
+    if own < 0:
+        return own
+    return own + sum(max(0, open_fds(child)) for child in children_of(pid))
+
+
 @dataclass
 class _Series:
     times: list[float] = field(default_factory=list)
@@ -222,21 +316,30 @@ class _Series:
 
 
 class Sampler:
-    """Samples CPU time and RSS of some processes, and busy time of some cores, in a daemon thread."""
+    """Samples CPU time and RSS of some processes, and busy time of some cores, in a daemon thread.
 
-    def __init__(self, interval: float = 0.05) -> None:
+    A process watched with ``tree=True`` is sampled with its children (a supervisor and its workers): CPU by
+    ``tree_cpu_seconds``, RSS summed.  The children are looked up again every ``tree_refresh`` seconds and
+    whenever one of them is gone, so a restarted worker is picked up.
+    """
+
+    def __init__(self, interval: float = 0.05, tree_refresh: float = 1.0) -> None:
         self.interval = interval
+        self.tree_refresh = tree_refresh
         self._series: dict[int, _Series] = {}
+        self._trees: dict[int, tuple[float, list[int]]] = {}  # root -> (when its children were read, children)
         self._cores: dict[int, _Series] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
         self._thread.start()
 
-    def watch(self, pid: int) -> None:
-        """Start sampling ``pid``."""
+    def watch(self, pid: int, *, tree: bool = False) -> None:
+        """Start sampling ``pid`` (``tree``: with its child processes, summed)."""
         with self._lock:
             self._series.setdefault(pid, _Series())
+            if tree:
+                self._trees[pid] = (-math.inf, [])
         self._sample(pid)
 
     def watch_cores(self, cores: Sequence[int]) -> None:
@@ -250,6 +353,7 @@ class Sampler:
         """Stop sampling ``pid`` (it is gone)."""
         with self._lock:
             self._series.pop(pid, None)
+            self._trees.pop(pid, None)
 
     def close(self) -> None:
         """Stop the thread."""
@@ -275,9 +379,28 @@ class Sampler:
                 self._cores[core].times.append(now)
                 self._cores[core].cpu.append(seconds)
 
+    def _children(self, root: int) -> list[int] | None:
+        """The children of a tree-watched ``root`` (refreshed when due or one is gone); None: not a tree."""
+        with self._lock:
+            entry = self._trees.get(root)
+        if entry is None:
+            return None
+        read_at, children = entry
+        now = time.monotonic()
+        if now - read_at >= self.tree_refresh or not all(os.path.exists(f"/proc/{c}") for c in children):
+            children = children_of(root)
+            with self._lock:
+                if root in self._trees:
+                    self._trees[root] = (now, children)
+        return children
+
     def _sample(self, pid: int) -> None:
+        children = self._children(pid)
         try:
-            now, cpu, rss = time.monotonic(), cpu_seconds(pid), rss_bytes(pid)
+            if children is None:
+                now, cpu, rss = time.monotonic(), cpu_seconds(pid), rss_bytes(pid)
+            else:
+                now, cpu, rss = time.monotonic(), tree_cpu_seconds(pid, children), tree_rss_bytes(pid, children)
         except (OSError, IndexError, ValueError):
             return
         with self._lock:
@@ -407,11 +530,20 @@ class GatewayProcess:
     log: Path
     #: the CA to trust when ``url`` is https (the bench's own certificate)
     ca_file: str | None = None
+    #: ``streamgw serve --workers``: 1 is one process; more are a supervisor (``pid``) and its workers
+    workers: int = 1
+    #: the cores it is pinned to (empty: not pinned)
+    cpus: tuple[int, ...] = ()
 
     @property
     def pid(self) -> int:
-        """The gateway's process id (``taskset`` execs, so it is the Python process)."""
+        """The gateway's process id (``taskset`` execs, so it is the Python process); with workers, the
+        supervisor's."""
         return self.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve: the workers (the supervisor's children), or the gateway itself."""
+        return children_of(self.pid) if self.workers > 1 else [self.pid]
 
     def verify(self) -> ssl.SSLContext | bool:
         """What an httpx client needs to trust this gateway."""
@@ -431,7 +563,7 @@ def gateway_config(mock_url: str, hedge_model: str, hedge_delay: float, store: s
     provider = f'type = "chat"\nbase_url = "{mock_url}"\nmax_connections = 20000\n'
     path = f'path = "{store_path}"\n' if store == "sqlite" and store_path is not None else ""
     return (
-        "[server]\ngraceful_timeout = 1\n\n"
+        "[server]\ndrain_timeout = 1\ngraceful_timeout = 1\n\n"
         f'[store]\nbackend = "{store}"\n{path}\n'
         f"[providers.mock]\n{provider}\n[providers.mock_b]\n{provider}\n"
         "[timeouts]\nconnect = 5\nfirst_token = 120\nidle = 60\nkeepalive = 15\n\n"
@@ -441,31 +573,68 @@ def gateway_config(mock_url: str, hedge_model: str, hedge_delay: float, store: s
 
 
 def launch_gateway(config_text: str, workdir: Path, prefix: Sequence[str], name: str = "gateway", *,
-                   tls: TLSFiles | None = None) -> GatewayProcess:
-    """Write the config and start ``streamgw serve --http2`` under ``prefix`` (HTTPS with ``tls``); wait until healthy.
+                   tls: TLSFiles | None = None, workers: int = 1, cpus: Sequence[int] = ()) -> GatewayProcess:
+    """Write the config and start ``streamgw serve --http2 --workers N`` under ``prefix`` (HTTPS with ``tls``);
+    wait until healthy and, with several workers, until every worker has answered ``/readyz``.
 
     ``--http2`` is explicit: the same port then serves HTTP/1.1 and h2 (h2c prior knowledge, or ALPN over TLS).
+    ``cpus`` is only recorded (``prefix`` does the pinning).
     """
     config = workdir / f"{name}.toml"
     config.write_text(config_text)
     log = workdir / f"{name}.log"
-    args = ["--log-level", "warning", "--http2"]
+    args = ["--log-level", "warning", "--http2", "--workers", str(max(1, workers))]
     if tls is None:
         proc, url = start_gateway(config, log, prefix=list(prefix), extra_args=args)
-        return GatewayProcess(proc, url, log)
-    args += ["--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile)]
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    cmd = [*prefix, sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port), *args]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    gateway = GatewayProcess(proc, f"https://127.0.0.1:{port}", log, str(tls.ca_file))
+        gateway = GatewayProcess(proc, url, log, workers=max(1, workers), cpus=tuple(cpus))
+    else:
+        args += ["--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile)]
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        cmd = [*prefix, sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port),
+               *args]
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        gateway = GatewayProcess(proc, f"https://127.0.0.1:{port}", log, str(tls.ca_file), max(1, workers),
+                                 tuple(cpus))
     try:
-        _wait_healthy(gateway)
+        if tls is not None:
+            _wait_healthy(gateway)
+        if gateway.workers > 1:
+            wait_workers_ready(gateway)
     except BaseException:
-        stop_process(proc, timeout=2)
+        stop_process(proc, timeout=5)
         raise
     return gateway
+
+
+def wait_workers_ready(gateway: GatewayProcess, timeout: float = 20) -> list[int]:
+    """Wait until the supervisor has ``gateway.workers`` children and each has answered ``/readyz`` (each
+    request on a new connection, so the workers' race for ``accept`` spreads them); return the workers' pids.
+
+    ``/healthz`` answering only says that one worker serves; a run started then would load the others'
+    share onto it while they start.
+    """
+    verify = gateway.verify()
+    seen: set[int] = set()
+    workers: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gateway.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {gateway.proc.returncode}:\n{gateway.log.read_text()}")
+        workers = children_of(gateway.pid)
+        if len(workers) >= gateway.workers:
+            try:
+                answer = httpx.get(gateway.url + "/readyz", timeout=1, verify=verify)
+                if answer.status_code == 200:
+                    seen.add(int(answer.json()["pid"]))
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if set(workers) <= seen:
+                return workers
+        time.sleep(0.02)
+    raise RuntimeError(f"{gateway.workers} workers not ready within {timeout:g} s (children {workers}, answered "
+                       f"/readyz: {sorted(seen)}):\n{gateway.log.read_text()}")
 
 
 def _wait_healthy(gateway: GatewayProcess, timeout: float = 20) -> None:

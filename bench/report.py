@@ -224,7 +224,8 @@ def _conditions(results: Json) -> list[str]:
         f"- mode: **{results['mode']}**, {results.get('duration_s', '?')} s, started {results['started_at']}",
         f"- machine: {env['cpu_model']}, {env['cores']} cores ({env['usable_cores']} usable), "
         f"Python {env['python']}, {env['platform']}",
-        f"- pinning: {pin}; gateway response store: {results['settings'].get('store', 'sqlite')}",
+        f"- pinning: {pin}; gateway response store: {results['settings'].get('store', 'sqlite')}; "
+        f"gateway workers: {results['settings'].get('workers', 1)} (scenario 8: 1 and 2)",
         f"- git commit: {env.get('git_commit') or 'unknown'}; packages: "
         + ", ".join(f"{k} {v}" for k, v in env["packages"].items()),
         f"- load average at start: {', '.join(f'{x:.2f}' for x in env['loadavg'])} "
@@ -248,7 +249,7 @@ def warnings(results: Json) -> list[str]:
                          "of the gateway's core")
         if lv.get("opened", 0) < lv["streams"]:
             found.append(f"open_streams {lv['streams']}: only {lv['opened']} streams opened within the ramp limit")
-    for key in ("throughput", "non_streamed", "http_versions"):
+    for key in ("throughput", "non_streamed", "http_versions", "workers"):
         for row in (results["scenarios"].get(key) or {}).get("rows", []):
             m, where = row["median"], f"{key} {row['target']} c={row['concurrency']}"
             if row["target"] != "direct" and (m.get("load_core_busy_pct") or 0) >= 90:
@@ -308,6 +309,47 @@ def _http_versions_md(s: Json) -> list[str]:
     return [*_throughput_md(s, "7. HTTP/1.1 vs HTTP/2")[:2], intro, "", *_throughput_md(s, "")[2:]]
 
 
+def _workers_md(s: Json) -> list[str]:
+    cfg, cmp = s.get("config") or {}, s.get("comparison") or {}
+    pinning = {c["name"]: c["pinning"] for c in cfg.get("configurations", [])}
+    workers = {c["name"]: c["workers"] for c in cfg.get("configurations", [])}
+    intro = (f"A gateway with 1 worker and one with 2 workers (`streamgw serve --workers 2`: a supervisor and two "
+             f"worker processes on one socket), both running, `{cfg.get('model')}` at c={cfg.get('concurrency')}"
+             f"{' over HTTP/2' if cfg.get('http2') else ''}{' with TLS' if cfg.get('tls') else ''}; runs "
+             f"interleaved, medians. Gateway CPU is the whole process tree's (supervisor and workers). "
+             f"**1 worker {_fmt(cmp.get('workers_1_streams_per_s'))} streams/s, 2 workers "
+             f"{_fmt(cmp.get('workers_2_streams_per_s'))} streams/s** (2/1 = {_fmt(cmp.get('ratio_2_over_1'), 2)}).")
+    headers = ["workers", "pinning", "streams/s", "TTFE p50 ms", "GW CPU µs/event", "GW CPU %",
+               "CPU % per worker", "errors"]
+    rows = []
+    for r in sorted(s.get("rows", []), key=lambda r: workers.get(r["target"], 0)):
+        m = r["median"]
+        shares = " / ".join(_fmt(v) for v in m.get("worker_cpu_pct") or []) or "—"
+        rows.append([workers.get(r["target"], r["target"]), pinning.get(r["target"], "—"), m["streams_per_s"],
+                     _fmt(m["first_event_p50_ms"], 3), m["gw_cpu_us_per_event"], m["gw_cpu_pct"], shares,
+                     m["errors"]])
+    checked = sum(r["invariants_checked"] for r in s.get("rows", []))
+    failures = [f for r in s.get("rows", []) for f in r["invariant_failures"]]
+    note = [f"Note: {s['note']}", ""] if s.get("note") else []
+    shared = _workers_shared_core(s)
+    if shared:
+        note += [f"Note: {shared}", ""]
+    return ["## 8. 1 vs 2 gateway workers", "", intro, "", *_table(headers, rows), "", *note,
+            f"Invariants checked on {checked} sampled streams: {len(failures)} failures.",
+            *[f"- {f}" for f in failures[:3]], ""]
+
+
+def _workers_shared_core(s: Json) -> str:
+    """When other processes used the gateway's core during scenario 8: why streams/s do not compare then."""
+    others = {r["target"]: r["median"].get("gw_core_others_pct") for r in s.get("rows", [])}
+    if max((v for v in others.values() if v is not None), default=0) < 10:
+        return ""
+    each = ", ".join(f"{_fmt(v)}% ({name})" for name, v in sorted(others.items()))
+    return (f"other processes used the gateway's core during these runs: {each}. The kernel shares a busy core "
+            "per process, so two workers get a larger share of it than one: compare GW CPU µs/event here, "
+            "not streams/s.")
+
+
 def _ttfe_md(s: Json) -> list[str]:
     headers = ["c", "gateway TTFE p50/p90/p99 ms", "direct TTFT p50/p90/p99 ms", "added p50 ms", "added p99 ms",
                "paired added p50 ms", "GW µs/event", "errors"]
@@ -360,6 +402,7 @@ def _scenario_md(name: str, s: Json) -> list[str]:
         "ttfe": _ttfe_md, "open_streams": _open_md,
         "non_streamed": lambda x: _throughput_md(x, "4. Non-streamed requests"),
         "hedging": _hedging_md, "cancellation": _cancel_md, "http_versions": _http_versions_md,
+        "workers": _workers_md,
     }
     return writers[name](s)
 
@@ -541,6 +584,18 @@ def summary(results: Json, out: Path) -> str:
     if cmp:
         lines.append(f"HTTP/1.1 vs HTTP/2 at c=64: {_fmt(cmp['http1_streams_per_s'])} vs "
                      f"{_fmt(cmp['h2_streams_per_s'])} streams/s (h2/h1 = {_fmt(cmp['h2_over_http1'], 2)})")
+    workers = results["scenarios"].get("workers") or {}
+    if workers.get("comparison"):
+        cmp, cfg = workers["comparison"], workers.get("config") or {}
+        where = {c["workers"]: c["pinning"] for c in cfg.get("configurations", [])}
+        cpus = [c["cpus"] for c in cfg.get("configurations", [])]
+        same = len(cpus) == 2 and cpus[0] and cpus[0] == cpus[1]
+        lines.append(f"1 vs 2 gateway workers at c=64: {_fmt(cmp['workers_1_streams_per_s'])} "
+                     f"({where.get(1, '?')}) vs {_fmt(cmp['workers_2_streams_per_s'])} ({where.get(2, '?')}) "
+                     f"streams/s (2/1 = {_fmt(cmp['ratio_2_over_1'], 2)}, errors {cmp['errors']})"
+                     + ("; one core for both, so no scaling gain can show" if same else "")
+                     + ("; other processes used the gateway's core, see the report" if _workers_shared_core(workers)
+                        else ""))
     for name, scenario in results["scenarios"].items():
         if scenario.get("error"):
             lines.append(f"! scenario {name} failed: {scenario['error']}")

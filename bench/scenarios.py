@@ -1,4 +1,4 @@
-"""The bench's scenarios (six by default, a seventh on request) and the statistics they report.
+"""The bench's scenarios (six by default, a seventh and an eighth on request) and the statistics they report.
 
 Each scenario is a function ``(Bench) -> Json`` registered in ``SCENARIOS`` under its number; ``run_suite``
 runs the selected ones and returns the whole results document (schema in ``bench/__init__.py``).  Every
@@ -23,13 +23,21 @@ so slow drift of a shared machine hits all of them alike); the per-run figures a
 7. ``http_versions`` (not in the default set: ``--compare-http2`` or ``--scenarios 7``): scenario 1's streams
    at concurrency 64 over HTTP/1.1 (64 connections) and over HTTP/2 (``h2_streams_per_connection`` streams
    per connection), against the same gateway, interleaved; streams/s, TTFE and gateway CPU of both.
+8. ``workers`` (not in the default set: ``--compare-workers`` or ``--scenarios 8``): scenario 1's streams at
+   concurrency 64 against a gateway with 1 worker and one with 2 workers (``streamgw serve --workers 2``: a
+   supervisor and two worker processes on one socket), both running, runs interleaved; streams/s, TTFE, and
+   the gateway's CPU summed over its whole process tree, with each worker's share.  The 1-worker gateway is
+   pinned to the gateway core; the 2-worker one to two gateway cores when the machine has three or more,
+   else to the same single core (then it cannot show a scaling gain; the report says so).
+
+``--workers N`` starts every other gateway of the run with N workers (CPU and RSS over the process tree).
 
 The gateway is always started with ``--http2`` (it then serves HTTP/1.1 and h2 on one port); ``--http2``
 makes scenarios 1-6 talk h2 to it, ``--tls`` makes it serve HTTPS with a throwaway certificate (HTTP/2
 then by ALPN).
 
 With ``--target`` only 1-4 and 7 run, against that endpoint, and report client-side figures (and the CPU/RSS of
-``--target-pid`` when given); 5 and 6 need the bench's own mock.
+``--target-pid`` when given); 5, 6 and 8 need the bench's own mock and gateways.
 """
 
 from __future__ import annotations
@@ -63,8 +71,9 @@ from bench.procs import (
     open_fds,
     pin_self,
     plan_pinning,
-    rss_bytes,
     start_bench_mock,
+    tree_open_fds,
+    tree_rss_bytes,
 )
 from bench.report import Progress
 
@@ -143,6 +152,7 @@ class Settings:
     store: str = "sqlite"  # the gateway's [store] backend (sqlite is what a default deployment runs)
     tls: bool = False  # the gateway serves HTTPS (a throwaway certificate); the load generators trust it
     h2_streams_per_connection: int = 100  # HTTP/2 load: concurrent streams a connection carries
+    workers: int = 1  # ``streamgw serve --workers`` of every gateway the run starts (scenario 8: 1 and 2)
 
     @property
     def duration(self) -> float:
@@ -237,11 +247,14 @@ def summarize_target(phase: Json, index: int, window: tuple[float, float] | None
 class Bench:
     """The processes and helpers scenarios share: mock, gateway, sampler, load runs, progress."""
 
-    def __init__(self, settings: Settings, progress: Progress) -> None:
+    def __init__(self, settings: Settings, progress: Progress, gateway_cores: int | None = None) -> None:
+        """``gateway_cores``: the most workers any gateway of the run has (default ``settings.workers``)."""
         self.settings = settings
         self.progress = progress
         local = settings.target is None
-        self.pinning = plan_pinning(settings.pin) if local else Pinning(False, reason="--target: nothing to pin")
+        cores = max(settings.workers, gateway_cores or 1)
+        self.pinning = plan_pinning(settings.pin, gateway_cores=cores) if local else Pinning(
+            False, reason="--target: nothing to pin")
         pin_self(self.pinning)
         self.sampler = Sampler()
         self.sampler.watch_cores([*self.pinning.gateway_cpus, *self.pinning.client_cpus])
@@ -271,21 +284,28 @@ class Bench:
             self._gateway = self.new_gateway("gateway")
         return self._gateway
 
-    def new_gateway(self, name: str) -> GatewayProcess:
-        """A fresh gateway process (pinned), watched by the sampler."""
+    def new_gateway(self, name: str, workers: int | None = None) -> GatewayProcess:
+        """A fresh gateway (pinned) with ``workers`` workers (default ``--workers``), watched by the sampler:
+        its whole process tree, and each worker on its own."""
+        workers = max(1, workers or self.settings.workers)
         knobs = self.settings.knobs
         ttft = knobs.ttft or _HEDGE_TTFT
         alpha = knobs.heavy_tail or _HEDGE_ALPHA
         hedge_model = f"text:tokens=20,ttft={ttft},heavy_tail={alpha}"
         db = self.settings.out_dir / f"{name}.db"
         config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db)
-        gateway = launch_gateway(config, self.settings.out_dir, self.pinning.gateway_prefix(), name, tls=self.tls)
-        self.sampler.watch(gateway.pid)
+        gateway = launch_gateway(config, self.settings.out_dir, self.pinning.gateway_prefix(workers), name,
+                                 tls=self.tls, workers=workers, cpus=self.pinning.gateway_cores(workers))
+        self.sampler.watch(gateway.pid, tree=True)
+        if workers > 1:
+            for pid in gateway.worker_pids():
+                self.sampler.watch(pid)
         return gateway
 
     def stop_gateway(self, gateway: GatewayProcess) -> None:
         """Stop a gateway started with ``new_gateway``."""
-        self.sampler.forget(gateway.pid)
+        for pid in {gateway.pid, *gateway.worker_pids()}:
+            self.sampler.forget(pid)
         gateway.stop()
 
     def close(self) -> None:
@@ -359,8 +379,11 @@ class Bench:
         phases_out: list[Json] = results[0]["phases"]
         return phases_out
 
-    def usage(self, t0: float, t1: float, events: int, requests: int, pid: int | None = None) -> Json:
-        """Server (``pid``, default the shared gateway) and mock CPU over a window: % of a core, µs per unit."""
+    def usage(self, t0: float, t1: float, events: int, requests: int, pid: int | None = None,
+              gateway_cpus: Sequence[int] | None = None) -> Json:
+        """Server (``pid``, default the shared gateway; a gateway's whole process tree) and mock CPU over a window:
+        % of a core, µs per unit.  ``gateway_cpus``: the cores that server is pinned to (default: the cores of a
+        ``--workers`` gateway)."""
         span = max(t1 - t0, 1e-9)
         pid = pid or self.server_pid()
         cpu = self.sampler.cpu_between(pid, t0, t1) if pid else None
@@ -372,17 +395,27 @@ class Bench:
             "mock_cpu_pct": _r(100 * mock_cpu / span, 1) if mock_cpu is not None else None,
             "mock_cpu_us_per_request": _r(1e6 * mock_cpu / requests, 1) if mock_cpu is not None and requests
             else None,
-            **self._cores_usage(t0, t1, cpu),
+            **self._cores_usage(t0, t1, cpu, gateway_cpus),
         }
 
-    def _cores_usage(self, t0: float, t1: float, gateway_cpu: float | None) -> Json:
-        """How busy the pinned cores were: the busiest client-side core, the gateway's core without the gateway."""
+    def worker_cpu_pct(self, gateway: GatewayProcess, t0: float, t1: float) -> list[float | None]:
+        """Each worker's CPU over a window, % of a core (the gateway itself when it has one worker)."""
+        span = max(t1 - t0, 1e-9)
+        shares = [self.sampler.cpu_between(pid, t0, t1) for pid in gateway.worker_pids()]
+        return [_r(100 * cpu / span, 1) if cpu is not None else None for cpu in shares]
+
+    def _cores_usage(self, t0: float, t1: float, gateway_cpu: float | None,
+                     gateway_cpus: Sequence[int] | None = None) -> Json:
+        """How busy the pinned cores were: the busiest client-side core, the gateway's cores without the gateway
+        (% of one core, summed over its cores)."""
         if not self.pinning.applied:
             return {"load_core_busy_pct": None, "gw_core_others_pct": None}
         span = max(t1 - t0, 1e-9)
         busy = [self.sampler.core_busy_between(c, t0, t1) for c in self.pinning.client_cpus]
         load = max((b for b in busy if b is not None), default=None)
-        gw_core = self.sampler.core_busy_between(self.pinning.gateway_cpus[0], t0, t1)
+        cores = gateway_cpus or self.pinning.gateway_cores(self.settings.workers)
+        per_core = [self.sampler.core_busy_between(c, t0, t1) for c in cores]
+        gw_core = sum(b for b in per_core if b is not None) if all(b is not None for b in per_core) else None
         others = gw_core - gateway_cpu if gw_core is not None and gateway_cpu is not None else None
         return {"load_core_busy_pct": _r(100 * load / span, 1) if load is not None else None,
                 "gw_core_others_pct": _r(max(0.0, 100 * others / span), 1) if others is not None else None}
@@ -423,9 +456,11 @@ def _finish(result: Json) -> Json:
 
 
 def _closed_loop(bench: Bench, key: str, title: str, concurrencies: Sequence[int], stream: bool,
-                 kinds: Sequence[tuple[str, TargetSpec]] = ()) -> Json:
+                 kinds: Sequence[tuple[str, TargetSpec]] = (),
+                 servers: dict[str, GatewayProcess] | None = None) -> Json:
     """Closed-loop load at each concurrency over ``kinds`` (default: gateway and direct, or the remote target),
-    repeated; the runs of all kinds and concurrencies are interleaved."""
+    repeated; the runs of all kinds and concurrencies are interleaved.  ``servers``: the gateway each kind
+    loads, where it is not the shared one (its CPU is the one measured, with each worker's share)."""
     s = bench.settings
     result = _scenario(bench, key, title)
     if not kinds and s.target is not None:
@@ -440,16 +475,21 @@ def _closed_loop(bench: Bench, key: str, title: str, concurrencies: Sequence[int
     outs = bench.run(phases, labels)
     rows: dict[tuple[str, int], list[Json]] = {}
     for (_, c, name, _), phase in zip(plan, outs, strict=True):
-        rows.setdefault((name, c), []).append(_closed_loop_run(bench, phase, name))
+        rows.setdefault((name, c), []).append(_closed_loop_run(bench, phase, name, (servers or {}).get(name)))
     result["rows"] = [_closed_loop_row(name, c, runs) for (name, c), runs in sorted(rows.items(),
                                                                                     key=lambda kv: kv[0][::-1])]
     return _finish(result)
 
 
-def _closed_loop_run(bench: Bench, phase: Json, name: str) -> Json:
+def _closed_loop_run(bench: Bench, phase: Json, name: str, server: GatewayProcess | None = None) -> Json:
     summary = summarize_target(phase, 0)
     t0, t1 = _window(phase)
-    usage = bench.usage(t0, t1, summary["events_in_window"], summary["completed_in_window"])
+    if server is None:
+        usage = bench.usage(t0, t1, summary["events_in_window"], summary["completed_in_window"])
+    else:
+        usage = bench.usage(t0, t1, summary["events_in_window"], summary["completed_in_window"], server.pid,
+                            server.cpus)
+        usage["worker_cpu_pct"] = bench.worker_cpu_pct(server, t0, t1)
     if name == "direct":
         for key in ("gw_cpu_pct", "gw_cpu_us_per_event", "gw_cpu_us_per_request", "gw_core_others_pct"):
             usage[key] = None  # the gateway sits idle during direct runs
@@ -505,6 +545,65 @@ def http_versions(bench: Bench) -> Json:
                             "h2_over_http1": _r(h2 / h1, 3) if h1 and h2 is not None else None,
                             "errors": sum(m.get("errors") or 0 for m in medians.values())}
     return result
+
+
+def worker_scaling(bench: Bench) -> Json:
+    """Scenario 8: scenario 1's streams at c=64 against a 1-worker and a 2-worker gateway, interleaved."""
+    s = bench.settings
+    title = "1 vs 2 gateway workers (translated 20-chunk streams, c=64)"
+    if s.target is not None:
+        result = _scenario(bench, "workers", title)
+        result["skipped"] = "starts its own gateways (not available with --target)"
+        return _finish(result)
+    gateways: dict[int, GatewayProcess] = {}
+    try:
+        for workers in (1, 2):
+            gateways[workers] = bench.new_gateway(f"gateway-{workers}w", workers=workers)
+        names = {1: "1 worker", 2: "2 workers"}
+        kinds = [(names[w], bench.gateway_target("mock/text:tokens=20", name=names[w], gateway=g))
+                 for w, g in gateways.items()]
+        result = _closed_loop(bench, "workers", title, (_COMPARE_CONCURRENCY,), True, kinds,
+                              {names[w]: g for w, g in gateways.items()})
+    finally:
+        for gateway in gateways.values():
+            bench.stop_gateway(gateway)
+    configurations = [{"name": names[w], "workers": w, "pinned": bench.pinning.applied, "cpus": list(g.cpus),
+                       "pinning": _cores_text(g.cpus, bench.pinning)} for w, g in gateways.items()]
+    for row in result["rows"]:
+        shares = [r.get("worker_cpu_pct") or [] for r in row["runs"]]
+        width = max((len(x) for x in shares), default=0)
+        row["median"]["worker_cpu_pct"] = [median_of([{"v": x[i]} for x in shares if len(x) > i], "v")
+                                           for i in range(width)]
+    medians = {row["target"]: row["median"] for row in result["rows"]}
+    one, two = (medians.get(names[w], {}).get("streams_per_s") for w in (1, 2))
+    result["config"] = {"concurrency": _COMPARE_CONCURRENCY, "model": "mock/text:tokens=20", "http2": s.http2,
+                        "tls": s.tls, "configurations": configurations}
+    result["comparison"] = {"workers_1_streams_per_s": one, "workers_2_streams_per_s": two,
+                            "ratio_2_over_1": _r(two / one, 3) if one and two is not None else None,
+                            "errors": sum(m.get("errors") or 0 for m in medians.values())}
+    result["note"] = _workers_note(bench.pinning, gateways[1].cpus, gateways[2].cpus)
+    return result
+
+
+def _cores_text(cpus: Sequence[int], pinning: Pinning) -> str:
+    if not cpus:
+        return f"not pinned ({pinning.reason}): any of CPU {','.join(map(str, pinning.usable_cpus))}"
+    return f"CPU {','.join(map(str, cpus))}"
+
+
+def _workers_note(pinning: Pinning, one: Sequence[int], two: Sequence[int]) -> str:
+    """What the pinning lets the comparison show."""
+    usable = len(pinning.usable_cpus)
+    if not pinning.applied:
+        return (f"Not pinned ({pinning.reason}): the gateways, the mock and the load generator share all {usable} "
+                "usable cores, so the 2-worker figures mix the gateway's scaling with the client side's need for CPU.")
+    if len(two) <= len(one):
+        return (f"Both gateways were pinned to the same single core (CPU {','.join(map(str, one))}). With "
+                f"{usable} usable cores the mock and the load generator need the other core, so there is no free "
+                "core for a second worker and 2 workers cannot show a scaling gain here: this measures what a "
+                "second process costs on one core (two event loops, the race for accept), not scaling.")
+    return (f"The 2-worker gateway had {len(two)} cores, the 1-worker gateway {len(one)}; the mock and the load "
+            f"generator ran on CPU {','.join(map(str, pinning.client_cpus))}, which can cap both.")
 
 
 # ---------------------------------------------------------------------------------------- 2: TTFE
@@ -622,7 +721,7 @@ def _open_level(bench: Bench, n: int) -> Json:
     try:
         _warm(gateway)
         time.sleep(0.5)
-        idle_rss = _rss_now(gateway.pid)
+        idle_rss = _rss_now(gateway.pid)  # the whole process tree
         target = bench.gateway_target(f"mock/text:tokens={plan.tokens},token_delay=1", gateway=gateway)
         level = _hold(bench, plan, target, gateway.pid)
         level["idle_rss_bytes"] = idle_rss
@@ -649,7 +748,7 @@ def _warm(gateway: GatewayProcess) -> None:
 
 def _rss_now(pid: int) -> int | None:
     try:
-        return rss_bytes(pid)
+        return tree_rss_bytes(pid)
     except OSError:
         return None
 
@@ -673,7 +772,7 @@ def _hold(bench: Bench, plan: _OpenPlan, target: TargetSpec, pid: int | None, re
         t0 = math.ceil(time.monotonic() * 10) / 10 + 0.1
         thirds = [t0 + plan.window * i / 3 for i in range(4)]
         time.sleep(max(0.0, thirds[-1] - time.monotonic()) + 0.15)
-        fds = open_fds(pid) if pid else None
+        fds = (open_fds(pid) if remote else tree_open_fds(pid)) if pid else None  # ours: the whole process tree
         rss = bench.sampler.rss_at(pid, thirds[-1]) if pid else None
         load.terminate()
         results = load.wait(timeout=120)
@@ -815,8 +914,9 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     5: ("hedging", hedging),
     6: ("cancellation", cancellation),
     7: ("http_versions", http_versions),
+    8: ("workers", worker_scaling),
 }
-#: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``)
+#: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``, 8 by ``--compare-workers``)
 DEFAULT_SCENARIOS = (1, 2, 3, 4, 5, 6)
 
 
@@ -831,6 +931,7 @@ def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
         5: settings.repeats if local else 0,
         6: settings.repeats if local else 0,
         7: 2 * settings.repeats,
+        8: 2 * settings.repeats if local else 0,
     }
     return sum(steps[i] for i in selected)
 
@@ -838,7 +939,7 @@ def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
 def run_suite(settings: Settings, selected: Sequence[int], progress: Progress) -> Json:
     """Run the selected scenarios; return the results document (without targets and report paths)."""
     started = time.time()
-    bench = Bench(settings, progress)
+    bench = Bench(settings, progress, gateway_cores=2 if 8 in selected else 1)
     results: Json = {"schema": SCHEMA, "started_at": _now(), "mode": "quick" if settings.quick else "full",
                      "settings": settings.to_json(), "environment": bench.environment, "scenarios": {}}
     try:

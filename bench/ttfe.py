@@ -1,6 +1,6 @@
 """Added time to first event: gateway vs. calling the mock upstream directly, interleaved, concurrency 1.
 
-    python bench/ttfe.py [--requests 300] [--tokens 20]
+    python bench/ttfe.py [--requests 300] [--tokens 20] [--store sqlite|memory|none]
 
 Starts the Chat Completions mock and the gateway (hypercorn, trio worker) as real processes on
 127.0.0.1, then alternates one direct request and one gateway request, each on its own keep-alive
@@ -47,11 +47,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--store", choices=("sqlite", "memory", "none"), default="sqlite",
+                        help="the gateway's response store (sqlite, as deployed, in a temporary file)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         mock_proc, mock_port = start_mock([])
         config = Path(tmp) / "gw.toml"
-        config.write_text(f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
+        config.write_text(f'[store]\nbackend = "{args.store}"\npath = "{Path(tmp) / "gw.db"}"\n\n'
+                          f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
         gw_proc, gw_url = start_gateway(config, Path(tmp) / "gw.log")
         try:
             run(args, mock_port, gw_url)
