@@ -137,7 +137,7 @@ class _Exchange:
         self.ended = True
         self.busy = True
         try:
-            await self._start(status, [_JSON_TYPE, *headers])
+            await self._start(status, [_JSON_TYPE, (b"content-length", str(len(body)).encode()), *headers])
             await self._send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             self._release()
@@ -256,13 +256,15 @@ class ResponsesEndpoint:
             return
         gw.metrics.in_flight.inc()
         try:
-            if recorder is not None:
-                await recorder.started(run)
             if run.done:
+                if recorder is not None:
+                    await recorder.started(run)  # stored before the client can see the terminal event
                 await exchange.write(encode_events(run.initial), more=False)
                 return
             await exchange.write(encode_events(run.initial))
             run.initial = []  # the snapshots in them would otherwise live as long as the stream
+            if recorder is not None:
+                await recorder.started(run)  # after the first event: the store is not on its path
 
             async def deliver(events: list[Event]) -> None:
                 if run.done:

@@ -82,12 +82,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from itertools import chain
 from typing import Any
 
 import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import Body, EndBody, Response
+from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
@@ -237,7 +240,49 @@ class FairH2Protocol(H2Protocol):
 
 
 class H1OnlyCapableProtocol(H11Protocol):
-    """hypercorn's HTTP/1.1 protocol that refuses h2c when the config says ``http2 = False``."""
+    """hypercorn's HTTP/1.1 protocol that refuses h2c when the config says ``http2 = False``, and writes
+    a response's head together with its first body bytes.
+
+    hypercorn writes the status line and headers as soon as the application sends
+    ``http.response.start``, then the first body chunk with a second ``send``.  On a stream the two
+    always follow each other, and each ``send`` on a TCP socket costs a system call (tens of
+    microseconds on loopback, where the kernel runs the receiver's side in it) and a trip through the
+    scheduler, on the way to the first event.  The head is held until the next event of the stream
+    and goes out in the same write; any other event flushes it first.
+    """
+
+    _held_head: bytes | None = None
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if type(event) is Response and event.status_code >= 200:
+            headers = list(chain(event.headers, self.config.response_headers("h11")))
+            if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+                headers.append((b"connection", b"close"))
+            head = self._h11_bytes(h11.Response(headers=headers, status_code=event.status_code))
+            if head is not None:
+                self._held_head = head
+            return
+        head, self._held_head = self._held_head, None
+        if head is not None:
+            if type(event) is Body:
+                rest = self._h11_bytes(h11.Data(data=event.data))
+                await self.send(RawData(data=head + (rest or b"")))
+                return
+            if type(event) is EndBody:
+                rest = self._h11_bytes(h11.EndOfMessage())
+                await self.send(RawData(data=head + (rest or b"")))
+                return
+            await self.send(RawData(data=head))
+        await super().stream_send(event)
+
+    def _h11_bytes(self, event: h11.Response | h11.Data | h11.EndOfMessage) -> bytes | None:
+        """What ``_send_h11_event`` would write (None where it writes nothing)."""
+        try:
+            return self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return None
 
     async def _check_protocol(self, event: h11.Request) -> None:
         if http2_enabled(self.config):

@@ -1,0 +1,57 @@
+"""HTTP/1.1 responses: the head leaves in the same write as the first body bytes (one system call less)."""
+
+from __future__ import annotations
+
+import pytest
+from hypercorn.events import Event, RawData
+
+from streamgw.config import Config, DemoSettings, ProviderConfig
+from streamgw.serving import hypercorn_trio
+from streamgw.testing.harness import RawClient, post_sse, running_gateway
+from streamgw.testing.invariants import check_events
+
+
+def demo_config() -> Config:
+    demo = ProviderConfig(name="demo", type="demo", demo=DemoSettings(first_token_delay=0.0))
+    return Config(providers={"demo": demo})
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every write the server makes to a client connection."""
+    seen: list[bytes] = []
+    original = hypercorn_trio.SerialisedTCPServer.protocol_send
+
+    async def recording(self: hypercorn_trio.SerialisedTCPServer, event: Event) -> None:
+        if isinstance(event, RawData):
+            seen.append(bytes(event.data))
+        await original(self, event)
+
+    monkeypatch.setattr(hypercorn_trio.SerialisedTCPServer, "protocol_send", recording)
+    return seen
+
+
+async def test_stream_head_and_first_events_are_one_write(writes: list[bytes]) -> None:
+    async with running_gateway(demo_config()) as port:
+        result = await post_sse(port, {"model": "demo/demo", "input": "hello", "stream": True})
+    check_events(result.events)
+    heads = [w for w in writes if w.startswith(b"HTTP/1.1 ")]
+    assert len(heads) == 1
+    head = heads[0]
+    assert b"\r\n\r\n" in head and b"event: response.created" in head.split(b"\r\n\r\n", 1)[1]
+
+
+async def test_empty_and_json_bodies_are_written_with_their_head(writes: list[bytes]) -> None:
+    async with running_gateway(demo_config()) as port:
+        result = await post_sse(port, {"model": "demo/demo", "input": "hello"})  # non-streamed JSON
+        assert result.status == 200
+        client = await RawClient.connect(port)
+        try:
+            await client.send_json("/v1/responses", {"model": "nope/none", "input": "x"})
+            head = await client.response_head()
+            assert head.status_code == 404
+        finally:
+            await client.aclose()
+    heads = [w for w in writes if w.startswith(b"HTTP/1.1 ")]
+    assert len(heads) == 2
+    assert all(w.split(b"\r\n\r\n", 1)[1].startswith(b"{") for w in heads), heads
