@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -32,6 +34,18 @@ def start_mock(args: list[str], module: str = "streamgw.testing.chat_mock") -> t
         proc.kill()
         raise RuntimeError(f"mock {module} did not start: {line}")
     return proc, int(line[1])
+
+
+@contextmanager
+def running_mock(args: list[str] | None = None, module: str = "streamgw.testing.chat_mock") -> Iterator[int]:
+    """``start_mock`` for the length of a block: yields the port, then stops the process."""
+    proc, port = start_mock(args or [], module)
+    try:
+        yield port
+    finally:
+        stop_process(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def wait_until_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:

@@ -20,19 +20,14 @@ import trio
 
 from streamgw.core.sse import SSEDecoder
 from streamgw.testing.harness import RawClient
-from streamgw.testing.process import free_port, start_mock, stop_process
+from streamgw.testing.process import free_port, running_mock, stop_process
 
 
 @pytest.fixture(scope="module")
 def upstream_port() -> Iterator[int]:
     """The Chat Completions mock as a process; answers are paced by knobs in the model name."""
-    proc, port = start_mock([])
-    try:
+    with running_mock() as port:
         yield port
-    finally:
-        stop_process(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def config_text(upstream_port: int, *, drain_timeout: float, graceful_timeout: float = 1.0) -> str:

@@ -158,12 +158,7 @@ def start_serve(config_text: str, folder: Path, args: list[str], verify: Any = F
 @pytest.fixture(scope="module")
 def mock_process() -> Iterator[int]:
     """The Chat Completions mock as its own process (it gets the other core under load)."""
-    from streamgw.testing.process import start_mock
+    from streamgw.testing.process import running_mock
 
-    proc, port = start_mock([])
-    try:
+    with running_mock() as port:
         yield port
-    finally:
-        stop_process(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
