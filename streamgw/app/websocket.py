@@ -155,7 +155,7 @@ class ResponseSocket:
         self._busy = False  # a response.create is being served (from its frame to its last event)
         self._free = trio.Event()  # set while nothing is in flight
         self._free.set()
-        self._expired = False  # the age limit was reached: no new response starts
+        self._expired = False  # the age limit was reached or the gateway drains: no new response starts
         self._last: dict[str, StoredResponse] = {}  # the connection's last finished response, by id
 
     async def serve(self) -> None:
@@ -166,6 +166,7 @@ class ResponseSocket:
             async with trio.open_nursery() as nursery:
                 if 0 < self._max_age < math.inf:
                     nursery.start_soon(self._expire, trio.current_time() + self._max_age, nursery.cancel_scope)
+                nursery.start_soon(self._going_away, nursery.cancel_scope)
                 await self._read(nursery)
         finally:
             metrics.websocket_connections.dec()
@@ -283,6 +284,16 @@ class ResponseSocket:
             f"Responses WebSocket connection limit reached ({limit}). Create a new WebSocket connection to continue."))
         async with self._send_lock:
             await self._ws.close(1000, "websocket_connection_limit_reached")
+        scope.cancel()
+
+    async def _going_away(self, scope: trio.CancelScope) -> None:
+        """The gateway drains: no new response starts, the one in flight ends (by the drain deadline at the
+        latest), then the connection closes with 1001 so that the client reconnects elsewhere."""
+        await self._gw.drain.wait()
+        self._expired = True
+        await self._free.wait()
+        async with self._send_lock:
+            await self._ws.close(1001, "the gateway is shutting down")
         scope.cancel()
 
     async def send_events(self, events: Sequence[Event | RelayedEvent]) -> None:

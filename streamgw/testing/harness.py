@@ -16,6 +16,7 @@ from typing import Any
 import h11
 import trio
 from hypercorn.trio import serve
+from quart_trio import QuartTrio
 
 from streamgw.app.routes import create_app
 from streamgw.cli import hypercorn_config
@@ -24,9 +25,12 @@ from streamgw.core.sse import SSEDecoder
 
 
 @asynccontextmanager
-async def running_gateway(config: Config) -> AsyncIterator[int]:
-    """Serve ``config`` on 127.0.0.1 (a free port) until the block exits; yields the port."""
-    app = create_app(config)
+async def running_gateway(config: Config, app: QuartTrio | None = None) -> AsyncIterator[int]:
+    """Serve ``config`` on 127.0.0.1 (a free port) until the block exits; yields the port.
+
+    ``app`` (from ``create_app(config)``) lets a test reach the gateway's state while it serves.
+    """
+    app = create_app(config) if app is None else app
     hc = hypercorn_config(config)  # production settings; only the bind and shutdown differ
     hc.bind = ["127.0.0.1:0"]
     hc.graceful_timeout = 0.5

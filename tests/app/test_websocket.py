@@ -22,6 +22,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, RejectData, Request, TextMessage
 
+from streamgw.app.routes import create_app
 from streamgw.config import Config, DemoSettings, ProviderConfig, Secret, ServerConfig, StoreConfig
 from streamgw.core.sse import SSEDecoder
 from streamgw.testing.chat_mock import ChatCompletionsMock
@@ -514,6 +515,33 @@ async def test_connection_age_limit_lets_the_response_in_flight_finish(upstreams
         assert final["status"] == "completed" and output_text(final).count("tok") == 60
         assert_error(await client.receive(), 400, "websocket_connection_limit_reached")
         assert await client.closed_by_server() == 1000
+
+
+async def test_drain_lets_the_response_in_flight_finish_then_closes_with_1001(upstreams: Upstreams) -> None:
+    config = upstreams.config()
+    app = create_app(config)
+    gw = app.extensions["streamgw"]
+    async with running_gateway(config, app) as port:
+        client = await RawWebSocket.open(port)
+        await client.send(create(model="up/text:tokens=20,token_delay=0.02", input="slow"))
+        frames = [await client.receive()]
+        gw.drain.begin(5)  # what SIGTERM does
+        while frames[-1]["type"] not in TERMINAL:
+            frames.append(await client.receive())
+        final = check_events(frames)
+        assert final["status"] == "completed" and output_text(final).count("tok") == 20
+        assert await client.closed_by_server() == 1001
+
+
+async def test_drain_closes_an_idle_connection_at_once(upstreams: Upstreams) -> None:
+    config = upstreams.config()
+    app = create_app(config)
+    async with running_gateway(config, app) as port:
+        client = await RawWebSocket.open(port)
+        begun = trio.current_time()
+        app.extensions["streamgw"].drain.begin(30)
+        assert await client.closed_by_server() == 1001
+        assert trio.current_time() - begun < 1
 
 
 async def test_metrics_count_websocket_responses(upstreams: Upstreams) -> None:
