@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -48,35 +49,40 @@ def running_mock(args: list[str] | None = None, module: str = "streamgw.testing.
             proc.stdout.close()
 
 
-def wait_until_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
-    """Poll ``/healthz`` until it answers 200; raise with the log if the process dies or stalls."""
+def wait_until_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20, *,
+                       probe: str = "/healthz", verify: Any = True) -> None:
+    """Poll ``probe`` until it answers 200; raise with the log if the process dies or stalls."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text()}")
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            if httpx.get(url + probe, timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"gateway did not become healthy:\n{log.read_text()}")
+    raise RuntimeError(f"gateway did not become healthy:\n{log.read_text(errors='replace')}")
 
 
 def start_gateway(
     config: Path, log: Path, *, port: int | None = None, extra_args: list[str] | None = None,
-    prefix: list[str] | None = None,
+    prefix: list[str] | None = None, probe: str = "/healthz", verify: Any = True,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Run ``streamgw serve --config config`` (optionally under ``prefix``, e.g. taskset); return it and its URL."""
+    """Run ``streamgw serve --config config`` (optionally under ``prefix``, e.g. taskset); return it and its URL.
+
+    It is up once ``probe`` answers 200 (over https when ``extra_args`` has ``--certfile``; ``verify`` as httpx's).
+    """
     port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     cmd = [*(prefix or []), sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port),
            *(extra_args or [])]
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if "--certfile" in (extra_args or []) else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     try:
-        wait_until_healthy(url, proc, log)
+        wait_until_healthy(url, proc, log, probe=probe, verify=verify)
     except BaseException:
         stop_process(proc, timeout=2)  # never leave an orphan gateway behind
         raise

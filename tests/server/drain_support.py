@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h11
-import httpx
 import pytest
 import trio
 
 from streamgw.core.sse import SSEDecoder
 from streamgw.testing.harness import RawClient
-from streamgw.testing.process import free_port, running_mock, stop_process
+from streamgw.testing.process import free_port, running_mock, start_gateway
 
 
 @pytest.fixture(scope="module")
@@ -78,24 +74,8 @@ def start_serve(folder: Path, text: str, *args: str) -> Served:
     config.write_text(text)
     log = folder / "gw.log"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    cmd = [sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port),
-           "--log-level", "info", *args]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    served = Served(proc, port, log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{served.log_text()}")
-        try:
-            if httpx.get(served.url + "/readyz", timeout=1).status_code == 200:
-                return served
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    stop_process(proc, timeout=2)
-    raise RuntimeError(f"gateway did not become ready:\n{served.log_text()}")
+    proc, _ = start_gateway(config, log, port=port, extra_args=["--log-level", "info", *args], probe="/readyz")
+    return Served(proc, port, log)
 
 
 @dataclass

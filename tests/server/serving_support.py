@@ -4,18 +4,14 @@ fixtures they use by name."""
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 import trustme
@@ -27,7 +23,7 @@ from streamgw.cli import hypercorn_config
 from streamgw.config import Config, ProviderConfig
 from streamgw.serving import hypercorn_trio
 from streamgw.testing.chat_mock import ChatCompletionsMock
-from streamgw.testing.process import free_port, stop_process
+from streamgw.testing.process import free_port, start_gateway
 
 
 @dataclass(frozen=True)
@@ -135,24 +131,8 @@ def start_serve(config_text: str, folder: Path, args: list[str], verify: Any = F
     config.write_text(config_text)
     log = folder / "gw.log"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    cmd = [sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port),
-           "--log-level", "warning", *args]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    scheme = "https" if "--certfile" in args else "http"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{scheme}://127.0.0.1:{port}/healthz", timeout=1, verify=verify).status_code == 200:
-                return GatewayProcess(proc, port, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    stop_process(proc, timeout=2)
-    raise RuntimeError(f"gateway did not become healthy:\n{log.read_text()}")
+    proc, _ = start_gateway(config, log, port=port, extra_args=["--log-level", "warning", *args], verify=verify)
+    return GatewayProcess(proc, port, log)
 
 
 @pytest.fixture(scope="module")
