@@ -179,6 +179,8 @@ class Config:
 
     server: ServerConfig = field(default_factory=ServerConfig)
     auth_keys: tuple[Secret, ...] = ()
+    #: parallel to ``auth_keys``: the tenant each key's stored responses belong to ("" = the key is its own tenant)
+    auth_tenants: tuple[str, ...] = ()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
@@ -434,6 +436,54 @@ def _server_flag(server_raw: Mapping[str, Any], env: Mapping[str, str], key: str
     return value
 
 
+_TENANT_MAX = 128  # characters of an explicit tenant name
+
+
+def _auth_key(entry: Any, where: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """One ``[auth] keys`` entry: ``"key"``, ``{ key = "...", tenant = "..." }`` or ``{ key_env = "VAR", ... }``."""
+    if isinstance(entry, str):
+        key, tenant, source = entry, "", "it"
+    elif isinstance(entry, dict):
+        unknown = set(entry) - {"key", "key_env", "tenant"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        if ("key" in entry) == ("key_env" in entry):
+            raise ConfigError(f"{where} needs exactly one of 'key' and 'key_env'")
+        if "key_env" in entry:
+            if not isinstance(entry["key_env"], str):
+                raise ConfigError(f"{where}.key_env must be a string")
+            key, source = env.get(entry["key_env"], ""), f"the environment variable {entry['key_env']}"
+        else:
+            key, source = entry["key"], "it"
+        tenant = entry.get("tenant", "")  # a table without one: the key is its own tenant
+        if "tenant" in entry and not (isinstance(tenant, str) and 0 < len(tenant) <= _TENANT_MAX
+                                      and tenant.isprintable()):
+            raise ConfigError(f"{where}.tenant must be a non-empty printable string of at most {_TENANT_MAX} "
+                              "characters")
+    else:
+        raise ConfigError(f"{where} must be a string or a table with 'key' (or 'key_env') and 'tenant'")
+    if not isinstance(key, str) or not key.strip():
+        # An empty key would let ``Authorization: Bearer`` (no token at all) in.
+        raise ConfigError(f"{where} is empty: {source} must hold a non-empty key")
+    return key.strip(), tenant
+
+
+def _auth_keys(raw: Any, env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """The gateway keys and, parallel to them, their tenants ("" = a tenant of its own)."""
+    if not isinstance(raw, list):
+        # A string would otherwise be taken one character at a time: one-letter keys.
+        raise ConfigError("auth.keys must be a list (of strings or { key = ..., tenant = ... } tables)")
+    keys: list[str] = []
+    tenants: list[str] = []
+    for index, entry in enumerate(raw):
+        key, tenant = _auth_key(entry, f"auth.keys[{index}]", env)
+        if key in keys and tenants[keys.index(key)] != tenant:
+            raise ConfigError(f"auth.keys[{index}] repeats a key with another tenant")
+        keys.append(key)
+        tenants.append(tenant)
+    return keys, tenants
+
+
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load the TOML file at ``path`` (or ``$STREAMGW_CONFIG``), falling back to the environment alone."""
     env = os.environ if env is None else env
@@ -463,9 +513,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     )
     if bool(server.certfile) != bool(server.keyfile):
         raise ConfigError("server.certfile and server.keyfile must be set together")
-    keys_raw = raw.get("auth", {}).get("keys", [])
+    keys, tenants = _auth_keys(raw.get("auth", {}).get("keys", []), env)
     if env.get("STREAMGW_API_KEYS"):
-        keys_raw = [k.strip() for k in env["STREAMGW_API_KEYS"].split(",") if k.strip()]
+        keys = [k.strip() for k in env["STREAMGW_API_KEYS"].split(",") if k.strip()]
+        tenants = [""] * len(keys)
     providers = _env_providers(env)
     for name, prov_raw in raw.get("providers", {}).items():
         providers[name] = _provider(name, prov_raw, env)
@@ -475,7 +526,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     routes = {name: _route(name, route_raw, providers) for name, route_raw in raw.get("routes", {}).items()}
     return Config(
         server=server,
-        auth_keys=tuple(Secret(str(k)) for k in keys_raw),
+        auth_keys=tuple(Secret(k) for k in keys),
+        auth_tenants=tuple(tenants),
         providers=providers,
         timeouts=timeouts,
         routes=routes,

@@ -160,3 +160,43 @@ def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_auth_keys_with_tenants(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[auth]
+keys = [
+  "sk-alone",
+  { key = "sk-team-1", tenant = "team-a" },
+  { key_env = "TEAM_KEY", tenant = "team-a" },
+  { key_env = "SOLO_KEY" },
+]
+""")
+    config = load_config(path, env={"TEAM_KEY": "sk-team-2", "SOLO_KEY": "sk-solo"})
+    assert [k.get() for k in config.auth_keys] == ["sk-alone", "sk-team-1", "sk-team-2", "sk-solo"]
+    assert config.auth_tenants == ("", "team-a", "team-a", "")
+    assert "sk-team-2" not in repr(config), "keys from tables stay secrets"
+
+
+def test_auth_keys_from_the_environment_are_their_own_tenants() -> None:
+    config = load_config(None, env={"STREAMGW_API_KEYS": "sk-1, sk-2"})
+    assert [k.get() for k in config.auth_keys] == ["sk-1", "sk-2"] and config.auth_tenants == ("", "")
+
+
+@pytest.mark.parametrize(("keys", "message"), [
+    ('"sk-gw"', "auth.keys must be a list"),
+    ("[42]", r"auth.keys\[0\] must be a string or a table"),
+    ('[""]', r"auth.keys\[0\] is empty"),
+    ('["sk-1", "  "]', r"auth.keys\[1\] is empty"),
+    ('[{ key_env = "UNSET_VARIABLE" }]', "the environment variable UNSET_VARIABLE must hold a non-empty key"),
+    ('[{ tenant = "a" }]', "exactly one of 'key' and 'key_env'"),
+    ('[{ key = "k", key_env = "V" }]', "exactly one of 'key' and 'key_env'"),
+    ('[{ key = "k", team = "a" }]', r"unknown keys \['team'\]"),
+    ('[{ key = "k", tenant = "" }]', r"auth.keys\[0\].tenant must be"),
+    ('[{ key = "k", tenant = 7 }]', r"auth.keys\[0\].tenant must be"),
+    ('[{ key = "k", tenant = "a\\nb" }]', r"auth.keys\[0\].tenant must be"),
+    ('["k", { key = "k", tenant = "a" }]', r"auth.keys\[1\] repeats a key with another tenant"),
+])
+def test_bad_auth_keys_are_refused(tmp_path: Path, keys: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f"[auth]\nkeys = {keys}\n"), env={})
