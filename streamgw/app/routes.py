@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from hashlib import sha256
 from typing import Any
 
 from quart import Response, g, request
@@ -40,6 +42,32 @@ from streamgw.transport.upstream import UpstreamClients
 log = logging.getLogger("streamgw")
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: the tenant its stored responses belong to, and which key it used.
+
+    ``key_index`` indexes ``Config.auth_keys`` (``None`` without auth).
+    """
+
+    tenant: str
+    key_index: int | None = None
+
+
+#: every caller of a gateway without keys: one tenant, as before tenants existed
+ANONYMOUS = Caller("")
+
+
+def tenant_ids(keys: Sequence[bytes], tenants: Sequence[str]) -> list[str]:
+    """The tenant id of each key: ``t:<name>`` for an explicit tenant, else ``key:<hash>`` of its own.
+
+    The ids are written into every stored record, so a key's own id is a hash of it, never the key.
+    """
+    ids: list[str] = []
+    for index, key in enumerate(keys):
+        name = tenants[index] if index < len(tenants) else ""
+        ids.append(f"t:{name}" if name else "key:" + sha256(key).hexdigest()[:24])
+    return ids
+
 
 class Gateway:
     """Everything the routes share: config, router, upstream clients, dialects, metrics."""
@@ -55,19 +83,31 @@ class Gateway:
         #: graceful shutdown: ``begin`` turns /readyz to 503 and gives every run its deadline
         self.drain = self.engine.drain
         self.keys = [k.get().encode() for k in config.auth_keys]
+        self.tenants = tenant_ids(self.keys, config.auth_tenants)
         self.store = StoreService(config.store, self.metrics)
         self.ready = False
 
-    def authorised(self, header: str | None) -> bool:
-        """Constant-time check of ``Authorization: Bearer <key>`` against every configured key."""
+    def caller(self, header: str | None) -> Caller | None:
+        """Who ``Authorization: Bearer <key>`` is (``None``: nobody we know); ``ANONYMOUS`` without keys.
+
+        Every key is compared, in constant time each, whichever matches: the time taken says
+        nothing about which key (or how much of one) was right.
+        """
         if not self.keys:
-            return True
+            return ANONYMOUS
         scheme, _, token = (header or "").partition(" ")
         given = token.strip().encode()
-        ok = False
-        for key in self.keys:
-            ok |= hmac.compare_digest(given, key)
-        return ok and scheme.lower() == "bearer"
+        matched: int | None = None
+        for index, key in enumerate(self.keys):
+            if hmac.compare_digest(given, key) and matched is None:
+                matched = index
+        if matched is None or scheme.lower() != "bearer":
+            return None
+        return Caller(self.tenants[matched], matched)
+
+    def authorised(self, header: str | None) -> bool:
+        """Whether ``header`` carries a valid gateway key (see ``caller``)."""
+        return self.caller(header) is not None
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -127,8 +167,11 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
     async def _before() -> None:
         g.request_id = "req_" + secrets.token_hex(16)
         g.provider = "none"
-        if request.path.startswith("/v1/") and not gw.authorised(request.headers.get("authorization")):
-            raise AuthenticationFailed("Missing or invalid gateway API key (use Authorization: Bearer <key>).")
+        if request.path.startswith("/v1/"):
+            caller = gw.caller(request.headers.get("authorization"))
+            if caller is None:
+                raise AuthenticationFailed("Missing or invalid gateway API key (use Authorization: Bearer <key>).")
+            g.caller = caller
 
     @app.after_request
     async def _after(response: Response) -> Response:
@@ -187,9 +230,18 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
         return Response(gw.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+def _tenant() -> str:
+    """The tenant of the request being served (set by the ``before_request`` hook for every ``/v1/`` path)."""
+    caller: Caller = g.caller
+    return caller.tenant
+
+
 async def _stored(gw: Gateway, response_id: str) -> StoredResponse:
-    """The stored response ``response_id``, or the 404 that says why there is none."""
-    record = await gw.store.get(response_id) if gw.store.enabled else None
+    """The caller's stored response ``response_id``, or the 404 that says why there is none.
+
+    Another tenant's response is "not found" with the very same answer as an id that never existed.
+    """
+    record = await gw.store.get(response_id, _tenant()) if gw.store.enabled else None
     if record is None:
         raise NotFound(f"Response with id '{response_id}' not found.", code="response_not_found")
     if record.omitted is not None:
@@ -207,7 +259,7 @@ def _install_store_routes(app: QuartTrio, gw: Gateway) -> None:
 
     @app.delete("/v1/responses/<response_id>")
     async def delete_response(response_id: str) -> Response:
-        if not (gw.store.enabled and await gw.store.delete(response_id)):
+        if not (gw.store.enabled and await gw.store.delete(response_id, _tenant())):
             raise NotFound(f"Response with id '{response_id}' not found.", code="response_not_found")
         return json_response({"id": response_id, "object": "response", "deleted": True})
 

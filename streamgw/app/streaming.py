@@ -166,13 +166,14 @@ class ResponsesEndpoint:
         req: ResponsesRequest | None = None
         try:
             try:
-                if gw.keys and not gw.authorised(_header(scope, b"authorization")):
+                caller = gw.caller(_header(scope, b"authorization"))
+                if caller is None:
                     raise AuthenticationFailed("Missing or invalid gateway API key (use Authorization: Bearer <key>).")
                 body = await _read_body(scope, receive, gw.config.server.max_body_bytes)
                 req = parse_request(body)
                 plan = gw.router.plan(req.model, req.provider)
                 provider = plan.targets[0].provider.name if plan.route is None else plan.route.name
-                provider = await self._serve(req, plan, started, exchange, receive) or provider
+                provider = await self._serve(req, plan, caller.tenant, started, exchange, receive) or provider
             except _ClientGone:
                 pass
             except Exception as exc:
@@ -195,11 +196,12 @@ class ResponsesEndpoint:
             if exchange.committed:
                 gw.metrics.requests.labels(provider, str(exchange.status)).inc()
 
-    async def _serve(self, req: ResponsesRequest, plan: Plan, started: float, exchange: _Exchange,
+    async def _serve(self, req: ResponsesRequest, plan: Plan, tenant: str, started: float, exchange: _Exchange,
                      receive: Receive) -> str | None:
-        """Run the request while a watcher looks out for the client; the provider that served it."""
+        """Run the request for ``tenant`` while a watcher looks out for the client; the provider that served it."""
         gw = self.gw
-        expansion = await expand(req, plan, gw.store)  # previous_response_id, item_reference: once, for all
+        # previous_response_id, item_reference: once, for all, and only ever the tenant's own responses
+        expansion = await expand(req, plan, gw.store, tenant=tenant)
         req = expansion.request
         recorder = Recorder(gw.store, expansion) if req.store and gw.store.enabled else None
         keepalive = 0.0

@@ -6,7 +6,8 @@ expanded and run exactly as a streamed POST, and every event the SSE stream woul
 after ``data:`` goes out as one text frame.  Differences from SSE, all from the protocol:
 
 * auth is checked on the upgrade request: a bad key gets an HTTP 401 with the JSON error
-  envelope and the connection is never upgraded;
+  envelope and the connection is never upgraded; the key's tenant is the connection's, and
+  ``previous_response_id`` and ``item_reference`` reach only that tenant's stored responses;
 * what would be an HTTP error before the first byte (bad input, unknown model, upstream
   4xx/5xx before the first delta, ...) is an error frame
   ``{"type":"error","status":N,"error":{"type","code","message","param"}}`` and the
@@ -61,7 +62,7 @@ from streamgw.store.base import StoredResponse
 from streamgw.store.chain import Expansion, expand, record_for
 
 if TYPE_CHECKING:
-    from streamgw.app.routes import Gateway
+    from streamgw.app.routes import Caller, Gateway
 
 __all__ = ["ResponseSocket", "error_frame", "event_text", "install_websocket", "parse_create"]
 
@@ -147,9 +148,10 @@ def _route_name(gw: Gateway, request: ResponsesRequest) -> tuple[str, Plan]:
 class ResponseSocket:
     """One accepted WebSocket-mode connection: reads frames, runs one response at a time."""
 
-    def __init__(self, gw: Gateway, ws: Websocket) -> None:
+    def __init__(self, gw: Gateway, ws: Websocket, caller: Caller) -> None:
         self._gw = gw
         self._ws = ws
+        self._tenant = caller.tenant  # authenticated once, on the upgrade: the connection's tenant
         self._max_age = gw.config.server.websocket_max_age
         self._send_lock = trio.Lock()
         self._busy = False  # a response.create is being served (from its frame to its last event)
@@ -210,7 +212,7 @@ class ResponseSocket:
         label = "none"
         try:
             label, plan = _route_name(gw, request)
-            expansion = await expand(request, plan, gw.store, self._last)
+            expansion = await expand(request, plan, gw.store, self._last, tenant=self._tenant)
             request = expansion.request
             recorder = Recorder(gw.store, expansion) if request.store and gw.store.enabled else None
             run = await ResponseRun.open(request, plan, gw.engine, started_at=started)
@@ -321,10 +323,11 @@ def install_websocket(app: QuartTrio, gw: Gateway) -> None:
     @app.websocket("/v1/responses")
     async def responses_websocket() -> Response | None:
         ws = websocket_ctx.websocket
-        if not gw.authorised(ws.headers.get("authorization")):
+        caller = gw.caller(ws.headers.get("authorization"))
+        if caller is None:
             # Returned before accepting: Quart sends it as the handshake's HTTP answer.
             return _rejection(AuthenticationFailed(
                 "Missing or invalid gateway API key (use Authorization: Bearer <key>)."))
         await ws.accept()
-        await ResponseSocket(gw, ws).serve()
+        await ResponseSocket(gw, ws, caller).serve()
         return None

@@ -6,6 +6,11 @@ continuing it needs: its input items after ``previous_response_id`` expansion (e
 Provider-specific data (reasoning signatures, thought signatures, tool-call ids) lives inside
 the items themselves: ``encrypted_content`` blobs bound to their provider, ``call_id``s.
 
+Every record belongs to the tenant of the gateway key that created it (``owner``; ``""``
+without auth).  Another tenant's record reads exactly as a missing one: the service
+compares owners on every read, and the item index is kept per tenant, so an item id one
+tenant chose can never shadow (or reveal) another tenant's item.
+
 Backends store bytes: the service encodes records (off the event loop) and decodes them.
 An item index maps every item a response introduced (its own new input items and its output
 items) to where it lives, for ``item_reference`` input items.
@@ -56,6 +61,8 @@ class StoredResponse:
     of the provider whose output the item was.  ``index_ids`` are the items this response
     introduced (new input items, output items), which ``item_reference`` can name.
     ``omitted`` is set, and everything else empty, when the record was too large to keep.
+    ``owner`` is the tenant the record belongs to (``""``: the anonymous tenant of a gateway
+    without keys, and every record written before tenants existed).
     """
 
     id: str
@@ -67,6 +74,7 @@ class StoredResponse:
     index_ids: tuple[str, ...] = ()
     created_at: float = 0.0
     omitted: str | None = None
+    owner: str = ""
 
     @property
     def status(self) -> str:
@@ -116,12 +124,13 @@ class ItemPointer:
 
 @dataclass(frozen=True, slots=True)
 class EncodedRecord:
-    """A record ready for a backend: its JSON bytes, its expiry and its item pointers."""
+    """A record ready for a backend: its JSON bytes, its expiry, its item pointers and its tenant."""
 
     id: str
     body: bytes
     expires_at: float | None
     pointers: tuple[ItemPointer, ...] = field(default=())
+    owner: str = ""  # the pointers live in this tenant's item index
 
 
 #: builds a batch of encoded records; blocking (JSON encoding), so backends run it in a worker thread
@@ -134,6 +143,7 @@ def encode_record(record: StoredResponse) -> bytes:
         "v": _VERSION, "id": record.id, "response": record.response, "input": record.input_items,
         "origins": record.origins, "provider": record.provider, "provider_type": record.provider_type,
         "index": record.index_ids, "created_at": record.created_at, "omitted": record.omitted,
+        "owner": record.owner,
     }
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -143,10 +153,13 @@ def decode_record(body: bytes) -> StoredResponse:
     data = json.loads(body)
     if not isinstance(data, dict) or data.get("v") != _VERSION:
         raise ValueError("not a stored response record")
+    owner = data.get("owner", "")  # absent in records written before tenants: the anonymous tenant's
+    if not isinstance(owner, str):
+        raise ValueError("the record's owner is not a string")
     return StoredResponse(
         id=str(data["id"]), response=dict(data["response"]), input_items=tuple(data["input"]),
         origins=tuple(data["origins"]), provider=str(data["provider"]), provider_type=str(data["provider_type"]),
-        index_ids=tuple(data["index"]), created_at=float(data["created_at"]), omitted=data.get("omitted"),
+        index_ids=tuple(data["index"]), created_at=float(data["created_at"]), omitted=data.get("omitted"), owner=owner,
     )
 
 
@@ -154,7 +167,9 @@ class Backend(Protocol):
     """Where encoded records live.  Every method raises ``StoreUnavailable`` when the store is down.
 
     Reads ignore expired records.  ``put_many`` replaces records with the same id and
-    their item pointers; ``delete`` removes a record and the pointers it wrote.
+    their item pointers; ``delete`` removes a record and the pointers it wrote.  Item
+    pointers live in an index per tenant (``EncodedRecord.owner``); ``get`` does not look
+    at owners: the service compares them after decoding, in one place.
     """
 
     name: str
@@ -175,12 +190,12 @@ class Backend(Protocol):
         """The encoded record, or ``None``."""
         ...
 
-    async def locate(self, item_id: str) -> ItemPointer | None:
-        """Where the item with this id lives, or ``None``."""
+    async def locate(self, item_id: str, owner: str) -> ItemPointer | None:
+        """Where the item with this id lives in ``owner``'s item index, or ``None``."""
         ...
 
-    async def delete(self, response_id: str) -> bool:
-        """Remove a record and its pointers; ``False`` if there was none."""
+    async def delete(self, response_id: str, owner: str) -> bool:
+        """Remove ``owner``'s record (the service checked it is theirs) and its pointers; ``False`` if none."""
         ...
 
     async def purge(self, now: float) -> int:

@@ -1,7 +1,8 @@
 """``previous_response_id`` and ``item_reference``: a request's input made whole, once, before any attempt.
 
 ``expand`` loads the previous response (one lookup: its stored input already holds its own
-chain), prepends its input items and output items to the new input, and resolves
+chain, every hop of which was checked to be the same tenant's when that response was made),
+prepends its input items and output items to the new input, and resolves
 ``item_reference`` items by item id.  ``instructions`` are the new request's only (as on
 OpenAI).  The result serves every dialect:
 
@@ -14,7 +15,10 @@ OpenAI).  The result serves every dialect:
   it cannot read.
 
 The ``Expansion`` also carries what will be stored for the new response: the expanded input
-with an ``id`` on every item (minted where the client gave none) and where each id came from.
+with an ``id`` on every item (minted where the client gave none), where each id came from,
+and the tenant it will belong to.  Every lookup goes through the store service with the
+caller's tenant: a previous response or an item of another tenant is "not found", with the
+very message of an id that never existed.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Expansion:
     items: tuple[Item, ...]  # the expanded input, every item with an ``id``
     origins: tuple[str, ...]  # per item: who minted its id (``CLIENT``, ``MINTED``, a provider name)
     new_ids: tuple[str, ...]  # the items this request introduced (for ``item_reference``)
+    owner: str = ""  # the tenant of the caller: the new response's record belongs to it
 
 
 def _minted(item: Item) -> str:
@@ -74,9 +79,9 @@ def _not_found(response_id: str) -> NotFound:
                     code="previous_response_not_found")
 
 
-async def _previous(service: StoreService, response_id: str) -> StoredResponse:
-    """The stored previous response, or the 404/400 that says why it cannot be continued."""
-    record = await service.get(response_id)
+async def _previous(service: StoreService, response_id: str, tenant: str) -> StoredResponse:
+    """``tenant``'s stored previous response, or the 404/400 that says why it cannot be continued."""
+    record = await service.get(response_id, tenant)
     param = "previous_response_id"
     if record is None:
         raise _not_found(response_id)
@@ -89,8 +94,8 @@ async def _previous(service: StoreService, response_id: str) -> StoredResponse:
     return record
 
 
-async def _resolved(service: StoreService, request: ResponsesRequest) -> tuple[list[Item], list[str]]:
-    """The request's own input with every ``item_reference`` replaced by the item it names."""
+async def _resolved(service: StoreService, request: ResponsesRequest, tenant: str) -> tuple[list[Item], list[str]]:
+    """The request's own input with every ``item_reference`` replaced by the ``tenant``'s item it names."""
     items: list[Item] = []
     origins: list[str] = []
     for index, item in enumerate(request.input):
@@ -98,7 +103,7 @@ async def _resolved(service: StoreService, request: ResponsesRequest) -> tuple[l
             items.append(item)
             origins.append(CLIENT)
             continue
-        found = await service.item(str(item["id"]))
+        found = await service.item(str(item["id"]), tenant)
         if found is None:
             raise NotFound(f"Item with id '{item['id']}' not found.", param=f"input[{index}].id",
                            code="item_not_found")
@@ -149,8 +154,8 @@ def _forwardable(plan: Plan) -> bool:
 
 
 async def expand(request: ResponsesRequest, plan: Plan, service: StoreService,
-                 local: Mapping[str, StoredResponse] | None = None) -> Expansion:
-    """Expand ``previous_response_id`` and ``item_reference`` items for ``plan``.
+                 local: Mapping[str, StoredResponse] | None = None, *, tenant: str) -> Expansion:
+    """Expand ``previous_response_id`` and ``item_reference`` items for ``plan``, as ``tenant`` sees the store.
 
     ``local`` is a source of responses consulted before the store (a WebSocket connection's
     last response, kept even with ``store: false`` or the store disabled); when it is given,
@@ -172,24 +177,24 @@ async def expand(request: ResponsesRequest, plan: Plan, service: StoreService,
                              param="previous_response_id" if missing else "input", code="store_disabled")
     if held is None and (not service.enabled or not (chained or references)):
         items, origins, new_ids = _with_ids(request.input, [CLIENT] * len(request.input))
-        return Expansion(request, tuple(items), tuple(origins), tuple(new_ids))
+        return Expansion(request, tuple(items), tuple(origins), tuple(new_ids), tenant)
     previous = held
     if previous is None and request.previous_response_id is not None:
-        previous = await _previous(service, request.previous_response_id)
+        previous = await _previous(service, request.previous_response_id, tenant)
     prefix: list[Item] = []
     prefix_origins: list[str] = []
     if previous is not None:
         prefix = [*previous.input_items, *previous.output]
         prefix_origins = [*previous.origins, *[previous.provider] * len(previous.output)]
     if service.enabled:
-        own, own_origins = await _resolved(service, request)
+        own, own_origins = await _resolved(service, request, tenant)
     else:  # only a forwardable plan gets here with references: its upstream resolves them
         own, own_origins = list(request.input), [CLIENT] * len(request.input)
     items, origins = [*prefix, *own], [*prefix_origins, *own_origins]
     raw = _native_raw(request, plan, previous, items, origins, len(prefix), references)
     expanded = dataclasses.replace(request, input=tuple(items), raw=raw)
     stored, stored_origins, new_ids = _with_ids(own, own_origins)
-    return Expansion(expanded, (*prefix, *stored), (*prefix_origins, *stored_origins), tuple(new_ids))
+    return Expansion(expanded, (*prefix, *stored), (*prefix_origins, *stored_origins), tuple(new_ids), tenant)
 
 
 def record_for(expansion: Expansion, response: dict[str, Any], provider: str, provider_type: str,
@@ -200,5 +205,5 @@ def record_for(expansion: Expansion, response: dict[str, Any], provider: str, pr
     return StoredResponse(
         id=str(response["id"]), response=response, input_items=expansion.items, origins=expansion.origins,
         provider=provider, provider_type=provider_type, index_ids=(*expansion.new_ids, *output_ids),
-        created_at=created_at,
+        created_at=created_at, owner=expansion.owner,
     )

@@ -17,7 +17,7 @@ class MemoryBackend:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._records: dict[str, EncodedRecord] = {}
-        self._items: dict[str, ItemPointer] = {}
+        self._items: dict[tuple[str, str], ItemPointer] = {}  # (owner, item id) -> pointer
         self._clock = clock
 
     async def open(self) -> None:
@@ -29,7 +29,7 @@ class MemoryBackend:
             self._drop_pointers(record.id)
             self._records[record.id] = record
             for pointer in record.pointers:
-                self._items[pointer.item_id] = pointer
+                self._items[record.owner, pointer.item_id] = pointer
 
     async def write(self, encode: Encoder) -> None:
         """Encode in a worker thread, then store."""
@@ -42,23 +42,27 @@ class MemoryBackend:
             return None
         return record.body
 
-    async def locate(self, item_id: str) -> ItemPointer | None:
-        """The pointer for ``item_id`` unless its record is gone."""
-        pointer = self._items.get(item_id)
+    async def locate(self, item_id: str, owner: str) -> ItemPointer | None:
+        """``owner``'s pointer for ``item_id`` unless its record is gone."""
+        pointer = self._items.get((owner, item_id))
         if pointer is None or await self.get(pointer.response_id) is None:
             return None
         return pointer
 
-    async def delete(self, response_id: str) -> bool:
-        """Remove the record and its pointers."""
+    async def delete(self, response_id: str, owner: str) -> bool:
+        """Remove ``owner``'s record and its pointers."""
+        record = self._records.get(response_id)
+        if record is None or record.owner != owner:
+            return False
         self._drop_pointers(response_id)
-        return self._records.pop(response_id, None) is not None
+        del self._records[response_id]
+        return True
 
     async def purge(self, now: float) -> int:
         """Remove expired records."""
         expired = [key for key, record in self._records.items() if self._expired(record, now)]
         for key in expired:
-            await self.delete(key)
+            await self.delete(key, self._records[key].owner)
         return len(expired)
 
     async def aclose(self) -> None:
@@ -69,6 +73,9 @@ class MemoryBackend:
 
     def _drop_pointers(self, response_id: str) -> None:
         old = self._records.get(response_id)
-        for pointer in old.pointers if old is not None else ():
-            if self._items.get(pointer.item_id) == pointer:
-                del self._items[pointer.item_id]
+        if old is None:
+            return
+        for pointer in old.pointers:
+            key = (old.owner, pointer.item_id)
+            if self._items.get(key) == pointer:
+                del self._items[key]

@@ -1,8 +1,10 @@
 """The Redis backend: for several gateway instances behind one load balancer.
 
-Keys (all under ``key_prefix``): ``resp:<id>`` holds the encoded record, ``idx:<id>`` the
-ids of the items it introduced (newline-separated), ``item:<item id>`` a pointer
-``<response id> <input|output> <index>``.  Every key gets the retention as its TTL
+Keys (all under ``key_prefix``): ``resp:<id>`` holds the encoded record (its tenant is in
+it), ``idx:<id>`` the ids of the items it introduced (newline-separated), and a pointer
+``<response id> <input|output> <index>`` per item in its tenant's item index:
+``item:<item id>`` for the anonymous tenant (as before tenants existed), ``titem:<h>:<item id>``
+for the others, ``<h>`` a fixed-length hash of the tenant id.  Every key gets the retention as its TTL
 (``PX``), so Redis expires old responses by itself.  A batch of records is one pipelined
 round trip.  Commands go through ``streamgw.store.resp.RedisClient`` (trio sockets).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from hashlib import sha256
 
 import trio
 
@@ -46,6 +49,12 @@ class RedisBackend:
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
 
+    def _item_key(self, owner: str, item_id: str) -> str:
+        """The pointer's key in ``owner``'s item index (fixed-length scope: no tenant name can forge another's)."""
+        if not owner:
+            return self._key("item", item_id)
+        return self._key("titem", f"{sha256(owner.encode()).hexdigest()[:32]}:{item_id}")
+
     async def open(self) -> None:
         """Check that the server answers."""
         with _translated("PING"):
@@ -59,8 +68,8 @@ class RedisBackend:
             ids = "\n".join(p.item_id for p in record.pointers)
             commands.append(["SET", self._key("resp", record.id), record.body, *ttl])
             commands.append(["SET", self._key("idx", record.id), ids, *ttl])
-            commands += [["SET", self._key("item", p.item_id), f"{p.response_id} {p.kind} {p.index}", *ttl]
-                         for p in record.pointers]
+            commands += [["SET", self._item_key(record.owner, p.item_id), f"{p.response_id} {p.kind} {p.index}",
+                          *ttl] for p in record.pointers]
         with _translated("write"):
             replies = await self._client.pipeline(commands)
             errors = [reply for reply in replies if isinstance(reply, RespError)]
@@ -77,22 +86,22 @@ class RedisBackend:
             reply = await self._client.execute("GET", self._key("resp", response_id))
         return reply if isinstance(reply, bytes) else None
 
-    async def locate(self, item_id: str) -> ItemPointer | None:
-        """The pointer stored for ``item_id``."""
+    async def locate(self, item_id: str, owner: str) -> ItemPointer | None:
+        """The pointer stored for ``item_id`` in ``owner``'s item index."""
         with _translated("read"):
-            reply = await self._client.execute("GET", self._key("item", item_id))
+            reply = await self._client.execute("GET", self._item_key(owner, item_id))
             if not isinstance(reply, bytes):
                 return None
             response_id, kind, index = reply.decode().split(" ")
             return ItemPointer(item_id, response_id, kind, int(index))
 
-    async def delete(self, response_id: str) -> bool:
-        """Remove the record, its index and the pointers it wrote."""
+    async def delete(self, response_id: str, owner: str) -> bool:
+        """Remove the record, its index and the pointers it wrote (in ``owner``'s item index)."""
         with _translated("delete"):
             ids = await self._client.execute("GET", self._key("idx", response_id))
             items = ids.decode().split("\n") if isinstance(ids, bytes) and ids else []
             keys = [self._key("resp", response_id), self._key("idx", response_id)]
-            keys += [self._key("item", item_id) for item_id in items]
+            keys += [self._item_key(owner, item_id) for item_id in items]
             replies = await self._client.pipeline([["UNLINK", key] for key in keys])
         return replies[0] == 1
 

@@ -8,6 +8,10 @@ whose write is still queued or in flight never reads as missing.  A newer versio
 record (a stream's final object after its ``in_progress`` snapshot) replaces the pending
 one; the writer always writes the latest.
 
+Every read takes the caller's tenant: a record of another tenant is treated exactly as a
+missing one (``get`` and ``item`` return ``None``, ``delete`` returns ``False``), here and
+nowhere else, so no route can forget the check.
+
 When the queue is full, a record is too large, or the backend is down, the failure is
 counted in ``streamgw_store_errors_total{op}``, logged at most once per interval per kind,
 and the response is served all the same.  Reads raise ``StoreUnavailable`` (503).
@@ -190,7 +194,7 @@ class StoreService:
         if record.id in self._deleted and self.backend is not None:
             self._deleted.discard(record.id)
             try:
-                await self.backend.delete(record.id)
+                await self.backend.delete(record.id, record.owner)
             except StoreUnavailable as exc:
                 self.report("delete", exc.message)
 
@@ -206,10 +210,11 @@ class StoreService:
                 why = (f"response {record.id} was not stored: its record is {len(body)} bytes, over the "
                        f"store's max_response_bytes ({limit})")
                 oversized.append(why)
-                tombstone = StoredResponse(record.id, {"id": record.id}, created_at=record.created_at, omitted=why)
-                encoded.append(EncodedRecord(record.id, encode_record(tombstone), expires))
+                tombstone = StoredResponse(record.id, {"id": record.id}, created_at=record.created_at, omitted=why,
+                                           owner=record.owner)
+                encoded.append(EncodedRecord(record.id, encode_record(tombstone), expires, owner=record.owner))
                 continue
-            encoded.append(EncodedRecord(record.id, body, expires, tuple(record.pointers())))
+            encoded.append(EncodedRecord(record.id, body, expires, tuple(record.pointers()), record.owner))
         return encoded
 
     async def _purge_loop(self) -> None:
@@ -222,8 +227,17 @@ class StoreService:
 
     # -- reading --------------------------------------------------------------------------------
 
-    async def get(self, response_id: str) -> StoredResponse | None:
-        """The record (pending first), or ``None``; ``StoreUnavailable`` if the backend is down."""
+    async def get(self, response_id: str, tenant: str) -> StoredResponse | None:
+        """``tenant``'s record (pending first), or ``None`` — also when it is another tenant's.
+
+        ``StoreUnavailable`` if the backend is down.
+        """
+        record = await self._read(response_id)
+        # Another tenant's record is missing, not forbidden: the same answer leaks nothing.
+        return record if record is not None and record.owner == tenant else None
+
+    async def _read(self, response_id: str) -> StoredResponse | None:
+        """The record whoever owns it: never hand it out without comparing its owner."""
         record = self._pending.get(response_id)
         if record is not None or self.backend is None:
             return record
@@ -234,40 +248,41 @@ class StoreService:
             raise
         return None if body is None else await self._decode(response_id, body)
 
-    async def item(self, item_id: str) -> tuple[dict[str, Any], str] | None:
-        """An item by id and the origin of its id, from any stored or pending response."""
+    async def item(self, item_id: str, tenant: str) -> tuple[dict[str, Any], str] | None:
+        """An item by id and the origin of its id, from any of ``tenant``'s stored or pending responses."""
         if self.backend is None:
             return None
         try:
-            pointer = await self.backend.locate(item_id)
+            pointer = await self.backend.locate(item_id, tenant)
         except StoreUnavailable as exc:
             self.report("read", exc.message)
             raise
         if pointer is not None:
-            record = await self.get(pointer.response_id)
+            record = await self.get(pointer.response_id, tenant)
             found = record.item_at(pointer) if record is not None else None
             if found is not None:
                 return found
         for record in reversed(list(self._pending.values())):
+            if record.owner != tenant:
+                continue
             for candidate in record.pointers():
                 if candidate.item_id == item_id:
                     return record.item_at(candidate)
         return None
 
-    async def delete(self, response_id: str) -> bool:
-        """Delete a record (pending or written); ``False`` if there was none."""
-        if self.backend is None:
+    async def delete(self, response_id: str, tenant: str) -> bool:
+        """Delete ``tenant``'s record (pending or written); ``False`` if there was none (or it is another's)."""
+        if self.backend is None or await self.get(response_id, tenant) is None:
             return False
-        pending = self._pending.get(response_id)
         self._forget(response_id)
         if response_id in self._in_flight:
             self._deleted.add(response_id)
         try:
-            found = await self.backend.delete(response_id)
+            await self.backend.delete(response_id, tenant)
         except StoreUnavailable as exc:
             self.report("delete", exc.message)
             raise
-        return found or pending is not None
+        return True
 
     async def _decode(self, response_id: str, body: bytes) -> StoredResponse | None:
         try:

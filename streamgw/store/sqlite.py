@@ -6,6 +6,11 @@ writer task, and the rare DELETE, take turns on a ``trio.Lock``); reads use a sm
 their own connections, which WAL lets run while a write is in progress.  The file and its
 schema are created on first use; a file that cannot be opened makes the store "down" (every
 call raises ``StoreUnavailable``), and opening is retried at most every few seconds.
+
+Each record has its tenant in an ``owner`` column, and the item index is keyed by
+``(owner, id)``: a tenant's item ids never collide with another tenant's.  A database
+written before tenants existed is migrated when it is opened: its rows belong to the
+anonymous tenant ``''``.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from streamgw.store.base import EncodedRecord, Encoder, ItemPointer, StoreUnavai
 
 T = TypeVar("T")
 
+_ITEMS = ("CREATE TABLE IF NOT EXISTS items (owner TEXT NOT NULL, id TEXT NOT NULL, response_id TEXT NOT NULL, "
+          "kind TEXT NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (owner, id))")
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, body BLOB NOT NULL, expires_at REAL)",
+    "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, body BLOB NOT NULL, expires_at REAL, "
+    "owner TEXT NOT NULL DEFAULT '')",
     "CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at)",
-    "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, response_id TEXT NOT NULL, kind TEXT NOT NULL, "
-    "idx INTEGER NOT NULL)",
+    _ITEMS,
     "CREATE INDEX IF NOT EXISTS items_by_response ON items (response_id)",
 )
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -50,11 +57,32 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """A database from before tenants: every existing row goes to the anonymous tenant ``''``."""
+    responses = _columns(conn, "responses")
+    if responses and "owner" not in responses:
+        conn.execute("ALTER TABLE responses ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+    items = _columns(conn, "items")
+    if items and "owner" not in items:  # the primary key changes: a new table (its index goes with the old one)
+        conn.execute("ALTER TABLE items RENAME TO items_before_tenants")
+        conn.execute(_ITEMS)
+        conn.execute("INSERT INTO items (owner, id, response_id, kind, idx) "
+                     "SELECT '', id, response_id, kind, idx FROM items_before_tenants")
+        conn.execute("DROP TABLE items_before_tenants")
+
+
 def _create(path: str) -> sqlite3.Connection:
     conn = _connect(path)
     try:
-        for statement in _SCHEMA:
-            conn.execute(statement)
+        with conn:  # one transaction: worker processes opening the same file at once migrate it once
+            conn.execute("BEGIN IMMEDIATE")
+            _migrate(conn)
+            for statement in _SCHEMA:
+                conn.execute(statement)
     except BaseException:
         conn.close()
         raise
@@ -68,12 +96,12 @@ def _write(conn: sqlite3.Connection, records: Sequence[EncodedRecord]) -> None:
         for record in records:
             conn.execute("DELETE FROM items WHERE response_id = ?", (record.id,))
         conn.executemany(
-            "INSERT OR REPLACE INTO responses (id, body, expires_at) VALUES (?, ?, ?)",
-            [(r.id, r.body, r.expires_at) for r in records],
+            "INSERT OR REPLACE INTO responses (id, body, expires_at, owner) VALUES (?, ?, ?, ?)",
+            [(r.id, r.body, r.expires_at, r.owner) for r in records],
         )
         conn.executemany(
-            "INSERT OR REPLACE INTO items (id, response_id, kind, idx) VALUES (?, ?, ?, ?)",
-            [(p.item_id, p.response_id, p.kind, p.index) for r in records for p in r.pointers],
+            "INSERT OR REPLACE INTO items (owner, id, response_id, kind, idx) VALUES (?, ?, ?, ?, ?)",
+            [(r.owner, p.item_id, p.response_id, p.kind, p.index) for r in records for p in r.pointers],
         )
 
 
@@ -81,11 +109,13 @@ def _encode_and_write(conn: sqlite3.Connection, encode: Encoder) -> None:
     _write(conn, encode())
 
 
-def _delete(conn: sqlite3.Connection, response_id: str) -> bool:
+def _delete(conn: sqlite3.Connection, response_id: str, owner: str) -> bool:
     with conn:
         conn.execute("BEGIN IMMEDIATE")
+        if conn.execute("DELETE FROM responses WHERE id = ? AND owner = ?", (response_id, owner)).rowcount == 0:
+            return False
         conn.execute("DELETE FROM items WHERE response_id = ?", (response_id,))
-        return conn.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+        return True
 
 
 def _purge(conn: sqlite3.Connection, now: float) -> int:
@@ -102,10 +132,10 @@ def _get(conn: sqlite3.Connection, response_id: str, now: float) -> bytes | None
     return None if row is None else bytes(row[0])
 
 
-def _locate(conn: sqlite3.Connection, item_id: str, now: float) -> ItemPointer | None:
+def _locate(conn: sqlite3.Connection, item_id: str, owner: str, now: float) -> ItemPointer | None:
     row = conn.execute(
         f"SELECT i.response_id, i.kind, i.idx FROM items i JOIN responses r ON r.id = i.response_id "
-        f"WHERE i.id = ? AND {_LIVE.replace('expires_at', 'r.expires_at')}", (item_id, now),
+        f"WHERE i.owner = ? AND i.id = ? AND {_LIVE.replace('expires_at', 'r.expires_at')}", (owner, item_id, now),
     ).fetchone()
     return None if row is None else ItemPointer(item_id, str(row[0]), str(row[1]), int(row[2]))
 
@@ -151,9 +181,9 @@ class SQLiteBackend:
         """Encode and write in the same worker thread: one hop off the event loop per batch."""
         await self._on_writer(_encode_and_write, encode)
 
-    async def delete(self, response_id: str) -> bool:
-        """Remove a record and its pointers."""
-        return await self._on_writer(_delete, response_id)
+    async def delete(self, response_id: str, owner: str) -> bool:
+        """Remove ``owner``'s record and its pointers."""
+        return await self._on_writer(_delete, response_id, owner)
 
     async def purge(self, now: float) -> int:
         """Remove records (and their pointers) that expired before ``now``."""
@@ -163,9 +193,9 @@ class SQLiteBackend:
         """The live record's bytes, or ``None``."""
         return await self._on_reader(_get, response_id, self._clock())
 
-    async def locate(self, item_id: str) -> ItemPointer | None:
-        """The pointer of an item whose record is live."""
-        return await self._on_reader(_locate, item_id, self._clock())
+    async def locate(self, item_id: str, owner: str) -> ItemPointer | None:
+        """``owner``'s pointer of an item whose record is live."""
+        return await self._on_reader(_locate, item_id, owner, self._clock())
 
     async def aclose(self) -> None:
         """Close every connection (in a thread: closing checkpoints the WAL)."""

@@ -41,14 +41,14 @@ async def test_put_get_replace(backend: Backend) -> None:
 
 async def test_pointers_locate_items_and_go_with_their_record(backend: Backend) -> None:
     await backend.put_many([record("resp_a", "msg_1", "msg_2"), record("resp_b", "msg_3")])
-    assert await backend.locate("msg_2") == ItemPointer("msg_2", "resp_a", "input", 1)
-    assert await backend.locate("msg_3") == ItemPointer("msg_3", "resp_b", "input", 0)
-    assert await backend.locate("msg_404") is None
-    assert await backend.delete("resp_a") is True
-    assert await backend.delete("resp_a") is False
+    assert await backend.locate("msg_2", "") == ItemPointer("msg_2", "resp_a", "input", 1)
+    assert await backend.locate("msg_3", "") == ItemPointer("msg_3", "resp_b", "input", 0)
+    assert await backend.locate("msg_404", "") is None
+    assert await backend.delete("resp_a", "") is True
+    assert await backend.delete("resp_a", "") is False
     assert await backend.get("resp_a") is None
-    assert await backend.locate("msg_1") is None and await backend.locate("msg_2") is None
-    assert await backend.locate("msg_3") is not None
+    assert await backend.locate("msg_1", "") is None and await backend.locate("msg_2", "") is None
+    assert await backend.locate("msg_3", "") is not None
 
 
 async def test_expired_records_are_gone(backend: Backend, clock: Clock) -> None:
@@ -60,7 +60,7 @@ async def test_expired_records_are_gone(backend: Backend, clock: Clock) -> None:
         await trio.sleep(0.5)
     await backend.purge(clock.now)
     assert await backend.get("resp_old") is None
-    assert await backend.locate("msg_old") is None
+    assert await backend.locate("msg_old", "") is None
     assert await backend.get("resp_keep") is not None
 
 
@@ -76,7 +76,7 @@ async def test_sqlite_file_is_created_in_wal_mode_and_survives_a_reopen(tmp_path
     second = SQLiteBackend(str(path))
     try:
         assert await second.get("resp_a") == b"body of resp_a"
-        assert await second.locate("msg_1") is not None
+        assert await second.locate("msg_1", "") is not None
     finally:
         await second.aclose()
 
@@ -107,7 +107,7 @@ async def test_sqlite_that_cannot_open_is_unavailable_and_fails_fast(tmp_path: P
 
 async def test_redis_down_is_unavailable() -> None:
     store = RedisBackend("redis://127.0.0.1:1/0", timeout=0.5)
-    for call in (store.open(), store.get("resp_a"), store.put_many([record("resp_a")]), store.delete("resp_a")):
+    for call in (store.open(), store.get("resp_a"), store.put_many([record("resp_a")]), store.delete("resp_a", "")):
         with pytest.raises(StoreUnavailable, match="redis"):
             await call
     await store.aclose()
@@ -120,7 +120,7 @@ async def test_redis_select_keeps_databases_apart(redis_url: str) -> None:
         await three.put_many([record("resp_db")])
         assert await three.get("resp_db") is not None
         assert await zero.get("resp_db") is None
-        assert await three.delete("resp_db")
+        assert await three.delete("resp_db", "")
     finally:
         await three.aclose()
         await zero.aclose()

@@ -43,7 +43,7 @@ def user(text: str, **extra: Any) -> dict[str, Any]:
 async def first_turn(store: StoreService, provider: ProviderConfig, *, store_flag: bool = True,
                      output: list[dict[str, Any]] | None = None) -> str:
     """Record a finished first turn served by ``provider``; return its id."""
-    expansion = await expand(request(input="turn one", instructions="first rules"), plan(provider), store)
+    expansion = await expand(request(input="turn one", instructions="first rules"), plan(provider), store, tenant="")
     output = output if output is not None else [
         {"id": "rs_1", "type": "reasoning", "summary": [], "encrypted_content": encode_blob("claude", {"s": 1})},
         {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
@@ -56,7 +56,7 @@ async def first_turn(store: StoreService, provider: ProviderConfig, *, store_fla
 async def test_a_plain_request_is_unchanged_and_gets_ids_to_store() -> None:
     store = service()
     req = request(input=[user("hi"), user("again", id="msg_client")])
-    expansion = await expand(req, plan(CHAT), store)
+    expansion = await expand(req, plan(CHAT), store, tenant="")
     assert expansion.request is req
     assert [i["id"].startswith("msg_") for i in expansion.items] == [True, True]
     assert expansion.items[1]["id"] == "msg_client" and expansion.origins == (MINTED, CLIENT)
@@ -69,7 +69,7 @@ async def test_previous_turn_is_prepended_and_instructions_are_not_inherited() -
     previous = await first_turn(store, CLAUDE)
     req = request(input=[{"type": "function_call_output", "call_id": "call_1", "output": "42"}],
                   previous_response_id=previous, instructions="second rules")
-    expansion = await expand(req, plan(CLAUDE), store)
+    expansion = await expand(req, plan(CLAUDE), store, tenant="")
     kinds = [item["type"] for item in expansion.request.input]
     assert kinds == ["message", "reasoning", "function_call", "function_call_output"]
     assert expansion.request.input[0]["content"][0]["text"] == "turn one"
@@ -80,7 +80,7 @@ async def test_previous_turn_is_prepended_and_instructions_are_not_inherited() -
     # the next turn needs one lookup only: the stored input holds the whole chain
     store.submit(record_for(expansion, {"id": "resp_two", "status": "completed", "output": []}, "claude",
                             "anthropic", time.time()))
-    third = await expand(request(input="three", previous_response_id="resp_two"), plan(CHAT), store)
+    third = await expand(request(input="three", previous_response_id="resp_two"), plan(CHAT), store, tenant="")
     assert [item["type"] for item in third.request.input] == [*kinds, "message"]
 
 
@@ -88,37 +88,37 @@ async def test_item_references_resolve_by_id() -> None:
     store = service()
     await first_turn(store, CLAUDE)
     req = request(input=[{"type": "item_reference", "id": "fc_1"}, user("and?")])
-    expansion = await expand(req, plan(CHAT), store)
+    expansion = await expand(req, plan(CHAT), store, tenant="")
     assert expansion.request.input[0]["call_id"] == "call_1"
     assert expansion.origins[0] == "claude" and len(expansion.new_ids) == 1
     with pytest.raises(NotFound) as missing:
-        await expand(request(input=[user("x"), {"id": "msg_nope"}]), plan(CHAT), store)
+        await expand(request(input=[user("x"), {"id": "msg_nope"}]), plan(CHAT), store, tenant="")
     assert missing.value.param == "input[1].id" and missing.value.status == 404
 
 
 async def test_unknown_previous_response_is_a_404_naming_the_param() -> None:
     with pytest.raises(NotFound) as missing:
-        await expand(request(input="x", previous_response_id="resp_nope"), plan(CHAT), service())
+        await expand(request(input="x", previous_response_id="resp_nope"), plan(CHAT), service(), tenant="")
     assert missing.value.param == "previous_response_id" and missing.value.code == "previous_response_not_found"
 
 
 async def test_a_response_still_in_progress_cannot_be_continued() -> None:
     store = service()
-    expansion = await expand(request(input="x"), plan(CHAT), store)
+    expansion = await expand(request(input="x"), plan(CHAT), store, tenant="")
     store.submit(record_for(expansion, {"id": "resp_live", "status": "in_progress", "output": []}, "groq", "chat",
                             time.time()))
     with pytest.raises(InvalidRequest) as live:
-        await expand(request(input="y", previous_response_id="resp_live"), plan(CHAT), store)
+        await expand(request(input="y", previous_response_id="resp_live"), plan(CHAT), store, tenant="")
     assert live.value.param == "previous_response_id" and live.value.code == "previous_response_in_progress"
 
 
 async def test_without_a_store_chaining_is_refused_unless_every_target_is_native() -> None:
     store = service("none")
     with pytest.raises(InvalidRequest) as disabled:
-        await expand(request(input="x", previous_response_id="resp_1"), plan(OAI, CHAT), store)
+        await expand(request(input="x", previous_response_id="resp_1"), plan(OAI, CHAT), store, tenant="")
     assert disabled.value.code == "store_disabled" and disabled.value.param == "previous_response_id"
     req = request(input="x", previous_response_id="resp_upstream")
-    assert (await expand(req, plan(OAI), store)).request is req, "the upstream is the judge of its own ids"
+    assert (await expand(req, plan(OAI), store, tenant="")).request is req, "the upstream is the judge of its own ids"
 
 
 async def test_native_upstream_that_stored_the_chain_gets_the_id() -> None:
@@ -126,7 +126,7 @@ async def test_native_upstream_that_stored_the_chain_gets_the_id() -> None:
     previous = await first_turn(store, OAI, output=[{"id": "msg_up", "type": "message", "role": "assistant",
                                                      "content": [{"type": "output_text", "text": "a"}]}])
     req = request(input=[{"type": "item_reference", "id": "msg_up"}, user("next")], previous_response_id=previous)
-    raw = (await expand(req, plan(OAI), store)).request.raw
+    raw = (await expand(req, plan(OAI), store, tenant="")).request.raw
     assert raw["previous_response_id"] == previous
     assert raw["input"] == [{"id": "msg_up", "type": "message", "role": "assistant",
                              "content": [{"type": "output_text", "text": "a"}]}, user("next")]
@@ -143,7 +143,7 @@ async def test_native_upstream_otherwise_gets_the_chain_rebuilt(first: ProviderC
     store = service()
     previous = await first_turn(store, first, store_flag=store_flag)
     req = request(input="next", previous_response_id=previous)
-    expansion = await expand(req, plan(*targets), store)
+    expansion = await expand(req, plan(*targets), store, tenant="")
     raw = expansion.request.raw
     assert "previous_response_id" not in raw
     kinds = [item["type"] for item in raw["input"]]

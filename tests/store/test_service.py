@@ -69,7 +69,7 @@ async def running(nursery: trio.Nursery) -> AsyncIterator[Any]:
 
 
 async def status_of(service: StoreService, response_id: str) -> str:
-    record = await service.get(response_id)
+    record = await service.get(response_id, "")
     assert record is not None
     return record.status
 
@@ -86,13 +86,13 @@ async def test_pending_records_read_back_before_and_after_the_write(running: Any
     service = StoreService(StoreConfig(backend="memory"), Metrics(), backend)
     record = stored("resp_1")
     service.submit(record)
-    assert (await service.get("resp_1")) == record, "readable before the writer ran"
+    assert (await service.get("resp_1", "")) == record, "readable before the writer ran"
     assert await backend.get("resp_1") is None
     await running(service)
     await wait_written(service)
     assert await backend.get("resp_1") is not None
-    assert (await service.get("resp_1")) == record
-    found = await service.item("msg_out_resp_1")
+    assert (await service.get("resp_1", "")) == record
+    found = await service.item("msg_out_resp_1", "")
     assert found is not None and found[1] == "mock" and found[0]["content"][0]["text"] == "hi"
 
 
@@ -116,12 +116,12 @@ async def test_a_delete_during_the_write_is_not_undone(running: Any) -> None:
     service.submit(stored("resp_1"))
     with trio.fail_after(5):
         await backend.writing.wait()
-    assert await service.delete("resp_1") is True
+    assert await service.delete("resp_1", "") is True
     backend.release.set()
     await wait_written(service)
     await trio.sleep(0.05)
-    assert await service.get("resp_1") is None and await backend.get("resp_1") is None
-    assert await service.delete("resp_1") is False
+    assert await service.get("resp_1", "") is None and await backend.get("resp_1") is None
+    assert await service.delete("resp_1", "") is False
 
 
 async def test_a_full_queue_drops_with_one_warning_and_a_count(caplog: pytest.LogCaptureFixture) -> None:
@@ -131,7 +131,7 @@ async def test_a_full_queue_drops_with_one_warning_and_a_count(caplog: pytest.Lo
         for i in range(10):
             service.submit(stored(f"resp_{i}"))
     assert errors(metrics, "queue_full") == 8
-    assert service.pending == 2 and await service.get("resp_9") is None
+    assert service.pending == 2 and await service.get("resp_9", "") is None
     assert len([r for r in caplog.records if "queue is full" in r.getMessage()]) == 1
 
 
@@ -142,10 +142,10 @@ async def test_too_large_is_a_tombstone(running: Any) -> None:
     service.submit(stored("resp_small"))
     service.submit(stored("resp_big", text="x" * 1000))
     await wait_written(service)
-    big = await service.get("resp_big")
+    big = await service.get("resp_big", "")
     assert big is not None and big.omitted is not None and "max_response_bytes (600)" in big.omitted
-    assert big.input_items == () and await service.item("msg_in_resp_big") is None
-    small = await service.get("resp_small")
+    assert big.input_items == () and await service.item("msg_in_resp_big", "") is None
+    small = await service.get("resp_small", "")
     assert small is not None and small.omitted is None
     assert errors(metrics, "too_large") == 1
 
@@ -158,9 +158,9 @@ async def test_retention_sets_the_expiry(running: Any) -> None:
     service.submit(stored("resp_1", created_at=1000.0))
     await wait_written(service)
     clock[0] += 86399
-    assert await service.get("resp_1") is not None
+    assert await service.get("resp_1", "") is not None
     clock[0] += 2
-    assert await service.get("resp_1") is None
+    assert await service.get("resp_1", "") is None
 
 
 async def test_a_store_that_is_down_loses_records_but_not_requests(running: Any,
@@ -173,7 +173,7 @@ async def test_a_store_that_is_down_loses_records_but_not_requests(running: Any,
         await wait_written(service)
     assert errors(metrics, "open") == 1 and errors(metrics, "write") == 1
     with pytest.raises(StoreUnavailable) as failure:
-        await service.get("resp_1")
+        await service.get("resp_1", "")
     assert failure.value.status == 503 and failure.value.code == "store_unavailable"
     assert errors(metrics, "read") == 1
     assert any("not stored" in r.getMessage() for r in caplog.records)
@@ -189,15 +189,15 @@ async def test_close_drains_the_queue() -> None:
         await service.aclose()
     assert all([await backend.get(f"resp_{i}") is not None for i in range(200)])
     service.submit(stored("resp_late"))  # after shutdown: dropped, never raised
-    assert await service.get("resp_late") is None
+    assert await service.get("resp_late", "") is None
 
 
 async def test_disabled_store_keeps_nothing() -> None:
     service = StoreService(StoreConfig(backend="none"), Metrics())
     assert not service.enabled
     service.submit(stored("resp_1"))
-    assert await service.get("resp_1") is None and await service.delete("resp_1") is False
-    assert await service.item("msg_in_resp_1") is None
+    assert await service.get("resp_1", "") is None and await service.delete("resp_1", "") is False
+    assert await service.item("msg_in_resp_1", "") is None
 
 
 async def test_waiting_for_a_write_ends_when_it_is_written_or_given_up(running: Any) -> None:
