@@ -84,6 +84,8 @@ class Gateway:
         self.drain = self.engine.drain
         self.keys = [k.get().encode() for k in config.auth_keys]
         self.tenants = tenant_ids(self.keys, config.auth_tenants)
+        #: one tenant for every caller: without a store, a native upstream may then resolve ids itself
+        self.sole_tenant = len(set(self.tenants)) <= 1
         self.store = StoreService(config.store, self.metrics)
         self.ready = False
 

@@ -201,7 +201,7 @@ class ResponsesEndpoint:
         """Run the request for ``tenant`` while a watcher looks out for the client; the provider that served it."""
         gw = self.gw
         # previous_response_id, item_reference: once, for all, and only ever the tenant's own responses
-        expansion = await expand(req, plan, gw.store, tenant=tenant)
+        expansion = await expand(req, plan, gw.store, tenant=tenant, sole_tenant=gw.sole_tenant)
         req = expansion.request
         recorder = Recorder(gw.store, expansion) if req.store and gw.store.enabled else None
         keepalive = 0.0

@@ -212,7 +212,8 @@ class ResponseSocket:
         label = "none"
         try:
             label, plan = _route_name(gw, request)
-            expansion = await expand(request, plan, gw.store, self._last, tenant=self._tenant)
+            expansion = await expand(request, plan, gw.store, self._last, tenant=self._tenant,
+                                     sole_tenant=gw.sole_tenant)
             request = expansion.request
             recorder = Recorder(gw.store, expansion) if request.store and gw.store.enabled else None
             run = await ResponseRun.open(request, plan, gw.engine, started_at=started)

@@ -154,12 +154,17 @@ def _forwardable(plan: Plan) -> bool:
 
 
 async def expand(request: ResponsesRequest, plan: Plan, service: StoreService,
-                 local: Mapping[str, StoredResponse] | None = None, *, tenant: str) -> Expansion:
+                 local: Mapping[str, StoredResponse] | None = None, *, tenant: str,
+                 sole_tenant: bool = False) -> Expansion:
     """Expand ``previous_response_id`` and ``item_reference`` items for ``plan``, as ``tenant`` sees the store.
 
     ``local`` is a source of responses consulted before the store (a WebSocket connection's
     last response, kept even with ``store: false`` or the store disabled); when it is given,
     an id found in neither is ``previous_response_not_found`` even with the store disabled.
+
+    ``sole_tenant`` says every key of the gateway is this one tenant: only then, with the store
+    disabled, may a native upstream resolve the ids itself — it holds every tenant's responses
+    under the same upstream credential and cannot tell them apart.
 
     Raises ``NotFound`` (param ``previous_response_id`` or ``input[i].id``), ``InvalidRequest``
     when the previous response is still in progress or the store is disabled, and
@@ -169,10 +174,11 @@ async def expand(request: ResponsesRequest, plan: Plan, service: StoreService,
     references = any(item.get("type") == "item_reference" for item in request.input)
     held = local.get(request.previous_response_id) if local and request.previous_response_id else None
     missing = chained and held is None
-    if not service.enabled and (missing or references) and not _forwardable(plan):
+    if not service.enabled and (missing or references) and not (sole_tenant and _forwardable(plan)):
         if missing and local is not None:
             raise _not_found(str(request.previous_response_id))
-        raise InvalidRequest("This gateway keeps no responses ([store] backend = \"none\"): "
+        tenants = "" if sole_tenant else " and its keys belong to more than one tenant"
+        raise InvalidRequest(f"This gateway keeps no responses ([store] backend = \"none\"){tenants}: "
                              "previous_response_id and item_reference cannot be used.",
                              param="previous_response_id" if missing else "input", code="store_disabled")
     if held is None and (not service.enabled or not (chained or references)):

@@ -118,7 +118,21 @@ async def test_without_a_store_chaining_is_refused_unless_every_target_is_native
         await expand(request(input="x", previous_response_id="resp_1"), plan(OAI, CHAT), store, tenant="")
     assert disabled.value.code == "store_disabled" and disabled.value.param == "previous_response_id"
     req = request(input="x", previous_response_id="resp_upstream")
-    assert (await expand(req, plan(OAI), store, tenant="")).request is req, "the upstream is the judge of its own ids"
+    assert (await expand(req, plan(OAI), store, tenant="", sole_tenant=True)).request is req, \
+        "the upstream is the judge of its own ids"
+
+
+@pytest.mark.parametrize("field", ["previous_response_id", "input"])
+async def test_without_a_store_several_tenants_never_reach_upstream_ids(field: str) -> None:
+    """The upstream keeps every tenant's responses under one credential: it cannot judge whose an id is."""
+    if field == "input":
+        req = request(input=[{"type": "item_reference", "id": "msg_of_another_tenant"}])
+    else:
+        req = request(input="x", previous_response_id="resp_of_another_tenant")
+    with pytest.raises(InvalidRequest) as refused:
+        await expand(req, plan(OAI), service("none"), tenant="key:0123", sole_tenant=False)
+    assert refused.value.code == "store_disabled" and refused.value.param == field
+    assert "more than one tenant" in refused.value.message
 
 
 async def test_native_upstream_that_stored_the_chain_gets_the_id() -> None:

@@ -31,6 +31,7 @@ from streamgw.store.service import StoreService
 from streamgw.store.sqlite import SQLiteBackend
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.harness import running_gateway
+from streamgw.testing.responses_mock import ResponsesMock
 
 from .conftest import eventually, unique_prefix
 
@@ -345,3 +346,28 @@ def test_old_records_decode_to_the_anonymous_tenant() -> None:
     assert decode_record(json.dumps(old).encode()).owner == ""
     with pytest.raises(ValueError, match="owner"):
         decode_record(json.dumps({**old, "owner": 7}).encode())
+
+
+@pytest.mark.parametrize("tenants", [("", "", ""), ("team-a", "team-a", "team-a")])
+async def test_without_a_store_upstream_ids_are_forwarded_only_for_a_sole_tenant(
+        nursery: trio.Nursery, tenants: tuple[str, str, str]) -> None:
+    """With ``[store] backend = "none"`` a native upstream resolves ids itself, under one credential for all
+    tenants: the gateway forwards them only when every key is one tenant."""
+    upstream = ResponsesMock()
+    upstream_port = await nursery.start(upstream.serve)
+    provider = ProviderConfig(name="oai", type="openai", base_url=f"http://127.0.0.1:{upstream_port}/v1",
+                              api_key=Secret("sk-upstream-tenancy"))
+    config = Config(auth_keys=(Secret(KEY_A), Secret(KEY_B), Secret(KEY_C)), auth_tenants=tenants,
+                    providers={"oai": provider}, store=StoreConfig(backend="none"))
+    async with running_gateway(config) as port, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                              headers={"authorization": f"Bearer {KEY_B}"}) as client:
+        answer = await client.post("/v1/responses", json={
+            "model": "oai/text:tokens=2", "input": "and?", "previous_response_id": "resp_from_upstream"})
+    forwarded = [r for r in upstream.requests if b"resp_from_upstream" in r.body]
+    if tenants[0]:  # one team: the upstream is the judge of its own ids, as without keys
+        assert len(forwarded) == 1 and answer.status_code == 200, answer.text
+    else:
+        assert forwarded == [] and answer.status_code == 400
+        assert (answer.json()["error"]["code"], answer.json()["error"]["param"]) == (
+            "store_disabled", "previous_response_id")
