@@ -55,7 +55,9 @@ _V6_REFUSED: Final = _nets(
 )
 
 #: IPv6 forms that carry an IPv4 address in their low 32 bits.
-_NAT64: Final = _nets("64:ff9b::/96", "64:ff9b:1::/48")
+#: (The local-use NAT64 prefix 64:ff9b:1::/48 may place the IPv4 address elsewhere: it is
+#: refused outright, being outside 2000::/3.)
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 _V4_COMPATIBLE: Final = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
 _V4_TRANSLATED: Final = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT ::ffff:0:a.b.c.d
 _SIX_TO_FOUR: Final = ipaddress.IPv6Network("2002::/16")  # 2002:AABB:CCDD::/48 holds AABBCCDD
@@ -68,7 +70,7 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
     if address in _SIX_TO_FOUR:
         return address.sixtofour
     low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if any(address in net for net in _NAT64) or address in _V4_TRANSLATED:
+    if address in _NAT64 or address in _V4_TRANSLATED:
         return low32
     if address in _V4_COMPATIBLE and int(address) > 1:  # :: and ::1 are IPv6's own
         return low32
