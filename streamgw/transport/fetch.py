@@ -44,8 +44,9 @@ MAX_ADDRESSES_TRIED: Final = 3
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _HEADERS: Final = {"user-agent": "streamgw-image-fetch", "accept": "image/*", "accept-encoding": "identity"}
-#: no transport-level limits: the request's one ``timeout`` scope bounds everything
-_NO_TIMEOUTS: Final = {"connect": None, "read": None, "write": None, "pool": None}
+#: the request's one ``timeout`` scope bounds everything; a connect attempt gets a share of it,
+#: so that an unreachable first address leaves time for the next
+_CONNECT_SHARE: Final = 1 / MAX_ADDRESSES_TRIED
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,10 @@ class MediaFetcher:
                 out[image.url] = await self._download(image, budget)
             except _Refused as reason:
                 raise _failure(image) from reason
+            except (ValueError, UnicodeError, httpx.HTTPError) as exc:
+                # Whatever else odd input makes the parsers raise is a failed fetch too, not a 500.
+                log.info("image fetch for %s failed: %s", image.where, type(exc).__name__)
+                raise _failure(image) from None
 
     async def _download(self, image: RemoteImage, budget: _Budget) -> tuple[str, str]:
         try:
@@ -206,12 +211,13 @@ class MediaFetcher:
                 if not self.allow.permits(address):
                     raise _Refused(f"{address} is not a public address and not in fetch.allow_hosts")
         failure: Exception | None = None
+        timeouts = {"connect": self.config.timeout * _CONNECT_SHARE, "read": None, "write": None, "pool": None}
         for address in addresses[:MAX_ADDRESSES_TRIED]:
             request = httpx.Request("GET", url, headers=_HEADERS,
-                                    extensions={"timeout": _NO_TIMEOUTS, CONNECT_TO_EXTENSION: str(address)})
+                                    extensions={"timeout": timeouts, CONNECT_TO_EXTENSION: str(address)})
             try:
                 return await self.transport.handle_async_request(request)
-            except httpx.ConnectError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 failure = exc  # the next address may answer
             except httpx.HTTPError as exc:
                 raise _Refused(f"{type(exc).__name__}: {exc}") from None
