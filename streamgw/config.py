@@ -174,6 +174,23 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchConfig:
+    """``[fetch]``: how the gateway downloads ``input_image`` URLs for dialects that take only bytes.
+
+    Only public addresses are fetched; ``allow_hosts`` lists the exceptions: host names (allowed
+    whatever they resolve to), IPs and CIDRs (resolved addresses inside them are allowed).
+    """
+
+    allow_hosts: tuple[str, ...] = ()
+    max_urls: int = 16  # distinct URLs fetched for one request
+    max_bytes: int = 20 * 1024 * 1024  # one image
+    max_total_bytes: int = 50 * 1024 * 1024  # all images of one request
+    concurrency: int = 4  # downloads at once, per request
+    timeout: float = 15.0  # seconds for all downloads of one request
+    max_redirects: int = 3  # per URL; every hop is checked like the first
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole gateway configuration."""
 
@@ -186,6 +203,7 @@ class Config:
 
     routes: Mapping[str, RouteConfig] = field(default_factory=dict)
     store: StoreConfig = field(default_factory=lambda: StoreConfig(backend="memory"))
+    fetch: FetchConfig = field(default_factory=FetchConfig)
 
     def secrets(self) -> list[str]:
         """Every secret value, for redaction of upstream messages."""
@@ -391,6 +409,33 @@ def _store(raw: Mapping[str, Any], env: Mapping[str, str]) -> StoreConfig:
     return store
 
 
+_FETCH_INTS: dict[str, int] = {"max_urls": 0, "max_bytes": 1, "max_total_bytes": 1, "concurrency": 1,
+                               "max_redirects": 0}  # key -> its minimum
+
+
+def _fetch(raw: Mapping[str, Any]) -> FetchConfig:
+    """``[fetch]``: whole numbers at or above their minimum, a positive finite timeout, a list of hosts."""
+    unknown = set(raw) - {"allow_hosts", "timeout", *_FETCH_INTS}
+    if unknown:
+        raise ConfigError(f"fetch: unknown keys {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for key, minimum in _FETCH_INTS.items():
+        if key in raw:
+            value = raw[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ConfigError(f"fetch.{key} must be a whole number >= {minimum}")
+            values[key] = value
+    if "timeout" in raw:
+        timeout = _non_negative(raw["timeout"], "fetch.timeout")
+        if not 0 < timeout < math.inf:
+            raise ConfigError("fetch.timeout must be a finite number > 0")
+        values["timeout"] = timeout
+    hosts = raw.get("allow_hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() for h in hosts):
+        raise ConfigError("fetch.allow_hosts must be a list of host names, IPs or CIDRs")
+    return FetchConfig(allow_hosts=tuple(h.strip() for h in hosts), **values)
+
+
 def _websocket_max_age(server_raw: Mapping[str, Any], env: Mapping[str, str]) -> float:
     """``[server] websocket_max_age`` in seconds, or ``$STREAMGW_WEBSOCKET_MAX_AGE`` over it."""
     value: Any = server_raw.get("websocket_max_age", 3600.0)
@@ -532,4 +577,5 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         timeouts=timeouts,
         routes=routes,
         store=_store(raw.get("store", {}), env),
+        fetch=_fetch(raw.get("fetch", {})),
     )

@@ -200,3 +200,42 @@ def test_auth_keys_from_the_environment_are_their_own_tenants() -> None:
 def test_bad_auth_keys_are_refused(tmp_path: Path, keys: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, f"[auth]\nkeys = {keys}\n"), env={})
+
+
+def test_fetch_section_defaults_and_values(tmp_path: Path) -> None:
+    default = load_config(None, env={}).fetch
+    assert default.allow_hosts == () and default.max_urls == 16 and default.concurrency == 4
+    assert default.max_bytes == 20 * 1024 * 1024 and default.max_total_bytes == 50 * 1024 * 1024
+    assert default.timeout == 15.0 and default.max_redirects == 3
+    path = write(tmp_path, """
+[fetch]
+allow_hosts = ["images.internal", "10.0.0.0/8", " 127.0.0.1 "]
+max_urls = 4
+max_bytes = 1000
+max_total_bytes = 3000
+concurrency = 2
+timeout = 2.5
+max_redirects = 0
+""")
+    fetch = load_config(path, env={}).fetch
+    assert fetch.allow_hosts == ("images.internal", "10.0.0.0/8", "127.0.0.1")
+    assert (fetch.max_urls, fetch.max_bytes, fetch.max_total_bytes) == (4, 1000, 3000)
+    assert (fetch.concurrency, fetch.timeout, fetch.max_redirects) == (2, 2.5, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[fetch]\nconcurrency = 0", "fetch.concurrency must be a whole number >= 1"),
+        ("[fetch]\nmax_bytes = 1.5", "fetch.max_bytes must be a whole number >= 1"),
+        ("[fetch]\nmax_redirects = -1", "fetch.max_redirects must be a whole number >= 0"),
+        ("[fetch]\ntimeout = 0", "fetch.timeout must be a finite number > 0"),
+        ("[fetch]\ntimeout = inf", "fetch.timeout must be a finite number > 0"),
+        ('[fetch]\nallow_hosts = "10.0.0.0/8"', "fetch.allow_hosts must be a list"),
+        ('[fetch]\nallow_hosts = [""]', "fetch.allow_hosts must be a list"),
+        ("[fetch]\nmax_url = 3", "fetch: unknown keys"),
+    ],
+)
+def test_fetch_section_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env={})

@@ -75,7 +75,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.router = Router(config)
-        self.clients = UpstreamClients()
+        self.clients = UpstreamClients(config.fetch)
         self.dialects: dict[str, Dialect] = dialects()
         self.metrics = Metrics()
         self.secrets = config.secrets()

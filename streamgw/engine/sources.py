@@ -15,7 +15,7 @@ from streamgw.core.request import ResponsesRequest
 from streamgw.errors import UpstreamError, UpstreamTimeout, redact
 from streamgw.providers import demo
 from streamgw.providers.base import NO_ASSETS, Dialect, StreamTranslator
-from streamgw.transport.fetch import fetch_images, remote_image_urls
+from streamgw.transport.fetch import remote_images
 from streamgw.transport.upstream import UpstreamClients, open_stream, raw_chunks
 
 
@@ -140,7 +140,7 @@ async def open_source(
     with trio.move_on_at(deadline):
         assets = NO_ASSETS
         if dialect.needs_image_bytes:
-            assets = await fetch_images(clients.fetcher(), remote_image_urls(request))
+            assets = await clients.fetcher().fetch(remote_images(request))
         upstream = dialect.build_request(request, provider, model, assets)
         response = await open_stream(clients.get(provider, timeouts), upstream, dialect, provider.name, secrets)
         return HttpSource(response, dialect.new_translator(request, provider, secrets), secrets)

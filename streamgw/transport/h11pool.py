@@ -36,15 +36,20 @@ import trio
 
 from streamgw.transport.http1body import BodyDecoder, BodyFramingError, framing
 
-__all__ = ["BODY_EXTENSION", "TrioH11Transport"]
+__all__ = ["BODY_EXTENSION", "CONNECT_TO_EXTENSION", "TrioH11Transport"]
 
 #: Response extension holding the body iterator itself (the object httpx wraps in
 #: an async generator): ``response.extensions[BODY_EXTENSION]``.  Unlike httpx's
 #: wrapper, its ``__anext__`` may be cancelled and called again without losing data.
 BODY_EXTENSION: Final = "streamgw.body"
 
-#: (scheme, host, port) -- connections are only shared within one origin.
-Origin = tuple[bytes, bytes, int]
+#: Request extension: the IP address (str) to connect to instead of resolving the URL's
+#: host, which still names the server in the Host header, TLS SNI and the certificate
+#: check.  Lets a caller connect to exactly the address it resolved and vetted.
+CONNECT_TO_EXTENSION: Final = "streamgw.connect_to"
+
+#: (scheme, host, port, address to connect to or "") -- connections are only shared within one origin.
+Origin = tuple[bytes, bytes, int, str]
 
 _DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
 #: h11 rejects a response head bigger than this.
@@ -364,7 +369,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         connect_timeout: float | None = timeouts.get("connect", self._connect_timeout)
         write_timeout: float | None = timeouts.get("write")
         read_timeout: float | None = timeouts.get("read")
-        origin = _origin(request.url)
+        origin = _origin(request.url, request.extensions.get(CONNECT_TO_EXTENSION, ""))
         conn = await self._checkout(origin, timeouts.get("pool"), connect_timeout)
         while True:
             try:
@@ -486,11 +491,11 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
 
     async def _open_stream(self, origin: Origin, connect_timeout: float | None
                            ) -> tuple[trio.abc.Stream, trio.socket.SocketType]:
-        scheme, host, port = origin
+        scheme, host, port, address = origin
         hostname = host.decode("ascii")
         with trio.CancelScope(deadline=_deadline(connect_timeout)):
             try:
-                tcp = await trio.open_tcp_stream(hostname, port)
+                tcp = await trio.open_tcp_stream(address or hostname, port)
             except OSError as exc:
                 raise httpx.ConnectError(_describe(exc)) from exc
             if scheme == b"http":
@@ -552,9 +557,9 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
             self._slots.release()
 
 
-def _origin(url: httpx.URL) -> Origin:
+def _origin(url: httpx.URL, address: str = "") -> Origin:
     scheme = url.raw_scheme
     default_port = _DEFAULT_PORTS.get(scheme)
     if default_port is None:
         raise httpx.UnsupportedProtocol(f"TrioH11Transport does not support {url.scheme!r} URLs")
-    return scheme, url.raw_host, url.port or default_port
+    return scheme, url.raw_host, url.port or default_port, address

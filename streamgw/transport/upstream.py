@@ -15,9 +15,10 @@ from typing import cast
 
 import httpx
 
-from streamgw.config import ProviderConfig, Timeouts
+from streamgw.config import FetchConfig, ProviderConfig, Timeouts
 from streamgw.errors import GatewayError, UpstreamError, UpstreamTimeout, redact
 from streamgw.providers.base import Dialect, UpstreamRequest
+from streamgw.transport.fetch import MediaFetcher
 from streamgw.transport.h11pool import BODY_EXTENSION, TrioH11Transport
 
 #: the most of an upstream error body we read to build the envelope
@@ -51,11 +52,12 @@ class Upstream:
 
 
 class UpstreamClients:
-    """Lazily created upstream pools, one per provider name."""
+    """Lazily created upstream pools, one per provider name, and the image fetcher."""
 
-    def __init__(self) -> None:
+    def __init__(self, fetch: FetchConfig | None = None) -> None:
         self._upstreams: dict[str, Upstream] = {}
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._fetch_config = fetch or FetchConfig()
+        self._fetcher: MediaFetcher | None = None
 
     def get(self, provider: ProviderConfig, timeouts: Timeouts) -> Upstream:
         """The pool for ``provider``, created on first use."""
@@ -66,27 +68,20 @@ class UpstreamClients:
             upstream = self._upstreams[provider.name] = Upstream(transport, timeouts)
         return upstream
 
-    def fetcher(self) -> httpx.AsyncClient:
-        """The client that downloads remote images for dialects that need bytes."""
-        client = self._clients.get("\0fetch")
-        if client is None:
-            client = httpx.AsyncClient(
-                transport=TrioH11Transport(max_connections=64),
-                timeout=httpx.Timeout(10.0),
-                follow_redirects=True,
-                headers={"user-agent": "streamgw-image-fetch"},
-            )
-            self._clients["\0fetch"] = client
-        return client
+    def fetcher(self) -> MediaFetcher:
+        """The SSRF-guarded downloader of remote images for dialects that need bytes."""
+        if self._fetcher is None:
+            self._fetcher = MediaFetcher(self._fetch_config)
+        return self._fetcher
 
     async def aclose(self) -> None:
-        """Close every pool and client with their connections."""
+        """Close every pool and the fetcher with their connections."""
         upstreams, self._upstreams = list(self._upstreams.values()), {}
-        clients, self._clients = list(self._clients.values()), {}
+        fetcher, self._fetcher = self._fetcher, None
         for upstream in upstreams:
             await upstream.transport.aclose()
-        for client in clients:
-            await client.aclose()
+        if fetcher is not None:
+            await fetcher.aclose()
 
 
 def _describe(exc: httpx.TransportError) -> str:

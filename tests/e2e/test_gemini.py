@@ -86,6 +86,9 @@ api_key = "{UPSTREAM_KEY}"
 type = "gemini"
 base_url = "{base}"
 api_key = "{WRONG_KEY}"
+
+[fetch]
+allow_hosts = ["127.0.0.1"]  # the image server is on loopback, refused by default
 """
 
 
@@ -302,7 +305,8 @@ def test_missing_remote_image_is_a_400(stack: Stack, client: openai.OpenAI) -> N
     content = [{"type": "input_image", "image_url": f"http://127.0.0.1:{stack.image_port}/missing.png"}]
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model="gem/text", input=[{"role": "user", "content": content}])
-    assert "missing.png" in info.value.message
+    assert info.value.message.endswith("could not fetch image at input[0].content[0]: "
+                                       "the URL is not reachable or not allowed")
 
 
 def test_built_in_tools_are_refused(stack: Stack) -> None:

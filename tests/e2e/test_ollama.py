@@ -80,6 +80,9 @@ api_key = "{HOSTED_KEY}"
 type = "ollama"
 base_url = "http://127.0.0.1:{hosted}"
 api_key = "{WRONG_KEY}"
+
+[fetch]
+allow_hosts = ["127.0.0.1"]  # the image server is on loopback, refused by default
 """
 
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trustme
 
-from streamgw.transport.h11pool import BODY_EXTENSION, TrioH11Transport
+from streamgw.transport.h11pool import BODY_EXTENSION, CONNECT_TO_EXTENSION, TrioH11Transport
 
 # -- the in-test server --------------------------------------------------------
 
@@ -734,3 +734,43 @@ async def test_https_untrusted_certificate_is_connect_error(nursery: trio.Nurser
     async with httpx.AsyncClient(transport=TrioH11Transport(), base_url=server.url) as c:
         with pytest.raises(httpx.ConnectError):
             await c.get("/")
+
+
+# -- connecting to a given address ---------------------------------------------------
+
+
+async def test_connect_to_overrides_the_address_but_not_the_host(server: Server) -> None:
+    # Nothing listens on 127.0.0.2: the request only arrives if the transport connected to
+    # the given address, and the server must still see the URL's host.
+    transport = TrioH11Transport(max_keepalive_per_origin=0)
+    request = httpx.Request("GET", f"http://127.0.0.2:{server.port}/x",
+                            extensions={CONNECT_TO_EXTENSION: "127.0.0.1"})
+    response = await transport.handle_async_request(request)
+    await response.aread()
+    await transport.aclose()
+    assert response.status_code == 200
+    [seen] = server.requests
+    assert dict(seen.headers)[b"host"] == f"127.0.0.2:{server.port}".encode()
+
+
+@pytest.mark.parametrize(("cert_for", "ok"), [("127.0.0.2", True), ("127.0.0.1", False)])
+async def test_connect_to_checks_the_certificate_of_the_url_host(
+    nursery: trio.Nursery, ca: trustme.CA, cert_for: str, ok: bool
+) -> None:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(cert_for).configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    server = await start_server(nursery, tls=server_ctx)
+    transport = TrioH11Transport(ssl_context=client_ctx)
+    request = httpx.Request("GET", f"https://127.0.0.2:{server.port}/x",
+                            extensions={CONNECT_TO_EXTENSION: "127.0.0.1"})
+    try:
+        if ok:
+            response = await transport.handle_async_request(request)
+            assert (await response.aread()).startswith(b"you asked for")
+        else:  # a certificate for the address connected to is not one for the URL's host
+            with pytest.raises(httpx.ConnectError):
+                await transport.handle_async_request(request)
+    finally:
+        await transport.aclose()
