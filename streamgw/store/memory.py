@@ -61,6 +61,9 @@ class MemoryBackend:
             await self.delete(key)
         return len(expired)
 
+    async def check(self) -> None:
+        """Always writable."""
+
     async def aclose(self) -> None:
         """Nothing to close (the data stays with this object)."""
 
