@@ -97,6 +97,8 @@ class StoreService:
         self._problem: str | None = None  # why the store cannot write (last write or check failed)
         self._write_started: float | None = None  # trio clock: when the write in flight began
         self._writer_up = False
+        self._batch: list[str] = []  # the ids the writer took from the queue and has not finished
+        self._failing = trio.Event()  # set when the store starts failing: wakes the health task
         #: seconds between two health checks (writable, unwritable); attributes so tests can shorten them
         self.check_every = _CHECK_EVERY
         self.probe_every = _PROBE_EVERY
@@ -222,7 +224,7 @@ class StoreService:
             except Exception as exc:  # a bug: the store must outlive it, or every later response goes unstored
                 if task == "writer":
                     self._writer_up = False
-                    self._release_stranded()
+                    self._release_batch()
                 self._metrics.store_task_restarts.labels(task).inc()
                 if trio.current_time() - started >= _RESTART_RESET:
                     delay = _RESTART_FIRST
@@ -234,13 +236,16 @@ class StoreService:
                 self._writer_up = True
                 log.warning("response store: the writer task restarted")
 
-    def _release_stranded(self) -> None:
-        """After a writer crash: records neither queued nor in flight would stay pending forever."""
-        stranded = [i for i in self._pending if i not in self._queued and i not in self._in_flight]
-        for response_id in stranded:
+    def _release_batch(self) -> None:
+        """After a writer crash: the batch it held is given up on (else it would stay pending forever)."""
+        batch, self._batch = self._batch, []
+        self._write_started = None
+        self._queued.difference_update(batch)
+        self._in_flight.difference_update(batch)
+        lost = [response_id for response_id in batch if response_id in self._pending]
+        for response_id in lost:
             self._forget(response_id)
-        if stranded:
-            self._drop(len(stranded), "error")
+        self._drop(len(lost), "error")
 
     async def _write_loop(self) -> None:
         # The receiving end is not closed here: a writer restarted after a crash reads on from it.
@@ -251,7 +256,9 @@ class StoreService:
                     ids.append(self._receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            self._batch = ids
             await self._write_batch(ids)
+            self._batch = []
 
     async def _write_batch(self, ids: list[str]) -> None:
         self._queued.difference_update(ids)
@@ -354,7 +361,11 @@ class StoreService:
     async def _health_loop(self) -> None:
         """Check the store now and then (every ``probe_every`` while it cannot write): readiness follows it."""
         while self.backend is not None:
-            await trio.sleep(self.probe_every if self._problem is not None else self.check_every)
+            with trio.move_on_after(self.probe_every if self._problem is not None else self.check_every):
+                await self._failing.wait()
+            if self._failing.is_set():  # a write just failed: check again soon, not at the next slow tick
+                self._failing = trio.Event()
+                await trio.sleep(self.probe_every)
             try:
                 with self._bounded("health check"):
                     await self.backend.check()
@@ -371,6 +382,7 @@ class StoreService:
         if problem is not None:
             self._release_waiters()  # the circuit breaker: nobody waits for a store that cannot write
             if was is None:
+                self._failing.set()
                 log.error("response store cannot write (%s): /readyz answers 503 and terminal events do not "
                           "wait for their records until it can", problem)
         elif was is not None:

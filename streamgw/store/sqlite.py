@@ -38,7 +38,7 @@ _SCHEMA = (
 )
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _READERS = 4
-_REOPEN_AFTER = 5.0  # seconds between two attempts to open a store that failed to open
+_REOPEN_AFTER = 1.0  # seconds between two attempts to open a store that failed to open (one per health check)
 _NOT_A_FILE = ("", ":memory:")  # paths SQLite keeps in memory: no file to watch
 
 Identity = tuple[int, int] | None  # (st_dev, st_ino) of the opened file; None: nothing to compare
