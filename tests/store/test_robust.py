@@ -32,6 +32,7 @@ from streamgw.store.service import StoreService
 from streamgw.store.sqlite import SQLiteBackend
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.harness import running_gateway
+from streamgw.testing.process import running_mock, start_gateway, stop_process
 from streamgw.testing.redis_server import redis_process, require_redis
 
 from .conftest import eventually, unique_prefix
@@ -172,6 +173,38 @@ async def test_after_a_poisoned_request_the_next_one_is_stored(kind: str, mock_p
         assert await live.gw.store.backend.get(created.json()["id"]) is not None  # type: ignore[union-attr]
         assert await live.ready() == (200, {"ready": True, "draining": False, "pid": os.getpid()})
         assert dropped(live.gw.metrics, "unencodable") == 1
+
+
+def test_two_workers_both_survive_poisoned_requests(tmp_path: Path) -> None:
+    """``--workers 2`` on one SQLite file: a poisoned writer in either worker used to fail every other request."""
+    with running_mock() as upstream:
+        config_file = tmp_path / "gw.toml"
+        config_file.write_text(f"""
+[store]
+backend = "sqlite"
+path = "{tmp_path / 'gw.db'}"
+
+[providers.mock]
+type = "chat"
+base_url = "http://127.0.0.1:{upstream}/v1"
+api_key = "sk-upstream-test"
+""")
+        proc, url = start_gateway(config_file, tmp_path / "gw.log", extra_args=["--workers", "2"], probe="/readyz")
+        try:
+            fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection each: both workers get some
+            with httpx.Client(base_url=url, timeout=30, limits=fresh) as client:
+                for _ in range(8):
+                    client.post("/v1/responses", content=POISON, headers={"content-type": "application/json"})
+                created = [client.post("/v1/responses", json={"model": "mock/text:tokens=3", "input": f"after {i}"})
+                           for i in range(10)]
+                assert [answer.status_code for answer in created] == [200] * 10, [a.text for a in created]
+                for answer in created:  # written before the answer left (confirm_writes), so any worker finds it
+                    assert client.get(f"/v1/responses/{answer.json()['id']}").status_code == 200
+                ready = [client.get("/readyz") for _ in range(40)]
+                assert {answer.status_code for answer in ready} == {200}
+                assert len({answer.json()["pid"] for answer in ready}) == 2, "both workers answered (and are ready)"
+        finally:
+            stop_process(proc)
 
 
 # -- a writer that fails or crashes anyway ---------------------------------------------------------
