@@ -223,9 +223,14 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
     @app.get("/readyz")
     async def readyz() -> Response:
         # 503 while draining, so load balancers stop sending work; ``pid`` tells workers apart.
+        # 503 too while the response store cannot write (the reason is logged, not shown here).
         draining = gw.drain.draining
-        ready = gw.ready and not draining
-        return json_response({"ready": ready, "draining": draining, "pid": os.getpid()}, 200 if ready else 503)
+        unwritable = gw.store.unwritable() is not None
+        ready = gw.ready and not draining and not unwritable
+        body: dict[str, Any] = {"ready": ready, "draining": draining, "pid": os.getpid()}
+        if unwritable:
+            body["store"] = "unwritable"
+        return json_response(body, 200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -32,6 +32,7 @@ __all__ = [
     "EncodedRecord",
     "Encoder",
     "ItemPointer",
+    "RecordNotEncodable",
     "StoreUnavailable",
     "StoredResponse",
     "decode_record",
@@ -51,6 +52,13 @@ class StoreUnavailable(GatewayError):
     status = 503
     type = "provider_error"
     default_code = "store_unavailable"
+
+
+class RecordNotEncodable(ValueError):
+    """A record cannot become JSON bytes (a lone surrogate, nesting too deep, a value JSON has no form for).
+
+    The writer drops that one record (a tombstone says why) and carries on with the others.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +146,26 @@ Encoder = Callable[[], list[EncodedRecord]]
 
 
 def encode_record(record: StoredResponse) -> bytes:
-    """The record as compact UTF-8 JSON."""
+    """The record as compact UTF-8 JSON; ``RecordNotEncodable`` if it has no such form.
+
+    Strict UTF-8: a lone surrogate (which JSON's ``\\ud800`` escape lets a client or an upstream
+    send) is refused rather than stored, because a record read back must serialise again.
+    The message names the kind of failure only, never the record's content.
+    """
     payload = {
         "v": _VERSION, "id": record.id, "response": record.response, "input": record.input_items,
         "origins": record.origins, "provider": record.provider, "provider_type": record.provider_type,
         "index": record.index_ids, "created_at": record.created_at, "omitted": record.omitted,
         "owner": record.owner,
     }
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise RecordNotEncodable("it contains invalid Unicode (a lone surrogate)") from exc
+    except RecursionError as exc:
+        raise RecordNotEncodable("it is nested too deeply") from exc
+    except (TypeError, ValueError) as exc:  # a value with no JSON form, a reference cycle
+        raise RecordNotEncodable(f"it holds a value JSON cannot represent ({type(exc).__name__})") from exc
 
 
 def decode_record(body: bytes) -> StoredResponse:
@@ -200,6 +220,10 @@ class Backend(Protocol):
 
     async def purge(self, now: float) -> int:
         """Remove what expired before ``now``; the number of records removed (if known)."""
+        ...
+
+    async def check(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store can take a write now (the service's health check)."""
         ...
 
     async def aclose(self) -> None:

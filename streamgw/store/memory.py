@@ -65,6 +65,9 @@ class MemoryBackend:
             await self.delete(key, self._records[key].owner)
         return len(expired)
 
+    async def check(self) -> None:
+        """Always writable."""
+
     async def aclose(self) -> None:
         """Nothing to close (the data stays with this object)."""
 

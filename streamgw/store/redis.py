@@ -109,6 +109,11 @@ class RedisBackend:
         """Nothing to do: every key carries its TTL."""
         return 0
 
+    async def check(self) -> None:
+        """A real (tiny, expiring) write: a server that answers PING may still refuse writes (read-only, OOM)."""
+        with _translated("health check"):
+            await self._client.execute("SET", self._key("health", "check"), "1", "PX", 60_000)
+
     async def aclose(self) -> None:
         """Close the pooled connections."""
         await self._client.aclose()

@@ -197,8 +197,10 @@ class RedisClient:
         ``RespProtocolError`` when the server cannot be reached or answered badly.
         """
         payload = b"".join(encode_command(*command) for command in commands)
-        async with self._limiter:
-            with trio.fail_after(self._timeout):
+        # The deadline covers the wait for a pooled connection too: with a server that hangs, every
+        # connection is busy timing out, and a caller queued behind them must not wait longer.
+        with trio.fail_after(self._timeout):
+            async with self._limiter:
                 conn = self._idle.pop() if self._idle else await self._connect()
                 try:
                     replies = await conn.roundtrip(payload, len(commands))

@@ -12,16 +12,28 @@ Every read takes the caller's tenant: a record of another tenant is treated exac
 missing one (``get`` and ``item`` return ``None``, ``delete`` returns ``False``), here and
 nowhere else, so no route can forget the check.
 
-When the queue is full, a record is too large, or the backend is down, the failure is
-counted in ``streamgw_store_errors_total{op}``, logged at most once per interval per kind,
-and the response is served all the same.  Reads raise ``StoreUnavailable`` (503).
+When the queue is full, a record is too large or cannot be encoded, or the backend is down,
+the failure is counted in ``streamgw_store_errors_total{op}`` (and the records it cost in
+``streamgw_store_records_dropped_total{reason}``), logged at most once per interval per kind,
+and the response is served all the same.  Reads raise ``StoreUnavailable`` (503), after
+``[store] timeout`` at most.
+
+Nothing in one record can stop the writer: each record is encoded on its own (one that cannot
+be becomes a tombstone that says why), a batch that fails for a reason other than an outage is
+retried record by record, and the writer, purge and health tasks are supervised (a crashed
+task is logged and restarted).  The service knows whether the store can write (the last
+write or health check failed, or a write has hung past the timeout): ``/readyz`` reports it,
+and while it cannot, a terminal event does not wait for its record (``confirm_writes``), so a
+store that hangs never delays answers.  A health task checks the store now and then, and
+every second while it is unwritable, so readiness recovers without traffic.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -32,6 +44,7 @@ from streamgw.config import StoreConfig
 from streamgw.store.base import (
     Backend,
     EncodedRecord,
+    RecordNotEncodable,
     StoredResponse,
     StoreUnavailable,
     decode_record,
@@ -45,6 +58,10 @@ _WARN_EVERY = 30.0  # seconds between two warnings of the same kind
 _PURGE_EVERY = 3600.0  # seconds between two purges of expired records
 _DECODE_INLINE = 64 * 1024  # bigger records are decoded in a worker thread
 _CLOSE_GRACE = 5.0  # seconds the writer gets to drain the queue at shutdown
+_PROBE_EVERY = 1.0  # seconds between two health checks of a store that cannot write
+_CHECK_EVERY = 10.0  # seconds between two health checks of a store that can (finds a deleted SQLite file)
+_RESTART_FIRST, _RESTART_MAX = 0.1, 5.0  # seconds before a crashed task restarts (doubling)
+_RESTART_RESET = 30.0  # a task that ran this long before crashing restarts after _RESTART_FIRST again
 
 
 def open_backend(config: StoreConfig, clock: Callable[[], float] = time.time) -> Backend | None:
@@ -81,6 +98,16 @@ class StoreService:
         self._send, self._receive = trio.open_memory_channel[str](config.queue_size)
         self._warned: dict[str, float] = {}
         self._stopped = trio.Event()
+        self._problem: str | None = None  # why the store cannot write (last write or check failed)
+        self._write_started: float | None = None  # trio clock: when the write in flight began
+        self._writer_up = False
+        self._batch: list[str] = []  # the ids the writer took from the queue and has not finished
+        self._failing = trio.Event()  # set when the store starts failing: wakes the health task
+        #: seconds between two health checks (writable, unwritable); attributes so tests can shorten them
+        self.check_every = _CHECK_EVERY
+        self.probe_every = _PROBE_EVERY
+        if self.backend is not None:
+            metrics.store_writable.set(1)
 
     @property
     def enabled(self) -> bool:
@@ -102,9 +129,29 @@ class StoreService:
         if record.id not in self._queued and record.id not in self._in_flight:
             self._enqueue(record.id)
 
+    def unwritable(self) -> str | None:
+        """Why the store cannot take writes now (``None``: it can, or there is no store).
+
+        The circuit breaker of ``wait_written`` and the store part of ``/readyz``.
+        """
+        if self.backend is None:
+            return None
+        if not self._writer_up:
+            return "the writer task is not running"
+        if self._problem is not None:
+            return self._problem
+        started = self._write_started
+        if started is not None and trio.current_time() - started > self.config.timeout:
+            return f"a write has not finished within the store timeout ({self.config.timeout:g} s)"
+        return None
+
     async def wait_written(self, response_id: str) -> None:
-        """Return once ``response_id`` has no pending version left: written, or given up on (bound it)."""
-        if response_id not in self._pending:
+        """Return once ``response_id`` has no pending version left: written, or given up on (bound it).
+
+        Returns at once while the store cannot write: a store that is down or hangs must
+        not make every response wait for its timeout.
+        """
+        if response_id not in self._pending or self.unwritable() is not None:
             return
         event = self._waiters.setdefault(response_id, trio.Event())
         await event.wait()
@@ -116,13 +163,21 @@ class StoreService:
         if event is not None:
             event.set()
 
+    def _release_waiters(self) -> None:
+        """Wake everyone waiting for a write (the records stay pending): the store cannot write now."""
+        waiters, self._waiters = self._waiters, {}
+        for event in waiters.values():
+            event.set()
+
     def _enqueue(self, response_id: str) -> None:
         try:
             self._send.send_nowait(response_id)
-        except (trio.WouldBlock, trio.ClosedResourceError) as exc:
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             self._forget(response_id)
-            why = "the write queue is full" if isinstance(exc, trio.WouldBlock) else "the store is shutting down"
-            self.report("queue_full", f"response {response_id} not stored: {why} ([store] queue_size)")
+            full = isinstance(exc, trio.WouldBlock)
+            why = "the write queue is full ([store] queue_size)" if full else "the store is shutting down"
+            self._drop(1, "queue_full" if full else "shutdown")
+            self.report("queue_full", f"response {response_id} not stored: {why}")
             return
         self._queued.add(response_id)
 
@@ -133,16 +188,16 @@ class StoreService:
         """
         task_status.started()
         try:
+            self._writer_up = True
             if self.backend is not None:
-                try:
-                    await self.backend.open()
-                except StoreUnavailable as exc:
-                    self.report("open", f"{exc.message}; responses are served but not stored until it recovers")
+                await self._open_backend()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._purge_loop)
-                await self._write_loop()
+                nursery.start_soon(self._supervised, "purge", self._purge_loop)
+                nursery.start_soon(self._supervised, "health", self._health_loop)
+                await self._supervised("writer", self._write_loop)
                 nursery.cancel_scope.cancel()
         finally:
+            self._writer_up = False
             self._stopped.set()
             if self.backend is not None:
                 with trio.CancelScope(shield=True):
@@ -154,16 +209,60 @@ class StoreService:
         with trio.move_on_after(_CLOSE_GRACE):
             await self._stopped.wait()
 
+    async def _open_backend(self) -> None:
+        assert self.backend is not None
+        try:
+            await self.backend.open()
+        except StoreUnavailable as exc:
+            self.report("open", f"{exc.message}; responses are served but not stored until it recovers")
+            self._set_problem(exc.message)
+
+    async def _supervised(self, task: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run ``loop`` until it returns; when it crashes, log it and restart it (with a growing pause)."""
+        delay = _RESTART_FIRST
+        while True:
+            started = trio.current_time()
+            try:
+                await loop()
+                return
+            except Exception as exc:  # a bug: the store must outlive it, or every later response goes unstored
+                if task == "writer":
+                    self._writer_up = False
+                    self._release_batch()
+                self._metrics.store_task_restarts.labels(task).inc()
+                if trio.current_time() - started >= _RESTART_RESET:
+                    delay = _RESTART_FIRST
+                log.error("response store: the %s task crashed (%s); restarting it in %.1f s",
+                          task, type(exc).__name__, delay, exc_info=True)
+            await trio.sleep(delay)
+            delay = min(delay * 2, _RESTART_MAX)
+            if task == "writer":
+                self._writer_up = True
+                log.warning("response store: the writer task restarted")
+
+    def _release_batch(self) -> None:
+        """After a writer crash: the batch it held is given up on (else it would stay pending forever)."""
+        batch, self._batch = self._batch, []
+        self._write_started = None
+        self._queued.difference_update(batch)
+        self._in_flight.difference_update(batch)
+        lost = [response_id for response_id in batch if response_id in self._pending]
+        for response_id in lost:
+            self._forget(response_id)
+        self._drop(len(lost), "error")
+
     async def _write_loop(self) -> None:
-        async with self._receive:
-            async for first in self._receive:
-                ids = [first]
-                while len(ids) < _BATCH:
-                    try:
-                        ids.append(self._receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await self._write_batch(ids)
+        # The receiving end is not closed here: a writer restarted after a crash reads on from it.
+        async for first in self._receive:
+            ids = [first]
+            while len(ids) < _BATCH:
+                try:
+                    ids.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            self._batch = ids
+            await self._write_batch(ids)
+            self._batch = []
 
     async def _write_batch(self, ids: list[str]) -> None:
         self._queued.difference_update(ids)
@@ -171,19 +270,39 @@ class StoreService:
         if not records or self.backend is None:
             return
         self._in_flight.update(r.id for r in records)
-        started = trio.current_time()
-        oversized: list[str] = []
+        started = self._write_started = trio.current_time()
         try:
-            await self.backend.write(partial(self._encode_all, records, oversized))
-        except StoreUnavailable as exc:
-            self.report("write", f"{len(records)} response(s) not stored: {exc.message}")
+            await self._write_records(records)
         finally:
+            self._write_started = None
             self._in_flight.difference_update(r.id for r in records)
-        for message in oversized:
-            self.report("too_large", message)
         self._metrics.store_write_seconds.observe(trio.current_time() - started)
         for record in records:
             await self._after_write(record)
+
+    async def _write_records(self, records: Sequence[StoredResponse]) -> None:
+        """Write a batch; an outage drops it, any other failure is narrowed down to the record that caused it."""
+        assert self.backend is not None
+        notes: list[tuple[str, str]] = []  # (reason, message) per record replaced by a tombstone
+        try:
+            await self.backend.write(partial(self._encode_all, records, notes))
+        except StoreUnavailable as exc:
+            self._drop(len(records), "unavailable")
+            self.report("write", f"{len(records)} response(s) not stored: {exc.message}")
+            self._set_problem(exc.message)
+            return
+        except Exception as exc:  # not an outage (that is StoreUnavailable): something in one record, or a bug
+            if len(records) > 1:
+                for record in records:
+                    await self._write_records([record])
+                return
+            self._drop(1, "error")
+            self.report("write", f"response {records[0].id} not stored: {type(exc).__name__} while writing it")
+            return
+        self._set_problem(None)
+        for reason, message in notes:
+            self._drop(1, reason)
+            self.report(reason, message)
 
     async def _after_write(self, record: StoredResponse) -> None:
         """Forget what was written; requeue a newer version; undo a write that raced a DELETE."""
@@ -194,28 +313,47 @@ class StoreService:
         if record.id in self._deleted and self.backend is not None:
             self._deleted.discard(record.id)
             try:
-                await self.backend.delete(record.id, record.owner)
+                with self._bounded("delete"):
+                    await self.backend.delete(record.id, record.owner)
             except StoreUnavailable as exc:
                 self.report("delete", exc.message)
 
-    def _encode_all(self, records: Sequence[StoredResponse], oversized: list[str]) -> list[EncodedRecord]:
-        """Worker thread: JSON for every record; one too large becomes a small tombstone (noted in ``oversized``)."""
+    def _encode_all(self, records: Sequence[StoredResponse], notes: list[tuple[str, str]]) -> list[EncodedRecord]:
+        """Worker thread: JSON for every record, each on its own.
+
+        A record too large, or one that cannot be encoded, becomes a small tombstone that says
+        why (noted in ``notes``, never with its content); the others are written as usual.
+        """
         retention = self.config.retention_days * 86400.0
         limit = self.config.max_response_bytes
         encoded: list[EncodedRecord] = []
         for record in records:
             expires = record.created_at + retention if retention > 0 else None
-            body = encode_record(record)
+            try:
+                body = encode_record(record)
+            except RecordNotEncodable as exc:
+                why = f"response {record.id} was not stored: its record could not be encoded: {exc}"
+                self._tombstone(encoded, notes, record, expires, "unencodable", why)
+                continue
             if len(body) > limit:
                 why = (f"response {record.id} was not stored: its record is {len(body)} bytes, over the "
                        f"store's max_response_bytes ({limit})")
-                oversized.append(why)
-                tombstone = StoredResponse(record.id, {"id": record.id}, created_at=record.created_at, omitted=why,
-                                           owner=record.owner)
-                encoded.append(EncodedRecord(record.id, encode_record(tombstone), expires, owner=record.owner))
+                self._tombstone(encoded, notes, record, expires, "too_large", why)
                 continue
             encoded.append(EncodedRecord(record.id, body, expires, tuple(record.pointers()), record.owner))
         return encoded
+
+    @staticmethod
+    def _tombstone(encoded: list[EncodedRecord], notes: list[tuple[str, str]], record: StoredResponse,
+                   expires: float | None, reason: str, why: str) -> None:
+        """Add the tombstone of ``record`` (nothing if even that cannot be encoded: an id with a lone surrogate)."""
+        notes.append((reason, why))
+        tombstone = StoredResponse(record.id, {"id": record.id}, created_at=record.created_at, omitted=why,
+                                   owner=record.owner)
+        try:
+            encoded.append(EncodedRecord(record.id, encode_record(tombstone), expires, owner=record.owner))
+        except RecordNotEncodable:
+            pass
 
     async def _purge_loop(self) -> None:
         while self.backend is not None:
@@ -224,6 +362,36 @@ class StoreService:
             except StoreUnavailable as exc:
                 self.report("purge", exc.message)
             await trio.sleep(_PURGE_EVERY)
+
+    async def _health_loop(self) -> None:
+        """Check the store now and then (every ``probe_every`` while it cannot write): readiness follows it."""
+        while self.backend is not None:
+            with trio.move_on_after(self.probe_every if self._problem is not None else self.check_every):
+                await self._failing.wait()
+            if self._failing.is_set():  # a write just failed: check again soon, not at the next slow tick
+                self._failing = trio.Event()
+                await trio.sleep(self.probe_every)
+            try:
+                with self._bounded("health check"):
+                    await self.backend.check()
+            except StoreUnavailable as exc:
+                self.report("check", exc.message)
+                self._set_problem(exc.message)
+            else:
+                self._set_problem(None)
+
+    def _set_problem(self, problem: str | None) -> None:
+        """Record whether the last write or check succeeded; log the changes, release waiters when it fails."""
+        was, self._problem = self._problem, problem
+        self._metrics.store_writable.set(0 if problem is not None else 1)
+        if problem is not None:
+            self._release_waiters()  # the circuit breaker: nobody waits for a store that cannot write
+            if was is None:
+                self._failing.set()
+                log.error("response store cannot write (%s): /readyz answers 503 and terminal events do not "
+                          "wait for their records until it can", problem)
+        elif was is not None:
+            log.warning("response store writes again: /readyz is back to 200")
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -242,7 +410,8 @@ class StoreService:
         if record is not None or self.backend is None:
             return record
         try:
-            body = await self.backend.get(response_id)
+            with self._bounded("read"):
+                body = await self.backend.get(response_id)
         except StoreUnavailable as exc:
             self.report("read", exc.message)
             raise
@@ -253,7 +422,8 @@ class StoreService:
         if self.backend is None:
             return None
         try:
-            pointer = await self.backend.locate(item_id, tenant)
+            with self._bounded("read"):
+                pointer = await self.backend.locate(item_id, tenant)
         except StoreUnavailable as exc:
             self.report("read", exc.message)
             raise
@@ -278,7 +448,8 @@ class StoreService:
         if response_id in self._in_flight:
             self._deleted.add(response_id)
         try:
-            await self.backend.delete(response_id, tenant)
+            with self._bounded("delete"):
+                await self.backend.delete(response_id, tenant)
         except StoreUnavailable as exc:
             self.report("delete", exc.message)
             raise
@@ -294,6 +465,20 @@ class StoreService:
             return None
 
     # -- failures -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _bounded(self, what: str) -> Iterator[None]:
+        """At most ``[store] timeout`` for one store operation, whatever the backend: then ``StoreUnavailable``."""
+        timeout = self.config.timeout
+        try:
+            with trio.fail_after(timeout):
+                yield
+        except trio.TooSlowError:
+            raise StoreUnavailable(f"response store {what} took longer than {timeout:g} s ([store] timeout)") from None
+
+    def _drop(self, count: int, reason: str) -> None:
+        """Count records whose content was not written."""
+        self._metrics.store_dropped.labels(reason).inc(count)
 
     def report(self, op: str, message: str) -> None:
         """Count a store failure; log it unless the same kind was logged less than 30 s ago."""

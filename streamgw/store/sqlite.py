@@ -11,10 +11,17 @@ Each record has its tenant in an ``owner`` column, and the item index is keyed b
 ``(owner, id)``: a tenant's item ids never collide with another tenant's.  A database
 written before tenants existed is migrated when it is opened: its rows belong to the
 anonymous tenant ``''``.
+
+A database file deleted (or replaced) while the gateway runs would go unnoticed by SQLite:
+its open connections keep writing into the unlinked file, and everything is gone at the next
+start.  So every write, and the service's health check, first compares the file at ``path``
+(device and inode) with the one that was opened; when they differ, the write fails, the
+connections are closed, and the next attempt opens (creates) the file at ``path`` again.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +45,39 @@ _SCHEMA = (
 )
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _READERS = 4
-_REOPEN_AFTER = 5.0  # seconds between two attempts to open a store that failed to open
+_REOPEN_AFTER = 1.0  # seconds between two attempts to open a store that failed to open (one per health check)
+_NOT_A_FILE = ("", ":memory:")  # paths SQLite keeps in memory: no file to watch
+
+Identity = tuple[int, int] | None  # (st_dev, st_ino) of the opened file; None: nothing to compare
+
+
+class _FileGone(Exception):
+    """The database file at the path is not the one the connections have open (deleted or replaced)."""
+
+
+def _identity(path: str) -> Identity:
+    if path in _NOT_A_FILE:
+        return None
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _verify(path: str, opened: Identity) -> None:
+    """``_FileGone`` unless ``path`` is still the file that was opened."""
+    if opened is None:
+        return
+    try:
+        current = _identity(path)
+    except FileNotFoundError:
+        raise _FileGone(f"the database file {path!r} was deleted while the gateway ran") from None
+    if current != opened:
+        raise _FileGone(f"the database file {path!r} was replaced while the gateway ran")
+
+
+def _checked(path: str, opened: Identity, fn: Callable[..., T], conn: sqlite3.Connection, *args: object) -> T:
+    """Worker thread: ``fn(conn, *args)``, unless the file was deleted or replaced (then nothing is written)."""
+    _verify(path, opened)
+    return fn(conn, *args)
 
 
 @contextmanager
@@ -75,7 +114,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("DROP TABLE items_before_tenants")
 
 
-def _create(path: str) -> sqlite3.Connection:
+def _create(path: str) -> tuple[sqlite3.Connection, Identity]:
     conn = _connect(path)
     try:
         with conn:  # one transaction: worker processes opening the same file at once migrate it once
@@ -83,10 +122,10 @@ def _create(path: str) -> sqlite3.Connection:
             _migrate(conn)
             for statement in _SCHEMA:
                 conn.execute(statement)
+        return conn, _identity(path)
     except BaseException:
         conn.close()
         raise
-    return conn
 
 
 def _write(conn: sqlite3.Connection, records: Sequence[EncodedRecord]) -> None:
@@ -107,6 +146,12 @@ def _write(conn: sqlite3.Connection, records: Sequence[EncodedRecord]) -> None:
 
 def _encode_and_write(conn: sqlite3.Connection, encode: Encoder) -> None:
     _write(conn, encode())
+
+
+def _probe(conn: sqlite3.Connection) -> None:
+    """Take the write lock and let it go: the database can be written (not locked, not read-only)."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ROLLBACK")
 
 
 def _delete(conn: sqlite3.Connection, response_id: str, owner: str) -> bool:
@@ -153,6 +198,8 @@ class SQLiteBackend:
         self._readers: list[sqlite3.Connection] = []
         self._reader_limit = trio.CapacityLimiter(_READERS)
         self._failed_at: float | None = None
+        self._identity: Identity = None
+        self._generation = 0  # bumped when the connections are dropped: a reader of an older one is not reused
 
     async def open(self) -> None:
         """Create the file and schema (if needed) and open the writing connection."""
@@ -167,7 +214,7 @@ class SQLiteBackend:
             raise StoreUnavailable(f"response store (sqlite) {self._path!r} could not be opened")
         try:
             with _translated(f"opening {self._path!r}"):
-                self._writer = await trio.to_thread.run_sync(_create, self._path)
+                self._writer, self._identity = await trio.to_thread.run_sync(_create, self._path)
         except StoreUnavailable:
             self._failed_at = time.monotonic()
             raise
@@ -197,33 +244,55 @@ class SQLiteBackend:
         """``owner``'s pointer of an item whose record is live."""
         return await self._on_reader(_locate, item_id, owner, self._clock())
 
+    async def check(self) -> None:
+        """The file is still the one opened (else reopen it), and its write lock can be taken."""
+        await self._on_writer(_probe)
+
     async def aclose(self) -> None:
         """Close every connection (in a thread: closing checkpoints the WAL)."""
         async with self._write_lock:
-            conns = [c for c in (self._writer, *self._readers) if c is not None]
-            self._writer, self._readers = None, []
-            for conn in conns:
-                await trio.to_thread.run_sync(conn.close)
+            await self._drop_connections()
+
+    async def _drop_connections(self) -> None:
+        conns = [c for c in (self._writer, *self._readers) if c is not None]
+        self._writer, self._readers, self._identity = None, [], None
+        self._generation += 1
+        for conn in conns:
+            await trio.to_thread.run_sync(conn.close)
 
     async def _on_writer(self, fn: Callable[..., T], *args: object) -> T:
         async with self._write_lock:
             await self._open_locked()
             conn = self._writer
             assert conn is not None
-            with _translated("write"):
-                return await trio.to_thread.run_sync(fn, conn, *args)
+            try:
+                with _translated("write"):
+                    return await trio.to_thread.run_sync(_checked, self._path, self._identity, fn, conn, *args)
+            except _FileGone as exc:
+                # Close the stale connections: the next write or health check creates the file afresh.
+                with trio.CancelScope(shield=True):
+                    await self._drop_connections()
+                raise StoreUnavailable(f"response store (sqlite): {exc}; what it held is lost, and the file is "
+                                       f"created again on the next write") from exc
 
     async def _on_reader(self, fn: Callable[..., T], *args: object) -> T:
         await self.open()
         async with self._reader_limit:
             conn = self._readers.pop() if self._readers else None
+            generation = self._generation
             with _translated("read"):
                 if conn is None:
                     conn = await trio.to_thread.run_sync(_connect, self._path)
                 try:
-                    result = await trio.to_thread.run_sync(fn, conn, *args)
+                    # Abandoned when the service's timeout cancels it: a hung disk must not hang the request.
+                    result = await trio.to_thread.run_sync(fn, conn, *args, abandon_on_cancel=True)
+                except trio.Cancelled:
+                    raise  # the abandoned thread may still use the connection: it is neither closed nor reused
                 except BaseException:
                     conn.close()
                     raise
-            self._readers.append(conn)
+            if generation == self._generation:
+                self._readers.append(conn)
+            else:
+                conn.close()
             return result

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from streamgw.testing.process import free_port, stop_process
 
-__all__ = ["redis_available", "require_redis", "running_redis"]
+__all__ = ["redis_available", "redis_process", "require_redis", "running_redis"]
 
 
 def redis_available() -> bool:
@@ -49,6 +49,13 @@ def _ping(port: int) -> bool:
 @contextmanager
 def running_redis(port: int | None = None, timeout: float = 10.0) -> Iterator[str]:
     """Run ``redis-server --port <free> --save '' --appendonly no``; yield its ``redis://`` URL."""
+    with redis_process(port, timeout) as (url, _):
+        yield url
+
+
+@contextmanager
+def redis_process(port: int | None = None, timeout: float = 10.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like ``running_redis``, with the process too (tests stop and continue it to make the store hang)."""
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="streamgw-redis-") as workdir:
         proc = subprocess.Popen(
@@ -62,6 +69,6 @@ def running_redis(port: int | None = None, timeout: float = 10.0) -> Iterator[st
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {port}")
                 time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
+            yield f"redis://127.0.0.1:{port}/0", proc
         finally:
             stop_process(proc)
