@@ -67,11 +67,12 @@ idle = 5
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[providers.x]\ntype = "nope"\nbase_url = "http://x"', "type must be one of"),
-        ('[providers.x]\ntype = "chat"', "base_url is required"),
-        ('[providers.x]\npreset = "unknown"', "preset must be one of"),
-        ('[providers.x]\ntype = "chat"\nbase_url = "http://x"\nmodels = "m"', "models must be a list"),
-        ("[timeouts]\nidle = -1", "timeouts.idle must be a number >= 0"),
+        ('[providers.x]\ntype = "nope"\nbase_url = "http://x"', r"\[providers\.x\] type: must be one of"),
+        ('[providers.x]\ntype = "chat"', r"\[providers\.x\] base_url: is required"),
+        ('[providers.x]\npreset = "unknown"', r"\[providers\.x\] preset: must be one of"),
+        ('[providers.x]\ntype = "chat"\nbase_url = "http://x"\nmodels = "m"',
+         r"\[providers\.x\] models: must be an array, got a string"),
+        ("[timeouts]\nidle = -1", r"\[timeouts\] idle: must be a number >= 0"),
         ("not toml [", "is not valid TOML"),
     ],
 )
@@ -112,13 +113,14 @@ def test_drain_timeout_from_file_and_environment(tmp_path: Path) -> None:
     assert load_config(path, env={}).server.drain_timeout == 12.5
     assert load_config(path, env={"STREAMGW_DRAIN_TIMEOUT": "4"}).server.drain_timeout == 4
     assert load_config(path, env={"STREAMGW_DRAIN_TIMEOUT": "0"}).server.drain_timeout == 0  # cut at once
+    file = tmp_path / "gw.toml"
     errors = [
-        ("[server]\ndrain_timeout = -1\n", {}, "server.drain_timeout must be a number >= 0"),
-        ('[server]\ndrain_timeout = "30s"\n', {}, "server.drain_timeout must be a number >= 0"),
-        ("[server]\ndrain_timeout = nan\n", {}, "server.drain_timeout must be a finite number >= 0"),
-        ("", {"STREAMGW_DRAIN_TIMEOUT": "soon"}, "STREAMGW_DRAIN_TIMEOUT must be a number >= 0"),
-        ("", {"STREAMGW_DRAIN_TIMEOUT": "-3"}, "STREAMGW_DRAIN_TIMEOUT must be a number >= 0"),
-        ("", {"STREAMGW_DRAIN_TIMEOUT": "inf"}, "STREAMGW_DRAIN_TIMEOUT must be a finite number >= 0"),
+        ("[server]\ndrain_timeout = -1\n", {}, f"{file}: [server] drain_timeout: must be a number >= 0"),
+        ('[server]\ndrain_timeout = "30s"\n', {}, f"{file}: [server] drain_timeout: must be a number, got a string"),
+        ("[server]\ndrain_timeout = nan\n", {}, f"{file}: [server] drain_timeout: must be a finite number"),
+        ("", {"STREAMGW_DRAIN_TIMEOUT": "soon"}, 'STREAMGW_DRAIN_TIMEOUT: must be a finite number >= 0, got "soon"'),
+        ("", {"STREAMGW_DRAIN_TIMEOUT": "-3"}, 'STREAMGW_DRAIN_TIMEOUT: must be a finite number >= 0, got "-3"'),
+        ("", {"STREAMGW_DRAIN_TIMEOUT": "inf"}, 'STREAMGW_DRAIN_TIMEOUT: must be a finite number >= 0, got "inf"'),
     ]
     for text, env, message in errors:
         with pytest.raises(ConfigError) as raised:
@@ -137,10 +139,10 @@ def test_http2_and_tls_from_file_and_environment(tmp_path: Path) -> None:
     assert (server.http2, server.certfile, server.keyfile) == (True, "c.pem", "k.pem")
     assert load_config(None, env={"STREAMGW_HTTP2": "0"}).server.http2 is False
     errors = [
-        ('[server]\nhttp2 = "yes"\n', {}, "server.http2 must be true or false"),
-        ("", {"STREAMGW_HTTP2": "maybe"}, "STREAMGW_HTTP2 must be 1 or 0"),
-        ('[server]\ncertfile = "c.pem"\n', {}, "server.certfile and server.keyfile must be set together"),
-        ("", {"STREAMGW_KEYFILE": "k.pem"}, "server.certfile and server.keyfile must be set together"),
+        ('[server]\nhttp2 = "yes"\n', {}, r"\[server\] http2: must be true or false, got a string"),
+        ("", {"STREAMGW_HTTP2": "maybe"}, r"STREAMGW_HTTP2: must be 1 or 0 \(true/false, yes/no, on/off\), got \"maybe"),
+        ('[server]\ncertfile = "c.pem"\n', {}, r"\[server\] certfile, keyfile: must be set together"),
+        ("", {"STREAMGW_KEYFILE": "k.pem"}, r"\[server\] certfile, keyfile: must be set together"),
     ]
     for text, env, message in errors:
         with pytest.raises(ConfigError, match=message):
