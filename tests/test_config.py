@@ -140,7 +140,7 @@ def test_http2_and_tls_from_file_and_environment(tmp_path: Path) -> None:
     assert load_config(None, env={"STREAMGW_HTTP2": "0"}).server.http2 is False
     errors = [
         ('[server]\nhttp2 = "yes"\n', {}, r"\[server\] http2: must be true or false, got a string"),
-        ("", {"STREAMGW_HTTP2": "maybe"}, r"STREAMGW_HTTP2: must be 1 or 0 \(true/false, yes/no, on/off\), got \"maybe"),
+        ("", {"STREAMGW_HTTP2": "maybe"}, r'STREAMGW_HTTP2: must be 1 or 0 \(.*\), got "maybe"'),
         ('[server]\ncertfile = "c.pem"\n', {}, r"\[server\] certfile, keyfile: must be set together"),
         ("", {"STREAMGW_KEYFILE": "k.pem"}, r"\[server\] certfile, keyfile: must be set together"),
     ]
