@@ -1,5 +1,9 @@
 """Configuration: frozen dataclasses loaded from TOML and the environment.
 
+``load_config`` checks the file and the ``STREAMGW_*`` variables against the schema in
+``streamgw.config_schema`` and converts them into these dataclasses, which the rest of the
+gateway reads (and tests build directly).
+
 Secrets are held in ``Secret`` so that no ``repr``, log line or error message can
 show them by accident.
 """

@@ -163,11 +163,17 @@ _FLAG_KEYS = ("max_tokens_param", "system_role", "reasoning_style", "replay_reas
 _DEMO_KEYS = ("first_token_delay", "tokens_per_second")
 
 
+Strategy = Literal["fallback", "hedge", "weighted"]
+StoreBackend = Literal["sqlite", "redis", "memory", "none"]
+# The schema spells out what streamgw.config lists: they must not drift apart.
+assert get_args(Strategy) == STRATEGIES and get_args(StoreBackend) == STORE_BACKENDS
+
+
 class RouteTable(_Table):
     """``[routes.NAME]``."""
 
     targets: Annotated[list[NonEmptyText], Field(min_length=1)]
-    strategy: Literal["fallback", "hedge", "weighted"] | None = None
+    strategy: Strategy | None = None
     weights: list[Annotated[float, Field(ge=0)]] | None = None
     hedge_delay: Seconds | None = None
     max_attempts: NonNegativeInt | None = None
@@ -182,7 +188,7 @@ class RouteTable(_Table):
 class StoreTable(_Table):
     """``[store]``."""
 
-    backend: Literal["sqlite", "redis", "memory", "none"] | None = None
+    backend: StoreBackend | None = None
     path: NonEmptyText | None = None
     url: NonEmptyText | None = None
     key_prefix: Text | None = None
@@ -601,22 +607,11 @@ def _provider(name: str, table: ProviderTable, env: Mapping[str, str], problems:
     if ptype not in supported_types():
         problems.file(f"[{where}] type", f"must be one of {', '.join(supported_types())}"
                       f"{_suggestion(ptype, supported_types())}")
-    if table.api_key is not None and table.api_key_env is not None:
-        problems.file(f"[{where}] api_key", "set api_key or api_key_env, not both")
-    key = table.api_key
-    key_env = table.api_key_env or defaults.get("api_key_env")
-    if key is None and key_env:
-        key = env.get(key_env, "")
-    for index, extra in enumerate(table.api_keys or ()):
-        if not extra:
-            problems.file(f"[{where}] api_keys[{index}]", "is empty")
-    extra_keys = [k for k in table.api_keys or () if k]
-    extra_keys += [env.get(var, "") for var in table.api_key_envs or ()]
-    if not key and extra_keys:
-        key, extra_keys = extra_keys[0], extra_keys[1:]
+    keys = _provider_keys(where, table, defaults.get("api_key_env"), env, problems)
     base_url = table.base_url if table.base_url is not None else defaults.get("base_url", "")
     if ptype != "demo":
         _check_base_url(where, base_url, ptype, table, defaults, problems)
+    # Keys of another type's dialect would be ignored without a word: as much a typo as an unknown key.
     misplaced = [(k, "chat") for k in _FLAG_KEYS if ptype != "chat"] + [(k, "demo") for k in _DEMO_KEYS
                                                                         if ptype != "demo"]
     for key_name, owner in misplaced:
@@ -627,15 +622,39 @@ def _provider(name: str, table: ProviderTable, env: Mapping[str, str], problems:
         name=name,
         type=ptype,
         base_url=base_url.rstrip("/"),
-        api_key=Secret(key or ""),
-        extra_keys=tuple(Secret(k) for k in extra_keys if k),
+        api_key=keys[0] if keys else Secret(""),
+        extra_keys=keys[1:],
         models=tuple(table.models or ()),
         chat=flags,
         demo=DemoSettings(**_set(table, *_DEMO_KEYS)),
         timeouts=_overrides(table.timeouts),
-        max_connections=table.max_connections if table.max_connections is not None else 0,
+        max_connections=table.max_connections or 0,
         headers=_headers(where, table.headers or {}, problems),
     )
+
+
+def _provider_keys(where: str, table: ProviderTable, preset_key_env: str | None, env: Mapping[str, str],
+                   problems: Problems) -> tuple[Secret, ...]:
+    """The provider's keys, first the main one: ``api_key`` (or its variable), ``api_keys``, ``api_key_envs``.
+
+    A variable that is not set gives no key (a provider may need none); an empty ``api_keys`` entry is a problem.
+    """
+    if table.api_key is not None and table.api_key_env is not None:
+        problems.file(f"[{where}] api_key", "set api_key or api_key_env, not both")
+    key = table.api_key
+    key_env = table.api_key_env or preset_key_env
+    if key is None and key_env:
+        key = env.get(key_env, "")
+    for index, extra in enumerate(table.api_keys or ()):
+        if not extra:
+            problems.file(f"[{where}] api_keys[{index}]", "is empty")
+    extra_keys = [k for k in table.api_keys or () if k]
+    extra_keys += [env.get(var, "") for var in table.api_key_envs or ()]
+    if not key and extra_keys:
+        key, extra_keys = extra_keys[0], extra_keys[1:]
+    if not key and not extra_keys:
+        return ()
+    return (Secret(key or ""), *(Secret(k) for k in extra_keys if k))
 
 
 def _check_base_url(where: str, base_url: str, ptype: str, table: ProviderTable, defaults: Mapping[str, Any],
@@ -702,7 +721,6 @@ def _route(name: str, table: RouteTable, providers: Mapping[str, ProviderConfig]
         problems.file(f"[{where}] weights", "needs one weight >= 0 per target, not all zero")
     numbers = _set(table, "strategy", "hedge_delay", "max_attempts", "retries", "backoff", "backoff_max",
                    "cooldown_failures", "cooldown_seconds")
-    assert numbers.get("strategy", "fallback") in STRATEGIES
     return RouteConfig(name=name, targets=tuple(table.targets), weights=weights, timeouts=_overrides(table.timeouts),
                        **numbers)
 

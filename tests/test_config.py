@@ -317,6 +317,15 @@ def test_bad_auth_key_entries(tmp_path: Path, entries: str, problem: str) -> Non
     assert problems(tmp_path, f"[auth]\nkeys = [{entries}]\n") == [problem]
 
 
+def test_tenants_must_match_the_keys_one_to_one() -> None:
+    from streamgw.config import Config
+
+    assert Config(auth_keys=(Secret("a"), Secret("b"))).auth_tenants == ()  # built in code: no tenants
+    assert Config(auth_keys=(Secret("a"),), auth_tenants=("t",)).auth_tenants == ("t",)
+    with pytest.raises(ValueError, match="one entry per auth key"):
+        Config(auth_keys=(Secret("a"),), auth_tenants=("t", "u"))
+
+
 def test_new_server_fields(tmp_path: Path) -> None:
     server = load_config(None, env={}).server
     assert (server.max_connections, server.body_timeout, server.max_body_bytes_in_flight) == (0, 30.0, 64 << 20)
