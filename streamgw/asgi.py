@@ -1,6 +1,7 @@
 """``streamgw.asgi:app`` for ASGI servers started by hand (``hypercorn -k trio streamgw.asgi:app``).
 
-The configuration comes from ``$STREAMGW_CONFIG`` and the environment.
+The configuration comes from ``$STREAMGW_CONFIG`` and the environment; an invalid one ends the
+importing process with status 2 and its problems on stderr.
 
 The graceful drain on SIGTERM (``/readyz`` at 503, in-flight streams ended with an honest
 ``response.failed`` at ``[server] drain_timeout``) is a feature of ``streamgw serve``, which runs
@@ -12,8 +13,14 @@ without a terminal event.  Importing this module does install the connection fix
 """
 
 from streamgw.app.routes import create_app
-from streamgw.config import load_config
+from streamgw.cli import exit_on_config_error
+from streamgw.config import ConfigError, load_config
 from streamgw.serving.hypercorn_trio import install
 
 install()  # hypercorn's trio worker with serialised writes and fair HTTP/2 scheduling (see that module)
-app = create_app(load_config())
+try:
+    _config = load_config()
+except ConfigError as _error:
+    # A clear line and exit status 2 from the process importing the app, not a traceback.
+    exit_on_config_error(_error)
+app = create_app(_config)

@@ -7,10 +7,12 @@ import gc
 import logging
 import os
 import resource
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from typing import NoReturn
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -120,9 +122,36 @@ def raise_open_file_limit() -> int:
     return hard
 
 
+def exit_on_config_error(error: ConfigError) -> NoReturn:
+    """Print ``error`` (one ``streamgw:`` line per problem) to stderr and exit with status 2: no traceback."""
+    for line in str(error).splitlines() or [""]:
+        print(f"streamgw: {line}", file=sys.stderr)
+    sys.exit(2)
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The command-line values the parser itself cannot check; ``ConfigError`` for the first wrong one."""
+    if args.log_level.lower() not in _LOG_LEVELS:
+        raise ConfigError(f"--log-level (or STREAMGW_LOG_LEVEL) must be one of {', '.join(_LOG_LEVELS)}, "
+                          f"got {args.log_level[:40]!r}")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.drain_timeout is not None and not 0 <= args.drain_timeout < float("inf"):
+        raise ConfigError("--drain-timeout must be a number >= 0")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``streamgw`` command."""
     args = _parser().parse_args(argv)
+    try:
+        _check_arguments(args)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limit = raise_open_file_limit()  # inherited by worker processes
     if limit < 4096:
@@ -130,17 +159,14 @@ def main(argv: list[str] | None = None) -> None:
                     limit, limit // 2 - 50)
     try:
         config = load_config(args.config)
-        if args.drain_timeout is not None and not 0 <= args.drain_timeout < float("inf"):
-            raise ConfigError("--drain-timeout must be a number >= 0")
     except ConfigError as exc:
-        print(f"streamgw: {exc}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_config_error(exc)
     server = config.server
     server = replace(
         server,
         host=args.host or server.host,
         port=server.port if args.port is None else args.port,
-        workers=args.workers or server.workers,
+        workers=server.workers if args.workers is None else args.workers,
         http2=server.http2 if args.http2 is None else args.http2,
         certfile=args.certfile or server.certfile,
         keyfile=args.keyfile or server.keyfile,
@@ -151,9 +177,13 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         hc = hypercorn_config(config)
+        if hc.certfile:  # unreadable or mismatched files: said now, not by every worker's first accept
+            hc.create_ssl_context()
     except ConfigError as exc:
-        print(f"streamgw: {exc}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_config_error(exc)
+    except (OSError, ssl.SSLError) as exc:
+        exit_on_config_error(ConfigError(f"cannot load the TLS certificate {hc.certfile} and key {hc.keyfile}: "
+                                         f"{getattr(exc, 'strerror', None) or exc}"))
     try:
         sockets = listen(hc)  # once, here: a port in use is a clear error before anything starts
     except OSError as exc:

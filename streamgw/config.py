@@ -1,12 +1,15 @@
 """Configuration: frozen dataclasses loaded from TOML and the environment.
 
+``load_config`` checks the file and the ``STREAMGW_*`` variables against the schema in
+``streamgw.config_schema`` and converts them into these dataclasses, which the rest of the
+gateway reads (and tests build directly).
+
 Secrets are held in ``Secret`` so that no ``repr``, log line or error message can
 show them by accident.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -99,7 +102,8 @@ class ProviderConfig:
     demo: DemoSettings = field(default_factory=DemoSettings)
     #: only the keys set in ``[providers.NAME.timeouts]``; see ``Timeouts.merged``
     timeouts: tuple[tuple[str, float], ...] = ()
-    max_connections: int = 1000
+    #: cap on pooled upstream connections of this provider (0: no cap)
+    max_connections: int = 0
     headers: tuple[tuple[str, str], ...] = ()
 
 
@@ -146,6 +150,12 @@ class ServerConfig:
     #: TLS certificate chain and private key (PEM files); both set: the port serves HTTPS only
     certfile: str = ""
     keyfile: str = ""
+    #: open client connections per worker (0: automatic, from the open-file limit)
+    max_connections: int = 0
+    #: seconds a client gets to send a request body
+    body_timeout: float = 30.0
+    #: request body bytes held in memory at once over all requests of a worker (0: no cap)
+    max_body_bytes_in_flight: int = 64 * 1024 * 1024
 
 
 STORE_BACKENDS = ("sqlite", "redis", "memory", "none")
@@ -175,19 +185,23 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class FetchConfig:
-    """``[fetch]``: how the gateway downloads ``input_image`` URLs for dialects that take only bytes.
+    """``[fetch]``: limits on the URLs (images, files) the gateway downloads on a client's behalf."""
 
-    Only public addresses are fetched; ``allow_hosts`` lists the exceptions: host names (allowed
-    whatever they resolve to), IPs and CIDRs (resolved addresses inside them are allowed).
-    """
-
+    #: host names, IP addresses or CIDR networks fetched even though they are not public
     allow_hosts: tuple[str, ...] = ()
-    max_urls: int = 16  # distinct URLs fetched for one request
-    max_bytes: int = 20 * 1024 * 1024  # one image
-    max_total_bytes: int = 50 * 1024 * 1024  # all images of one request
-    concurrency: int = 4  # downloads at once, per request
-    timeout: float = 15.0  # seconds for all downloads of one request
-    max_redirects: int = 3  # per URL; every hop is checked like the first
+    max_urls: int = 16  # per request
+    max_bytes: int = 20 * 1024 * 1024  # per URL
+    max_total_bytes: int = 50 * 1024 * 1024  # per request
+    concurrency: int = 4  # downloads at once per request
+    timeout: float = 15.0  # seconds per URL
+    max_redirects: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: who may read ``GET /metrics``."""
+
+    require_key: bool = False  # true: only with a gateway key
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +210,7 @@ class Config:
 
     server: ServerConfig = field(default_factory=ServerConfig)
     auth_keys: tuple[Secret, ...] = ()
-    #: parallel to ``auth_keys``: the tenant each key's stored responses belong to ("" = the key is its own tenant)
+    #: the tenant of each key in ``auth_keys`` (same length; "": the key is its own tenant), or ()
     auth_tenants: tuple[str, ...] = ()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -204,6 +218,11 @@ class Config:
     routes: Mapping[str, RouteConfig] = field(default_factory=dict)
     store: StoreConfig = field(default_factory=lambda: StoreConfig(backend="memory"))
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        if self.auth_tenants and len(self.auth_tenants) != len(self.auth_keys):
+            raise ValueError("auth_tenants needs one entry per auth key")
 
     def secrets(self) -> list[str]:
         """Every secret value, for redaction of upstream messages."""
@@ -214,7 +233,15 @@ class Config:
 
 
 class ConfigError(ValueError):
-    """The configuration file or environment is invalid."""
+    """The configuration file or environment is invalid.
+
+    ``problems`` lists every problem found (each names the file or variable, the table and the
+    key); ``str()`` joins them one per line.  No problem ever shows a secret's value.
+    """
+
+    def __init__(self, *problems: str) -> None:
+        self.problems: tuple[str, ...] = problems
+        super().__init__("\n".join(problems))
 
 
 # Native dialects detected from the environment: name -> (type, default base_url, key variable).
@@ -224,8 +251,6 @@ ENV_NATIVE: dict[str, tuple[str, str, str]] = {
     "anthropic": ("anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
     "gemini": ("gemini", "https://generativelanguage.googleapis.com", "GEMINI_API_KEY"),
 }
-_TIMEOUT_KEYS = ("connect", "first_token", "idle", "total", "keepalive")
-_FLAG_KEYS = ("max_tokens_param", "system_role", "reasoning_style", "replay_reasoning", "stream_usage")
 
 
 def supported_types() -> tuple[str, ...]:
@@ -235,347 +260,33 @@ def supported_types() -> tuple[str, ...]:
     return (*dialects(), "demo")
 
 
-def _timeouts(raw: Mapping[str, Any], base: Timeouts, where: str) -> Timeouts:
-    values: dict[str, float] = {}
-    for key in _TIMEOUT_KEYS:
-        if key in raw:
-            value = raw[key]
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{where}.{key} must be a number >= 0")
-            values[key] = float(value)
-    unknown = set(raw) - set(_TIMEOUT_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    return replace(base, **values)
-
-
-def _preset_defaults(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Base URL, key variable and flags of the preset this table names (if any)."""
-    from streamgw.providers.presets import PRESETS
-
-    preset_name = raw.get("preset")
-    if preset_name is None and "type" not in raw and name in PRESETS:
-        preset_name = name
-    if preset_name is None:
-        return {}
-    preset = PRESETS.get(str(preset_name))
-    if preset is None:
-        raise ConfigError(f"providers.{name}.preset must be one of {', '.join(sorted(PRESETS))}")
-    base_url = env.get(preset.base_url_env, "") if preset.base_url_env else ""
-    return {"type": "chat", "base_url": base_url or preset.base_url, "api_key_env": preset.key_env,
-            "flags": preset.flags}
-
-
-def _timeout_overrides(raw: Mapping[str, Any], where: str) -> tuple[tuple[str, float], ...]:
-    checked = _timeouts(raw, Timeouts(), where)  # validates keys and values
-    return tuple((key, float(getattr(checked, key))) for key in _TIMEOUT_KEYS if key in raw)
-
-
-def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfig:
-    where = f"providers.{name}"
-    defaults = _preset_defaults(name, raw, env)
-    ptype = raw.get("type", defaults.get("type", "chat"))
-    if ptype not in supported_types():
-        raise ConfigError(f"{where}.type must be one of {', '.join(supported_types())}")
-    key = raw.get("api_key")
-    key_env = raw.get("api_key_env", defaults.get("api_key_env"))
-    if key is None and key_env:
-        key = env.get(str(key_env), "")
-    extra_keys = [str(k) for k in raw.get("api_keys", [])]
-    extra_keys += [env.get(str(var), "") for var in raw.get("api_key_envs", [])]
-    if not key and extra_keys:
-        key, extra_keys = extra_keys[0], extra_keys[1:]
-    base_url = raw.get("base_url", defaults.get("base_url", ""))
-    if ptype != "demo" and not base_url:
-        raise ConfigError(f"{where}.base_url is required for type {ptype!r}")
-    models = raw.get("models", [])
-    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise ConfigError(f"{where}.models must be a list of strings")
-    flags = replace(defaults.get("flags", ChatFlags()), **{k: raw[k] for k in _FLAG_KEYS if k in raw})
-    demo_raw = {k: float(raw[k]) for k in ("first_token_delay", "tokens_per_second") if k in raw}
-    headers = raw.get("headers", {})
-    return ProviderConfig(
-        name=name,
-        type=ptype,
-        base_url=str(base_url).rstrip("/"),
-        api_key=Secret(str(key or "")),
-        extra_keys=tuple(Secret(k) for k in extra_keys if k),
-        models=tuple(models),
-        chat=flags,
-        demo=DemoSettings(**demo_raw),
-        timeouts=_timeout_overrides(raw.get("timeouts", {}), f"{where}.timeouts"),
-        max_connections=int(raw.get("max_connections", 1000)),
-        headers=tuple((str(k), str(v)) for k, v in headers.items()),
-    )
-
-
-def _env_providers(env: Mapping[str, str]) -> dict[str, ProviderConfig]:
-    """Providers implied by API-key variables (and ``OLLAMA_BASE_URL``) alone."""
-    from streamgw.providers.presets import PRESETS
-
-    found: dict[str, ProviderConfig] = {}
-    types = supported_types()
-    for name, (ptype, base_url, key_var) in ENV_NATIVE.items():
-        if env.get(key_var) and ptype in types:
-            found[name] = ProviderConfig(name=name, type=ptype, base_url=base_url, api_key=Secret(env[key_var]))
-    if env.get("OPENAI_API_KEY") and "openai" not in found:  # no native dialect: OpenAI's chat endpoint
-        found["openai"] = _provider("openai", {"preset": "openai-chat"}, env)
-    for name, preset in PRESETS.items():
-        has_key = bool(preset.key_env and env.get(preset.key_env))
-        has_url = bool(preset.base_url_env and env.get(preset.base_url_env))
-        if name not in ("openai-chat", "ollama-v1") and (has_key or (has_url and name == "vllm")):
-            if preset.base_url or has_url:
-                found[name] = _provider(name, {"preset": name}, env)
-    if env.get("OLLAMA_BASE_URL") and "ollama" in types:
-        found["ollama"] = ProviderConfig(name="ollama", type="ollama", base_url=env["OLLAMA_BASE_URL"].rstrip("/"))
-    return found
-
-
-def _route(name: str, raw: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> RouteConfig:
-    where = f"routes.{name}"
-    targets = raw.get("targets")
-    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-        raise ConfigError(f"{where}.targets must be a non-empty list of \"provider/model\" strings")
-    for target in targets:
-        provider, sep, model = target.partition("/")
-        if not sep or not model or provider not in providers:
-            raise ConfigError(f"{where}: target {target!r} must be \"provider/model\" with a configured provider")
-    if name in providers:
-        raise ConfigError(f"{where}: a route cannot have the name of a provider")
-    strategy = raw.get("strategy", "fallback")
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"{where}.strategy must be one of {', '.join(STRATEGIES)}")
-    weights = tuple(float(w) for w in raw.get("weights", []))
-    if weights and (len(weights) != len(targets) or any(w < 0 for w in weights) or not any(weights)):
-        raise ConfigError(f"{where}.weights needs one non-negative weight per target, not all zero")
-    numbers: dict[str, Any] = {}
-    for key in ("hedge_delay", "backoff", "backoff_max", "cooldown_seconds"):
-        if key in raw:
-            numbers[key] = _non_negative(raw[key], f"{where}.{key}")
-    ints: dict[str, Any] = {key: int(_non_negative(raw[key], f"{where}.{key}")) for key in
-            ("max_attempts", "retries", "cooldown_failures") if key in raw}
-    unknown = set(raw) - {"targets", "strategy", "weights", "timeouts", *numbers, *ints}
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    route_timeouts = _timeout_overrides(raw.get("timeouts", {}), f"{where}.timeouts")
-    return RouteConfig(name=name, targets=tuple(targets), strategy=strategy, weights=weights,
-                       timeouts=route_timeouts, **numbers, **ints)
-
-
-def _non_negative(value: Any, where: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{where} must be a number >= 0")
-    return float(value)
-
-
-_STORE_NUMBERS: dict[str, type] = {
-    "retention_days": float, "max_response_bytes": int, "queue_size": int, "timeout": float,
-}
-_STORE_STRINGS = ("backend", "path", "url", "key_prefix")
-_STORE_FLAGS = ("confirm_writes",)
-_STORE_ENV = {"backend": "STREAMGW_STORE_BACKEND", "path": "STREAMGW_STORE_PATH", "url": "STREAMGW_REDIS_URL"}
-
-
-def _store(raw: Mapping[str, Any], env: Mapping[str, str]) -> StoreConfig:
-    """``[store]``, then the environment overrides; sqlite at ``./streamgw.db`` when nothing is said."""
-    unknown = set(raw) - {*_STORE_STRINGS, *_STORE_NUMBERS, *_STORE_FLAGS}
-    if unknown:
-        raise ConfigError(f"store: unknown keys {sorted(unknown)}")
-    values: dict[str, Any] = {key: str(raw[key]) for key in _STORE_STRINGS if key in raw}
-    for key in _STORE_FLAGS:
-        if key in raw:
-            if not isinstance(raw[key], bool):
-                raise ConfigError(f"store.{key} must be true or false")
-            values[key] = raw[key]
-    values.update({key: env[var] for key, var in _STORE_ENV.items() if env.get(var)})
-    for key, kind in _STORE_NUMBERS.items():
-        if key in raw:
-            number = _non_negative(raw[key], f"store.{key}")
-            if kind is int and number != int(number):
-                raise ConfigError(f"store.{key} must be a whole number")
-            values[key] = kind(number)
-    store = StoreConfig(**values)
-    if store.backend not in STORE_BACKENDS:
-        raise ConfigError(f"store.backend must be one of {', '.join(STORE_BACKENDS)}")
-    if store.backend == "redis":
-        from streamgw.store.resp import RedisURL
-
-        try:
-            RedisURL.parse(store.url)
-        except ValueError as exc:
-            raise ConfigError(f"store.url must be a redis://[user:password@]host[:port][/db] URL: {exc}") from None
-    if store.queue_size < 1 or store.max_response_bytes < 1:
-        raise ConfigError("store.queue_size and store.max_response_bytes must be at least 1")
-    return store
-
-
-_FETCH_INTS: dict[str, int] = {"max_urls": 0, "max_bytes": 1, "max_total_bytes": 1, "concurrency": 1,
-                               "max_redirects": 0}  # key -> its minimum
-
-
-def _fetch(raw: Mapping[str, Any]) -> FetchConfig:
-    """``[fetch]``: whole numbers at or above their minimum, a positive finite timeout, a list of hosts."""
-    unknown = set(raw) - {"allow_hosts", "timeout", *_FETCH_INTS}
-    if unknown:
-        raise ConfigError(f"fetch: unknown keys {sorted(unknown)}")
-    values: dict[str, Any] = {}
-    for key, minimum in _FETCH_INTS.items():
-        if key in raw:
-            value = raw[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"fetch.{key} must be a whole number >= {minimum}")
-            values[key] = value
-    if "timeout" in raw:
-        timeout = _non_negative(raw["timeout"], "fetch.timeout")
-        if not 0 < timeout < math.inf:
-            raise ConfigError("fetch.timeout must be a finite number > 0")
-        values["timeout"] = timeout
-    hosts = raw.get("allow_hosts", [])
-    if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() for h in hosts):
-        raise ConfigError("fetch.allow_hosts must be a list of host names, IPs or CIDRs")
-    return FetchConfig(allow_hosts=tuple(h.strip() for h in hosts), **values)
-
-
-def _websocket_max_age(server_raw: Mapping[str, Any], env: Mapping[str, str]) -> float:
-    """``[server] websocket_max_age`` in seconds, or ``$STREAMGW_WEBSOCKET_MAX_AGE`` over it."""
-    value: Any = server_raw.get("websocket_max_age", 3600.0)
-    if env.get("STREAMGW_WEBSOCKET_MAX_AGE"):
-        try:
-            value = float(env["STREAMGW_WEBSOCKET_MAX_AGE"])
-        except ValueError:
-            raise ConfigError("STREAMGW_WEBSOCKET_MAX_AGE must be a number >= 0") from None
-    seconds = _non_negative(value, "server.websocket_max_age")
-    if seconds != seconds:  # NaN slips through every comparison
-        raise ConfigError("server.websocket_max_age must be a number >= 0")
-    return seconds
-
-
-def _server_seconds(server_raw: Mapping[str, Any], env: Mapping[str, str], key: str, default: float) -> float:
-    """``[server] key`` in seconds (a number >= 0), with ``$STREAMGW_<KEY>`` over it."""
-    value: Any = server_raw.get(key, default)
-    where = f"server.{key}"
-    variable = f"STREAMGW_{key.upper()}"
-    if env.get(variable):
-        where = variable
-        try:
-            value = float(env[variable])
-        except ValueError:
-            raise ConfigError(f"{where} must be a number >= 0") from None
-    seconds = _non_negative(value, where)
-    if seconds != seconds or seconds == math.inf:  # NaN and inf slip past the comparison
-        raise ConfigError(f"{where} must be a finite number >= 0")
-    return seconds
-
-
-def _server_flag(server_raw: Mapping[str, Any], env: Mapping[str, str], key: str, default: bool) -> bool:
-    """``[server] key`` (true or false), with ``$STREAMGW_<KEY>`` (1/0, true/false, yes/no, on/off) over it."""
-    variable = f"STREAMGW_{key.upper()}"
-    if env.get(variable):
-        text = env[variable].strip().lower()
-        if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise ConfigError(f"{variable} must be 1 or 0 (true/false, yes/no, on/off), got {env[variable]!r}")
-        return text in ("1", "true", "yes", "on")
-    value = server_raw.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"server.{key} must be true or false")
-    return value
-
-
-_TENANT_MAX = 128  # characters of an explicit tenant name
-
-
-def _auth_key(entry: Any, where: str, env: Mapping[str, str]) -> tuple[str, str]:
-    """One ``[auth] keys`` entry: ``"key"``, ``{ key = "...", tenant = "..." }`` or ``{ key_env = "VAR", ... }``."""
-    if isinstance(entry, str):
-        key, tenant, source = entry, "", "it"
-    elif isinstance(entry, dict):
-        unknown = set(entry) - {"key", "key_env", "tenant"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-        if ("key" in entry) == ("key_env" in entry):
-            raise ConfigError(f"{where} needs exactly one of 'key' and 'key_env'")
-        if "key_env" in entry:
-            if not isinstance(entry["key_env"], str):
-                raise ConfigError(f"{where}.key_env must be a string")
-            key, source = env.get(entry["key_env"], ""), f"the environment variable {entry['key_env']}"
-        else:
-            key, source = entry["key"], "it"
-        tenant = entry.get("tenant", "")  # a table without one: the key is its own tenant
-        if "tenant" in entry and not (isinstance(tenant, str) and 0 < len(tenant) <= _TENANT_MAX
-                                      and tenant.isprintable()):
-            raise ConfigError(f"{where}.tenant must be a non-empty printable string of at most {_TENANT_MAX} "
-                              "characters")
-    else:
-        raise ConfigError(f"{where} must be a string or a table with 'key' (or 'key_env') and 'tenant'")
-    if not isinstance(key, str) or not key.strip():
-        # An empty key would let ``Authorization: Bearer`` (no token at all) in.
-        raise ConfigError(f"{where} is empty: {source} must hold a non-empty key")
-    return key.strip(), tenant
-
-
-def _auth_keys(raw: Any, env: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """The gateway keys and, parallel to them, their tenants ("" = a tenant of its own)."""
-    if not isinstance(raw, list):
-        # A string would otherwise be taken one character at a time: one-letter keys.
-        raise ConfigError("auth.keys must be a list (of strings or { key = ..., tenant = ... } tables)")
-    keys: list[str] = []
-    tenants: list[str] = []
-    for index, entry in enumerate(raw):
-        key, tenant = _auth_key(entry, f"auth.keys[{index}]", env)
-        if key in keys and tenants[keys.index(key)] != tenant:
-            raise ConfigError(f"auth.keys[{index}] repeats a key with another tenant")
-        keys.append(key)
-        tenants.append(tenant)
-    return keys, tenants
-
-
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Load the TOML file at ``path`` (or ``$STREAMGW_CONFIG``), falling back to the environment alone."""
+    """Load the TOML file at ``path`` (or ``$STREAMGW_CONFIG``), falling back to the environment alone.
+
+    The file and the ``STREAMGW_*`` variables are checked against a schema
+    (``streamgw.config_schema``): an unknown table or key, a value of the wrong type or out of
+    range raises ``ConfigError`` listing every problem.  The schema is imported here, not at
+    module import, so that processes which only receive a ready ``Config`` never load it.
+    """
     env = os.environ if env is None else env
     if path is None:
         path = env.get("STREAMGW_CONFIG") or None
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    server_raw = raw.get("server", {})
-    server = ServerConfig(
-        host=str(env.get("STREAMGW_HOST", server_raw.get("host", "127.0.0.1"))),
-        port=int(env.get("STREAMGW_PORT", server_raw.get("port", 8080))),
-        workers=int(server_raw.get("workers", 1)),
-        max_body_bytes=int(server_raw.get("max_body_bytes", 10 * 1024 * 1024)),
-        graceful_timeout=float(server_raw.get("graceful_timeout", 3.0)),
-        drain_timeout=_server_seconds(server_raw, env, "drain_timeout", 30.0),
-        backlog=int(server_raw.get("backlog", 4096)),
-        websocket_max_age=_websocket_max_age(server_raw, env),
-        http2=_server_flag(server_raw, env, "http2", True),
-        certfile=str(env.get("STREAMGW_CERTFILE") or server_raw.get("certfile", "")),
-        keyfile=str(env.get("STREAMGW_KEYFILE") or server_raw.get("keyfile", "")),
-    )
-    if bool(server.certfile) != bool(server.keyfile):
-        raise ConfigError("server.certfile and server.keyfile must be set together")
-    keys, tenants = _auth_keys(raw.get("auth", {}).get("keys", []), env)
-    if env.get("STREAMGW_API_KEYS"):
-        keys = [k.strip() for k in env["STREAMGW_API_KEYS"].split(",") if k.strip()]
-        tenants = [""] * len(keys)
-    providers = _env_providers(env)
-    for name, prov_raw in raw.get("providers", {}).items():
-        providers[name] = _provider(name, prov_raw, env)
-    if "demo" not in providers:
-        providers["demo"] = ProviderConfig(name="demo", type="demo")
-    timeouts = _timeouts(raw.get("timeouts", {}), Timeouts(), "timeouts")
-    routes = {name: _route(name, route_raw, providers) for name, route_raw in raw.get("routes", {}).items()}
-    return Config(
-        server=server,
-        auth_keys=tuple(Secret(k) for k in keys),
-        auth_tenants=tuple(tenants),
-        providers=providers,
-        timeouts=timeouts,
-        routes=routes,
-        store=_store(raw.get("store", {}), env),
-        fetch=_fetch(raw.get("fetch", {})),
-    )
+        raw = _read_toml(path)
+    from streamgw.config_schema import build_config
+
+    return build_config(raw, env, source=None if path is None else str(path))
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None

@@ -63,7 +63,8 @@ class UpstreamClients:
         """The pool for ``provider``, created on first use."""
         upstream = self._upstreams.get(provider.name)
         if upstream is None:
-            transport = TrioH11Transport(max_connections=provider.max_connections,
+            # 0: no cap (the open-file limit is the real one); a semaphore this large never blocks
+            transport = TrioH11Transport(max_connections=provider.max_connections or 1 << 30,
                                          connect_timeout=timeouts.connect or None)
             upstream = self._upstreams[provider.name] = Upstream(transport, timeouts)
         return upstream

@@ -169,7 +169,7 @@ def test_a_bad_drain_timeout_is_a_clear_error(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--workers", "2",
                            "--port", str(free_port())], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert done.stderr.strip() == "streamgw: server.drain_timeout must be a number >= 0"
+    assert done.stderr.strip() == f"streamgw: {config}: [server] drain_timeout: must be a number >= 0"
 
 
 # -- the supervisor in this process, with stand-in workers -------------------------------------------

@@ -39,13 +39,13 @@ def test_environment_overrides(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ('backend = "mongo"', "store.backend"),
-    ('colour = "blue"', "unknown keys"),
-    ("retention_days = -1", "store.retention_days"),
-    ("queue_size = 0", "queue_size"),
-    ("queue_size = 1.5", "whole number"),
+    ('backend = "mongo"', r"\[store\] backend: must be one of"),
+    ('colour = "blue"', r"\[store\] colour: unknown key"),
+    ("retention_days = -1", r"\[store\] retention_days: must be a number >= 0"),
+    ("queue_size = 0", r"\[store\] queue_size: must be an integer >= 1"),
+    ("queue_size = 1.5", r"\[store\] queue_size: must be an integer, got a float"),
     ('confirm_writes = "yes"', "true or false"),
-    ('backend = "redis"\nurl = "http://cache"', "store.url"),
+    ('backend = "redis"\nurl = "http://cache"', r"\[store\] url: must be a redis://"),
     ('backend = "redis"\nurl = "redis://cache/x"', "redis://"),
 ])
 def test_bad_store_tables(tmp_path: Path, text: str, message: str) -> None:
