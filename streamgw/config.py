@@ -146,6 +146,13 @@ class ServerConfig:
     #: TLS certificate chain and private key (PEM files); both set: the port serves HTTPS only
     certfile: str = ""
     keyfile: str = ""
+    #: open client connections per worker; at the cap the longest-idle keep-alive connection is
+    #: closed, or accepting pauses while every connection is busy (0: from the open-file limit)
+    max_connections: int = 0
+    #: seconds a client has to send a whole request body once the headers are in; then 408 (0: no limit)
+    body_timeout: float = 30.0
+    #: bytes of request bodies being received per worker; beyond it 503 ``server_busy`` (0: no cap)
+    max_body_bytes_in_flight: int = 64 * 1024 * 1024
 
 
 STORE_BACKENDS = ("sqlite", "redis", "memory", "none")
@@ -434,6 +441,22 @@ def _server_flag(server_raw: Mapping[str, Any], env: Mapping[str, str], key: str
     return value
 
 
+def _server_count(server_raw: Mapping[str, Any], env: Mapping[str, str], key: str, default: int,
+                  variable: str | None = None) -> int:
+    """``[server] key`` as a whole number >= 0, with ``$variable`` (when given and set) over it."""
+    value: Any = server_raw.get(key, default)
+    where = f"server.{key}"
+    if variable is not None and env.get(variable):
+        where = variable
+        try:
+            value = int(env[variable])
+        except ValueError:
+            raise ConfigError(f"{where} must be a whole number >= 0") from None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where} must be a whole number >= 0")
+    return value
+
+
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load the TOML file at ``path`` (or ``$STREAMGW_CONFIG``), falling back to the environment alone."""
     env = os.environ if env is None else env
@@ -460,6 +483,9 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         http2=_server_flag(server_raw, env, "http2", True),
         certfile=str(env.get("STREAMGW_CERTFILE") or server_raw.get("certfile", "")),
         keyfile=str(env.get("STREAMGW_KEYFILE") or server_raw.get("keyfile", "")),
+        max_connections=_server_count(server_raw, env, "max_connections", 0, "STREAMGW_MAX_CONNECTIONS"),
+        body_timeout=_server_seconds(server_raw, env, "body_timeout", 30.0),
+        max_body_bytes_in_flight=_server_count(server_raw, env, "max_body_bytes_in_flight", 64 * 1024 * 1024),
     )
     if bool(server.certfile) != bool(server.keyfile):
         raise ConfigError("server.certfile and server.keyfile must be set together")

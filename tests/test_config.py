@@ -160,3 +160,24 @@ def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_connection_and_body_limits_from_file_and_environment(tmp_path: Path) -> None:
+    server = load_config(None, env={}).server
+    assert (server.max_connections, server.body_timeout, server.max_body_bytes_in_flight) == (0, 30, 64 << 20)
+    path = write(tmp_path, "[server]\nmax_connections = 20\nbody_timeout = 2.5\nmax_body_bytes_in_flight = 0\n")
+    server = load_config(path, env={}).server
+    assert (server.max_connections, server.body_timeout, server.max_body_bytes_in_flight) == (20, 2.5, 0)
+    assert load_config(path, env={"STREAMGW_MAX_CONNECTIONS": "7"}).server.max_connections == 7
+    errors = [
+        ("[server]\nmax_connections = -1\n", {}, "server.max_connections must be a whole number >= 0"),
+        ("[server]\nmax_connections = 2.5\n", {}, "server.max_connections must be a whole number >= 0"),
+        ("", {"STREAMGW_MAX_CONNECTIONS": "many"}, "STREAMGW_MAX_CONNECTIONS must be a whole number >= 0"),
+        ("[server]\nbody_timeout = -1\n", {}, "server.body_timeout must be a number >= 0"),
+        ('[server]\nmax_body_bytes_in_flight = "64M"\n', {},
+         "server.max_body_bytes_in_flight must be a whole number >= 0"),
+    ]
+    for text, env, message in errors:
+        with pytest.raises(ConfigError) as raised:
+            load_config(write(tmp_path, text), env=env)
+        assert str(raised.value) == message
