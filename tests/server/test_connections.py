@@ -15,6 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
 import httpx
 import pytest
 
@@ -319,3 +323,24 @@ def test_content_length_with_transfer_encoding_is_refused_and_closed(gateway: St
         error = json.loads(raw)["error"]
         assert (error["type"], error["param"]) == ("invalid_request_error", "transfer-encoding")
         assert closed_by_server(sock, 2)
+
+
+def test_http2_refuses_a_request_with_transfer_encoding(gateway: Start) -> None:
+    """Not a fix of ours (h2 does it, RFC 9113 §8.2.2), kept so that an h2 upgrade cannot lose it."""
+    gw = gateway()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+    client.initiate_connection()
+    body = json_body(200)
+    client.send_headers(1, [(":method", "POST"), (":path", "/v1/responses"), (":scheme", "http"),
+                            (":authority", "x"), ("authorization", f"Bearer {KEY}"),
+                            ("content-length", str(len(body))), ("transfer-encoding", "chunked")])
+    client.send_data(1, body, end_stream=True)
+    events: list[h2.events.Event] = []
+    with gw.connect() as sock:
+        sock.sendall(client.data_to_send())
+        while data := sock.recv(65536):
+            events += client.receive_data(data)
+    assert not any(isinstance(e, h2.events.ResponseReceived) for e in events), events
+    ended = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert ended and ended[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
