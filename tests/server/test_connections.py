@@ -192,9 +192,11 @@ def test_at_max_connections_with_every_connection_busy_new_ones_wait(gateway: St
     busy = []
     for _ in range(3):  # a request each, its body still to come: none of them may be closed
         sock = gw.connect()
-        sock.sendall(post_head(100) + b'{"model":')
+        sock.sendall(post_head(100)[:-2] + b"Expect: 100-continue\r\n\r\n")
+        # hypercorn answers 100 once it has the request (and so knows the connection is busy)
+        assert sock.recv(1000).startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b'{"model":')
         busy.append(sock)
-    time.sleep(0.3)
     with pytest.raises(httpx.TimeoutException):  # waits in the listen backlog
         httpx.get(gw.url + "/healthz", timeout=1.0)
     busy[0].close()  # a slot frees up
