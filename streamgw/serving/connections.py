@@ -13,7 +13,10 @@ request of the worker (including its upstream connects) fails for the same reaso
 * ``accept_connections`` is the accept loop: it takes a slot before each ``accept()``, backs off
   briefly when ``accept()`` fails for lack of resources (``EMFILE``, ``ENFILE``, ``ENOBUFS``,
   ``ENOMEM``), and reports such failures through ``EveryInterval`` — one line per interval with a
-  count instead of one traceback per attempt.
+  count instead of one traceback per attempt;
+* ``Listener`` drops a connection whose client closed before it was accepted, and ``first_bytes``
+  one that closes before sending a byte, without building a hypercorn connection for either: 3,000
+  connect-and-close probes cost the worker 0.1 s of CPU instead of 1.5 s.
 """
 
 from __future__ import annotations
