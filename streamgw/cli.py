@@ -68,6 +68,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     # they hang until the connection is dropped.  No request limit per connection, then.
     hc.keep_alive_max_requests = sys.maxsize
     hc.http2 = server.http2  # cleartext: h2c accepted or refused
+    hc.max_connections = server.max_connections
     hc.alpn_protocols = ["h2", "http/1.1"] if server.http2 else ["http/1.1"]  # TLS
     if server.certfile:  # then the bind is HTTPS only
         hc.certfile, hc.keyfile = server.certfile, server.keyfile

@@ -96,7 +96,7 @@ class ServerTable(_Table):
     certfile: Text | None = None
     keyfile: Text | None = None
     max_connections: NonNegativeInt | None = None
-    body_timeout: PositiveSeconds | None = None
+    body_timeout: Seconds | None = None  # 0: no limit
     max_body_bytes_in_flight: NonNegativeInt | None = None
 
 
@@ -506,6 +506,7 @@ def _server(table: ServerTable, environment: Environment, problems: Problems) ->
         "certfile": environment.text("STREAMGW_CERTFILE"),
         "keyfile": environment.text("STREAMGW_KEYFILE"),
         "max_connections": environment.integer("STREAMGW_MAX_CONNECTIONS", 0),
+        "body_timeout": environment.seconds("STREAMGW_BODY_TIMEOUT"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     server = ServerConfig(**values)

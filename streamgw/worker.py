@@ -22,15 +22,16 @@ protocol — too late to end a stream honestly.  So this module runs hypercorn's
 
 The same loop fixes hypercorn's idle-connection task under quart-trio (``DetachedSingleTask``):
 without it an idle keep-alive connection is never closed at shutdown and holds the process until
-the hard deadline.
+the hard deadline.  Its accept loop (``streamgw.serving.connections``) holds the worker to
+``max_connections`` open connections and rides out ``accept()`` failing for lack of file descriptors.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 from collections.abc import Awaitable, Callable, MutableMapping
-from functools import partial
 from typing import Any, cast
 
 import trio
@@ -45,6 +46,14 @@ from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState, Lifespa
 from hypercorn.utils import LifespanFailureError, LifespanTimeoutError, repr_socket_addr, wrap_app
 
 from streamgw.engine.drain import Drain
+from streamgw.serving.connections import (
+    ConnectionSlots,
+    Listener,
+    accept_connections,
+    automatic_max_connections,
+    first_bytes,
+)
+from streamgw.serving.hypercorn_trio import SerialisedTCPServer
 
 __all__ = ["DetachedSingleTask", "InFlight", "listen", "serve"]
 
@@ -160,31 +169,31 @@ async def _run_in_scope(scope: trio.CancelScope, action: Callable[[], Awaitable[
 
 
 def _connection_handler(
-    app: AppWrapper, hc: HypercornConfig, context: WorkerContext, state: LifespanState
+    app: AppWrapper, hc: HypercornConfig, context: WorkerContext, state: LifespanState, slots: ConnectionSlots
 ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
     # Looked up at serve time: ``streamgw.serving`` may have put its TCPServer subclass there.
     server_class: type[TCPServer] = hypercorn_run.TCPServer  # type: ignore[attr-defined]
     connection_state = ConnectionState(state.copy())
 
     async def handle(stream: trio.abc.Stream) -> None:
+        if not await first_bytes(stream, slots, hc.keep_alive_timeout):
+            return  # closed by the caller
         server = server_class(app, hc, context, connection_state, stream)  # type: ignore[arg-type]
         server.idle_task = DetachedSingleTask()
+        if isinstance(server, SerialisedTCPServer):  # hypercorn's own class cannot close idle ones early
+            server.slots = slots
         await server.run()
 
     return handle
 
 
-def _listeners(hc: HypercornConfig, sockets: Sockets) -> list[trio.SocketListener | trio.SSLListener[Any]]:
-    listeners: list[trio.SocketListener | trio.SSLListener[Any]] = []
+def _listeners(hc: HypercornConfig, sockets: Sockets) -> list[Listener]:
+    listeners: list[Listener] = []
     if sockets.secure_sockets:
         ssl_context = hc.create_ssl_context()
         assert ssl_context is not None, "secure sockets without a certificate"
-        for sock in sockets.secure_sockets:
-            plain = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-            listeners.append(trio.SSLListener(plain, ssl_context, https_compatible=True))
-    for sock in sockets.insecure_sockets:
-        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-    return listeners
+        listeners += [Listener(sock, ssl_context) for sock in sockets.secure_sockets]
+    return listeners + [Listener(sock) for sock in sockets.insecure_sockets]
 
 
 async def _wait_for_signal(signals: Any, stop: trio.Event) -> None:
@@ -244,6 +253,10 @@ class _Server:
         self.drain_timeout = drain_timeout
         self.grace = grace
         self.context = WorkerContext(None)
+        configured = int(getattr(hc, "max_connections", 0))
+        self.slots = ConnectionSlots(configured or automatic_max_connections())
+        log.info("accepting up to %d client connections in this worker (max_connections = %s)",
+                 self.slots.limit, configured or f"0: automatic, from the open-file limit {_open_file_limit()}")
 
     async def run(self, sockets: Sockets, stop: trio.Event, on_ready: Callable[[], None] | None) -> None:
         state: LifespanState = {}
@@ -251,12 +264,11 @@ class _Server:
         async with trio.open_nursery() as lifespan_nursery:
             await lifespan_nursery.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
-            handler = _connection_handler(self.app, self.hc, self.context, state)
+            handler = _connection_handler(self.app, self.hc, self.context, state, self.slots)
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
-                    listeners = _listeners(self.hc, sockets)
-                    accepting.start_soon(partial(trio.serve_listeners, handler, listeners,
-                                                 handler_nursery=connections))
+                    for listener in _listeners(self.hc, sockets):
+                        accepting.start_soon(accept_connections, listener, handler, connections, self.slots)
                     if on_ready is not None:
                         on_ready()
                     await stop.wait()
@@ -281,6 +293,11 @@ class _Server:
             log.info("drained in %.2f s: nothing in flight", trio.current_time() - started)
         # Idle keep-alive connections close now, busy ones after their current response.
         await self.context.terminated.set()
+        self.slots.close_idle()  # also those that have not sent a byte yet (hypercorn does not know them)
+
+
+def _open_file_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def run_gateway(serve: Callable[[], Awaitable[None]]) -> int:

@@ -412,9 +412,10 @@ def test_new_server_fields(tmp_path: Path) -> None:
     server = load_config(path, env={}).server
     assert (server.max_connections, server.body_timeout, server.max_body_bytes_in_flight) == (5000, 2.5, 0)
     assert load_config(path, env={"STREAMGW_MAX_CONNECTIONS": "300"}).server.max_connections == 300
-    assert problems(tmp_path, "[server]\nbody_timeout = 0\nmax_body_bytes_in_flight = -1\nmax_connections = 1.0\n") == [
+    text = "[server]\nbody_timeout = -1\nmax_body_bytes_in_flight = -1\nmax_connections = 1.0\n"
+    assert problems(tmp_path, text) == [
         "[server] max_connections: must be an integer, got a float",
-        "[server] body_timeout: must be a number > 0",
+        "[server] body_timeout: must be a number >= 0",
         "[server] max_body_bytes_in_flight: must be an integer >= 0",
     ]
 
@@ -580,3 +581,25 @@ def test_asgi_app_with_a_bad_config_exits_2_without_a_traceback(tmp_path: Path) 
     path = write(tmp_path, "[server]\nport = true\n")
     status, stderr = run_streamgw(["-c", "import streamgw.asgi"], {"STREAMGW_CONFIG": str(path)}, module="")
     assert (status, stderr) == (2, f"streamgw: {path}: [server] port: must be an integer, got a boolean\n")
+
+
+def test_connection_and_body_limits_from_file_and_environment(tmp_path: Path) -> None:
+    server = load_config(None, env={}).server
+    assert (server.max_connections, server.body_timeout, server.max_body_bytes_in_flight) == (0, 30, 64 << 20)
+    path = write(tmp_path, "[server]\nmax_connections = 20\nbody_timeout = 2.5\nmax_body_bytes_in_flight = 0\n")
+    server = load_config(path, env={}).server
+    assert (server.max_connections, server.body_timeout, server.max_body_bytes_in_flight) == (20, 2.5, 0)
+    assert load_config(path, env={"STREAMGW_MAX_CONNECTIONS": "7"}).server.max_connections == 7
+    assert load_config(path, env={"STREAMGW_BODY_TIMEOUT": "0"}).server.body_timeout == 0
+    errors = [
+        ("[server]\nmax_connections = -1\n", {}, "[server] max_connections: must be an integer >= 0"),
+        ("[server]\nmax_connections = 2.5\n", {}, "[server] max_connections: must be an integer, got a float"),
+        ("", {"STREAMGW_MAX_CONNECTIONS": "many"}, "STREAMGW_MAX_CONNECTIONS: must be an integer"),
+        ("[server]\nbody_timeout = -1\n", {}, "[server] body_timeout: must be a number >= 0"),
+        ('[server]\nmax_body_bytes_in_flight = "64M"\n', {},
+         "[server] max_body_bytes_in_flight: must be an integer, got a string"),
+    ]
+    for text, env, message in errors:
+        with pytest.raises(ConfigError) as raised:
+            load_config(write(tmp_path, text), env=env)
+        assert message in str(raised.value)

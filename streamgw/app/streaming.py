@@ -34,7 +34,14 @@ from streamgw.core.request import ResponsesRequest, echo_fields, parse_request
 from streamgw.core.sse import encode_comment, encode_event
 from streamgw.engine.routing import Plan
 from streamgw.engine.run import ResponseRun
-from streamgw.errors import AuthenticationFailed, GatewayError, PayloadTooLarge, RateLimited, UpstreamError
+from streamgw.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RateLimited,
+    UpstreamError,
+)
 from streamgw.store.chain import expand
 
 if TYPE_CHECKING:
@@ -78,6 +85,47 @@ def json_body(payload: Any) -> bytes:
 
 class _ClientGone(Exception):
     """The client disconnected before the request body was complete."""
+
+
+class RequestTimeout(InvalidRequest):
+    """The client did not send the whole request body within ``[server] body_timeout``."""
+
+    status = 408
+    default_code = "request_timeout"
+
+
+class ServerBusy(GatewayError):
+    """This worker is already receiving as many request body bytes as ``[server] max_body_bytes_in_flight`` allows."""
+
+    status = 503
+    type = "server_error"
+    default_code = "server_busy"
+
+
+class BodyBudget:
+    """The bytes of request bodies one worker is receiving or parsing, against ``cap`` (0: no cap).
+
+    Each body claims its Content-Length before a byte is read, or what has arrived so far when it is
+    chunked, and gives it back once it is parsed.  A claim that would go over the cap while other
+    bodies are in flight is refused with ``ServerBusy``; a body alone is always let through, so a cap
+    below ``max_body_bytes`` cannot make a request impossible.
+    """
+
+    __slots__ = ("cap", "used")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.used = 0
+
+    def grow(self, held: int, size: int) -> int:
+        """Grow a claim of ``held`` bytes to ``size`` (if larger); return the claim now held."""
+        if size <= held:
+            return held
+        if self.cap and self.used > held and self.used - held + size > self.cap:
+            raise ServerBusy("The gateway is receiving too many request bodies at once; retry shortly.",
+                             headers={"retry-after": "1"})
+        self.used += size - held
+        return size
 
 
 class _Exchange:
@@ -157,6 +205,7 @@ class ResponsesEndpoint:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        self.bodies = BodyBudget(gw.config.server.max_body_bytes_in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
@@ -169,8 +218,7 @@ class ResponsesEndpoint:
                 caller = gw.caller(_header(scope, b"authorization"))
                 if caller is None:
                     raise AuthenticationFailed("Missing or invalid gateway API key (use Authorization: Bearer <key>).")
-                body = await _read_body(scope, receive, gw.config.server.max_body_bytes)
-                req = parse_request(body)
+                req = await self._request(scope, receive)
                 plan = gw.router.plan(req.model, req.provider)
                 provider = plan.targets[0].provider.name if plan.route is None else plan.route.name
                 provider = await self._serve(req, plan, caller.tenant, started, exchange, receive) or provider
@@ -195,6 +243,20 @@ class ResponsesEndpoint:
         finally:
             if exchange.committed:
                 gw.metrics.requests.labels(provider, str(exchange.status)).inc()
+
+    async def _request(self, scope: Scope, receive: Receive) -> ResponsesRequest:
+        """Read and parse the body within the worker's ``BodyBudget``.
+
+        The raw bytes are claimed until they are parsed and are not referenced after this returns: a
+        request that streams for minutes holds its parsed form only, not the body as well.
+        """
+        server = self.gw.config.server
+        claim = _Claim(self.bodies, _closing_headers(scope))
+        try:
+            body = await _read_body(scope, receive, server.max_body_bytes, server.body_timeout, claim)
+            return parse_request(body)
+        finally:
+            claim.release()
 
     async def _serve(self, req: ResponsesRequest, plan: Plan, tenant: str, started: float, exchange: _Exchange,
                      receive: Receive) -> str | None:
@@ -325,23 +387,62 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes (checked against Content-Length first)."""
+class _Claim:
+    """One request body's share of the ``BodyBudget``."""
+
+    __slots__ = ("budget", "close", "held")
+
+    def __init__(self, budget: BodyBudget, close: dict[str, str]) -> None:
+        self.budget = budget
+        self.close = close  # headers of an answer sent before the body was read
+        self.held = 0
+
+    def grow(self, size: int) -> None:
+        try:
+            self.held = self.budget.grow(self.held, size)
+        except ServerBusy as busy:
+            busy.headers.update(self.close)
+            raise
+
+    def release(self) -> None:
+        self.budget.used -= self.held
+        self.held = 0
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int, within: float, claim: _Claim) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes (checked against Content-Length first).
+
+    The client has ``within`` seconds (0: no limit) to send it all; a 408, 413 or 503 raised here is
+    answered without reading the rest, and hypercorn then closes the connection (HTTP/1.1: the unread
+    rest of the body cannot be told from a next request).
+    """
+    close = claim.close
     declared = _header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes", headers=close)
+        claim.grow(int(declared))
     parts: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-            parts.append(chunk)
-        if not message.get("more_body", False):
-            break
+    with trio.move_on_after(within or math.inf) as timer:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is larger than {limit} bytes", headers=close)
+                claim.grow(size)  # chunked: counted as it arrives
+                parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+    if timer.cancelled_caught:
+        raise RequestTimeout(f"The request body was not received within {within:g} s.", headers=close)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _closing_headers(scope: Scope) -> dict[str, str]:
+    """``connection: close`` for an HTTP/1.x answer sent before the body was read (HTTP/2 forbids the header)."""
+    return {"connection": "close"} if str(scope.get("http_version", "1.1")).startswith("1") else {}

@@ -58,7 +58,29 @@ streams waiting out the load generator's 60 s timeout).  ``FairH2Protocol`` sche
 ``RoundRobinScheduler`` instead: the streams with data to send take turns.  RFC 9113 deprecates the
 RFC 7540 priority scheme and lets servers ignore it.
 
-(hypercorn's ``keep_alive_max_requests`` is a fourth: after 1000 requests it sends GOAWAY, which also
+4. A connection closed by its client held for the whole keep-alive timeout (``hypercorn/trio/tcp_server.py``)
+------------------------------------------------------------------------------------------------------
+A connection's keep-alive timer (``_idle_timeout``) runs in the connection's task group from the moment
+it is accepted until a complete request arrives, and again between requests.  When the client closes
+its side meanwhile (a port scanner, a load balancer's TCP check, a client that gives up), the read loop
+ends but the task group waits for the timer: the socket stayed in CLOSE-WAIT for the whole
+``keep_alive_timeout`` (75 s).  19,990 connect-and-close probes used up the worker's open-file limit;
+``accept()`` failed with ``EMFILE`` and every request timed out until the timers ran out.
+``SerialisedTCPServer._read_data`` stops the timer once the client's side is closed, so the connection
+closes at once, and a request that ends after that closes the connection instead of starting it again.
+The same timer is how ``streamgw.serving.connections.ConnectionSlots`` closes the longest-idle
+connection when a worker is at its ``max_connections``.
+
+5. A request with both Content-Length and Transfer-Encoding (``hypercorn/protocol/h11.py``)
+------------------------------------------------------------------------------------------
+h11 frames such a request by its chunked encoding and ignores Content-Length; hypercorn served it and
+kept the connection.  A proxy in front that frames it by Content-Length sees a different request
+boundary — the classic request-smuggling setup.  RFC 9112 §6.3 lets a server reject it and requires
+the connection to be closed after responding; ``H1OnlyCapableProtocol`` answers 400 (an error envelope
+with ``param: "transfer-encoding"``) and closes.  HTTP/2 needs nothing: h2 rejects any
+``transfer-encoding`` header in a request as malformed (RFC 9113 §8.2.2) and the connection is closed.
+
+(hypercorn's ``keep_alive_max_requests`` is a sixth: after 1000 requests it sends GOAWAY, which also
 stops every stream in flight on the connection, because h2 sends nothing after GOAWAY.
 ``streamgw.cli.hypercorn_config`` sets no limit.)
 
@@ -82,19 +104,23 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 from itertools import chain
 from typing import Any
 
 import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Body, EndBody, Response
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 from priority.priority import DeadlockError, DuplicateStreamError, MissingStreamError, PriorityTree
+
+from streamgw.errors import GatewayError, InvalidRequest
+from streamgw.serving.connections import ConnectionSlots
 
 __all__ = [
     "FairH2Protocol",
@@ -111,7 +137,14 @@ _H2_PREFACE_TARGET = (b"PRI", b"*", b"2.0")
 
 
 class SerialisedTCPServer(TCPServer):
-    """hypercorn's trio ``TCPServer`` with one gate for every write to the connection (see the module doc)."""
+    """hypercorn's trio ``TCPServer`` with one gate for every write to the connection, closed as soon as
+    its client closes, and idle connections known to the worker's ``ConnectionSlots`` (see the module doc).
+    """
+
+    #: the worker's connection cap (``streamgw.worker`` sets it; None when hypercorn serves by itself)
+    slots: ConnectionSlots | None = None
+    #: the client's side of the connection is closed (or broken): nothing more will be read
+    _read_done = False
 
     async def run(self) -> None:
         """Serve the connection; a failure inside it ends this connection, not the worker.
@@ -139,9 +172,33 @@ class SerialisedTCPServer(TCPServer):
             if not self._served:  # cancelled from outside while the connection was still being served
                 await trio.aclose_forcefully(self.stream)
 
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # Nothing more will come from the client.  The keep-alive timer would hold the connection (and
+        # its socket, in CLOSE-WAIT) for up to keep_alive_timeout: stop it so that the task group ends
+        # and the connection closes now.  A request still in progress has had its http.disconnect.
+        self._read_done = True
+        await self.idle_task.stop()
+
+    async def _idle_timeout(self) -> None:
+        """hypercorn's keep-alive timer, which the worker's ``ConnectionSlots`` may cut short."""
+        slots = self.slots
+        with trio.move_on_after(self.config.keep_alive_timeout) as keep_alive:
+            if slots is not None:
+                slots.idle(self.stream, keep_alive)
+            try:
+                await self.context.terminated.wait()
+            finally:
+                if slots is not None:
+                    slots.busy(self.stream)
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
     async def protocol_send(self, event: Event) -> None:
         """Write ``RawData`` under ``send_lock`` with the wait shielded; other events as hypercorn does."""
         if not isinstance(event, RawData):
+            if isinstance(event, Updated) and event.idle and self._read_done:
+                event = Closed()  # idle again, but the client is gone: close rather than wait for it
             await super().protocol_send(event)
             return
         broken = False
@@ -291,6 +348,13 @@ class H1OnlyCapableProtocol(H11Protocol):
         # prior-knowledge preface goes on to ``_create_stream``, which refuses it.
 
     async def _create_stream(self, request: h11.Request) -> None:
+        if _framed_twice(request):
+            # RFC 9112 §6.3: possibly an attempt at request smuggling; answer, then close the connection.
+            error = InvalidRequest("The request has both Content-Length and Transfer-Encoding.",
+                                   param="transfer-encoding", code="invalid_framing")
+            await self._send_envelope(error)
+            await self.send(Closed())  # no stream: the rest of the request is never read
+            return
         preface = (request.method, request.target, request.http_version) == _H2_PREFACE_TARGET
         if preface and not http2_enabled(self.config):
             await self._send_error_response(505)
@@ -299,6 +363,22 @@ class H1OnlyCapableProtocol(H11Protocol):
             await self.send(Closed())
             return
         await super()._create_stream(request)
+
+
+    async def _send_envelope(self, error: GatewayError) -> None:
+        """``error`` as a JSON error envelope, with ``connection: close``."""
+        body = json.dumps(error.envelope(), separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                   (b"connection", b"close"), *self.config.response_headers("h11")]
+        await self._send_h11_event(h11.Response(status_code=error.status, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+
+
+def _framed_twice(request: h11.Request) -> bool:
+    """Whether ``request`` has both a Content-Length and a Transfer-Encoding header."""
+    names = {name for name, _ in request.headers}  # h11 lower-cases header names
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 def http2_enabled(config: HypercornConfig) -> bool:
@@ -315,6 +395,8 @@ class GatewayHypercornConfig(HypercornConfig):
 
     #: accept HTTP/2: h2c (prior knowledge, ``Upgrade: h2c``) on cleartext, ALPN ``h2`` with TLS
     http2: bool = True
+    #: open client connections per worker (``streamgw.worker``; 0: from the open-file limit)
+    max_connections: int = 0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         install()
