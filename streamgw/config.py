@@ -174,6 +174,14 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: who may read ``GET /metrics``."""
+
+    #: true: ``/metrics`` needs ``Authorization: Bearer <gateway key>`` like ``/v1/*`` (401 otherwise)
+    require_key: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole gateway configuration."""
 
@@ -184,6 +192,7 @@ class Config:
 
     routes: Mapping[str, RouteConfig] = field(default_factory=dict)
     store: StoreConfig = field(default_factory=lambda: StoreConfig(backend="memory"))
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def secrets(self) -> list[str]:
         """Every secret value, for redaction of upstream messages."""
@@ -434,6 +443,16 @@ def _server_flag(server_raw: Mapping[str, Any], env: Mapping[str, str], key: str
     return value
 
 
+def _metrics(raw: Mapping[str, Any], env: Mapping[str, str]) -> MetricsConfig:
+    """``[metrics] require_key``, with ``$STREAMGW_METRICS_REQUIRE_KEY`` over it."""
+    if env.get("STREAMGW_METRICS_REQUIRE_KEY"):
+        return MetricsConfig(require_key=_server_flag({}, env, "metrics_require_key", False))
+    value = raw.get("require_key", False)
+    if not isinstance(value, bool):
+        raise ConfigError("metrics.require_key must be true or false")
+    return MetricsConfig(require_key=value)
+
+
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load the TOML file at ``path`` (or ``$STREAMGW_CONFIG``), falling back to the environment alone."""
     env = os.environ if env is None else env
@@ -480,4 +499,5 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         timeouts=timeouts,
         routes=routes,
         store=_store(raw.get("store", {}), env),
+        metrics=_metrics(raw.get("metrics", {}), env),
     )

@@ -16,7 +16,7 @@ from typing import cast
 import httpx
 
 from streamgw.config import ProviderConfig, Timeouts
-from streamgw.errors import GatewayError, UpstreamError, UpstreamTimeout, redact
+from streamgw.errors import GatewayError, UpstreamError, UpstreamTimeout, redact, sanitize_upstream
 from streamgw.providers.base import Dialect, UpstreamRequest
 from streamgw.transport.h11pool import BODY_EXTENSION, TrioH11Transport
 
@@ -139,7 +139,8 @@ async def open_stream(
         body = b""
     finally:
         await response.aclose()
-    raise dialect.parse_error(response.status_code, response.headers, body, secrets)
+    # Each dialect cleans its own errors; this pass holds for any dialect (idempotent, cheap).
+    raise sanitize_upstream(dialect.parse_error(response.status_code, response.headers, body, secrets), secrets)
 
 
 def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
