@@ -99,7 +99,8 @@ class ProviderConfig:
     demo: DemoSettings = field(default_factory=DemoSettings)
     #: only the keys set in ``[providers.NAME.timeouts]``; see ``Timeouts.merged``
     timeouts: tuple[tuple[str, float], ...] = ()
-    max_connections: int = 1000
+    #: cap on open upstream connections (0: no cap); at the cap a request waits for a free one
+    max_connections: int = 0
     headers: tuple[tuple[str, str], ...] = ()
 
 
@@ -293,9 +294,15 @@ def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> Prov
         chat=flags,
         demo=DemoSettings(**demo_raw),
         timeouts=_timeout_overrides(raw.get("timeouts", {}), f"{where}.timeouts"),
-        max_connections=int(raw.get("max_connections", 1000)),
+        max_connections=_max_connections(raw.get("max_connections", 0), f"{where}.max_connections"),
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
     )
+
+
+def _max_connections(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where} must be an integer >= 0 (0: no cap)")
+    return value
 
 
 def _env_providers(env: Mapping[str, str]) -> dict[str, ProviderConfig]:

@@ -33,8 +33,10 @@ class Upstream:
         self.transport = transport
         self._urls: dict[str, httpx.URL] = {}  # parsing a URL costs more than the rest of the request
         connect = timeouts.connect or None
-        # Reads are bounded by our own first-token/idle deadlines, not by the transport.
-        self.timeouts = {"connect": connect, "read": None, "write": 30.0, "pool": connect}
+        # Reads are bounded by our own first-token/idle deadlines, not by the transport; so is the
+        # wait for a free connection when ``max_connections`` is reached: a busy pool makes a
+        # request wait its turn, it does not fail it after the connect timeout.
+        self.timeouts = {"connect": connect, "read": None, "write": 30.0, "pool": None}
 
     async def send(self, upstream: UpstreamRequest) -> httpx.Response:
         """Send one request; the response body is left to stream."""
