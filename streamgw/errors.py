@@ -113,3 +113,74 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
             text = text.replace(secret, "[redacted]")
     text = _BEARER.sub(r"\1[redacted]", text)
     return _KEYLIKE.sub("[redacted]", text)
+
+
+# --- what an upstream may put into our answers --------------------------------------------------
+#
+# An upstream error body is untrusted text: its message, code and param reach the client (the
+# JSON envelope, ``response.failed``, WebSocket error frames) and its code used to reach metric
+# labels.  Codes and params are relayed only when they are short plain identifiers free of
+# secrets; messages are redacted, made valid Unicode and bounded.
+
+_UPSTREAM_CODE = re.compile(r"[a-z0-9_.\-]{1,64}")
+_UPSTREAM_PARAM = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
+_RETRY_AFTER = re.compile(r"[0-9]{1,10}|[A-Za-z0-9 ,:]{1,64}")  # delta-seconds or an HTTP-date
+#: longest upstream message relayed (characters)
+MAX_UPSTREAM_MESSAGE = 2000
+#: the ``code`` an upstream code that is not relayed becomes
+UPSTREAM_CODE_REPLACED = "upstream_error"
+
+
+def clean_message(text: str, secrets: Iterable[str] = ()) -> str:
+    """An upstream message fit to relay: secrets and key-shaped text redacted, valid Unicode, bounded."""
+    text = redact(text, secrets)
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode()  # a lone surrogate would break every encoder
+    if len(text) > MAX_UPSTREAM_MESSAGE:
+        text = text[:MAX_UPSTREAM_MESSAGE] + "…"
+    return text
+
+
+def _plain(value: object, pattern: re.Pattern[str], secrets: Iterable[str]) -> str | None:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        return None
+    return value if redact(value, secrets) == value else None
+
+
+def safe_code(value: object, secrets: Iterable[str] = ()) -> str | None:
+    """``value`` when it is a short lowercase identifier free of secrets, else ``None``."""
+    return _plain(value, _UPSTREAM_CODE, secrets)
+
+
+def safe_param(value: object, secrets: Iterable[str] = ()) -> str | None:
+    """``value`` when it is a short parameter path (``messages[0].content``) free of secrets, else ``None``."""
+    return _plain(value, _UPSTREAM_PARAM, secrets)
+
+
+def sanitize_upstream(error: GatewayError, secrets: Iterable[str] = ()) -> GatewayError:
+    """Make every field of an error built from an upstream answer safe to relay (in place; returns it).
+
+    The message is cleaned; a code or param that is not plain is replaced (the code by
+    ``upstream_error``, the param by ``None``); only a well-formed ``retry-after`` header is kept.
+    """
+    secrets = tuple(secrets)
+    error.message = clean_message(error.message, secrets)
+    error.args = (error.message,)
+    if error.code is not None and safe_code(error.code, secrets) is None:
+        error.code = UPSTREAM_CODE_REPLACED
+    if error.param is not None:
+        error.param = safe_param(error.param, secrets)
+    retry = error.headers.get("retry-after")
+    error.headers = {"retry-after": retry} if retry and _RETRY_AFTER.fullmatch(retry) else {}
+    return error
+
+
+def sanitize_error_object(error: object, secrets: Iterable[str] = (), fallback: str = "server_error") -> dict[str, str]:
+    """An upstream ``response.error`` object rebuilt from its two fields (``code``, ``message``), both made safe."""
+    source = error if isinstance(error, dict) else {}
+    message = source.get("message")
+    code = safe_code(source.get("code"), secrets)
+    return {
+        "code": code or fallback,
+        "message": clean_message(message if isinstance(message, str) and message else "upstream failed", secrets),
+    }

@@ -1,8 +1,56 @@
-"""Prometheus metrics: updated once per request or per failure, never per event."""
+"""Prometheus metrics: updated once per request or per failure, never per event.
+
+Every label value comes from a fixed set, so that no client or upstream can grow the number of
+series (``/metrics`` may be public): ``provider`` is a configured provider or route name, or
+``none``; ``kind`` is one of ``ERROR_KINDS`` or ``other``; ``status`` a three-digit HTTP status.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: the ``kind`` label values of ``streamgw_upstream_errors``: the gateway's own error codes (and the
+#: error types it falls back to); any other code, e.g. one an upstream made up, counts as ``other``
+ERROR_KINDS = frozenset({
+    "client_disconnected", "timeout", "first_token_timeout", "total_timeout", "upstream_timeout",
+    "upstream_idle_timeout", "upstream_total_timeout", "upstream_unreachable", "upstream_connection_error",
+    "upstream_empty", "upstream_5xx", "upstream_unexpected_status", "upstream_auth_failed", "upstream_error",
+    "upstream_rejected", "unsupported_provider", "route_exhausted", "overloaded", "internal_error",
+    "rate_limit_exceeded", "insufficient_quota", "server_error", "invalid_prompt", "provider_error",
+    "rate_limit_error",
+})
+OTHER = "other"
+NONE = "none"
+
+M = TypeVar("M", Counter, Histogram)
+
+
+def error_kind(code: str | None) -> str:
+    """The ``kind`` label for an error ``code``: itself when it is one of ``ERROR_KINDS``, else ``other``."""
+    return code if code in ERROR_KINDS else OTHER
+
+
+def _status(value: str) -> str:
+    return value if len(value) == 3 and value.isdigit() else OTHER
+
+
+class Bounded(Generic[M]):
+    """A labelled metric whose label values are mapped into fixed sets before they are used."""
+
+    __slots__ = ("_maps", "metric")
+
+    def __init__(self, metric: M, *maps: Callable[[str], str]) -> None:
+        self.metric: M = metric
+        self._maps = maps
+
+    def labels(self, *values: str) -> M:
+        """The child for ``values``, each mapped by its label's map."""
+        child: M = self.metric.labels(*[mapped(value) for mapped, value in zip(self._maps, values, strict=True)])
+        return child
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -17,35 +65,41 @@ STORE_TASKS = ("writer", "purge", "health")
 class Metrics:
     """The gateway's metrics in their own registry (one per app instance)."""
 
-    def __init__(self) -> None:
+    def __init__(self, providers: Iterable[str] = ()) -> None:
+        """``providers``: the configured provider and route names, the only ``provider`` labels besides ``none``."""
         self.registry = CollectorRegistry()
-        self.requests = Counter(
+        known = frozenset(providers)
+
+        def provider(name: str) -> str:
+            return name if name in known else NONE
+
+        self.requests = Bounded(Counter(
             "streamgw_requests", "Responses requests by provider and HTTP status",
             ["provider", "status"], registry=self.registry,
-        )
+        ), provider, _status)
         self.in_flight = Gauge(
             "streamgw_streams_in_flight", "Streamed responses currently open", registry=self.registry
         )
-        self.ttft = Histogram(
+        self.ttft = Bounded(Histogram(
             "streamgw_time_to_first_token_seconds", "Request start to the first upstream delta",
             ["provider"], buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.duration = Histogram(
+        ), provider)
+        self.duration = Bounded(Histogram(
             "streamgw_response_duration_seconds", "Request start to the terminal event",
             ["provider"], buckets=_DURATION_BUCKETS, registry=self.registry,
-        )
-        self.upstream_errors = Counter(
-            "streamgw_upstream_errors", "Upstream failures by provider and kind",
-            ["provider", "kind"], registry=self.registry,
-        )
+        ), provider)
+        self.upstream_errors = Bounded(Counter(
+            "streamgw_upstream_errors", "Upstream failures by provider and kind (the gateway's error code, "
+            "or 'other')", ["provider", "kind"], registry=self.registry,
+        ), provider, error_kind)
         self.websocket_connections = Gauge(
             "streamgw_websocket_connections", "WebSocket-mode connections currently open", registry=self.registry
         )
-        self.websocket_responses = Counter(
+        self.websocket_responses = Bounded(Counter(
             "streamgw_websocket_responses", "Responses requested over WebSocket mode by provider and status "
             "(200: the response streamed; otherwise the status of its error frame)",
             ["provider", "status"], registry=self.registry,
-        )
+        ), provider, _status)
         self.store_errors = Counter(
             "streamgw_store_errors", "Response store failures by operation (open, write, read, delete, purge, "
             "check, queue_full, too_large, unencodable)", ["op"], registry=self.registry,

@@ -77,7 +77,7 @@ class Gateway:
         self.router = Router(config)
         self.clients = UpstreamClients(config.fetch)
         self.dialects: dict[str, Dialect] = dialects()
-        self.metrics = Metrics()
+        self.metrics = Metrics([*config.providers, *config.routes])  # the only provider labels
         self.secrets = config.secrets()
         self.engine = EngineContext(self.clients, self.dialects, self.secrets, Health(), config.timeouts)
         #: graceful shutdown: ``begin`` turns /readyz to 503 and gives every run its deadline
@@ -234,6 +234,10 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        # ``[metrics] require_key``: a gateway key is needed (none configured: nobody gets in).
+        if gw.config.metrics.require_key and not (gw.keys and gw.authorised(request.headers.get("authorization"))):
+            raise AuthenticationFailed("GET /metrics needs a gateway API key (use Authorization: Bearer <key>).",
+                                       headers={"www-authenticate": "Bearer"})
         return Response(gw.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 

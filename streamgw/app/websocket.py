@@ -47,7 +47,7 @@ from quart_trio import QuartTrio
 from streamgw.app.recording import Recorder
 from streamgw.core.emitter import Event
 from streamgw.core.relay import RelayedEvent
-from streamgw.core.request import ResponsesRequest, parse_request
+from streamgw.core.request import ResponsesRequest, load_object, request_from_object
 from streamgw.engine.routing import Plan
 from streamgw.engine.run import ResponseRun
 from streamgw.errors import (
@@ -101,12 +101,8 @@ def parse_create(data: str | bytes) -> ResponsesRequest:
     ``generate: true`` is the default.  Lanes (``stream_id``), ``background`` and
     ``generate: false`` are refused rather than silently ignored.
     """
-    try:
-        frame = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(f"The frame is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(frame, dict):
-        raise InvalidRequest("A frame must be a JSON object with a 'type'.", code="invalid_json")
+    # The same checks as a POST body (Unicode, nesting), parsed once: the frame is not re-encoded.
+    frame = load_object(data, "frame")
     kind = frame.get("type")
     if kind != CREATE:
         what = "has no 'type'" if kind is None else f"has the unknown type {json.dumps(kind)}"
@@ -120,7 +116,7 @@ def parse_create(data: str | bytes) -> ResponsesRequest:
         raise _unsupported("generate", "every response.create generates a response")
     body = {key: value for key, value in frame.items() if key not in _ENVELOPE}
     body["stream"] = True
-    return parse_request(_compact(body).encode())
+    return request_from_object(body)
 
 
 def event_text(event: Event | RelayedEvent) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 from streamgw.core.deltas import UpstreamFailure
 from streamgw.core.emitter import random_id
-from streamgw.errors import redact
+from streamgw.errors import clean_message, sanitize_error_object
 
 __all__ = [
     "SNAPSHOT_EVENTS",
@@ -142,7 +142,7 @@ def _failure_from(error: object, secrets: Iterable[str]) -> UpstreamFailure:
     message = source.get("message")
     if not isinstance(message, str) or not message:
         message = _NO_MESSAGE
-    return UpstreamFailure(failure_code(source.get("code")), redact(message, secrets))
+    return UpstreamFailure(failure_code(source.get("code")), clean_message(message, secrets))
 
 
 def error_event_failure(payload: dict[str, Any], secrets: Iterable[str] = ()) -> UpstreamFailure:
@@ -333,9 +333,8 @@ class RelayEmitter:
             return
         response.setdefault("status", item.type.removeprefix("response."))
         response.setdefault("error", None)
-        error = response["error"]
-        if type(error) is dict and isinstance(error.get("message"), str):
-            error["message"] = redact(error["message"])
+        if response["error"] is not None:  # upstream text: only a plain code and a clean message go out
+            response["error"] = sanitize_error_object(response["error"])
         if self._open is not None:
             # Upstream ended with an item still open: close it so every ``added`` has its ``done``.
             self._close_open()
@@ -493,7 +492,7 @@ class RelayEmitter:
             **self.response,
             "status": "failed",
             "completed_at": None,
-            "error": {"code": code, "message": redact(message)},
+            "error": {"code": code, "message": clean_message(message)},
             "incomplete_details": None,
             "output": self._output(),
             "usage": None,

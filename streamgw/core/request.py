@@ -23,7 +23,25 @@ from typing import Any, NoReturn
 
 from streamgw.errors import InvalidRequest
 
-__all__ = ["ResponsesRequest", "echo_fields", "parse_request"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INPUT_ITEMS",
+    "MAX_TOOLS",
+    "ResponsesRequest",
+    "echo_fields",
+    "load_object",
+    "parse_request",
+    "request_from_object",
+]
+
+#: deepest nesting of objects and arrays a request may have (the body itself is level 1).  Every
+#: later stage (dialect builders, ``json.dumps`` of snapshots and stored records) may then recurse
+#: over a request without coming near Python's recursion limit.
+MAX_DEPTH = 64
+#: most ``input`` items one request may carry (after ``previous_response_id`` the chain adds more)
+MAX_INPUT_ITEMS = 10_000
+#: most tools a request may declare (OpenAI's documented limit for function tools)
+MAX_TOOLS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +196,13 @@ def _array(value: Any, param: str) -> list[Any]:
     if not isinstance(value, list):
         _wrong_type(param, "an array", value)
     return value
+
+
+def _max_length(values: list[Any], param: str, limit: int) -> list[Any]:
+    if len(values) > limit:
+        _fail(param, f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, "
+                     f"but got an array with length {len(values)} instead.", "array_above_max_length")
+    return values
 
 
 # --- content parts -------------------------------------------------------------------------------
@@ -352,6 +377,7 @@ def _input(value: Any) -> tuple[dict[str, Any], ...]:
         _wrong_type("input", "a string or an array of input items", value)
     if not value:
         _fail("input", "Invalid 'input': empty array. Expected at least one input item.", "empty_array")
+    _max_length(value, "input", MAX_INPUT_ITEMS)
     items = []
     for i, raw_item in enumerate(value):
         param = f"input[{i}]"
@@ -392,7 +418,8 @@ def _tool(value: Any, param: str) -> dict[str, Any]:
 
 
 def _tools(value: Any, param: str) -> tuple[dict[str, Any], ...]:
-    return tuple(_tool(t, f"{param}[{i}]") for i, t in enumerate(_array(value, param)))
+    tools = _max_length(_array(value, param), param, MAX_TOOLS)
+    return tuple(_tool(t, f"{param}[{i}]") for i, t in enumerate(tools))
 
 
 def _choice_function(choice: dict[str, Any], param: str) -> None:
@@ -405,7 +432,8 @@ def _choice_allowed_tools(choice: dict[str, Any], param: str) -> None:
     _enum("auto", "required")(choice["mode"], f"{param}.mode")
     if choice.get("tools") is None:
         _missing(f"{param}.tools")
-    for i, entry in enumerate(_array(choice["tools"], f"{param}.tools")):
+    tools = _max_length(_array(choice["tools"], f"{param}.tools"), f"{param}.tools", MAX_TOOLS)
+    for i, entry in enumerate(tools):
         _tool(entry, f"{param}.tools[{i}]")
 
 
@@ -540,14 +568,158 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _load(body: bytes) -> dict[str, Any]:
+# A JSON escape of a UTF-16 surrogate, and of a low one.  Only a lone such escape, or bytes that are
+# not UTF-8, can put a lone surrogate into a parsed string; a lone surrogate cannot be encoded to
+# UTF-8, so every later ``json.dumps(...).encode()`` (upstream bodies, events) would fail.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LOW_ESCAPE = re.compile(r"\\u[dD][c-fC-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTAINERS = (dict, list)
+
+
+def _too_deep(value: Any, depth: int) -> bool:
+    """True when containers nest deeper than ``MAX_DEPTH`` (the fast check; ``_walk`` names where)."""
+    if depth > MAX_DEPTH:
+        return True
+    for item in value.values() if type(value) is dict else value:
+        kind = type(item)
+        if (kind is dict or kind is list) and _too_deep(item, depth + 1):
+            return True
+    return False
+
+
+class _Rejected(Exception):
+    """Raised deep in ``_walk``; collects the JSON path on its way up."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem  # "depth" or "unicode"
+        self.path: list[str | int] = []
+
+
+def _bad_text(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def _walk(value: Any, depth: int, strings: bool) -> None:
+    """Raise ``_Rejected`` for nesting deeper than ``MAX_DEPTH`` or (``strings``) a lone surrogate.
+
+    Recursion is safe: it stops at ``MAX_DEPTH``.  Scalars other than strings are not visited.
+    """
+    if depth > MAX_DEPTH:
+        raise _Rejected("depth")
+    if type(value) is dict:
+        for key, item in value.items():
+            try:
+                if strings and _bad_text(key):
+                    raise _Rejected("unicode")
+                if type(item) in _CONTAINERS or (strings and type(item) is str):
+                    _walk(item, depth + 1, strings)
+            except _Rejected as rejected:
+                rejected.path.append(key)
+                raise
+    elif type(value) is list:
+        for index, item in enumerate(value):
+            try:
+                if type(item) in _CONTAINERS or (strings and type(item) is str):
+                    _walk(item, depth + 1, strings)
+            except _Rejected as rejected:
+                rejected.path.append(index)
+                raise
+    elif type(value) is str and _bad_text(value):
+        raise _Rejected("unicode")
+
+
+def _path(segments: list[str | int]) -> str | None:
+    """``["input", 0, "content"]`` → ``input[0].content``; surrogates in keys shown as ``\\udXXX``."""
+    text = ""
+    for segment in reversed(segments):
+        if isinstance(segment, int):
+            text += f"[{segment}]"
+        else:
+            key = segment.encode("utf-8", "backslashreplace").decode() if _bad_text(segment) else segment
+            text += f".{key}" if text else key
+    return text or None
+
+
+def _escapes_surrogate(text: str) -> bool:
+    """True when the JSON ``text`` has a lone surrogate escape.
+
+    Valid pairs (emoji from ASCII-only encoders) do not count, so they cost no walk over the
+    parsed strings; nor does ``\\\\ud800`` (an escaped backslash, then text).
+    """
+    if "\\u" not in text:
+        return False
+    pair_end = -1
+    for match in _SURROGATE_ESCAPE.finditer(text):
+        start = match.start()
+        if start == pair_end or _escaped(text, start):
+            continue  # the low half of a pair seen already, or literal text after a ``\\``
+        if text[start + 3] in "89abAB" and _LOW_ESCAPE.match(text, start + 6):
+            pair_end = start + 6
+            continue
+        return True
+    return False
+
+
+def _escaped(text: str, start: int) -> bool:
+    """True when the backslash at ``start`` is itself escaped (an odd run of backslashes before it)."""
+    run = 0
+    while start > run and text[start - run - 1] == "\\":
+        run += 1
+    return run % 2 == 1
+
+
+def _decode(data: str | bytes) -> tuple[str, bool]:
+    """The text of ``data`` and whether it may hold lone surrogates (so its strings must be checked).
+
+    Bytes that are not UTF-8 are kept as lone surrogates (``surrogateescape``) so that the
+    string holding them can be named; strict UTF-8 also refuses encoded surrogates, which
+    ``json.loads(bytes)`` would let through.
+    """
+    if isinstance(data, str):  # a WebSocket text frame: already text
+        return data, _bad_text(data) or _escapes_surrogate(data)
     try:
-        raw = json.loads(body, parse_constant=_reject_constant)
+        text = data.decode()
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "surrogateescape"), True
+    return text, _escapes_surrogate(text)
+
+
+def load_object(data: str | bytes, what: str = "request body") -> dict[str, Any]:
+    """Parse ``data`` as a JSON object whose strings are valid Unicode and whose nesting is bounded.
+
+    ``InvalidRequest`` (400) otherwise: ``invalid_json`` for bytes that are no JSON object,
+    ``invalid_unicode`` naming the string (``metadata.k``, ``input[0].content[0].text``) that
+    holds a lone surrogate or bytes that are not UTF-8, ``nesting_too_deep`` naming where
+    the nesting passes ``MAX_DEPTH``.
+    """
+    text, check_strings = _decode(data)
+    try:
+        raw = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
-        _fail(None, f"The request body is not valid JSON: {exc}", "invalid_json")
+        detail = str(exc).encode("utf-8", "backslashreplace").decode()
+        _fail(None, f"The {what} is not valid JSON: {detail}", "invalid_json")
     if not isinstance(raw, dict):
-        _fail(None, "The request body must be a JSON object.", "invalid_json")
+        _fail(None, f"The {what} must be a JSON object.", "invalid_json")
+    # Most bodies have fewer brackets than the depth limit; the walk that names the param runs only
+    # when something is wrong.
+    if check_strings or (text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(raw, 1)):
+        try:
+            _walk(raw, 1, check_strings)
+        except _Rejected as rejected:
+            _reject_tree(rejected, what)
     return raw
+
+
+def _reject_tree(rejected: _Rejected, what: str) -> NoReturn:
+    param = _path(rejected.path)
+    where = f"'{param}'" if param else f"the {what}"
+    if rejected.problem == "depth":
+        _fail(param, f"Invalid {where}: objects and arrays are nested deeper than {MAX_DEPTH} levels.",
+              "nesting_too_deep")
+    _fail(param, f"Invalid {where}: the string is not valid Unicode (a lone UTF-16 surrogate escape, "
+                 "or bytes that are not UTF-8).", "invalid_unicode")
 
 
 def _model(value: Any) -> str:
@@ -561,7 +733,11 @@ def _model(value: Any) -> str:
 
 def parse_request(body: bytes) -> ResponsesRequest:
     """Parse a ``POST /v1/responses`` body; raise ``InvalidRequest`` (400, ``param`` set) if it is wrong."""
-    raw = _load(body)
+    return request_from_object(load_object(body))
+
+
+def request_from_object(raw: dict[str, Any]) -> ResponsesRequest:
+    """Validate an already parsed body (from ``load_object``, which bounds its depth and checks its Unicode)."""
     model = _model(raw.get("model"))
     items = _input(raw.get("input"))
     values: dict[str, Any] = {}

@@ -56,7 +56,8 @@ from streamgw.errors import (
     PayloadTooLarge,
     RateLimited,
     UpstreamError,
-    redact,
+    clean_message,
+    sanitize_upstream,
 )
 from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
 from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
@@ -722,7 +723,7 @@ class AnthropicStreamTranslator:
         if not isinstance(message, str) or not message:
             message = f"upstream error event ({etype or 'unknown type'})"
         code = _STREAM_ERROR_CODES.get(etype, "server_error") if isinstance(etype, str) else "server_error"
-        self._fail(out, code, redact(message, self._secrets))
+        self._fail(out, code, clean_message(message, self._secrets))
 
     # -- blocks --
 
@@ -852,7 +853,7 @@ def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _Error
     message, etype = error.get("message"), error.get("type")
     if not isinstance(message, str) or not message:
         message = text[:_RAW_BODY_LIMIT] or f"upstream answered HTTP {status} with an empty body"
-    return _ErrorBody(redact(message, secrets), etype if isinstance(etype, str) and etype else None)
+    return _ErrorBody(clean_message(message, secrets), etype if isinstance(etype, str) and etype else None)
 
 
 _CONTEXT_MARKERS = ("prompt is too long", "context window", "context length")
@@ -921,7 +922,7 @@ def parse_error(
     key is at fault); 5xx and 529 (code ``overloaded``) become 502, ``retry-after`` kept.
     """
     err = _read_error_body(status, body, secrets)
-    return _ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers)
+    return sanitize_upstream(_ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers), secrets)
 
 
 class AnthropicDialect:

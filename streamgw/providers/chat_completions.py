@@ -37,7 +37,10 @@ from streamgw.errors import (
     RateLimited,
     UpstreamError,
     UpstreamTimeout,
-    redact,
+    clean_message,
+    safe_code,
+    safe_param,
+    sanitize_upstream,
 )
 from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
 from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
@@ -459,7 +462,7 @@ def _stream_failure(error: object, secrets: Sequence[str]) -> UpstreamFailure:
         message, error_type, code = error, None, None
     if not isinstance(message, str) or not message:
         message = "upstream reported an error without a message"
-    return UpstreamFailure(_stream_code(error_type, code), redact(message, secrets))
+    return UpstreamFailure(_stream_code(error_type, code), clean_message(message, secrets))
 
 
 def _first_choice(choices: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -707,9 +710,9 @@ def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _Error
         message = text[:_RAW_BODY_LIMIT] or f"upstream answered HTTP {status} with an empty body"
     param, code = error.get("param"), error.get("code")
     return _ErrorBody(
-        message=redact(message, secrets),
-        param=redact(param, secrets) if isinstance(param, str) else None,
-        code=code if isinstance(code, str) and code else None,
+        message=clean_message(message, secrets),
+        param=safe_param(param, secrets),
+        code=safe_code(code, secrets),  # not plain: the status decides the code instead
     )
 
 
@@ -775,7 +778,7 @@ def parse_error(
     is the gateway's own upstream key, not the client's.
     """
     err = _read_error_body(status, body, secrets)
-    return _ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers)
+    return sanitize_upstream(_ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers), secrets)
 
 
 class ChatDialect:

@@ -87,7 +87,8 @@ from streamgw.errors import (
     RateLimited,
     UpstreamError,
     UpstreamTimeout,
-    redact,
+    clean_message,
+    sanitize_upstream,
 )
 from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
 from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
@@ -637,7 +638,7 @@ def _stream_failure(error: object, secrets: Sequence[str]) -> UpstreamFailure:
         message = "upstream reported an error without a message"
     known = [_STREAM_CODES.get(v) for v in (status, code) if isinstance(v, str | int)]
     stream_code = next((c for c in known if c), "server_error")
-    return UpstreamFailure(stream_code, redact(message, secrets))
+    return UpstreamFailure(stream_code, clean_message(message, secrets))
 
 
 def _first_candidate(candidates: list[Json]) -> Json | None:
@@ -928,7 +929,7 @@ class GeminiStreamTranslator:
         message = f"upstream finishReason={reason}"
         detail = candidate.get("finishMessage")
         if isinstance(detail, str) and detail:
-            message += f": {redact(detail, self._secrets)}"
+            message += f": {clean_message(detail, self._secrets)}"
         self._fail(out, "server_error", message)
 
     def _finish(self, reason: FinishReason, out: list[Delta]) -> None:
@@ -1009,7 +1010,7 @@ def _read_error(status: int, body: bytes, secrets: Sequence[str]) -> _GoogleErro
         message = text[:_RAW_BODY_LIMIT] or f"upstream answered HTTP {status} with an empty body"
     grpc_status = error.get("status")
     reasons, delay = _details(error)
-    return _GoogleError(redact(message, secrets), grpc_status if isinstance(grpc_status, str) else None,
+    return _GoogleError(clean_message(message, secrets), grpc_status if isinstance(grpc_status, str) else None,
                         reasons, delay)
 
 
@@ -1088,7 +1089,7 @@ def parse_error(
     ``retry-after`` or derives it from ``google.rpc.RetryInfo``.
     """
     err = _read_error(status, body, secrets)
-    return _ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers)
+    return sanitize_upstream(_ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers), secrets)
 
 
 class GeminiDialect:

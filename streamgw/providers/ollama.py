@@ -56,7 +56,8 @@ from streamgw.errors import (
     RateLimited,
     UpstreamError,
     UpstreamTimeout,
-    redact,
+    clean_message,
+    sanitize_upstream,
 )
 from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
 from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
@@ -474,7 +475,7 @@ class OllamaStreamTranslator:
         error = frame.get("error")
         if error:
             text = error if type(error) is str else json.dumps(error, ensure_ascii=False)[:_RAW_BODY_LIMIT]
-            self._fail(out, redact(text, self._secrets))
+            self._fail(out, clean_message(text, self._secrets))
             return
         message = frame.get("message")
         if message:
@@ -559,7 +560,7 @@ def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _Error
     is_json = message is not None
     if message is None:
         message = text[:_RAW_BODY_LIMIT] or f"upstream answered HTTP {status} with an empty body"
-    return _ErrorBody(redact(message, secrets), is_json)
+    return _ErrorBody(clean_message(message, secrets), is_json)
 
 
 def _invalid_request(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
@@ -622,7 +623,7 @@ def parse_error(
     ``retry-after`` is copied; 401/403 become a 502 (the gateway's own credential).
     """
     err = _read_error_body(status, body, secrets)
-    return _ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers)
+    return sanitize_upstream(_ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers), secrets)
 
 
 class OllamaDialect:

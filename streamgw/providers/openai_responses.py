@@ -25,7 +25,7 @@ from streamgw.core.relay import (
 )
 from streamgw.core.request import ResponsesRequest
 from streamgw.core.sse import SSEDecoder, TruncatedStream
-from streamgw.errors import GatewayError, redact
+from streamgw.errors import GatewayError, sanitize_error_object
 from streamgw.providers import chat_completions
 from streamgw.providers.base import NO_ASSETS, Assets, Dialect, StreamTranslator, UpstreamRequest
 
@@ -149,7 +149,7 @@ class ResponsesRelayTranslator:
         elif item.type == "error":
             self._fail(error_event_failure(item.payload, self._secrets), out)
         elif self._started:
-            if item.type == "response.failed" and self._secrets:
+            if item.type == "response.failed":
                 self._redact_failed(item)
             out.append(item)
         elif item.type in SNAPSHOT_EVENTS:
@@ -169,11 +169,10 @@ class ResponsesRelayTranslator:
         out.append(failure)
 
     def _redact_failed(self, item: RelayedEvent) -> None:
-        """Configured secrets out of a relayed ``response.failed`` message (the relay re-serialises it)."""
+        """A relayed ``response.failed``'s error made safe, configured secrets included (the relay re-serialises it)."""
         response = item.payload.get("response")
-        error = response.get("error") if isinstance(response, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            error["message"] = redact(error["message"], self._secrets)
+        if isinstance(response, dict) and response.get("error") is not None:
+            response["error"] = sanitize_error_object(response["error"], self._secrets)
 
 
 # --- error parser --------------------------------------------------------------------------------

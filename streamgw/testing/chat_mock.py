@@ -38,6 +38,9 @@ Usage: ``prompt_tokens`` = characters of message contents // 4 + 1; ``completion
 number of content chunks (text, reasoning, refusal and tool-call chunks).
 
 Run standalone: ``python -m streamgw.testing.chat_mock --port 0`` prints ``LISTENING <port>``.
+``--hold-until N`` holds every chat completion until N of them are waiting (or, for all, until the
+first waited ``--hold-timeout`` seconds), so that N streams are in flight at once however slowly
+they arrive.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import functools
 import hashlib
 import json
 import random
+import resource
 import signal
 import sys
 import time
@@ -563,6 +567,8 @@ class ChatCompletionsMock:
         seed: int = 0,
         reasoning_tokens: int = 5,
         base_path: str = "/v1",
+        hold_until: int = 0,
+        hold_timeout: float = 60.0,
     ) -> None:
         self.knobs = ChatKnobs(
             ttft, token_delay, tokens, token_text, fault_rate, heavy_tail, reasoning_tokens
@@ -574,6 +580,10 @@ class ChatCompletionsMock:
         self.stats = MockServerStats()
         self._rng = random.Random(seed)
         self._count = 0
+        self.hold_until = hold_until
+        self.hold_timeout = hold_timeout
+        self._held = 0
+        self._everyone_here = trio.Event()
 
     async def serve(
         self, *, host: str = "127.0.0.1", port: int = 0,
@@ -597,12 +607,24 @@ class ChatCompletionsMock:
         if self.api_key is not None and key != self.api_key:
             await self._json(send, 401, _auth_error(key), ids)
         elif req.path == self.base_path + "/chat/completions" and req.method == "POST":
+            if self.hold_until:
+                await self._hold()
             await self._chat(req, send, ids, key)
         elif req.path == self.base_path + "/models" and req.method == "GET":
             await self._json(send, 200, _models_body(), ids)
         else:
             body = _envelope(f"Invalid URL ({req.method} {req.path})", "invalid_request_error")
             await self._json(send, 404, body, ids)
+
+    async def _hold(self) -> None:
+        """Wait until ``hold_until`` requests are waiting; after ``hold_timeout`` seconds the first
+        one opens the gate for everyone (later arrivals pass at once)."""
+        self._held += 1
+        if self._held >= self.hold_until:
+            self._everyone_here.set()
+        with trio.move_on_after(self.hold_timeout):
+            await self._everyone_here.wait()
+        self._everyone_here.set()
 
     async def _chat(self, req: MockRequest, send: Responder, ids: _Ids, key: str | None) -> None:
         try:
@@ -712,6 +734,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="Pareto shape for the first-token delay (scaled by --ttft)")
     parser.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hold-until", type=int, default=0, metavar="N",
+                        help="hold every chat completion until N are waiting (0: off)")
+    parser.add_argument("--hold-timeout", type=float, default=60.0, help="seconds a held request waits at most")
     return parser.parse_args(argv)
 
 
@@ -731,7 +756,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     mock = ChatCompletionsMock(
         ttft=args.ttft, token_delay=args.token_delay, tokens=args.tokens, token_text=args.token_text,
         fault_rate=args.fault_rate, heavy_tail=args.heavy_tail, api_key=args.api_key, seed=args.seed,
+        hold_until=args.hold_until, hold_timeout=args.hold_timeout,
     )
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # one descriptor per client connection
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     trio.run(_serve_until_signal, mock, args.host, args.port)
     return 0
 

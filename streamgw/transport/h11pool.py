@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import ssl
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -320,7 +321,8 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
     Use it as ``httpx.AsyncClient(transport=TrioH11Transport())``.
 
     Args:
-        max_connections: cap on open connections, in use or idle, over all origins.
+        max_connections: cap on open connections, in use or idle, over all origins (0: no cap).
+            At the cap a request waits for a free slot, up to its ``pool`` timeout.
         max_keepalive_per_origin: idle connections kept per (scheme, host, port).
         keepalive_expiry: seconds an idle connection may wait before it is closed.
         ssl_context: for https; default ``ssl.create_default_context()``.  Its ALPN
@@ -338,7 +340,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         *,
-        max_connections: int = 1000,
+        max_connections: int = 0,
         max_keepalive_per_origin: int = 256,
         keepalive_expiry: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
@@ -352,8 +354,10 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         self._tls: ssl.SSLContext | None = None
         self._connect_timeout = connect_timeout
         self._read_chunk = read_chunk
-        # One token per open connection; a connection returns it when closed.
-        self._slots = trio.Semaphore(max_connections, max_value=max_connections)
+        # One token per open connection; a connection returns it when closed.  No cap: more tokens
+        # than any process could hold sockets for.
+        cap = max_connections if max_connections > 0 else sys.maxsize
+        self._slots = trio.Semaphore(cap, max_value=cap)
         # Idle connections: per-origin LIFO stacks (dict.popitem() takes the newest)
         # plus one oldest-first view over all origins for expiry and eviction.
         self._idle: dict[Origin, dict[_Connection, None]] = {}

@@ -16,7 +16,7 @@ from typing import cast
 import httpx
 
 from streamgw.config import FetchConfig, ProviderConfig, Timeouts
-from streamgw.errors import GatewayError, UpstreamError, UpstreamTimeout, redact
+from streamgw.errors import GatewayError, UpstreamError, UpstreamTimeout, redact, sanitize_upstream
 from streamgw.providers.base import Dialect, UpstreamRequest
 from streamgw.transport.fetch import MediaFetcher
 from streamgw.transport.h11pool import BODY_EXTENSION, TrioH11Transport
@@ -34,8 +34,10 @@ class Upstream:
         self.transport = transport
         self._urls: dict[str, httpx.URL] = {}  # parsing a URL costs more than the rest of the request
         connect = timeouts.connect or None
-        # Reads are bounded by our own first-token/idle deadlines, not by the transport.
-        self.timeouts = {"connect": connect, "read": None, "write": 30.0, "pool": connect}
+        # Reads are bounded by our own first-token/idle deadlines, not by the transport; so is the
+        # wait for a free connection when ``max_connections`` is reached: a busy pool makes a
+        # request wait its turn, it does not fail it after the connect timeout.
+        self.timeouts = {"connect": connect, "read": None, "write": 30.0, "pool": None}
 
     async def send(self, upstream: UpstreamRequest) -> httpx.Response:
         """Send one request; the response body is left to stream."""
@@ -63,8 +65,8 @@ class UpstreamClients:
         """The pool for ``provider``, created on first use."""
         upstream = self._upstreams.get(provider.name)
         if upstream is None:
-            # 0: no cap (the open-file limit is the real one); a semaphore this large never blocks
-            transport = TrioH11Transport(max_connections=provider.max_connections or 1 << 30,
+            # 0: no cap (the open-file limit and the server connection cap are the real ones)
+            transport = TrioH11Transport(max_connections=provider.max_connections,
                                          connect_timeout=timeouts.connect or None)
             upstream = self._upstreams[provider.name] = Upstream(transport, timeouts)
         return upstream
@@ -135,7 +137,8 @@ async def open_stream(
         body = b""
     finally:
         await response.aclose()
-    raise dialect.parse_error(response.status_code, response.headers, body, secrets)
+    # Each dialect cleans its own errors; this pass holds for any dialect (idempotent, cheap).
+    raise sanitize_upstream(dialect.parse_error(response.status_code, response.headers, body, secrets), secrets)
 
 
 def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from streamgw.core.request import ResponsesRequest, echo_fields, parse_request
+from streamgw.core.request import (
+    MAX_DEPTH,
+    MAX_INPUT_ITEMS,
+    MAX_TOOLS,
+    ResponsesRequest,
+    echo_fields,
+    parse_request,
+)
 from streamgw.errors import InvalidRequest
 
 
@@ -561,3 +568,119 @@ def test_echo_is_fresh_at_top_level() -> None:
     echo["tools"][0]["name"] = "changed"
     assert request.metadata == {"a": "b"}
     assert request.tools == ({"type": "function", "name": "f"},)
+
+
+# --- Unicode, nesting depth and counts (checked on the raw body, before any field) ---------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (rb'{"model":"m","input":"hi","metadata":{"k":"\ud800"}}', "metadata.k"),
+        (rb'{"model":"m","input":"a\ud800b"}', "input"),
+        (rb'{"model":"m","input":"hi","instructions":"\uDFFF"}', "instructions"),
+        (rb'{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"x\udc00"}]}]}',
+         "input[0].content[0].text"),
+        (rb'{"model":"m","input":"hi","tools":[{"type":"function","name":"f","parameters":'
+         rb'{"type":"object","properties":{"a":{"description":"\ud83d"}}}}]}',
+         "tools[0].parameters.properties.a.description"),
+        (rb'{"model":"m","input":"hi","x":["ok","\\\ud800"]}', "x[1]"),  # an escaped backslash, then a real escape
+        (rb'{"model":"m","input":"hi","metadata":{"k":"\ud83d\ud83d\ude00"}}', "metadata.k"),  # high, then a pair
+        (b'{"model":"m","input":"a\xffb"}', "input"),  # a byte that is not UTF-8
+        (b'{"model":"m","input":"a\xed\xa0\x80b"}', "input"),  # an encoded surrogate (json.loads(bytes) takes it)
+        (b'{"model":"m","input":"hi","metadata":{"k":"\xc3"}}', "metadata.k"),  # a truncated sequence
+    ],
+)
+def test_lone_surrogates_and_bad_utf8_name_the_string(body: bytes, param: str) -> None:
+    error = rejected(body)
+    assert (error.param, error.code) == (param, "invalid_unicode")
+    json.dumps(error.envelope(), ensure_ascii=False).encode()  # the answer itself is valid UTF-8
+
+
+def test_a_lone_surrogate_in_a_key_is_named_escaped() -> None:
+    error = rejected(rb'{"model":"m","input":"hi","metadata":{"\ud800":"v"}}')
+    assert (error.param, error.code) == ("metadata.\\ud800", "invalid_unicode")
+    json.dumps(error.envelope(), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [r"\ud83d\ude00", r"\uD83D\uDE00 and \ud83c\udf89", r"\\ud800", r"\\\\ud800", r"\ud55c\uac00", "plain"],
+)
+def test_valid_escapes_are_accepted(text: str) -> None:
+    body = ('{"model":"m","input":"' + text + '","metadata":{"k":"' + text + '"}}').encode()
+    request = parse_request(body)
+    assert request.metadata["k"] == json.loads('"' + text + '"')
+    json.dumps(request.raw, ensure_ascii=False).encode()
+
+
+def nested(levels: int) -> bytes:
+    """A body whose deepest container is at ``levels`` (the body object is level 1)."""
+    return b'{"model":"m","input":"hi","x":' + b"[" * (levels - 1) + b"1" + b"]" * (levels - 1) + b"}"
+
+
+def test_nesting_up_to_the_limit_is_accepted_one_more_is_not() -> None:
+    assert parse_request(nested(MAX_DEPTH)).raw["x"]
+    error = rejected(nested(MAX_DEPTH + 1))
+    assert error.code == "nesting_too_deep"
+    assert error.param == "x" + "[0]" * (MAX_DEPTH - 1)  # the list at level 65
+
+
+def deep_schema(levels: int) -> str:
+    schema = '{"type":"string"}'
+    for _ in range(levels):
+        schema = '{"type":"object","properties":{"a":' + schema + "}}"
+    return schema
+
+
+def test_a_deeply_nested_tool_schema_is_a_400_naming_the_tool() -> None:
+    # 805 levels: json.loads copes, a dialect's builder or json.dumps did not (RecursionError, a 500).
+    body = '{"model":"m","input":"hi","tools":[{"type":"function","name":"f","parameters":%s}]}'
+    error = rejected((body % deep_schema(400)).encode())
+    assert error.code == "nesting_too_deep"
+    assert error.param is not None and error.param.startswith("tools[0].parameters.properties.a.properties.a")
+
+
+def test_the_deepest_accepted_request_survives_every_dialect_and_json_dumps() -> None:
+    """Nothing after the parser recurses into a RecursionError for an accepted request, even on a deep stack."""
+    from streamgw.config import ProviderConfig
+    from streamgw.providers.registry import dialects
+
+    levels = (MAX_DEPTH - 4) // 2  # body > tools > [0] > parameters: 4 levels, then 2 per schema level
+    body = '{"model":"m","input":"hi","tools":[{"type":"function","name":"f","parameters":%s}],' \
+           '"text":{"format":{"type":"json_schema","name":"out","schema":%s}}}'
+    request = parse_request((body % (deep_schema(levels), deep_schema(levels - 1))).encode())
+
+    def everything() -> None:
+        json.dumps(echo_fields(request))
+        for kind, dialect in dialects().items():
+            provider = ProviderConfig(name="p", type=kind, base_url="http://127.0.0.1:1/v1")
+            dialect.build_request(request, provider, "m")
+
+    def at_depth(frames: int) -> None:  # the gateway calls these from a deep trio/hypercorn stack
+        if frames:
+            at_depth(frames - 1)
+        else:
+            everything()
+
+    at_depth(600)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [{"type": "function", "name": "f"}] * (MAX_TOOLS + 1)}, "tools"),
+        ({"input": ["x"] * (MAX_INPUT_ITEMS + 1)}, "input"),
+        ({"tool_choice": {"type": "allowed_tools", "mode": "auto",
+                          "tools": [{"type": "function", "name": "f"}] * (MAX_TOOLS + 1)}}, "tool_choice.tools"),
+    ],
+)
+def test_counts_are_bounded(fields: dict[str, Any], param: str) -> None:
+    error = rejected(encode(**fields))
+    assert (error.param, error.code) == (param, "array_above_max_length")
+
+
+def test_counts_at_the_limit_are_accepted() -> None:
+    request = parse(tools=[{"type": "function", "name": f"f{i}"} for i in range(MAX_TOOLS)],
+                    input=[{"role": "user", "content": "x"}] * MAX_INPUT_ITEMS)
+    assert (len(request.tools), len(request.input)) == (MAX_TOOLS, MAX_INPUT_ITEMS)
