@@ -128,5 +128,5 @@ def test_require_key_from_toml_and_environment(tmp_path: object) -> None:
     assert load_config(path, env={"STREAMGW_METRICS_REQUIRE_KEY": "0"}).metrics.require_key is False
     assert load_config(None, env={"STREAMGW_METRICS_REQUIRE_KEY": "yes"}).metrics.require_key is True
     path.write_text('[metrics]\nrequire_key = "maybe"\n')
-    with pytest.raises(ValueError, match=r"metrics\.require_key"):
+    with pytest.raises(ValueError, match=r"\[metrics\] require_key: must be true or false"):
         load_config(path, env={})
