@@ -561,3 +561,10 @@ def test_echo_is_fresh_at_top_level() -> None:
     echo["tools"][0]["name"] = "changed"
     assert request.metadata == {"a": "b"}
     assert request.tools == ({"type": "function", "name": "f"},)
+
+
+@pytest.mark.parametrize("role", [[], {}, ["user"], {"user": 1}])
+def test_unhashable_role_is_a_400(role: Any) -> None:
+    # Found by tests/fuzz: an array or object role reached a dict lookup and raised TypeError (a 500).
+    error = rejected(json.dumps({"model": "m", "input": [{"role": role, "content": "x"}]}).encode())
+    assert (error.param, error.code) == ("input[0].role", "invalid_value")
