@@ -357,6 +357,12 @@ class RelayEmitter:
 
     def _on_item_added(self, item: RelayedEvent) -> None:
         payload = item.payload
+        if self._open is not None:
+            # Output items never interleave: a broken upstream.  Tracking only the newest item
+            # would leave the open one without its ``done``; ``_fail`` closes it instead.
+            self._fail("server_error", f"malformed upstream event: output_item.added while output item "
+                                       f"{self._open.index} is still open")
+            return
         self.output_started = True
         self._open = _Item(_index(payload, "output_index"), _dict(payload.get("item")))
         self._pass(item)

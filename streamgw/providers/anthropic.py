@@ -660,7 +660,11 @@ class AnthropicStreamTranslator:
         if not isinstance(payload, dict):
             self._fail(out, "server_error", "malformed upstream event: not a JSON object")
             return
-        handler = _EVENT_HANDLERS.get(payload.get("type") or name)
+        kind = payload.get("type") or name
+        if not isinstance(kind, str):  # an array or object ``type`` is no event (and no dict key)
+            self._fail(out, "server_error", "malformed upstream event: its type is not a string")
+            return
+        handler = _EVENT_HANDLERS.get(kind)
         if handler is None:
             return  # ping, and event types newer than this module
         try:

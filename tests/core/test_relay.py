@@ -292,6 +292,21 @@ def test_terminal_with_an_open_item_is_numbered_after_the_repair() -> None:
     assert events[-1]["type"] == "response.failed" and events[-1]["response"]["output"] == [events[2]["item"]]
 
 
+def test_an_item_added_while_another_is_open_fails_the_stream() -> None:
+    # Found by tests/fuzz: the second ``added`` replaced the open item, whose ``done`` never came.
+    em = emitter()
+    em.feed([*opening(), *message_start(), text_delta("Hi", 4)])
+    second = {"id": "msg_2", "type": "message", "status": "in_progress", "content": [], "role": "assistant"}
+    events = as_dicts(em.feed([ev({"type": "response.output_item.added", "output_index": 1, "item": second,
+                                   "sequence_number": 5})]))
+    assert [e["type"] for e in events] == ["response.output_text.done", "response.content_part.done",
+                                           "response.output_item.done", "response.failed"]
+    assert events[2]["output_index"] == 0 and events[2]["item"]["status"] == "incomplete"
+    error = events[-1]["response"]["error"]
+    assert error["code"] == "server_error" and "still open" in error["message"]
+    assert em.feed([text_delta("more", 6)]) == []
+
+
 def test_function_call_and_summary_parts_are_closed_on_failure() -> None:
     em = emitter()
     call = {"id": "fc_1", "type": "function_call", "status": "in_progress", "arguments": "", "call_id": "call_1",

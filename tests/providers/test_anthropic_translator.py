@@ -321,6 +321,14 @@ def test_event_name_is_the_fallback_type() -> None:
     assert replay([data]) == [Finish(FinishReason.COMPLETED)]
 
 
+@pytest.mark.parametrize("kind", [[None], {"a": 1}, ["message_stop"]])
+def test_non_string_type_is_malformed(kind: Any) -> None:
+    # Found by tests/fuzz: an array or object ``type`` was looked up as a handler key and raised TypeError.
+    data = f'event: content_block_delta\ndata: {json.dumps({"type": kind})}\n\n'.encode()
+    [failure] = replay([data])
+    assert isinstance(failure, UpstreamFailure) and "malformed upstream event" in failure.message
+
+
 def test_tool_input_given_whole_at_start_is_used_once() -> None:
     block = {"type": "tool_use", "id": "toolu_9", "name": "f", "input": {"a": 1}}
     deltas = replay([sse(
