@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamgw.core import jsontext
 from streamgw.core.deltas import UpstreamFailure
 from streamgw.core.emitter import random_id
 from streamgw.errors import redact
@@ -73,7 +74,7 @@ SNAPSHOT_EVENTS = frozenset({"response.created", "response.in_progress", "respon
 _TERMINALS = ("response.completed", "response.incomplete", "response.failed")
 _ENDED_EARLY = "upstream stream ended without a terminal event"
 _NO_MESSAGE = "upstream reported an error without a message"
-_loads = json.loads
+_loads = jsontext.loads_strict  # no NaN (relayed verbatim), lone surrogates become U+FFFD
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 # The ``response.error.code`` values the Responses API declares (protocols.md §3.4): an upstream
@@ -113,7 +114,8 @@ def decode_event(data: str) -> RelayedEvent | UpstreamFailure:
     """One upstream event's ``data`` → a ``RelayedEvent`` (JSON parsed once), or the failure it is.
 
     The ``event:`` name is not trusted: ``type`` comes from the JSON.  JSON spread over
-    several ``data:`` lines is re-serialised compactly so that it fits one line.
+    several ``data:`` lines is re-serialised compactly so that it fits one line, and so is
+    JSON with surrogate escapes (``jsontext.loads`` replaced any lone one).
     """
     try:
         payload = _loads(data)
@@ -122,8 +124,8 @@ def decode_event(data: str) -> RelayedEvent | UpstreamFailure:
     kind = payload.get("type") if type(payload) is dict else None
     if type(kind) is not str or "\n" in kind or "\r" in kind:
         return UpstreamFailure("server_error", "malformed upstream event: not a Responses event object")
-    if "\n" in data:
-        data = _compact(payload)
+    if "\n" in data or jsontext.has_surrogate_escape(data):
+        data = _compact(payload)  # one line; and text a lone surrogate was replaced in (U+FFFD)
     return RelayedEvent(kind, data, payload)
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from streamgw.config import ProviderConfig
+from streamgw.core import jsontext
 from streamgw.core.blobs import decode_blob, encode_blob
 from streamgw.core.deltas import (
     Delta,
@@ -532,7 +533,7 @@ _STREAM_ERROR_CODES: dict[str, str] = {
 }
 
 _ENDED_EARLY = "upstream stream ended before message_stop"
-_loads = json.loads
+_loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
 
 
 def _count(value: object) -> int:
@@ -846,8 +847,8 @@ def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _Error
     """Parse ``{"type":"error","error":{"type","message"}}``; fall back to the raw text (truncated)."""
     text = body.decode("utf-8", "replace").strip()
     try:
-        parsed = json.loads(text)
-    except ValueError:
+        parsed = _loads(text)
+    except (ValueError, RecursionError):
         parsed = None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, str):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from streamgw.config import ChatFlags, ProviderConfig
+from streamgw.core import jsontext
 from streamgw.core.deltas import (
     Delta,
     Finish,
@@ -408,7 +409,7 @@ _NUMERIC_STREAM_CODES: dict[int, str] = {
 _CALL_ID_ALPHABET = string.ascii_letters + string.digits
 _RANDOM = random.SystemRandom()
 _ENDED_EARLY = "upstream stream ended before completion"
-_loads = json.loads
+_loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
 
 
 def _mint_call_id() -> str:
@@ -698,8 +699,8 @@ def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _Error
     """Parse the envelope; fall back to the raw text (truncated) when it is not one."""
     text = body.decode("utf-8", "replace").strip()
     try:
-        error = _error_object(json.loads(text))
-    except ValueError:
+        error = _error_object(_loads(text))
+    except (ValueError, RecursionError):
         error = None
     error = error or {}
     message = error.get("message")

@@ -63,6 +63,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from streamgw.config import ProviderConfig
+from streamgw.core import jsontext
 from streamgw.core.blobs import decode_blob, encode_blob
 from streamgw.core.deltas import (
     Delta,
@@ -597,7 +598,7 @@ _RANDOM = random.SystemRandom()
 _ENDED_EARLY = "upstream stream ended before a finishReason"
 _KNOWN_FIELDS = (b"data", b"event", b"id", b"retry")
 _RAW_LIMIT = 64 * 1024  # the most raw (non-SSE) JSON text held while waiting for its braces to balance
-_loads = json.loads
+_loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -1001,7 +1002,7 @@ def _details(error: Json) -> tuple[frozenset[str], str | None]:
 def _read_error(status: int, body: bytes, secrets: Sequence[str]) -> _GoogleError:
     text = body.decode("utf-8", "replace").strip()
     try:
-        error = _error_object(json.loads(text))
+        error = _error_object(_loads(text))
     except (ValueError, RecursionError):
         error = {}
     message = error.get("message")

@@ -226,12 +226,25 @@ def test_finish_without_terminal_is_a_failure_and_before_any_snapshot_too() -> N
         ("[1,2]", "not a Responses event object"),
         ('{"type":5}', "not a Responses event object"),
         ('{"type":"a\\nb"}', "not a Responses event object"),
-        ("NaN", "not a Responses event object"),
+        ("NaN", "NaN is not valid JSON"),
+        ('{"type":"response.output_text.delta","delta":"x","logprobs":[Infinity]}', "Infinity is not valid JSON"),
     ],
 )
 def test_decode_event_rejects_what_is_not_an_event(data: str, message: str) -> None:
     failure = decode_event(data)
     assert isinstance(failure, UpstreamFailure) and failure.code == "server_error" and message in failure.message
+
+
+def test_lone_surrogate_escapes_are_replaced_and_the_event_stays_utf8() -> None:
+    # Found by tests/fuzz: "\ud800" decoded to a str with no UTF-8 form; encoding the event raised.
+    item = decode_event('{"type":"response.created","response":{"id":"r\\ud800","output":[]},"sequence_number":0}')
+    assert isinstance(item, RelayedEvent) and item.payload["response"]["id"] == "r\ufffd"
+    assert json.loads(item.data)["response"]["id"] == "r\ufffd"
+    em = emitter()
+    wire = b"".join(encode_event(event) for event in em.feed([item]) + em.finish())
+    assert "r\ufffd".encode() in wire
+    pair = decode_event('{"type":"x.custom","text":"\\ud83d\\ude00"}')  # a valid escaped pair is kept
+    assert isinstance(pair, RelayedEvent) and pair.payload["text"] == "\U0001f600"
 
 
 def test_decode_event_keeps_the_text_or_compacts_multiline_json() -> None:

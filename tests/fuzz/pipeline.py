@@ -148,13 +148,17 @@ def run_stream(case: Case, chunks: Iterable[bytes]) -> Outcome:
     return Outcome(None, _decode(wire), wire)
 
 
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON: a strict client cannot parse this event")
+
+
 def _decode(wire: bytes) -> list[dict[str, Any]]:
     """What an SSE client parses; the bytes must be UTF-8 and each event's name its JSON type."""
     wire.decode("utf-8")  # strict: a lone surrogate must never reach the wire
     decoder = SSEDecoder()
     events = []
     for sse in decoder.feed(wire):
-        payload = json.loads(sse.data)
+        payload = json.loads(sse.data, parse_constant=_not_json)  # what a strict JSON client accepts
         assert sse.event == payload["type"], (sse.event, payload.get("type"))
         events.append(payload)
     decoder.finish()

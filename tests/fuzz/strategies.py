@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -128,7 +129,8 @@ def _lines(data: bytes) -> list[bytes]:
 def mutation(draw: st.DrawFn, events: st.SearchStrategy[bytes]) -> Mutation:
     """One random edit of a byte stream; ``events`` makes a framed event to inject."""
     kind = draw(st.sampled_from(["flip", "truncate", "dup_line", "drop_line", "swap_lines", "inject_event",
-                                 "inject_bytes", "delete_range", "dup_block", "drop_block"]))
+                                 "inject_bytes", "delete_range", "dup_block", "drop_block", "hostile_value",
+                                 "hostile_value"]))
     pos = draw(st.integers(0, 1 << 20))
     if kind == "flip":
         bit = draw(st.integers(0, 7))
@@ -142,11 +144,27 @@ def mutation(draw: st.DrawFn, events: st.SearchStrategy[bytes]) -> Mutation:
     if kind == "inject_event":
         event = draw(events)
         return lambda d: _insert_at_line(d, pos, event)
+    if kind == "hostile_value":
+        literal = draw(st.sampled_from(HOSTILE_LITERALS))
+        return lambda d: _replace_value(d, pos, literal)
     if kind == "inject_bytes":
         junk = draw(st.binary(min_size=1, max_size=40))
         return lambda d: d[: pos % (len(d) + 1)] + junk + d[pos % (len(d) + 1) :]
     length = draw(st.integers(1, 64))
     return lambda d: d[: pos % (len(d) + 1)] + d[pos % (len(d) + 1) + length :]
+
+
+# A JSON string or number right after a key: the value a hostile literal replaces.
+_VALUE = re.compile(rb'(?<=":)\s*(?:"(?:[^"\\\n]|\\.)*"|-?[0-9][0-9.eE+-]*)')
+
+
+def _replace_value(data: bytes, pos: int, literal: bytes) -> bytes:
+    """``data`` with one JSON value (a string or number after a key) replaced by ``literal``."""
+    spans = [m.span() for m in _VALUE.finditer(data)]
+    if not spans:
+        return data
+    start, end = spans[pos % len(spans)]
+    return data[:start] + literal + data[end:]
 
 
 def _edit_units(data: bytes, sep: bytes, action: str, pos: int) -> bytes:

@@ -351,3 +351,13 @@ def test_unsigned_thinking_still_seals_its_item() -> None:
     assert deltas == [ReasoningDelta("a"), ReasoningDelta("b"),
                       ReasoningSignature(encode_blob(PROVIDER, {"thinking": "ab", "signature": ""})),
                       Finish(FinishReason.COMPLETED)]
+
+
+def test_lone_surrogate_escape_becomes_a_replacement_character() -> None:
+    # Found by tests/fuzz: "\ud800" reached a TextDelta as a str with no UTF-8 form.
+    deltas = replay([sse(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a\udfffb"}},
+        {"type": "message_stop"},
+    )])
+    assert deltas == [TextDelta("a\ufffdb"), Finish(FinishReason.COMPLETED)]

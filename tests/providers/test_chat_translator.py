@@ -404,3 +404,14 @@ def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
     [failure] = deltas_of(sse("[" * 100_000 + "]" * 100_000))
     assert isinstance(failure, UpstreamFailure)
     assert failure.message.startswith("malformed upstream chunk")
+
+
+# --- found by tests/fuzz -------------------------------------------------------------------------
+
+
+def test_lone_surrogate_escape_becomes_a_replacement_character() -> None:
+    # "\ud800" reached a TextDelta as a str with no UTF-8 form: encoding its event raised.
+    deltas = deltas_of(sse(chunk({"content": "a\ud800b"}), chunk(finish="stop"), "[DONE]"))
+    assert deltas[0] == TextDelta("a\ufffdb")
+    assert deltas_of(sse(chunk({"content": "\ud83d\ude00"}), "[DONE]"))[0] == TextDelta("\U0001f600")
+

@@ -473,3 +473,9 @@ def test_status_wins_over_code_and_code_is_the_fallback() -> None:
         UpstreamFailure("rate_limit_exceeded", "m")]
     assert deltas_of(sse({"error": {"code": 500, "status": "INVALID_ARGUMENT", "message": "m"}})) == [
         UpstreamFailure("invalid_prompt", "m")]
+
+
+def test_lone_surrogate_escape_becomes_a_replacement_character() -> None:
+    # Found by tests/fuzz: "\ud800" reached a TextDelta as a str with no UTF-8 form.
+    deltas = deltas_of(sse(chunk({"text": "a\ud800b"}, finish="STOP")))
+    assert deltas[0] == TextDelta("a\ufffdb")
