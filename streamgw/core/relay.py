@@ -357,8 +357,20 @@ class RelayEmitter:
 
     # -- items ----------------------------------------------------------------------------------
 
+    def _bad_output_index(self, item: RelayedEvent) -> bool:
+        """An item event whose ``output_index`` is no integer: the stream fails (True) instead.
+
+        Relayed as is, a client could not match that ``added``/``done`` to any item.
+        """
+        if type(item.payload.get("output_index")) is int:
+            return False
+        self._fail("server_error", f"malformed upstream event: {item.type} without an integer output_index")
+        return True
+
     def _on_item_added(self, item: RelayedEvent) -> None:
         payload = item.payload
+        if self._bad_output_index(item):
+            return
         if self._open is not None:
             # Output items never interleave: a broken upstream.  Tracking only the newest item
             # would leave the open one without its ``done``; ``_fail`` closes it instead.
@@ -371,6 +383,8 @@ class RelayEmitter:
 
     def _on_item_done(self, item: RelayedEvent) -> None:
         payload = item.payload
+        if self._bad_output_index(item):
+            return
         index = _index(payload, "output_index")
         self._items[index] = _dict(payload.get("item"))
         if self._open is not None and self._open.index == index:

@@ -320,6 +320,24 @@ def test_an_item_added_while_another_is_open_fails_the_stream() -> None:
     assert em.feed([text_delta("more", 6)]) == []
 
 
+@pytest.mark.parametrize("index", ["0", None, 0.0, [0]])
+def test_an_item_event_without_an_integer_output_index_fails_the_stream(index: Any) -> None:
+    # Found by tests/fuzz: a done with output_index "\ufffd" closed item 0 in the relay's books,
+    # but the client got no done it could match to item 0.
+    em = emitter()
+    em.feed([*opening(), *message_start()])
+    item = {"id": MSG, "type": "message", "status": "completed", "content": [], "role": "assistant"}
+    events = as_dicts(em.feed([ev({"type": "response.output_item.done", "output_index": index, "item": item,
+                                   "sequence_number": 4})]))
+    assert [e["type"] for e in events][-2:] == ["response.output_item.done", "response.failed"]
+    assert events[-2]["output_index"] == 0 and events[-2]["item"]["status"] == "incomplete"
+    assert "integer output_index" in events[-1]["response"]["error"]["message"]
+    added = emitter()
+    added.feed(opening())
+    bad = ev({"type": "response.output_item.added", "output_index": index, "item": item, "sequence_number": 2})
+    assert [e["type"] for e in as_dicts(added.feed([bad]))] == ["response.failed"]
+
+
 def test_function_call_and_summary_parts_are_closed_on_failure() -> None:
     em = emitter()
     call = {"id": "fc_1", "type": "function_call", "status": "in_progress", "arguments": "", "call_id": "call_1",
