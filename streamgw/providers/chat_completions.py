@@ -567,6 +567,9 @@ class ChatStreamTranslator:
         if usage:
             out.append(_usage(usage))
         if reason is not None and not self._finished:
+            if type(reason) is not str:  # a number, NaN or object is no reason (unknown strings are "stop")
+                self._fail(out, "server_error", "malformed upstream chunk: finish_reason is not a string")
+                return
             self._on_finish_reason(reason, out)
 
     def _on_choices(self, choices: list[dict[str, Any]], out: list[Delta]) -> Any:

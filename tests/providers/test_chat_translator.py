@@ -415,3 +415,12 @@ def test_lone_surrogate_escape_becomes_a_replacement_character() -> None:
     assert deltas[0] == TextDelta("a\ufffdb")
     assert deltas_of(sse(chunk({"content": "\ud83d\ude00"}), "[DONE]"))[0] == TextDelta("\U0001f600")
 
+
+
+@pytest.mark.parametrize("reason", ["NaN", "1", "true", "[]"])
+def test_non_string_finish_reason_is_malformed_not_completed(reason: str) -> None:
+    # Found by tests/fuzz: "finish_reason": NaN (or 1) counted as an unknown reason, i.e. "stop".
+    body = sse(chunk({"content": "Done."}), '{"choices":[{"index":0,"delta":{},"finish_reason":' + reason + "}]}")
+    deltas = deltas_of(body)
+    assert deltas[0] == TextDelta("Done.")
+    assert isinstance(deltas[-1], UpstreamFailure) and "finish_reason" in deltas[-1].message
