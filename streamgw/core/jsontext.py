@@ -4,8 +4,9 @@ Python's ``json`` decodes a lone-surrogate escape such as ``"\\ud800"`` into a `
 has no UTF-8 form, so the first ``.encode()`` of an event carrying it would raise.  ``loads``
 turns lone surrogates into U+FFFD, as a UTF-8 decoder does with bytes it cannot read; bytes
 must be UTF-8 (``json.loads`` would let an encoded surrogate through with ``surrogatepass``).
-``loads_strict`` also rejects ``NaN``/``Infinity``, which are not JSON: what the native relay
-passes on verbatim must be JSON a strict client can parse.  Both raise ``ValueError`` (or
+``loads_strict`` also rejects ``NaN``/``Infinity``, which are not JSON, and numbers too large
+for a double (``1e999`` would be written back as ``Infinity``): what the native relay passes on
+must be JSON a strict client can parse.  Both raise ``ValueError`` (or
 ``RecursionError`` for absurd nesting) exactly where ``json.loads`` would on malformed text.
 
 Pure: standard library only.
@@ -14,6 +15,7 @@ Pure: standard library only.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -27,8 +29,15 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):  # 1e999: would be written back as Infinity
+        raise ValueError(f"{text[:40]} is out of the range of a double")
+    return value
+
+
 _decode = json.JSONDecoder().decode
-_decode_strict = json.JSONDecoder(parse_constant=_reject_constant).decode
+_decode_strict = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
 
 
 def has_surrogate_escape(text: str) -> bool:
@@ -48,7 +57,7 @@ def loads(data: str | bytes) -> Any:
 
 
 def loads_strict(data: str | bytes) -> Any:
-    """``loads`` that also rejects ``NaN``, ``Infinity`` and ``-Infinity`` (``ValueError``)."""
+    """``loads`` that also rejects ``NaN``, ``Infinity``, ``-Infinity`` and overflowing numbers (``ValueError``)."""
     return _parse(data, _decode_strict)
 
 

@@ -915,8 +915,9 @@ class GeminiStreamTranslator:
     # -- endings --------------------------------------------------------------------------------
 
     def _on_finish_reason(self, reason: object, candidate: Json, out: list[Delta]) -> None:
-        if type(reason) is not str:
-            reason = str(reason)
+        if type(reason) is not str:  # a number, NaN or object is no reason (unknown strings are handled below)
+            self._fail(out, "server_error", "malformed upstream chunk: finishReason is not a string")
+            return
         if reason in _FINISH_REASONS:
             result = _FINISH_REASONS[reason]
         elif reason.startswith("IMAGE_"):

@@ -19,6 +19,13 @@ def test_strict_rejects_the_constants(text: str) -> None:
     loads(text)  # the lenient form takes them, as json.loads does
 
 
+@pytest.mark.parametrize("text", ["1e999", '{"a":[-1E400]}'])
+def test_strict_rejects_numbers_beyond_a_double(text: str) -> None:
+    with pytest.raises(ValueError, match="out of the range of a double"):
+        loads_strict(text)
+    assert loads_strict("[1.5e300, 2]") == [1.5e300, 2]
+
+
 @pytest.mark.parametrize("data", [b"\xff", b'"\xed\xa0\x80"', b'"\xc3"'])
 def test_bytes_must_be_utf8(data: bytes) -> None:
     with pytest.raises(ValueError):  # json.loads(bytes) would let the encoded surrogate through

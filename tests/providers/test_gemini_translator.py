@@ -479,3 +479,12 @@ def test_lone_surrogate_escape_becomes_a_replacement_character() -> None:
     # Found by tests/fuzz: "\ud800" reached a TextDelta as a str with no UTF-8 form.
     deltas = deltas_of(sse(chunk({"text": "a\ud800b"}, finish="STOP")))
     assert deltas[0] == TextDelta("a\ufffdb")
+
+
+@pytest.mark.parametrize("reason", ["NaN", "1", "true", '{"a":1}'])
+def test_non_string_finish_reason_is_malformed_not_completed(reason: str) -> None:
+    # Found by tests/fuzz: "finishReason": NaN became "nan", an unknown reason, i.e. completed.
+    body = sse(chunk({"text": "a"}), '{"candidates":[{"index":0,"finishReason":' + reason + "}]}")
+    deltas = replay([body])
+    assert deltas[0] == TextDelta("a")
+    assert isinstance(deltas[-1], UpstreamFailure) and "finishReason is not a string" in deltas[-1].message
