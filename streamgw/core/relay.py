@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamgw.core import jsontext
 from streamgw.core.deltas import UpstreamFailure
 from streamgw.core.emitter import random_id
 from streamgw.errors import clean_message, sanitize_error_object
@@ -73,7 +74,7 @@ SNAPSHOT_EVENTS = frozenset({"response.created", "response.in_progress", "respon
 _TERMINALS = ("response.completed", "response.incomplete", "response.failed")
 _ENDED_EARLY = "upstream stream ended without a terminal event"
 _NO_MESSAGE = "upstream reported an error without a message"
-_loads = json.loads
+_loads = jsontext.loads_strict  # no NaN (relayed verbatim), lone surrogates become U+FFFD
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 # The ``response.error.code`` values the Responses API declares (protocols.md §3.4): an upstream
@@ -113,7 +114,8 @@ def decode_event(data: str) -> RelayedEvent | UpstreamFailure:
     """One upstream event's ``data`` → a ``RelayedEvent`` (JSON parsed once), or the failure it is.
 
     The ``event:`` name is not trusted: ``type`` comes from the JSON.  JSON spread over
-    several ``data:`` lines is re-serialised compactly so that it fits one line.
+    several ``data:`` lines is re-serialised compactly so that it fits one line, and so is
+    JSON with surrogate escapes (``jsontext.loads`` replaced any lone one).
     """
     try:
         payload = _loads(data)
@@ -122,8 +124,8 @@ def decode_event(data: str) -> RelayedEvent | UpstreamFailure:
     kind = payload.get("type") if type(payload) is dict else None
     if type(kind) is not str or "\n" in kind or "\r" in kind:
         return UpstreamFailure("server_error", "malformed upstream event: not a Responses event object")
-    if "\n" in data:
-        data = _compact(payload)
+    if "\n" in data or jsontext.has_surrogate_escape(data):
+        data = _compact(payload)  # one line; and text a lone surrogate was replaced in (U+FFFD)
     return RelayedEvent(kind, data, payload)
 
 
@@ -354,14 +356,34 @@ class RelayEmitter:
 
     # -- items ----------------------------------------------------------------------------------
 
+    def _bad_output_index(self, item: RelayedEvent) -> bool:
+        """An item event whose ``output_index`` is no integer: the stream fails (True) instead.
+
+        Relayed as is, a client could not match that ``added``/``done`` to any item.
+        """
+        if type(item.payload.get("output_index")) is int:
+            return False
+        self._fail("server_error", f"malformed upstream event: {item.type} without an integer output_index")
+        return True
+
     def _on_item_added(self, item: RelayedEvent) -> None:
         payload = item.payload
+        if self._bad_output_index(item):
+            return
+        if self._open is not None:
+            # Output items never interleave: a broken upstream.  Tracking only the newest item
+            # would leave the open one without its ``done``; ``_fail`` closes it instead.
+            self._fail("server_error", f"malformed upstream event: output_item.added while output item "
+                                       f"{self._open.index} is still open")
+            return
         self.output_started = True
         self._open = _Item(_index(payload, "output_index"), _dict(payload.get("item")))
         self._pass(item)
 
     def _on_item_done(self, item: RelayedEvent) -> None:
         payload = item.payload
+        if self._bad_output_index(item):
+            return
         index = _index(payload, "output_index")
         self._items[index] = _dict(payload.get("item"))
         if self._open is not None and self._open.index == index:

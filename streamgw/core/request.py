@@ -279,7 +279,7 @@ def _message_item(item: dict[str, Any], param: str) -> dict[str, Any]:
     role = item.get("role")
     if role is None:
         _missing(f"{param}.role")
-    if role not in _ROLE_PARTS:
+    if not isinstance(role, str) or role not in _ROLE_PARTS:  # a list or object role is unhashable
         _bad_value(f"{param}.role", role, tuple(_ROLE_PARTS))
     content = item.get("content")
     if content is None:

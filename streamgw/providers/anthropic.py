@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from streamgw.config import ProviderConfig
+from streamgw.core import jsontext
 from streamgw.core.blobs import decode_blob, encode_blob
 from streamgw.core.deltas import (
     Delta,
@@ -533,7 +534,7 @@ _STREAM_ERROR_CODES: dict[str, str] = {
 }
 
 _ENDED_EARLY = "upstream stream ended before message_stop"
-_loads = json.loads
+_loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
 
 
 def _count(value: object) -> int:
@@ -661,7 +662,11 @@ class AnthropicStreamTranslator:
         if not isinstance(payload, dict):
             self._fail(out, "server_error", "malformed upstream event: not a JSON object")
             return
-        handler = _EVENT_HANDLERS.get(payload.get("type") or name)
+        kind = payload.get("type") or name
+        if not isinstance(kind, str):  # an array or object ``type`` is no event (and no dict key)
+            self._fail(out, "server_error", "malformed upstream event: its type is not a string")
+            return
+        handler = _EVENT_HANDLERS.get(kind)
         if handler is None:
             return  # ping, and event types newer than this module
         try:
@@ -843,8 +848,8 @@ def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _Error
     """Parse ``{"type":"error","error":{"type","message"}}``; fall back to the raw text (truncated)."""
     text = body.decode("utf-8", "replace").strip()
     try:
-        parsed = json.loads(text)
-    except ValueError:
+        parsed = _loads(text)
+    except (ValueError, RecursionError):
         parsed = None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, str):

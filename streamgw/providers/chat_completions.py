@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from streamgw.config import ChatFlags, ProviderConfig
+from streamgw.core import jsontext
 from streamgw.core.deltas import (
     Delta,
     Finish,
@@ -411,7 +412,7 @@ _NUMERIC_STREAM_CODES: dict[int, str] = {
 _CALL_ID_ALPHABET = string.ascii_letters + string.digits
 _RANDOM = random.SystemRandom()
 _ENDED_EARLY = "upstream stream ended before completion"
-_loads = json.loads
+_loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
 
 
 def _mint_call_id() -> str:
@@ -569,6 +570,9 @@ class ChatStreamTranslator:
         if usage:
             out.append(_usage(usage))
         if reason is not None and not self._finished:
+            if type(reason) is not str:  # a number, NaN or object is no reason (unknown strings are "stop")
+                self._fail(out, "server_error", "malformed upstream chunk: finish_reason is not a string")
+                return
             self._on_finish_reason(reason, out)
 
     def _on_choices(self, choices: list[dict[str, Any]], out: list[Delta]) -> Any:
@@ -701,8 +705,8 @@ def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _Error
     """Parse the envelope; fall back to the raw text (truncated) when it is not one."""
     text = body.decode("utf-8", "replace").strip()
     try:
-        error = _error_object(json.loads(text))
-    except ValueError:
+        error = _error_object(_loads(text))
+    except (ValueError, RecursionError):
         error = None
     error = error or {}
     message = error.get("message")

@@ -63,6 +63,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from streamgw.config import ProviderConfig
+from streamgw.core import jsontext
 from streamgw.core.blobs import decode_blob, encode_blob
 from streamgw.core.deltas import (
     Delta,
@@ -598,7 +599,7 @@ _RANDOM = random.SystemRandom()
 _ENDED_EARLY = "upstream stream ended before a finishReason"
 _KNOWN_FIELDS = (b"data", b"event", b"id", b"retry")
 _RAW_LIMIT = 64 * 1024  # the most raw (non-SSE) JSON text held while waiting for its braces to balance
-_loads = json.loads
+_loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -915,8 +916,9 @@ class GeminiStreamTranslator:
     # -- endings --------------------------------------------------------------------------------
 
     def _on_finish_reason(self, reason: object, candidate: Json, out: list[Delta]) -> None:
-        if type(reason) is not str:
-            reason = str(reason)
+        if type(reason) is not str:  # a number, NaN or object is no reason (unknown strings are handled below)
+            self._fail(out, "server_error", "malformed upstream chunk: finishReason is not a string")
+            return
         if reason in _FINISH_REASONS:
             result = _FINISH_REASONS[reason]
         elif reason.startswith("IMAGE_"):
@@ -1002,7 +1004,7 @@ def _details(error: Json) -> tuple[frozenset[str], str | None]:
 def _read_error(status: int, body: bytes, secrets: Sequence[str]) -> _GoogleError:
     text = body.decode("utf-8", "replace").strip()
     try:
-        error = _error_object(json.loads(text))
+        error = _error_object(_loads(text))
     except (ValueError, RecursionError):
         error = {}
     message = error.get("message")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from streamgw.config import ProviderConfig
+from streamgw.core import jsontext
 from streamgw.core.deltas import (
     Delta,
     Finish,
@@ -389,7 +390,7 @@ _ENDED_EARLY = "upstream stream ended before completion (no done line)"
 _CUT_MID_LINE = "upstream stream ended before completion (cut mid-line)"
 _BAD_SHAPE = "malformed upstream line: unexpected structure"
 _RAW_BODY_LIMIT = 1000
-_loads = json.loads
+_loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
 
 
 def _mint_call_id() -> str:
@@ -554,7 +555,7 @@ def _error_text(parsed: object) -> str | None:
 def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _ErrorBody:
     text = body.decode("utf-8", "replace").strip()
     try:
-        message = _error_text(json.loads(text))
+        message = _error_text(_loads(text))
     except (ValueError, RecursionError):
         message = None
     is_json = message is not None

@@ -25,7 +25,7 @@ from streamgw.core.relay import (
 )
 from streamgw.core.request import ResponsesRequest
 from streamgw.core.sse import SSEDecoder, TruncatedStream
-from streamgw.errors import GatewayError, sanitize_error_object
+from streamgw.errors import GatewayError, redact, sanitize_error_object
 from streamgw.providers import chat_completions
 from streamgw.providers.base import NO_ASSETS, Assets, Dialect, StreamTranslator, UpstreamRequest
 
@@ -143,6 +143,10 @@ class ResponsesRelayTranslator:
         return out
 
     def _on_data(self, data: str, out: list[RelayItem]) -> None:
+        if self._secrets and any(secret in data for secret in self._secrets):
+            # Events are relayed verbatim, unknown types included: a configured secret an
+            # upstream echoed anywhere is redacted in the text before it is parsed.
+            data = redact(data, self._secrets)
         item = decode_event(data)
         if not isinstance(item, RelayedEvent):
             self._fail(item, out)

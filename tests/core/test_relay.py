@@ -226,12 +226,25 @@ def test_finish_without_terminal_is_a_failure_and_before_any_snapshot_too() -> N
         ("[1,2]", "not a Responses event object"),
         ('{"type":5}', "not a Responses event object"),
         ('{"type":"a\\nb"}', "not a Responses event object"),
-        ("NaN", "not a Responses event object"),
+        ("NaN", "NaN is not valid JSON"),
+        ('{"type":"response.output_text.delta","delta":"x","logprobs":[Infinity]}', "Infinity is not valid JSON"),
     ],
 )
 def test_decode_event_rejects_what_is_not_an_event(data: str, message: str) -> None:
     failure = decode_event(data)
     assert isinstance(failure, UpstreamFailure) and failure.code == "server_error" and message in failure.message
+
+
+def test_lone_surrogate_escapes_are_replaced_and_the_event_stays_utf8() -> None:
+    # Found by tests/fuzz: "\ud800" decoded to a str with no UTF-8 form; encoding the event raised.
+    item = decode_event('{"type":"response.created","response":{"id":"r\\ud800","output":[]},"sequence_number":0}')
+    assert isinstance(item, RelayedEvent) and item.payload["response"]["id"] == "r\ufffd"
+    assert json.loads(item.data)["response"]["id"] == "r\ufffd"
+    em = emitter()
+    wire = b"".join(encode_event(event) for event in em.feed([item]) + em.finish())
+    assert "r\ufffd".encode() in wire
+    pair = decode_event('{"type":"x.custom","text":"\\ud83d\\ude00"}')  # a valid escaped pair is kept
+    assert isinstance(pair, RelayedEvent) and pair.payload["text"] == "\U0001f600"
 
 
 def test_decode_event_keeps_the_text_or_compacts_multiline_json() -> None:
@@ -290,6 +303,39 @@ def test_terminal_with_an_open_item_is_numbered_after_the_repair() -> None:
     events = as_dicts(em.feed([failed]))
     assert [e["sequence_number"] for e in events] == [5, 6, 7, 8]
     assert events[-1]["type"] == "response.failed" and events[-1]["response"]["output"] == [events[2]["item"]]
+
+
+def test_an_item_added_while_another_is_open_fails_the_stream() -> None:
+    # Found by tests/fuzz: the second ``added`` replaced the open item, whose ``done`` never came.
+    em = emitter()
+    em.feed([*opening(), *message_start(), text_delta("Hi", 4)])
+    second = {"id": "msg_2", "type": "message", "status": "in_progress", "content": [], "role": "assistant"}
+    events = as_dicts(em.feed([ev({"type": "response.output_item.added", "output_index": 1, "item": second,
+                                   "sequence_number": 5})]))
+    assert [e["type"] for e in events] == ["response.output_text.done", "response.content_part.done",
+                                           "response.output_item.done", "response.failed"]
+    assert events[2]["output_index"] == 0 and events[2]["item"]["status"] == "incomplete"
+    error = events[-1]["response"]["error"]
+    assert error["code"] == "server_error" and "still open" in error["message"]
+    assert em.feed([text_delta("more", 6)]) == []
+
+
+@pytest.mark.parametrize("index", ["0", None, 0.0, [0]])
+def test_an_item_event_without_an_integer_output_index_fails_the_stream(index: Any) -> None:
+    # Found by tests/fuzz: a done with output_index "\ufffd" closed item 0 in the relay's books,
+    # but the client got no done it could match to item 0.
+    em = emitter()
+    em.feed([*opening(), *message_start()])
+    item = {"id": MSG, "type": "message", "status": "completed", "content": [], "role": "assistant"}
+    events = as_dicts(em.feed([ev({"type": "response.output_item.done", "output_index": index, "item": item,
+                                   "sequence_number": 4})]))
+    assert [e["type"] for e in events][-2:] == ["response.output_item.done", "response.failed"]
+    assert events[-2]["output_index"] == 0 and events[-2]["item"]["status"] == "incomplete"
+    assert "integer output_index" in events[-1]["response"]["error"]["message"]
+    added = emitter()
+    added.feed(opening())
+    bad = ev({"type": "response.output_item.added", "output_index": index, "item": item, "sequence_number": 2})
+    assert [e["type"] for e in as_dicts(added.feed([bad]))] == ["response.failed"]
 
 
 def test_function_call_and_summary_parts_are_closed_on_failure() -> None:

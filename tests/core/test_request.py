@@ -684,3 +684,10 @@ def test_counts_at_the_limit_are_accepted() -> None:
     request = parse(tools=[{"type": "function", "name": f"f{i}"} for i in range(MAX_TOOLS)],
                     input=[{"role": "user", "content": "x"}] * MAX_INPUT_ITEMS)
     assert (len(request.tools), len(request.input)) == (MAX_TOOLS, MAX_INPUT_ITEMS)
+
+
+@pytest.mark.parametrize("role", [[], {}, ["user"], {"user": 1}])
+def test_unhashable_role_is_a_400(role: Any) -> None:
+    # Found by tests/fuzz: an array or object role reached a dict lookup and raised TypeError (a 500).
+    error = rejected(json.dumps({"model": "m", "input": [{"role": role, "content": "x"}]}).encode())
+    assert (error.param, error.code) == ("input[0].role", "invalid_value")

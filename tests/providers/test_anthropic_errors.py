@@ -102,3 +102,14 @@ def test_long_raw_bodies_are_truncated() -> None:
 def test_dialect_method_is_the_function() -> None:
     err = DIALECT.parse_error(529, {"retry-after": "3"}, body("overloaded_error", "Overloaded"), ())
     assert (err.status, err.code, err.headers) == (502, "overloaded", {"retry-after": "3"})
+
+
+def test_deeply_nested_error_body_is_no_crash() -> None:
+    # Found by tests/fuzz: json.loads raised RecursionError, which only ValueError was caught for.
+    err = parse_error(500, {}, b"[" * 100_000)
+    assert isinstance(err, GatewayError) and err.status >= 500
+
+
+def test_lone_surrogate_in_an_error_message_is_replaced() -> None:
+    err = parse_error(400, {}, body("invalid_request_error", "bad \udc00 input"))
+    assert isinstance(err, InvalidRequest) and "bad \ufffd input" in err.message

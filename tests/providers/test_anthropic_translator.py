@@ -321,6 +321,14 @@ def test_event_name_is_the_fallback_type() -> None:
     assert replay([data]) == [Finish(FinishReason.COMPLETED)]
 
 
+@pytest.mark.parametrize("kind", [[None], {"a": 1}, ["message_stop"]])
+def test_non_string_type_is_malformed(kind: Any) -> None:
+    # Found by tests/fuzz: an array or object ``type`` was looked up as a handler key and raised TypeError.
+    data = f'event: content_block_delta\ndata: {json.dumps({"type": kind})}\n\n'.encode()
+    [failure] = replay([data])
+    assert isinstance(failure, UpstreamFailure) and "malformed upstream event" in failure.message
+
+
 def test_tool_input_given_whole_at_start_is_used_once() -> None:
     block = {"type": "tool_use", "id": "toolu_9", "name": "f", "input": {"a": 1}}
     deltas = replay([sse(
@@ -343,3 +351,13 @@ def test_unsigned_thinking_still_seals_its_item() -> None:
     assert deltas == [ReasoningDelta("a"), ReasoningDelta("b"),
                       ReasoningSignature(encode_blob(PROVIDER, {"thinking": "ab", "signature": ""})),
                       Finish(FinishReason.COMPLETED)]
+
+
+def test_lone_surrogate_escape_becomes_a_replacement_character() -> None:
+    # Found by tests/fuzz: "\ud800" reached a TextDelta as a str with no UTF-8 form.
+    deltas = replay([sse(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a\udfffb"}},
+        {"type": "message_stop"},
+    )])
+    assert deltas == [TextDelta("a\ufffdb"), Finish(FinishReason.COMPLETED)]

@@ -191,3 +191,15 @@ def test_invalid_utf8_body() -> None:
 def test_dialect_delegates() -> None:
     err = DIALECT.parse_error(429, {"retry-after": "3"}, envelope("slow down", code="rate_limit_exceeded"))
     assert isinstance(err, RateLimited) and err.headers == {"retry-after": "3"}
+
+
+def test_deeply_nested_error_body_is_no_crash() -> None:
+    # Found by tests/fuzz: json.loads raised RecursionError, which only ValueError was caught for.
+    err = parse_error(500, {}, b"[" * 100_000)
+    assert isinstance(err, UpstreamError) and err.message.startswith("upstream error (HTTP 500): [[[")
+
+
+def test_lone_surrogate_in_an_error_message_is_replaced() -> None:
+    err = parse_error(400, {}, envelope("bad \ud800 input"))
+    assert err.message == "bad \ufffd input"
+    err.message.encode()  # the 400 the client gets must be UTF-8

@@ -404,3 +404,23 @@ def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
     [failure] = deltas_of(sse("[" * 100_000 + "]" * 100_000))
     assert isinstance(failure, UpstreamFailure)
     assert failure.message.startswith("malformed upstream chunk")
+
+
+# --- found by tests/fuzz -------------------------------------------------------------------------
+
+
+def test_lone_surrogate_escape_becomes_a_replacement_character() -> None:
+    # "\ud800" reached a TextDelta as a str with no UTF-8 form: encoding its event raised.
+    deltas = deltas_of(sse(chunk({"content": "a\ud800b"}), chunk(finish="stop"), "[DONE]"))
+    assert deltas[0] == TextDelta("a\ufffdb")
+    assert deltas_of(sse(chunk({"content": "\ud83d\ude00"}), "[DONE]"))[0] == TextDelta("\U0001f600")
+
+
+
+@pytest.mark.parametrize("reason", ["NaN", "1", "true", "[]"])
+def test_non_string_finish_reason_is_malformed_not_completed(reason: str) -> None:
+    # Found by tests/fuzz: "finish_reason": NaN (or 1) counted as an unknown reason, i.e. "stop".
+    body = sse(chunk({"content": "Done."}), '{"choices":[{"index":0,"delta":{},"finish_reason":' + reason + "}]}")
+    deltas = deltas_of(body)
+    assert deltas[0] == TextDelta("Done.")
+    assert isinstance(deltas[-1], UpstreamFailure) and "finish_reason" in deltas[-1].message

@@ -473,3 +473,18 @@ def test_status_wins_over_code_and_code_is_the_fallback() -> None:
         UpstreamFailure("rate_limit_exceeded", "m")]
     assert deltas_of(sse({"error": {"code": 500, "status": "INVALID_ARGUMENT", "message": "m"}})) == [
         UpstreamFailure("invalid_prompt", "m")]
+
+
+def test_lone_surrogate_escape_becomes_a_replacement_character() -> None:
+    # Found by tests/fuzz: "\ud800" reached a TextDelta as a str with no UTF-8 form.
+    deltas = deltas_of(sse(chunk({"text": "a\ud800b"}, finish="STOP")))
+    assert deltas[0] == TextDelta("a\ufffdb")
+
+
+@pytest.mark.parametrize("reason", ["NaN", "1", "true", '{"a":1}'])
+def test_non_string_finish_reason_is_malformed_not_completed(reason: str) -> None:
+    # Found by tests/fuzz: "finishReason": NaN became "nan", an unknown reason, i.e. completed.
+    body = sse(chunk({"text": "a"}), '{"candidates":[{"index":0,"finishReason":' + reason + "}]}")
+    deltas = replay([body])
+    assert deltas[0] == TextDelta("a")
+    assert isinstance(deltas[-1], UpstreamFailure) and "finishReason is not a string" in deltas[-1].message

@@ -363,3 +363,13 @@ def test_done_false_or_missing_is_not_the_end() -> None:
         TextDelta("a"), TextDelta("b"),
         UpstreamFailure("server_error", "upstream stream ended before completion (no done line)"),
     ]
+
+
+def test_surrogates_never_reach_a_delta() -> None:
+    # Found by tests/fuzz: an escaped lone surrogate, or its raw 3-byte form (which json.loads
+    # decodes from bytes with "surrogatepass"), reached a TextDelta that could not be encoded.
+    escaped = replay([lines(chunk({"content": "a\ud800b"}), done())])
+    assert escaped[0] == TextDelta("a\ufffdb")
+    raw = b'{"model":"m","message":{"role":"assistant","content":"\xed\xa0\x80"},"done":false}\n'
+    [failure] = replay([raw])
+    assert isinstance(failure, UpstreamFailure) and "malformed upstream line" in failure.message

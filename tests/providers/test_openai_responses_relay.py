@@ -325,3 +325,21 @@ def test_dialect_is_registered_and_relays() -> None:
     dialect: Dialect = dialects()["openai"]
     assert dialect is DIALECT and isinstance(dialect, OpenAIResponsesDialect)
     assert (dialect.name, dialect.relays_events, dialect.needs_image_bytes) == ("openai", True, False)
+
+
+# --- found by tests/fuzz -------------------------------------------------------------------------
+
+
+def test_a_configured_secret_is_redacted_from_any_relayed_event() -> None:
+    # An ``error`` event whose type was garbled is relayed as an unknown event, verbatim: the
+    # upstream's echo of our key went out with it.
+    odd = b'event: x\ndata: {"type":"x.unknown","message":"bad key ' + SECRET.encode() + b'"}\n\n'
+    wire = relay([CREATED, DELTA, odd])
+    assert SECRET.encode() not in wire and b'"message":"bad key [redacted]"' in wire
+
+
+def test_numbers_beyond_a_double_are_malformed_not_infinity() -> None:
+    # 1e999 parsed to inf and a re-serialised snapshot carried ``Infinity``, which is no JSON.
+    translator = ResponsesRelayTranslator()
+    [failure] = translator.feed(CREATED.replace(b'"id":"r"', b'"id":"r","temperature":1e999') + DELTA)
+    assert isinstance(failure, UpstreamFailure) and "out of the range" in failure.message

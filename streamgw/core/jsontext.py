@@ -1,0 +1,86 @@
+"""JSON text from upstreams, parsed into values that only hold text UTF-8 can carry.
+
+Python's ``json`` decodes a lone-surrogate escape such as ``"\\ud800"`` into a ``str`` that
+has no UTF-8 form, so the first ``.encode()`` of an event carrying it would raise.  ``loads``
+turns lone surrogates into U+FFFD, as a UTF-8 decoder does with bytes it cannot read; bytes
+must be UTF-8 (``json.loads`` would let an encoded surrogate through with ``surrogatepass``).
+``loads_strict`` also rejects ``NaN``/``Infinity``, which are not JSON, and numbers too large
+for a double (``1e999`` would be written back as ``Infinity``): what the native relay passes on
+must be JSON a strict client can parse.  Both raise ``ValueError`` (or
+``RecursionError`` for absurd nesting) exactly where ``json.loads`` would on malformed text.
+
+Pure: standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+__all__ = ["has_surrogate_escape", "loads", "loads_strict"]
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):  # 1e999: would be written back as Infinity
+        raise ValueError(f"{text[:40]} is out of the range of a double")
+    return value
+
+
+_decode = json.JSONDecoder().decode
+_decode_strict = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+
+
+def has_surrogate_escape(text: str) -> bool:
+    """True if ``text`` may hold a surrogate escape (cheap: two substring searches, no regex)."""
+    return "\\ud" in text or "\\uD" in text
+
+
+def _parse(data: str | bytes, decode: Callable[[str], Any]) -> Any:
+    text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data  # strict: ValueError
+    value = decode(text)
+    return _scrub(value) if has_surrogate_escape(text) else value
+
+
+def loads(data: str | bytes) -> Any:
+    """``json.loads``, but lone surrogates become U+FFFD and bytes must be UTF-8."""
+    return _parse(data, _decode)
+
+
+def loads_strict(data: str | bytes) -> Any:
+    """``loads`` that also rejects ``NaN``, ``Infinity``, ``-Infinity`` and overflowing numbers (``ValueError``)."""
+    return _parse(data, _decode_strict)
+
+
+def _clean(text: str) -> str:
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` with every lone surrogate replaced; iterative, so deep nesting costs no recursion."""
+    if isinstance(value, str):
+        return _clean(value)
+    root = [value]
+    stack: list[dict[str, Any] | list[Any]] = [root]
+    while stack:
+        node = stack.pop()
+        pairs = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for key, child in pairs:
+            if isinstance(child, str):
+                child = _clean(child)
+                node[key] = child  # type: ignore[index]
+            elif isinstance(child, dict | list):
+                stack.append(child)
+            if isinstance(key, str) and _LONE_SURROGATE.search(key):
+                assert isinstance(node, dict)
+                node[_clean(key)] = node.pop(key)
+    return root[0]

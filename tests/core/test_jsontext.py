@@ -1,0 +1,52 @@
+"""``jsontext.loads``: strict JSON from upstreams, with only text that UTF-8 can carry."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamgw.core.jsontext import has_surrogate_escape, loads, loads_strict
+
+
+def test_plain_json_is_parsed_as_json_would() -> None:
+    assert loads('{"a":[1,2.5,"x",null,true]}') == {"a": [1, 2.5, "x", None, True]}
+    assert loads(b'{"a":"\xc3\xa9"}') == {"a": "\u00e9"}
+
+
+@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"a":-Infinity}'])
+def test_strict_rejects_the_constants(text: str) -> None:
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        loads_strict(text)
+    loads(text)  # the lenient form takes them, as json.loads does
+
+
+@pytest.mark.parametrize("text", ["1e999", '{"a":[-1E400]}'])
+def test_strict_rejects_numbers_beyond_a_double(text: str) -> None:
+    with pytest.raises(ValueError, match="out of the range of a double"):
+        loads_strict(text)
+    assert loads_strict("[1.5e300, 2]") == [1.5e300, 2]
+
+
+@pytest.mark.parametrize("data", [b"\xff", b'"\xed\xa0\x80"', b'"\xc3"'])
+def test_bytes_must_be_utf8(data: bytes) -> None:
+    with pytest.raises(ValueError):  # json.loads(bytes) would let the encoded surrogate through
+        loads(data)
+    with pytest.raises(ValueError):
+        loads_strict(data)
+
+
+def test_lone_surrogates_become_replacement_characters_everywhere() -> None:
+    value = loads('{"k\\ud800":["\\udc00", {"deep": "a\\uDBFFb"}], "pair": "\\ud83d\\ude00"}')
+    assert value == {"k\ufffd": ["\ufffd", {"deep": "a\ufffdb"}], "pair": "\U0001f600"}
+    assert loads('"\\ud800"') == "\ufffd" == loads_strict('"\\ud800"')
+
+
+def test_deep_nesting_costs_no_recursion_in_the_scrub() -> None:
+    value = loads("[" * 900 + '"\\ud800"' + "]" * 900)
+    for _ in range(900):
+        value = value[0]
+    assert value == "\ufffd"
+
+
+def test_the_escape_check_is_cheap_and_case_blind() -> None:
+    assert has_surrogate_escape('"\\uD800"') and has_surrogate_escape('"\\ud800"')
+    assert not has_surrogate_escape('"\\u00e9 plain"')
