@@ -102,6 +102,36 @@ class UpstreamTimeout(UpstreamError):
     default_code = "timeout"
 
 
+def internal_error() -> GatewayError:
+    """A bug of ours, as the client sees it: 500 ``internal_error``, no detail (the traceback is logged)."""
+    error = GatewayError("internal gateway error", code="internal_error")
+    error.status = 500
+    return error
+
+
+def upstream_failure(error: GatewayError | None) -> bool:
+    """Whether ``error`` is the upstream's failure (the ``upstream_errors`` metric), not the client's."""
+    return isinstance(error, UpstreamError | RateLimited)
+
+
+def failure_error(code: str | None, message: str | None) -> GatewayError:
+    """The one table from a stream failure's ``code`` (``response.error.code``) to the error a client gets.
+
+    Used before the first delta (an attempt that failed at once) and for a non-streamed response
+    that failed later, so both answer alike: ``invalid_prompt`` is the request's fault (400, no
+    fallback), a rate limit is 429, a timeout 504, anything else an upstream failure (502).
+    """
+    code = code or "server_error"
+    message = message or "upstream failed"
+    if code == "rate_limit_exceeded":
+        return RateLimited(message)
+    if code == "invalid_prompt":
+        return InvalidRequest(message, code=code)
+    if "timeout" in code:
+        return UpstreamTimeout(message, code=code)
+    return UpstreamError(message, code=code)
+
+
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_-]{6,}|AIza[0-9A-Za-z_-]{20,}|gsk_[A-Za-z0-9]{10,}|xai-[A-Za-z0-9]{10,})")
 

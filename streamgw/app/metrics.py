@@ -8,9 +8,14 @@ series (``/metrics`` may be public): ``provider`` is a configured provider or ro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from streamgw.errors import upstream_failure
+
+if TYPE_CHECKING:
+    from streamgw.engine.lifecycle import RequestEntry
 
 #: the ``kind`` label values of ``streamgw_upstream_errors``: the gateway's own error codes (and the
 #: error types it falls back to); any other code, e.g. one an upstream made up, counts as ``other``
@@ -128,3 +133,41 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class MetricsObserver:
+    """The response lifecycle's ``RequestObserver``: each request's entry as metric updates.
+
+    The one place that counts requests, upstream errors and client disconnects, for every front door.
+    """
+
+    __slots__ = ("metrics",)
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def opened(self, entry: RequestEntry) -> None:
+        """A response opened: a streamed one is now in flight."""
+        if entry.streamed:
+            self.metrics.in_flight.inc()
+
+    def ended(self, entry: RequestEntry) -> None:
+        """Requests by status, errors by kind, time to first delta and duration."""
+        metrics, label = self.metrics, entry.label
+        opened = entry.first_delta_at is not None
+        if opened and entry.streamed:
+            metrics.in_flight.dec()
+        if entry.status:
+            status = str(entry.status)
+            metrics.requests.labels(label, status).inc()
+            if entry.door == "websocket":
+                metrics.websocket_responses.labels(label, status).inc()
+        error = entry.error
+        if error is not None and upstream_failure(error):
+            metrics.upstream_errors.labels(label, error.code or error.type).inc()
+        elif opened and error is None and not entry.finished:
+            metrics.upstream_errors.labels(label, "client_disconnected").inc()
+        if entry.first_delta_at is not None:
+            metrics.ttft.labels(label).observe(entry.first_delta_at - entry.started)
+            if entry.finished and entry.ended_at is not None:
+                metrics.duration.labels(label).observe(entry.ended_at - entry.started)

@@ -6,22 +6,22 @@ import hmac
 import json
 import logging
 import os
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
-from quart import Response, g, request
+from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import WebsocketMismatch
 
-from streamgw.app.metrics import Metrics
+from streamgw.app.metrics import Metrics, MetricsObserver
 from streamgw.app.streaming import ResponsesEndpoint
 from streamgw.app.websocket import install_websocket
 from streamgw.config import Config
 from streamgw.engine.attempt import EngineContext
 from streamgw.engine.health import Health
+from streamgw.engine.lifecycle import ANONYMOUS, Caller, Responses, request_id
 from streamgw.engine.routing import Router
 from streamgw.errors import (
     AuthenticationFailed,
@@ -29,8 +29,7 @@ from streamgw.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
-    RateLimited,
-    UpstreamError,
+    internal_error,
 )
 from streamgw.providers.base import Dialect
 from streamgw.providers.registry import dialects
@@ -40,21 +39,6 @@ from streamgw.store.service import StoreService
 from streamgw.transport.upstream import UpstreamClients
 
 log = logging.getLogger("streamgw")
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who sent a request: the tenant its stored responses belong to, and which key it used.
-
-    ``key_index`` indexes ``Config.auth_keys`` (``None`` without auth).
-    """
-
-    tenant: str
-    key_index: int | None = None
-
-
-#: every caller of a gateway without keys: one tenant, as before tenants existed
-ANONYMOUS = Caller("")
 
 
 def tenant_ids(keys: Sequence[bytes], tenants: Sequence[str]) -> list[str]:
@@ -87,6 +71,9 @@ class Gateway:
         #: one tenant for every caller: without a store, a native upstream may then resolve ids itself
         self.sole_tenant = len(set(self.tenants)) <= 1
         self.store = StoreService(config.store, self.metrics)
+        #: the response lifecycle every front door hands its requests to
+        self.responses = Responses(self.router, self.engine, self.store, MetricsObserver(self.metrics),
+                                   self.sole_tenant)
         self.ready = False
 
     def caller(self, header: str | None) -> Caller | None:
@@ -106,6 +93,13 @@ class Gateway:
         if matched is None or scheme.lower() != "bearer":
             return None
         return Caller(self.tenants[matched], matched)
+
+    def authenticate(self, header: str | None) -> Caller:
+        """The caller of ``Authorization: Bearer <key>``, or ``AuthenticationFailed`` (every front door's check)."""
+        caller = self.caller(header)
+        if caller is None:
+            raise AuthenticationFailed("Missing or invalid gateway API key (use Authorization: Bearer <key>).")
+        return caller
 
     def authorised(self, header: str | None) -> bool:
         """Whether ``header`` carries a valid gateway key (see ``caller``)."""
@@ -167,23 +161,21 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
 
     @app.before_request
     async def _before() -> None:
-        g.request_id = "req_" + secrets.token_hex(16)
-        g.provider = "none"
+        g.request_id = request_id(request.headers.get("x-request-id"))
         if request.path.startswith("/v1/"):
-            caller = gw.caller(request.headers.get("authorization"))
-            if caller is None:
-                raise AuthenticationFailed("Missing or invalid gateway API key (use Authorization: Bearer <key>).")
-            g.caller = caller
+            g.caller = gw.authenticate(request.headers.get("authorization"))
+
+    @app.before_websocket
+    async def _before_websocket() -> None:
+        g.request_id = request_id(websocket.headers.get("x-request-id"))
 
     @app.after_request
     async def _after(response: Response) -> Response:
-        response.headers["x-request-id"] = g.get("request_id", "")
+        response.headers["x-request-id"] = g.get("request_id") or request_id(None)
         return response
 
     @app.errorhandler(GatewayError)
     async def _gateway_error(error: GatewayError) -> Response:
-        if isinstance(error, UpstreamError | RateLimited):
-            gw.metrics.upstream_errors.labels(g.get("provider", "none"), error.code or error.type).inc()
         return json_response(error.envelope(), error.status, error.headers)
 
     @app.errorhandler(HTTPException)
@@ -194,6 +186,8 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
             mapped = PayloadTooLarge(f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes")
         elif status == 404:
             mapped = NotFound(f"no route for {request.method} {request.path}", code="unknown_url")
+        elif status == 405 or isinstance(error, WebsocketMismatch):
+            return _method_not_allowed(error)  # a plain GET /v1/responses matches only the WebSocket rule
         else:
             mapped = InvalidRequest(error.description or error.name, code=error.name.lower().replace(" ", "_"))
             mapped.status = status
@@ -202,9 +196,19 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        mapped = UpstreamError("internal gateway error", code="internal_error")
-        mapped.status = 500
-        return json_response(mapped.envelope(), 500)
+        return json_response(internal_error().envelope(), 500)
+
+
+def _method_not_allowed(error: HTTPException) -> Response:
+    """405 in the error envelope, with the ``allow`` header naming the methods the path takes."""
+    allowed = sorted(getattr(error, "valid_methods", None) or [])
+    if request.path == "/v1/responses":
+        allowed = ["POST"]  # served by the ASGI endpoint, not a Quart route (WebSocket mode is a GET upgrade)
+    mapped = InvalidRequest(f"{request.method} is not allowed on {request.path}"
+                            + (f": use {', '.join(allowed)}." if allowed else "."), code="method_not_allowed")
+    mapped.status = 405
+    headers = {"allow": ", ".join(allowed)} if allowed else None
+    return json_response(mapped.envelope(), 405, headers)
 
 
 def _install_routes(app: QuartTrio, gw: Gateway) -> None:
@@ -212,9 +216,15 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        data = [{"id": mid, "object": "model", "created": 0, "owned_by": owner}
-                for mid, owner in gw.router.listed_models()]
+        data = [_model(mid, owner) for mid, owner in gw.router.listed_models()]
         return json_response({"object": "list", "data": data})
+
+    @app.get("/v1/models/<path:model_id>")
+    async def get_model(model_id: str) -> Response:
+        for mid, owner in gw.router.listed_models():
+            if mid == model_id:
+                return json_response(_model(mid, owner))
+        raise NotFound(f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -239,6 +249,11 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
             raise AuthenticationFailed("GET /metrics needs a gateway API key (use Authorization: Bearer <key>).",
                                        headers={"www-authenticate": "Bearer"})
         return Response(gw.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _model(model_id: str, owner: str) -> dict[str, Any]:
+    """One entry of ``/v1/models`` (the OpenAI model object)."""
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
 
 
 def _tenant() -> str:

@@ -20,34 +20,20 @@ Every other route stays in the Quart app (``routes.py``).
 from __future__ import annotations
 
 import json
-import logging
 import math
-import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from streamgw.app.recording import Recorder
-from streamgw.core.emitter import Event, ResponseEmitter
-from streamgw.core.request import ResponsesRequest, echo_fields, parse_request
+from streamgw.core.emitter import Event
+from streamgw.core.request import ResponsesRequest, parse_request
 from streamgw.core.sse import encode_comment, encode_event
-from streamgw.engine.routing import Plan
-from streamgw.engine.run import ResponseRun
-from streamgw.errors import (
-    AuthenticationFailed,
-    GatewayError,
-    InvalidRequest,
-    PayloadTooLarge,
-    RateLimited,
-    UpstreamError,
-)
-from streamgw.store.chain import expand
+from streamgw.engine.lifecycle import LiveResponse, open_response, request_id
+from streamgw.errors import GatewayError, InvalidRequest, PayloadTooLarge
 
 if TYPE_CHECKING:
     from streamgw.app.routes import Gateway
-
-log = logging.getLogger("streamgw")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,13 +55,6 @@ def encode_events(events: list[Event]) -> bytes:
     if len(events) == 1:
         return encode_event(events[0])
     return b"".join([encode_event(e) for e in events])
-
-
-def failed_stream(request: ResponsesRequest, error: GatewayError, provider: str = "none") -> list[Event]:
-    """``response.created``, ``in_progress`` and ``failed`` for an error found after the 200 went out."""
-    emitter = ResponseEmitter(model=request.model, provider=provider, echo=echo_fields(request))
-    events: list[dict[str, Any]] = emitter.start()
-    return events + emitter.fail(error.code or error.stream_code, error.message)
 
 
 def json_body(payload: Any) -> bytes:
@@ -210,39 +189,24 @@ class ResponsesEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
         started = trio.current_time()
-        exchange = _Exchange(send, "req_" + secrets.token_hex(16))
-        provider = "none"
-        req: ResponsesRequest | None = None
+        exchange = _Exchange(send, request_id(_header(scope, b"x-request-id")))
+        live: LiveResponse | None = None
         try:
-            try:
-                caller = gw.caller(_header(scope, b"authorization"))
-                if caller is None:
-                    raise AuthenticationFailed("Missing or invalid gateway API key (use Authorization: Bearer <key>).")
-                req = await self._request(scope, receive)
-                plan = gw.router.plan(req.model, req.provider)
-                provider = plan.targets[0].provider.name if plan.route is None else plan.route.name
-                provider = await self._serve(req, plan, caller.tenant, started, exchange, receive) or provider
-            except _ClientGone:
-                pass
-            except Exception as exc:
-                if isinstance(exc, GatewayError):
-                    error = exc
-                    if isinstance(error, UpstreamError | RateLimited):
-                        gw.metrics.upstream_errors.labels(provider, error.code or error.type).inc()
-                else:
-                    log.exception("unexpected error on POST /v1/responses")
-                    error = UpstreamError("internal gateway error", code="internal_error")
-                    error.status = 500
-                if exchange.gone:
-                    pass
-                elif not exchange.committed:
-                    headers = [(k.encode(), v.encode()) for k, v in error.headers.items()]
-                    await exchange.respond(error.status, json_body(error.envelope()), headers)
-                elif req is not None and req.stream:  # the 200 is out: end the stream honestly
-                    await exchange.write(encode_events(failed_stream(req, error, provider)), more=False)
-        finally:
-            if exchange.committed:
-                gw.metrics.requests.labels(provider, str(exchange.status)).inc()
+            caller = gw.authenticate(_header(scope, b"authorization"))
+            req = await self._request(scope, receive)
+        except _ClientGone:
+            return
+        except GatewayError as error:
+            gw.responses.refused("sse", exchange.request_id, error)
+            await _render(exchange, error, None)
+            return
+        live = open_response(gw.responses, caller, req, door="sse" if req.stream else "json",
+                             request_id=exchange.request_id, started=started)
+        try:
+            await self._serve(live, exchange, receive)
+        except GatewayError as error:  # the lifecycle mapped everything else to internal_error
+            if not exchange.gone:
+                await _render(exchange, error, live)
 
     async def _request(self, scope: Scope, receive: Receive) -> ResponsesRequest:
         """Read and parse the body within the worker's ``BodyBudget``.
@@ -258,117 +222,52 @@ class ResponsesEndpoint:
         finally:
             claim.release()
 
-    async def _serve(self, req: ResponsesRequest, plan: Plan, tenant: str, started: float, exchange: _Exchange,
-                     receive: Receive) -> str | None:
-        """Run the request for ``tenant`` while a watcher looks out for the client; the provider that served it."""
-        gw = self.gw
-        # previous_response_id, item_reference: once, for all, and only ever the tenant's own responses
-        expansion = await expand(req, plan, gw.store, tenant=tenant, sole_tenant=gw.sole_tenant)
-        req = expansion.request
-        recorder = Recorder(gw.store, expansion) if req.store and gw.store.enabled else None
-        keepalive = 0.0
-        if req.stream:
-            keepalive = gw.config.timeouts.merged(plan.route.timeouts if plan.route else ()).keepalive
-        served = _Served()
+    async def _serve(self, live: LiveResponse, exchange: _Exchange, receive: Receive) -> None:
+        """Run the lifecycle while a watcher looks out for the client (and sends keepalives)."""
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, receive, exchange, nursery.cancel_scope, keepalive)
+            nursery.start_soon(_watch, receive, exchange, nursery.cancel_scope, live)
             try:
-                if req.stream:
-                    await self._stream(req, plan, started, exchange, recorder, served)
-                else:
-                    await self._complete(req, plan, started, exchange, recorder, served)
+                async with live:
+                    if live.request.stream:
+                        await live.stream(_writer(exchange, live))
+                    else:
+                        final = await live.collect()
+                        await exchange.respond(200, json_body(final), [])
             except Exception as exc:  # raised below, outside the nursery (no exception group)
                 failure = exc
             finally:
                 nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
-        if exchange.gone and served.run is not None and not served.run.done:
-            gw.metrics.upstream_errors.labels(served.run.provider, "client_disconnected").inc()
-        return served.run.provider if served.run is not None else None
-
-    async def _complete(self, req: ResponsesRequest, plan: Plan, started: float, exchange: _Exchange,
-                        recorder: Recorder | None, served: _Served) -> None:
-        gw = self.gw
-        run = served.run = await ResponseRun.open(req, plan, gw.engine, started_at=started)
-        try:
-            gw.metrics.ttft.labels(run.provider).observe(run.first_delta_at - started)
-            try:
-                final = await run.collect()
-            finally:
-                if recorder is not None:
-                    recorder.finished(run)  # whatever the outcome, once
-            if recorder is not None:
-                await recorder.finish(run)  # written before the answer leaves (confirm_writes)
-        finally:
-            with trio.CancelScope(shield=True):
-                await run.aclose()
-        gw.metrics.duration.labels(run.provider).observe(trio.current_time() - started)
-        await exchange.respond(200, json_body(final), [])
-
-    async def _stream(self, req: ResponsesRequest, plan: Plan, started: float, exchange: _Exchange,
-                      recorder: Recorder | None, served: _Served) -> None:
-        gw = self.gw
-        try:
-            run = served.run = await ResponseRun.open(req, plan, gw.engine, started_at=started)
-        except GatewayError as error:
-            if not exchange.committed:
-                raise  # nothing was sent yet: an ordinary HTTP error
-            # A keepalive committed the 200 already: the failure is a complete stream of its own.
-            await exchange.write(encode_events(failed_stream(req, error)), more=False)
-            return
-        gw.metrics.in_flight.inc()
-        try:
-            if run.done:
-                if recorder is not None:
-                    await recorder.started(run)  # stored before the client can see the terminal event
-                await exchange.write(encode_events(run.initial), more=False)
-                return
-            await exchange.write(encode_events(run.initial))
-            run.initial = []  # the snapshots in them would otherwise live as long as the stream
-            if recorder is not None:
-                await recorder.started(run)  # after the first event: the store is not on its path
-
-            async def deliver(events: list[Event]) -> None:
-                if run.done:
-                    if recorder is not None:
-                        await recorder.finish(run)  # stored before the client can see the terminal event
-                    await exchange.write(encode_events(events), more=False)
-                else:
-                    await exchange.write(encode_events(events))
-
-            await run.stream(deliver)
-        except Exception:
-            if run.done or exchange.ended or not exchange.committed:
-                raise
-            # A bug of ours mid-stream: the client still gets an honest end of this response.
-            log.exception("unexpected error while streaming a response")
-            await exchange.write(encode_events(run.emitter.fail("server_error", "internal gateway error")),
-                                 more=False)
-        finally:
-            gw.metrics.in_flight.dec()
-            with trio.CancelScope(shield=True):
-                await run.aclose()
-            if recorder is not None:
-                recorder.finished(run)
-            gw.metrics.ttft.labels(run.provider).observe(run.first_delta_at - started)
-            gw.metrics.duration.labels(run.provider).observe(trio.current_time() - started)
 
 
-class _Served:
-    """Which run served the request (set once it opened)."""
+def _writer(exchange: _Exchange, live: LiveResponse) -> Callable[[list[Any]], Awaitable[None]]:
+    """The SSE sink: each batch as one write; the batch with the terminal event ends the body."""
 
-    __slots__ = ("run",)
+    async def deliver(events: list[Any]) -> None:
+        await exchange.write(encode_events(events), more=not live.done)
 
-    def __init__(self) -> None:
-        self.run: ResponseRun | None = None
+    return deliver
 
 
-async def _watch(receive: Receive, exchange: _Exchange, work: trio.CancelScope, keepalive: float) -> None:
-    """Cancel ``work`` when the client disconnects; send keepalives when the stream has been quiet."""
-    interval = keepalive if keepalive > 0 else math.inf
+async def _render(exchange: _Exchange, error: GatewayError, live: LiveResponse | None) -> None:
+    """The one error renderer of this door: an HTTP error envelope before commit, ``response.failed`` after."""
+    if not exchange.committed:
+        headers = [(k.encode(), v.encode()) for k, v in error.headers.items()]
+        await exchange.respond(error.status, json_body(error.envelope()), headers)
+    elif live is not None and live.request.stream and not exchange.ended:
+        await exchange.write(encode_events(live.failure_events(error)), more=False)
+
+
+async def _watch(receive: Receive, exchange: _Exchange, work: trio.CancelScope, live: LiveResponse) -> None:
+    """Cancel ``work`` when the client disconnects; send keepalives when the stream has been quiet.
+
+    The interval is the lifecycle's (global < provider < route), re-read each round: before the
+    first delta it is the plan's, then the winning target's.
+    """
     while True:
+        interval = live.keepalive if live.keepalive > 0 else math.inf
         with trio.move_on_at(exchange.last_write + interval):
             message = await receive()
             if message["type"] == "http.disconnect":

@@ -34,35 +34,24 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
-from quart import Response
+from quart import Response, g
 from quart.globals import websocket_ctx
 from quart.wrappers import Websocket
 from quart_trio import QuartTrio
 
-from streamgw.app.recording import Recorder
 from streamgw.core.emitter import Event
 from streamgw.core.relay import RelayedEvent
 from streamgw.core.request import ResponsesRequest, load_object, request_from_object
-from streamgw.engine.routing import Plan
-from streamgw.engine.run import ResponseRun
-from streamgw.errors import (
-    AuthenticationFailed,
-    GatewayError,
-    InvalidRequest,
-    PayloadTooLarge,
-    RateLimited,
-    UpstreamError,
-)
+from streamgw.engine.lifecycle import Caller, LiveResponse, open_response
+from streamgw.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge
 from streamgw.store.base import StoredResponse
-from streamgw.store.chain import Expansion, expand, record_for
 
 if TYPE_CHECKING:
-    from streamgw.app.routes import Caller, Gateway
+    from streamgw.app.routes import Gateway
 
 __all__ = ["ResponseSocket", "error_frame", "event_text", "install_websocket", "parse_create"]
 
@@ -71,8 +60,6 @@ log = logging.getLogger("streamgw")
 CREATE = "response.create"
 #: envelope fields of a ``response.create`` frame that are no ``POST /v1/responses`` body field
 _ENVELOPE = ("type", "stream", "generate")
-#: seconds the upstream gets to close (or drain after a clean end) when a response task ends
-_CLOSE_GRACE = 5.0
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -135,19 +122,14 @@ def error_frame(error: GatewayError) -> str:
     return _compact({"type": "error", "status": error.status, "error": detail})
 
 
-def _route_name(gw: Gateway, request: ResponsesRequest) -> tuple[str, Plan]:
-    """The metrics label and the plan for ``request`` (``NotFound`` and friends propagate)."""
-    plan = gw.router.plan(request.model, request.provider)
-    return (plan.targets[0].provider.name if plan.route is None else plan.route.name), plan
-
-
 class ResponseSocket:
     """One accepted WebSocket-mode connection: reads frames, runs one response at a time."""
 
-    def __init__(self, gw: Gateway, ws: Websocket, caller: Caller) -> None:
+    def __init__(self, gw: Gateway, ws: Websocket, caller: Caller, request_id: str) -> None:
         self._gw = gw
         self._ws = ws
-        self._tenant = caller.tenant  # authenticated once, on the upgrade: the connection's tenant
+        self._caller = caller  # authenticated once, on the upgrade: the connection's caller (and tenant)
+        self._request_id = request_id
         self._max_age = gw.config.server.websocket_max_age
         self._send_lock = trio.Lock()
         self._busy = False  # a response.create is being served (from its frame to its last event)
@@ -182,7 +164,7 @@ class ResponseSocket:
                     raise ResponseInFlight("A response is already in flight on this connection: wait for its "
                                            "terminal event before sending the next response.create.")
             except InvalidRequest as error:
-                self._count("none", error.status)
+                self._gw.responses.refused("websocket", self._request_id, error, self._caller)
                 await self.send_error(error)
                 continue
             if self._expired:
@@ -192,85 +174,34 @@ class ResponseSocket:
             nursery.start_soon(self._respond, request, started)
 
     async def _respond(self, request: ResponsesRequest, started: float) -> None:
+        """One ``response.create``: the lifecycle runs it, this sink sends frames."""
+        live = open_response(self._gw.responses, self._caller, request, door="websocket",
+                             request_id=self._request_id, started=started, local=self._last)
         try:
-            await self._create(request, started)
-        except Exception:  # a bug, not the client's fault: say so and keep the connection
-            log.exception("unexpected error in a WebSocket-mode response")
-            self._release()
-            error = UpstreamError("internal gateway error", code="internal_error")
-            error.status = 500
-            await self.send_error(error)
+            async with live:
+                await live.stream(self._frames(live))
+        except GatewayError as error:  # the lifecycle mapped everything else to internal_error
+            self._release()  # before the frame: a client may retry as soon as it reads it
+            if live.run is None:
+                await self.send_error(error)  # before commit: an error frame, the connection stays open
+            elif not live.done:
+                await self.send_events(live.failure_events(error))
         finally:
             self._release()
 
-    async def _create(self, request: ResponsesRequest, started: float) -> None:
-        gw = self._gw
-        label = "none"
-        try:
-            label, plan = _route_name(gw, request)
-            expansion = await expand(request, plan, gw.store, self._last, tenant=self._tenant,
-                                     sole_tenant=gw.sole_tenant)
-            request = expansion.request
-            recorder = Recorder(gw.store, expansion) if request.store and gw.store.enabled else None
-            run = await ResponseRun.open(request, plan, gw.engine, started_at=started)
-        except GatewayError as error:
-            if isinstance(error, UpstreamError | RateLimited):
-                gw.metrics.upstream_errors.labels(label, error.code or error.type).inc()
-            self._count(label, error.status)
-            self._release()  # before the frame: a client may retry as soon as it reads it
-            await self.send_error(error)
-            return
-        await self._stream(run, expansion, recorder, started)
-
-    async def _stream(self, run: ResponseRun, expansion: Expansion, recorder: Recorder | None,
-                      started: float) -> None:
-        metrics = self._gw.metrics
-        provider = run.provider
-        self._count(provider, 200)
-        metrics.ttft.labels(provider).observe(run.first_delta_at - started)
-        metrics.in_flight.inc()
-        created_at = time.time()
-
-        async def deliver(events: list[Event]) -> None:
-            if run.done:  # the terminal event is in this batch: stored, kept and released before it goes
-                if recorder is not None:
-                    await recorder.finish(run)
-                self._keep(expansion, run, created_at)
+    def _frames(self, live: LiveResponse) -> Callable[[list[Any]], Awaitable[None]]:
+        async def deliver(events: list[Any]) -> None:
+            if live.done:  # the terminal event is in this batch: kept and released before it goes
+                self._last = {(record := live.record()).id: record}
                 self._release()
             await self.send_events(events)
 
-        try:
-            if recorder is not None:
-                await recorder.started(run)
-            await deliver(run.initial)
-            if not run.done:
-                await run.stream(deliver)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
-                await run.aclose()
-            if recorder is not None:
-                recorder.finished(run)
-            metrics.in_flight.dec()
-            if run.done:
-                metrics.duration.labels(provider).observe(trio.current_time() - started)
-            else:
-                metrics.upstream_errors.labels(provider, "client_disconnected").inc()
-
-    def _keep(self, expansion: Expansion, run: ResponseRun, created_at: float) -> None:
-        """Remember the finished response for ``previous_response_id`` (this connection only)."""
-        target = run.opened.target.provider
-        record = record_for(expansion, run.emitter.response, target.name, target.type, created_at)
-        self._last = {record.id: record}
+        return deliver
 
     def _release(self) -> None:
         if self._busy:
             self._busy = False
             self._free.set()
-
-    def _count(self, provider: str, status: int) -> None:
-        metrics = self._gw.metrics
-        metrics.requests.labels(provider, str(status)).inc()
-        metrics.websocket_responses.labels(provider, str(status)).inc()
 
     async def _expire(self, deadline: float, scope: trio.CancelScope) -> None:
         """At the age limit: let the response in flight finish, then say why and close (1000)."""
@@ -308,10 +239,10 @@ class ResponseSocket:
             await self._ws.send(error_frame(error))
 
 
-def _rejection(error: GatewayError) -> Response:
+def _rejection(error: GatewayError, rid: str) -> Response:
     body = json.dumps(error.envelope(), separators=(",", ":"), ensure_ascii=False)
     return Response(body, status=error.status, content_type="application/json",
-                    headers={"www-authenticate": "Bearer"})
+                    headers={"www-authenticate": "Bearer", "x-request-id": rid})
 
 
 def install_websocket(app: QuartTrio, gw: Gateway) -> None:
@@ -320,11 +251,12 @@ def install_websocket(app: QuartTrio, gw: Gateway) -> None:
     @app.websocket("/v1/responses")
     async def responses_websocket() -> Response | None:
         ws = websocket_ctx.websocket
-        caller = gw.caller(ws.headers.get("authorization"))
-        if caller is None:
+        rid: str = g.request_id
+        try:
+            caller = gw.authenticate(ws.headers.get("authorization"))
+        except AuthenticationFailed as error:
             # Returned before accepting: Quart sends it as the handshake's HTTP answer.
-            return _rejection(AuthenticationFailed(
-                "Missing or invalid gateway API key (use Authorization: Bearer <key>)."))
-        await ws.accept()
-        await ResponseSocket(gw, ws, caller).serve()
+            return _rejection(error, rid)
+        await ws.accept({"x-request-id": rid})
+        await ResponseSocket(gw, ws, caller, rid).serve()
         return None

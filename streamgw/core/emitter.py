@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
 from streamgw.core.deltas import (
     Delta,
@@ -33,6 +33,38 @@ from streamgw.core.deltas import (
 )
 
 Event = dict[str, Any]
+
+
+class Emitter(Protocol):
+    """What the engine drives for one response: ``ResponseEmitter`` (deltas in) or ``RelayEmitter``.
+
+    ``start`` once, ``feed`` per upstream batch, ``finish`` at the upstream's end, ``fail`` for a
+    gateway-side failure; each returns the events to send.  ``response`` is the response object
+    as it stands (final once ``done``).  What ``feed`` takes and the events returned depend on the
+    emitter; the engine hands them on without looking inside.
+    """
+
+    response: dict[str, Any]
+    done: bool
+
+    @property
+    def output_started(self) -> bool:
+        """True once any output item went out."""
+        ...
+
+    def start(self) -> list[Any]: ...
+
+    def feed(self, items: Iterable[Any], /) -> list[Any]: ...
+
+    def finish(self) -> list[Any]: ...
+
+    def fail(self, code: str, message: str) -> list[Any]: ...
+
+
+class EmitterFactory(Protocol):
+    """Builds the emitter of one response (both emitter classes are one)."""
+
+    def __call__(self, *, model: str, provider: str, echo: dict[str, Any]) -> Emitter: ...
 
 
 def random_id(prefix: str) -> str:

@@ -25,7 +25,7 @@ from streamgw.engine.drain import Drain
 from streamgw.engine.health import Endpoint, Health
 from streamgw.engine.routing import Plan, Target
 from streamgw.engine.sources import DeltaSource, open_source
-from streamgw.errors import GatewayError, InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
+from streamgw.errors import GatewayError, InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout, failure_error
 from streamgw.providers.base import Dialect
 from streamgw.transport.upstream import UpstreamClients
 
@@ -91,14 +91,6 @@ def _first_failure(batch: list[Delta]) -> UpstreamFailure | None:
     return None
 
 
-def _failure_error(failure: UpstreamFailure) -> GatewayError:
-    if failure.code == "rate_limit_exceeded":
-        return RateLimited(failure.message)
-    if failure.code == "invalid_prompt":
-        return InvalidRequest(failure.message, code="upstream_rejected")
-    return UpstreamError(failure.message, code=failure.code)
-
-
 async def _first_batch(source: DeltaSource, deadline: float, first_token: float) -> list[Delta]:
     """Read until the first non-empty batch; a failure before any output is an error."""
     with trio.move_on_at(deadline):
@@ -109,7 +101,7 @@ async def _first_batch(source: DeltaSource, deadline: float, first_token: float)
             if batch:
                 failure = _first_failure(batch)
                 if failure is not None:
-                    raise _failure_error(failure)
+                    raise failure_error(failure.code, failure.message)
                 return batch
     raise UpstreamTimeout(f"no output from upstream within {first_token:g} s (first_token timeout)",
                           code="first_token_timeout")

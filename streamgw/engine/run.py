@@ -3,7 +3,7 @@
 ``ResponseRun.open`` does everything that can still fail with an HTTP status: it
 runs the plan (one target, or a route's strategy) until an attempt produced its
 first delta.  Only then does the caller commit to a 200 and stream ``initial``
-followed by ``next_events()`` until ``done``.  Every wait has a deadline; no
+followed by the rest (``stream``) until ``done``.  Every wait has a deadline; no
 cancel scope spans a ``yield``.
 
 Every deadline also includes the process's drain deadline (``engine.drain``): when the
@@ -19,32 +19,29 @@ from typing import Any
 
 import trio
 
-from streamgw.core.emitter import Event, ResponseEmitter
+from streamgw.core.emitter import Emitter, EmitterFactory, ResponseEmitter
+from streamgw.core.relay import RelayEmitter
 from streamgw.core.request import ResponsesRequest, echo_fields
 from streamgw.engine.attempt import EngineContext, Opened, open_plan
 from streamgw.engine.drain import Drain, GatewayShuttingDown
 from streamgw.engine.routing import Plan
-from streamgw.errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout
+from streamgw.errors import UpstreamTimeout, failure_error
 
 
 class _DeadlineExpired(Exception):
     """Internal: a receive ran past its deadline."""
 
 
-def _emitter_factory(opened: Opened, ctx: EngineContext) -> Callable[..., Any]:
+def emitter_factory(opened: Opened, ctx: EngineContext) -> EmitterFactory:
+    """The emitter for the winning attempt's dialect: a native Responses upstream is relayed, not re-emitted."""
     dialect = ctx.dialects.get(opened.target.provider.type)
-    if dialect is not None and dialect.relays_events:
-        # The upstream speaks Responses events itself: relay them instead of re-emitting.
-        from streamgw.core.relay import RelayEmitter  # type: ignore[import-not-found,unused-ignore]
-
-        return RelayEmitter  # type: ignore[no-any-return,unused-ignore]
-    return ResponseEmitter
+    return RelayEmitter if dialect is not None and dialect.relays_events else ResponseEmitter
 
 
 class ResponseRun:
     """The emitter plus the winning upstream source, with idle and total deadlines."""
 
-    def __init__(self, emitter: ResponseEmitter, opened: Opened, started_at: float, drain: Drain | None = None) -> None:
+    def __init__(self, emitter: Emitter, opened: Opened, started_at: float, drain: Drain | None = None) -> None:
         self.emitter = emitter
         self.opened = opened
         self.started_at = started_at
@@ -54,7 +51,7 @@ class ResponseRun:
         self._total_deadline = started_at + timeouts.total if timeouts.total > 0 else math.inf
         self.first_delta_at = trio.current_time()
         self._waiting_since: float | None = None  # when the current wait for upstream data began
-        self.initial: list[Event] = emitter.start() + emitter.feed(opened.first)
+        self.initial: list[Any] = emitter.start() + emitter.feed(opened.first)
         self._closed = False
         #: the cancel scope of the upstream wait in progress (None while events are delivered):
         #: what ``drain_at`` cuts short.  An exited scope left here ignores a new deadline.
@@ -89,7 +86,7 @@ class ResponseRun:
             finally:
                 drain.unwatch(scope)
             try:
-                emitter = _emitter_factory(opened, ctx)(
+                emitter = emitter_factory(opened, ctx)(
                     model=request.model, provider=opened.target.provider.name, echo=echo_fields(request)
                 )
                 return cls(emitter, opened, started, drain)
@@ -101,36 +98,10 @@ class ResponseRun:
             raise GatewayShuttingDown(drain.message())
         raise UpstreamTimeout(f"no output within the total timeout of {total:g} s", code="total_timeout")
 
-    async def next_events(self) -> list[Event]:
-        """The next events to send; the terminal event comes last, then ``done`` is true.
-
-        The idle clock counts only time spent waiting for the upstream: it starts when a wait
-        begins (time the caller spent delivering earlier events to a slow client is not upstream
-        silence), restarts whenever data arrives, and carries over a cancelled call.
-        """
-        emitter = self.emitter
-        source = self.opened.source
-        drain = self._drain
-        if self._waiting_since is None:
-            self._waiting_since = trio.current_time()
-        while not emitter.done:
-            deadline = self._waiting_since + self._idle if self._idle > 0 else math.inf
-            with trio.move_on_at(min(deadline, self._total_deadline, drain.deadline)) as self._wait:
-                batch = await source.receive()
-                self._waiting_since = trio.current_time()
-                out = emitter.feed(batch) if batch is not None else emitter.finish()
-                if out:
-                    self._waiting_since = None
-                    return out
-                continue
-            await self.aclose()
-            return self._deadline_failure()
-        return []
-
-    async def stream(self, deliver: Callable[[list[Event]], Awaitable[None]]) -> None:
+    async def stream(self, deliver: Callable[[list[Any]], Awaitable[None]]) -> None:
         """Drive the run to its end, handing each batch of events to ``deliver``.
 
-        The pump's form of ``next_events``: one cancel scope for the whole stream whose deadline
+        The one drive loop (sinks and ``collect`` alike): one cancel scope for the whole stream whose deadline
         moves with the upstream's silence (setting a deadline costs less than entering a scope per
         batch). While ``deliver`` waits for a slow client there is no idle deadline — that time is
         not upstream silence — and a delivery is never cut in half.
@@ -160,15 +131,15 @@ class ResponseRun:
     async def collect(self) -> dict[str, Any]:
         """Run to the end (non-streamed requests) and return the final response object."""
         try:
-            while not self.emitter.done:
-                await self.next_events()
+            await self.stream(_discard)
         finally:
             await self.aclose()
         response: dict[str, Any] = self.emitter.response
         if response["status"] == "failed":
             if self._shut_down:
                 raise GatewayShuttingDown(self._drain.message())
-            raise failure_error(response["error"])
+            error = response["error"] or {}
+            raise failure_error(error.get("code"), error.get("message"))
         return response
 
     def drain_at(self, deadline: float) -> None:
@@ -191,7 +162,7 @@ class ResponseRun:
             finally:
                 await self.opened.aclose()
 
-    def _deadline_failure(self) -> list[Event]:
+    def _deadline_failure(self) -> list[Any]:
         if self._drain.expired():
             self._shut_down = True
             return self.emitter.fail("server_error", self._drain.message())
@@ -202,12 +173,5 @@ class ResponseRun:
                                  f"no data from upstream for {self._idle:g} s (idle timeout)")
 
 
-def failure_error(error: dict[str, str] | None) -> GatewayError:
-    """The HTTP error for a non-streamed response that failed."""
-    error = error or {"code": "server_error", "message": "upstream failed"}
-    code, message = error.get("code", "server_error"), error.get("message", "upstream failed")
-    if code == "rate_limit_exceeded":
-        return RateLimited(message)
-    if "timeout" in code:
-        return UpstreamTimeout(message, code=code)
-    return UpstreamError(message, code=code)
+async def _discard(events: list[Any]) -> None:
+    """``collect``'s delivery: the events are not sent anywhere, the final object is what counts."""

@@ -63,6 +63,24 @@ async def test_route_timeouts_override_keepalive(upstream: Upstream) -> None:
     assert result.comments >= 2 and check_events(result.events)["status"] == "completed"
 
 
+async def test_provider_timeouts_override_keepalive(upstream: Upstream) -> None:
+    """``[providers.NAME.timeouts] keepalive`` beats the global one, as every other provider timeout does."""
+    provider = upstream.provider("up", timeouts=(("keepalive", 0.2),))
+    async with running_gateway(make_config([provider], keepalive=0)) as port:
+        result = await post_sse(port, body("up/text:ttft=0.8,tokens=1"))
+    assert result.status == 200 and result.body.startswith(b": keepalive\n\n")
+    assert result.comments >= 2 and check_events(result.events)["status"] == "completed"
+
+
+async def test_route_keepalive_overrides_the_providers(upstream: Upstream) -> None:
+    """Route over provider over global: a route that turns keepalive off wins over its provider's."""
+    provider = upstream.provider("up", timeouts=(("keepalive", 0.2),))
+    route = RouteConfig("r", ("up/text:ttft=0.8,tokens=1",), timeouts=(("keepalive", 0.0),))
+    async with running_gateway(make_config([provider], [route], keepalive=0.2)) as port:
+        result = await post_sse(port, body("r"))
+    assert result.comments == 0 and check_events(result.events)["status"] == "completed"
+
+
 # -- virtual time: the ASGI app driven directly, no sockets ------------------------------------------
 
 

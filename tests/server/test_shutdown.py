@@ -185,22 +185,19 @@ async def open_run(gw: Gateway, model: str, *, stream: bool = True) -> ResponseR
     return await ResponseRun.open(request, gw.router.plan(request.model), gw.engine)
 
 
-async def test_a_run_read_with_next_events_is_cut_at_the_deadline(nursery: trio.Nursery) -> None:
+async def test_a_collected_run_is_cut_at_the_deadline(nursery: trio.Nursery) -> None:
+    """``collect`` (stream: false) drives the same loop as a stream: the drain deadline ends it."""
     async with engine(nursery) as gw:
-        run = await open_run(gw, "mock/text:tokens=100,token_delay=0.05")
-        events = list(run.initial)
-        events += await run.next_events()
+        run = await open_run(gw, "mock/text:tokens=100,token_delay=0.05", stream=False)
         assert gw.drain.watched == 1
         gw.drain.begin(0.3)
         begun = trio.current_time()
-        while not run.done:
-            events += await run.next_events()
+        with pytest.raises(GatewayShuttingDown) as caught:
+            await run.collect()
         ended = trio.current_time()
-        await run.aclose()
-    final = check_events(events)
-    assert final["status"] == "failed" and final["error"]["code"] == "server_error"
-    assert final["error"]["message"] == ("the gateway is shutting down and the response did not finish within "
-                                         "the 0.3 s drain timeout; retry the request")
+    assert caught.value.message == ("the gateway is shutting down and the response did not finish within "
+                                    "the 0.3 s drain timeout; retry the request")
+    assert run.emitter.response["status"] == "failed"
     assert 0.3 <= ended - begun < 0.6
     assert gw.drain.watched == 0
 

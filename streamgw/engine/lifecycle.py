@@ -1,0 +1,338 @@
+"""The response lifecycle: one request from "who asked for what" to the last byte, for every front door.
+
+A front door (SSE and JSON over HTTP/1.1 and h2, WebSocket mode) parses its input, then::
+
+    async with open_response(responses, caller, request, door="sse", request_id=rid) as live:
+        await live.stream(deliver)        # or: final = await live.collect()
+
+and only encodes and writes.  Entering does, in order, everything that can still end with an
+HTTP status: resolve the route, expand stored context (only ever the caller's tenant), admit
+the request (``AdmissionRule``s: where per-key limits and budgets plug in), open attempts until
+one produced its first delta.  ``stream`` drives the one loop and writes the store before the
+client can see the terminal event.  Leaving closes the upstream (shielded, bounded), records the
+final object in the store, and hands the request-log entry to the ``RequestObserver`` (metrics)
+however the block ends: a clean end, an error, or the client leaving (cancellation).
+
+Errors leave the block as ``GatewayError`` only: a bug of ours becomes ``internal_error`` here,
+logged once.  The sink renders it with ``failure_events`` when it already committed to a stream,
+else as its own "before commit" answer (an HTTP error envelope, a WebSocket error frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol
+
+import trio
+
+from streamgw.config import Timeouts
+from streamgw.core.emitter import ResponseEmitter
+from streamgw.core.request import ResponsesRequest, echo_fields
+from streamgw.engine.attempt import EngineContext
+from streamgw.engine.recording import Recorder
+from streamgw.engine.routing import Plan, Router
+from streamgw.engine.run import ResponseRun
+from streamgw.errors import GatewayError, internal_error
+from streamgw.store.base import StoredResponse
+from streamgw.store.chain import Expansion, expand, record_for
+from streamgw.store.service import StoreService
+
+log = logging.getLogger("streamgw")
+
+#: seconds the upstream gets to close (or drain after a clean end) when a response ends
+CLOSE_GRACE = 5.0
+#: a client's ``x-request-id`` that is kept (anything else is replaced by a minted id)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(header: str | None) -> str:
+    """The client's ``x-request-id`` when it is well-formed, else a new ``req_<hex>``."""
+    if header is not None and _REQUEST_ID.fullmatch(header):
+        return header
+    return "req_" + secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: the tenant its stored responses belong to, and which key it used.
+
+    ``key_index`` indexes ``Config.auth_keys`` (``None`` without auth).
+    """
+
+    tenant: str
+    key_index: int | None = None
+
+
+#: every caller of a gateway without keys: one tenant, as before tenants existed
+ANONYMOUS = Caller("")
+
+
+class AdmissionRule(Protocol):
+    """One check a request passes before any upstream is contacted (per-key limits, budgets, ...)."""
+
+    async def admit(self, caller: Caller, request: ResponsesRequest, plan: Plan) -> None:
+        """Return to let the request in; raise a ``GatewayError`` (429, 403, ...) to refuse it."""
+        ...
+
+
+@dataclass(slots=True)
+class RequestEntry:
+    """The request-log entry of one ``POST /v1/responses`` or ``response.create``."""
+
+    request_id: str
+    door: str  # "sse" | "json" | "websocket"
+    caller: Caller | None
+    started: float
+    #: the metrics label: the route's name, or the provider's (``none`` before it was known)
+    label: str = "none"
+    #: the HTTP(-like) status the client got; 0: the client left before any answer
+    status: int = 0
+    #: the error that ended it (``None``: none), and whether it counts as an upstream error
+    error: GatewayError | None = None
+    #: when the run opened (its first delta arrived) and ended; ``None``: it never did
+    first_delta_at: float | None = None
+    ended_at: float | None = None
+    #: the response reached its terminal event; ``False`` after open: the client left mid-way
+    finished: bool = False
+    streamed: bool = True
+
+
+class RequestObserver(Protocol):
+    """Sees every request of the lifecycle: metrics, and the request log."""
+
+    def opened(self, entry: RequestEntry) -> None:
+        """A response is now running (it produced its first delta)."""
+        ...
+
+    def ended(self, entry: RequestEntry) -> None:
+        """The request is over, whatever the outcome; called once per request."""
+        ...
+
+
+@dataclass(slots=True)
+class Responses:
+    """What every response shares: the composition the lifecycle runs on."""
+
+    router: Router
+    engine: EngineContext
+    store: StoreService
+    observer: RequestObserver
+    #: one tenant for every caller: without a store, a native upstream may then resolve ids itself
+    sole_tenant: bool = True
+    #: checked in order before any upstream is contacted
+    admission: Sequence[AdmissionRule] = field(default_factory=tuple)
+
+    def refused(self, door: str, request_id: str, error: GatewayError, caller: Caller | None = None) -> None:
+        """Log a request refused before it reached the lifecycle (bad key, bad body)."""
+        entry = RequestEntry(request_id, door, caller, trio.current_time(), status=error.status, error=error)
+        entry.ended_at = entry.started
+        self.observer.ended(entry)
+
+
+def failure_events(request: ResponsesRequest, error: GatewayError, run: ResponseRun | None = None) -> list[Any]:
+    """The end of a stream already committed to: ``response.failed`` for ``error``.
+
+    With a running response its own emitter fails (sequence numbers go on); without one
+    (a keepalive committed the stream before any attempt succeeded) a whole
+    created / in_progress / failed sequence of its own.
+    """
+    code = error.code or error.stream_code
+    if run is not None:
+        return run.emitter.fail(code, error.message)
+    emitter = ResponseEmitter(model=request.model, provider="none", echo=echo_fields(request))
+    return emitter.start() + emitter.fail(code, error.message)
+
+
+def keepalive_of(plan: Plan, timeouts: Timeouts) -> float:
+    """The keepalive interval before the first delta: the shortest of the plan's targets (0: off).
+
+    Each target's is global < provider < route, as every timeout is (``Timeouts.merged``).
+    """
+    route = plan.route.timeouts if plan.route else ()
+    found = [timeouts.merged(t.provider.timeouts, route).keepalive for t in plan.targets]
+    return min((k for k in found if k > 0), default=0.0)
+
+
+class LiveResponse:
+    """One request in the lifecycle; ``open_response`` makes it, ``async with`` runs it."""
+
+    def __init__(self, responses: Responses, caller: Caller, request: ResponsesRequest, *, door: str,
+                 request_id: str, started: float | None = None,
+                 local: Mapping[str, StoredResponse] | None = None) -> None:
+        self.responses = responses
+        self.caller = caller
+        self.request = request
+        self.entry = RequestEntry(request_id, door, caller, trio.current_time() if started is None else started,
+                                  streamed=request.stream)
+        self._local = local
+        self.run: ResponseRun | None = None
+        self.expansion: Expansion | None = None
+        self._recorder: Recorder | None = None
+        self._refused: GatewayError | None = None
+        self.plan: Plan | None = None
+        #: the SSE keepalive interval (0: off): known as soon as the route is, the winner's once open
+        self.keepalive = 0.0
+        try:  # resolved now, so a sink knows the keepalive before it enters
+            self.plan = plan = responses.router.plan(request.model, request.provider)
+        except GatewayError as error:
+            self._refused = error
+        else:
+            self.entry.label = plan.targets[0].provider.name if plan.route is None else plan.route.name
+            if request.stream:
+                self.keepalive = keepalive_of(plan, responses.engine.timeouts)
+
+    @property
+    def done(self) -> bool:
+        """The terminal event was produced."""
+        return self.run is not None and self.run.done
+
+    @property
+    def initial(self) -> list[Any]:
+        """The first events (``response.created`` ... the first delta's), before ``stream``."""
+        return [] if self.run is None else self.run.initial
+
+    async def __aenter__(self) -> LiveResponse:
+        try:
+            await self._open()
+        except BaseException as exc:
+            await self._exit(exc)
+            mapped = self._mapped(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        await self._exit(exc)
+        if exc is None or isinstance(exc, GatewayError) or not isinstance(exc, Exception):
+            return False  # propagate (a cancellation, or an error already ours)
+        raise self._mapped(exc) from exc
+
+    async def _open(self) -> None:
+        if self._refused is not None:
+            raise self._refused
+        assert self.plan is not None
+        responses, request, plan = self.responses, self.request, self.plan
+        # previous_response_id, item_reference: once, for all, and only ever the tenant's own responses
+        self.expansion = await expand(request, plan, responses.store, self._local, tenant=self.caller.tenant,
+                                      sole_tenant=responses.sole_tenant)
+        self.request = request = self.expansion.request
+        for rule in responses.admission:
+            await rule.admit(self.caller, request, plan)
+        if request.store and responses.store.enabled:
+            self._recorder = Recorder(responses.store, self.expansion)
+        self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started)
+        self.keepalive = run.opened.timeouts.keepalive if request.stream else 0.0
+        self.entry.label = run.provider
+        self.entry.first_delta_at = run.first_delta_at
+        self.entry.status = 200
+        responses.observer.opened(self.entry)
+
+    async def stream(self, deliver: Callable[[list[Any]], Awaitable[None]]) -> None:
+        """Send ``initial`` and every later batch to ``deliver`` until the terminal event.
+
+        The store has the final object before the batch with the terminal event is delivered
+        (with ``confirm_writes``: written), so a client that chains at once finds it.
+        """
+        run = self.run
+        assert run is not None, "stream() inside the async with"
+        recorder = self._recorder
+        initial, run.initial = run.initial, []  # the snapshots in them would otherwise live as long as the stream
+        if run.done:
+            if recorder is not None:
+                await recorder.started(run)  # stored before the client can see the terminal event
+            await deliver(initial)
+            return
+        await deliver(initial)
+        if recorder is None:
+            await run.stream(deliver)
+            return
+        await recorder.started(run)  # after the first event: the store is not on its path
+
+        async def recorded(events: list[Any]) -> None:
+            if run.done:
+                await recorder.finish(run)  # stored before the client can see the terminal event
+            await deliver(events)
+
+        await run.stream(recorded)
+
+    async def collect(self) -> dict[str, Any]:
+        """Run to the end (``stream: false``); the final response object, stored before it is returned."""
+        run = self.run
+        assert run is not None, "collect() inside the async with"
+        try:
+            final = await run.collect()
+        finally:
+            if self._recorder is not None:
+                self._recorder.finished(run)  # whatever the outcome, once
+        if self._recorder is not None:
+            await self._recorder.finish(run)  # written before the answer leaves (confirm_writes)
+        return final
+
+    def record(self) -> StoredResponse:
+        """The finished response as a store record (WebSocket mode keeps it for ``previous_response_id``)."""
+        assert self.run is not None and self.expansion is not None
+        target = self.run.opened.target.provider
+        return record_for(self.expansion, self.run.emitter.response, target.name, target.type, time.time())
+
+    def failure_events(self, error: GatewayError) -> list[Any]:
+        """``response.failed`` for ``error`` on a stream already committed to (see ``failure_events``)."""
+        run = self.run if self.run is not None and not self.run.done else None
+        return failure_events(self.request, error, run)
+
+    def _mapped(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, GatewayError) or not isinstance(exc, Exception):
+            return exc
+        return self.entry.error if self.entry.error is not None else internal_error()
+
+    async def _exit(self, exc: BaseException | None) -> None:
+        """Close everything, once, however the block ends; then the request-log entry."""
+        entry, run = self.entry, self.run
+        if isinstance(exc, Exception):
+            if not isinstance(exc, GatewayError):
+                log.exception("unexpected error in a %s response", entry.door, exc_info=exc)
+                exc = internal_error()
+            entry.error = exc
+            if run is None or not entry.streamed:  # no 200 went out: the client gets this status
+                entry.status = exc.status
+        if run is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                await run.aclose()
+            if self._recorder is not None:
+                self._recorder.finished(run)
+            entry.finished = run.done
+        entry.ended_at = trio.current_time()
+        self.responses.observer.ended(entry)
+
+
+def open_response(responses: Responses, caller: Caller, request: ResponsesRequest, *, door: str, request_id: str,
+                  started: float | None = None, local: Mapping[str, StoredResponse] | None = None) -> LiveResponse:
+    """The lifecycle of one response, as an async context manager (see the module docstring).
+
+    ``local``: responses consulted before the store for ``previous_response_id`` (a WebSocket
+    connection's last one).  ``started``: when the request arrived (its timeouts count from then).
+    """
+    return LiveResponse(responses, caller, request, door=door, request_id=request_id, started=started, local=local)
+
+
+__all__ = [
+    "ANONYMOUS",
+    "CLOSE_GRACE",
+    "AdmissionRule",
+    "Caller",
+    "LiveResponse",
+    "RequestEntry",
+    "RequestObserver",
+    "Responses",
+    "failure_events",
+    "keepalive_of",
+    "open_response",
+    "request_id",
+]
