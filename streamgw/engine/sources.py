@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import AsyncGeneratorType
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import trio
@@ -12,11 +12,12 @@ import trio
 from streamgw.config import ProviderConfig, Timeouts
 from streamgw.core.deltas import Delta, ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart, UpstreamFailure
 from streamgw.core.request import ResponsesRequest
-from streamgw.errors import UpstreamError, UpstreamTimeout, redact
+from streamgw.errors import UpstreamError, UpstreamTimeout, redact, sanitize_upstream
 from streamgw.providers import demo
-from streamgw.providers.base import NO_ASSETS, Dialect, StreamTranslator
-from streamgw.transport.fetch import remote_images
-from streamgw.transport.upstream import UpstreamClients, open_stream, raw_chunks
+from streamgw.providers.base import NO_ASSETS, Dialect, StreamTranslator, UpstreamRequest
+from streamgw.providers.errors import transport_failure
+from streamgw.transport.fetch import RemoteImage
+from streamgw.transport.upstream import Upstream, UpstreamClients, raw_chunks, read_error_body
 
 
 class DeltaSource(Protocol):
@@ -65,6 +66,21 @@ class DemoSource:
 
 def _is_token(delta: Delta) -> bool:
     return isinstance(delta, TextDelta | ReasoningDelta | ToolCallArgs | ToolCallStart)
+
+
+def remote_images(request: ResponsesRequest) -> list[RemoteImage]:
+    """Every http(s) ``image_url`` in the request's input (messages and tool outputs), deduplicated."""
+    found: dict[str, RemoteImage] = {}
+    for i, item in enumerate(request.input):
+        field = "content" if item.get("type") == "message" else "output"
+        parts: Any = item.get(field)
+        if not isinstance(parts, list):
+            continue
+        for j, part in enumerate(parts):
+            url = part.get("image_url") if isinstance(part, dict) and part.get("type") == "input_image" else None
+            if isinstance(url, str) and url.startswith(("http://", "https://")) and url not in found:
+                found[url] = RemoteImage(url, f"input[{i}].{field}[{j}]")
+    return list(found.values())
 
 
 #: how much of a cleanly finished body we read to keep its connection (the terminator is 5 bytes)
@@ -118,6 +134,26 @@ class HttpSource:
                 await chunks.aclose()  # httpx's wrapper: finalise it here, not in the garbage collector
         finally:
             await self._response.aclose()
+
+
+async def open_stream(
+    client: Upstream, upstream: UpstreamRequest, dialect: Dialect, provider: str, secrets: Sequence[str]
+) -> httpx.Response:
+    """Send ``upstream`` and return the streaming response once it answered 2xx.
+
+    The engine side of the transport boundary: a transport failure becomes the gateway
+    error ``transport_failure`` maps it to; a non-2xx answer is read (bounded), closed and
+    raised as the dialect's ``GatewayError``.
+    """
+    try:
+        response = await client.send(upstream.method, upstream.url, upstream.headers, upstream.body)
+    except httpx.TransportError as exc:
+        raise transport_failure(exc, provider, secrets) from None
+    if 200 <= response.status_code < 300:
+        return response
+    body = await read_error_body(response)
+    # Each dialect cleans its own errors; this pass holds for any dialect (idempotent, cheap).
+    raise sanitize_upstream(dialect.parse_error(response.status_code, response.headers, body, secrets), secrets)
 
 
 async def open_source(

@@ -23,15 +23,13 @@ import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Final, cast
 
 import httpx
 import trio
 
 from streamgw.config import FetchConfig
-from streamgw.core.request import ResponsesRequest
 from streamgw.errors import InvalidRequest
-from streamgw.providers.base import Assets
 from streamgw.transport.h11pool import BODY_EXTENSION, CONNECT_TO_EXTENSION, TrioH11Transport
 from streamgw.transport.netguard import AllowList, IPAddress
 
@@ -51,25 +49,10 @@ _CONNECT_SHARE: Final = 1 / MAX_ADDRESSES_TRIED
 
 @dataclass(frozen=True, slots=True)
 class RemoteImage:
-    """An http(s) ``image_url`` to fetch, and where the request first mentions it."""
+    """An http(s) ``image_url`` to fetch, and where the request first mentions it (the engine finds them)."""
 
     url: str
     where: str  # e.g. "input[0].content[1]"
-
-
-def remote_images(request: ResponsesRequest) -> list[RemoteImage]:
-    """Every http(s) ``image_url`` in the request's input (messages and tool outputs), deduplicated."""
-    found: dict[str, RemoteImage] = {}
-    for i, item in enumerate(request.input):
-        field = "content" if item.get("type") == "message" else "output"
-        parts: Any = item.get(field)
-        if not isinstance(parts, list):
-            continue
-        for j, part in enumerate(parts):
-            url = part.get("image_url") if isinstance(part, dict) and part.get("type") == "input_image" else None
-            if isinstance(url, str) and url.startswith(("http://", "https://")) and url not in found:
-                found[url] = RemoteImage(url, f"input[{i}].{field}[{j}]")
-    return list(found.values())
 
 
 class _Refused(Exception):
@@ -135,7 +118,7 @@ class MediaFetcher:
         """Close the transport and any connection still open."""
         await self.transport.aclose()
 
-    async def fetch(self, images: Sequence[RemoteImage]) -> Assets:
+    async def fetch(self, images: Sequence[RemoteImage]) -> dict[str, tuple[str, str]]:
         """Download ``images`` (URL -> (mime type, base64)); any failure or exceeded cap is a 400."""
         config = self.config
         if not images:

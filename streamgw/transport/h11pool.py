@@ -17,8 +17,9 @@ Two properties matter to the gateway:
   wait again); a cancelled request is one whose response gets closed --
   ``client.stream(...)`` does that on the way out.
 
-Every failure leaves this module as an ``httpx`` exception; ``trio.Cancelled``
-is never swallowed.
+Every failure leaves this module as an ``httpx`` exception, translated once by
+``streamgw.transport.errors`` (one ``map_exceptions`` per phase: connect, wait for a
+slot, write, read); ``trio.Cancelled`` is never swallowed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ import h11
 import httpx
 import trio
 
-from streamgw.transport.http1body import BodyDecoder, BodyFramingError, framing
+from streamgw.transport.errors import CONNECTING, READING, WAITING, WRITING, ProtocolViolation
+from streamgw.transport.http1body import BodyDecoder, framing
 
 __all__ = ["BODY_EXTENSION", "CONNECT_TO_EXTENSION", "TrioH11Transport"]
 
@@ -55,8 +57,6 @@ Origin = tuple[bytes, bytes, int, str]
 _DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
 #: h11 rejects a response head bigger than this.
 _MAX_HEAD_SIZE: Final = 64 * 1024
-#: what trio streams raise when the connection breaks or was closed under us
-_IO_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 #: failures that, on a reused connection with no response byte yet, mean "stale"
 _STALE_ERRORS: Final = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
@@ -71,10 +71,6 @@ def _asks_close(headers: Any) -> bool:
 
 def _deadline(seconds: float | None) -> float:
     return math.inf if seconds is None else trio.current_time() + seconds
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
 
 
 def _buffered_body(request: httpx.Request) -> bytes | None:
@@ -131,27 +127,28 @@ class _Connection:
         """Send ``request`` and read the response head, skipping 1xx responses."""
         self.response_started = False
         try:
-            await self._send_request(request, write_timeout)
+            with WRITING:
+                await self._send_request(request, write_timeout)
         except httpx.WriteError as exc:
             write_error = exc
         else:
-            return self._body_follows(await self._receive_head(read_timeout), request)
+            with READING:
+                return self._body_follows(await self._receive_head(read_timeout), request)
         # A server may answer early (413, 401...) and close without reading the
         # whole body: its response is more useful than our write error.
         try:
-            head = await self._receive_head(read_timeout)
+            with READING:
+                head = await self._receive_head(read_timeout)
         except httpx.TransportError:
             raise write_error from None
-        self._body_follows(head, request)
+        with READING:
+            self._body_follows(head, request)
         self.keep_alive = False
         return head
 
     def _body_follows(self, head: h11.Response, request: httpx.Request) -> h11.Response:
         """Set up the body decoder for ``head``; h11 is done with this response."""
-        try:
-            mode, length = framing(head.status_code, list(head.headers), request.method.encode())
-        except BodyFramingError as exc:
-            raise httpx.RemoteProtocolError(_describe(exc)) from exc
+        mode, length = framing(head.status_code, list(head.headers), request.method.encode())
         self.body = decoder = BodyDecoder(mode, length)
         leftover, self.eof = self.h11.trailing_data
         # h11 is done with this response; a fresh one, ready for the next request, does not keep
@@ -168,74 +165,67 @@ class _Connection:
         the body is complete.  ``data`` is empty only when ``finished``.
 
         It only awaits with nothing collected yet, and the decoder is fed only
-        after a receive completed: a cancellation loses no data.
+        after a receive completed: a cancellation loses no data.  Failures are
+        raised untranslated: the caller maps them (see ``_ResponseStream``).
         """
         decoder = self.body
         data = self.pending
         if data:
             self.pending = b""
             return data, decoder.done
-        try:
-            while not decoder.done:
-                if self.eof:
-                    decoder.eof()
-                    break
-                raw = await self._receive_raw(read_timeout)
-                if not raw:
-                    self.eof = True
-                    continue
-                data = decoder.feed(raw)
-                if data:
-                    return data, decoder.done
-        except BodyFramingError as exc:
-            raise httpx.RemoteProtocolError(_describe(exc)) from exc
+        while not decoder.done:
+            if self.eof:
+                decoder.eof()
+                break
+            raw = await self._receive_raw(read_timeout)
+            if not raw:
+                self.eof = True
+                continue
+            data = decoder.feed(raw)
+            if data:
+                return data, decoder.done
         return b"", True
 
     async def _send_request(self, request: httpx.Request, write_timeout: float | None) -> None:
         conn = self.h11
-        try:
-            head = conn.send(h11.Request(method=request.method, target=request.url.raw_path,
-                                         headers=request.headers.raw))
-            body = _buffered_body(request)
-            if body is not None:
-                # Head, body and end in one write: one syscall for a typical API call.
-                data = [head, conn.send(h11.Data(data=body)) if body else b"", conn.send(h11.EndOfMessage())]
-                await self._send(b"".join(data), write_timeout)
-                return
-            await self._send(head, write_timeout)
-            stream = request.stream
-            if not isinstance(stream, httpx.AsyncByteStream):
-                raise TypeError("TrioH11Transport needs an async request body")
-            async for part in stream:
-                if part:
-                    await self._send(conn.send(h11.Data(data=part)), write_timeout)
-            await self._send(conn.send(h11.EndOfMessage()), write_timeout)
-        except h11.LocalProtocolError as exc:
-            raise httpx.LocalProtocolError(_describe(exc)) from exc
+        head = conn.send(h11.Request(method=request.method, target=request.url.raw_path,
+                                     headers=request.headers.raw))
+        body = _buffered_body(request)
+        if body is not None:
+            # Head, body and end in one write: one syscall for a typical API call.
+            data = [head, conn.send(h11.Data(data=body)) if body else b"", conn.send(h11.EndOfMessage())]
+            await self._send(b"".join(data), write_timeout)
+            return
+        await self._send(head, write_timeout)
+        stream = request.stream
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise TypeError("TrioH11Transport needs an async request body")
+        async for part in stream:
+            if part:
+                await self._send(conn.send(h11.Data(data=part)), write_timeout)
+        await self._send(conn.send(h11.EndOfMessage()), write_timeout)
 
     async def _receive_head(self, read_timeout: float | None) -> h11.Response:
         conn = self.h11
-        try:
-            while True:
-                event = conn.next_event()
-                if type(event) is h11.Response:
-                    return event
-                if event is h11.NEED_DATA:
-                    if await self._receive(read_timeout):
-                        self.response_started = True
-                elif type(event) is not h11.InformationalResponse:
-                    raise httpx.RemoteProtocolError(f"unexpected {event!r} before the response head")
-        except h11.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(_describe(exc)) from exc
+        while True:
+            event = conn.next_event()
+            if type(event) is h11.Response:
+                return event
+            if event is h11.NEED_DATA:
+                if await self._receive(read_timeout):
+                    self.response_started = True
+                elif not self.response_started:
+                    # h11's own words for this ("can't handle event type ConnectionClosed when
+                    # role=SERVER...") do not tell an operator what happened.
+                    raise ProtocolViolation("the server closed the connection without sending a response")
+            elif type(event) is not h11.InformationalResponse:
+                raise ProtocolViolation(f"unexpected {event!r} before the response head")
 
     async def _send(self, data: bytes, write_timeout: float | None) -> None:
         with trio.CancelScope(deadline=_deadline(write_timeout)):
-            try:
-                await self.stream.send_all(data)
-            except _IO_ERRORS as exc:
-                raise httpx.WriteError(_describe(exc)) from exc
+            await self.stream.send_all(data)
             return
-        raise httpx.WriteTimeout("timed out sending the request")
+        raise trio.TooSlowError("timed out sending the request")
 
     async def _receive(self, read_timeout: float | None) -> bool:
         """Feed the next bytes from the socket to h11; False at EOF."""
@@ -245,17 +235,14 @@ class _Connection:
 
     async def _receive_raw(self, read_timeout: float | None) -> bytes:
         """The next bytes from the socket (b"" at EOF)."""
-        try:
-            if read_timeout is None:  # no cancel scope: entering one costs about as much as the receive
+        if read_timeout is None:  # no cancel scope: entering one costs about as much as the receive
+            data = await self.stream.receive_some(self.read_chunk)
+        else:
+            data = None
+            with trio.CancelScope(deadline=trio.current_time() + read_timeout):
                 data = await self.stream.receive_some(self.read_chunk)
-            else:
-                data = None
-                with trio.CancelScope(deadline=trio.current_time() + read_timeout):
-                    data = await self.stream.receive_some(self.read_chunk)
-                if data is None:  # the deadline cancelled the receive
-                    raise httpx.ReadTimeout("timed out waiting for the server")
-        except _IO_ERRORS as exc:
-            raise httpx.ReadError(_describe(exc)) from exc
+            if data is None:  # the deadline cancelled the receive
+                raise trio.TooSlowError("timed out waiting for the server")
         return data if type(data) is bytes else bytes(cast(bytearray, data))  # SSLStream gives a bytearray
 
 
@@ -285,8 +272,16 @@ class _ResponseStream(httpx.AsyncByteStream):
             # Cancelled only while waiting on the socket, before h11 saw any new
             # byte, so nothing is lost: the body may still be read, or closed.
             raise
+        except Exception as exc:
+            # Errors (timeouts included) leave the connection unusable.  Mapped here, not
+            # by a ``with READING`` around the read: this runs once per chunk.
+            self._conn = None
+            self._transport._discard(conn)
+            mapped = READING.translate(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         except BaseException:
-            # Errors (timeouts included) leave the connection unusable.
             self._conn = None
             self._transport._discard(conn)
             raise
@@ -417,7 +412,8 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         if self._slots.value == 0 and self._idle_lru:
             # All slots are held, some by idle connections to other origins.
             self._discard(self._take_idle(next(iter(self._idle_lru))))
-        handed_over = await self._wait_for_slot(origin, pool_timeout)
+        with WAITING:
+            handed_over = await self._wait_for_slot(origin, pool_timeout)
         if handed_over is not None:
             return handed_over
         return await self._connect(origin, connect_timeout)
@@ -474,13 +470,14 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                 self._slots.release()
             return waiter.conn
         if not got_slot:
-            raise httpx.PoolTimeout("timed out waiting for a free connection slot")
+            raise trio.TooSlowError("timed out waiting for a free connection slot")
         return None
 
     async def _connect(self, origin: Origin, connect_timeout: float | None) -> _Connection:
         """Open a connection using a slot the caller holds (returned on failure)."""
         try:
-            stream, sock = await self._open_stream(origin, connect_timeout)
+            with CONNECTING:
+                stream, sock = await self._open_stream(origin, connect_timeout)
         except BaseException:
             self._slots.release()
             raise
@@ -498,23 +495,17 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         scheme, host, port, address = origin
         hostname = host.decode("ascii")
         with trio.CancelScope(deadline=_deadline(connect_timeout)):
-            try:
-                tcp = await trio.open_tcp_stream(address or hostname, port)
-            except OSError as exc:
-                raise httpx.ConnectError(_describe(exc)) from exc
+            tcp = await trio.open_tcp_stream(address or hostname, port)
             if scheme == b"http":
                 return tcp, tcp.socket
             tls = trio.SSLStream(tcp, self._ssl_context(), server_hostname=hostname, https_compatible=True)
             try:
                 await tls.do_handshake()
-            except _IO_ERRORS as exc:
-                tcp.socket.close()
-                raise httpx.ConnectError(_describe(exc)) from exc
             except BaseException:
                 tcp.socket.close()
                 raise
             return tls, tcp.socket
-        raise httpx.ConnectTimeout(f"timed out connecting to {hostname}:{port}")
+        raise trio.TooSlowError(f"timed out connecting to {hostname}:{port}")
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._tls is None:

@@ -1,4 +1,4 @@
-"""One shared connection pool per provider, and the one boundary where httpx errors become ours.
+"""One shared connection pool per provider.
 
 Upstream calls are ``httpx.Request`` -> ``httpx.Response`` through ``TrioH11Transport``
 (trio + h11, an O(1) pool) instead of httpcore's pool, whose cost grows with the number
@@ -6,18 +6,20 @@ of concurrent requests.  The hot path talks to the transport directly rather tha
 through ``httpx.AsyncClient.send``: the client's auth flow, redirect loop, cookie jar and
 stream wrapper cost about a sixth of the gateway's CPU on short streams, and the
 gateway uses none of them.
+
+This module speaks plain HTTP: it knows neither dialects nor gateway errors.  Failures
+leave it as the httpx exceptions ``streamgw.transport.errors`` maps them to; the engine
+decides what they mean for a client (``streamgw.providers.errors.transport_failure``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import cast
 
 import httpx
 
 from streamgw.config import FetchConfig, ProviderConfig, Timeouts
-from streamgw.errors import GatewayError, UpstreamError, UpstreamTimeout, redact, sanitize_upstream
-from streamgw.providers.base import Dialect, UpstreamRequest
 from streamgw.transport.fetch import MediaFetcher
 from streamgw.transport.h11pool import BODY_EXTENSION, TrioH11Transport
 
@@ -39,14 +41,14 @@ class Upstream:
         # request wait its turn, it does not fail it after the connect timeout.
         self.timeouts = {"connect": connect, "read": None, "write": 30.0, "pool": None}
 
-    async def send(self, upstream: UpstreamRequest) -> httpx.Response:
-        """Send one request; the response body is left to stream."""
-        url = self._urls.get(upstream.url)
-        if url is None:
+    async def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> httpx.Response:
+        """Send one request, whatever its status; the response body is left to stream."""
+        parsed = self._urls.get(url)
+        if parsed is None:
             if len(self._urls) >= 1024:  # model ids in the path (Gemini) could grow it without end
                 self._urls.clear()
-            url = self._urls[upstream.url] = httpx.URL(upstream.url)
-        request = httpx.Request(upstream.method, url, headers=upstream.headers, content=upstream.body,
+            parsed = self._urls[url] = httpx.URL(url)
+        request = httpx.Request(method, parsed, headers=headers, content=body,
                                 extensions={"timeout": self.timeouts})
         # The response does not keep the request: its body (the whole conversation, often) would
         # otherwise stay in memory for as long as the answer streams.
@@ -87,58 +89,25 @@ class UpstreamClients:
             await fetcher.aclose()
 
 
-def _describe(exc: httpx.TransportError) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
+async def read_error_body(response: httpx.Response, limit: int = MAX_ERROR_BODY) -> bytes:
+    """At most ``limit`` bytes of a (non-2xx) response's body, then close it.
 
-
-def map_transport_error(exc: httpx.TransportError, provider: str, secrets: Sequence[str]) -> GatewayError:
-    """An httpx transport failure before the first byte, as a gateway error."""
-    detail = redact(_describe(exc), secrets)
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"upstream {provider!r} timed out ({detail})", code="upstream_timeout")
-    if isinstance(exc, httpx.ConnectError):
-        return UpstreamError(f"could not connect to upstream {provider!r} ({detail})", code="upstream_unreachable")
-    return UpstreamError(f"upstream {provider!r} failed ({detail})", code="upstream_connection_error")
-
-
-async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    What an error body says is a bonus: a transport failure while reading it gives ``b""``
+    (the status alone then speaks) rather than a second error.
+    """
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_raw():
-        parts.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(parts)[:limit]
-
-
-async def open_stream(
-    client: Upstream,
-    upstream: UpstreamRequest,
-    dialect: Dialect,
-    provider: str,
-    secrets: Sequence[str],
-) -> httpx.Response:
-    """Send ``upstream`` and return the streaming response once it answered 2xx.
-
-    A non-2xx answer is read (up to ``MAX_ERROR_BODY``), closed and raised as the
-    dialect's ``GatewayError``; transport failures raise mapped errors.
-    """
     try:
-        response = await client.send(upstream)
-    except httpx.TransportError as exc:
-        raise map_transport_error(exc, provider, secrets) from None
-    if 200 <= response.status_code < 300:
-        return response
-    try:
-        body = await _read_limited(response, MAX_ERROR_BODY)
+        async for chunk in response.aiter_raw():
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
     except httpx.TransportError:
-        body = b""
+        parts = []
     finally:
         await response.aclose()
-    # Each dialect cleans its own errors; this pass holds for any dialect (idempotent, cheap).
-    raise sanitize_upstream(dialect.parse_error(response.status_code, response.headers, body, secrets), secrets)
+    return b"".join(parts)[:limit]
 
 
 def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
