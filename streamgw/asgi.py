@@ -5,17 +5,19 @@ importing process with status 2 and its problems on stderr.
 
 The graceful drain on SIGTERM (``/readyz`` at 503, in-flight streams ended with an honest
 ``response.failed`` at ``[server] drain_timeout``) is a feature of ``streamgw serve``, which runs
-its own accept loop (``streamgw.worker``).  A server started by hand tells the application of its
+its own accept loop (``streamgw.serving.worker``).  A server started by hand tells the application of its
 shutdown only through the lifespan protocol, after every connection has finished or been cut, so
 under it hypercorn's own ``--graceful-timeout`` applies and streams still running then are cut
 without a terminal event.  Importing this module does install the connection fixes of
 ``streamgw.serving.hypercorn_trio`` (HTTP/2 writes, scheduling) into hypercorn.
 """
 
-from streamgw.app.routes import create_app
-from streamgw.cli import exit_on_config_error
-from streamgw.config import ConfigError, load_config
-from streamgw.serving.hypercorn_trio import install
+from streamgw.cli import exit_on_config_error, require_versions
+
+require_versions()  # before hypercorn's internals are imported: a mismatch is named, not an ImportError
+from streamgw.app.routes import create_app  # noqa: E402
+from streamgw.config import ConfigError, load_config  # noqa: E402
+from streamgw.serving.hypercorn_trio import install  # noqa: E402
 
 install()  # hypercorn's trio worker with serialised writes and fair HTTP/2 scheduling (see that module)
 try:

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import resource
 import ssl
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
 
 from streamgw.config import Config, ConfigError, load_config
+from streamgw.serving.versions import version_problems
+
+if TYPE_CHECKING:
+    from streamgw.serving.main import Sockets
 
 log = logging.getLogger("streamgw")
 
@@ -41,72 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def hypercorn_config(config: Config) -> HypercornConfig:
-    """The hypercorn settings for ``config``: trio worker, no access log on the hot path.
-
-    Every way streamgw serves builds its hypercorn config here, so this is also where the fix for
-    concurrent writes on one connection is installed (``streamgw.serving.hypercorn_trio``); the
-    config it returns carries the fix into worker processes that hypercorn spawns.
-    """
-    from streamgw.serving.hypercorn_trio import GatewayHypercornConfig, install
-
-    server = config.server
-    if bool(server.certfile) != bool(server.keyfile):
-        raise ConfigError("server.certfile and server.keyfile (--certfile, --keyfile) go together")
-    install()
-    hc = GatewayHypercornConfig()
-    hc.bind = [f"{config.server.host}:{config.server.port}"]
-    hc.worker_class = "trio"
-    hc.workers = config.server.workers
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.keep_alive_timeout = 75.0
-    hc.backlog = config.server.backlog  # hypercorn's 100 drops connection bursts
-    hc.graceful_timeout = config.server.graceful_timeout
-    # hypercorn ends a connection after keep_alive_max_requests (1000) requests.  Over HTTP/2 it does so
-    # with a GOAWAY that also stops every stream still in flight on it (h2 refuses to send after GOAWAY):
-    # they hang until the connection is dropped.  No request limit per connection, then.
-    hc.keep_alive_max_requests = sys.maxsize
-    hc.http2 = server.http2  # cleartext: h2c accepted or refused
-    hc.max_connections = server.max_connections
-    hc.alpn_protocols = ["h2", "http/1.1"] if server.http2 else ["http/1.1"]  # TLS
-    if server.certfile:  # then the bind is HTTPS only
-        hc.certfile, hc.keyfile = server.certfile, server.keyfile
-    return hc
-
-
-async def _serve(
-    config: Config,
-    sockets: Sockets | None = None,
-    *,
-    on_ready: Callable[[], None] | None = None,
-    supervisor_sentinel: int | None = None,
-) -> None:
-    """Serve ``config`` in this process until SIGTERM/SIGINT, then drain and return (``streamgw.worker``).
-
-    ``sockets`` listen already (bound by ``main``, or inherited from the supervisor); without them
-    they are bound here.  A supervised worker passes ``on_ready`` and the supervisor's sentinel.
-    """
-    from streamgw.app.routes import create_app
-    from streamgw.worker import addresses, listen, serve
-
-    app = create_app(config)
-    hc = hypercorn_config(config)
-    if sockets is None:
-        sockets = listen(hc)
-    # Everything loaded so far lives as long as the process: keep it out of the collector, whose
-    # full passes over it otherwise pause the event loop for tens of milliseconds.
-    gc.collect()
-    gc.freeze()
-    server = config.server
-    names = ", ".join(f"{p.name} ({p.type})" for p in config.providers.values())
-    log.info("streamgw listening on %s — providers: %s", ", ".join(addresses(sockets)), names)
-    await serve(app, hc, sockets, app.extensions["streamgw"].drain, drain_timeout=server.drain_timeout,
-                grace=server.graceful_timeout, on_ready=on_ready, supervisor_sentinel=supervisor_sentinel)
-
-
 def _serve_workers(config: Config, sockets: Sockets, log_level: str) -> None:
-    """Several processes sharing the listening ``sockets``, each running ``_serve`` (``streamgw.supervisor``)."""
+    """Several processes sharing the listening ``sockets``, each running ``serve_gateway`` (``streamgw.supervisor``)."""
     from streamgw.supervisor import Supervisor
 
     sys.exit(trio.run(Supervisor(config, sockets, log_level).run))
@@ -121,6 +57,20 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError):
             return soft
     return hard
+
+
+def require_versions() -> None:
+    """Exit with status 2, naming each mismatch, unless the libraries ``streamgw.serving`` patches are the
+    release lines it was written for (``streamgw.serving.versions``).
+
+    Call it before anything imports hypercorn's internals: a release without the patched names would
+    fail there with an ``ImportError`` that does not say why.
+    """
+    problems = version_problems()
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        sys.exit(2)
 
 
 def exit_on_config_error(error: ConfigError) -> NoReturn:
@@ -153,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         _check_arguments(args)
     except ConfigError as exc:
         exit_on_config_error(exc)
+    require_versions()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limit = raise_open_file_limit()  # inherited by worker processes
     if limit < 4096:
@@ -174,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         drain_timeout=server.drain_timeout if args.drain_timeout is None else args.drain_timeout,
     )
     config = replace(config, server=server)
-    from streamgw.worker import listen, run_gateway
+    from streamgw.serving.main import hypercorn_config, serve_gateway
+    from streamgw.serving.worker import listen, run_gateway
 
     try:
         hc = hypercorn_config(config)
@@ -193,4 +145,4 @@ def main(argv: list[str] | None = None) -> None:
     if server.workers > 1:
         _serve_workers(config, sockets, args.log_level)
         return
-    sys.exit(run_gateway(partial(_serve, config, sockets)))
+    sys.exit(run_gateway(partial(serve_gateway, config, sockets)))

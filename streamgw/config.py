@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 
 class Secret:
@@ -184,6 +185,34 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisURL:
+    """What a ``redis://[user:password@]host[:port][/db]`` URL (``[store] url``) says.
+
+    Here rather than in ``streamgw.store.resp``, its user: the config checks ``[store] url`` with it,
+    and the config sits below the store.
+    """
+
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> RedisURL:
+        """Parse ``url``; ``ValueError`` if it is not a ``redis://`` URL."""
+        parts = urlsplit(url)
+        if parts.scheme != "redis" or not parts.hostname:
+            raise ValueError(f"not a redis:// URL: {url!r}")
+        path = parts.path.strip("/")
+        return cls(
+            host=parts.hostname, port=parts.port or 6379, db=int(path) if path else 0,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class FetchConfig:
     """``[fetch]``: limits on the URLs (images, files) the gateway downloads on a client's behalf."""
 
@@ -244,8 +273,13 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
+#: every provider ``type`` a config may name: the wire dialects of ``streamgw.providers.registry`` (one
+#: module each) and ``demo``.  Written out here, not asked of the registry: the config sits below the
+#: providers, which import it (``tests/test_layers.py`` checks the two agree).
+PROVIDER_TYPES: tuple[str, ...] = ("chat", "openai", "anthropic", "gemini", "ollama", "demo")
+
 # Native dialects detected from the environment: name -> (type, default base_url, key variable).
-# OpenAI-compatible vendors come from ``streamgw.providers.presets``.
+# OpenAI-compatible vendors come from ``streamgw.config_presets``.
 ENV_NATIVE: dict[str, tuple[str, str, str]] = {
     "openai": ("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
     "anthropic": ("anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
@@ -254,10 +288,8 @@ ENV_NATIVE: dict[str, tuple[str, str, str]] = {
 
 
 def supported_types() -> tuple[str, ...]:
-    """Provider types this installation can serve: the installed dialects plus ``demo``."""
-    from streamgw.providers.registry import dialects
-
-    return (*dialects(), "demo")
+    """Provider types a config may name (``PROVIDER_TYPES``)."""
+    return PROVIDER_TYPES
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -37,6 +37,7 @@ from streamgw.config import (
     FetchConfig,
     MetricsConfig,
     ProviderConfig,
+    RedisURL,
     RouteConfig,
     Secret,
     ServerConfig,
@@ -554,7 +555,7 @@ def _auth(table: AuthTable, env: Mapping[str, str], problems: Problems) -> tuple
 
 def _preset_defaults(name: str, table: ProviderTable, env: Mapping[str, str], problems: Problems) -> dict[str, Any]:
     """Base URL, key variable and flags of the preset this table names (if any)."""
-    from streamgw.providers.presets import PRESETS
+    from streamgw.config_presets import PRESETS
 
     preset_name = table.preset
     if preset_name is None and table.type is None and name in PRESETS:
@@ -686,7 +687,7 @@ def _overrides(table: TimeoutsTable | None) -> tuple[tuple[str, float], ...]:
 
 def _env_providers(env: Mapping[str, str], problems: Problems) -> dict[str, ProviderConfig]:
     """Providers implied by API-key variables (and ``OLLAMA_BASE_URL``) alone."""
-    from streamgw.providers.presets import PRESETS
+    from streamgw.config_presets import PRESETS
 
     found: dict[str, ProviderConfig] = {}
     kinds = supported_types()
@@ -741,8 +742,6 @@ def _store(table: StoreTable, environment: Environment, problems: Problems) -> S
         message = f"must be one of {', '.join(STORE_BACKENDS)}{_suggestion(store.backend, STORE_BACKENDS)}"
         problems.env("STREAMGW_STORE_BACKEND", f"{message}, got {json.dumps(store.backend[:40])}")
     elif store.backend == "redis":
-        from streamgw.store.resp import RedisURL
-
         try:
             RedisURL.parse(store.url)
         except ValueError:

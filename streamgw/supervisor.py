@@ -1,6 +1,6 @@
 """``streamgw serve --workers N``: N worker processes on one listening socket, kept running.
 
-The parent process binds and listens once (``streamgw.worker.listen``) and passes the socket
+The parent process binds and listens once (``streamgw.serving.worker.listen``) and passes the socket
 to every worker as an inherited file descriptor.  One shared socket rather than ``SO_REUSEPORT``
 per worker:
 
@@ -12,7 +12,7 @@ per worker:
 * the price, workers racing for each ``accept``, is small next to a streamed response.
 
 Each worker is a fresh interpreter (``python -c ...``, in its own process group so a terminal's
-Ctrl-C reaches only the supervisor) that runs ``streamgw.cli._serve``, the same code as a single
+Ctrl-C reaches only the supervisor) that runs ``streamgw.serving.main.serve_gateway``, the same code as a single
 process: its own signal handling, drain and exit.  It reads its assignment (config, socket
 descriptors) from stdin, and reports readiness by writing one byte to a pipe.  The supervisor
 keeps the worker's stdin open: when the supervisor dies, the worker sees end-of-file and drains.
@@ -43,10 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from hypercorn.config import Sockets
 
 from streamgw.config import Config
-from streamgw.worker import addresses, close_sockets, run_gateway
+from streamgw.serving.worker import Sockets, addresses, close_sockets, run_gateway
 
 __all__ = ["Supervisor", "worker_main"]
 
@@ -291,8 +290,9 @@ def worker_main() -> None:
         os.write(assignment.ready_fd, _READY)
         os.close(assignment.ready_fd)
 
-    from streamgw.cli import _serve
+    # Imported here: the supervisor process itself never builds the application.
+    from streamgw.serving.main import serve_gateway
 
     # stdin stays open as long as the supervisor lives: its end of file means the supervisor is gone.
-    serve = partial(_serve, assignment.config, sockets, on_ready=ready, supervisor_sentinel=0)
+    serve = partial(serve_gateway, assignment.config, sockets, on_ready=ready, supervisor_sentinel=0)
     sys.exit(run_gateway(serve))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streamgw.config import ConfigError, Secret, load_config
-from streamgw.providers.presets import PRESETS
+from streamgw.config_presets import PRESETS
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -82,13 +82,28 @@ with ``param: "transfer-encoding"``) and closes.  HTTP/2 needs nothing: h2 rejec
 
 (hypercorn's ``keep_alive_max_requests`` is a sixth: after 1000 requests it sends GOAWAY, which also
 stops every stream in flight on the connection, because h2 sends nothing after GOAWAY.
-``streamgw.cli.hypercorn_config`` sets no limit.)
+``streamgw.serving.main.hypercorn_config`` sets no limit.)
+
+Upstream
+--------
+Each fix belongs in hypercorn; they are written against 0.18 only (pyproject pins ``hypercorn==0.18.*``
+and ``streamgw.serving.versions`` refuses to start on another release line).  What matches:
+
+- 5 is hypercorn issue #279 ("Incorrect Parsing When Both Content-Length and Transfer-Encoding Are
+  Present", open at the time of writing);
+- 4 is the trio side of the CLOSE-WAIT leak discussed on hypercorn PR #87 ("Fix handling of TCP EOF"):
+  there the read loop missed the EOF; here it sees it but the keep-alive timer outlives it;
+- the socket closed on outside cancellation (end of 2) is related to hypercorn issue #106 ("Hypercorn
+  skip socket shutdown when cancelled with trio");
+- 1, 2 and 3 we found no report of: upstream, ``TCPServer._close`` would take ``send_lock`` around
+  ``send_eof``, ``protocol_send`` would shield the lock wait with the write, and ``H2Protocol`` would
+  schedule streams round-robin (RFC 9113 §5.3.2) instead of with ``priority.PriorityTree``.
 
 Installing
 ----------
 ``install()`` points the names hypercorn looks up when it serves (``hypercorn.trio.run.TCPServer``,
 ``hypercorn.protocol.H11Protocol`` and ``H2Protocol``) at the subclasses here; ``uninstall()`` puts
-hypercorn's own classes back (tests use it to show each failure).  ``streamgw.cli.hypercorn_config``
+hypercorn's own classes back (tests use it to show each failure).  ``streamgw.serving.main.hypercorn_config``
 installs, so ``streamgw serve``, its workers and the in-process test harness are covered; a config
 pickled into a process hypercorn spawns installs there when it is loaded.
 
@@ -141,7 +156,7 @@ class SerialisedTCPServer(TCPServer):
     its client closes, and idle connections known to the worker's ``ConnectionSlots`` (see the module doc).
     """
 
-    #: the worker's connection cap (``streamgw.worker`` sets it; None when hypercorn serves by itself)
+    #: the worker's connection cap (``streamgw.serving.worker`` sets it; None when hypercorn serves by itself)
     slots: ConnectionSlots | None = None
     #: the client's side of the connection is closed (or broken): nothing more will be read
     _read_done = False
@@ -395,7 +410,7 @@ class GatewayHypercornConfig(HypercornConfig):
 
     #: accept HTTP/2: h2c (prior knowledge, ``Upgrade: h2c``) on cleartext, ALPN ``h2`` with TLS
     http2: bool = True
-    #: open client connections per worker (``streamgw.worker``; 0: from the open-file limit)
+    #: open client connections per worker (``streamgw.serving.worker``; 0: from the open-file limit)
     max_connections: int = 0
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -27,16 +27,33 @@ import dataclasses
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from streamgw.config import ProviderConfig
 from streamgw.core.blobs import PREFIX as BLOB_PREFIX
 from streamgw.core.request import ResponsesRequest
-from streamgw.engine.routing import Plan
 from streamgw.errors import InvalidRequest, NotFound
 from streamgw.store.base import CLIENT, MINTED, StoredResponse
 from streamgw.store.service import StoreService
 
-__all__ = ["Expansion", "expand", "native_input", "record_for"]
+__all__ = ["Expansion", "Plan", "expand", "native_input", "record_for"]
+
+
+class Target(Protocol):
+    """One target of a plan, as the expansion sees it: which provider it goes to."""
+
+    @property
+    def provider(self) -> ProviderConfig: ...
+
+
+class Plan(Protocol):
+    """Where a request may go (``streamgw.engine.routing.Plan``), as far as the expansion needs to know.
+
+    A protocol, not the engine's class: the store sits below the engine and must not import it.
+    """
+
+    @property
+    def targets(self) -> Sequence[Target]: ...
 
 Item = dict[str, Any]
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TypeAlias
-from urllib.parse import unquote, urlsplit
 
 import trio
+
+from streamgw.config import RedisURL
 
 __all__ = ["NEED_DATA", "RedisClient", "RedisURL", "RespError", "RespParser", "RespProtocolError", "encode_command"]
 
@@ -122,30 +122,6 @@ class RespParser:
             item, pos = parsed
             items.append(item)
         return items, pos
-
-
-@dataclass(frozen=True, slots=True)
-class RedisURL:
-    """What a ``redis://[user:password@]host[:port][/db]`` URL says."""
-
-    host: str
-    port: int
-    db: int
-    username: str | None
-    password: str | None
-
-    @classmethod
-    def parse(cls, url: str) -> RedisURL:
-        """Parse ``url``; ``ValueError`` if it is not a ``redis://`` URL."""
-        parts = urlsplit(url)
-        if parts.scheme != "redis" or not parts.hostname:
-            raise ValueError(f"not a redis:// URL: {url!r}")
-        path = parts.path.strip("/")
-        return cls(
-            host=parts.hostname, port=parts.port or 6379, db=int(path) if path else 0,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-        )
 
 
 class _Connection:

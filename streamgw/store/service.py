@@ -35,11 +35,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import trio
+from prometheus_client import Counter, Gauge, Histogram
 
-from streamgw.app.metrics import Metrics
 from streamgw.config import StoreConfig
 from streamgw.store.base import (
     Backend,
@@ -52,6 +52,24 @@ from streamgw.store.base import (
 )
 
 log = logging.getLogger("streamgw.store")
+
+
+class StoreMetrics(Protocol):
+    """The instruments the service reports to (``streamgw.app.metrics.Metrics`` has them all).
+
+    A protocol rather than the app's class: the store sits below the app and must not import it.
+    """
+
+    @property
+    def store_errors(self) -> Counter: ...  # labelled by op
+    @property
+    def store_dropped(self) -> Counter: ...  # labelled by reason
+    @property
+    def store_task_restarts(self) -> Counter: ...  # labelled by task
+    @property
+    def store_writable(self) -> Gauge: ...
+    @property
+    def store_write_seconds(self) -> Histogram: ...
 
 _BATCH = 64  # records per backend write at most
 _WARN_EVERY = 30.0  # seconds between two warnings of the same kind
@@ -84,7 +102,7 @@ def open_backend(config: StoreConfig, clock: Callable[[], float] = time.time) ->
 class StoreService:
     """Pending records, the writer task, and reads that see both."""
 
-    def __init__(self, config: StoreConfig, metrics: Metrics, backend: Backend | None = None, *,
+    def __init__(self, config: StoreConfig, metrics: StoreMetrics, backend: Backend | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.backend = backend if backend is not None else open_backend(config, clock)

@@ -15,13 +15,12 @@ from typing import Any
 
 import h11
 import trio
-from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from streamgw.app.routes import create_app
-from streamgw.cli import hypercorn_config
 from streamgw.config import Config
 from streamgw.core.sse import SSEDecoder
+from streamgw.serving.main import hypercorn_config, serve_until
 
 
 @asynccontextmanager
@@ -40,8 +39,8 @@ async def running_gateway(config: Config, app: QuartTrio | None = None) -> Async
         await stop.wait()
 
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(lambda task_status: serve(
-            app, hc, shutdown_trigger=shutdown_trigger, task_status=task_status))
+        binds: list[str] = await nursery.start(lambda task_status: serve_until(
+            app, hc, shutdown_trigger, task_status=task_status))
         try:
             yield int(binds[0].rsplit(":", 1)[1])
         finally:

@@ -19,9 +19,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from streamgw.app.routes import create_app
-from streamgw.cli import hypercorn_config
 from streamgw.config import Config, ProviderConfig
 from streamgw.serving import hypercorn_trio
+from streamgw.serving.main import hypercorn_config
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.process import free_port, start_gateway
 

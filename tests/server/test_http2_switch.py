@@ -8,9 +8,10 @@ import sys
 import pytest
 import trio
 
-from streamgw.cli import _parser, hypercorn_config
+from streamgw.cli import _parser
 from streamgw.config import Config, ConfigError, ServerConfig
 from streamgw.serving import hypercorn_trio
+from streamgw.serving.main import hypercorn_config
 
 from .h2client import H2Client
 from .serving_support import TLSFiles, gateway_config, mock_port, serving, tls_files

@@ -16,13 +16,13 @@ import pytest
 import trio
 
 from streamgw import supervisor
-from streamgw.cli import hypercorn_config
 from streamgw.config import Config, ServerConfig
+from streamgw.serving.main import hypercorn_config
+from streamgw.serving.worker import listen
 from streamgw.supervisor import Supervisor
 from streamgw.testing.harness import RawClient
 from streamgw.testing.invariants import check_events
 from streamgw.testing.process import free_port
-from streamgw.worker import listen
 
 from .drain_support import Served, StreamResult, config_text, get, start_serve, stream, upstream_port
 

@@ -3,6 +3,7 @@
 A config table ``[providers.NAME]`` with ``preset = "deepseek"`` (or with ``NAME`` itself a preset name
 and no ``type``/``base_url``) takes the base URL, key variable and flags from here; anything set in the
 table overrides them. With no config file, every preset whose key variable is set becomes a provider.
+This is configuration data (it sits with ``streamgw.config``, below the providers that read the flags).
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ The same loop fixes hypercorn's idle-connection task under quart-trio (``Detache
 without it an idle keep-alive connection is never closed at shutdown and holds the process until
 the hard deadline.  Its accept loop (``streamgw.serving.connections``) holds the worker to
 ``max_connections`` open connections and rides out ``accept()`` failing for lack of file descriptors.
+
+Written against hypercorn 0.18 (``streamgw.serving.versions`` refuses another release line): upstream,
+``hypercorn.trio.serve`` would need a hook between closing its listeners and setting ``terminated``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
-from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState, LifespanState
+from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState, LifespanState, TaskGroup
 from hypercorn.utils import LifespanFailureError, LifespanTimeoutError, repr_socket_addr, wrap_app
 
 from streamgw.engine.drain import Drain
@@ -55,7 +58,7 @@ from streamgw.serving.connections import (
 )
 from streamgw.serving.hypercorn_trio import SerialisedTCPServer
 
-__all__ = ["DetachedSingleTask", "InFlight", "listen", "serve"]
+__all__ = ["DetachedSingleTask", "InFlight", "Sockets", "addresses", "close_sockets", "listen", "run_gateway", "serve"]
 
 log = logging.getLogger("streamgw")
 
@@ -143,18 +146,22 @@ class DetachedSingleTask(TrioSingleTask):
     request such a connection had no idle task: it never timed out, and at shutdown it held the
     process until the hard deadline.  ``start_soon`` puts the task straight into the connection's
     nursery, out of the caller's reach; nothing here awaits, so no lock is needed either.
+
+    Upstream this is one line in ``TrioSingleTask.restart`` (``hypercorn/trio/worker_context.py``):
+    ``task_group.spawn`` instead of ``await task_group._nursery.start``; we found no hypercorn issue
+    that reports it.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._scope: trio.CancelScope | None = None
 
-    async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
+    async def restart(self, task_group: TaskGroup, action: Callable[[], Awaitable[None]]) -> None:
         """Cancel the running task, if any, and start ``action`` in the connection's nursery."""
         if self._scope is not None:
             self._scope.cancel()
         self._scope = trio.CancelScope()
-        task_group._nursery.start_soon(_run_in_scope, self._scope, action)
+        task_group.spawn(_run_in_scope, self._scope, action)  # ``start_soon`` in the connection's nursery
 
     async def stop(self) -> None:
         """Cancel the running task, if any."""
