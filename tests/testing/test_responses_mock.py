@@ -290,10 +290,10 @@ def test_cli_prints_listening_and_serves() -> None:
         assert proc.stdout.read() == ""
 
 
-# ------------------------------------------------------------------- OpenAI's example streams
+# ------------------------------------------------------------------- the example streams in fixtures/streams/openai
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "fixtures" / "streams" / "openai"
-WEATHER_TOOL = {
+GET_WEATHER_TOOL = {
     "type": "function", "name": "get_weather", "description": "Get current weather for a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
                    "additionalProperties": False},
@@ -314,7 +314,7 @@ def shape(value: Any) -> Any:
     ("example", "body"),
     [
         ("text.sse", {"model": "text:tokens=3", "input": "Say hi."}),
-        ("function_call.sse", {"model": "tool", "input": "Weather in Paris?", "tools": [WEATHER_TOOL]}),
+        ("function_call.sse", {"model": "tool", "input": "Weather in Paris?", "tools": [GET_WEATHER_TOOL]}),
     ],
 )
 def test_streams_have_the_exact_shape_of_the_protocols_examples(
@@ -326,4 +326,4 @@ def test_streams_have_the_exact_shape_of_the_protocols_examples(
     deltas = [e["delta"] for e in events if e["type"].endswith(".delta")]
     if example == "function_call.sse":
         assert deltas == [e["delta"] for e in expected if e["type"].endswith(".delta")]
-        assert events[-1]["response"]["tools"] == [WEATHER_TOOL]
+        assert events[-1]["response"]["tools"] == [GET_WEATHER_TOOL]
