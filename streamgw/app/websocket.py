@@ -1,4 +1,6 @@
-"""WebSocket mode on ``/v1/responses`` (protocols.md §5): ``response.create`` frames in, one event a frame out.
+"""WebSocket mode on ``/v1/responses``: ``response.create`` frames in, one event a frame out.
+
+OpenAI's WebSocket mode: https://developers.openai.com/api/docs/guides/websocket-mode.
 
 The same path as ``POST /v1/responses`` and the same engine: a frame is validated by
 ``parse_request`` (after ``type`` and the implicit ``stream`` are taken off), routed,

@@ -69,7 +69,7 @@ class ToolCallEnd:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token accounting in Responses terms (protocols.md §10.5)."""
+    """Token accounting in Responses terms (each dialect's ``_usage`` maps its upstream's counts)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
@@ -92,7 +92,7 @@ class Usage:
 
 
 class FinishReason(enum.Enum):
-    """How the upstream ended the turn, normalised (protocols.md §10.4)."""
+    """How the upstream ended the turn, normalised (each dialect's stop-reason table maps onto it)."""
 
     COMPLETED = "completed"
     MAX_OUTPUT_TOKENS = "max_output_tokens"

@@ -1,5 +1,6 @@
-"""Neutral deltas in, the exact Responses event sequence out (protocols.md §4).
+"""Neutral deltas in, the exact Responses event sequence out.
 
+The events: https://platform.openai.com/docs/api-reference/responses-streaming.
 The emitter owns every piece of Responses bookkeeping: ids, ``output_index``,
 ``content_index``, ``sequence_number``, item lifecycles and the final response
 object.  Providers only produce deltas.  A non-streamed request runs the same

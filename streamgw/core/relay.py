@@ -1,7 +1,7 @@
-"""Relay of a native Responses upstream: its events go out as they came in (protocols.md §4).
+"""Relay of a native Responses upstream: its events go out as they came in (OpenAI's Responses streaming events).
 
 A native Responses upstream already produces the exact event stream, so it is
-relayed, not rebuilt from deltas (DESIGN.md §2, the one exception to "deltas in,
+relayed, not rebuilt from deltas (README "Architecture": the one exception to "deltas in,
 events out").  ``decode_event`` parses each upstream event once into a
 ``RelayedEvent``; ``RelayEmitter`` has the verbs and properties of
 ``streamgw.core.emitter.ResponseEmitter`` so the engine drives both alike, but it is
@@ -77,7 +77,7 @@ _NO_MESSAGE = "upstream reported an error without a message"
 _loads = jsontext.loads_strict  # no NaN (relayed verbatim), lone surrogates become U+FFFD
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-# The ``response.error.code`` values the Responses API declares (protocols.md §3.4): an upstream
+# The ``response.error.code`` values the Responses API declares (``ResponseError.code`` in the openai SDK): an upstream
 # error code is kept when it is one of them, otherwise mapped by ``_CODE_MARKERS``.
 _RESPONSE_ERROR_CODES = frozenset({
     "server_error", "rate_limit_exceeded", "invalid_prompt", "data_residency_mismatch", "bio_policy",

@@ -4,7 +4,7 @@ Pure: standard library only.  ``parse_request`` turns the raw body into a frozen
 ``ResponsesRequest`` or raises ``InvalidRequest`` naming the offending field path
 (``input[2].content[0].type``, ``tools[1].name``, ``temperature``) in ``param``.
 ``echo_fields`` gives the request fields every ``response`` snapshot echoes, with
-OpenAI's defaults filled in (protocols.md §3.1, §11).
+OpenAI's defaults filled in (https://platform.openai.com/docs/api-reference/responses).
 
 Input items are normalised so that later stages see one shape: a string ``input``
 becomes one user message, message items always carry ``"type": "message"`` and a
@@ -335,7 +335,7 @@ _ITEM_PARSERS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
     "item_reference": _item_reference_item,
 }
 
-# Items of the Responses API's built-in tools (protocols.md §2.2): real, but not served here yet.
+# Items of the Responses API's built-in tools (output item types of the Responses API): real, but not served here yet.
 _BUILTIN_ITEMS = frozenset(
     {
         "file_search_call", "web_search_call", "computer_call", "computer_call_output",
@@ -351,7 +351,7 @@ _BUILTIN_ITEMS = frozenset(
 def _item_type(item: dict[str, Any], param: str) -> str:
     kind = item.get("type")
     if kind is None:
-        # Easy-form messages omit ``type``; so may item references (protocols.md §2.2).
+        # Easy-form messages omit ``type``; so may item references (``item_reference``).
         if "role" in item:
             return "message"
         if "id" in item:
@@ -772,7 +772,7 @@ def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def echo_fields(req: ResponsesRequest) -> dict[str, Any]:
-    """The request fields echoed into every ``response`` snapshot, defaults filled (protocols.md §3.1).
+    """The request fields echoed into every ``response`` snapshot, defaults filled (OpenAI's ``Response`` object).
 
     The returned dict and its first-level containers are fresh; deeper values (tool
     schemas, ``text.format``) are shared with ``req`` and must not be mutated.  No

@@ -10,7 +10,7 @@ lowers their cancel scopes' deadlines.  Registering costs one set insertion per 
 What the deadline means to the client:
 
 * a run cut by it ends with ``response.failed``, ``error.code`` ``server_error`` (the closest code
-  the SDK's type allows, protocols.md §3.4) and a message that says the gateway is shutting down;
+  the SDK's type allows, ``ResponseError.code`` in the openai SDK) and a message that says the gateway is shutting down;
 * a request still opening (no output yet) gets ``GatewayShuttingDown``: HTTP 503 with the error
   envelope, or, when a keepalive already committed a stream, the same ``response.failed``;
 * a non-streamed request cut while collecting gets the same 503.

@@ -1,4 +1,4 @@
-"""The Anthropic Messages dialect (``POST {base_url}/v1/messages``, protocols.md §7, §10).
+"""The Anthropic Messages dialect (``POST {base_url}/v1/messages``, https://docs.anthropic.com/en/api/messages).
 
 ``base_url`` is the API root (``https://api.anthropic.com``).  The key goes up as
 ``x-api-key``, never as ``Authorization``.  The upstream is always asked to stream;
@@ -514,7 +514,7 @@ def build_request(request: ResponsesRequest, provider: ProviderConfig, model: st
 
 # --- stream translator ---------------------------------------------------------------------------
 
-# protocols.md §10.4; unknown reasons count as completed.
+# Anthropic ``stop_reason`` → how the turn ended; unknown reasons count as completed.
 _STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": FinishReason.COMPLETED,
     "stop_sequence": FinishReason.COMPLETED,
@@ -578,7 +578,7 @@ def _merge_usage(counts: _UsageCounts, raw: object) -> None:
 
 
 def _usage(counts: _UsageCounts) -> Usage:
-    """Anthropic usage → ``Usage`` (protocols.md §10.5): input counts every prompt token."""
+    """Anthropic usage → ``Usage``: input counts every prompt token."""
     written = counts.get("cache_creation_input_tokens", 0)
     read = counts.get("cache_read_input_tokens", 0)
     return Usage(
@@ -598,7 +598,7 @@ def _index(event: dict[str, Any]) -> int:
 
 
 class AnthropicStreamTranslator:
-    """Anthropic Messages SSE body bytes → neutral deltas (protocols.md §7.3, §10.3).
+    """Anthropic Messages SSE body bytes → neutral deltas (https://docs.anthropic.com/en/api/messages-streaming).
 
     Tool calls are keyed by the content block ``index``; a call's end is held until the next
     block starts or the message stops, and a call still held when the stop reason is
@@ -903,7 +903,7 @@ def _upstream_failed(status: int, err: _ErrorBody, headers: Mapping[str, str]) -
 
 _ErrorFactory = Callable[[int, _ErrorBody, Mapping[str, str]], GatewayError]
 
-# DESIGN.md "Error mapping"; every other status (5xx, 529, 408, ...) is an upstream failure (502).
+# README "Errors"; every other status (5xx, 529, 408, ...) is an upstream failure (502).
 _ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
     400: _invalid_request,
     409: _invalid_request,
@@ -920,7 +920,7 @@ _ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
 def parse_error(
     status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
 ) -> GatewayError:
-    """A non-2xx Anthropic answer → the ``GatewayError`` to report (DESIGN.md error table).
+    """A non-2xx Anthropic answer → the ``GatewayError`` to report (README "Errors").
 
     The upstream message is kept with ``secrets`` and anything key-shaped redacted.  429 and
     402 (billing) become 429 with ``retry-after`` copied; 401/403 become 502 (the gateway's own

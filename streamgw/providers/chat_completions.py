@@ -1,7 +1,7 @@
 """The OpenAI-compatible Chat Completions dialect (``POST {base_url}/chat/completions``).
 
 Spoken by OpenAI, Groq, OpenRouter, DeepSeek, xAI, vLLM, Ollama's ``/v1`` and many
-more (protocols.md §6).  Vendor differences are data (``ChatFlags``), not code.
+more (https://platform.openai.com/docs/api-reference/chat).  Vendor differences are data (``ChatFlags``), not code.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from streamgw.providers.errors import credentials_rejected, failure_code, retry_
 
 # --- request builder ---------------------------------------------------------------------------
 #
-# Responses request -> one Chat Completions request (protocols.md §10.1, §10.2).  The
+# Responses request -> one Chat Completions request (our mapping, field by field).  The
 # upstream is always asked to stream: a non-streamed client request is aggregated by
 # the gateway from the same deltas.  Unknown Responses fields are not forwarded: a
 # Chat server would reject most of them.
@@ -384,7 +384,7 @@ def build_request(request: ResponsesRequest, provider: ProviderConfig, model: st
 
 _ToolKey = int | str
 
-# protocols.md §10.4.  ``None`` marks a reason that means the upstream failed.
+# Chat ``finish_reason`` → how the turn ended.  ``None`` marks a reason that means the upstream failed.
 _FINISH_REASONS: dict[str, FinishReason | None] = {
     "stop": FinishReason.COMPLETED,
     "tool_calls": FinishReason.COMPLETED,
@@ -431,7 +431,7 @@ def _count(value: object) -> int:
 
 
 def _usage(raw: dict[str, Any]) -> Usage:
-    """Chat Completions ``usage`` → ``Usage`` (protocols.md §10.5)."""
+    """Chat Completions ``usage`` → ``Usage``."""
     prompt = raw.get("prompt_tokens_details") or {}
     completion = raw.get("completion_tokens_details") or {}
     return Usage(
@@ -472,7 +472,9 @@ def _first_choice(choices: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 class ChatStreamTranslator:
-    """Chat Completions SSE body bytes → neutral deltas (protocols.md §6.3, §10.3).
+    """Chat Completions SSE body bytes → neutral deltas.
+
+    The chunk format: https://platform.openai.com/docs/api-reference/chat-streaming.
 
     Tool calls are keyed by the upstream ``index`` (by the upstream ``id`` when a
     server omits ``index``) and stay open until ``finish_reason``, ``[DONE]`` or a
@@ -756,7 +758,7 @@ def _upstream_failed(status: int, err: _ErrorBody, headers: Mapping[str, str]) -
 
 _ErrorFactory = Callable[[int, _ErrorBody, Mapping[str, str]], GatewayError]
 
-# DESIGN.md "Error mapping"; every other status is an upstream failure (502).
+# README "Errors"; every other status is an upstream failure (502).
 _ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
     400: _invalid_request,
     409: _invalid_request,
@@ -775,7 +777,7 @@ _ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
 def parse_error(
     status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
 ) -> GatewayError:
-    """A non-2xx Chat Completions answer → the ``GatewayError`` to report (DESIGN.md error table).
+    """A non-2xx Chat Completions answer → the ``GatewayError`` to report (README "Errors").
 
     The upstream message is kept, with ``secrets`` and anything key-shaped redacted;
     a 429's ``retry-after`` is copied.  401/403 become a 502: the credential at fault

@@ -1,4 +1,4 @@
-"""The upstream side of DESIGN.md's error table, shared by every dialect's error parser.
+"""The upstream side of the README "Errors" table, shared by every dialect's error parser.
 
 Each dialect reads its own error body; what a status means for the gateway is the same
 everywhere: 401/403 is the gateway's own upstream credential (502), anything unexpected

@@ -1,6 +1,6 @@
 """The Google Gemini Developer API dialect (``POST {base_url}/v1beta/models/{model}:streamGenerateContent``).
 
-protocols.md §8 and the Gemini columns of §10.  ``base_url`` is the API root
+API reference: https://ai.google.dev/api/generate-content.  ``base_url`` is the API root
 (``https://generativelanguage.googleapis.com``); the key travels as ``x-goog-api-key``,
 never in the query string.  The upstream is always asked to stream (``alt=sse``); a
 non-streamed client request is aggregated by the gateway from the same deltas.
@@ -24,7 +24,7 @@ the upstream's own 400); Gemini 3 models map a budget onto their thinking levels
 ``reasoning.summary`` without an effort asks for thought summaries only
 (``includeThoughts: true``).
 
-Thought signatures (protocols.md §8.1) travel in reasoning items' ``encrypted_content``
+Thought signatures (a part's ``thoughtSignature``) travel in reasoning items' ``encrypted_content``
 as our own blobs (``streamgw.core.blobs``), minted for this provider's config name:
 
 * a ``functionCall`` part's signature becomes ``{"call_sigs": {call_id: sig}}`` in a
@@ -110,7 +110,7 @@ MINTED_CALL_ID = re.compile(r"call_[A-Za-z0-9]{24}")
 
 # --- request builder ---------------------------------------------------------------------------
 #
-# Responses request -> one Gemini streamGenerateContent request (protocols.md §10.1, §10.2).
+# Responses request -> one Gemini streamGenerateContent request (our mapping, field by field).
 
 
 def _reject(param: str, message: str, code: str = "unsupported_parameter") -> NoReturn:
@@ -565,7 +565,7 @@ def build_request(
 
 # --- stream translator ---------------------------------------------------------------------------
 
-# protocols.md §10.4.  ``None`` marks a reason that means the upstream failed; a reason
+# Gemini ``finishReason`` → how the turn ended.  ``None`` marks a reason that means the upstream failed; a reason
 # missing here (LANGUAGE, OTHER, FINISH_REASON_UNSPECIFIED, NO_IMAGE, new ones) completes
 # the turn when it produced output and fails it otherwise.
 _FINISH_REASONS: dict[str, FinishReason | None] = {
@@ -618,7 +618,7 @@ def _count(value: object) -> int:
 
 
 def _usage(raw: Json) -> Usage:
-    """Gemini ``usageMetadata`` → ``Usage`` (protocols.md §10.5)."""
+    """Gemini ``usageMetadata`` → ``Usage``."""
     thoughts = _count(raw.get("thoughtsTokenCount"))
     return Usage(
         input_tokens=_count(raw.get("promptTokenCount")) + _count(raw.get("toolUsePromptTokenCount")),
@@ -715,7 +715,7 @@ class _RawJson:
 
 
 class GeminiStreamTranslator:
-    """Gemini ``streamGenerateContent?alt=sse`` body bytes → neutral deltas (protocols.md §8.2, §10.3).
+    """Gemini ``streamGenerateContent?alt=sse`` body bytes → neutral deltas (``GenerateContentResponse`` chunks).
 
     Every ``data:`` event is a whole ``GenerateContentResponse`` whose parts are new:
     text → ``TextDelta``, ``thought: true`` text → ``ReasoningDelta``, a ``functionCall``
@@ -1065,7 +1065,7 @@ def _upstream_failed(status: int, err: _GoogleError, headers: Mapping[str, str])
 
 _ErrorFactory = Callable[[int, _GoogleError, Mapping[str, str]], GatewayError]
 
-# DESIGN.md "Error mapping"; every other status is an upstream failure (502).
+# README "Errors"; every other status is an upstream failure (502).
 _ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
     400: _invalid_request,
     409: _invalid_request,
@@ -1083,7 +1083,7 @@ _ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
 def parse_error(
     status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
 ) -> GatewayError:
-    """A non-2xx Gemini answer → the ``GatewayError`` to report (DESIGN.md error table).
+    """A non-2xx Gemini answer → the ``GatewayError`` to report (README "Errors").
 
     ``{"error": {"code", "message", "status", "details"}}`` is read; the message is kept
     with ``secrets`` and anything key-shaped redacted.  400 with ``API_KEY_INVALID``,

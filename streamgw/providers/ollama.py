@@ -1,4 +1,6 @@
-"""The Ollama native dialect (``POST {base_url}/api/chat``, NDJSON stream; protocols.md §9, §10).
+"""The Ollama native dialect (``POST {base_url}/api/chat``, NDJSON stream).
+
+The API: https://github.com/ollama/ollama/blob/main/docs/api.md.
 
 ``base_url`` is the server root (``http://localhost:11434``).  Ollama takes images only
 as bare base64, so ``needs_image_bytes`` is set and the engine hands remote images over
@@ -378,7 +380,7 @@ def build_request(
 
 # --- stream translator ---------------------------------------------------------------------------
 
-# protocols.md §10.4; anything else (``load``, ``unload``, new values) completes.
+# Ollama ``done_reason`` → how the turn ended; anything else (``load``, ``unload``, new values) completes.
 _DONE_REASONS: dict[str, FinishReason] = {
     "stop": FinishReason.COMPLETED,
     "length": FinishReason.MAX_OUTPUT_TOKENS,
@@ -413,7 +415,7 @@ def _compact(arguments: object) -> str:
 
 
 class OllamaStreamTranslator:
-    """Ollama ``/api/chat`` NDJSON body bytes → neutral deltas (protocols.md §9, §10.3).
+    """Ollama ``/api/chat`` NDJSON body bytes → neutral deltas.
 
     Per line, in order: ``message.thinking`` (reasoning), ``message.content`` (text),
     each of ``message.tool_calls`` as one complete call (start, its whole arguments,
@@ -599,7 +601,7 @@ def _upstream_failed(status: int, err: _ErrorBody, headers: Mapping[str, str]) -
 
 _ErrorFactory = Callable[[int, _ErrorBody, Mapping[str, str]], GatewayError]
 
-# DESIGN.md "Error mapping"; every other status is an upstream failure (502).
+# README "Errors"; every other status is an upstream failure (502).
 _ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
     400: _invalid_request,
     409: _invalid_request,
@@ -617,7 +619,7 @@ _ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
 def parse_error(
     status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
 ) -> GatewayError:
-    """A non-2xx ``/api/chat`` answer → the ``GatewayError`` to report (DESIGN.md error table).
+    """A non-2xx ``/api/chat`` answer → the ``GatewayError`` to report (README "Errors").
 
     Ollama sends ``{"error": "<text>"}``; the text is kept with ``secrets`` and anything
     key-shaped redacted.  A JSON 404 is an unknown model (``model_not_found``); a 429's

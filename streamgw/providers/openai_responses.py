@@ -1,6 +1,6 @@
 """The native OpenAI Responses dialect (``POST {base_url}/responses``), relayed, not translated.
 
-The upstream already speaks the API the gateway serves (protocols.md §2-4), so the
+The upstream already speaks the API the gateway serves (OpenAI's Responses API), so the
 request goes up as the client sent it and the upstream's events come back event
 for event (``streamgw.core.relay``).  This is the one dialect whose translator
 yields ``RelayedEvent``s instead of neutral deltas (``relays_events = True``).
@@ -188,7 +188,7 @@ def parse_error(
     """A non-2xx Responses answer → ``GatewayError``.
 
     OpenAI's Responses endpoint answers errors with the same envelope as Chat
-    Completions (protocols.md §6.4), so this is ``chat_completions.parse_error``.
+    Completions (https://platform.openai.com/docs/guides/error-codes), so this is ``chat_completions.parse_error``.
     """
     return chat_completions.parse_error(status, headers, body, secrets)
 

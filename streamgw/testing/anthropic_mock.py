@@ -1,4 +1,4 @@
-"""Mock Anthropic Messages upstream (``POST /v1/messages``), byte for byte as protocols.md §7 has it.
+"""Mock Anthropic Messages upstream (``POST /v1/messages``), byte for byte as Anthropic's Messages API has it.
 
 Auth: ``x-api-key: KEY`` or ``Authorization: Bearer KEY`` (the official SDK sends the latter);
 when the mock has an ``api_key`` anything else is a 401.  ``anthropic-version`` is required.

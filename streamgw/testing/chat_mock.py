@@ -5,7 +5,8 @@ The answer is chosen by the request's ``model``: ``name`` or ``name:k=v,k=v`` wh
 Unknown names behave like ``text``; a model whose suffix is not ``k=v`` pairs (``llama3:8b``)
 is just an unknown name.  See ``SCENARIOS`` and ``STATUS_SCENARIOS``.
 
-Streams follow protocols.md §6.3 byte for byte: ``data: <compact JSON>\\n\\n`` per chunk, first
+Streams follow https://platform.openai.com/docs/api-reference/chat-streaming
+byte for byte: ``data: <compact JSON>\\n\\n`` per chunk, first
 chunk ``delta: {"role":"assistant","content":""}``, ``finish_reason`` on an empty-delta chunk,
 an optional usage chunk (``stream_options.include_usage``), then ``data: [DONE]\\n\\n``.
 Timing: the response headers go out at once; the first chunk follows after ``ttft`` (times a
@@ -31,7 +32,7 @@ Scenarios (streamed / non-streamed ``stream`` absent or false):
   ``text``; non-streamed: a truncated (invalid) JSON body.
 * ``stall``: the first text chunk, then silence until the client leaves; non-streamed: no answer.
 * ``echo``: the raw request body as text chunks of 24 characters.
-* ``status-400|401|404|429|500|503``: the §6.4 error envelope (429 ``retry-after: 7``, 503
+* ``status-400|401|404|429|500|503``: OpenAI's error envelope (429 ``retry-after: 7``, 503
   ``retry-after: 3``).  ``fault_rate`` turns any request into ``status-500``.
 
 Usage: ``prompt_tokens`` = characters of message contents // 4 + 1; ``completion_tokens`` = the

@@ -1,5 +1,6 @@
-"""Checks every Responses event stream must pass (protocols.md §4.2).
+"""Checks every Responses event stream must pass.
 
+The rules follow the event order of https://platform.openai.com/docs/api-reference/responses-streaming.
 ``check_events`` raises ``StreamInvariantError`` naming the first rule broken and
 returns the terminal event's ``response``.  Tests run it on every stream they see,
 and the bench can run it on samples.

@@ -1,6 +1,7 @@
 """Mock Ollama server: ``POST /api/chat`` (NDJSON or one JSON object), ``GET /api/tags``.
 
-Byte for byte as protocols.md §9 describes: a streamed answer is ``application/x-ndjson``, one
+Byte for byte as https://github.com/ollama/ollama/blob/main/docs/api.md describes:
+a streamed answer is ``application/x-ndjson``, one
 compact JSON object per ``\\n``-terminated line, each with ``model``, ``created_at`` (RFC 3339,
 UTC), ``message`` and ``done: false``; the last line has an empty message, ``done: true``,
 ``done_reason`` and the durations (ns) and counts (``prompt_eval_count``, ``eval_count``; zeros

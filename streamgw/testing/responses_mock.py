@@ -5,7 +5,7 @@ The answer is chosen by the request's ``model`` exactly as in ``streamgw.testing
 ``token_text``, ``fault_rate``, ``heavy_tail``, ``reasoning_tokens``).  Unknown names behave
 like ``text``.
 
-Streams follow protocols.md §4.3-§4.5 byte for byte: every event is an ``event:`` line equal
+Streams follow OpenAI's Responses streaming events byte for byte: every event is an ``event:`` line equal
 to ``data.type``, one compact-JSON ``data:`` line and a blank line; ``sequence_number`` runs
 from 0; ``response.created`` and ``response.in_progress`` come first, items one after another,
 exactly one terminal event last, and no ``[DONE]``.  Text and function-argument deltas carry a
@@ -210,7 +210,7 @@ def _or(body: Json, key: str, default: Any) -> Any:
 
 
 def _response_object(body: Json, response_id: str, created_at: int) -> Json:
-    """The in-progress ``response`` snapshot, request fields echoed with OpenAI's defaults (§3.1, §4.3)."""
+    """The in-progress ``response`` snapshot, request fields echoed with OpenAI's defaults."""
     text = {"format": {"type": "text"}, "verbosity": "medium", **_or(body, "text", {})}
     reasoning = {"effort": None, "summary": None, **_or(body, "reasoning", {})}
     return {

@@ -1,4 +1,4 @@
-"""WebSocket mode on ``/v1/responses`` (protocols.md §5) against a real hypercorn server.
+"""WebSocket mode on ``/v1/responses`` (OpenAI's WebSocket mode) against a real hypercorn server.
 
 The gateway runs in the test's trio run (``running_gateway``) in front of two mock upstreams
 on loopback — Chat Completions (events rebuilt by the emitter) and native Responses (events

@@ -9,7 +9,7 @@ import pytest
 
 from streamgw.core.ndjson import NDJSONDecoder
 
-# protocols.md §9 example (Ollama /api/chat stream).
+# An Ollama /api/chat stream, as in the streaming example of Ollama's API docs.
 OLLAMA_LINES = [
     b'{"model":"llama3.2","created_at":"2025-07-07T20:22:19.18Z","message":{"role":"assistant","content":"The"},'
     b'"done":false}',

@@ -16,7 +16,7 @@ from streamgw.core.sse import SSEDecoder, SSEEvent, TruncatedStream, encode_comm
 
 BOM = b"\xef\xbb\xbf"
 
-# protocols.md §6.3 example (Chat Completions stream, tool call + usage chunk + [DONE]).
+# A Chat Completions stream as OpenAI sends it (tool call + usage chunk + [DONE]).
 OPENAI_DATA = [
     '{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1741476542,"model":"m","choices":[{"index":0,'
     '"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"usage":null}',
@@ -35,7 +35,7 @@ OPENAI_DATA = [
 ]
 OPENAI_STREAM = "".join(f"data: {d}\n\n" for d in OPENAI_DATA).encode()
 
-# protocols.md §7.3 example (Anthropic Messages stream: text block, ping, tool_use block).
+# An Anthropic Messages stream as Anthropic sends it (text block, ping, tool_use block).
 ANTHROPIC_DATA = [
     '{"type":"message_start","message":{"id":"msg_01","type":"message","role":"assistant",'
     '"model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":'

@@ -1,4 +1,7 @@
-"""Anthropic error parser: upstream HTTP errors → ``GatewayError`` (DESIGN.md error table, protocols.md §7.4)."""
+"""Anthropic error parser: upstream HTTP errors → ``GatewayError`` (README "Errors").
+
+Anthropic's error types: https://docs.anthropic.com/en/api/errors.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Anthropic request builder: Responses request -> one Messages request, field by field (protocols.md §10.1, §10.2)."""
+"""Anthropic request builder: Responses request -> one Messages request, field by field."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Chat Completions error parser: upstream HTTP errors → ``GatewayError`` (DESIGN.md error table)."""
+"""Chat Completions error parser: upstream HTTP errors → ``GatewayError`` (README "Errors")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Gemini error parser: upstream HTTP errors → ``GatewayError`` (DESIGN.md error table, protocols.md §8.3)."""
+"""Gemini error parser: upstream HTTP errors → ``GatewayError`` (README "Errors").
+
+Gemini's error statuses: https://ai.google.dev/gemini-api/docs/troubleshooting.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ollama error parser: upstream HTTP errors → ``GatewayError`` (DESIGN.md error table)."""
+"""Ollama error parser: upstream HTTP errors → ``GatewayError`` (README "Errors")."""
 
 from __future__ import annotations
 

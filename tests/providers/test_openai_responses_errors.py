@@ -1,4 +1,4 @@
-"""Native Responses error parser: OpenAI envelopes → our statuses and types (DESIGN.md error table)."""
+"""Native Responses error parser: OpenAI envelopes → our statuses and types (README "Errors")."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def final_message(client: anthropic.Anthropic, model: str, **kwargs: Any) -> ant
 
 
 def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """``(event name, data)`` of an SSE body, checking the exact §7.3 framing on the way."""
+    """``(event name, data)`` of an SSE body, checking the exact SSE framing on the way."""
     assert text.endswith("\n\n")
     out = []
     for block in text[:-2].split("\n\n"):

@@ -84,7 +84,7 @@ def test_sdk_parses_every_event_into_its_own_type(client: openai.OpenAI, model: 
     for event in events:
         assert type(event).__module__.startswith("openai.types.responses."), type(event)
         # Fields the SDK's models do not declare: obfuscation padding, and the call name on
-        # function_call_arguments.done (protocols.md §4.1: send it).
+        # function_call_arguments.done (OpenAI sends it).
         assert set(event.model_extra or {}) <= {"obfuscation", "name"}
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[0].type == "response.created" and events[1].type == "response.in_progress"
@@ -290,10 +290,10 @@ def test_cli_prints_listening_and_serves() -> None:
         assert proc.stdout.read() == ""
 
 
-# ------------------------------------------------------------------- the protocols.md examples
+# ------------------------------------------------------------------- the example streams in fixtures/streams/openai
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "fixtures" / "streams" / "openai"
-SECTION_4_4_TOOL = {
+GET_WEATHER_TOOL = {
     "type": "function", "name": "get_weather", "description": "Get current weather for a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
                    "additionalProperties": False},
@@ -314,7 +314,7 @@ def shape(value: Any) -> Any:
     ("example", "body"),
     [
         ("text.sse", {"model": "text:tokens=3", "input": "Say hi."}),
-        ("function_call.sse", {"model": "tool", "input": "Weather in Paris?", "tools": [SECTION_4_4_TOOL]}),
+        ("function_call.sse", {"model": "tool", "input": "Weather in Paris?", "tools": [GET_WEATHER_TOOL]}),
     ],
 )
 def test_streams_have_the_exact_shape_of_the_protocols_examples(
@@ -326,4 +326,4 @@ def test_streams_have_the_exact_shape_of_the_protocols_examples(
     deltas = [e["delta"] for e in events if e["type"].endswith(".delta")]
     if example == "function_call.sse":
         assert deltas == [e["delta"] for e in expected if e["type"].endswith(".delta")]
-        assert events[-1]["response"]["tools"] == [SECTION_4_4_TOOL]
+        assert events[-1]["response"]["tools"] == [GET_WEATHER_TOOL]
