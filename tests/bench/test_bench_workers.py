@@ -164,7 +164,9 @@ def test_compare_workers_against_real_gateways(tmp_path: Path) -> None:
         assert row["invariants_checked"] >= 1 and row["invariant_failures"] == []
     (one,), (two,) = rows["1 worker"]["runs"], rows["2 workers"]["runs"]
     assert len(one["worker_cpu_pct"]) == 1 and len(two["worker_cpu_pct"]) == 2
-    assert all(share > 0 for share in two["worker_cpu_pct"])  # both workers served streams
+    # Both workers' CPU is measured; which of them accepts the 64 connections the load generator opens at
+    # once is up to the kernel (on a loaded 2-core machine one worker may take them all in a short run).
+    assert all(share >= 0 for share in two["worker_cpu_pct"]) and sum(two["worker_cpu_pct"]) > 0
     # the gateway's CPU is the tree's: at least what its workers used (the supervisor itself adds ~0)
     assert two["gw_cpu_pct"] >= 0.9 * sum(two["worker_cpu_pct"])
     assert scenario["comparison"]["errors"] == 0 and scenario["comparison"]["ratio_2_over_1"] > 0
