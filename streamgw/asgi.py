@@ -16,7 +16,8 @@ from streamgw.cli import exit_on_config_error, require_versions
 
 require_versions()  # before hypercorn's internals are imported: a mismatch is named, not an ImportError
 from streamgw.app.routes import create_app  # noqa: E402
-from streamgw.config import ConfigError, load_config  # noqa: E402
+from streamgw.config import ConfigError  # noqa: E402
+from streamgw.config_loader import load_config  # noqa: E402
 from streamgw.serving.hypercorn_trio import install  # noqa: E402
 
 install()  # hypercorn's trio worker with serialised writes and fair HTTP/2 scheduling (see that module)

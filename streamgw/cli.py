@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
-from streamgw.config import Config, ConfigError, load_config
+from streamgw.config import Config, ConfigError
+from streamgw.config_loader import load_config
 from streamgw.serving.versions import version_problems
 
 if TYPE_CHECKING:

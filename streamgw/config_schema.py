@@ -7,7 +7,7 @@ problem is collected and reported at once, each naming the file (or variable), t
 key, with a "did you mean" when a known key is close.  Messages never show a value from the file:
 any of them may be a secret.
 
-Only ``streamgw.config.load_config`` imports this module (pydantic is not cheap to import).
+Only ``streamgw.config_loader.load_config`` imports this module (pydantic is not cheap to import).
 """
 
 from __future__ import annotations

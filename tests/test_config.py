@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamgw.config import ConfigError, Secret, load_config
+from streamgw.config import ConfigError, Secret
+from streamgw.config_loader import load_config
 from streamgw.config_presets import PRESETS
 
 

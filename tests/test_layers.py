@@ -23,6 +23,7 @@ TOP_LEVEL = {
     "streamgw.errors": "errors",
     "streamgw.config": "config",
     "streamgw.config_schema": "config",
+    "streamgw.config_loader": "config",
     "streamgw.config_presets": "config",
     "streamgw.cli": "entry",
     "streamgw.supervisor": "entry",
@@ -171,3 +172,44 @@ def test_config_names_every_installed_dialect() -> None:
 
     assert set(dialects()) == set(DIALECT_MODULES)
     assert set(PROVIDER_TYPES) == {*DIALECT_MODULES, "demo"}
+
+
+def module_cycles() -> list[list[str]]:
+    """The strongly connected groups of two or more modules in the module import graph (Tarjan)."""
+    graph: dict[str, set[str]] = {module: set() for module in MODULES}
+    for edge in internal_edges():
+        if edge.source != edge.target:
+            graph[edge.source].add(edge.target)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return groups
+
+
+def test_no_cycles_between_modules() -> None:
+    """Not even a lazy or type-only import closes a loop: each module can be read from the bottom up."""
+    assert module_cycles() == []

@@ -33,7 +33,7 @@ from streamgw.engine.lifecycle import LiveResponse, open_response, request_id
 from streamgw.errors import GatewayError, InvalidRequest, PayloadTooLarge
 
 if TYPE_CHECKING:
-    from streamgw.app.routes import Gateway
+    from streamgw.app.gateway import Gateway
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

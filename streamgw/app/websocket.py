@@ -53,7 +53,7 @@ from streamgw.errors import AuthenticationFailed, GatewayError, InvalidRequest, 
 from streamgw.store.base import StoredResponse
 
 if TYPE_CHECKING:
-    from streamgw.app.routes import Gateway
+    from streamgw.app.gateway import Gateway
 
 __all__ = ["ResponseSocket", "error_frame", "event_text", "install_websocket", "parse_create"]
 

@@ -15,7 +15,8 @@ import pytest
 import trio
 
 from streamgw.app.metrics import ERROR_KINDS, Metrics
-from streamgw.config import Config, MetricsConfig, ProviderConfig, Secret, StoreConfig, load_config
+from streamgw.config import Config, MetricsConfig, ProviderConfig, Secret, StoreConfig
+from streamgw.config_loader import load_config
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.harness import running_gateway
 from streamgw.testing.server import MockRequest, Responder

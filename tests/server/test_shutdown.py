@@ -15,7 +15,7 @@ import h11
 import pytest
 import trio
 
-from streamgw.app.routes import Gateway
+from streamgw.app.gateway import Gateway
 from streamgw.config import Config, ProviderConfig
 from streamgw.core.request import parse_request
 from streamgw.engine.drain import GatewayShuttingDown

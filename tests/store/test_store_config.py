@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamgw.config import Config, ConfigError, StoreConfig, load_config
+from streamgw.config import Config, ConfigError, StoreConfig
+from streamgw.config_loader import load_config
 
 
 def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> StoreConfig:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import trio
 
-from streamgw.config import Config, ProviderConfig, StoreConfig, Timeouts, load_config
+from streamgw.config import Config, ProviderConfig, StoreConfig, Timeouts
+from streamgw.config_loader import load_config
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.harness import SSEResult, post_sse, running_gateway
 from streamgw.testing.invariants import check_events
