@@ -168,10 +168,20 @@ def test_patched_libraries_are_imported_in_serving_only(library: str) -> None:
 def test_config_names_every_installed_dialect() -> None:
     """``config.PROVIDER_TYPES`` is written out (the config may not ask the registry): it must agree."""
     from streamgw.config import PROVIDER_TYPES
-    from streamgw.providers.registry import DIALECT_MODULES, dialects
+    from streamgw.providers.registry import DIALECT_MODULES, LOCAL_MODULES, dialects, local_providers
 
-    assert set(dialects()) == set(DIALECT_MODULES)
-    assert set(PROVIDER_TYPES) == {*DIALECT_MODULES, "demo"}
+    assert set(dialects()) == set(DIALECT_MODULES) and set(local_providers()) == set(LOCAL_MODULES)
+    assert set(PROVIDER_TYPES) == {*DIALECT_MODULES, *LOCAL_MODULES}
+
+
+def test_the_engine_never_names_a_provider_type() -> None:
+    """Dialects and in-process providers register in ``providers.registry``; the engine asks it, by type."""
+    from streamgw.config import PROVIDER_TYPES
+
+    named = [f"{path.name}:{node.lineno} {node.value!r}" for module, path in MODULES.items()
+             if unit(module) == "engine" for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and node.value in PROVIDER_TYPES]
+    assert named == []
 
 
 def module_cycles() -> list[list[str]]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from streamgw.config import Config, ProviderConfig, RouteConfig
 from streamgw.errors import InvalidRequest, NotFound
+from streamgw.providers.registry import local_providers
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +76,9 @@ class Router:
         """``(id, owner)`` for ``GET /v1/models``."""
         out: list[tuple[str, str]] = []
         for provider in self._providers.values():
-            if provider.type == "demo":
-                out.append((f"{provider.name}/demo", provider.name))
+            local = local_providers().get(provider.type)
+            if local is not None:  # answers any model id: list the one it is known by
+                out.append((f"{provider.name}/{local.listed_model}", provider.name))
             out += [(f"{provider.name}/{m}", provider.name) for m in provider.models]
         out += [(name, "route") for name in self._routes]
         return out

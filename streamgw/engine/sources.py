@@ -1,4 +1,4 @@
-"""Where deltas come from: the demo script, or an upstream HTTP body through a dialect translator."""
+"""Where deltas come from: an in-process provider's script (the demo), or an upstream HTTP body through a dialect."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from streamgw.config import ProviderConfig, Timeouts
 from streamgw.core.deltas import Delta, ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart, UpstreamFailure
 from streamgw.core.request import ResponsesRequest
 from streamgw.errors import UpstreamError, UpstreamTimeout, redact, sanitize_upstream
-from streamgw.providers import demo
 from streamgw.providers.base import NO_ASSETS, Dialect, StreamTranslator, UpstreamRequest
 from streamgw.providers.errors import transport_failure
+from streamgw.providers.registry import local_providers
 from streamgw.transport.fetch import RemoteImage
 from streamgw.transport.upstream import Upstream, UpstreamClients, raw_chunks, read_error_body
 
@@ -35,11 +35,11 @@ class DeltaSource(Protocol):
     async def aclose(self) -> None: ...
 
 
-class DemoSource:
-    """Plays the demo provider's script with its configured pacing."""
+class ScriptSource:
+    """Plays an in-process provider's script (``LocalProvider``) with its configured pacing."""
 
-    def __init__(self, request: ResponsesRequest, first_delay: float, tokens_per_second: float) -> None:
-        self._deltas = demo.script(request)
+    def __init__(self, deltas: list[Delta], first_delay: float, tokens_per_second: float) -> None:
+        self._deltas = deltas
         self._pos = 0
         self._delay = first_delay
         self._gap = 1.0 / tokens_per_second if tokens_per_second > 0 else 0.0
@@ -168,8 +168,9 @@ async def open_source(
     deadline: float,
 ) -> DeltaSource:
     """Connect to ``provider`` and return its source once it answered 2xx (by ``deadline``)."""
-    if provider.type == "demo":
-        return DemoSource(request, provider.demo.first_token_delay, provider.demo.tokens_per_second)
+    local = local_providers().get(provider.type)
+    if local is not None:
+        return ScriptSource(local.script(request), *local.pacing(provider))
     dialect = dialects.get(provider.type)
     if dialect is None:
         raise UpstreamError(f"provider type {provider.type!r} is not supported", code="unsupported_provider")

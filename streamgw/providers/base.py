@@ -77,3 +77,24 @@ class Dialect(Protocol):
     ) -> GatewayError:
         """The error for a non-2xx answer, upstream message kept but ``secrets`` redacted."""
         ...
+
+
+class LocalProvider(Protocol):
+    """A provider type answered in-process, with no upstream: the built-in demo.
+
+    It registers in ``streamgw.providers.registry`` like a dialect; the engine plays its
+    ``script`` with the ``pacing`` the provider's config gives, and never names the type.
+    """
+
+    name: str
+    #: the model id ``GET /v1/models`` lists for such a provider (it answers any id)
+    listed_model: str
+
+    def script(self, request: ResponsesRequest) -> list[Delta]:
+        """Every delta of the answer to ``request``, in order (pure)."""
+        ...
+
+    def pacing(self, provider: ProviderConfig) -> tuple[float, float]:
+        """Seconds before the first token, and tokens per second (0: no pause)."""
+        ...
+

@@ -3,8 +3,8 @@
 It needs no key and no network, so every feature can be tried right after
 cloning: text, reasoning (when ``reasoning.effort`` is set), a function call
 (when function tools are given), the answer to a ``function_call_output``, and
-``max_output_tokens`` truncation.  The script is pure; ``DemoSource`` in the
-engine plays it with ``trio.sleep`` pacing.
+``max_output_tokens`` truncation.  The script is pure; the engine plays it with
+``trio.sleep`` pacing (``LOCAL`` registers it in ``streamgw.providers.registry``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import json
 from typing import Any
 
+from streamgw.config import ProviderConfig
 from streamgw.core.deltas import (
     Delta,
     Finish,
@@ -117,3 +118,20 @@ def script(request: ResponsesRequest) -> list[Delta]:
     output_tokens = len(tokens) + reasoning_tokens
     deltas += [Finish(reason), Usage(_count_tokens(request), output_tokens, reasoning_tokens=reasoning_tokens)]
     return deltas
+
+
+class DemoProvider:
+    """The demo as a ``LocalProvider``: its script, paced by ``[providers.NAME]`` settings."""
+
+    name = "demo"
+    listed_model = "demo"
+
+    def script(self, request: ResponsesRequest) -> list[Delta]:
+        return script(request)
+
+    def pacing(self, provider: ProviderConfig) -> tuple[float, float]:
+        return provider.demo.first_token_delay, provider.demo.tokens_per_second
+
+
+LOCAL = DemoProvider()
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from functools import cache
 
-from streamgw.providers.base import Dialect
+from streamgw.providers.base import Dialect, LocalProvider
 
 #: config ``type`` -> module exporting ``DIALECT``
 DIALECT_MODULES: dict[str, str] = {
@@ -28,3 +28,16 @@ def dialects() -> dict[str, Dialect]:
             if exc.name != module:
                 raise
     return found
+
+
+#: config ``type`` -> module exporting ``LOCAL``: provider types answered in-process
+LOCAL_MODULES: dict[str, str] = {
+    "demo": "streamgw.providers.demo",
+}
+
+
+@cache
+def local_providers() -> dict[str, LocalProvider]:
+    """Every in-process provider type, by provider type."""
+    return {ptype: importlib.import_module(module).LOCAL for ptype, module in LOCAL_MODULES.items()}
+
