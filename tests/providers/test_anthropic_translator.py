@@ -35,8 +35,8 @@ from streamgw.core.deltas import (
 )
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import parse_request
-from streamgw.providers.anthropic import DIALECT, AnthropicDialect, AnthropicStreamTranslator
-from streamgw.providers.base import Dialect, StreamTranslator
+from streamgw.providers.anthropic import DIALECT, AnthropicStreamTranslator
+from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
 from streamgw.testing.invariants import check_events
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "streams" / "anthropic"
@@ -260,7 +260,7 @@ def test_satisfies_protocols() -> None:
     translator: StreamTranslator = AnthropicStreamTranslator(provider=PROVIDER)
     dialect: Dialect = DIALECT
     assert translator.feed(b"") == []
-    assert isinstance(dialect, AnthropicDialect) and dialect.name == "anthropic"
+    assert isinstance(dialect, WireDialect) and dialect.name == "anthropic"
     assert dialect.needs_image_bytes is False and dialect.relays_events is False
 
 

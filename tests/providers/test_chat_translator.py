@@ -32,8 +32,8 @@ from streamgw.core.deltas import (
     UpstreamFailure,
     Usage,
 )
-from streamgw.providers.base import Dialect, StreamTranslator
-from streamgw.providers.chat_completions import DIALECT, ChatDialect, ChatStreamTranslator
+from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
+from streamgw.providers.chat_completions import DIALECT, ChatStreamTranslator
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "streams" / "chat"
 NAMES = sorted(path.name.removesuffix(".sse") for path in FIXTURES.glob("*.sse"))
@@ -204,7 +204,7 @@ def test_satisfies_protocols() -> None:
     translator: StreamTranslator = ChatStreamTranslator()
     dialect: Dialect = DIALECT
     assert translator.feed(b"") == []
-    assert isinstance(dialect, ChatDialect) and dialect.name == "chat"
+    assert isinstance(dialect, WireDialect) and dialect.name == "chat"
 
 
 def test_dialect_new_translator_is_fresh() -> None:

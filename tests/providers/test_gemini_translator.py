@@ -37,8 +37,8 @@ from streamgw.core.deltas import (
 )
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import echo_fields, parse_request
-from streamgw.providers.base import Dialect, StreamTranslator
-from streamgw.providers.gemini import DIALECT, GeminiDialect, GeminiStreamTranslator
+from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
+from streamgw.providers.gemini import DIALECT, GeminiStreamTranslator
 from streamgw.providers.registry import dialects
 from streamgw.testing.invariants import check_events
 
@@ -253,7 +253,7 @@ def test_satisfies_protocols() -> None:
     translator: StreamTranslator = GeminiStreamTranslator(provider=PROVIDER)
     dialect: Dialect = DIALECT
     assert translator.feed(b"") == []
-    assert isinstance(dialect, GeminiDialect) and dialect.name == "gemini"
+    assert isinstance(dialect, WireDialect) and dialect.name == "gemini"
     assert dialect.needs_image_bytes is True and dialect.relays_events is False
     assert dialects()["gemini"] is DIALECT
 

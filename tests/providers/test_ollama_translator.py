@@ -32,8 +32,8 @@ from streamgw.core.deltas import (
     Usage,
 )
 from streamgw.core.emitter import ResponseEmitter
-from streamgw.providers.base import Dialect, StreamTranslator
-from streamgw.providers.ollama import DIALECT, OllamaDialect, OllamaStreamTranslator
+from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
+from streamgw.providers.ollama import DIALECT, OllamaStreamTranslator
 from streamgw.providers.registry import dialects
 from streamgw.testing.invariants import check_events, output_text
 from tests.providers.test_chat_translator import check_invariants, encode, normalise_minted
@@ -227,7 +227,7 @@ def test_satisfies_protocols_and_is_registered() -> None:
     translator: StreamTranslator = OllamaStreamTranslator()
     dialect: Dialect = DIALECT
     assert translator.feed(b"") == []
-    assert isinstance(dialect, OllamaDialect) and dialect.name == "ollama"
+    assert isinstance(dialect, WireDialect) and dialect.name == "ollama"
     assert dialect.needs_image_bytes is True and dialect.relays_events is False
     assert dialects()["ollama"] is DIALECT
 
