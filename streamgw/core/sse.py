@@ -89,15 +89,22 @@ class SSEDecoder:
         "_done",
         "_event",
         "_head",
+        "_keep_unknown",
         "_last_id",
         "_open",
         "_parts",
         "_pending_cr",
         "_retry",
         "_started",
+        "unknown_lines",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_unknown_lines: bool = False) -> None:
+        """``keep_unknown_lines``: collect lines whose field name SSE does not define in
+        ``unknown_lines`` (the caller drains it) instead of ignoring them, for upstreams
+        that mix raw non-SSE text into a stream (Gemini's JSON error lines)."""
+        self._keep_unknown = keep_unknown_lines
+        self.unknown_lines: list[bytes] = []
         self._data: list[str] = []  # data-line values of the event being built
         self._event = ""  # event type buffer
         self._last_id: str | None = None  # last event id buffer (persists)
@@ -225,6 +232,8 @@ class SSEDecoder:
         elif name == b"retry":
             if value.isdigit():  # bytes.isdigit(): ASCII digits only, False when empty
                 self._retry = int(value)
+        elif self._keep_unknown:
+            self.unknown_lines.append(line)
 
     def _dispatch(self) -> SSEEvent:
         """Build the event from the buffers and reset the per-event buffers."""

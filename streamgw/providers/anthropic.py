@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from streamgw.config import ProviderConfig
 from streamgw.core import jsontext
@@ -54,19 +54,17 @@ from streamgw.errors import (
     GatewayError,
     InvalidRequest,
     NotFound,
-    PayloadTooLarge,
     RateLimited,
     UpstreamError,
     clean_message,
-    sanitize_upstream,
 )
-from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
-from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
+from streamgw.providers.base import Dialect, UpstreamRequest, WireDialect
+from streamgw.providers.common import InputItems, json_post, reject, token_count, upstream_headers
+from streamgw.providers.errors import ErrorBody, ErrorTable, error_text, failure_code, message_or_text, retry_after
 
 __all__ = [
     "ANTHROPIC_VERSION",
     "DIALECT",
-    "AnthropicDialect",
     "AnthropicStreamTranslator",
     "build_request",
     "default_max_tokens",
@@ -79,10 +77,6 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 Block = dict[str, Any]
 Message = dict[str, Any]
-
-
-def _reject(param: str, message: str, code: str = "unsupported_parameter") -> NoReturn:
-    raise InvalidRequest(message, param=param, code=code)
 
 
 @dataclass(slots=True)
@@ -141,7 +135,7 @@ def _data_url(url: str) -> tuple[str, str] | None:
 
 def _no_file_id(part: dict[str, Any], param: str, provider: str) -> None:
     if part.get("file_id") is not None:
-        _reject(
+        reject(
             param,
             f"{part['type']} with 'file_id' is not supported by provider {provider!r}: file ids live in "
             "the upstream's own file store. Send the content inline instead.",
@@ -159,10 +153,10 @@ def _image_block(part: dict[str, Any], param: str, provider: str) -> Block:
         return {"type": "image", "source": {"type": "url", "url": url}}
     inline = _data_url(url)
     if inline is None:
-        _reject(f"{param}.image_url", "image_url must be an http(s) URL or a base64 data URL.", "invalid_value")
+        reject(f"{param}.image_url", "image_url must be an http(s) URL or a base64 data URL.", "invalid_value")
     media_type, data = inline
     if media_type not in _IMAGE_TYPES:
-        _reject(
+        reject(
             f"{param}.image_url",
             f"image type {media_type!r} is not supported by provider {provider!r}; "
             f"use one of {', '.join(sorted(_IMAGE_TYPES))}.",
@@ -177,7 +171,7 @@ def _document_source(part: dict[str, Any], param: str, provider: str) -> dict[st
     file_data: str = part["file_data"]
     media_type, data = _data_url(file_data) or ("application/pdf", file_data)  # bare base64: a PDF
     if media_type != "application/pdf":
-        _reject(
+        reject(
             f"{param}.file_data",
             f"input_file of type {media_type!r} is not supported by provider {provider!r}; only PDF is.",
             "invalid_value",
@@ -212,7 +206,7 @@ def _texts(parts: list[dict[str, Any]], param: str, what: str, provider: str) ->
     for j, part in enumerate(parts):
         text = part.get("text", part.get("refusal"))
         if not isinstance(text, str):
-            _reject(
+            reject(
                 f"{param}[{j}].type",
                 f"{part['type']} parts in {what} are not supported by provider {provider!r}.",
             )
@@ -237,27 +231,15 @@ def _assistant_message(conv: _Conversation, item: dict[str, Any], param: str) ->
     conv.add("assistant", [{"type": "text", "text": text} for text in texts if text])
 
 
-_ROLES: dict[str, Callable[[_Conversation, dict[str, Any], str], None]] = {
-    "user": _user_message,
-    "system": _system_message,
-    "developer": _system_message,
-    "assistant": _assistant_message,
-}
-
-
-def _message(conv: _Conversation, item: dict[str, Any], param: str) -> None:
-    _ROLES[item["role"]](conv, item, param)
-
-
 def _function_call(conv: _Conversation, item: dict[str, Any], param: str) -> None:
     try:
         arguments = json.loads(item["arguments"].strip() or "{}")
     except (ValueError, RecursionError):
-        _reject(f"{param}.arguments", f"function_call {item['call_id']!r}: arguments are not valid JSON.",
-                "invalid_value")
+        reject(f"{param}.arguments", f"function_call {item['call_id']!r}: arguments are not valid JSON.",
+               "invalid_value")
     if not isinstance(arguments, dict):
-        _reject(f"{param}.arguments", f"function_call {item['call_id']!r}: arguments must be a JSON object.",
-                "invalid_value")
+        reject(f"{param}.arguments", f"function_call {item['call_id']!r}: arguments must be a JSON object.",
+               "invalid_value")
     conv.add("assistant", [{"type": "tool_use", "id": item["call_id"], "name": item["name"], "input": arguments}])
 
 
@@ -287,30 +269,17 @@ def _reasoning(conv: _Conversation, item: dict[str, Any], param: str) -> None:
         conv.pending.append(block)
 
 
-def _item_reference(conv: _Conversation, item: dict[str, Any], param: str) -> None:
-    _reject(
-        param,
-        f"item_reference {item['id']!r} cannot be resolved: stored items are not available "
-        "to this provider yet. Send the item itself.",
-        "invalid_value",
-    )
-
-
-_ITEMS: dict[str, Callable[[_Conversation, dict[str, Any], str], None]] = {
-    "message": _message,
-    "function_call": _function_call,
-    "function_call_output": _function_call_output,
-    "reasoning": _reasoning,
-    "item_reference": _item_reference,
-}
+_INPUT = InputItems[_Conversation](
+    user=_user_message, system=_system_message, assistant=_assistant_message,
+    function_call=_function_call, function_call_output=_function_call_output, reasoning=_reasoning,
+)
 
 
 def _conversation(request: ResponsesRequest, provider: ProviderConfig) -> _Conversation:
     conv = _Conversation(provider=provider.name)
     if request.instructions:
         conv.system.append(request.instructions)
-    for i, item in enumerate(request.input):
-        _ITEMS[item["type"]](conv, item, f"input[{i}]")
+    _INPUT.add(conv, request.input)
     return conv
 
 
@@ -319,7 +288,7 @@ def _conversation(request: ResponsesRequest, provider: ProviderConfig) -> _Conve
 
 def _tool(tool: dict[str, Any], param: str, provider: str) -> dict[str, Any]:
     if tool["type"] != "function":
-        _reject(
+        reject(
             f"{param}.type",
             f"built-in tool {tool['type']!r} is not supported by provider {provider!r}; "
             "only function tools are.",
@@ -343,7 +312,7 @@ def _anthropic_choice(choice: str | dict[str, Any], provider: str) -> dict[str, 
     if isinstance(choice, str):
         return dict(_CHOICE_MODES[choice])
     if choice["type"] != "function":
-        _reject(
+        reject(
             "tool_choice.type",
             f"tool_choice of type {choice['type']!r} is not supported by provider {provider!r}.",
         )
@@ -474,18 +443,8 @@ def _sampling_fields(request: ResponsesRequest, thinking: bool) -> dict[str, Any
 
 
 def _headers(provider: ProviderConfig) -> dict[str, str]:
-    headers = {
-        "content-type": "application/json",
-        "accept": "text/event-stream",
-        "accept-encoding": "identity",  # SSE must reach the translator as it is produced
-        "anthropic-version": ANTHROPIC_VERSION,
-    }
-    key = provider.api_key.get()
-    if key:
-        headers["x-api-key"] = key
-    for name, value in provider.headers:
-        headers[name.lower()] = value
-    return headers
+    return upstream_headers(provider, accept="text/event-stream", key_header="x-api-key", key_prefix="",
+                            extra={"anthropic-version": ANTHROPIC_VERSION})
 
 
 def build_request(request: ResponsesRequest, provider: ProviderConfig, model: str) -> UpstreamRequest:
@@ -507,9 +466,7 @@ def build_request(request: ResponsesRequest, provider: ProviderConfig, model: st
     body |= _sampling_fields(request, budget is not None)
     body |= tools
     body["stream"] = True
-    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    url = f"{provider.base_url.rstrip('/')}/v1/messages"
-    return UpstreamRequest(method="POST", url=url, headers=_headers(provider), body=encoded)
+    return json_post(f"{provider.base_url.rstrip('/')}/v1/messages", _headers(provider), body)
 
 
 # --- stream translator ---------------------------------------------------------------------------
@@ -537,16 +494,6 @@ _ENDED_EARLY = "upstream stream ended before message_stop"
 _loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
 
 
-def _count(value: object) -> int:
-    """A token count from upstream JSON; anything that is not a number counts as 0."""
-    if type(value) is int:
-        return value
-    try:
-        return int(value) if isinstance(value, float) else 0
-    except (ValueError, OverflowError):  # NaN and Infinity are valid to json.loads
-        return 0
-
-
 class _Malformed(Exception):
     """Internal: an event parsed as JSON but has the wrong shape."""
 
@@ -571,10 +518,10 @@ def _merge_usage(counts: _UsageCounts, raw: object) -> None:
         return
     for name in _USAGE_FIELDS:
         if raw.get(name) is not None:
-            counts[name] = _count(raw[name])
+            counts[name] = token_count(raw[name])
     details = raw.get("output_tokens_details")
     if isinstance(details, dict) and details.get("thinking_tokens") is not None:
-        counts["thinking_tokens"] = _count(details["thinking_tokens"])
+        counts["thinking_tokens"] = token_count(details["thinking_tokens"])
 
 
 def _usage(counts: _UsageCounts) -> Usage:
@@ -833,65 +780,47 @@ _BLOCK_DELTAS: dict[str, _BlockDelta] = {
 
 # --- error parser --------------------------------------------------------------------------------
 
-_RAW_BODY_LIMIT = 1000
-
-
 @dataclass(frozen=True, slots=True)
-class _ErrorBody:
-    """The useful parts of an upstream error body, already redacted."""
+class _AnthropicError(ErrorBody):
+    """An upstream error body with Anthropic's ``error.type``."""
 
-    message: str
-    type: str | None
+    type: str | None = None
 
 
-def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _ErrorBody:
+def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _AnthropicError:
     """Parse ``{"type":"error","error":{"type","message"}}``; fall back to the raw text (truncated)."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        parsed = _loads(text)
-    except (ValueError, RecursionError):
-        parsed = None
+    text, parsed = error_text(body)
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, str):
         error = {"message": error}
     error = error if isinstance(error, dict) else {}
-    message, etype = error.get("message"), error.get("type")
-    if not isinstance(message, str) or not message:
-        message = text[:_RAW_BODY_LIMIT] or f"upstream answered HTTP {status} with an empty body"
-    return _ErrorBody(clean_message(message, secrets), etype if isinstance(etype, str) and etype else None)
+    message, etype = message_or_text(error.get("message"), status, text), error.get("type")
+    return _AnthropicError(clean_message(message, secrets), type=etype if isinstance(etype, str) and etype else None)
 
 
 _CONTEXT_MARKERS = ("prompt is too long", "context window", "context length")
 
 
-def _invalid_request(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
+def _invalid_request(status: int, err: _AnthropicError, headers: Mapping[str, str]) -> GatewayError:
     lowered = err.message.lower()
     code = "context_length_exceeded" if any(m in lowered for m in _CONTEXT_MARKERS) else None
     return InvalidRequest(err.message, code=code)
 
 
-def _not_found(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
+def _not_found(status: int, err: _AnthropicError, headers: Mapping[str, str]) -> GatewayError:
     return NotFound(err.message, code="model_not_found" if "model" in err.message.lower() else None)
 
 
-def _too_large(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return PayloadTooLarge(err.message)
-
-
-def _rate_limited(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
+def _rate_limited(status: int, err: _AnthropicError, headers: Mapping[str, str]) -> GatewayError:
     code = "insufficient_quota" if status == 402 else "rate_limit_exceeded"
     return RateLimited(err.message, code=code, headers=retry_after(headers))
-
-
-def _bad_credentials(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return credentials_rejected(status, err.message)
 
 
 # Anthropic ``error.type`` of a 5xx → our ``code``.
 _SERVER_CODES: dict[str, str] = {"overloaded_error": "overloaded", "timeout_error": "upstream_timeout"}
 
 
-def _upstream_failed(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
+def _upstream_failed(status: int, err: _AnthropicError, headers: Mapping[str, str]) -> GatewayError:
     if status == 529:
         code = "overloaded"
     elif err.type in _SERVER_CODES:
@@ -901,20 +830,21 @@ def _upstream_failed(status: int, err: _ErrorBody, headers: Mapping[str, str]) -
     return UpstreamError(f"upstream error (HTTP {status}): {err.message}", code=code, headers=retry_after(headers))
 
 
-_ErrorFactory = Callable[[int, _ErrorBody, Mapping[str, str]], GatewayError]
-
 # README "Errors"; every other status (5xx, 529, 408, ...) is an upstream failure (502).
-_ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
-    400: _invalid_request,
-    409: _invalid_request,
-    422: _invalid_request,
-    404: _not_found,
-    413: _too_large,
-    402: _rate_limited,  # billing_error
-    429: _rate_limited,
-    401: _bad_credentials,
-    403: _bad_credentials,
-}
+_ERRORS = ErrorTable(
+    _read_error_body,
+    {
+        400: _invalid_request,
+        409: _invalid_request,
+        422: _invalid_request,
+        404: _not_found,
+        402: _rate_limited,  # billing_error
+        429: _rate_limited,
+        408: _upstream_failed,
+        504: _upstream_failed,
+    },
+    fallback=_upstream_failed,
+)
 
 
 def parse_error(
@@ -926,34 +856,14 @@ def parse_error(
     402 (billing) become 429 with ``retry-after`` copied; 401/403 become 502 (the gateway's own
     key is at fault); 5xx and 529 (code ``overloaded``) become 502, ``retry-after`` kept.
     """
-    err = _read_error_body(status, body, secrets)
-    return sanitize_upstream(_ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers), secrets)
+    return _ERRORS.parse(status, headers, body, secrets)
 
 
-class AnthropicDialect:
-    """The Anthropic Messages dialect (``type = "anthropic"`` providers)."""
-
-    name: str = "anthropic"
-    needs_image_bytes: bool = False  # Anthropic fetches http(s) image URLs itself
-    relays_events: bool = False
-
-    def build_request(
-        self, request: ResponsesRequest, provider: ProviderConfig, model: str, assets: Assets = NO_ASSETS
-    ) -> UpstreamRequest:
-        """See ``build_request``."""
-        return build_request(request, provider, model)
-
-    def new_translator(
-        self, request: ResponsesRequest, provider: ProviderConfig, secrets: Sequence[str] = ()
-    ) -> AnthropicStreamTranslator:
-        """A fresh translator for one upstream response body; blobs are minted for ``provider.name``."""
-        return AnthropicStreamTranslator(provider=provider.name, secrets=secrets)
-
-    def parse_error(
-        self, status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
-    ) -> GatewayError:
-        """See ``parse_error``."""
-        return parse_error(status, headers, body, secrets)
-
-
-DIALECT: Dialect = AnthropicDialect()
+#: the Anthropic Messages dialect (``type = "anthropic"`` providers); Anthropic fetches
+#: http(s) image URLs itself, so no image bytes are needed; blobs are minted for ``provider.name``
+DIALECT: Dialect = WireDialect(
+    name="anthropic",
+    build=lambda request, provider, model, assets: build_request(request, provider, model),
+    translator=lambda request, provider, secrets: AnthropicStreamTranslator(provider=provider.name, secrets=secrets),
+    errors=parse_error,
+)

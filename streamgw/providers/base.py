@@ -9,7 +9,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
@@ -98,3 +98,36 @@ class LocalProvider(Protocol):
         """Seconds before the first token, and tokens per second (0: no pause)."""
         ...
 
+
+@dataclass(slots=True)
+class WireDialect:
+    """The ``Dialect`` every dialect module exports: its three functions, bound under one name.
+
+    Not frozen: the ``Dialect`` protocol declares plain attributes.  The methods only forward
+    (once per request, never per event), filling in the protocol's defaults.
+    """
+
+    name: str
+    build: Callable[[ResponsesRequest, ProviderConfig, str, Assets], UpstreamRequest]
+    translator: Callable[[ResponsesRequest, ProviderConfig, Sequence[str]], StreamTranslator]
+    errors: Callable[[int, Mapping[str, str], bytes, Sequence[str]], GatewayError]
+    needs_image_bytes: bool = False
+    relays_events: bool = False
+
+    def build_request(
+        self, request: ResponsesRequest, provider: ProviderConfig, model: str, assets: Assets = NO_ASSETS
+    ) -> UpstreamRequest:
+        """The upstream request for ``request`` (``assets``: fetched image bytes, if needed)."""
+        return self.build(request, provider, model, assets)
+
+    def new_translator(
+        self, request: ResponsesRequest, provider: ProviderConfig, secrets: Sequence[str] = ()
+    ) -> StreamTranslator:
+        """A fresh translator for one upstream response body; ``secrets`` are redacted."""
+        return self.translator(request, provider, secrets)
+
+    def parse_error(
+        self, status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
+    ) -> GatewayError:
+        """The error for a non-2xx answer, upstream message kept but ``secrets`` redacted."""
+        return self.errors(status, headers, body, secrets)

@@ -7,11 +7,9 @@ more (https://platform.openai.com/docs/api-reference/chat).  Vendor differences 
 from __future__ import annotations
 
 import json
-import random
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from streamgw.config import ChatFlags, ProviderConfig
 from streamgw.core import jsontext
@@ -32,19 +30,22 @@ from streamgw.core.request import ResponsesRequest
 from streamgw.core.sse import SSEDecoder, TruncatedStream
 from streamgw.errors import (
     GatewayError,
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
     RateLimited,
-    UpstreamError,
-    UpstreamTimeout,
     clean_message,
     safe_code,
     safe_param,
-    sanitize_upstream,
 )
-from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
-from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
+from streamgw.providers.base import Dialect, UpstreamRequest, WireDialect
+from streamgw.providers.common import (
+    InputItems,
+    json_post,
+    mint_call_id,
+    reject,
+    sampling_fields,
+    token_count,
+    upstream_headers,
+)
+from streamgw.providers.errors import ErrorBody, ErrorTable, error_text, message_or_text, retry_after
 
 # --- request builder ---------------------------------------------------------------------------
 #
@@ -54,10 +55,6 @@ from streamgw.providers.errors import credentials_rejected, failure_code, retry_
 # Chat server would reject most of them.
 
 Message = dict[str, Any]
-
-
-def _reject(param: str, message: str, code: str = "unsupported_parameter") -> NoReturn:
-    raise InvalidRequest(message, param=param, code=code)
 
 
 @dataclass(slots=True)
@@ -99,7 +96,7 @@ _IMAGE_DETAIL = {"auto": "auto", "low": "low", "high": "high", "original": "high
 
 def _no_file_id(part: dict[str, Any], param: str, provider: str) -> None:
     if part.get("file_id") is not None:
-        _reject(
+        reject(
             param,
             f"{part['type']} with 'file_id' is not supported by provider {provider!r}: file ids live in "
             "the upstream's own file store. Send the content inline instead.",
@@ -122,7 +119,7 @@ def _image_part(part: dict[str, Any], param: str, provider: str) -> dict[str, An
 def _file_part(part: dict[str, Any], param: str, provider: str) -> dict[str, Any]:
     _no_file_id(part, param, provider)
     if part.get("file_data") is None:
-        _reject(
+        reject(
             param,
             f"input_file with 'file_url' is not supported by provider {provider!r}; send 'file_data'.",
         )
@@ -145,7 +142,7 @@ def _text_only(parts: list[dict[str, Any]], param: str, what: str, provider: str
     for j, part in enumerate(parts):
         text = part.get("text", part.get("refusal"))
         if not isinstance(text, str):
-            _reject(
+            reject(
                 f"{param}[{j}].type",
                 f"{part['type']} parts in {what} are not supported by provider {provider!r}.",
             )
@@ -175,18 +172,6 @@ def _system_message(history: _History, item: dict[str, Any], param: str) -> None
 def _assistant_message(history: _History, item: dict[str, Any], param: str) -> None:
     text = _text_only(item["content"], f"{param}.content", "assistant messages", history.provider)
     history.add({"role": "assistant", "content": text})
-
-
-_ROLES: dict[str, Callable[[_History, dict[str, Any], str], None]] = {
-    "user": _user_message,
-    "system": _system_message,
-    "developer": _system_message,
-    "assistant": _assistant_message,
-}
-
-
-def _message(history: _History, item: dict[str, Any], param: str) -> None:
-    _ROLES[item["role"]](history, item, param)
 
 
 def _function_call(history: _History, item: dict[str, Any], param: str) -> None:
@@ -222,30 +207,17 @@ def _reasoning(history: _History, item: dict[str, Any], param: str) -> None:
             return
 
 
-def _item_reference(history: _History, item: dict[str, Any], param: str) -> None:
-    _reject(
-        param,
-        f"item_reference {item['id']!r} cannot be resolved: stored items are not available "
-        "to this provider yet. Send the item itself.",
-        "invalid_value",
-    )
-
-
-_ITEMS: dict[str, Callable[[_History, dict[str, Any], str], None]] = {
-    "message": _message,
-    "function_call": _function_call,
-    "function_call_output": _function_call_output,
-    "reasoning": _reasoning,
-    "item_reference": _item_reference,
-}
+_INPUT = InputItems[_History](
+    user=_user_message, system=_system_message, assistant=_assistant_message,
+    function_call=_function_call, function_call_output=_function_call_output, reasoning=_reasoning,
+)
 
 
 def _messages(request: ResponsesRequest, provider: ProviderConfig) -> list[Message]:
     history = _History(provider=provider.name, system_role=provider.chat.system_role)
     if request.instructions:
         history.add({"role": provider.chat.system_role, "content": request.instructions})
-    for i, item in enumerate(request.input):
-        _ITEMS[item["type"]](history, item, f"input[{i}]")
+    _INPUT.add(history, request.input)
     return history.finish(provider.chat.replay_reasoning)
 
 
@@ -254,7 +226,7 @@ def _messages(request: ResponsesRequest, provider: ProviderConfig) -> list[Messa
 
 def _tool(tool: dict[str, Any], param: str, provider: str) -> dict[str, Any]:
     if tool["type"] != "function":
-        _reject(
+        reject(
             f"{param}.type",
             f"built-in tool {tool['type']!r} is not supported by provider {provider!r}; "
             "only function tools are.",
@@ -270,7 +242,7 @@ def _chat_tool_choice(choice: str | dict[str, Any], provider: str) -> str | dict
     if isinstance(choice, str):
         return choice
     if choice["type"] != "function":
-        _reject(
+        reject(
             "tool_choice.type",
             f"tool_choice of type {choice['type']!r} is not supported by provider {provider!r}.",
         )
@@ -329,15 +301,10 @@ _REASONING_STYLES: dict[str, Callable[[str], dict[str, Any]]] = {
 
 
 def _sampling_fields(request: ResponsesRequest, flags: ChatFlags) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    if request.temperature is not None:
-        fields["temperature"] = request.temperature
-    if request.top_p is not None:
-        fields["top_p"] = request.top_p
-    if request.max_output_tokens is not None:
-        fields[flags.max_tokens_param] = request.max_output_tokens
-    if request.stop:
-        fields["stop"] = request.stop[0] if len(request.stop) == 1 else list(request.stop)
+    fields = sampling_fields(request, temperature="temperature", top_p="top_p",
+                             max_output_tokens=flags.max_tokens_param, stop="stop")
+    if len(request.stop) == 1:
+        fields["stop"] = request.stop[0]
     effort = (request.reasoning or {}).get("effort")
     if effort is not None:
         fields.update(_REASONING_STYLES[flags.reasoning_style](effort))
@@ -349,17 +316,7 @@ def _sampling_fields(request: ResponsesRequest, flags: ChatFlags) -> dict[str, A
 
 
 def _headers(provider: ProviderConfig) -> dict[str, str]:
-    headers = {
-        "content-type": "application/json",
-        "accept": "text/event-stream",
-        "accept-encoding": "identity",  # SSE must reach the translator as it is produced
-    }
-    key = provider.api_key.get()
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    for name, value in provider.headers:
-        headers[name.lower()] = value
-    return headers
+    return upstream_headers(provider, accept="text/event-stream")
 
 
 def build_request(request: ResponsesRequest, provider: ProviderConfig, model: str) -> UpstreamRequest:
@@ -375,9 +332,7 @@ def build_request(request: ResponsesRequest, provider: ProviderConfig, model: st
     body |= _sampling_fields(request, provider.chat)
     body |= _tool_fields(request, provider.name)
     body |= _format_fields(request)
-    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    url = f"{provider.base_url.rstrip('/')}/chat/completions"
-    return UpstreamRequest(method="POST", url=url, headers=_headers(provider), body=encoded)
+    return json_post(f"{provider.base_url.rstrip('/')}/chat/completions", _headers(provider), body)
 
 
 # --- stream translator ---------------------------------------------------------------------------
@@ -409,25 +364,8 @@ _NUMERIC_STREAM_CODES: dict[int, str] = {
     422: "invalid_prompt",
 }
 
-_CALL_ID_ALPHABET = string.ascii_letters + string.digits
-_RANDOM = random.SystemRandom()
 _ENDED_EARLY = "upstream stream ended before completion"
 _loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
-
-
-def _mint_call_id() -> str:
-    """A fresh ``call_`` + 24 random alphanumerics, for calls the upstream gave no usable id."""
-    return "call_" + "".join(_RANDOM.choices(_CALL_ID_ALPHABET, k=24))
-
-
-def _count(value: object) -> int:
-    """A token count from upstream JSON; anything that is not a number counts as 0."""
-    if type(value) is int:
-        return value
-    try:
-        return int(value) if isinstance(value, float) else 0
-    except (ValueError, OverflowError):  # NaN and Infinity are valid to json.loads
-        return 0
 
 
 def _usage(raw: dict[str, Any]) -> Usage:
@@ -435,12 +373,12 @@ def _usage(raw: dict[str, Any]) -> Usage:
     prompt = raw.get("prompt_tokens_details") or {}
     completion = raw.get("completion_tokens_details") or {}
     return Usage(
-        input_tokens=_count(raw.get("prompt_tokens")),
-        output_tokens=_count(raw.get("completion_tokens")),
+        input_tokens=token_count(raw.get("prompt_tokens")),
+        output_tokens=token_count(raw.get("completion_tokens")),
         # DeepSeek reports cache hits beside the OpenAI field (or instead of it).
-        cached_tokens=_count(prompt.get("cached_tokens")) or _count(raw.get("prompt_cache_hit_tokens")),
-        cache_write_tokens=_count(prompt.get("cache_write_tokens")),
-        reasoning_tokens=_count(completion.get("reasoning_tokens")),
+        cached_tokens=token_count(prompt.get("cached_tokens")) or token_count(raw.get("prompt_cache_hit_tokens")),
+        cache_write_tokens=token_count(prompt.get("cache_write_tokens")),
+        reasoning_tokens=token_count(completion.get("reasoning_tokens")),
     )
 
 
@@ -627,7 +565,7 @@ class ChatStreamTranslator:
         named = (call.get("function") or {}).get("name")
         if self._last_key is not None and not named:
             return self._last_key
-        return _mint_call_id()
+        return mint_call_id()
 
     def _start_call(self, key: _ToolKey, upstream_id: object, name: object, out: list[Delta]) -> None:
         """Emit ``ToolCallStart``; a missing or already used upstream id gets a minted one."""
@@ -635,7 +573,7 @@ class ChatStreamTranslator:
         if type(candidate) is str and candidate not in self._used_ids:
             call_id = candidate
         else:
-            call_id = _mint_call_id()
+            call_id = mint_call_id()
         self._used_ids.add(call_id)
         if upstream_id and type(upstream_id) is str:
             self._by_id.setdefault(upstream_id, key)
@@ -675,18 +613,6 @@ class ChatStreamTranslator:
 
 # --- error parser --------------------------------------------------------------------------------
 
-_RAW_BODY_LIMIT = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class _ErrorBody:
-    """The useful parts of an upstream error body, already redacted."""
-
-    message: str
-    param: str | None
-    code: str | None
-
-
 def _error_object(parsed: object) -> dict[str, Any] | None:
     """The error object of the OpenAI envelope, or of the variants compatible servers send."""
     if not isinstance(parsed, dict):
@@ -703,75 +629,24 @@ def _error_object(parsed: object) -> dict[str, Any] | None:
     return None
 
 
-def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _ErrorBody:
+def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> ErrorBody:
     """Parse the envelope; fall back to the raw text (truncated) when it is not one."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        error = _error_object(_loads(text))
-    except (ValueError, RecursionError):
-        error = None
-    error = error or {}
-    message = error.get("message")
-    if not isinstance(message, str) or not message:
-        message = text[:_RAW_BODY_LIMIT] or f"upstream answered HTTP {status} with an empty body"
-    param, code = error.get("param"), error.get("code")
-    return _ErrorBody(
-        message=clean_message(message, secrets),
-        param=safe_param(param, secrets),
-        code=safe_code(code, secrets),  # not plain: the status decides the code instead
+    text, parsed = error_text(body)
+    error = _error_object(parsed) or {}
+    return ErrorBody(
+        message=clean_message(message_or_text(error.get("message"), status, text), secrets),
+        param=safe_param(error.get("param"), secrets),
+        code=safe_code(error.get("code"), secrets),  # not plain: the status decides the code instead
     )
 
 
-def _invalid_request(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return InvalidRequest(err.message, param=err.param, code=err.code)
+def _billing_limited(status: int, err: ErrorBody, headers: Mapping[str, str]) -> GatewayError:
+    return RateLimited(err.message, code=err.code or "insufficient_quota", headers=retry_after(headers))
 
-
-def _not_found(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return NotFound(err.message, param=err.param, code=err.code)
-
-
-def _too_large(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return PayloadTooLarge(err.message, param=err.param)
-
-
-def _rate_limited(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    code = err.code or ("insufficient_quota" if status == 402 else None)
-    return RateLimited(err.message, code=code, headers=retry_after(headers))
-
-
-def _bad_credentials(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return credentials_rejected(status, err.message)
-
-
-def _timed_out(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return UpstreamTimeout(f"upstream timed out (HTTP {status}): {err.message}", code=err.code)
-
-
-def _upstream_failed(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    fallback = failure_code(status)
-    return UpstreamError(
-        f"upstream error (HTTP {status}): {err.message}",
-        code=err.code or fallback,
-        headers=retry_after(headers),
-    )
-
-
-_ErrorFactory = Callable[[int, _ErrorBody, Mapping[str, str]], GatewayError]
 
 # README "Errors"; every other status is an upstream failure (502).
-_ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
-    400: _invalid_request,
-    409: _invalid_request,
-    422: _invalid_request,
-    404: _not_found,
-    413: _too_large,
-    402: _rate_limited,  # OpenRouter: out of credits; a billing limit, like Anthropic's 402
-    429: _rate_limited,
-    401: _bad_credentials,
-    403: _bad_credentials,
-    408: _timed_out,
-    504: _timed_out,
-}
+# 402: OpenRouter is out of credits; a billing limit, like Anthropic's 402.
+_ERRORS = ErrorTable(_read_error_body, {402: _billing_limited})
 
 
 def parse_error(
@@ -783,34 +658,13 @@ def parse_error(
     a 429's ``retry-after`` is copied.  401/403 become a 502: the credential at fault
     is the gateway's own upstream key, not the client's.
     """
-    err = _read_error_body(status, body, secrets)
-    return sanitize_upstream(_ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers), secrets)
+    return _ERRORS.parse(status, headers, body, secrets)
 
 
-class ChatDialect:
-    """The OpenAI-compatible Chat Completions dialect (``type = "chat"`` providers)."""
-
-    name: str = "chat"
-    needs_image_bytes: bool = False
-    relays_events: bool = False
-
-    def build_request(
-        self, request: ResponsesRequest, provider: ProviderConfig, model: str, assets: Assets = NO_ASSETS
-    ) -> UpstreamRequest:
-        """See ``build_request``."""
-        return build_request(request, provider, model)
-
-    def new_translator(
-        self, request: ResponsesRequest, provider: ProviderConfig, secrets: Sequence[str] = ()
-    ) -> ChatStreamTranslator:
-        """A fresh translator for one upstream response body."""
-        return ChatStreamTranslator(secrets=secrets)
-
-    def parse_error(
-        self, status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
-    ) -> GatewayError:
-        """See ``parse_error``."""
-        return parse_error(status, headers, body, secrets)
-
-
-DIALECT: Dialect = ChatDialect()
+#: the OpenAI-compatible Chat Completions dialect (``type = "chat"`` providers)
+DIALECT: Dialect = WireDialect(
+    name="chat",
+    build=lambda request, provider, model, assets: build_request(request, provider, model),
+    translator=lambda request, provider, secrets: ChatStreamTranslator(secrets=secrets),
+    errors=parse_error,
+)

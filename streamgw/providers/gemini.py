@@ -53,13 +53,11 @@ import binascii
 import json
 import math
 import mimetypes
-import random
 import re
-import string
 from base64 import b64decode
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import quote
 
 from streamgw.config import ProviderConfig
@@ -84,19 +82,22 @@ from streamgw.errors import (
     GatewayError,
     InvalidRequest,
     NotFound,
-    PayloadTooLarge,
-    RateLimited,
-    UpstreamError,
-    UpstreamTimeout,
     clean_message,
-    sanitize_upstream,
 )
-from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
-from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
+from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest, WireDialect
+from streamgw.providers.common import (
+    InputItems,
+    json_post,
+    mint_call_id,
+    reject,
+    sampling_fields,
+    token_count,
+    upstream_headers,
+)
+from streamgw.providers.errors import ErrorBody, ErrorTable, bad_credentials, error_text, message_or_text
 
 __all__ = [
     "DIALECT",
-    "GeminiDialect",
     "GeminiStreamTranslator",
     "build_request",
     "parse_error",
@@ -111,10 +112,6 @@ MINTED_CALL_ID = re.compile(r"call_[A-Za-z0-9]{24}")
 # --- request builder ---------------------------------------------------------------------------
 #
 # Responses request -> one Gemini streamGenerateContent request (our mapping, field by field).
-
-
-def _reject(param: str, message: str, code: str = "unsupported_parameter") -> NoReturn:
-    raise InvalidRequest(message, param=param, code=code)
 
 
 @dataclass(slots=True)
@@ -188,7 +185,7 @@ def _base64(data: str, param: str) -> str:
     try:
         b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        _reject(param, f"Invalid '{param}': the data is not valid base64.", "invalid_value")
+        reject(param, f"Invalid '{param}': the data is not valid base64.", "invalid_value")
     return data
 
 
@@ -196,14 +193,14 @@ def _data_url(url: str, param: str) -> tuple[str, str]:
     """``(mime type, base64 data)`` of a ``data:<mime>;base64,<data>`` URL."""
     match = _DATA_URL.fullmatch(url)
     if match is None or ";base64" not in match["params"] or not match["mime"]:
-        _reject(param, f"Invalid '{param}': expected a base64 data URL (data:<mime>;base64,<data>).",
-                "invalid_value")
+        reject(param, f"Invalid '{param}': expected a base64 data URL (data:<mime>;base64,<data>).",
+               "invalid_value")
     return match["mime"], _base64(match["data"], param)
 
 
 def _no_file_id(part: Json, param: str, provider: str) -> None:
     if part.get("file_id") is not None:
-        _reject(
+        reject(
             param,
             f"{part['type']} with 'file_id' is not supported by provider {provider!r}: file ids live in "
             "the upstream's own file store. Send the content inline instead.",
@@ -222,12 +219,12 @@ def _image_part(ctx: _Contents, part: Json, param: str) -> Part | None:
     elif url.startswith(("http://", "https://")):
         fetched = ctx.assets.get(url)
         if fetched is None:
-            _reject(f"{param}.image_url", f"image {url!r} was not fetched; provider {ctx.provider!r} "
-                    "takes images only as bytes.", "failed_to_download_image")
+            reject(f"{param}.image_url", f"image {url!r} was not fetched; provider {ctx.provider!r} "
+                   "takes images only as bytes.", "failed_to_download_image")
         mime, data = fetched
     else:
-        _reject(f"{param}.image_url", f"Invalid '{param}.image_url': expected an http(s) or data URL.",
-                "invalid_value")
+        reject(f"{param}.image_url", f"Invalid '{param}.image_url': expected an http(s) or data URL.",
+               "invalid_value")
     return {"inlineData": {"mimeType": mime, "data": data}}
 
 
@@ -235,8 +232,8 @@ def _file_part(ctx: _Contents, part: Json, param: str) -> Part | None:
     _no_file_id(part, param, ctx.provider)
     file_data = part.get("file_data")
     if file_data is None:
-        _reject(param, f"input_file with 'file_url' is not supported by provider {ctx.provider!r}; "
-                "send 'file_data'.")
+        reject(param, f"input_file with 'file_url' is not supported by provider {ctx.provider!r}; "
+               "send 'file_data'.")
     if file_data.startswith("data:"):
         mime, data = _data_url(file_data, f"{param}.file_data")
     else:
@@ -265,8 +262,8 @@ def _texts(parts: list[Json], param: str, what: str, provider: str) -> list[Part
     for j, part in enumerate(parts):
         text = part.get("text", part.get("refusal"))
         if not isinstance(text, str):
-            _reject(f"{param}[{j}].type", f"{part['type']} parts in {what} are not supported by provider "
-                    f"{provider!r}.")
+            reject(f"{param}[{j}].type", f"{part['type']} parts in {what} are not supported by provider "
+                   f"{provider!r}.")
         if text:
             out.append({"text": text})
     return out
@@ -288,18 +285,6 @@ def _assistant_message(ctx: _Contents, item: Json, param: str) -> None:
     ctx.add("model", _texts(item["content"], f"{param}.content", "assistant messages", ctx.provider))
 
 
-_ROLES: dict[str, Callable[[_Contents, Json, str], None]] = {
-    "user": _user_message,
-    "system": _system_message,
-    "developer": _system_message,
-    "assistant": _assistant_message,
-}
-
-
-def _message(ctx: _Contents, item: Json, param: str) -> None:
-    _ROLES[item["role"]](ctx, item, param)
-
-
 def _call_args(arguments: str, param: str) -> Json:
     if not arguments.strip():
         return {}
@@ -308,7 +293,7 @@ def _call_args(arguments: str, param: str) -> Json:
     except (ValueError, RecursionError):
         args = None
     if not isinstance(args, dict):
-        _reject(param, f"Invalid '{param}': Gemini needs the arguments as a JSON object.", "invalid_value")
+        reject(param, f"Invalid '{param}': Gemini needs the arguments as a JSON object.", "invalid_value")
     return args
 
 
@@ -335,8 +320,8 @@ def _function_call_output(ctx: _Contents, item: Json, param: str) -> None:
     call_id: str = item["call_id"]
     name = ctx.names.get(call_id)
     if name is None:
-        _reject(f"{param}.call_id", f"function_call_output {param} refers to call_id {call_id!r}, but no "
-                "function_call item in the input has it; Gemini needs the function's name.", "invalid_value")
+        reject(f"{param}.call_id", f"function_call_output {param} refers to call_id {call_id!r}, but no "
+               "function_call item in the input has it; Gemini needs the function's name.", "invalid_value")
     output, extra = item["output"], []
     if isinstance(output, list):
         # Text joins into the response; images and files ride along as parts of the same turn.
@@ -361,22 +346,10 @@ def _reasoning(ctx: _Contents, item: Json, param: str) -> None:
         ctx.text_signature(signature)
 
 
-def _item_reference(ctx: _Contents, item: Json, param: str) -> None:
-    _reject(
-        param,
-        f"item_reference {item['id']!r} cannot be resolved: stored items are not available "
-        "to this provider yet. Send the item itself.",
-        "invalid_value",
-    )
-
-
-_ITEMS: dict[str, Callable[[_Contents, Json, str], None]] = {
-    "message": _message,
-    "function_call": _function_call,
-    "function_call_output": _function_call_output,
-    "reasoning": _reasoning,
-    "item_reference": _item_reference,
-}
+_INPUT = InputItems[_Contents](
+    user=_user_message, system=_system_message, assistant=_assistant_message,
+    function_call=_function_call, function_call_output=_function_call_output, reasoning=_reasoning,
+)
 
 
 def _call_sigs(items: Sequence[Json], provider: str) -> dict[str, str]:
@@ -397,11 +370,10 @@ def _contents(request: ResponsesRequest, provider: str, assets: Assets) -> _Cont
     ctx = _Contents(provider, assets, names, _call_sigs(request.input, provider))
     if request.instructions:
         ctx.system.append({"text": request.instructions})
-    for i, item in enumerate(request.input):
-        _ITEMS[item["type"]](ctx, item, f"input[{i}]")
+    _INPUT.add(ctx, request.input)
     if not ctx.turns:
-        _reject("input", f"provider {provider!r} needs at least one non-empty user or assistant item in "
-                "'input'.", "invalid_value")
+        reject("input", f"provider {provider!r} needs at least one non-empty user or assistant item in "
+               "'input'.", "invalid_value")
     return ctx
 
 
@@ -410,8 +382,8 @@ def _contents(request: ResponsesRequest, provider: str, assets: Assets) -> _Cont
 
 def _declaration(tool: Json, param: str, provider: str) -> Json:
     if tool["type"] != "function":
-        _reject(f"{param}.type", f"built-in tool {tool['type']!r} is not supported by provider {provider!r}; "
-                "only function tools are.")
+        reject(f"{param}.type", f"built-in tool {tool['type']!r} is not supported by provider {provider!r}; "
+               "only function tools are.")
     declaration: Json = {"name": tool["name"]}
     if tool.get("description") is not None:
         declaration["description"] = tool["description"]
@@ -451,8 +423,8 @@ def _choice(choice: str | Json, provider: str) -> _Choice:
         return _CHOICE_MODES[choice]
     convert = _CHOICE_OBJECTS.get(choice["type"])
     if convert is None:
-        _reject("tool_choice.type", f"tool_choice of type {choice['type']!r} is not supported by provider "
-                f"{provider!r}.")
+        reject("tool_choice.type", f"tool_choice of type {choice['type']!r} is not supported by provider "
+               f"{provider!r}.")
     return convert(choice)
 
 
@@ -506,15 +478,8 @@ def _format_fields(request: ResponsesRequest) -> Json:
 
 
 def _generation_config(request: ResponsesRequest) -> Json:
-    config: Json = {}
-    if request.temperature is not None:
-        config["temperature"] = request.temperature
-    if request.top_p is not None:
-        config["topP"] = request.top_p
-    if request.max_output_tokens is not None:
-        config["maxOutputTokens"] = request.max_output_tokens
-    if request.stop:
-        config["stopSequences"] = list(request.stop)
+    config = sampling_fields(request, temperature="temperature", top_p="topP", max_output_tokens="maxOutputTokens",
+                             stop="stopSequences")
     config |= _format_fields(request)
     thinking = _thinking_config(request.reasoning)
     if thinking:
@@ -523,16 +488,7 @@ def _generation_config(request: ResponsesRequest) -> Json:
 
 
 def _headers(provider: ProviderConfig) -> dict[str, str]:
-    headers = {
-        "content-type": "application/json",
-        "accept-encoding": "identity",  # SSE must reach the translator as it is produced
-    }
-    key = provider.api_key.get()
-    if key:
-        headers["x-goog-api-key"] = key
-    for name, value in provider.headers:
-        headers[name.lower()] = value
-    return headers
+    return upstream_headers(provider, accept=None, key_header="x-goog-api-key", key_prefix="")
 
 
 def stream_url(base_url: str, model: str) -> str:
@@ -559,8 +515,7 @@ def build_request(
     config = _generation_config(request)
     if config:
         body["generationConfig"] = config
-    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return UpstreamRequest("POST", stream_url(provider.base_url, model), _headers(provider), encoded)
+    return json_post(stream_url(provider.base_url, model), _headers(provider), body)
 
 
 # --- stream translator ---------------------------------------------------------------------------
@@ -594,36 +549,19 @@ _STREAM_CODES: dict[object, str] = {
     400: "invalid_prompt",
 }
 
-_CALL_ID_ALPHABET = string.ascii_letters + string.digits
-_RANDOM = random.SystemRandom()
 _ENDED_EARLY = "upstream stream ended before a finishReason"
-_KNOWN_FIELDS = (b"data", b"event", b"id", b"retry")
 _RAW_LIMIT = 64 * 1024  # the most raw (non-SSE) JSON text held while waiting for its braces to balance
 _loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def _mint_call_id() -> str:
-    """A fresh ``call_`` + 24 random alphanumerics, for calls Gemini gave no id."""
-    return "call_" + "".join(_RANDOM.choices(_CALL_ID_ALPHABET, k=24))
-
-
-def _count(value: object) -> int:
-    """A token count from upstream JSON; anything that is not a finite number counts as 0."""
-    if type(value) is int:
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    return 0
-
-
 def _usage(raw: Json) -> Usage:
     """Gemini ``usageMetadata`` → ``Usage``."""
-    thoughts = _count(raw.get("thoughtsTokenCount"))
+    thoughts = token_count(raw.get("thoughtsTokenCount"))
     return Usage(
-        input_tokens=_count(raw.get("promptTokenCount")) + _count(raw.get("toolUsePromptTokenCount")),
-        output_tokens=_count(raw.get("candidatesTokenCount")) + thoughts,
-        cached_tokens=_count(raw.get("cachedContentTokenCount")),
+        input_tokens=token_count(raw.get("promptTokenCount")) + token_count(raw.get("toolUsePromptTokenCount")),
+        output_tokens=token_count(raw.get("candidatesTokenCount")) + thoughts,
+        cached_tokens=token_count(raw.get("cachedContentTokenCount")),
         reasoning_tokens=thoughts,
     )
 
@@ -648,23 +586,6 @@ def _first_candidate(candidates: list[Json]) -> Json | None:
     if first.get("index", 0) == 0:
         return first
     return next((c for c in candidates if c.get("index", 0) == 0), None)
-
-
-class _SSEWithRawLines(SSEDecoder):
-    """The SSE decoder, also keeping lines that are no SSE field (raw JSON error lines)."""
-
-    __slots__ = ("raw_lines",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.raw_lines: list[bytes] = []
-
-    def _field(self, line: bytes) -> None:
-        # SSEDecoder hands every line but comments and ``data: `` lines to ``_field``.
-        if line.split(b":", 1)[0] in _KNOWN_FIELDS:
-            super()._field(line)
-        else:
-            self.raw_lines.append(line)
 
 
 class _RawJson:
@@ -744,7 +665,8 @@ class GeminiStreamTranslator:
 
     def __init__(self, *, provider: str, secrets: Sequence[str] = ()) -> None:
         """``provider`` (the config name) is minted into signature blobs; ``secrets`` are redacted."""
-        self._decoder = _SSEWithRawLines()
+        # Raw JSON error lines (no SSE field) are kept by the decoder for ``_on_raw_lines``.
+        self._decoder = SSEDecoder(keep_unknown_lines=True)
         self._raw = _RawJson()
         self._provider = provider
         self._secrets = tuple(secrets)
@@ -766,7 +688,7 @@ class GeminiStreamTranslator:
             self._on_data(event.data, out)
             if self._ended:
                 return out
-        if self._decoder.raw_lines:
+        if self._decoder.unknown_lines:
             self._on_raw_lines(out)
         return out
 
@@ -807,8 +729,8 @@ class GeminiStreamTranslator:
 
     def _on_raw_lines(self, out: list[Delta]) -> None:
         """Lines outside any SSE field: Google sends a mid-stream error as raw JSON lines."""
-        lines = self._decoder.raw_lines[:]
-        self._decoder.raw_lines.clear()
+        lines = self._decoder.unknown_lines[:]
+        self._decoder.unknown_lines.clear()
         for line in lines:
             text = self._raw.add(line)
             if text is None:
@@ -901,7 +823,7 @@ class GeminiStreamTranslator:
         if upstream_id and type(upstream_id) is str and upstream_id not in self._used_ids:
             call_id = upstream_id
         else:
-            call_id = _mint_call_id()
+            call_id = mint_call_id()
         self._used_ids.add(call_id)
         return call_id
 
@@ -959,7 +881,6 @@ class GeminiStreamTranslator:
 
 # --- error parser --------------------------------------------------------------------------------
 
-_RAW_BODY_LIMIT = 1000
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 _DELAY = re.compile(r"(\d+(?:\.\d+)?)s")
@@ -967,13 +888,11 @@ _CONTEXT_MARKERS = ("exceeds the maximum number of tokens", "input token count")
 
 
 @dataclass(frozen=True, slots=True)
-class _GoogleError:
-    """The useful parts of a Google error body, already redacted."""
+class _GoogleError(ErrorBody):
+    """A Google error body; ``retry_delay`` is RetryInfo's ``retryDelay`` in whole seconds."""
 
-    message: str
-    status: str | None  # the gRPC status name, e.g. INVALID_ARGUMENT
-    reasons: frozenset[str]  # google.rpc.ErrorInfo reasons, e.g. API_KEY_INVALID
-    retry_delay: str | None  # google.rpc.RetryInfo retryDelay, e.g. "7s"
+    status: str | None = None  # the gRPC status name, e.g. INVALID_ARGUMENT
+    reasons: frozenset[str] = frozenset()  # google.rpc.ErrorInfo reasons, e.g. API_KEY_INVALID
 
 
 def _error_object(parsed: object) -> Json:
@@ -1001,38 +920,25 @@ def _details(error: Json) -> tuple[frozenset[str], str | None]:
     return frozenset(reasons), delay
 
 
+def _whole_seconds(delay: str | None) -> str | None:
+    """RetryInfo's ``retryDelay`` (``"7.5s"``) as a ``retry-after`` value, rounded up."""
+    match = _DELAY.fullmatch(delay.strip()) if delay else None
+    return str(math.ceil(float(match[1]))) if match else None
+
+
 def _read_error(status: int, body: bytes, secrets: Sequence[str]) -> _GoogleError:
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        error = _error_object(_loads(text))
-    except (ValueError, RecursionError):
-        error = {}
-    message = error.get("message")
-    if not isinstance(message, str) or not message:
-        message = text[:_RAW_BODY_LIMIT] or f"upstream answered HTTP {status} with an empty body"
+    text, parsed = error_text(body)
+    error = _error_object(parsed)
     grpc_status = error.get("status")
     reasons, delay = _details(error)
-    return _GoogleError(clean_message(message, secrets), grpc_status if isinstance(grpc_status, str) else None,
-                        reasons, delay)
-
-
-def _retry_after(headers: Mapping[str, str], err: _GoogleError) -> dict[str, str]:
-    """``retry-after`` from the header, else from RetryInfo's ``retryDelay`` (whole seconds, rounded up)."""
-    delay = None
-    if err.retry_delay:
-        match = _DELAY.fullmatch(err.retry_delay.strip())
-        if match:
-            delay = str(math.ceil(float(match[1])))
-    return retry_after(headers, delay)
-
-
-def _bad_credentials(status: int, err: _GoogleError, headers: Mapping[str, str]) -> GatewayError:
-    return credentials_rejected(status, err.message)
+    return _GoogleError(clean_message(message_or_text(error.get("message"), status, text), secrets),
+                        retry_delay=_whole_seconds(delay),
+                        status=grpc_status if isinstance(grpc_status, str) else None, reasons=reasons)
 
 
 def _invalid_request(status: int, err: _GoogleError, headers: Mapping[str, str]) -> GatewayError:
     if "API_KEY_INVALID" in err.reasons:
-        return _bad_credentials(status, err, headers)  # Gemini answers a wrong key with a 400
+        return bad_credentials(status, err, headers)  # Gemini answers a wrong key with a 400
     lowered = err.message.lower()
     if any(marker in lowered for marker in _CONTEXT_MARKERS):
         code: str | None = "context_length_exceeded"
@@ -1045,39 +951,9 @@ def _not_found(status: int, err: _GoogleError, headers: Mapping[str, str]) -> Ga
     return NotFound(err.message, code="model_not_found")
 
 
-def _too_large(status: int, err: _GoogleError, headers: Mapping[str, str]) -> GatewayError:
-    return PayloadTooLarge(err.message)
-
-
-def _rate_limited(status: int, err: _GoogleError, headers: Mapping[str, str]) -> GatewayError:
-    return RateLimited(err.message, headers=_retry_after(headers, err))
-
-
-def _timed_out(status: int, err: _GoogleError, headers: Mapping[str, str]) -> GatewayError:
-    return UpstreamTimeout(f"upstream timed out (HTTP {status}): {err.message}")
-
-
-def _upstream_failed(status: int, err: _GoogleError, headers: Mapping[str, str]) -> GatewayError:
-    code = failure_code(status)
-    return UpstreamError(f"upstream error (HTTP {status}): {err.message}", code=code,
-                         headers=_retry_after(headers, err))
-
-
-_ErrorFactory = Callable[[int, _GoogleError, Mapping[str, str]], GatewayError]
-
 # README "Errors"; every other status is an upstream failure (502).
-_ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
-    400: _invalid_request,
-    409: _invalid_request,
-    422: _invalid_request,
-    404: _not_found,
-    413: _too_large,
-    429: _rate_limited,
-    401: _bad_credentials,
-    403: _bad_credentials,
-    408: _timed_out,
-    504: _timed_out,
-}
+_ERRORS = ErrorTable(_read_error, {400: _invalid_request, 409: _invalid_request, 422: _invalid_request,
+                                   404: _not_found})
 
 
 def parse_error(
@@ -1090,34 +966,14 @@ def parse_error(
     401 and 403 become a 502 (the gateway's own upstream key is at fault); 429 copies
     ``retry-after`` or derives it from ``google.rpc.RetryInfo``.
     """
-    err = _read_error(status, body, secrets)
-    return sanitize_upstream(_ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers), secrets)
+    return _ERRORS.parse(status, headers, body, secrets)
 
 
-class GeminiDialect:
-    """The Gemini Developer API dialect (``type = "gemini"`` providers)."""
-
-    name: str = "gemini"
-    needs_image_bytes: bool = True
-    relays_events: bool = False
-
-    def build_request(
-        self, request: ResponsesRequest, provider: ProviderConfig, model: str, assets: Assets = NO_ASSETS
-    ) -> UpstreamRequest:
-        """See ``build_request``."""
-        return build_request(request, provider, model, assets)
-
-    def new_translator(
-        self, request: ResponsesRequest, provider: ProviderConfig, secrets: Sequence[str] = ()
-    ) -> GeminiStreamTranslator:
-        """A fresh translator for one upstream response body."""
-        return GeminiStreamTranslator(provider=provider.name, secrets=secrets)
-
-    def parse_error(
-        self, status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
-    ) -> GatewayError:
-        """See ``parse_error``."""
-        return parse_error(status, headers, body, secrets)
-
-
-DIALECT: Dialect = GeminiDialect()
+#: the Gemini Developer API dialect (``type = "gemini"`` providers)
+DIALECT: Dialect = WireDialect(
+    name="gemini",
+    build=build_request,
+    translator=lambda request, provider, secrets: GeminiStreamTranslator(provider=provider.name, secrets=secrets),
+    errors=parse_error,
+    needs_image_bytes=True,
+)

@@ -29,9 +29,7 @@ Decisions where Ollama has no equivalent (each a 400 naming ``param`` unless not
 from __future__ import annotations
 
 import json
-import random
-import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -53,22 +51,16 @@ from streamgw.core.ndjson import NDJSONDecoder
 from streamgw.core.request import ResponsesRequest
 from streamgw.errors import (
     GatewayError,
-    InvalidRequest,
     NotFound,
-    PayloadTooLarge,
-    RateLimited,
-    UpstreamError,
-    UpstreamTimeout,
     clean_message,
-    sanitize_upstream,
 )
-from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest
-from streamgw.providers.errors import credentials_rejected, failure_code, retry_after
+from streamgw.providers.base import NO_ASSETS, Assets, Dialect, UpstreamRequest, WireDialect
+from streamgw.providers.common import InputItems, json_post, mint_call_id, reject, sampling_fields, upstream_headers
+from streamgw.providers.errors import ErrorBody, ErrorTable, error_text, message_or_text
 
 __all__ = [
     "DIALECT",
     "THINK_LEVELS",
-    "OllamaDialect",
     "OllamaStreamTranslator",
     "build_request",
     "parse_error",
@@ -77,10 +69,6 @@ __all__ = [
 # --- request builder ---------------------------------------------------------------------------
 
 Message = dict[str, Any]
-
-
-def _reject(param: str, message: str, code: str = "unsupported_parameter") -> NoReturn:
-    raise InvalidRequest(message, param=param, code=code)
 
 
 @dataclass(slots=True)
@@ -103,7 +91,7 @@ _BASE64_MARKER = ";base64,"
 def _image_base64(part: dict[str, Any], param: str, history: _History) -> str:
     """The bare base64 of an ``input_image``: a data URL stripped, or the fetched bytes of a URL."""
     if part.get("file_id") is not None:
-        _reject(
+        reject(
             f"{param}.file_id",
             f"input_image with 'file_id' is not supported by provider {history.provider!r}: file ids live "
             "in another upstream's file store. Send the image inline (a data URL) or as an http(s) URL.",
@@ -112,12 +100,12 @@ def _image_base64(part: dict[str, Any], param: str, history: _History) -> str:
     if url.startswith(_DATA_URL_PREFIX):
         head, marker, data = url.partition(_BASE64_MARKER)
         if not marker or "," in head:
-            _reject(f"{param}.image_url", "Only base64 data URLs (data:<mime>;base64,...) are supported.",
-                    "invalid_value")
+            reject(f"{param}.image_url", "Only base64 data URLs (data:<mime>;base64,...) are supported.",
+                   "invalid_value")
         return data
     fetched = history.assets.get(url)
     if fetched is None:
-        _reject(
+        reject(
             f"{param}.image_url",
             f"image URL {url[:200]!r} cannot be sent to provider {history.provider!r}: it takes image bytes, "
             "and only http(s) URLs are fetched. Use an http(s) URL or a base64 data URL.",
@@ -135,7 +123,7 @@ def _content(parts: list[dict[str, Any]], param: str, history: _History) -> tupl
         if kind == "input_image":
             images.append(_image_base64(part, f"{param}[{j}]", history))
         elif kind == "input_file":
-            _reject(
+            reject(
                 f"{param}[{j}].type",
                 f"input_file parts (PDFs and other documents) are not supported by provider "
                 f"{history.provider!r}: Ollama's chat API takes text and images only.",
@@ -149,8 +137,8 @@ def _text_only(parts: list[dict[str, Any]], param: str, history: _History, what:
     text, images = _content(parts, param, history)
     if images:
         j = next(j for j, part in enumerate(parts) if part["type"] == "input_image")
-        _reject(f"{param}[{j}].type", f"input_image parts in {what} are not supported by provider "
-                f"{history.provider!r}.")
+        reject(f"{param}[{j}].type", f"input_image parts in {what} are not supported by provider "
+               f"{history.provider!r}.")
     return text
 
 
@@ -178,18 +166,6 @@ def _assistant_message(history: _History, item: dict[str, Any], param: str) -> N
     history.messages.append({"role": "assistant", "content": text})
 
 
-_ROLES: dict[str, Callable[[_History, dict[str, Any], str], None]] = {
-    "user": _user_message,
-    "system": _system_message,
-    "developer": _system_message,
-    "assistant": _assistant_message,
-}
-
-
-def _message(history: _History, item: dict[str, Any], param: str) -> None:
-    _ROLES[item["role"]](history, item, param)
-
-
 def _no_constants(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -199,10 +175,10 @@ def _arguments(item: dict[str, Any], param: str) -> dict[str, Any]:
     try:
         value = json.loads(item["arguments"] or "{}", parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
-        _reject(f"{param}.arguments", f"function_call arguments are not valid JSON: {exc}", "invalid_value")
+        reject(f"{param}.arguments", f"function_call arguments are not valid JSON: {exc}", "invalid_value")
     if not isinstance(value, dict):
-        _reject(f"{param}.arguments", "function_call arguments must be a JSON object: Ollama takes "
-                "tool-call arguments as an object.", "invalid_value")
+        reject(f"{param}.arguments", "function_call arguments must be a JSON object: Ollama takes "
+               "tool-call arguments as an object.", "invalid_value")
     return value
 
 
@@ -232,30 +208,17 @@ def _reasoning(history: _History, item: dict[str, Any], param: str) -> None:
     """Reasoning items are dropped: Ollama needs no thinking replay."""
 
 
-def _item_reference(history: _History, item: dict[str, Any], param: str) -> None:
-    _reject(
-        param,
-        f"item_reference {item['id']!r} cannot be resolved: stored items are not available "
-        "to this provider yet. Send the item itself.",
-        "invalid_value",
-    )
-
-
-_ITEMS: dict[str, Callable[[_History, dict[str, Any], str], None]] = {
-    "message": _message,
-    "function_call": _function_call,
-    "function_call_output": _function_call_output,
-    "reasoning": _reasoning,
-    "item_reference": _item_reference,
-}
+_INPUT = InputItems[_History](
+    user=_user_message, system=_system_message, assistant=_assistant_message,
+    function_call=_function_call, function_call_output=_function_call_output, reasoning=_reasoning,
+)
 
 
 def _messages(request: ResponsesRequest, provider: ProviderConfig, assets: Assets) -> list[Message]:
     history = _History(provider=provider.name, assets=assets)
     if request.instructions:
         history.messages.append({"role": "system", "content": request.instructions})
-    for i, item in enumerate(request.input):
-        _ITEMS[item["type"]](history, item, f"input[{i}]")
+    _INPUT.add(history, request.input)
     return history.messages
 
 
@@ -266,7 +229,7 @@ _EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 def _tool(tool: dict[str, Any], param: str, provider: str) -> dict[str, Any]:
     if tool["type"] != "function":
-        _reject(
+        reject(
             f"{param}.type",
             f"built-in tool {tool['type']!r} is not supported by provider {provider!r}; only function tools are.",
         )
@@ -278,7 +241,7 @@ def _tool(tool: dict[str, Any], param: str, provider: str) -> dict[str, Any]:
 
 
 def _cannot_force(param: str, provider: str) -> NoReturn:
-    _reject(
+    reject(
         param,
         f"provider {provider!r} (Ollama) cannot force a tool call: it has no tool_choice. "
         "Use tool_choice 'auto' (the model decides) or 'none'.",
@@ -327,15 +290,8 @@ def _format_fields(request: ResponsesRequest) -> dict[str, Any]:
 
 
 def _options(request: ResponsesRequest) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if request.temperature is not None:
-        options["temperature"] = request.temperature
-    if request.top_p is not None:
-        options["top_p"] = request.top_p
-    if request.max_output_tokens is not None:
-        options["num_predict"] = request.max_output_tokens
-    if request.stop:
-        options["stop"] = list(request.stop)
+    options = sampling_fields(request, temperature="temperature", top_p="top_p", max_output_tokens="num_predict",
+                              stop="stop")
     return {"options": options} if options else {}
 
 
@@ -345,17 +301,7 @@ def _think(request: ResponsesRequest) -> dict[str, Any]:
 
 
 def _headers(provider: ProviderConfig) -> dict[str, str]:
-    headers = {
-        "content-type": "application/json",
-        "accept": "application/x-ndjson",
-        "accept-encoding": "identity",  # lines must reach the translator as they are produced
-    }
-    key = provider.api_key.get()
-    if key:  # a local Ollama has no key; hosted deployments behind a proxy may
-        headers["authorization"] = f"Bearer {key}"
-    for name, value in provider.headers:
-        headers[name.lower()] = value
-    return headers
+    return upstream_headers(provider, accept="application/x-ndjson")
 
 
 def build_request(
@@ -373,9 +319,7 @@ def build_request(
     body |= _options(request)
     body |= _format_fields(request)
     body |= _think(request)
-    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    url = f"{provider.base_url.rstrip('/')}/api/chat"
-    return UpstreamRequest(method="POST", url=url, headers=_headers(provider), body=encoded)
+    return json_post(f"{provider.base_url.rstrip('/')}/api/chat", _headers(provider), body)
 
 
 # --- stream translator ---------------------------------------------------------------------------
@@ -386,8 +330,6 @@ _DONE_REASONS: dict[str, FinishReason] = {
     "length": FinishReason.MAX_OUTPUT_TOKENS,
 }
 
-_CALL_ID_ALPHABET = string.ascii_letters + string.digits
-_RANDOM = random.SystemRandom()
 _ENDED_EARLY = "upstream stream ended before completion (no done line)"
 _CUT_MID_LINE = "upstream stream ended before completion (cut mid-line)"
 _BAD_SHAPE = "malformed upstream line: unexpected structure"
@@ -395,13 +337,11 @@ _RAW_BODY_LIMIT = 1000
 _loads = jsontext.loads  # json.loads, but lone surrogates become U+FFFD (streamgw.core.jsontext)
 
 
-def _mint_call_id() -> str:
-    """``call_`` + 24 random alphanumerics, for calls without a usable upstream id."""
-    return "call_" + "".join(_RANDOM.choices(_CALL_ID_ALPHABET, k=24))
-
-
 def _count(value: object) -> int:
-    """A token count; absent (Ollama omits zeros) or not an integer counts as 0."""
+    """A token count; absent (Ollama omits zeros) or not an integer counts as 0.
+
+    Stricter than ``common.token_count``: Ollama only ever sends integers, so a float is junk.
+    """
     return value if type(value) is int else 0
 
 
@@ -523,7 +463,7 @@ class OllamaStreamTranslator:
         if upstream_id and type(upstream_id) is str and upstream_id not in self._used_ids:
             call_id = upstream_id
         else:
-            call_id = _mint_call_id()
+            call_id = mint_call_id()
         self._used_ids.add(call_id)
         return call_id
 
@@ -537,11 +477,10 @@ class OllamaStreamTranslator:
 
 
 @dataclass(frozen=True, slots=True)
-class _ErrorBody:
-    """An upstream error body: its redacted message, and whether it was Ollama's JSON shape."""
+class _OllamaError(ErrorBody):
+    """An upstream error body, and whether it was Ollama's JSON shape."""
 
-    message: str
-    is_json: bool
+    is_json: bool = False
 
 
 def _error_text(parsed: object) -> str | None:
@@ -554,66 +493,21 @@ def _error_text(parsed: object) -> str | None:
     return error if isinstance(error, str) and error else None
 
 
-def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _ErrorBody:
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        message = _error_text(_loads(text))
-    except (ValueError, RecursionError):
-        message = None
-    is_json = message is not None
-    if message is None:
-        message = text[:_RAW_BODY_LIMIT] or f"upstream answered HTTP {status} with an empty body"
-    return _ErrorBody(clean_message(message, secrets), is_json)
+def _read_error_body(status: int, body: bytes, secrets: Sequence[str]) -> _OllamaError:
+    text, parsed = error_text(body)
+    message = _error_text(parsed)
+    return _OllamaError(clean_message(message_or_text(message, status, text), secrets), is_json=message is not None)
 
 
-def _invalid_request(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return InvalidRequest(err.message)
-
-
-def _not_found(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
+def _not_found(status: int, err: _OllamaError, headers: Mapping[str, str]) -> GatewayError:
     if err.is_json:  # e.g. model "x" not found, try pulling it first
         return NotFound(err.message, code="model_not_found")
     # A plain-text 404 is a route the server does not have: usually base_url is not the root.
     return NotFound(f"upstream has no /api/chat ({err.message}); is base_url the Ollama server root?")
 
 
-def _too_large(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return PayloadTooLarge(err.message)
-
-
-def _rate_limited(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return RateLimited(err.message, headers=retry_after(headers))
-
-
-def _bad_credentials(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return credentials_rejected(status, err.message)
-
-
-def _timed_out(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    return UpstreamTimeout(f"upstream timed out (HTTP {status}): {err.message}")
-
-
-def _upstream_failed(status: int, err: _ErrorBody, headers: Mapping[str, str]) -> GatewayError:
-    code = failure_code(status)
-    return UpstreamError(f"upstream error (HTTP {status}): {err.message}", code=code,
-                         headers=retry_after(headers))
-
-
-_ErrorFactory = Callable[[int, _ErrorBody, Mapping[str, str]], GatewayError]
-
 # README "Errors"; every other status is an upstream failure (502).
-_ERRORS_BY_STATUS: dict[int, _ErrorFactory] = {
-    400: _invalid_request,
-    409: _invalid_request,
-    422: _invalid_request,
-    404: _not_found,
-    413: _too_large,
-    429: _rate_limited,
-    401: _bad_credentials,
-    403: _bad_credentials,
-    408: _timed_out,
-    504: _timed_out,
-}
+_ERRORS = ErrorTable(_read_error_body, {404: _not_found})
 
 
 def parse_error(
@@ -625,34 +519,14 @@ def parse_error(
     key-shaped redacted.  A JSON 404 is an unknown model (``model_not_found``); a 429's
     ``retry-after`` is copied; 401/403 become a 502 (the gateway's own credential).
     """
-    err = _read_error_body(status, body, secrets)
-    return sanitize_upstream(_ERRORS_BY_STATUS.get(status, _upstream_failed)(status, err, headers), secrets)
+    return _ERRORS.parse(status, headers, body, secrets)
 
 
-class OllamaDialect:
-    """The Ollama native dialect (``type = "ollama"`` providers)."""
-
-    name: str = "ollama"
-    needs_image_bytes: bool = True
-    relays_events: bool = False
-
-    def build_request(
-        self, request: ResponsesRequest, provider: ProviderConfig, model: str, assets: Assets = NO_ASSETS
-    ) -> UpstreamRequest:
-        """See ``build_request``."""
-        return build_request(request, provider, model, assets)
-
-    def new_translator(
-        self, request: ResponsesRequest, provider: ProviderConfig, secrets: Sequence[str] = ()
-    ) -> OllamaStreamTranslator:
-        """A fresh translator for one upstream response body."""
-        return OllamaStreamTranslator(secrets=secrets)
-
-    def parse_error(
-        self, status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
-    ) -> GatewayError:
-        """See ``parse_error``."""
-        return parse_error(status, headers, body, secrets)
-
-
-DIALECT: Dialect = OllamaDialect()
+#: the Ollama native dialect (``type = "ollama"`` providers)
+DIALECT: Dialect = WireDialect(
+    name="ollama",
+    build=build_request,
+    translator=lambda request, provider, secrets: OllamaStreamTranslator(secrets=secrets),
+    errors=parse_error,
+    needs_image_bytes=True,
+)

@@ -8,7 +8,6 @@ yields ``RelayedEvent``s instead of neutral deltas (``relays_events = True``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -27,23 +26,14 @@ from streamgw.core.request import ResponsesRequest
 from streamgw.core.sse import SSEDecoder, TruncatedStream
 from streamgw.errors import GatewayError, redact, sanitize_error_object
 from streamgw.providers import chat_completions
-from streamgw.providers.base import NO_ASSETS, Assets, Dialect, StreamTranslator, UpstreamRequest
+from streamgw.providers.base import Dialect, StreamTranslator, UpstreamRequest, WireDialect
+from streamgw.providers.common import json_post, upstream_headers
 
 # --- request builder ---------------------------------------------------------------------------
 
 
 def _headers(provider: ProviderConfig) -> dict[str, str]:
-    headers = {
-        "content-type": "application/json",
-        "accept": "text/event-stream",
-        "accept-encoding": "identity",  # SSE must reach the relay as it is produced
-    }
-    key = provider.api_key.get()
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    for name, value in provider.headers:
-        headers[name.lower()] = value
-    return headers
+    return upstream_headers(provider, accept="text/event-stream")
 
 
 def _foreign_reasoning(item: object) -> bool:
@@ -83,9 +73,7 @@ def build_request(request: ResponsesRequest, provider: ProviderConfig, model: st
     Unknown fields are forwarded untouched: the upstream is the judge of what it
     accepts (an unknown parameter comes back as its own 400, naming the ``param``).
     """
-    encoded = json.dumps(_body(request, model), ensure_ascii=False, separators=(",", ":")).encode()
-    url = f"{provider.base_url.rstrip('/')}/responses"
-    return UpstreamRequest(method="POST", url=url, headers=_headers(provider), body=encoded)
+    return json_post(f"{provider.base_url.rstrip('/')}/responses", _headers(provider), _body(request, model))
 
 
 # --- relay translator ----------------------------------------------------------------------------
@@ -193,34 +181,13 @@ def parse_error(
     return chat_completions.parse_error(status, headers, body, secrets)
 
 
-class OpenAIResponsesDialect:
-    """The native Responses dialect (``type = "openai"`` providers)."""
-
-    name: str = "openai"
-    needs_image_bytes: bool = False
-    relays_events: bool = True
-
-    def build_request(
-        self, request: ResponsesRequest, provider: ProviderConfig, model: str, assets: Assets = NO_ASSETS
-    ) -> UpstreamRequest:
-        """See ``build_request``."""
-        return build_request(request, provider, model)
-
-    def new_translator(
-        self, request: ResponsesRequest, provider: ProviderConfig, secrets: Sequence[str] = ()
-    ) -> StreamTranslator:
-        """A fresh relay translator for one upstream body.
-
-        It yields ``RelayItem``s, not deltas: the engine feeds them to a ``RelayEmitter``
-        because ``relays_events`` is set (the ``StreamTranslator`` protocol names deltas only).
-        """
-        return cast(StreamTranslator, ResponsesRelayTranslator(secrets=secrets))
-
-    def parse_error(
-        self, status: int, headers: Mapping[str, str], body: bytes, secrets: Sequence[str] = ()
-    ) -> GatewayError:
-        """See ``parse_error``."""
-        return parse_error(status, headers, body, secrets)
-
-
-DIALECT: Dialect = OpenAIResponsesDialect()
+#: the native Responses dialect (``type = "openai"`` providers).  Its translator yields
+#: ``RelayItem``s, not deltas: the engine feeds them to a ``RelayEmitter`` because
+#: ``relays_events`` is set (the ``StreamTranslator`` protocol names deltas only).
+DIALECT: Dialect = WireDialect(
+    name="openai",
+    build=lambda request, provider, model, assets: build_request(request, provider, model),
+    translator=lambda request, provider, secrets: cast(StreamTranslator, ResponsesRelayTranslator(secrets=secrets)),
+    errors=parse_error,
+    relays_events=True,
+)

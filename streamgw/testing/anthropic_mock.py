@@ -45,17 +45,24 @@ import base64
 import dataclasses
 import hashlib
 import json
-import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 import trio
 
-from streamgw.testing.server import MockRequest, MockServerStats, Responder, serve_http, serving_in_thread
+from streamgw.testing.mockbase import (
+    Knobs,
+    MockUpstream,
+    base_knob_parsers,
+    dumps,
+    mock_arguments,
+    non_negative_int,
+    parse_knobs,
+    run_until_signal,
+)
+from streamgw.testing.server import MockRequest, Responder
 
 __all__ = [
     "SCENARIOS",
@@ -97,10 +104,6 @@ _TOP_LEVEL = frozenset({
 })
 
 
-def _dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def signature_for(thinking: str) -> str:
     """The signature this mock puts on a thinking block with text ``thinking`` (and accepts back)."""
     digest = hashlib.blake2b(thinking.encode(), key=_SIGNATURE_KEY, digest_size=48).digest()
@@ -108,52 +111,26 @@ def signature_for(thinking: str) -> str:
 
 
 def _error_body(type_: str, message: str, request_id: str) -> bytes:
-    return _dumps({"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id})
+    return dumps({"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id})
 
 
 # ----------------------------------------------------------------------------------------- knobs
 
 
 @dataclass(frozen=True)
-class AnthropicKnobs:
+class AnthropicKnobs(Knobs):
     """Per-request behaviour; the mock's defaults, overridable through the model string."""
 
-    ttft: float = 0.0
-    token_delay: float = 0.0
-    tokens: int = 20
-    #: text of text delta ``i``; ``{i}`` is replaced by the delta number
-    token_text: str = "tok{i} "
     thinking_tokens: int = 5
     cache_read: int = 0
     cache_write: int = 0
 
-    def text(self, i: int) -> str:
-        """Text of text delta ``i``."""
-        return self.token_text.replace("{i}", str(i))
-
-
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError(raw)
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError(raw)
-    return value
-
 
 _KNOB_PARSERS: dict[str, Callable[[str], Any]] = {
-    "ttft": _non_negative_float,
-    "token_delay": _non_negative_float,
-    "tokens": _non_negative_int,
-    "token_text": str,
-    "thinking_tokens": _non_negative_int,
-    "cache_read": _non_negative_int,
-    "cache_write": _non_negative_int,
+    **base_knob_parsers(range_errors=False),
+    "thinking_tokens": non_negative_int,
+    "cache_read": non_negative_int,
+    "cache_write": non_negative_int,
 }
 
 
@@ -163,20 +140,7 @@ def parse_model(model: str) -> tuple[str, dict[str, Any]]:
     A suffix that is not all ``k=v`` pairs is part of the name.  Raises ``ValueError`` for an
     unknown knob or a bad value.
     """
-    name, sep, rest = model.partition(":")
-    items = rest.split(",") if sep else []
-    if not items or not all("=" in item for item in items):
-        return model, {}
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, _, raw = (part.strip() for part in item.partition("="))
-        if key not in _KNOB_PARSERS:
-            raise ValueError(f"unknown mock knob {key!r}; known: {', '.join(_KNOB_PARSERS)}")
-        try:
-            overrides[key] = _KNOB_PARSERS[key](raw)
-        except ValueError:
-            raise ValueError(f"bad value {raw!r} for mock knob {key!r}") from None
-    return name, overrides
+    return parse_knobs(model, _KNOB_PARSERS)
 
 
 # ---------------------------------------------------------------------------------- the answers
@@ -322,7 +286,7 @@ _BUILDERS: dict[str, Callable[[_Ctx], _Answer]] = {
 
 
 def _event(payload: Json) -> bytes:
-    return b"event: " + str(payload["type"]).encode() + b"\ndata: " + _dumps(payload) + b"\n\n"
+    return b"event: " + str(payload["type"]).encode() + b"\ndata: " + dumps(payload) + b"\n\n"
 
 
 _PING = _event({"type": "ping"})
@@ -525,7 +489,7 @@ def _status_error(name: str, model: str, key: str | None) -> tuple[int, str, str
     return table.get(name, (500, "api_error", "Internal server error", ()))
 
 
-class AnthropicMock:
+class AnthropicMock(MockUpstream):
     """An Anthropic Messages upstream with scripted scenarios.
 
     Every request received is appended to ``requests``; ``stats`` are the server counters once
@@ -545,24 +509,9 @@ class AnthropicMock:
         seed: int = 0,
     ) -> None:
         self.knobs = AnthropicKnobs(ttft, token_delay, tokens, token_text, thinking_tokens)
-        self.api_key = api_key
+        super().__init__(api_key=api_key)
         self.seed = seed
-        self.requests: list[MockRequest] = []
-        self.stats = MockServerStats()
         self._count = 0
-
-    async def serve(
-        self, *, host: str = "127.0.0.1", port: int = 0,
-        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve this mock until cancelled; reports the bound port via ``task_status``."""
-        await serve_http(self.handle, host=host, port=port, stats=self.stats, task_status=task_status)
-
-    @contextmanager
-    def serving_in_thread(self, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
-        """Serve this mock from a daemon thread; yields the bound port."""
-        with serving_in_thread(lambda: self.handle, host=host, port=port, stats=self.stats) as bound:
-            yield bound
 
     def bodies(self) -> list[Json]:
         """The JSON bodies of the ``/v1/messages`` requests received so far, in order."""
@@ -631,7 +580,7 @@ async def _complete(send: Responder, ctx: _Ctx, answer: _Answer, ids: _Ids) -> N
         await _json(send, 529, _error_body("overloaded_error", "Overloaded", ids.request_id), ids)
         return
     usage = _usage(input_tokens(ctx.body), ctx.knobs, answer.output_tokens)
-    payload = _dumps(_message(ctx, usage, [b.final() for b in answer.blocks], answer.stop_reason))
+    payload = dumps(_message(ctx, usage, [b.final() for b in answer.blocks], answer.stop_reason))
     if answer.ending == "cut":
         await send.start(200, (_JSON_TYPE, ("request-id", ids.request_id)))
         await send.chunk(payload[: len(payload) // 2])
@@ -644,28 +593,11 @@ async def _complete(send: Responder, ctx: _Ctx, answer: _Answer, ids: _Ids) -> N
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m streamgw.testing.anthropic_mock",
-                                     description="Mock Anthropic Messages upstream.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--ttft", type=float, default=0.0, help="seconds before message_start")
-    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between deltas")
-    parser.add_argument("--tokens", type=int, default=20, help="text deltas per answer")
-    parser.add_argument("--token-text", default="tok{i} ", help="text of delta {i}")
+    parser = mock_arguments("anthropic_mock", "Mock Anthropic Messages upstream.", unit="delta",
+                            first="message_start", key_help="require x-api-key (or Authorization: Bearer) KEY")
     parser.add_argument("--thinking-tokens", type=int, default=5, help="thinking deltas per thinking block")
-    parser.add_argument("--api-key", default=None, help="require x-api-key (or Authorization: Bearer) KEY")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-async def _serve_until_signal(mock: AnthropicMock, host: str, port: int) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(mock.serve, host=host, port=port))
-            print(f"LISTENING {bound}", flush=True)
-            async for _ in signals:
-                break
-            nursery.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -675,8 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_key=args.api_key, ttft=args.ttft, token_delay=args.token_delay, tokens=args.tokens,
         token_text=args.token_text, thinking_tokens=args.thinking_tokens, seed=args.seed,
     )
-    trio.run(_serve_until_signal, mock, args.host, args.port)
-    return 0
+    return run_until_signal(mock, args.host, args.port)
 
 
 if __name__ == "__main__":

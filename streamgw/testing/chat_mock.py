@@ -50,35 +50,45 @@ import argparse
 import dataclasses
 import functools
 import hashlib
-import json
 import random
 import resource
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal, NamedTuple
 
 import trio
 
+from streamgw.testing.mockbase import (
+    Knobs,
+    MockUpstream,
+    base_knob_parsers,
+    bearer_token,
+    dumps,
+    in_range,
+    mock_arguments,
+    models_list_body,
+    non_negative,
+    parse_knobs,
+    run_until_signal,
+)
 from streamgw.testing.server import (
     MockRequest,
-    MockServerStats,
     Responder,
-    serve_http,
-    serving_in_thread,
 )
 
 __all__ = [
     "SCENARIOS",
     "STATUS_SCENARIOS",
+    "BadRequest",
     "ChatCompletionsMock",
     "ChatKnobs",
+    "add_openai_options",
+    "json_object",
     "main",
     "mask_key",
+    "openai_options",
     "parse_model",
     "prompt_tokens",
 ]
@@ -110,12 +120,8 @@ _SERVER_ERROR = "The server had an error while processing your request."
 _VALID_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
-def _dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def _envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
-    return _dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+    return dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
 _MID_STREAM_ERROR = b"data: " + _envelope(_SERVER_ERROR, "server_error") + b"\n\n"
@@ -125,35 +131,19 @@ _MID_STREAM_ERROR = b"data: " + _envelope(_SERVER_ERROR, "server_error") + b"\n\
 
 
 @dataclass(frozen=True)
-class ChatKnobs:
+class ChatKnobs(Knobs):
     """Per-request behaviour; the mock's defaults, overridable through the model string."""
 
-    ttft: float = 0.0
-    token_delay: float = 0.0
-    tokens: int = 20
-    #: text of text chunk ``i``; ``{i}`` is replaced by the chunk number
-    token_text: str = "tok{i} "
     fault_rate: float = 0.0
     heavy_tail: float | None = None
     reasoning_tokens: int = 5
 
-    def text(self, i: int) -> str:
-        """Text of content chunk ``i``."""
-        return self.token_text.replace("{i}", str(i))
 
-
-def _non_negative(value: float) -> bool:
-    return value >= 0
-
-
-_KNOB_PARSERS: dict[str, tuple[Callable[[str], Any], Callable[[Any], bool]]] = {
-    "ttft": (float, _non_negative),
-    "token_delay": (float, _non_negative),
-    "tokens": (int, _non_negative),
-    "token_text": (str, lambda _: True),
-    "fault_rate": (float, lambda v: 0 <= v <= 1),
-    "heavy_tail": (lambda s: None if s.lower() == "none" else float(s), lambda v: v is None or v > 0),
-    "reasoning_tokens": (int, _non_negative),
+_KNOB_PARSERS: dict[str, Callable[[str], Any]] = {
+    **base_knob_parsers(),
+    "fault_rate": in_range(float, lambda v: 0 <= v <= 1),
+    "heavy_tail": in_range(lambda s: None if s.lower() == "none" else float(s), lambda v: v is None or v > 0),
+    "reasoning_tokens": in_range(int, non_negative),
 }
 
 
@@ -163,24 +153,7 @@ def parse_model(model: str) -> tuple[str, dict[str, Any]]:
     A suffix that is not all ``k=v`` pairs is part of the name.  Raises ``ValueError`` for an
     unknown knob or a bad value.
     """
-    name, sep, rest = model.partition(":")
-    items = rest.split(",") if sep else []
-    if not items or not all("=" in item for item in items):
-        return model, {}
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, _, raw = (part.strip() for part in item.partition("="))
-        if key not in _KNOB_PARSERS:
-            raise ValueError(f"unknown mock knob {key!r}; known: {', '.join(_KNOB_PARSERS)}")
-        convert, valid = _KNOB_PARSERS[key]
-        try:
-            value = convert(raw)
-        except ValueError:
-            raise ValueError(f"bad value {raw!r} for mock knob {key!r}") from None
-        if not valid(value):
-            raise ValueError(f"value {raw!r} out of range for mock knob {key!r}")
-        overrides[key] = value
-    return name, overrides
+    return parse_knobs(model, _KNOB_PARSERS)
 
 
 # ---------------------------------------------------------------------------------- the answers
@@ -366,11 +339,6 @@ def _auth_error(received: str | None) -> bytes:
     return _envelope(message, "invalid_request_error", None, "invalid_api_key")
 
 
-def _bearer(req: MockRequest) -> str | None:
-    scheme, _, token = req.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
-
-
 def _status_error(name: str, model: str, key: str | None) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
     """Status, body and extra headers of a ``status-NNN`` scenario."""
     if name == "status-400":
@@ -404,7 +372,7 @@ def _status_error(name: str, model: str, key: str | None) -> tuple[int, bytes, t
 @functools.lru_cache(maxsize=4096)
 def _piece_tail(piece: _Piece) -> bytes:
     """Everything of a content chunk after ``"delta":`` (cached: the same pieces repeat)."""
-    return _dumps(_piece_delta(piece)) + _CHOICE_TAIL
+    return dumps(_piece_delta(piece)) + _CHOICE_TAIL
 
 
 def _piece_delta(piece: _Piece) -> Json:
@@ -455,9 +423,9 @@ def _render_stream(
     if answer.ending != "done":
         return out
     out.add(offset, b'"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":%b}],"usage":null}\n\n'
-            % _dumps(answer.finish_reason))
+            % dumps(answer.finish_reason))
     if usage is not None:
-        out.add(offset, b'"choices":[],"usage":' + _dumps(usage) + b"}\n\n")
+        out.add(offset, b'"choices":[],"usage":' + dumps(usage) + b"}\n\n")
     out.last = _DONE
     return out
 
@@ -490,28 +458,36 @@ def _render_message(answer: _Answer) -> Json:
 # ------------------------------------------------------------------------------------- the mock
 
 
-class _BadRequest(Exception):
+class BadRequest(Exception):
+    """An OpenAI 400 (``invalid_request_error``) naming ``param`` and ``code``."""
+
     def __init__(self, message: str, param: str | None, code: str | None) -> None:
         super().__init__(message)
         self.param = param
         self.code = code
 
 
-def _validate(req: MockRequest) -> Json:
-    """The request body, checked like OpenAI does; raises ``_BadRequest``."""
+def json_object(req: MockRequest) -> Json:
+    """The request body as a JSON object, or the 400 OpenAI answers for anything else."""
     try:
         body = req.json()
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise _BadRequest(
+        raise BadRequest(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
             "using your HTTP library correctly. The OpenAI API expects a JSON payload.)", None, None)
+    return body
+
+
+def _validate(req: MockRequest) -> Json:
+    """The request body, checked like OpenAI does; raises ``BadRequest``."""
+    body = json_object(req)
     for name, kind, kind_name in (("model", str, "a string"), ("messages", list, "an array")):
         if name not in body:
-            raise _BadRequest(f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
+            raise BadRequest(f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
         if not isinstance(body[name], kind):
-            raise _BadRequest(
+            raise BadRequest(
                 f"Invalid type for '{name}': expected {kind_name}, but got {type(body[name]).__name__}.",
                 name, "invalid_type")
     _validate_messages(body["messages"])
@@ -520,13 +496,13 @@ def _validate(req: MockRequest) -> Json:
 
 def _validate_messages(messages: list[Any]) -> None:
     if not messages:
-        raise _BadRequest(
+        raise BadRequest(
             "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an "
             "empty array instead.", "messages", "empty_array")
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
         if role not in _VALID_ROLES:
-            raise _BadRequest(
+            raise BadRequest(
                 f"Invalid value: {role!r}. Supported values are: {', '.join(map(repr, _VALID_ROLES))}.",
                 f"messages[{i}].role", "invalid_value")
 
@@ -535,7 +511,7 @@ def _parse_model_param(model: str) -> tuple[str, dict[str, Any]]:
     try:
         return parse_model(model)
     except ValueError as exc:
-        raise _BadRequest(str(exc), "model", "invalid_value") from None
+        raise BadRequest(str(exc), "model", "invalid_value") from None
 
 
 class _Ids:
@@ -547,7 +523,7 @@ class _Ids:
         self.request_id = "req_" + digest
 
 
-class ChatCompletionsMock:
+class ChatCompletionsMock(MockUpstream):
     """An OpenAI Chat Completions upstream with scripted scenarios.
 
     Every request received is appended to ``requests``; ``stats`` are the server counters once
@@ -574,11 +550,9 @@ class ChatCompletionsMock:
         self.knobs = ChatKnobs(
             ttft, token_delay, tokens, token_text, fault_rate, heavy_tail, reasoning_tokens
         )
-        self.api_key = api_key
+        super().__init__(api_key=api_key)
         self.seed = seed
         self.base_path = base_path.rstrip("/")
-        self.requests: list[MockRequest] = []
-        self.stats = MockServerStats()
         self._rng = random.Random(seed)
         self._count = 0
         self.hold_until = hold_until
@@ -586,25 +560,12 @@ class ChatCompletionsMock:
         self._held = 0
         self._everyone_here = trio.Event()
 
-    async def serve(
-        self, *, host: str = "127.0.0.1", port: int = 0,
-        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve this mock until cancelled; reports the bound port via ``task_status``."""
-        await serve_http(self.handle, host=host, port=port, stats=self.stats, task_status=task_status)
-
-    @contextmanager
-    def serving_in_thread(self, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
-        """Serve this mock from a daemon thread; yields the bound port."""
-        with serving_in_thread(lambda: self.handle, host=host, port=port, stats=self.stats) as bound:
-            yield bound
-
     async def handle(self, req: MockRequest, send: Responder) -> None:
         """The server handler: auth, routing, validation, then the scenario."""
         self.requests.append(req)
         self._count += 1
         ids = _Ids(self.seed, self._count)
-        key = _bearer(req)
+        key = bearer_token(req)
         if self.api_key is not None and key != self.api_key:
             await self._json(send, 401, _auth_error(key), ids)
         elif req.path == self.base_path + "/chat/completions" and req.method == "POST":
@@ -612,7 +573,7 @@ class ChatCompletionsMock:
                 await self._hold()
             await self._chat(req, send, ids, key)
         elif req.path == self.base_path + "/models" and req.method == "GET":
-            await self._json(send, 200, _models_body(), ids)
+            await self._json(send, 200, models_list_body(SCENARIOS + STATUS_SCENARIOS), ids)
         else:
             body = _envelope(f"Invalid URL ({req.method} {req.path})", "invalid_request_error")
             await self._json(send, 404, body, ids)
@@ -631,7 +592,7 @@ class ChatCompletionsMock:
         try:
             body = _validate(req)
             name, overrides = _parse_model_param(body["model"])
-        except _BadRequest as exc:
+        except BadRequest as exc:
             payload = _envelope(str(exc), "invalid_request_error", exc.param, exc.code)
             await self._json(send, 400, payload, ids)
             return
@@ -661,7 +622,7 @@ class ChatCompletionsMock:
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         usage = _usage(prompt_tokens(body["messages"]), answer) if wants_usage else None
         head = b'data: {"id":"%b","object":"chat.completion.chunk","created":%d,"model":%b,' % (
-            ids.chat_id.encode(), int(time.time()), _dumps(body["model"]))
+            ids.chat_id.encode(), int(time.time()), dumps(body["model"]))
         plan = _render_stream(answer, head, knobs, first, usage)
         await send.start(200, (*_SSE_HEADERS, ("x-request-id", ids.request_id)))
         t0 = trio.current_time()
@@ -679,7 +640,7 @@ class ChatCompletionsMock:
         if answer.ending == "error":
             await self._json(send, 500, _envelope(_SERVER_ERROR, "server_error"), ids)
             return
-        payload = _dumps(_completion(body, answer, ids.chat_id))
+        payload = dumps(_completion(body, answer, ids.chat_id))
         if answer.ending == "cut":
             await send.start(200, (_JSON_TYPE, ("x-request-id", ids.request_id)))
             await send.chunk(payload[: len(payload) // 2])
@@ -712,58 +673,40 @@ def _completion(body: Json, answer: _Answer, chat_id: str) -> Json:
     }
 
 
-def _models_body() -> bytes:
-    names = SCENARIOS + STATUS_SCENARIOS
-    data = [{"id": n, "object": "model", "created": 1700000000, "owned_by": "streamgw-mock"} for n in names]
-    return _dumps({"object": "list", "data": data})
-
-
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m streamgw.testing.chat_mock",
-                                     description="Mock OpenAI Chat Completions upstream.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first chunk")
-    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between chunks")
-    parser.add_argument("--tokens", type=int, default=20, help="text chunks per answer")
-    parser.add_argument("--token-text", default="tok{i} ", help="text of chunk {i}")
+def add_openai_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options the OpenAI mocks (this one and ``responses_mock``) add to ``mock_arguments``."""
     parser.add_argument("--fault-rate", type=float, default=0.0, help="probability of a 500")
     parser.add_argument("--heavy-tail", type=float, default=None, metavar="ALPHA",
                         help="Pareto shape for the first-token delay (scaled by --ttft)")
-    parser.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def openai_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The constructor arguments of an OpenAI mock from its parsed options."""
+    names = ("ttft", "token_delay", "tokens", "token_text", "fault_rate", "heavy_tail", "api_key", "seed")
+    return {name: getattr(args, name) for name in names}
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = add_openai_options(mock_arguments("chat_mock", "Mock OpenAI Chat Completions upstream.", unit="chunk"))
     parser.add_argument("--hold-until", type=int, default=0, metavar="N",
                         help="hold every chat completion until N are waiting (0: off)")
     parser.add_argument("--hold-timeout", type=float, default=60.0, help="seconds a held request waits at most")
     return parser.parse_args(argv)
 
 
-async def _serve_until_signal(mock: ChatCompletionsMock, host: str, port: int) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(mock.serve, host=host, port=port))
-            print(f"LISTENING {bound}", flush=True)
-            async for _ in signals:
-                break
-            nursery.cancel_scope.cancel()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the mock until SIGINT/SIGTERM; prints ``LISTENING <port>`` once bound."""
     args = _parse_args(argv)
-    mock = ChatCompletionsMock(
-        ttft=args.ttft, token_delay=args.token_delay, tokens=args.tokens, token_text=args.token_text,
-        fault_rate=args.fault_rate, heavy_tail=args.heavy_tail, api_key=args.api_key, seed=args.seed,
-        hold_until=args.hold_until, hold_timeout=args.hold_timeout,
-    )
+    mock = ChatCompletionsMock(**openai_options(args), hold_until=args.hold_until, hold_timeout=args.hold_timeout)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # one descriptor per client connection
     if hard != resource.RLIM_INFINITY and soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    trio.run(_serve_until_signal, mock, args.host, args.port)
-    return 0
+    return run_until_signal(mock, args.host, args.port)
 
 
 if __name__ == "__main__":

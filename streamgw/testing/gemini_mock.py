@@ -57,18 +57,25 @@ import base64
 import dataclasses
 import hashlib
 import json
-import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 from urllib.parse import unquote
 
 import trio
 
-from streamgw.testing.server import MockRequest, MockServerStats, Responder, serve_http, serving_in_thread
+from streamgw.testing.mockbase import (
+    Knobs,
+    MockUpstream,
+    base_knob_parsers,
+    in_range,
+    mock_arguments,
+    non_negative,
+    parse_knobs,
+    run_until_signal,
+)
+from streamgw.testing.server import MockRequest, Responder
 
 __all__ = [
     "SCENARIOS",
@@ -139,31 +146,15 @@ def signature_for(name: str, args: object) -> str:
 
 
 @dataclass(frozen=True)
-class GeminiKnobs:
+class GeminiKnobs(Knobs):
     """Per-request behaviour; the mock's defaults, overridable through the model string."""
 
-    ttft: float = 0.0
-    token_delay: float = 0.0
-    tokens: int = 20
-    #: text of text chunk ``i``; ``{i}`` is replaced by the chunk number
-    token_text: str = "tok{i} "
     thinking_tokens: int = 3
 
-    def text(self, i: int) -> str:
-        """Text of text chunk ``i``."""
-        return self.token_text.replace("{i}", str(i))
 
-
-def _non_negative(value: float) -> bool:
-    return value >= 0
-
-
-_KNOB_PARSERS: dict[str, tuple[Callable[[str], Any], Callable[[Any], bool]]] = {
-    "ttft": (float, _non_negative),
-    "token_delay": (float, _non_negative),
-    "tokens": (int, _non_negative),
-    "token_text": (str, lambda _: True),
-    "thinking_tokens": (int, _non_negative),
+_KNOB_PARSERS: dict[str, Callable[[str], Any]] = {
+    **base_knob_parsers(),
+    "thinking_tokens": in_range(int, non_negative),
 }
 
 
@@ -172,24 +163,7 @@ def parse_model(model: str) -> tuple[str, dict[str, Any]]:
 
     A suffix that is not all ``k=v`` pairs is part of the name.
     """
-    name, sep, rest = model.partition(":")
-    items = rest.split(",") if sep else []
-    if not items or not all("=" in item for item in items):
-        return model, {}
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, _, raw = (part.strip() for part in item.partition("="))
-        if key not in _KNOB_PARSERS:
-            raise ValueError(f"unknown mock knob {key!r}; known: {', '.join(_KNOB_PARSERS)}")
-        convert, valid = _KNOB_PARSERS[key]
-        try:
-            value = convert(raw)
-        except ValueError:
-            raise ValueError(f"bad value {raw!r} for mock knob {key!r}") from None
-        if not valid(value):
-            raise ValueError(f"value {raw!r} out of range for mock knob {key!r}")
-        overrides[key] = value
-    return name, overrides
+    return parse_knobs(model, _KNOB_PARSERS)
 
 
 def _scenario(name: str) -> str:
@@ -663,7 +637,7 @@ def _route(req: MockRequest) -> _Route | None:
     return _Route(unquote(model), method)
 
 
-class GeminiMock:
+class GeminiMock(MockUpstream):
     """A Gemini Developer API upstream with scripted scenarios.
 
     Every request received is appended to ``requests``; ``stats`` are the server counters once
@@ -682,24 +656,9 @@ class GeminiMock:
         line_end: bytes = b"\r\n",
     ) -> None:
         self.knobs = GeminiKnobs(ttft, token_delay, tokens, token_text, thinking_tokens)
-        self.api_key = api_key
+        super().__init__(api_key=api_key)
         self.line_end = line_end
-        self.requests: list[MockRequest] = []
-        self.stats = MockServerStats()
         self._count = 0
-
-    async def serve(
-        self, *, host: str = "127.0.0.1", port: int = 0,
-        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve this mock until cancelled; reports the bound port via ``task_status``."""
-        await serve_http(self.handle, host=host, port=port, stats=self.stats, task_status=task_status)
-
-    @contextmanager
-    def serving_in_thread(self, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
-        """Serve this mock from a daemon thread; yields the bound port."""
-        with serving_in_thread(lambda: self.handle, host=host, port=port, stats=self.stats) as bound:
-            yield bound
 
     async def handle(self, req: MockRequest, send: Responder) -> None:
         """The server handler: routing, auth, validation, then the scenario."""
@@ -802,27 +761,10 @@ async def _end(send: Responder, ending: Ending) -> None:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m streamgw.testing.gemini_mock",
-                                     description="Mock Google Gemini Developer API upstream.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first chunk")
-    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between chunks")
-    parser.add_argument("--tokens", type=int, default=20, help="text chunks per answer")
-    parser.add_argument("--token-text", default="tok{i} ", help="text of chunk {i}")
-    parser.add_argument("--api-key", default=None, help="require x-goog-api-key KEY (or ?key=KEY)")
+    parser = mock_arguments("gemini_mock", "Mock Google Gemini Developer API upstream.", unit="chunk",
+                            key_help="require x-goog-api-key KEY (or ?key=KEY)")
     parser.add_argument("--lf", action="store_true", help="end SSE lines with LF instead of CRLF")
     return parser.parse_args(argv)
-
-
-async def _serve_until_signal(mock: GeminiMock, host: str, port: int) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(mock.serve, host=host, port=port))
-            print(f"LISTENING {bound}", flush=True)
-            async for _ in signals:
-                break
-            nursery.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -830,8 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     mock = GeminiMock(api_key=args.api_key, ttft=args.ttft, token_delay=args.token_delay, tokens=args.tokens,
                       token_text=args.token_text, line_end=b"\n" if args.lf else b"\r\n")
-    trio.run(_serve_until_signal, mock, args.host, args.port)
-    return 0
+    return run_until_signal(mock, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -3,23 +3,45 @@
 Everything shares one clock, so a test can compare when its client closed a socket with
 when the mock upstream saw its connection close.  The client is raw trio + h11, so the
 test controls exactly when bytes are read and when the connection goes away.
+
+``Transcripts`` replays a stream translator's golden transcripts (whole, byte by byte,
+split at every offset, with every line end) against their expected deltas.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, assert_never
 
 import h11
+import pytest
 import trio
 from quart_trio import QuartTrio
 
 from streamgw.app.routes import create_app
 from streamgw.config import Config
+from streamgw.core.blobs import decode_blob
+from streamgw.core.deltas import (
+    Delta,
+    Finish,
+    ReasoningDelta,
+    ReasoningSignature,
+    RefusalDelta,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+    UpstreamFailure,
+    Usage,
+)
 from streamgw.core.sse import SSEDecoder
+from streamgw.providers.base import StreamTranslator
 from streamgw.serving.main import hypercorn_config, serve_until
 
 
@@ -122,3 +144,152 @@ async def post_sse(port: int, body: dict[str, Any], headers: dict[str, str] | No
         return result
     finally:
         await client.aclose()
+
+
+# ------------------------------------------------------------------------------ golden transcripts
+
+#: the line ends every transcript is replayed with (NDJSON has no lone CR)
+STREAM_LINE_ENDS: Mapping[str, bytes] = MappingProxyType({"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"})
+#: the ways a body is cut into chunks: one chunk, one byte each, two chunks at every offset
+SPLITS = ("whole", "byte_at_a_time", "every_offset")
+MINTED_CALL_ID = re.compile(r"call_[A-Za-z0-9]{24}")
+
+
+def encode_delta(delta: Delta, provider: str | None = None) -> list[Any]:
+    """A delta in the JSON encoding of the ``.deltas.json`` files.
+
+    With ``provider``, a signature is shown as the blob it decodes to for that provider
+    (and must decode).
+    """
+    match delta:
+        case TextDelta(text):
+            return ["text", text]
+        case RefusalDelta(text):
+            return ["refusal", text]
+        case ReasoningDelta(text):
+            return ["reasoning", text]
+        case ReasoningSignature(data):
+            if provider is None:
+                return ["signature", data]
+            decoded = decode_blob(data, provider)
+            assert decoded is not None, "a signature blob must be minted for this provider"
+            return ["signature", decoded]
+        case ToolCallStart(key, call_id, name):
+            return ["tool_start", key, call_id, name]
+        case ToolCallArgs(key, fragment):
+            return ["tool_args", key, fragment]
+        case ToolCallEnd(key):
+            return ["tool_end", key]
+        case Usage():
+            return ["usage", {"input_tokens": delta.input_tokens, "output_tokens": delta.output_tokens,
+                              "cached_tokens": delta.cached_tokens, "cache_write_tokens": delta.cache_write_tokens,
+                              "reasoning_tokens": delta.reasoning_tokens}]
+        case Finish(reason):
+            return ["finish", reason.value]
+        case UpstreamFailure(code, message):
+            return ["failure", code, message]
+        case _:
+            assert_never(delta)
+
+
+def normalise_minted(value: Any, names: dict[str, str] | None = None) -> Any:
+    """Replace each distinct minted call id (values and keys, at any depth) by ``<minted:N>``."""
+    names = {} if names is None else names
+    if isinstance(value, str) and MINTED_CALL_ID.fullmatch(value):
+        return names.setdefault(value, f"<minted:{len(names) + 1}>")
+    if isinstance(value, list):
+        return [normalise_minted(item, names) for item in value]
+    if isinstance(value, dict):
+        return {normalise_minted(k, names): normalise_minted(v, names) for k, v in value.items()}
+    return value
+
+
+def chunkings(data: bytes, split: str) -> Iterator[list[bytes]]:
+    """``data`` cut the ``split`` way (one of ``SPLITS``), each cut a list of chunks."""
+    if split == "whole":
+        yield [data]
+    elif split == "byte_at_a_time":
+        yield [data[i : i + 1] for i in range(len(data))]
+    else:
+        for offset in range(len(data) + 1):
+            yield [data[:offset], data[offset:]]
+
+
+def _no_invariants(deltas: list[Delta]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Transcripts:
+    """The golden transcripts of one stream translator.
+
+    ``<folder>/<name><suffix>`` is an upstream body as the upstream sends it (written with LF
+    line ends); ``<name>.deltas.json`` the expected deltas (``encode_delta``, minted call ids
+    normalised), and other ``<name>.<kind>.json`` files what a test file adds.  ``check``
+    replays one transcript with one line end and one way of splitting; every replay must
+    give the identical list, and ``invariants`` must hold for it.
+    """
+
+    folder: Path
+    #: a fresh translator redacting the given secrets
+    translator: Callable[[Sequence[str]], StreamTranslator]
+    invariants: Callable[[list[Delta]], None] = _no_invariants
+    suffix: str = ".sse"
+    line_ends: Mapping[str, bytes] = field(default_factory=lambda: dict(STREAM_LINE_ENDS))
+    #: decode signature blobs minted for this provider (``encode_delta``)
+    provider: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """Every transcript's name, sorted."""
+        return sorted(path.name.removesuffix(self.suffix) for path in self.folder.glob(f"*{self.suffix}"))
+
+    def body(self, name: str, line_end: str) -> bytes:
+        """The transcript's body with ``line_end`` (a key of ``line_ends``)."""
+        data = (self.folder / f"{name}{self.suffix}").read_bytes().replace(b"\r\n", b"\n")
+        assert b"\r" not in data, "transcripts are written with LF line ends"
+        return data.replace(b"\n", self.line_ends[line_end])
+
+    def expected(self, name: str, kind: str = "deltas") -> Any:
+        """The contents of ``<name>.<kind>.json``."""
+        return json.loads((self.folder / f"{name}.{kind}.json").read_text(encoding="utf-8"))
+
+    def replay(self, chunks: Iterable[bytes], secrets: Sequence[str] = ()) -> list[Delta]:
+        """Feed ``chunks`` to a fresh translator, then finish it."""
+        translator = self.translator(secrets)
+        out: list[Delta] = []
+        for chunk in chunks:
+            out += translator.feed(chunk)
+        out += translator.finish()
+        return out
+
+    def run(self, chunks: Iterable[bytes]) -> Any:
+        """Replay ``chunks``, check the invariants, and encode the deltas as the golden files do."""
+        deltas = self.replay(chunks)
+        self.invariants(deltas)
+        return normalise_minted([encode_delta(d, self.provider) for d in deltas])
+
+    def check(self, name: str, line_end: str, split: str) -> None:
+        """Every chunking of the transcript (``split``, one of ``SPLITS``) gives the golden deltas."""
+        want = self.expected(name)
+        for chunks in chunkings(self.body(name, line_end), split):
+            assert self.run(chunks) == want, f"{name} ({line_end}) cut into {[len(c) for c in chunks][:3]}..."
+
+    def check_present(self, at_least: int, *kinds: str) -> None:
+        """At least ``at_least`` transcripts, each with a ``<name>.<kind>.json`` for every kind."""
+        assert len(self.names) >= at_least, self.names
+        for name in self.names:
+            for kind in kinds or ("deltas",):
+                assert (self.folder / f"{name}.{kind}.json").is_file(), (name, kind)
+
+    def golden_test(self) -> Callable[[str, str, str], None]:
+        """A pytest test that runs ``check`` for every transcript, line end and split.
+
+        Assign it to a ``test_*`` name in the test module.
+        """
+        @pytest.mark.parametrize("split", SPLITS)
+        @pytest.mark.parametrize("line_end", sorted(self.line_ends))
+        @pytest.mark.parametrize("name", self.names)
+        def test_golden(name: str, line_end: str, split: str) -> None:
+            self.check(name, line_end, split)
+        return test_golden

@@ -44,18 +44,25 @@ import binascii
 import dataclasses
 import hashlib
 import json
-import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, Literal, NamedTuple
 
 import trio
 
-from streamgw.testing.server import MockRequest, MockServerStats, Responder, serve_http, serving_in_thread
+from streamgw.testing.mockbase import (
+    Knobs,
+    MockUpstream,
+    base_knob_parsers,
+    dumps,
+    mock_arguments,
+    non_negative_int,
+    parse_knobs,
+    run_until_signal,
+)
+from streamgw.testing.server import MockRequest, Responder
 
 __all__ = ["SCENARIOS", "STATUS_SCENARIOS", "OllamaKnobs", "OllamaMock", "main", "parse_model", "prompt_eval_count"]
 
@@ -76,12 +83,8 @@ _ROLES = ("system", "user", "assistant", "tool")
 _LOAD_NS = 1_250_000
 
 
-def _dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def _error(message: str) -> bytes:
-    return _dumps({"error": message})
+    return dumps({"error": message})
 
 
 def _now() -> str:
@@ -93,41 +96,16 @@ def _now() -> str:
 
 
 @dataclass(frozen=True)
-class OllamaKnobs:
+class OllamaKnobs(Knobs):
     """Per-request behaviour; the mock's defaults, overridable through the model string."""
 
-    ttft: float = 0.0
-    token_delay: float = 0.0
     tokens: int = 8
-    #: text of content line ``i``; ``{i}`` is replaced by the line number
-    token_text: str = "tok{i} "
     thinking_tokens: int = 4
 
-    def text(self, i: int) -> str:
-        """Text of content line ``i``."""
-        return self.token_text.replace("{i}", str(i))
 
-
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError(raw)
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError(raw)
-    return value
-
-
-_KNOBS: dict[str, Callable[[str], Any]] = {
-    "ttft": _non_negative_float,
-    "token_delay": _non_negative_float,
-    "tokens": _non_negative_int,
-    "token_text": str,
-    "thinking_tokens": _non_negative_int,
+_KNOB_PARSERS: dict[str, Callable[[str], Any]] = {
+    **base_knob_parsers(range_errors=False),
+    "thinking_tokens": non_negative_int,
 }
 
 
@@ -137,20 +115,7 @@ def parse_model(model: str) -> tuple[str, dict[str, Any]]:
     A suffix that is not all ``k=v`` pairs is part of the name (``llama3.2:3b``).  Raises
     ``ValueError`` for an unknown knob or a bad value.
     """
-    name, sep, rest = model.partition(":")
-    items = rest.split(",") if sep else []
-    if not items or not all("=" in item for item in items):
-        return model, {}
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, _, raw = (part.strip() for part in item.partition("="))
-        if key not in _KNOBS:
-            raise ValueError(f"unknown mock knob {key!r}; known: {', '.join(_KNOBS)}")
-        try:
-            overrides[key] = _KNOBS[key](raw)
-        except ValueError:
-            raise ValueError(f"bad value {raw!r} for mock knob {key!r}") from None
-    return name, overrides
+    return parse_knobs(model, _KNOB_PARSERS)
 
 
 # ---------------------------------------------------------------------------------- the answers
@@ -271,7 +236,7 @@ def _piece_message(piece: _Piece) -> Json:
 
 
 def _line(model: str, message: Json) -> bytes:
-    return _dumps({"model": model, "created_at": _now(), "message": message, "done": False}) + b"\n"
+    return dumps({"model": model, "created_at": _now(), "message": message, "done": False}) + b"\n"
 
 
 def _done_fields(answer: _Answer, prompt: int, elapsed_ns: int) -> Json:
@@ -401,7 +366,7 @@ def _validate(raw: bytes) -> Json:
 # ------------------------------------------------------------------------------------- the mock
 
 
-class OllamaMock:
+class OllamaMock(MockUpstream):
     """An Ollama server with scripted scenarios.
 
     Every request received is appended to ``requests``; ``stats`` are the server counters once
@@ -421,22 +386,7 @@ class OllamaMock:
         api_key: str | None = None,
     ) -> None:
         self.knobs = OllamaKnobs(ttft, token_delay, tokens, token_text, thinking_tokens)
-        self.api_key = api_key
-        self.requests: list[MockRequest] = []
-        self.stats = MockServerStats()
-
-    async def serve(
-        self, *, host: str = "127.0.0.1", port: int = 0,
-        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve this mock until cancelled; reports the bound port via ``task_status``."""
-        await serve_http(self.handle, host=host, port=port, stats=self.stats, task_status=task_status)
-
-    @contextmanager
-    def serving_in_thread(self, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
-        """Serve this mock from a daemon thread; yields the bound port."""
-        with serving_in_thread(lambda: self.handle, host=host, port=port, stats=self.stats) as bound:
-            yield bound
+        super().__init__(api_key=api_key)
 
     async def handle(self, req: MockRequest, send: Responder) -> None:
         """The server handler: auth, routing, then the chat scenario."""
@@ -490,7 +440,7 @@ async def _stream(send: Responder, model: str, answer: _Answer, knobs: OllamaKno
     match answer.ending:
         case "done":
             done = {"model": model, "created_at": _now(), "message": {"role": "assistant", "content": ""}}
-            await send.end(_dumps(done | _done_fields(answer, prompt, elapsed)) + b"\n")
+            await send.end(dumps(done | _done_fields(answer, prompt, elapsed)) + b"\n")
         case "error":
             await send.end(_error(_MID_STREAM_ERROR) + b"\n")
         case "eof":
@@ -514,7 +464,7 @@ async def _complete(send: Responder, model: str, answer: _Answer, knobs: OllamaK
         reply["done"] = False
     else:
         reply |= _done_fields(answer, prompt, int(delay * 1e9))
-    payload = _dumps(reply)
+    payload = dumps(reply)
     if answer.ending == "cut":
         await send.start(200, (_JSON,))
         await send.chunk(payload[: len(payload) // 2])
@@ -532,33 +482,15 @@ def _tags() -> bytes:
         models.append({"name": f"{name}:latest", "model": f"{name}:latest",
                        "modified_at": "2025-07-07T20:22:19.180Z", "size": 2019393189, "digest": digest,
                        "details": details})
-    return _dumps({"models": models})
+    return dumps({"models": models})
 
 
 # ------------------------------------------------------------------------------------------ CLI
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m streamgw.testing.ollama_mock",
-                                     description="Mock Ollama server (/api/chat, /api/tags).")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first line")
-    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between lines")
-    parser.add_argument("--tokens", type=int, default=8, help="content lines per answer")
-    parser.add_argument("--token-text", default="tok{i} ", help="text of line {i}")
-    parser.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
+    parser = mock_arguments("ollama_mock", "Mock Ollama server (/api/chat, /api/tags).", unit="line", tokens=8)
     return parser.parse_args(argv)
-
-
-async def _serve_until_signal(mock: OllamaMock, host: str, port: int) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(mock.serve, host=host, port=port))
-            print(f"LISTENING {bound}", flush=True)
-            async for _ in signals:
-                break
-            nursery.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -566,8 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     mock = OllamaMock(ttft=args.ttft, token_delay=args.token_delay, tokens=args.tokens,
                       token_text=args.token_text, api_key=args.api_key)
-    trio.run(_serve_until_signal, mock, args.host, args.port)
-    return 0
+    return run_until_signal(mock, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -53,20 +53,32 @@ import dataclasses
 import hashlib
 import json
 import random
-import signal
 import string
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 import trio
 
-from streamgw.testing.chat_mock import ChatKnobs, mask_key, parse_model
-from streamgw.testing.server import MockRequest, MockServerStats, Responder, serve_http, serving_in_thread
+from streamgw.testing.chat_mock import (
+    BadRequest,
+    ChatKnobs,
+    add_openai_options,
+    json_object,
+    mask_key,
+    openai_options,
+    parse_model,
+)
+from streamgw.testing.mockbase import (
+    MockUpstream,
+    bearer_token,
+    mock_arguments,
+    models_list_body,
+    run_until_signal,
+)
+from streamgw.testing.server import MockRequest, Responder
 
 __all__ = ["SCENARIOS", "STATUS_SCENARIOS", "ResponsesMock", "main", "render_event"]
 
@@ -431,45 +443,27 @@ def _internal_error() -> _StatusError:
 # ---------------------------------------------------------------------------------- validation
 
 
-class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None, code: str | None) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
-
-
 def _validate(req: MockRequest) -> Json:
-    """The request body, checked like OpenAI does; raises ``_BadRequest``."""
-    try:
-        body = req.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise _BadRequest("We could not parse the JSON body of your request. (HINT: This likely means you aren't "
-                          "using your HTTP library correctly. The OpenAI API expects a JSON payload.)", None, None)
+    """The request body, checked like OpenAI does; raises ``BadRequest``."""
+    body = json_object(req)
     unknown = next((key for key in body if key not in _KNOWN_PARAMS), None)
     if unknown is not None:
-        raise _BadRequest(f"Unknown parameter: '{unknown}'.", unknown, "unknown_parameter")
+        raise BadRequest(f"Unknown parameter: '{unknown}'.", unknown, "unknown_parameter")
     if not isinstance(body.get("model"), str):
-        raise _BadRequest("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+        raise BadRequest("Missing required parameter: 'model'.", "model", "missing_required_parameter")
     if not isinstance(body.get("stream", False), bool):
-        raise _BadRequest("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type")
+        raise BadRequest("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type")
     limit = body.get("max_output_tokens")
     if isinstance(limit, int) and limit < 16:
-        raise _BadRequest(f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
+        raise BadRequest(f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
                           f"but got {limit} instead.", "max_output_tokens", "integer_below_min_value")
     return body
-
-
-def _bearer(req: MockRequest) -> str | None:
-    scheme, _, token = req.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
 
 
 # ------------------------------------------------------------------------------------- the mock
 
 
-class ResponsesMock:
+class ResponsesMock(MockUpstream):
     """A native OpenAI Responses upstream with scripted scenarios.
 
     Every request received is appended to ``requests``; ``sent`` maps a request's
@@ -483,35 +477,22 @@ class ResponsesMock:
         reasoning_tokens: int = 4, base_path: str = "/v1",
     ) -> None:
         self.knobs = ChatKnobs(ttft, token_delay, tokens, token_text, fault_rate, heavy_tail, reasoning_tokens)
-        self.api_key = api_key
+        super().__init__(api_key=api_key)
         self.seed = seed
         self.base_path = base_path.rstrip("/")
-        self.requests: list[MockRequest] = []
         self.sent: dict[int, bytes] = {}
-        self.stats = MockServerStats()
         self._rng = random.Random(seed)
-
-    async def serve(self, *, host: str = "127.0.0.1", port: int = 0,
-                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve this mock until cancelled; reports the bound port via ``task_status``."""
-        await serve_http(self.handle, host=host, port=port, stats=self.stats, task_status=task_status)
-
-    @contextmanager
-    def serving_in_thread(self, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
-        """Serve this mock from a daemon thread; yields the bound port."""
-        with serving_in_thread(lambda: self.handle, host=host, port=port, stats=self.stats) as bound:
-            yield bound
 
     async def handle(self, req: MockRequest, send: Responder) -> None:
         """The server handler: auth, routing, validation, then the scenario."""
         self.requests.append(req)
-        key = _bearer(req)
+        key = bearer_token(req)
         if self.api_key is not None and key != self.api_key:
             await self._json(send, req, 401, _auth_error(key))
         elif req.path == self.base_path + "/responses" and req.method == "POST":
             await self._responses(req, send, key)
         elif req.path == self.base_path + "/models" and req.method == "GET":
-            await self._json(send, req, 200, _models_body())
+            await self._json(send, req, 200, models_list_body(SCENARIOS + STATUS_SCENARIOS))
         else:
             await self._json(send, req, 404, _envelope(f"Invalid URL ({req.method} {req.path})",
                                                         "invalid_request_error"))
@@ -520,7 +501,7 @@ class ResponsesMock:
         try:
             body = _validate(req)
             name, overrides = parse_model(body["model"])
-        except _BadRequest as exc:
+        except BadRequest as exc:
             await self._json(send, req, 400, _envelope(str(exc), "invalid_request_error", exc.param, exc.code))
             return
         except ValueError as exc:
@@ -595,51 +576,19 @@ class ResponsesMock:
         return "req_" + hashlib.blake2b(f"{self.seed}:{req.request_id}".encode(), digest_size=16).hexdigest()
 
 
-def _models_body() -> bytes:
-    names = SCENARIOS + STATUS_SCENARIOS
-    data = [{"id": n, "object": "model", "created": 1700000000, "owned_by": "streamgw-mock"} for n in names]
-    return _dumps({"object": "list", "data": data}).encode()
-
-
 # ------------------------------------------------------------------------------------------ CLI
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m streamgw.testing.responses_mock",
-                                     description="Mock native OpenAI Responses upstream.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first output event")
-    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between deltas")
-    parser.add_argument("--tokens", type=int, default=20, help="text deltas per answer")
-    parser.add_argument("--token-text", default="tok{i} ", help="text of delta {i}")
-    parser.add_argument("--fault-rate", type=float, default=0.0, help="probability of a 500")
-    parser.add_argument("--heavy-tail", type=float, default=None, metavar="ALPHA",
-                        help="Pareto shape for the first-token delay (scaled by --ttft)")
-    parser.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
-
-
-async def _serve_until_signal(mock: ResponsesMock, host: str, port: int) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(mock.serve, host=host, port=port))
-            print(f"LISTENING {bound}", flush=True)
-            async for _ in signals:
-                break
-            nursery.cancel_scope.cancel()
+    parser = mock_arguments("responses_mock", "Mock native OpenAI Responses upstream.", unit="delta",
+                            first="the first output event")
+    return add_openai_options(parser).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the mock until SIGINT/SIGTERM; prints ``LISTENING <port>`` once bound."""
     args = _parse_args(argv)
-    mock = ResponsesMock(
-        ttft=args.ttft, token_delay=args.token_delay, tokens=args.tokens, token_text=args.token_text,
-        fault_rate=args.fault_rate, heavy_tail=args.heavy_tail, api_key=args.api_key, seed=args.seed,
-    )
-    trio.run(_serve_until_signal, mock, args.host, args.port)
-    return 0
+    return run_until_signal(ResponsesMock(**openai_options(args)), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,16 @@ def test_unknown_and_wrong_case_fields_are_ignored() -> None:
     assert decode([stream]) == [SSEEvent("", "yes", None, None)]
 
 
+def test_unknown_lines_are_kept_only_when_asked() -> None:
+    stream = b'foo: bar\n{"error": {"code": 500,\nretry: 5\n"status": "x"}}\ndata: yes\n\n'
+    keeping = SSEDecoder(keep_unknown_lines=True)
+    assert keeping.feed(stream) == [SSEEvent("", "yes", None, 5)]
+    assert keeping.unknown_lines == [b"foo: bar", b'{"error": {"code": 500,', b'"status": "x"}}']
+    plain = SSEDecoder()
+    assert plain.feed(stream) == [SSEEvent("", "yes", None, 5)]
+    assert plain.unknown_lines == []
+
+
 def test_event_field_names_the_event_and_is_reset_after_dispatch() -> None:
     stream = b"event: first\ndata: 1\n\ndata: 2\n\nevent:third\nevent: fourth\ndata: 3\n\n"
     assert [(e.event, e.data) for e in decode([stream])] == [("first", "1"), ("", "2"), ("fourth", "3")]

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, assert_never
+from typing import Any
 
 import pytest
 
@@ -25,7 +24,6 @@ from streamgw.core.deltas import (
     FinishReason,
     ReasoningDelta,
     ReasoningSignature,
-    RefusalDelta,
     TextDelta,
     ToolCallArgs,
     ToolCallEnd,
@@ -35,48 +33,17 @@ from streamgw.core.deltas import (
 )
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import parse_request
-from streamgw.providers.anthropic import DIALECT, AnthropicDialect, AnthropicStreamTranslator
-from streamgw.providers.base import Dialect, StreamTranslator
+from streamgw.providers.anthropic import DIALECT, AnthropicStreamTranslator
+from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
+from streamgw.testing.harness import Transcripts
 from streamgw.testing.invariants import check_events
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "streams" / "anthropic"
-NAMES = sorted(path.name.removesuffix(".sse") for path in FIXTURES.glob("*.sse"))
-LINE_ENDS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
 PROVIDER = "claude"
 ECHO: dict[str, Any] = {"instructions": None, "tools": [], "tool_choice": "auto", "parallel_tool_calls": True}
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def encode(delta: Delta) -> list[Any]:
-    """The JSON encoding the ``.deltas.json`` files use; reasoning blobs are decoded."""
-    match delta:
-        case TextDelta(text):
-            return ["text", text]
-        case RefusalDelta(text):
-            return ["refusal", text]
-        case ReasoningDelta(text):
-            return ["reasoning", text]
-        case ReasoningSignature(data):
-            assert data.startswith("gw1:")
-            return ["signature", decode_blob(data, PROVIDER)]
-        case ToolCallStart(key, call_id, name):
-            return ["tool_start", key, call_id, name]
-        case ToolCallArgs(key, fragment):
-            return ["tool_args", key, fragment]
-        case ToolCallEnd(key):
-            return ["tool_end", key]
-        case Usage():
-            return ["usage", {"input_tokens": delta.input_tokens, "output_tokens": delta.output_tokens,
-                              "cached_tokens": delta.cached_tokens, "cache_write_tokens": delta.cache_write_tokens,
-                              "reasoning_tokens": delta.reasoning_tokens}]
-        case Finish(reason):
-            return ["finish", reason.value]
-        case UpstreamFailure(code, message):
-            return ["failure", code, message]
-        case _:
-            assert_never(delta)
 
 
 def check_invariants(deltas: list[Delta]) -> None:
@@ -101,36 +68,6 @@ def check_invariants(deltas: list[Delta]) -> None:
         open_calls = started - ended
         # Only a call cut by max_tokens may be left open (the emitter marks it incomplete).
         assert not open_calls or (deltas[-1].reason is FinishReason.MAX_OUTPUT_TOKENS and len(open_calls) == 1)
-
-
-def replay(chunks: Iterable[bytes]) -> list[Delta]:
-    translator = AnthropicStreamTranslator(provider=PROVIDER)
-    out: list[Delta] = []
-    for chunk in chunks:
-        out += translator.feed(chunk)
-    out += translator.finish()
-    return out
-
-
-def body(name: str, line_end: str) -> bytes:
-    data = (FIXTURES / f"{name}.sse").read_bytes()
-    assert b"\r" not in data, "fixtures are written with LF line ends"
-    return data.replace(b"\n", LINE_ENDS[line_end])
-
-
-def expected(name: str, kind: str = "deltas") -> Any:
-    return json.loads((FIXTURES / f"{name}.{kind}.json").read_text(encoding="utf-8"))
-
-
-def split_everywhere(data: bytes) -> Iterator[list[bytes]]:
-    for offset in range(len(data) + 1):
-        yield [data[:offset], data[offset:]]
-
-
-def run(chunks: list[bytes]) -> list[list[Any]]:
-    deltas = replay(chunks)
-    check_invariants(deltas)
-    return [encode(d) for d in deltas]
 
 
 def emit(deltas: list[Delta], batch: int = 1) -> dict[str, Any]:
@@ -168,35 +105,20 @@ def summarise(final: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+GOLDEN = Transcripts(FIXTURES, lambda secrets: AnthropicStreamTranslator(provider=PROVIDER, secrets=secrets),
+                     invariants=check_invariants, provider=PROVIDER)
+NAMES = GOLDEN.names
+body, expected, replay, run = GOLDEN.body, GOLDEN.expected, GOLDEN.replay, GOLDEN.run
+
+
 # --- golden transcripts ----------------------------------------------------------------------------
 
 
 def test_fixtures_present() -> None:
-    assert len(NAMES) >= 20
-    for name in NAMES:
-        assert (FIXTURES / f"{name}.deltas.json").is_file(), name
-        assert (FIXTURES / f"{name}.response.json").is_file(), name
+    GOLDEN.check_present(20, "deltas", "response")
 
 
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_whole(name: str, line_end: str) -> None:
-    assert run([body(name, line_end)]) == expected(name)
-
-
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_byte_at_a_time(name: str, line_end: str) -> None:
-    data = body(name, line_end)
-    assert run([data[i : i + 1] for i in range(len(data))]) == expected(name)
-
-
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_split_at_every_offset(name: str, line_end: str) -> None:
-    want = expected(name)
-    for chunks in split_everywhere(body(name, line_end)):
-        assert run(chunks) == want, f"split at {len(chunks[0])}"
+test_golden = GOLDEN.golden_test()
 
 
 @pytest.mark.parametrize("batch", [1, 3, 1000])
@@ -260,7 +182,7 @@ def test_satisfies_protocols() -> None:
     translator: StreamTranslator = AnthropicStreamTranslator(provider=PROVIDER)
     dialect: Dialect = DIALECT
     assert translator.feed(b"") == []
-    assert isinstance(dialect, AnthropicDialect) and dialect.name == "anthropic"
+    assert isinstance(dialect, WireDialect) and dialect.name == "anthropic"
     assert dialect.needs_image_bytes is False and dialect.relays_events is False
 
 

@@ -11,10 +11,8 @@ replay must give the identical list.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, assert_never
+from typing import Any
 
 import pytest
 
@@ -23,7 +21,6 @@ from streamgw.core.deltas import (
     Finish,
     FinishReason,
     ReasoningDelta,
-    ReasoningSignature,
     RefusalDelta,
     TextDelta,
     ToolCallArgs,
@@ -32,64 +29,14 @@ from streamgw.core.deltas import (
     UpstreamFailure,
     Usage,
 )
-from streamgw.providers.base import Dialect, StreamTranslator
-from streamgw.providers.chat_completions import DIALECT, ChatDialect, ChatStreamTranslator
+from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
+from streamgw.providers.chat_completions import DIALECT, ChatStreamTranslator
+from streamgw.testing.harness import MINTED_CALL_ID, Transcripts
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "streams" / "chat"
-NAMES = sorted(path.name.removesuffix(".sse") for path in FIXTURES.glob("*.sse"))
-LINE_ENDS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
-MINTED = re.compile(r"call_[A-Za-z0-9]{24}")
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def encode(delta: Delta) -> list[Any]:
-    """The JSON encoding the ``.deltas.json`` files use."""
-    match delta:
-        case TextDelta(text):
-            return ["text", text]
-        case RefusalDelta(text):
-            return ["refusal", text]
-        case ReasoningDelta(text):
-            return ["reasoning", text]
-        case ReasoningSignature(data):
-            return ["signature", data]
-        case ToolCallStart(key, call_id, name):
-            return ["tool_start", key, call_id, name]
-        case ToolCallArgs(key, fragment):
-            return ["tool_args", key, fragment]
-        case ToolCallEnd(key):
-            return ["tool_end", key]
-        case Usage():
-            return [
-                "usage",
-                {
-                    "input_tokens": delta.input_tokens,
-                    "output_tokens": delta.output_tokens,
-                    "cached_tokens": delta.cached_tokens,
-                    "cache_write_tokens": delta.cache_write_tokens,
-                    "reasoning_tokens": delta.reasoning_tokens,
-                },
-            ]
-        case Finish(reason):
-            return ["finish", reason.value]
-        case UpstreamFailure(code, message):
-            return ["failure", code, message]
-        case _:
-            assert_never(delta)
-
-
-def normalise_minted(encoded: list[list[Any]]) -> list[list[Any]]:
-    """Replace each distinct minted call id by ``<minted:N>`` in order of appearance."""
-    names: dict[str, str] = {}
-
-    def fix(value: Any) -> Any:
-        if isinstance(value, str) and MINTED.fullmatch(value):
-            return names.setdefault(value, f"<minted:{len(names) + 1}>")
-        return value
-
-    return [[fix(value) for value in item] for item in encoded]
 
 
 def check_invariants(deltas: list[Delta]) -> None:
@@ -117,66 +64,20 @@ def check_invariants(deltas: list[Delta]) -> None:
         assert started == ended
 
 
-def replay(chunks: Iterable[bytes]) -> list[Delta]:
-    """Feed ``chunks`` to a fresh translator, then finish it."""
-    translator = ChatStreamTranslator()
-    out: list[Delta] = []
-    for chunk in chunks:
-        out += translator.feed(chunk)
-    out += translator.finish()
-    return out
-
-
-def body(name: str, line_end: str) -> bytes:
-    data = (FIXTURES / f"{name}.sse").read_bytes()
-    assert b"\r" not in data, "fixtures are written with LF line ends"
-    return data.replace(b"\n", LINE_ENDS[line_end])
-
-
-def expected(name: str) -> list[list[Any]]:
-    result: list[list[Any]] = json.loads((FIXTURES / f"{name}.deltas.json").read_text(encoding="utf-8"))
-    return result
-
-
-def split_everywhere(data: bytes) -> Iterator[list[bytes]]:
-    for offset in range(len(data) + 1):
-        yield [data[:offset], data[offset:]]
-
-
-def run(chunks: list[bytes]) -> list[list[Any]]:
-    deltas = replay(chunks)
-    check_invariants(deltas)
-    return normalise_minted([encode(d) for d in deltas])
+GOLDEN = Transcripts(FIXTURES, lambda secrets: ChatStreamTranslator(secrets=secrets),
+                     invariants=check_invariants)
+NAMES = GOLDEN.names
+body, expected, replay, run = GOLDEN.body, GOLDEN.expected, GOLDEN.replay, GOLDEN.run
 
 
 # --- golden transcripts ----------------------------------------------------------------------------
 
 
 def test_fixtures_present() -> None:
-    assert len(NAMES) >= 15
-    for name in NAMES:
-        assert (FIXTURES / f"{name}.deltas.json").is_file(), name
+    GOLDEN.check_present(15, "deltas")
 
 
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_whole(name: str, line_end: str) -> None:
-    assert run([body(name, line_end)]) == expected(name)
-
-
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_byte_at_a_time(name: str, line_end: str) -> None:
-    data = body(name, line_end)
-    assert run([data[i : i + 1] for i in range(len(data))]) == expected(name)
-
-
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_split_at_every_offset(name: str, line_end: str) -> None:
-    want = expected(name)
-    for chunks in split_everywhere(body(name, line_end)):
-        assert run(chunks) == want, f"split at {len(chunks[0])}"
+test_golden = GOLDEN.golden_test()
 
 
 # --- edge cases ------------------------------------------------------------------------------------
@@ -204,7 +105,7 @@ def test_satisfies_protocols() -> None:
     translator: StreamTranslator = ChatStreamTranslator()
     dialect: Dialect = DIALECT
     assert translator.feed(b"") == []
-    assert isinstance(dialect, ChatDialect) and dialect.name == "chat"
+    assert isinstance(dialect, WireDialect) and dialect.name == "chat"
 
 
 def test_dialect_new_translator_is_fresh() -> None:
@@ -369,7 +270,7 @@ def test_minted_call_ids_are_well_formed_and_unique() -> None:
         d for d in deltas_of(sse(chunk({"tool_calls": calls}), "[DONE]")) if isinstance(d, ToolCallStart)
     ]
     assert len({s.call_id for s in starts}) == 50
-    assert all(MINTED.fullmatch(s.call_id) for s in starts)
+    assert all(MINTED_CALL_ID.fullmatch(s.call_id) for s in starts)
 
 
 def test_groq_usage_in_x_groq() -> None:

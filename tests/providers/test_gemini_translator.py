@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, assert_never
+from typing import Any
 
 import pytest
 
@@ -27,7 +25,6 @@ from streamgw.core.deltas import (
     FinishReason,
     ReasoningDelta,
     ReasoningSignature,
-    RefusalDelta,
     TextDelta,
     ToolCallArgs,
     ToolCallEnd,
@@ -37,63 +34,18 @@ from streamgw.core.deltas import (
 )
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import echo_fields, parse_request
-from streamgw.providers.base import Dialect, StreamTranslator
-from streamgw.providers.gemini import DIALECT, GeminiDialect, GeminiStreamTranslator
+from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
+from streamgw.providers.gemini import DIALECT, GeminiStreamTranslator
 from streamgw.providers.registry import dialects
+from streamgw.testing.harness import MINTED_CALL_ID, Transcripts, normalise_minted
 from streamgw.testing.invariants import check_events
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "streams" / "gemini"
-NAMES = sorted(path.name.removesuffix(".sse") for path in FIXTURES.glob("*.sse"))
-LINE_ENDS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
-MINTED = re.compile(r"call_[A-Za-z0-9]{24}")
 PROVIDER = "gem"
 REQUEST = parse_request(b'{"model": "gem/gemini-2.5-flash", "input": "hi"}')
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def encode(delta: Delta) -> list[Any]:
-    """The JSON encoding the ``.deltas.json`` files use (signature blobs decoded)."""
-    match delta:
-        case TextDelta(text):
-            return ["text", text]
-        case RefusalDelta(text):
-            return ["refusal", text]
-        case ReasoningDelta(text):
-            return ["reasoning", text]
-        case ReasoningSignature(data):
-            decoded = decode_blob(data, PROVIDER)
-            assert decoded is not None, "a signature blob must be minted for this provider"
-            return ["signature", decoded]
-        case ToolCallStart(key, call_id, name):
-            return ["tool_start", key, call_id, name]
-        case ToolCallArgs(key, fragment):
-            return ["tool_args", key, fragment]
-        case ToolCallEnd(key):
-            return ["tool_end", key]
-        case Usage():
-            return ["usage", {"input_tokens": delta.input_tokens, "output_tokens": delta.output_tokens,
-                              "cached_tokens": delta.cached_tokens, "cache_write_tokens": delta.cache_write_tokens,
-                              "reasoning_tokens": delta.reasoning_tokens}]
-        case Finish(reason):
-            return ["finish", reason.value]
-        case UpstreamFailure(code, message):
-            return ["failure", code, message]
-        case _:
-            assert_never(delta)
-
-
-def normalise_minted(value: Any, names: dict[str, str] | None = None) -> Any:
-    """Replace each distinct minted call id (values and keys, at any depth) by ``<minted:N>``."""
-    names = {} if names is None else names
-    if isinstance(value, str) and MINTED.fullmatch(value):
-        return names.setdefault(value, f"<minted:{len(names) + 1}>")
-    if isinstance(value, list):
-        return [normalise_minted(item, names) for item in value]
-    if isinstance(value, dict):
-        return {normalise_minted(k, names): normalise_minted(v, names) for k, v in value.items()}
-    return value
 
 
 def check_invariants(deltas: list[Delta]) -> None:
@@ -113,36 +65,6 @@ def check_invariants(deltas: list[Delta]) -> None:
                 assert text
     assert sum(isinstance(d, Finish) for d in deltas) <= 1
     assert not (any(isinstance(d, Finish) for d in deltas) and any(isinstance(d, UpstreamFailure) for d in deltas))
-
-
-def replay(chunks: Iterable[bytes], secrets: tuple[str, ...] = ()) -> list[Delta]:
-    translator = GeminiStreamTranslator(provider=PROVIDER, secrets=secrets)
-    out: list[Delta] = []
-    for chunk in chunks:
-        out += translator.feed(chunk)
-    out += translator.finish()
-    return out
-
-
-def body(name: str, line_end: str) -> bytes:
-    data = (FIXTURES / f"{name}.sse").read_bytes().replace(b"\r\n", b"\n")
-    assert b"\r" not in data
-    return data.replace(b"\n", LINE_ENDS[line_end])
-
-
-def expected(name: str, kind: str = "deltas") -> Any:
-    return json.loads((FIXTURES / f"{name}.{kind}.json").read_text(encoding="utf-8"))
-
-
-def split_everywhere(data: bytes) -> Iterator[list[bytes]]:
-    for offset in range(len(data) + 1):
-        yield [data[:offset], data[offset:]]
-
-
-def run(chunks: list[bytes]) -> list[Any]:
-    deltas = replay(chunks)
-    check_invariants(deltas)
-    return normalise_minted([encode(d) for d in deltas])
 
 
 def respond(deltas: list[Delta]) -> dict[str, Any]:
@@ -168,35 +90,20 @@ def summary(final: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+GOLDEN = Transcripts(FIXTURES, lambda secrets: GeminiStreamTranslator(provider=PROVIDER, secrets=secrets),
+                     invariants=check_invariants, provider=PROVIDER)
+NAMES = GOLDEN.names
+body, expected, replay, run = GOLDEN.body, GOLDEN.expected, GOLDEN.replay, GOLDEN.run
+
+
 # --- golden transcripts ----------------------------------------------------------------------------
 
 
 def test_fixtures_present() -> None:
-    assert len(NAMES) >= 15
-    for name in NAMES:
-        assert (FIXTURES / f"{name}.deltas.json").is_file(), name
-        assert (FIXTURES / f"{name}.response.json").is_file(), name
+    GOLDEN.check_present(15, "deltas", "response")
 
 
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_whole(name: str, line_end: str) -> None:
-    assert run([body(name, line_end)]) == expected(name)
-
-
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_byte_at_a_time(name: str, line_end: str) -> None:
-    data = body(name, line_end)
-    assert run([data[i : i + 1] for i in range(len(data))]) == expected(name)
-
-
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_split_at_every_offset(name: str, line_end: str) -> None:
-    want = expected(name)
-    for chunks in split_everywhere(body(name, line_end)):
-        assert run(chunks) == want, f"split at {len(chunks[0])}"
+test_golden = GOLDEN.golden_test()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -253,7 +160,7 @@ def test_satisfies_protocols() -> None:
     translator: StreamTranslator = GeminiStreamTranslator(provider=PROVIDER)
     dialect: Dialect = DIALECT
     assert translator.feed(b"") == []
-    assert isinstance(dialect, GeminiDialect) and dialect.name == "gemini"
+    assert isinstance(dialect, WireDialect) and dialect.name == "gemini"
     assert dialect.needs_image_bytes is True and dialect.relays_events is False
     assert dialects()["gemini"] is DIALECT
 
@@ -309,7 +216,7 @@ def test_call_ids_from_upstream_minted_and_deduplicated() -> None:
     calls.append({"functionCall": {"name": "g"}})  # no id, no args
     starts = [d for d in deltas_of(sse(chunk(*calls, finish="STOP"))) if isinstance(d, ToolCallStart)]
     assert starts[0] == ToolCallStart(0, "same", "f")
-    assert MINTED.fullmatch(starts[1].call_id) and MINTED.fullmatch(starts[2].call_id)
+    assert MINTED_CALL_ID.fullmatch(starts[1].call_id) and MINTED_CALL_ID.fullmatch(starts[2].call_id)
     assert [s.key for s in starts] == [0, 1, 2]
     assert ToolCallArgs(2, "{}") in deltas_of(sse(chunk(*calls, finish="STOP")))
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,48 +30,19 @@ from streamgw.core.deltas import (
     Usage,
 )
 from streamgw.core.emitter import ResponseEmitter
-from streamgw.providers.base import Dialect, StreamTranslator
-from streamgw.providers.ollama import DIALECT, OllamaDialect, OllamaStreamTranslator
+from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
+from streamgw.providers.ollama import DIALECT, OllamaStreamTranslator
 from streamgw.providers.registry import dialects
+from streamgw.testing.harness import MINTED_CALL_ID, Transcripts
 from streamgw.testing.invariants import check_events, output_text
-from tests.providers.test_chat_translator import check_invariants, encode, normalise_minted
+from tests.providers.test_chat_translator import check_invariants
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "streams" / "ollama"
-NAMES = sorted(path.name.removesuffix(".ndjson") for path in FIXTURES.glob("*.ndjson"))
-LINE_ENDS = {"lf": b"\n", "crlf": b"\r\n"}
-MINTED = re.compile(r"call_[A-Za-z0-9]{24}")
 BAD_SHAPE = UpstreamFailure("server_error", "malformed upstream line: unexpected structure")
 HEAD = {"model": "llama3.2", "created_at": "2025-07-07T20:22:19.18Z"}
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def replay(chunks: Iterable[bytes], secrets: tuple[str, ...] = ()) -> list[Delta]:
-    """Feed ``chunks`` to a fresh translator, then finish it."""
-    translator = OllamaStreamTranslator(secrets=secrets)
-    out: list[Delta] = []
-    for chunk in chunks:
-        out += translator.feed(chunk)
-    out += translator.finish()
-    return out
-
-
-def body(name: str, line_end: str) -> bytes:
-    data = (FIXTURES / f"{name}.ndjson").read_bytes()
-    assert b"\r" not in data, "fixtures are written with LF line ends"
-    return data.replace(b"\n", LINE_ENDS[line_end])
-
-
-def expected(name: str) -> list[list[Any]]:
-    result: list[list[Any]] = json.loads((FIXTURES / f"{name}.deltas.json").read_text(encoding="utf-8"))
-    return result
-
-
-def run(chunks: list[bytes]) -> list[list[Any]]:
-    deltas = replay(chunks)
-    check_invariants(deltas)
-    return normalise_minted([encode(d) for d in deltas])
 
 
 def lines(*frames: object) -> bytes:
@@ -110,35 +79,20 @@ def final_response(name: str) -> dict[str, Any]:
     return check_events(events)
 
 
+GOLDEN = Transcripts(FIXTURES, lambda secrets: OllamaStreamTranslator(secrets=secrets),
+                     invariants=check_invariants, suffix=".ndjson", line_ends={"lf": b"\n", "crlf": b"\r\n"})
+NAMES = GOLDEN.names
+body, expected, replay, run = GOLDEN.body, GOLDEN.expected, GOLDEN.replay, GOLDEN.run
+
+
 # --- golden transcripts ----------------------------------------------------------------------------
 
 
 def test_fixtures_present() -> None:
-    assert len(NAMES) >= 14
-    for name in NAMES:
-        assert (FIXTURES / f"{name}.deltas.json").is_file(), name
+    GOLDEN.check_present(14, "deltas")
 
 
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_whole(name: str, line_end: str) -> None:
-    assert run([body(name, line_end)]) == expected(name)
-
-
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_byte_at_a_time(name: str, line_end: str) -> None:
-    data = body(name, line_end)
-    assert run([data[i : i + 1] for i in range(len(data))]) == expected(name)
-
-
-@pytest.mark.parametrize("line_end", sorted(LINE_ENDS))
-@pytest.mark.parametrize("name", NAMES)
-def test_split_at_every_offset(name: str, line_end: str) -> None:
-    want = expected(name)
-    data = body(name, line_end)
-    for offset in range(len(data) + 1):
-        assert run([data[:offset], data[offset:]]) == want, f"split at {offset}"
+test_golden = GOLDEN.golden_test()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -175,7 +129,7 @@ def test_two_tool_calls_are_two_items(name: str) -> None:
 
 def test_minted_ids_for_calls_without_id() -> None:
     calls = final_response("two_tool_calls_one_chunk")["output"]
-    assert all(MINTED.fullmatch(call["call_id"]) for call in calls)
+    assert all(MINTED_CALL_ID.fullmatch(call["call_id"]) for call in calls)
 
 
 def test_thinking_then_text_is_reasoning_then_message() -> None:
@@ -227,7 +181,7 @@ def test_satisfies_protocols_and_is_registered() -> None:
     translator: StreamTranslator = OllamaStreamTranslator()
     dialect: Dialect = DIALECT
     assert translator.feed(b"") == []
-    assert isinstance(dialect, OllamaDialect) and dialect.name == "ollama"
+    assert isinstance(dialect, WireDialect) and dialect.name == "ollama"
     assert dialect.needs_image_bytes is True and dialect.relays_events is False
     assert dialects()["ollama"] is DIALECT
 
@@ -328,7 +282,7 @@ def test_minted_call_ids_are_well_formed_and_unique() -> None:
     calls = [{"function": {"name": "f", "arguments": {"i": i}}} for i in range(50)]
     starts = [d for d in replay([lines(chunk({"tool_calls": calls}), done())]) if isinstance(d, ToolCallStart)]
     assert len({s.call_id for s in starts}) == 50
-    assert all(MINTED.fullmatch(s.call_id) for s in starts)
+    assert all(MINTED_CALL_ID.fullmatch(s.call_id) for s in starts)
 
 
 def test_order_within_one_line() -> None:

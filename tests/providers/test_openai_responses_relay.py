@@ -23,8 +23,8 @@ import pytest
 from streamgw.core.deltas import UpstreamFailure
 from streamgw.core.relay import RelayedEvent, RelayEmitter, RelayOutput
 from streamgw.core.sse import SSEDecoder, encode_event
-from streamgw.providers.base import Dialect
-from streamgw.providers.openai_responses import DIALECT, OpenAIResponsesDialect, ResponsesRelayTranslator
+from streamgw.providers.base import Dialect, WireDialect
+from streamgw.providers.openai_responses import DIALECT, ResponsesRelayTranslator
 from streamgw.providers.registry import dialects
 from streamgw.testing.invariants import TERMINAL, check_events
 
@@ -323,7 +323,7 @@ def test_translator_redacts_secrets_in_error_messages() -> None:
 
 def test_dialect_is_registered_and_relays() -> None:
     dialect: Dialect = dialects()["openai"]
-    assert dialect is DIALECT and isinstance(dialect, OpenAIResponsesDialect)
+    assert dialect is DIALECT and isinstance(dialect, WireDialect)
     assert (dialect.name, dialect.relays_events, dialect.needs_image_bytes) == ("openai", True, False)
 
 
