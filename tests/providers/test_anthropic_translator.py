@@ -34,7 +34,6 @@ from streamgw.core.deltas import (
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import parse_request
 from streamgw.providers.anthropic import DIALECT, AnthropicStreamTranslator
-from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
 from streamgw.testing.harness import Transcripts
 from streamgw.testing.invariants import check_events
 
@@ -176,14 +175,6 @@ def sse(*payloads: dict[str, Any]) -> bytes:
     return b"".join(
         b"event: " + p["type"].encode() + b"\ndata: " + json.dumps(p).encode() + b"\n\n" for p in payloads
     )
-
-
-def test_satisfies_protocols() -> None:
-    translator: StreamTranslator = AnthropicStreamTranslator(provider=PROVIDER)
-    dialect: Dialect = DIALECT
-    assert translator.feed(b"") == []
-    assert isinstance(dialect, WireDialect) and dialect.name == "anthropic"
-    assert dialect.needs_image_bytes is False and dialect.relays_events is False
 
 
 def test_dialect_translator_mints_blobs_for_the_configured_provider_name() -> None:

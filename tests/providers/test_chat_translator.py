@@ -29,7 +29,6 @@ from streamgw.core.deltas import (
     UpstreamFailure,
     Usage,
 )
-from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
 from streamgw.providers.chat_completions import DIALECT, ChatStreamTranslator
 from streamgw.testing.harness import MINTED_CALL_ID, Transcripts
 
@@ -99,13 +98,6 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **top:
 
 def deltas_of(data: bytes) -> list[Delta]:
     return replay([data])
-
-
-def test_satisfies_protocols() -> None:
-    translator: StreamTranslator = ChatStreamTranslator()
-    dialect: Dialect = DIALECT
-    assert translator.feed(b"") == []
-    assert isinstance(dialect, WireDialect) and dialect.name == "chat"
 
 
 def test_dialect_new_translator_is_fresh() -> None:

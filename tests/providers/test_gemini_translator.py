@@ -34,9 +34,7 @@ from streamgw.core.deltas import (
 )
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import echo_fields, parse_request
-from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
 from streamgw.providers.gemini import DIALECT, GeminiStreamTranslator
-from streamgw.providers.registry import dialects
 from streamgw.testing.harness import MINTED_CALL_ID, Transcripts, normalise_minted
 from streamgw.testing.invariants import check_events
 
@@ -154,15 +152,6 @@ def deltas_of(data: bytes) -> list[Delta]:
 
 def blob(**data: Any) -> ReasoningSignature:
     return ReasoningSignature(encode_blob(PROVIDER, data))
-
-
-def test_satisfies_protocols() -> None:
-    translator: StreamTranslator = GeminiStreamTranslator(provider=PROVIDER)
-    dialect: Dialect = DIALECT
-    assert translator.feed(b"") == []
-    assert isinstance(dialect, WireDialect) and dialect.name == "gemini"
-    assert dialect.needs_image_bytes is True and dialect.relays_events is False
-    assert dialects()["gemini"] is DIALECT
 
 
 def test_dialect_translator_is_fresh_and_signs_for_the_provider() -> None:

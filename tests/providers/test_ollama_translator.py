@@ -30,9 +30,7 @@ from streamgw.core.deltas import (
     Usage,
 )
 from streamgw.core.emitter import ResponseEmitter
-from streamgw.providers.base import Dialect, StreamTranslator, WireDialect
 from streamgw.providers.ollama import DIALECT, OllamaStreamTranslator
-from streamgw.providers.registry import dialects
 from streamgw.testing.harness import MINTED_CALL_ID, Transcripts
 from streamgw.testing.invariants import check_events, output_text
 from tests.providers.test_chat_translator import check_invariants
@@ -175,15 +173,6 @@ def test_malformed_line_fails_naming_the_problem() -> None:
 
 
 # --- edge cases ------------------------------------------------------------------------------------
-
-
-def test_satisfies_protocols_and_is_registered() -> None:
-    translator: StreamTranslator = OllamaStreamTranslator()
-    dialect: Dialect = DIALECT
-    assert translator.feed(b"") == []
-    assert isinstance(dialect, WireDialect) and dialect.name == "ollama"
-    assert dialect.needs_image_bytes is True and dialect.relays_events is False
-    assert dialects()["ollama"] is DIALECT
 
 
 def test_dialect_new_translator_is_fresh() -> None:
