@@ -137,7 +137,9 @@ async def test_500_concurrent_streams_with_faults_end_honestly_and_leak_nothing(
     assert isinstance(mock, GatedMock)
     plan = random.Random(SEED).choices(SCENARIOS, weights=[s.weight for s in SCENARIOS], k=STREAMS)
     # keepalive off: a status-500 held at the gate must still be an error before the first byte
-    config = make_config([gated.provider("up")], idle=0.5, keepalive=0)
+    # idle 1.5 s: the stalled scenario stalls for good, while 500 streams, their mock and their clients share
+    # this one process: a healthy stream may wait most of a second for its turn when all of them are busy.
+    config = make_config([gated.provider("up")], idle=1.5, keepalive=0)
     results: list[tuple[Scenario, SSEResult]] = []
 
     async def one(scenario: Scenario) -> None:
