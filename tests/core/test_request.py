@@ -651,19 +651,18 @@ def test_the_deepest_accepted_request_survives_every_dialect_and_json_dumps() ->
            '"text":{"format":{"type":"json_schema","name":"out","schema":%s}}}'
     request = parse_request((body % (deep_schema(levels), deep_schema(levels - 1))).encode())
 
-    def everything() -> None:
-        json.dumps(echo_fields(request))
+    def everything() -> list[bytes]:
+        bodies = [json.dumps(echo_fields(request)).encode()]
         for kind, dialect in dialects().items():
             provider = ProviderConfig(name="p", type=kind, base_url="http://127.0.0.1:1/v1")
-            dialect.build_request(request, provider, "m")
+            bodies.append(dialect.build_request(request, provider, "m").body)
+        return bodies
 
-    def at_depth(frames: int) -> None:  # the gateway calls these from a deep trio/hypercorn stack
-        if frames:
-            at_depth(frames - 1)
-        else:
-            everything()
+    def at_depth(frames: int) -> list[bytes]:  # the gateway calls these from a deep trio/hypercorn stack
+        return at_depth(frames - 1) if frames else everything()
 
-    at_depth(600)
+    bodies = at_depth(600)
+    assert len(bodies) == 1 + len(dialects()) and all(b'"f"' in body for body in bodies[1:])
 
 
 @pytest.mark.parametrize(

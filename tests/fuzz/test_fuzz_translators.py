@@ -165,7 +165,8 @@ def test_golden_split_anywhere_is_the_same_stream(dialect: str, data: st.DataObj
 def test_mutated_golden_streams(dialect: str, data: st.DataObject) -> None:
     case = CASES[dialect]
     body = data.draw(_golden(case).flatmap(lambda b: mutated(b, injected_events(case))))
-    outcome_of(case, data.draw(split_points(body, max_cuts=4)))
+    outcome = outcome_of(case, data.draw(split_points(body, max_cuts=4)))
+    assert outcome.http_error is not None or outcome.terminal in TERMINALS, outcome.terminal
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -176,7 +177,8 @@ def test_truncated_golden_streams_never_complete(dialect: str, data: st.DataObje
     case = CASES[dialect]
     body = data.draw(_golden(case))
     cut = data.draw(st.integers(0, len(body)))
-    outcome_of(case, [body[:cut]])  # the end-marker rule in ``check_outcome`` is the property
+    outcome = outcome_of(case, [body[:cut]])  # the end-marker rule in ``check_outcome`` is the property
+    assert outcome.terminal != "response.completed" or case.end_marker.search(body[:cut])
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -189,7 +191,8 @@ def test_planted_error_never_leaks_the_secret(dialect: str, data: st.DataObject)
     at = data.draw(st.integers(0, len(lines)))
     error = case.error(f"invalid api key {SECRET} for org").rstrip(b"\n")
     planted = (b"\n\n" if case.suffix == ".sse" else b"\n").join([*lines[:at], error, *lines[at:]])
-    outcome_of(case, data.draw(split_points(planted, max_cuts=3)))
+    outcome = outcome_of(case, data.draw(split_points(planted, max_cuts=3)))
+    assert SECRET.encode() not in outcome.wire
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -199,7 +202,8 @@ def test_random_bytes(dialect: str, body: bytes, data: st.DataObject) -> None:
     case = CASES[dialect]
     if data.draw(st.booleans()):  # random bytes after a valid-looking frame prefix reach the JSON parser
         body = case.frame(body)
-    outcome_of(case, data.draw(split_points(body, max_cuts=3)))
+    outcome = outcome_of(case, data.draw(split_points(body, max_cuts=3)))
+    assert outcome.http_error is not None or outcome.terminal in TERMINALS, outcome.terminal
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
