@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import h2.config
@@ -24,26 +22,18 @@ import pytest
 
 from streamgw.testing.process import free_port, start_gateway, stop_process
 
+from .drain_support import Served
+
 KEY = "sk-gw-conns-test"
 AUTH = f"Authorization: Bearer {KEY}\r\n"
 
 
-@dataclass
-class Gateway:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class Gateway(Served):
+    """A ``streamgw serve`` process, seen from its descriptors and raw sockets."""
 
     def fds(self) -> int:
         """Open file descriptors of the gateway process."""
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -13,6 +13,7 @@ import trio
 from streamgw.store.base import Backend
 from streamgw.store.memory import MemoryBackend
 from streamgw.store.redis import RedisBackend
+from streamgw.store.service import StoreService
 from streamgw.store.sqlite import SQLiteBackend
 from streamgw.testing.redis_server import require_redis, running_redis
 
@@ -73,3 +74,18 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) 
         yield chosen
     finally:
         await chosen.aclose()
+
+
+@pytest.fixture
+async def running(nursery: trio.Nursery) -> AsyncIterator[Any]:
+    """Start a service's writer in the test's nursery (``await running(service)``), close it afterwards."""
+    started: list[StoreService] = []
+
+    async def start(service: StoreService) -> StoreService:
+        await nursery.start(service.run)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        await service.aclose()

@@ -70,21 +70,6 @@ class Live:
 
 
 @pytest.fixture
-async def running(nursery: trio.Nursery) -> AsyncIterator[Any]:
-    """Start a service's writer in the test's nursery (``await running(service)``), close it afterwards."""
-    started: list[StoreService] = []
-
-    async def start(service: StoreService) -> StoreService:
-        await nursery.start(service.run)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        await service.aclose()
-
-
-@pytest.fixture
 async def mock_port(nursery: trio.Nursery) -> AsyncIterator[int]:
     upstream = ChatCompletionsMock()
     port: int = await nursery.start(upstream.serve)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -51,21 +51,6 @@ class GatedBackend(MemoryBackend):
         self.writing.set()
         await self.release.wait()
         await super().put_many(records)
-
-
-@pytest.fixture
-async def running(nursery: trio.Nursery) -> AsyncIterator[Any]:
-    """Start a service's writer in the test's nursery: ``await running(service)``."""
-    started: list[StoreService] = []
-
-    async def start(service: StoreService) -> StoreService:
-        await nursery.start(service.run)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        await service.aclose()
 
 
 async def status_of(service: StoreService, response_id: str) -> str:
