@@ -333,7 +333,11 @@ class RelayEmitter:
         response = self._snapshot_of(item)
         if response is None:
             return
-        response.setdefault("status", item.type.removeprefix("response."))
+        status = response.setdefault("status", item.type.removeprefix("response."))
+        if status != item.type.removeprefix("response."):  # a client reads either: they must agree
+            self._fail("server_error", f"malformed upstream event: {item.type} with a response whose status "
+                                       "does not match it")
+            return
         response.setdefault("error", None)
         if response["error"] is not None:  # upstream text: only a plain code and a clean message go out
             response["error"] = sanitize_error_object(response["error"])

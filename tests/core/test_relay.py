@@ -381,3 +381,14 @@ def test_relay_is_sans_io() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("status", [0.0, "incomplete", "in_progress"])
+def test_a_terminal_event_whose_status_disagrees_fails_the_stream(status: Any) -> None:
+    # Found by tests/fuzz: response.completed carrying "status": 0.0 was relayed as a completion.
+    em = emitter()
+    em.feed(opening())
+    events = as_dicts(em.feed([snapshot("response.completed", 2, status=status)]))
+    assert [e["type"] for e in events] == ["response.failed"]
+    assert events[-1]["response"]["status"] == "failed"
+    assert "does not match" in events[-1]["response"]["error"]["message"]
