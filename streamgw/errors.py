@@ -136,6 +136,21 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_-]{6,}|AIza[0-9A-Za-z_-]{20,}|gsk_[A-Za-z0-9]{10,}|xai-[A-Za-z0-9]{10,})")
 
 
+class RequestTimeout(InvalidRequest):
+    """The client did not send the whole request body within ``[server] body_timeout``."""
+
+    status = 408
+    default_code = "request_timeout"
+
+
+class ServerBusy(GatewayError):
+    """This worker is already receiving as many request body bytes as ``[server] max_body_bytes_in_flight`` allows."""
+
+    status = 503
+    type = "server_error"
+    default_code = "server_busy"
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Remove every configured secret and anything shaped like an API key from ``text``."""
     for secret in secrets:

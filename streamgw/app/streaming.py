@@ -30,7 +30,7 @@ from streamgw.core.emitter import Event
 from streamgw.core.request import ResponsesRequest, parse_request
 from streamgw.core.sse import encode_comment, encode_event
 from streamgw.engine.lifecycle import LiveResponse, open_response, request_id
-from streamgw.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from streamgw.errors import GatewayError, PayloadTooLarge, RequestTimeout, ServerBusy
 
 if TYPE_CHECKING:
     from streamgw.app.gateway import Gateway
@@ -64,21 +64,6 @@ def json_body(payload: Any) -> bytes:
 
 class _ClientGone(Exception):
     """The client disconnected before the request body was complete."""
-
-
-class RequestTimeout(InvalidRequest):
-    """The client did not send the whole request body within ``[server] body_timeout``."""
-
-    status = 408
-    default_code = "request_timeout"
-
-
-class ServerBusy(GatewayError):
-    """This worker is already receiving as many request body bytes as ``[server] max_body_bytes_in_flight`` allows."""
-
-    status = 503
-    type = "server_error"
-    default_code = "server_busy"
 
 
 class BodyBudget:

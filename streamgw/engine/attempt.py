@@ -82,7 +82,8 @@ def timeouts_for(ctx: EngineContext, target: Target, route: RouteConfig | None) 
     return ctx.timeouts.merged(target.provider.timeouts, route.timeouts if route else ())
 
 
-def _first_failure(batch: list[Delta]) -> UpstreamFailure | None:
+def first_failure(batch: list[Delta]) -> UpstreamFailure | None:
+    """The failure a first batch carries before any output (it becomes an HTTP error), if any."""
     for delta in batch:
         if isinstance(delta, UpstreamFailure):
             return delta
@@ -99,7 +100,7 @@ async def _first_batch(source: DeltaSource, deadline: float, first_token: float)
             if batch is None:
                 raise UpstreamError("upstream closed the stream before any output", code="upstream_empty")
             if batch:
-                failure = _first_failure(batch)
+                failure = first_failure(batch)
                 if failure is not None:
                     raise failure_error(failure.code, failure.message)
                 return batch

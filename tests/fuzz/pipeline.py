@@ -11,17 +11,18 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from streamgw.config import ProviderConfig, Secret
-from streamgw.core.deltas import UpstreamFailure, Usage
+from streamgw.core.deltas import UpstreamFailure
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.relay import RelayEmitter
 from streamgw.core.request import echo_fields, parse_request
 from streamgw.core.sse import SSEDecoder, encode_event
+from streamgw.engine.attempt import first_failure
 from streamgw.providers.registry import dialects
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "streams"
@@ -103,16 +104,6 @@ class Outcome:
         return self.events[-1]["type"] if self.events else None
 
 
-def _first_failure(batch: Sequence[object]) -> UpstreamFailure | None:
-    """The engine's rule (``attempt._first_batch``): a failure before any output is an HTTP error."""
-    for delta in batch:
-        if isinstance(delta, UpstreamFailure):
-            return delta
-        if not isinstance(delta, Usage):
-            return None
-    return None
-
-
 def _batches(case: Case, chunks: Iterable[bytes]) -> Iterable[list[Any]]:
     translator = dialects()[case.ptype].new_translator(REQUEST, case.provider(), (SECRET,))
     for chunk in chunks:
@@ -133,7 +124,7 @@ def run_stream(case: Case, chunks: Iterable[bytes]) -> Outcome:
         if not started:
             if not batch:
                 continue
-            failure = _first_failure(batch)
+            failure = first_failure(batch)  # the engine's rule: a failure before any output is an HTTP error
             if failure is not None:
                 return Outcome(failure, [], failure.message.encode())
             started = True
