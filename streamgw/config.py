@@ -223,6 +223,47 @@ class FetchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Rate limits and budgets of one key, tenant, or key and model; 0 means "no limit" for each.
+
+    Rates are per minute; token budgets per calendar day / month (UTC); cost budgets in USD and
+    only where a price table prices the model.
+    """
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    concurrent_streams: int = 0
+    tokens_per_day: int = 0
+    tokens_per_month: int = 0
+    cost_per_day: float = 0.0
+    cost_per_month: float = 0.0
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return any((self.requests_per_minute, self.tokens_per_minute, self.concurrent_streams,
+                    self.tokens_per_day, self.tokens_per_month, self.cost_per_day, self.cost_per_month))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """Who a gateway key is and what it may do: a ``[keys.NAME]`` table or a managed key.
+
+    ``name`` is what logs, metrics and usage show (never the key); ``tenant`` the tenant id its
+    stored responses belong to.  ``models``: patterns (``fnmatch``) of the model and route names
+    the key may ask for, ``()`` for all.  ``model_limits``: (pattern, limits) pairs, the first
+    pattern that matches a request's model applies besides ``limits``.
+    """
+
+    name: str
+    tenant: str
+    models: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    model_limits: tuple[tuple[str, Limits], ...] = ()
+    managed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """``[metrics]``: who may read ``GET /metrics``."""
 

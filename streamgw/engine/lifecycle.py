@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import trio
 
-from streamgw.config import Timeouts
+from streamgw.config import KeyPolicy, Timeouts
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import ResponsesRequest, echo_fields
 from streamgw.engine.attempt import EngineContext
@@ -62,11 +62,13 @@ def request_id(header: str | None) -> str:
 class Caller:
     """Who sent a request: the tenant its stored responses belong to, and which key it used.
 
-    ``key_index`` indexes ``Config.auth_keys`` (``None`` without auth).
+    ``key_index`` indexes ``Config.auth_keys`` (``None`` without auth, or for a key that is not
+    there); ``key`` is the key's identity and policy (``None``: an anonymous caller).
     """
 
     tenant: str
     key_index: int | None = None
+    key: KeyPolicy | None = None
 
 
 #: every caller of a gateway without keys: one tenant, as before tenants existed
