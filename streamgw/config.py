@@ -222,6 +222,29 @@ class FetchConfig:
     max_redirects: int = 3
 
 
+#: where managed keys, rate-limit counters, budgets and usage live (``[control] backend``)
+CONTROL_BACKENDS = ("auto", "sqlite", "redis", "memory")
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """``[control]``: the shared state of keys, limits and usage.
+
+    ``auto``: Redis when ``[store] backend = "redis"`` (same URL and prefix, so instances that share
+    a store share their limits), else SQLite at ``path`` (one file the workers of one machine share).
+    ``memory`` is one process's only: a limit is then per worker.  ``on_unavailable`` says what a
+    request meets while the backend cannot be reached: ``open`` (admitted, counted in a warning
+    metric) or ``closed`` (503).
+    """
+
+    backend: str = "auto"
+    path: str = "streamgw-control.db"
+    url: str = ""  # redis: "" = the store's URL
+    key_prefix: str = ""  # redis: "" = the store's prefix
+    timeout: float = 1.0  # seconds for one operation before the backend counts as unavailable
+    on_unavailable: str = "open"  # open | closed
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Rate limits and budgets of one key, tenant, or key and model; 0 means "no limit" for each.
@@ -285,6 +308,7 @@ class Config:
     store: StoreConfig = field(default_factory=lambda: StoreConfig(backend="memory"))
     fetch: FetchConfig = field(default_factory=FetchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     def __post_init__(self) -> None:
         if self.auth_tenants and len(self.auth_tenants) != len(self.auth_keys):

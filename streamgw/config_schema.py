@@ -27,12 +27,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from streamgw.config import (
+    CONTROL_BACKENDS,
     ENV_NATIVE,
     STORE_BACKENDS,
     STRATEGIES,
     ChatFlags,
     Config,
     ConfigError,
+    ControlConfig,
     DemoSettings,
     FetchConfig,
     MetricsConfig,
@@ -230,6 +232,21 @@ class FetchTable(_Table):
     max_redirects: NonNegativeInt | None = None
 
 
+ControlBackend = Literal["auto", "sqlite", "redis", "memory"]
+assert get_args(ControlBackend) == CONTROL_BACKENDS
+
+
+class ControlTable(_Table):
+    """``[control]``."""
+
+    backend: ControlBackend | None = None
+    path: NonEmptyText | None = None
+    url: NonEmptyText | None = None
+    key_prefix: Text | None = None
+    timeout: PositiveSeconds | None = None
+    on_unavailable: Literal["open", "closed"] | None = None
+
+
 class MetricsTable(_Table):
     """``[metrics]``."""
 
@@ -247,6 +264,7 @@ class ConfigFile(_Table):
     store: StoreTable = StoreTable()
     fetch: FetchTable = FetchTable()
     metrics: MetricsTable = MetricsTable()
+    control: ControlTable = ControlTable()
 
 
 # --- problems: where they are and how they are said ---------------------------------------------------------
@@ -781,8 +799,14 @@ def build_config(raw: Mapping[str, Any], env: Mapping[str, str], *, source: str 
     metrics = MetricsConfig(**_set(document.metrics))
     if require_key is not None:
         metrics = MetricsConfig(require_key=require_key)
+    control = ControlConfig(**_set(document.control))
+    if control.url:
+        try:
+            RedisURL.parse(control.url)
+        except ValueError:
+            problems.file("[control] url", "must be a redis://[user:password@]host[:port][/db] URL")
     problems.check()
     return Config(server=server, auth_keys=auth_keys, auth_tenants=auth_tenants, providers=providers,
                   timeouts=Timeouts(**_set(document.timeouts)), routes=routes, store=store, fetch=fetch,
-                  metrics=metrics)
+                  metrics=metrics, control=control)
 
