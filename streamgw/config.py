@@ -314,6 +314,19 @@ class Config:
         if self.auth_tenants and len(self.auth_tenants) != len(self.auth_keys):
             raise ValueError("auth_tenants needs one entry per auth key")
 
+    def control_backend(self) -> tuple[str, str, str]:
+        """Where keys, limits and usage live: ``("sqlite", path, "")``, ``("redis", url, prefix)`` or
+        ``("memory", "", "")`` — ``[control] backend = "auto"`` resolved against ``[store]``."""
+        control, store = self.control, self.store
+        backend = control.backend
+        if backend == "auto":
+            backend = "redis" if store.backend == "redis" else "sqlite"
+        if backend == "redis":
+            return "redis", control.url or store.url, control.key_prefix or store.key_prefix
+        if backend == "sqlite":
+            return "sqlite", control.path, ""
+        return "memory", "", ""
+
     def secrets(self) -> list[str]:
         """Every secret value, for redaction of upstream messages."""
         values = [k.get() for k in self.auth_keys]

@@ -45,6 +45,36 @@ class EngineContext:
 
 
 @dataclass(slots=True)
+class AttemptRecord:
+    """One upstream attempt as the request log, metrics and traces see it (times: ``trio.current_time``).
+
+    ``outcome``: ``""`` while it runs, ``"served"`` for the winner once the response ended,
+    ``"opened"`` for a winner still streaming, ``"lost"`` for a hedge whose rival won first,
+    ``"cancelled"`` when it was abandoned (the client left, a deadline, a rival won), else the
+    error code it failed with.  ``kind``: ``"first"``, ``"retry"`` (same target again),
+    ``"fallback"`` (next target after a failure) or ``"hedge"`` (started beside a running one).
+    """
+
+    provider: str
+    model: str
+    started: float
+    kind: str = "first"
+    headers_at: float | None = None
+    first_delta_at: float | None = None
+    ended: float | None = None
+    outcome: str = ""
+    #: the HTTP status its error maps to (0: it did not fail)
+    status: int = 0
+
+    def end(self, outcome: str, status: int = 0) -> None:
+        """Record how the attempt ended, once (the first outcome is kept)."""
+        if self.ended is None:
+            self.ended = trio.current_time()
+            self.outcome = outcome
+            self.status = status
+
+
+@dataclass(slots=True)
 class Opened:
     """A winning attempt: its source, the first batch of deltas, and who served it."""
 
@@ -54,11 +84,14 @@ class Opened:
     endpoint: Endpoint
     timeouts: Timeouts
     attempts: int = 1
+    record: AttemptRecord | None = None
 
-    async def aclose(self) -> None:
+    async def aclose(self, outcome: str = "served") -> None:
         """Close the upstream and give the endpoint's in-flight slot back (idempotent)."""
         if self.endpoint.in_flight > 0 and self.source is not _CLOSED:
             self.endpoint.in_flight -= 1
+        if self.record is not None:
+            self.record.end(outcome)
         source, self.source = self.source, _CLOSED
         await source.aclose()
 
@@ -109,17 +142,26 @@ async def _first_batch(source: DeltaSource, deadline: float, first_token: float)
 
 
 async def open_attempt(
-    request: ResponsesRequest, target: Target, ctx: EngineContext, route: RouteConfig | None
+    request: ResponsesRequest, target: Target, ctx: EngineContext, route: RouteConfig | None,
+    log: list[AttemptRecord] | None = None, kind: str = "first",
 ) -> Opened:
-    """One upstream attempt up to its first delta; the endpoint's health is updated either way."""
+    """One upstream attempt up to its first delta; the endpoint's health is updated either way.
+
+    With ``log``, the attempt appends its ``AttemptRecord`` there as it starts.
+    """
     timeouts = timeouts_for(ctx, target, route)
     endpoint = ctx.health.pick(target.provider)
     provider = ctx.health.with_key(target.provider, endpoint)
-    deadline = trio.current_time() + (timeouts.first_token or math.inf)
+    now = trio.current_time()
+    record = AttemptRecord(target.provider.name, target.model, now, kind)
+    if log is not None:
+        log.append(record)
+    deadline = now + (timeouts.first_token or math.inf)
     endpoint.in_flight += 1
     try:
         source = await open_source(request, provider, target.model, clients=ctx.clients, dialects=ctx.dialects,
                                    secrets=ctx.secrets, timeouts=timeouts, deadline=deadline)
+        record.headers_at = trio.current_time()
         try:
             first = await _first_batch(source, deadline, timeouts.first_token)
         except BaseException:
@@ -128,15 +170,18 @@ async def open_attempt(
             raise
     except GatewayError as error:
         endpoint.in_flight -= 1
+        record.end(error.code or error.type, error.status)
         if retryable(error) or may_fall_back(error):
             threshold = route.cooldown_failures if route else 3
             ctx.health.failure(endpoint, threshold, route.cooldown_seconds if route else 30.0)
         raise
     except BaseException:
         endpoint.in_flight -= 1
+        record.end("cancelled")
         raise
+    record.first_delta_at = trio.current_time()
     ctx.health.success(endpoint)
-    return Opened(source, first, target, endpoint, timeouts)
+    return Opened(source, first, target, endpoint, timeouts, record=record)
 
 
 def retryable(error: GatewayError) -> bool:
@@ -190,15 +235,19 @@ def _least_in_flight_first(drawn: list[Target], ctx: EngineContext) -> list[Targ
     return drawn
 
 
-async def open_plan(request: ResponsesRequest, plan: Plan, ctx: EngineContext, deadline: float) -> Opened:
-    """Run the plan's strategy until an attempt produced its first delta, or raise the last error."""
+async def open_plan(request: ResponsesRequest, plan: Plan, ctx: EngineContext, deadline: float,
+                    log: list[AttemptRecord] | None = None) -> Opened:
+    """Run the plan's strategy until an attempt produced its first delta, or raise the last error.
+
+    ``log`` receives one ``AttemptRecord`` per attempt, in the order they started.
+    """
     route = plan.route
     if route is None:
-        return await open_attempt(request, plan.targets[0], ctx, None)
+        return await open_attempt(request, plan.targets[0], ctx, None, log)
     targets = _ordered(plan, ctx)
     if route.strategy == "hedge":
-        return await _hedge(request, targets, route, ctx, deadline)
-    return await _fallback(request, targets, route, ctx, deadline)
+        return await _hedge(request, targets, route, ctx, deadline, log)
+    return await _fallback(request, targets, route, ctx, deadline, log)
 
 
 def _budget(route: RouteConfig, targets: int) -> int:
@@ -206,7 +255,8 @@ def _budget(route: RouteConfig, targets: int) -> int:
 
 
 async def _fallback(
-    request: ResponsesRequest, targets: list[Target], route: RouteConfig, ctx: EngineContext, deadline: float
+    request: ResponsesRequest, targets: list[Target], route: RouteConfig, ctx: EngineContext, deadline: float,
+    log: list[AttemptRecord] | None = None,
 ) -> Opened:
     budget = _budget(route, len(targets))
     attempts = 0
@@ -215,9 +265,10 @@ async def _fallback(
         for retry in range(route.retries + 1):
             if attempts >= budget:
                 break
+            kind = "first" if attempts == 0 else "retry" if retry else "fallback"
             attempts += 1
             try:
-                opened = await open_attempt(request, target, ctx, route)
+                opened = await open_attempt(request, target, ctx, route, log, kind)
             except GatewayError as error:
                 last = error
                 if not may_fall_back(error):
@@ -242,7 +293,8 @@ def _exhausted(route: RouteConfig, attempts: int, last: GatewayError | None) -> 
 
 
 async def _hedge(
-    request: ResponsesRequest, targets: list[Target], route: RouteConfig, ctx: EngineContext, deadline: float
+    request: ResponsesRequest, targets: list[Target], route: RouteConfig, ctx: EngineContext, deadline: float,
+    log: list[AttemptRecord] | None = None,
 ) -> Opened:
     """Start attempts ``hedge_delay`` apart (or at once after a failure); the first delta wins."""
     send, receive = trio.open_memory_channel[Opened | GatewayError](math.inf)
@@ -252,15 +304,15 @@ async def _hedge(
     last: GatewayError | None = None
     fatal: GatewayError | None = None
 
-    async def attempt(target: Target) -> None:
+    async def attempt(target: Target, kind: str) -> None:
         try:
-            result: Opened | GatewayError = await open_attempt(request, target, ctx, route)
+            result: Opened | GatewayError = await open_attempt(request, target, ctx, route, log, kind)
         except GatewayError as error:
             result = error
         send.send_nowait(result)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(attempt, targets[0])
+        nursery.start_soon(attempt, targets[0], "first")
         launched = 1
         while winner is None and finished < launched:
             wait = route.hedge_delay if launched < budget else math.inf
@@ -275,7 +327,9 @@ async def _hedge(
                     fatal = result
                     break
             if launched < budget and trio.current_time() < deadline:
-                nursery.start_soon(attempt, targets[launched])  # hedge, or replace the failed attempt
+                # a hedge beside a running attempt, or a fallback in place of a failed one
+                kind = "hedge" if finished < launched else "fallback"
+                nursery.start_soon(attempt, targets[launched], kind)
                 launched += 1
         nursery.cancel_scope.cancel()  # the losers: cancelling them closes their upstreams
     await _close_losers(receive, winner)
@@ -296,4 +350,4 @@ async def _close_losers(receive: trio.MemoryReceiveChannel[Opened | GatewayError
             return
         if isinstance(extra, Opened) and extra is not winner:
             with trio.CancelScope(shield=True):
-                await extra.aclose()
+                await extra.aclose("lost")

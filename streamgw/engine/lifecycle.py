@@ -34,7 +34,7 @@ import trio
 from streamgw.config import KeyPolicy, Timeouts
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import ResponsesRequest, echo_fields
-from streamgw.engine.attempt import EngineContext
+from streamgw.engine.attempt import AttemptRecord, EngineContext
 from streamgw.engine.recording import Recorder
 from streamgw.engine.routing import Plan, Router
 from streamgw.engine.run import ResponseRun
@@ -103,6 +103,24 @@ class RequestEntry:
     #: the response reached its terminal event; ``False`` after open: the client left mid-way
     finished: bool = False
     streamed: bool = True
+    #: the model the client asked for (a model, a route, or ``provider/model``)
+    model: str = ""
+    #: every upstream attempt, in the order they started (fallbacks, retries, hedges)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    #: the provider and upstream model that served it ("": none did)
+    provider: str = ""
+    upstream_model: str = ""
+    #: the response's terminal status: completed | incomplete | failed ("": it never had one)
+    terminal: str = ""
+    #: the response's ``usage`` object when it had one (input_tokens, output_tokens, *_details, ...)
+    usage: dict[str, Any] | None = None
+    #: bytes written to the client for this response (the door counts them; 0: not counted)
+    bytes_out: int = 0
+
+    @property
+    def client_left(self) -> bool:
+        """The client went away before the response ended (it never saw its terminal event)."""
+        return self.first_delta_at is not None and not self.finished and self.error is None
 
 
 class RequestObserver(Protocol):
@@ -171,7 +189,7 @@ class LiveResponse:
         self.caller = caller
         self.request = request
         self.entry = RequestEntry(request_id, door, caller, trio.current_time() if started is None else started,
-                                  streamed=request.stream)
+                                  streamed=request.stream, model=request.model)
         self._local = local
         self.run: ResponseRun | None = None
         self.expansion: Expansion | None = None
@@ -230,9 +248,11 @@ class LiveResponse:
             await rule.admit(self.caller, request, plan)
         if request.store and responses.store.enabled:
             self._recorder = Recorder(responses.store, self.expansion)
-        self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started)
+        self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started,
+                                                attempts=self.entry.attempts)
         self.keepalive = run.opened.timeouts.keepalive if request.stream else 0.0
-        self.entry.label = run.provider
+        self.entry.label = self.entry.provider = run.provider
+        self.entry.upstream_model = run.opened.target.model
         self.entry.first_delta_at = run.first_delta_at
         self.entry.status = 200
         responses.observer.opened(self.entry)
@@ -310,6 +330,11 @@ class LiveResponse:
             if self._recorder is not None:
                 self._recorder.finished(run)
             entry.finished = run.done
+            response = run.emitter.response
+            if run.done:
+                entry.terminal = str(response.get("status") or "")
+            usage = response.get("usage")
+            entry.usage = usage if isinstance(usage, dict) else None
         entry.ended_at = trio.current_time()
         self.responses.observer.ended(entry)
 

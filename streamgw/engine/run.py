@@ -22,7 +22,7 @@ import trio
 from streamgw.core.emitter import Emitter, EmitterFactory, ResponseEmitter
 from streamgw.core.relay import RelayEmitter
 from streamgw.core.request import ResponsesRequest, echo_fields
-from streamgw.engine.attempt import EngineContext, Opened, open_plan
+from streamgw.engine.attempt import AttemptRecord, EngineContext, Opened, open_plan
 from streamgw.engine.drain import Drain, GatewayShuttingDown
 from streamgw.engine.routing import Plan
 from streamgw.errors import UpstreamTimeout, failure_error
@@ -72,9 +72,13 @@ class ResponseRun:
 
     @classmethod
     async def open(
-        cls, request: ResponsesRequest, plan: Plan, ctx: EngineContext, *, started_at: float | None = None
+        cls, request: ResponsesRequest, plan: Plan, ctx: EngineContext, *, started_at: float | None = None,
+        attempts: list[AttemptRecord] | None = None,
     ) -> ResponseRun:
-        """Run ``plan`` until an attempt produced its first delta; raise ``GatewayError`` if none did."""
+        """Run ``plan`` until an attempt produced its first delta; raise ``GatewayError`` if none did.
+
+        ``attempts`` receives an ``AttemptRecord`` for every upstream attempt.
+        """
         started = trio.current_time() if started_at is None else started_at
         total = ctx.timeouts.merged(plan.route.timeouts if plan.route else ()).total
         drain = ctx.drain
@@ -82,7 +86,7 @@ class ResponseRun:
         with trio.move_on_at(deadline) as scope:
             drain.watch(scope)
             try:
-                opened = await open_plan(request, plan, ctx, deadline)
+                opened = await open_plan(request, plan, ctx, deadline, attempts)
             finally:
                 drain.unwatch(scope)
             try:
@@ -156,11 +160,16 @@ class ResponseRun:
         if not self._closed:
             self._closed = True
             self._drain.unwatch(self)
+            response = self.emitter.response
+            outcome = "cancelled"  # the client left, or the process is shutting down
+            if self.emitter.done:
+                error = response.get("error") if response["status"] == "failed" else None
+                outcome = str(error.get("code") or "failed") if isinstance(error, dict) else "served"
             try:
-                if self.emitter.done and self.emitter.response["status"] != "failed":
+                if self.emitter.done and response["status"] != "failed":
                     await self.opened.source.drain()
             finally:
-                await self.opened.aclose()
+                await self.opened.aclose(outcome)
 
     def _deadline_failure(self) -> list[Any]:
         if self._drain.expired():
