@@ -29,6 +29,7 @@ import trio
 from streamgw.core.emitter import Event
 from streamgw.core.request import ResponsesRequest, parse_request
 from streamgw.core.sse import encode_comment, encode_event
+from streamgw.core.tracecontext import parse_traceparent
 from streamgw.engine.lifecycle import LiveResponse, open_response, request_id
 from streamgw.errors import GatewayError, PayloadTooLarge, RequestTimeout, ServerBusy
 
@@ -175,6 +176,7 @@ class ResponsesEndpoint:
         gw = self.gw
         started = trio.current_time()
         exchange = _Exchange(send, request_id(_header(scope, b"x-request-id")))
+        trace = parse_traceparent(_header(scope, b"traceparent"))
         live: LiveResponse | None = None
         try:
             caller = gw.authenticate(_header(scope, b"authorization"))
@@ -182,11 +184,11 @@ class ResponsesEndpoint:
         except _ClientGone:
             return
         except GatewayError as error:
-            gw.responses.refused("sse", exchange.request_id, error)
+            gw.responses.refused("sse", exchange.request_id, error, trace=trace)
             await _render(exchange, error, None)
             return
         live = open_response(gw.responses, caller, req, door="sse" if req.stream else "json",
-                             request_id=exchange.request_id, started=started)
+                             request_id=exchange.request_id, started=started, trace=trace)
         try:
             await self._serve(live, exchange, receive)
         except GatewayError as error:  # the lifecycle mapped everything else to internal_error

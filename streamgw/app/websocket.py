@@ -48,6 +48,7 @@ from quart_trio import QuartTrio
 from streamgw.core.emitter import Event
 from streamgw.core.relay import RelayedEvent
 from streamgw.core.request import ResponsesRequest, load_object, request_from_object
+from streamgw.core.tracecontext import TraceParent, parse_traceparent
 from streamgw.engine.lifecycle import Caller, LiveResponse, open_response
 from streamgw.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge
 from streamgw.store.base import StoredResponse
@@ -127,11 +128,13 @@ def error_frame(error: GatewayError) -> str:
 class ResponseSocket:
     """One accepted WebSocket-mode connection: reads frames, runs one response at a time."""
 
-    def __init__(self, gw: Gateway, ws: Websocket, caller: Caller, request_id: str) -> None:
+    def __init__(self, gw: Gateway, ws: Websocket, caller: Caller, request_id: str,
+                 trace: TraceParent | None = None) -> None:
         self._gw = gw
         self._ws = ws
         self._caller = caller  # authenticated once, on the upgrade: the connection's caller (and tenant)
         self._request_id = request_id
+        self._trace = trace  # the handshake's traceparent: every response of the connection joins that trace
         self._max_age = gw.config.server.websocket_max_age
         self._send_lock = trio.Lock()
         self._busy = False  # a response.create is being served (from its frame to its last event)
@@ -166,7 +169,7 @@ class ResponseSocket:
                     raise ResponseInFlight("A response is already in flight on this connection: wait for its "
                                            "terminal event before sending the next response.create.")
             except InvalidRequest as error:
-                self._gw.responses.refused("websocket", self._request_id, error, self._caller)
+                self._gw.responses.refused("websocket", self._request_id, error, self._caller, self._trace)
                 await self.send_error(error)
                 continue
             if self._expired:
@@ -178,7 +181,7 @@ class ResponseSocket:
     async def _respond(self, request: ResponsesRequest, started: float) -> None:
         """One ``response.create``: the lifecycle runs it, this sink sends frames."""
         live = open_response(self._gw.responses, self._caller, request, door="websocket",
-                             request_id=self._request_id, started=started, local=self._last)
+                             request_id=self._request_id, started=started, local=self._last, trace=self._trace)
         try:
             async with live:
                 await live.stream(self._frames(live))
@@ -260,5 +263,5 @@ def install_websocket(app: QuartTrio, gw: Gateway) -> None:
             # Returned before accepting: Quart sends it as the handshake's HTTP answer.
             return _rejection(error, rid)
         await ws.accept({"x-request-id": rid})
-        await ResponseSocket(gw, ws, caller, rid).serve()
+        await ResponseSocket(gw, ws, caller, rid, parse_traceparent(ws.headers.get("traceparent"))).serve()
         return None

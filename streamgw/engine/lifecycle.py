@@ -34,6 +34,7 @@ import trio
 from streamgw.config import KeyPolicy, Timeouts
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import ResponsesRequest, echo_fields
+from streamgw.core.tracecontext import TraceParent
 from streamgw.engine.attempt import AttemptRecord, EngineContext
 from streamgw.engine.recording import Recorder
 from streamgw.engine.routing import Plan, Router
@@ -116,6 +117,8 @@ class RequestEntry:
     usage: dict[str, Any] | None = None
     #: bytes written to the client for this response (the door counts them; 0: not counted)
     bytes_out: int = 0
+    #: the client's W3C trace context (``traceparent``), ``None`` when it sent none (or a malformed one)
+    trace: TraceParent | None = None
 
     @property
     def client_left(self) -> bool:
@@ -148,9 +151,11 @@ class Responses:
     #: checked in order before any upstream is contacted
     admission: Sequence[AdmissionRule] = field(default_factory=tuple)
 
-    def refused(self, door: str, request_id: str, error: GatewayError, caller: Caller | None = None) -> None:
+    def refused(self, door: str, request_id: str, error: GatewayError, caller: Caller | None = None,
+                trace: TraceParent | None = None) -> None:
         """Log a request refused before it reached the lifecycle (bad key, bad body)."""
-        entry = RequestEntry(request_id, door, caller, trio.current_time(), status=error.status, error=error)
+        entry = RequestEntry(request_id, door, caller, trio.current_time(), status=error.status, error=error,
+                             trace=trace)
         entry.ended_at = entry.started
         self.observer.ended(entry)
 
@@ -184,12 +189,12 @@ class LiveResponse:
 
     def __init__(self, responses: Responses, caller: Caller, request: ResponsesRequest, *, door: str,
                  request_id: str, started: float | None = None,
-                 local: Mapping[str, StoredResponse] | None = None) -> None:
+                 local: Mapping[str, StoredResponse] | None = None, trace: TraceParent | None = None) -> None:
         self.responses = responses
         self.caller = caller
         self.request = request
         self.entry = RequestEntry(request_id, door, caller, trio.current_time() if started is None else started,
-                                  streamed=request.stream, model=request.model)
+                                  streamed=request.stream, model=request.model, trace=trace)
         self._local = local
         self.run: ResponseRun | None = None
         self.expansion: Expansion | None = None
@@ -340,13 +345,16 @@ class LiveResponse:
 
 
 def open_response(responses: Responses, caller: Caller, request: ResponsesRequest, *, door: str, request_id: str,
-                  started: float | None = None, local: Mapping[str, StoredResponse] | None = None) -> LiveResponse:
+                  started: float | None = None, local: Mapping[str, StoredResponse] | None = None,
+                  trace: TraceParent | None = None) -> LiveResponse:
     """The lifecycle of one response, as an async context manager (see the module docstring).
 
     ``local``: responses consulted before the store for ``previous_response_id`` (a WebSocket
     connection's last one).  ``started``: when the request arrived (its timeouts count from then).
+    ``trace``: the client's ``traceparent``, parsed.
     """
-    return LiveResponse(responses, caller, request, door=door, request_id=request_id, started=started, local=local)
+    return LiveResponse(responses, caller, request, door=door, request_id=request_id, started=started, local=local,
+                        trace=trace)
 
 
 __all__ = [
