@@ -231,7 +231,8 @@ class ControlConfig:
     """``[control]``: the shared state of keys, limits and usage.
 
     ``auto``: Redis when ``[store] backend = "redis"`` (same URL and prefix, so instances that share
-    a store share their limits), else SQLite at ``path`` (one file the workers of one machine share).
+    a store share their limits), memory with a memory store, else SQLite at ``path`` (one file the
+    workers of one machine share).
     ``memory`` is one process's only: a limit is then per worker.  ``on_unavailable`` says what a
     request meets while the backend cannot be reached: ``open`` (admitted, counted in a warning
     metric) or ``closed`` (503).
@@ -302,6 +303,27 @@ class StaticKey:
 
 
 @dataclass(frozen=True, slots=True)
+class Price:
+    """``[prices."PATTERN"]``: USD per million tokens of the models ``pattern`` (``fnmatch``) matches.
+
+    The pattern is matched against ``provider/model`` of the upstream model that served a response,
+    then against the bare upstream model; the first table (in file order) that matches prices it.
+    ``cached_input`` defaults to ``input``.  Output tokens include reasoning tokens (as in the usage).
+    """
+
+    pattern: str
+    input: float = 0.0
+    cached_input: float | None = None
+    output: float = 0.0
+
+    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> float:
+        """USD for one response's usage."""
+        cached = min(max(cached_tokens, 0), max(input_tokens, 0))
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        return ((input_tokens - cached) * self.input + cached * cached_rate + output_tokens * self.output) / 1e6
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """``[metrics]``: who may read ``GET /metrics``."""
 
@@ -328,6 +350,10 @@ class Config:
     keys: tuple[StaticKey, ...] = ()
     #: ``[admin] key``: what the admin API (managed keys, everyone's usage) requires; ``None``: no admin API
     admin_key: Secret | None = None
+    #: ``[tenants.NAME]``: limits and budgets a tenant's keys share, by tenant name (``tenant = "NAME"``)
+    tenant_limits: Mapping[str, Limits] = field(default_factory=dict)
+    #: ``[prices."PATTERN"]`` tables, in file order
+    prices: tuple[Price, ...] = ()
 
     def __post_init__(self) -> None:
         if self.auth_tenants and len(self.auth_tenants) != len(self.auth_keys):
@@ -338,8 +364,8 @@ class Config:
         ``("memory", "", "")`` — ``[control] backend = "auto"`` resolved against ``[store]``."""
         control, store = self.control, self.store
         backend = control.backend
-        if backend == "auto":
-            backend = "redis" if store.backend == "redis" else "sqlite"
+        if backend == "auto":  # follows the store: redis, memory (one process), else SQLite
+            backend = store.backend if store.backend in ("redis", "memory") else "sqlite"
         if backend == "redis":
             return "redis", control.url or store.url, control.key_prefix or store.key_prefix
         if backend == "sqlite":

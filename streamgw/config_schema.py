@@ -41,6 +41,7 @@ from streamgw.config import (
     KeyPolicy,
     Limits,
     MetricsConfig,
+    Price,
     ProviderConfig,
     RedisURL,
     RouteConfig,
@@ -308,6 +309,14 @@ class ControlTable(_Table):
     on_unavailable: Literal["open", "closed"] | None = None
 
 
+class PriceTable(_Table):
+    """``[prices."PATTERN"]``: USD per million tokens."""
+
+    input: NonNegativeNumber = 0.0
+    cached_input: NonNegativeNumber | None = None
+    output: NonNegativeNumber = 0.0
+
+
 class MetricsTable(_Table):
     """``[metrics]``."""
 
@@ -328,6 +337,8 @@ class ConfigFile(_Table):
     control: ControlTable = ControlTable()
     keys: Annotated[dict[Annotated[str, Field(pattern=_KEY_NAME)], KeyTable], Field(max_length=10_000)] = {}
     admin: AdminTable = AdminTable()
+    tenants: Annotated[dict[Annotated[str, Field(pattern=_TENANT)], LimitsTable], Field(max_length=10_000)] = {}
+    prices: Annotated[dict[ModelPattern, PriceTable], Field(max_length=1000)] = {}
 
 
 # --- problems: where they are and how they are said ---------------------------------------------------------
@@ -935,8 +946,12 @@ def build_config(raw: Mapping[str, Any], env: Mapping[str, str], *, source: str 
             RedisURL.parse(control.url)
         except ValueError:
             problems.file("[control] url", "must be a redis://[user:password@]host[:port][/db] URL")
+    tenant_limits = {name: _limits(table) for name, table in document.tenants.items()}
+    prices = tuple(Price(pattern, table.input, table.cached_input, table.output)
+                   for pattern, table in document.prices.items())
     problems.check()
     return Config(server=server, auth_keys=auth_keys, auth_tenants=auth_tenants, providers=providers,
                   timeouts=Timeouts(**_set(document.timeouts)), routes=routes, store=store, fetch=fetch,
-                  metrics=metrics, control=control, keys=keys, admin_key=admin_key)
+                  metrics=metrics, control=control, keys=keys, admin_key=admin_key, tenant_limits=tenant_limits,
+                  prices=prices)
 

@@ -87,6 +87,33 @@ class RateLimited(GatewayError):
     stream_code = "rate_limit_exceeded"
 
 
+class LimitExceeded(GatewayError):
+    """A key's (or its tenant's) own rate limit: the gateway refused before any upstream was asked.
+
+    Not a ``RateLimited``: that one is the upstream's, and counts as an upstream failure.
+    """
+
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+    stream_code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(LimitExceeded):
+    """A daily or monthly budget (tokens or cost) is used up: OpenAI's ``insufficient_quota``."""
+
+    default_code = "insufficient_quota"
+    stream_code = "insufficient_quota"
+
+
+class LimitsUnavailable(GatewayError):
+    """The shared control backend cannot be reached and ``[control] on_unavailable = "closed"``."""
+
+    status = 503
+    type = "provider_error"
+    default_code = "limits_unavailable"
+
+
 class UpstreamError(GatewayError):
     """The upstream failed: 5xx, overloaded, connection refused/reset, bad credential, malformed body."""
 

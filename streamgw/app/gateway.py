@@ -12,10 +12,14 @@ from hashlib import sha256
 
 from streamgw.app.metrics import Metrics, MetricsObserver
 from streamgw.config import Config, KeyPolicy, StaticKey
+from streamgw.control import open_control
+from streamgw.control.usage import UsageWriter
 from streamgw.engine.attempt import EngineContext
 from streamgw.engine.health import Health
-from streamgw.engine.lifecycle import ANONYMOUS, Caller, Responses
+from streamgw.engine.lifecycle import ANONYMOUS, Caller, Observers, Responses
+from streamgw.engine.limits import Limiter
 from streamgw.engine.routing import Router
+from streamgw.engine.usage import UsageObserver
 from streamgw.errors import AuthenticationFailed
 from streamgw.providers.base import Dialect
 from streamgw.providers.registry import dialects
@@ -63,9 +67,20 @@ class Gateway:
         #: one tenant for every caller: without a store, a native upstream may then resolve ids itself
         self.sole_tenant = len({k.policy.tenant for k in self.static_keys.values()}) <= 1
         self.store = StoreService(config.store, self.metrics)
+        #: limits, budgets and usage: one shared backend ([control]), the limiter, the usage writer
+        self.control = open_control(config)
+        metrics = self.metrics
+        self.limiter = Limiter(
+            self.control, tenant_limits=config.tenant_limits, prices=config.prices,
+            on_unavailable=config.control.on_unavailable,
+            observe=lambda op, seconds: metrics.control_seconds.labels(op).observe(seconds),
+            unavailable=metrics.control_unavailable.inc)
+        self.usage = UsageWriter(self.control, dropped=metrics.usage_dropped.inc,
+                                 observe=metrics.control_seconds.labels("usage").observe)
         #: the response lifecycle every front door hands its requests to
-        self.responses = Responses(self.router, self.engine, self.store, MetricsObserver(self.metrics),
-                                   self.sole_tenant)
+        self.responses = Responses(self.router, self.engine, self.store,
+                                   Observers(MetricsObserver(self.metrics), UsageObserver(self.usage, config.prices)),
+                                   self.sole_tenant, admission=(self.limiter,))
         self.ready = False
 
     @property

@@ -130,6 +130,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
 
+        self.control_seconds = Histogram(
+            "streamgw_control_seconds", "Time one operation on the shared control backend (limits, budgets, usage) "
+            "took, by op (admit, peek, settle, refresh, usage)", ["op"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.control_unavailable = Counter(
+            "streamgw_control_unavailable", "Operations on the control backend that failed (unreachable, timed out); "
+            "with on_unavailable = open each such admission let the request in unchecked", registry=self.registry,
+        )
+        self.usage_dropped = Counter(
+            "streamgw_usage_dropped", "Requests whose usage was not recorded (too many pending usage rows)",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

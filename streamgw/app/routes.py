@@ -8,6 +8,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -15,6 +16,7 @@ from werkzeug.routing import WebsocketMismatch
 
 from streamgw.app.gateway import Gateway
 from streamgw.app.streaming import ResponsesEndpoint
+from streamgw.app.usage import install_usage_routes
 from streamgw.app.websocket import install_websocket
 from streamgw.config import Config
 from streamgw.engine.lifecycle import Caller, request_id
@@ -77,6 +79,8 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
         if gw.open_access:
             log.warning("no [auth] keys configured: the gateway accepts requests without authentication")
         await app.nursery.start(gw.store.run)  # the store's writer task lives as long as the app serves
+        await app.nursery.start(gw.usage.run)  # usage rows, written off the request path
+        await app.nursery.start(gw.limiter.run)  # refreshes the leases of streams in flight
         gw.ready = True
 
     @app.after_serving
@@ -84,6 +88,9 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
         gw.ready = False
         await gw.clients.aclose()
         await gw.store.aclose()
+        with trio.move_on_after(gw.config.control.timeout * 2):
+            await gw.usage.flush()
+        await gw.control.aclose()
 
     @app.before_request
     async def _before() -> None:
@@ -139,6 +146,7 @@ def _method_not_allowed(error: HTTPException) -> Response:
 
 def _install_routes(app: QuartTrio, gw: Gateway) -> None:
     _install_store_routes(app, gw)
+    install_usage_routes(app, gw)
 
     @app.get("/v1/models")
     async def list_models() -> Response:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -100,7 +100,8 @@ class _Exchange:
     the same time: ``busy`` marks a send in progress and the other side waits for it.
     """
 
-    __slots__ = ("_send", "_waiter", "busy", "committed", "ended", "gone", "last_write", "request_id", "status")
+    __slots__ = ("_send", "_waiter", "busy", "committed", "ended", "gone", "headers", "last_write", "request_id",
+                 "status")
 
     def __init__(self, send: Send, request_id: str) -> None:
         self._send = send
@@ -112,6 +113,8 @@ class _Exchange:
         self._waiter: trio.Event | None = None
         self.last_write = trio.current_time()
         self.gone = False
+        #: headers every answer carries besides the usual ones (the admission's rate-limit state)
+        self.headers: Mapping[str, str] = {}
 
     async def _idle(self) -> None:
         while self.busy:
@@ -158,8 +161,9 @@ class _Exchange:
     async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.committed = True
         self.status = status
+        extra = [(k.encode(), v.encode()) for k, v in self.headers.items()]
         await self._send({"type": "http.response.start", "status": status,
-                          "headers": [*headers, (b"x-request-id", self.request_id.encode())]})
+                          "headers": [*headers, *extra, (b"x-request-id", self.request_id.encode())]})
 
     def keepalive_due(self, interval: float) -> bool:
         return not (self.busy or self.ended) and trio.current_time() - self.last_write >= interval
@@ -180,15 +184,23 @@ class ResponsesEndpoint:
         live: LiveResponse | None = None
         try:
             caller = gw.authenticate(_header(scope, b"authorization"))
-            req = await self._request(scope, receive)
-        except _ClientGone:
-            return
         except GatewayError as error:
             gw.responses.refused("sse", exchange.request_id, error, trace=trace)
             await _render(exchange, error, None)
             return
+        try:
+            req = await self._request(scope, receive)
+        except _ClientGone:
+            return
+        except GatewayError as error:
+            gw.responses.refused("sse", exchange.request_id, error, caller, trace=trace)
+            if gw.responses.admission and caller.key is not None:
+                exchange.headers = await gw.responses.headers(caller)
+            await _render(exchange, error, None)
+            return
         live = open_response(gw.responses, caller, req, door="sse" if req.stream else "json",
                              request_id=exchange.request_id, started=started, trace=trace)
+        exchange.headers = live.headers  # filled by admission (or, for a refusal before it, when the block ends)
         try:
             await self._serve(live, exchange, receive)
         except GatewayError as error:  # the lifecycle mapped everything else to internal_error
@@ -241,7 +253,11 @@ def _writer(exchange: _Exchange, live: LiveResponse) -> Callable[[list[Any]], Aw
 async def _render(exchange: _Exchange, error: GatewayError, live: LiveResponse | None) -> None:
     """The one error renderer of this door: an HTTP error envelope before commit, ``response.failed`` after."""
     if not exchange.committed:
-        headers = [(k.encode(), v.encode()) for k, v in error.headers.items()]
+        if live is not None:
+            exchange.headers = {**live.headers, **error.headers}  # the error's own (retry-after, ...) win
+            headers = []
+        else:
+            headers = [(k.encode(), v.encode()) for k, v in error.headers.items()]
         await exchange.respond(error.status, json_body(error.envelope()), headers)
     elif live is not None and live.request.stream and not exchange.ended:
         await exchange.write(encode_events(live.failure_events(error)), more=False)

@@ -262,6 +262,7 @@ def install_websocket(app: QuartTrio, gw: Gateway) -> None:
         except AuthenticationFailed as error:
             # Returned before accepting: Quart sends it as the handshake's HTTP answer.
             return _rejection(error, rid)
-        await ws.accept({"x-request-id": rid})
+        limits = await gw.responses.headers(caller) if gw.responses.admission else {}
+        await ws.accept({**limits, "x-request-id": rid})  # the key's rate-limit state, as at any answer
         await ResponseSocket(gw, ws, caller, rid, parse_traceparent(ws.headers.get("traceparent"))).serve()
         return None

@@ -7,11 +7,14 @@ A front door (SSE and JSON over HTTP/1.1 and h2, WebSocket mode) parses its inpu
 
 and only encodes and writes.  Entering does, in order, everything that can still end with an
 HTTP status: resolve the route, expand stored context (only ever the caller's tenant), admit
-the request (``AdmissionRule``s: where per-key limits and budgets plug in), open attempts until
-one produced its first delta.  ``stream`` drives the one loop and writes the store before the
-client can see the terminal event.  Leaving closes the upstream (shielded, bounded), records the
-final object in the store, and hands the request-log entry to the ``RequestObserver`` (metrics)
-however the block ends: a clean end, an error, or the client leaving (cancellation).
+the request (``AdmissionRule``s: where per-key limits and budgets plug in; each may return an
+``Admission`` whose headers every answer carries, ``live.headers``, and whose ``settle`` runs when
+the request ends), open attempts until one produced its first delta.  ``stream`` drives the one
+loop and writes the store before the client can see the terminal event.  Leaving closes the
+upstream (shielded, bounded), records the final object in the store, settles the admissions (a
+stream slot released, the tokens and cost the response used counted: this is the one way a rule
+learns how a request ended), and hands the request-log entry to the ``RequestObserver`` (metrics,
+usage) however the block ends: a clean end, an error, or the client leaving (cancellation).
 
 Errors leave the block as ``GatewayError`` only: a bug of ours becomes ``internal_error`` here,
 logged once.  The sink renders it with ``failure_events`` when it already committed to a stream,
@@ -76,11 +79,32 @@ class Caller:
 ANONYMOUS = Caller("")
 
 
-class AdmissionRule(Protocol):
-    """One check a request passes before any upstream is contacted (per-key limits, budgets, ...)."""
+class Admission(Protocol):
+    """A rule's admission of one request: what every answer to it carries, and what its end settles."""
 
-    async def admit(self, caller: Caller, request: ResponsesRequest, plan: Plan) -> None:
+    #: response headers for the request's answer, whatever it is (200 JSON, SSE, an error)
+    headers: Mapping[str, str]
+
+    async def settle(self, entry: RequestEntry) -> None:
+        """The request ended (``entry`` is complete: usage, terminal, status); called once, shielded."""
+        ...
+
+
+class AdmissionRule(Protocol):
+    """One check a request passes before any upstream is contacted (per-key limits, budgets, ...).
+
+    ``admit`` returns ``None`` (nothing to settle) or an ``Admission``, whose ``settle`` the
+    lifecycle awaits when the request ends however it ends (completed, failed, the client gone,
+    refused by a later rule), before the ``RequestObserver`` sees the entry.  ``headers`` are
+    what an answer that never reached admission carries (an unknown model, a bad body).
+    """
+
+    async def admit(self, caller: Caller, request: ResponsesRequest, plan: Plan) -> Admission | None:
         """Return to let the request in; raise a ``GatewayError`` (429, 403, ...) to refuse it."""
+        ...
+
+    async def headers(self, caller: Caller, model: str) -> Mapping[str, str]:
+        """The headers of an answer to ``caller`` that did not pass admission (read-only; ``{}`` for none)."""
         ...
 
 
@@ -138,6 +162,23 @@ class RequestObserver(Protocol):
         ...
 
 
+class Observers:
+    """Several ``RequestObserver``s as one (metrics, usage, ...), called in order."""
+
+    __slots__ = ("observers",)
+
+    def __init__(self, *observers: RequestObserver) -> None:
+        self.observers = observers
+
+    def opened(self, entry: RequestEntry) -> None:
+        for observer in self.observers:
+            observer.opened(entry)
+
+    def ended(self, entry: RequestEntry) -> None:
+        for observer in self.observers:
+            observer.ended(entry)
+
+
 @dataclass(slots=True)
 class Responses:
     """What every response shares: the composition the lifecycle runs on."""
@@ -150,6 +191,13 @@ class Responses:
     sole_tenant: bool = True
     #: checked in order before any upstream is contacted
     admission: Sequence[AdmissionRule] = field(default_factory=tuple)
+
+    async def headers(self, caller: Caller, model: str = "") -> dict[str, str]:
+        """What an answer to ``caller`` carries outside an admitted request (every rule's ``headers``)."""
+        merged: dict[str, str] = {}
+        for rule in self.admission:
+            merged.update(await rule.headers(caller, model))
+        return merged
 
     def refused(self, door: str, request_id: str, error: GatewayError, caller: Caller | None = None,
                 trace: TraceParent | None = None) -> None:
@@ -201,6 +249,10 @@ class LiveResponse:
         self._recorder: Recorder | None = None
         self._refused: GatewayError | None = None
         self.plan: Plan | None = None
+        #: headers for the answer from admission (rate-limit state); complete once entered, or after an error
+        self.headers: dict[str, str] = {}
+        self._admissions: list[Admission] = []
+        self._admitting = False  # admission started (its refusal carries its own headers)
         #: the SSE keepalive interval (0: off): known as soon as the route is, the winner's once open
         self.keepalive = 0.0
         try:  # resolved now, so a sink knows the keepalive before it enters
@@ -249,8 +301,12 @@ class LiveResponse:
         self.expansion = await expand(request, plan, responses.store, self._local, tenant=self.caller.tenant,
                                       sole_tenant=responses.sole_tenant)
         self.request = request = self.expansion.request
+        self._admitting = True
         for rule in responses.admission:
-            await rule.admit(self.caller, request, plan)
+            admission = await rule.admit(self.caller, request, plan)
+            if admission is not None:
+                self._admissions.append(admission)
+                self.headers.update(admission.headers)
         if request.store and responses.store.enabled:
             self._recorder = Recorder(responses.store, self.expansion)
         self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started,
@@ -341,6 +397,14 @@ class LiveResponse:
             usage = response.get("usage")
             entry.usage = usage if isinstance(usage, dict) else None
         entry.ended_at = trio.current_time()
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+            for admission in self._admissions:  # slots released, tokens and cost counted
+                try:
+                    await admission.settle(entry)
+                except Exception:
+                    log.exception("settling an admission failed")
+            if isinstance(exc, GatewayError) and not self._admitting and self.responses.admission:
+                self.headers = await self.responses.headers(self.caller, self.request.model)
         self.responses.observer.ended(entry)
 
 
@@ -360,9 +424,11 @@ def open_response(responses: Responses, caller: Caller, request: ResponsesReques
 __all__ = [
     "ANONYMOUS",
     "CLOSE_GRACE",
+    "Admission",
     "AdmissionRule",
     "Caller",
     "LiveResponse",
+    "Observers",
     "RequestEntry",
     "RequestObserver",
     "Responses",

@@ -1,0 +1,216 @@
+"""The SQLite backend: the workers of one machine share limits, budgets and usage through one file.
+
+Every operation is one tiny transaction (``BEGIN IMMEDIATE`` … ``COMMIT``) on a WAL database with
+``synchronous=NORMAL`` (no fsync per commit), run **on the event loop**: it takes tens of
+microseconds, less than a hop to a worker thread and back (README, "Limits, budgets and usage", has
+the measurement).  SQLite's own busy handler would sleep while another worker holds the write lock
+and so block the loop: it is off (``busy_timeout = 0``), and a ``SQLITE_BUSY`` is retried after a
+short ``trio.sleep`` until ``[control] timeout``.  ``BEGIN IMMEDIATE`` takes the write lock before
+the first read, so no two processes read the same state and both write it back.
+
+The file and its tables are created on first use; failing to open it makes every operation raise
+``ControlUnavailable`` (and opening is retried on the next one).
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import trio
+
+from streamgw.control.base import (
+    USAGE_COUNTERS,
+    USAGE_DIMENSIONS,
+    WINDOW,
+    Charge,
+    Check,
+    ControlUnavailable,
+    UsageCounts,
+    UsageKey,
+    UsageRow,
+    Verdict,
+    charged_tat,
+    evaluate,
+)
+
+T = TypeVar("T")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS rates (name TEXT PRIMARY KEY, tat REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS leases (name TEXT NOT NULL, lease TEXT NOT NULL, expires REAL NOT NULL, "
+    "PRIMARY KEY (name, lease))",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL, expires REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS usage (" + ", ".join(f"{d} TEXT NOT NULL" for d in USAGE_DIMENSIONS) + ", "
+    + ", ".join(f"{c} {'REAL' if c == 'cost_usd' else 'INTEGER'} NOT NULL DEFAULT 0" for c in USAGE_COUNTERS)
+    + ", PRIMARY KEY (" + ", ".join(USAGE_DIMENSIONS) + "))",
+)
+_UPSERT_USAGE = (
+    "INSERT INTO usage (" + ", ".join((*USAGE_DIMENSIONS, *USAGE_COUNTERS)) + ") VALUES ("
+    + ", ".join("?" * (len(USAGE_DIMENSIONS) + len(USAGE_COUNTERS))) + ") ON CONFLICT ("
+    + ", ".join(USAGE_DIMENSIONS) + ") DO UPDATE SET " + ", ".join(f"{c} = {c} + excluded.{c}" for c in USAGE_COUNTERS)
+)
+_PURGE_EVERY = 60.0  # seconds between two clean-ups of expired rows
+
+
+class SQLiteControl:
+    """Limits, budgets and usage in one SQLite file."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str, *, timeout: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._timeout = timeout
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._purged = 0.0
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=0, check_same_thread=False, isolation_level=None)
+                try:
+                    conn.execute("PRAGMA busy_timeout = 0")
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                except BaseException:
+                    conn.close()
+                    raise
+            except sqlite3.OperationalError as exc:
+                if _busy(exc):
+                    raise
+                raise ControlUnavailable(f"control store (sqlite) {self.path!r} cannot be opened: {exc}") from exc
+            self._conn = conn
+        return self._conn
+
+    async def _transaction(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
+        """``work(conn, now)`` in one ``BEGIN IMMEDIATE`` transaction, retried while another process writes."""
+        deadline = trio.current_time() + self._timeout
+        pause = 0.0002
+        while True:
+            try:
+                conn = self._connection()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn, self._clock())
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return result
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    self._reset()
+                    raise ControlUnavailable(f"control store (sqlite) failed: {exc}") from exc
+                if trio.current_time() + pause > deadline:
+                    raise ControlUnavailable(f"control store (sqlite) stayed locked for {self._timeout:g} s") from exc
+            except sqlite3.Error as exc:
+                self._reset()
+                raise ControlUnavailable(f"control store (sqlite) failed: {exc}") from exc
+            await trio.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 0.01)
+
+    def _reset(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def admit(self, checks: Sequence[Check], commit: bool = True) -> list[Verdict]:
+        def work(conn: sqlite3.Connection, now: float) -> list[Verdict]:
+            verdicts: list[Verdict] = []
+            new_rates: list[tuple[str, float]] = []
+            for check in checks:
+                rate, live, counter = None, 0, 0.0
+                if check.kind in ("requests", "tokens"):
+                    row = conn.execute("SELECT tat FROM rates WHERE name = ?", (check.name,)).fetchone()
+                    rate = row[0] if row else None
+                elif check.kind == "streams":
+                    live = conn.execute("SELECT COUNT(*) FROM leases WHERE name = ? AND expires > ?",
+                                        (check.name, now)).fetchone()[0]
+                else:
+                    row = conn.execute("SELECT value FROM counters WHERE name = ? AND expires > ?",
+                                       (check.name, now)).fetchone()
+                    counter = row[0] if row else 0.0
+                verdict, tat = evaluate(check, now, rate, live, counter)
+                verdicts.append(verdict)
+                if tat is not None:
+                    new_rates.append((check.name, tat))
+            if commit and all(v.allowed for v in verdicts):
+                conn.executemany("INSERT OR REPLACE INTO rates (name, tat) VALUES (?, ?)", new_rates)
+                conn.executemany("INSERT OR REPLACE INTO leases (name, lease, expires) VALUES (?, ?, ?)",
+                                 [(c.name, c.lease, now + c.ttl) for c in checks if c.kind == "streams"])
+            self._purge(conn, now)
+            return verdicts
+
+        return await self._transaction(work)
+
+    def _purge(self, conn: sqlite3.Connection, now: float) -> None:
+        """Now and then: rates back at rest, expired leases and counters (in the transaction at hand)."""
+        if now - self._purged < _PURGE_EVERY:
+            return
+        self._purged = now
+        conn.execute("DELETE FROM rates WHERE tat < ?", (now - WINDOW,))
+        conn.execute("DELETE FROM leases WHERE expires <= ?", (now,))
+        conn.execute("DELETE FROM counters WHERE expires <= ?", (now,))
+
+    async def settle(self, charges: Sequence[Charge]) -> None:
+        def work(conn: sqlite3.Connection, now: float) -> None:
+            for charge in charges:
+                if charge.kind == "tokens":
+                    row = conn.execute("SELECT tat FROM rates WHERE name = ?", (charge.name,)).fetchone()
+                    tat = charged_tat(row[0] if row else None, now, charge.amount, charge.limit)
+                    conn.execute("INSERT OR REPLACE INTO rates (name, tat) VALUES (?, ?)", (charge.name, tat))
+                elif charge.kind == "add":
+                    conn.execute(
+                        "INSERT INTO counters (name, value, expires) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                        "SET value = CASE WHEN expires > ? THEN value ELSE 0 END + excluded.value, "
+                        "expires = excluded.expires", (charge.name, charge.amount, now + charge.ttl, now))
+                elif charge.kind == "release":
+                    conn.execute("DELETE FROM leases WHERE name = ? AND lease = ?", (charge.name, charge.lease))
+
+        await self._transaction(work)
+
+    async def refresh(self, leases: Sequence[tuple[str, str]], ttl: float) -> None:
+        def work(conn: sqlite3.Connection, now: float) -> None:
+            conn.executemany("UPDATE leases SET expires = ? WHERE name = ? AND lease = ? AND expires > ?",
+                             [(now + ttl, name, lease, now) for name, lease in leases])
+
+        await self._transaction(work)
+
+    async def add_usage(self, rows: dict[UsageKey, UsageCounts]) -> None:
+        def work(conn: sqlite3.Connection, now: float) -> None:
+            conn.executemany(_UPSERT_USAGE, [(*key, *counts.values()) for key, counts in rows.items()])
+
+        await self._transaction(work)
+
+    async def usage(self, start: str, end: str, key: str | None = None,
+                    tenant: str | None = None) -> list[UsageRow]:
+        def work(conn: sqlite3.Connection, now: float) -> list[UsageRow]:
+            sql = f"SELECT {', '.join((*USAGE_DIMENSIONS, *USAGE_COUNTERS))} FROM usage WHERE day >= ? AND day <= ?"
+            args: list[str] = [start, end]
+            if key is not None:
+                sql, args = sql + " AND key = ?", [*args, key]
+            if tenant is not None:
+                sql, args = sql + " AND tenant = ?", [*args, tenant]
+            out = []
+            for row in conn.execute(sql + " ORDER BY " + ", ".join(USAGE_DIMENSIONS)):
+                dims = tuple(str(v) for v in row[: len(USAGE_DIMENSIONS)])
+                counts = UsageCounts(*row[len(USAGE_DIMENSIONS):])
+                out.append(UsageRow(dims, counts))  # type: ignore[arg-type]
+            return out
+
+        return await self._transaction(work)
+
+    async def aclose(self) -> None:
+        self._reset()
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text

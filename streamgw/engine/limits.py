@@ -1,0 +1,332 @@
+"""Rate limits, concurrent-stream limits and budgets: the lifecycle's ``AdmissionRule`` for keys.
+
+A caller's key (``Caller.key``) brings up to three **scopes**, each with its own ``Limits``: the key
+(``k:<name>``), its tenant when ``[tenants.NAME]`` sets limits (``t:<name>``, shared by every key of
+the tenant), and the key with the first ``model_limits`` pattern that matches the requested model
+(``km:<name>:<pattern>``).  Every limit set in a scope is one ``Check``; one backend call evaluates
+them all and commits all or none (``streamgw.control.base`` has the arithmetic):
+
+* ``requests_per_minute``: GCRA, a bucket of L requests refilled continuously at L per minute;
+* ``tokens_per_minute``: admitted while fewer than L tokens are counted in the bucket; a response's
+  tokens (input + output, from its usage) are counted when it ends — completed, incomplete or
+  failed, streamed or not.  Tokens are not known at admission and nothing is reserved: requests
+  that start together are all admitted while the bucket has room, and what they used is paid back
+  before the next one passes (``concurrent_streams`` bounds such a burst);
+* ``concurrent_streams``: a lease per request (streamed or not) from admission to its end, released
+  when it ends however it ends, refreshed every ``LEASE_TTL / 3`` seconds while it runs; a worker
+  that crashed leaves leases that expire after ``LEASE_TTL``;
+* ``tokens_per_day`` / ``tokens_per_month`` / ``cost_per_day`` / ``cost_per_month``: counters per
+  UTC calendar day or month, admitted while below the budget, added to when a response ends; cost
+  only for models a ``[prices]`` table prices.
+
+Refused: 429 ``rate_limit_error`` with ``rate_limit_exceeded`` (rates, streams) or
+``insufficient_quota`` (budgets, with ``x-should-retry: false`` so SDKs do not retry it), and
+``retry-after`` / ``retry-after-ms``.  Every answer of a key with a rate limit carries OpenAI's
+``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (the scope with the least left).
+
+Backend unreachable: ``[control] on_unavailable = "open"`` admits (without headers), counts
+``streamgw_control_unavailable_total`` and warns at most every 30 s; ``"closed"`` answers 503
+``limits_unavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
+from typing import TypeVar
+
+import trio
+
+from streamgw.config import KeyPolicy, Limits, Price
+from streamgw.control.base import Charge, Check, ControlBackend, ControlUnavailable, Verdict
+from streamgw.core.request import ResponsesRequest
+from streamgw.engine.lifecycle import Caller, RequestEntry
+from streamgw.engine.routing import Plan
+from streamgw.errors import LimitExceeded, LimitsUnavailable, QuotaExceeded
+
+log = logging.getLogger("streamgw.control")
+
+T = TypeVar("T")
+
+#: seconds a concurrent-stream lease lives without a refresh
+LEASE_TTL = 30.0
+_WARN_EVERY = 30.0
+#: a token count above this in an upstream's usage is not believed (untrusted input)
+MAX_TOKENS = 10**12
+
+
+def duration(seconds: float) -> str:
+    """A reset time the way OpenAI writes it: ``12ms``, ``1.5s``, ``6m0s``, ``1h2m3s``."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
+
+
+def tokens_of(usage: Mapping[str, object] | None) -> tuple[int, int, int, int]:
+    """(input, cached, output, reasoning) tokens of a Responses ``usage`` object; 0 for what is missing or wrong."""
+    if not usage:
+        return 0, 0, 0, 0
+
+    def count(value: object) -> int:
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS else 0
+
+    def detail(name: str, field: str) -> int:
+        details = usage.get(name)
+        return count(details.get(field)) if isinstance(details, dict) else 0
+
+    return (count(usage.get("input_tokens")), detail("input_tokens_details", "cached_tokens"),
+            count(usage.get("output_tokens")), detail("output_tokens_details", "reasoning_tokens"))
+
+
+def price_of(prices: Sequence[Price], provider: str, model: str) -> Price | None:
+    """The first price whose pattern matches ``provider/model``, else the bare ``model``."""
+    if not model:
+        return None
+    qualified = f"{provider}/{model}"
+    for price in prices:
+        if fnmatchcase(qualified, price.pattern) or fnmatchcase(model, price.pattern):
+            return price
+    return None
+
+
+def cost_of(prices: Sequence[Price], entry: RequestEntry) -> float | None:
+    """USD of an ended request (``None``: its model is not priced, or nothing served it)."""
+    price = price_of(prices, entry.provider, entry.upstream_model)
+    if price is None:
+        return None
+    input_tokens, cached, output, _ = tokens_of(entry.usage)
+    return price.cost(input_tokens, cached, output)
+
+
+def _periods(now: float) -> tuple[str, float, str, float]:
+    """(day, seconds to its end, month, seconds to its end), UTC."""
+    moment = datetime.fromtimestamp(now, UTC)
+    day_start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    next_day = day_start + timedelta(days=1)
+    month_start = day_start.replace(day=1)
+    next_month = (month_start + timedelta(days=32)).replace(day=1)
+    return (day_start.date().isoformat(), next_day.timestamp() - now,
+            month_start.strftime("%Y-%m"), next_month.timestamp() - now)
+
+
+Scope = tuple[str, Limits]
+
+
+class Ticket:
+    """One admitted request: its headers, its lease, and what its end charges."""
+
+    __slots__ = ("_leases", "_limiter", "_scopes", "headers")
+
+    def __init__(self, limiter: Limiter, scopes: Sequence[Scope], leases: Sequence[tuple[str, str]],
+                 headers: dict[str, str]) -> None:
+        self._limiter = limiter
+        self._scopes = scopes
+        self._leases = leases
+        self.headers: Mapping[str, str] = headers
+
+    async def settle(self, entry: RequestEntry) -> None:
+        """Release the leases; count the tokens (and cost) the response used."""
+        await self._limiter.settle(self._scopes, self._leases, entry)
+
+
+class Limiter:
+    """The ``AdmissionRule`` of per-key, per-tenant and per-model limits and budgets."""
+
+    def __init__(self, backend: ControlBackend, *, tenant_limits: Mapping[str, Limits] | None = None,
+                 prices: Sequence[Price] = (), on_unavailable: str = "open",
+                 observe: Callable[[str, float], None] = lambda op, seconds: None,
+                 unavailable: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self.tenant_limits = dict(tenant_limits or {})
+        self.prices = tuple(prices)
+        self.fail_closed = on_unavailable == "closed"
+        self._observe = observe
+        self._unavailable = unavailable
+        self._clock = clock
+        self._warned = -math.inf
+        #: leases of requests in flight in this process, refreshed by ``run``
+        self.leases: dict[tuple[str, str], None] = {}
+
+    # -- scopes and checks --------------------------------------------------------------------------
+
+    def scopes(self, policy: KeyPolicy, model: str) -> list[Scope]:
+        """The scopes whose limits apply to ``policy`` asking for ``model`` (only those with a limit)."""
+        found: list[Scope] = []
+        if policy.limits.any:
+            found.append(("k:" + policy.name, policy.limits))
+        if policy.tenant.startswith("t:"):
+            tenant = self.tenant_limits.get(policy.tenant[2:])
+            if tenant is not None and tenant.any:
+                found.append((policy.tenant, tenant))
+        for pattern, limits in policy.model_limits:
+            if fnmatchcase(model, pattern):
+                if limits.any:
+                    found.append((f"km:{policy.name}:{pattern}", limits))
+                break
+        return found
+
+    def checks(self, scopes: Sequence[Scope], lease: str, now: float, *, rates_only: bool = False) -> list[Check]:
+        """Every limit of ``scopes`` as a ``Check`` (``rates_only``: requests and tokens per minute only)."""
+        day, day_left, month, month_left = _periods(now)
+        out: list[Check] = []
+        for scope, limits in scopes:
+            if limits.requests_per_minute:
+                out.append(Check("requests", "rq:" + scope, limits.requests_per_minute))
+            if limits.tokens_per_minute:
+                out.append(Check("tokens", "tk:" + scope, limits.tokens_per_minute))
+            if rates_only:
+                continue
+            if limits.concurrent_streams:
+                out.append(Check("streams", "ls:" + scope, limits.concurrent_streams, lease, LEASE_TTL))
+            for value, name, left in ((limits.tokens_per_day, f"bt:{scope}:{day}", day_left),
+                                      (limits.tokens_per_month, f"bt:{scope}:{month}", month_left),
+                                      (limits.cost_per_day, f"bc:{scope}:{day}", day_left),
+                                      (limits.cost_per_month, f"bc:{scope}:{month}", month_left)):
+                if value:
+                    out.append(Check("budget", name, value, ttl=left))
+        return out
+
+    # -- the AdmissionRule ----------------------------------------------------------------------------
+
+    async def admit(self, caller: Caller, request: ResponsesRequest, plan: Plan) -> Ticket | None:
+        """Admit or refuse (429, or 503 when the backend is down and the deployment fails closed)."""
+        policy = caller.key
+        if policy is None:
+            return None
+        scopes = self.scopes(policy, request.model)
+        if not scopes:
+            return None
+        lease = secrets.token_hex(12)
+        checks = self.checks(scopes, lease, self._clock())
+        verdicts = await self._call("admit", self.backend.admit(checks))
+        if verdicts is None:
+            return None
+        headers = rate_headers(checks, verdicts)
+        refused = [(c, v) for c, v in zip(checks, verdicts, strict=True) if not v.allowed]
+        if refused:
+            raise refusal(refused, headers)
+        leases = [(c.name, c.lease) for c in checks if c.kind == "streams"]
+        for held in leases:
+            self.leases[held] = None
+        return Ticket(self, scopes, leases, headers)
+
+    async def headers(self, caller: Caller, model: str) -> Mapping[str, str]:
+        """The rate-limit headers of ``caller`` now, without taking anything (read-only)."""
+        policy = caller.key
+        if policy is None:
+            return {}
+        checks = self.checks(self.scopes(policy, model), "", self._clock(), rates_only=True)
+        if not checks:
+            return {}
+        verdicts = await self._call("peek", self.backend.admit(checks, commit=False), refuse=False)
+        if verdicts is None:
+            return {}
+        return rate_headers(checks, [_unspent(c, v) for c, v in zip(checks, verdicts, strict=True)])
+
+    async def settle(self, scopes: Sequence[Scope], leases: Sequence[tuple[str, str]], entry: RequestEntry) -> None:
+        """What an ended request charges: its leases back, its tokens and cost into the rates and budgets."""
+        for held in leases:
+            self.leases.pop(held, None)
+        input_tokens, _, output, _ = tokens_of(entry.usage)
+        tokens = input_tokens + output
+        cost = cost_of(self.prices, entry)
+        day, day_left, month, month_left = _periods(self._clock())
+        charges = [Charge("release", name, lease=lease) for name, lease in leases]
+        for scope, limits in scopes:
+            if tokens and limits.tokens_per_minute:
+                charges.append(Charge("tokens", "tk:" + scope, tokens, limits.tokens_per_minute))
+            for value, amount, name, left in (
+                    (limits.tokens_per_day, tokens, f"bt:{scope}:{day}", day_left),
+                    (limits.tokens_per_month, tokens, f"bt:{scope}:{month}", month_left),
+                    (limits.cost_per_day, cost, f"bc:{scope}:{day}", day_left),
+                    (limits.cost_per_month, cost, f"bc:{scope}:{month}", month_left)):
+                if value and amount:
+                    charges.append(Charge("add", name, amount, ttl=left + 60))
+        if charges:
+            await self._call("settle", self.backend.settle(charges), refuse=False)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Refresh the leases of this process's requests in flight every ``LEASE_TTL / 3`` s, until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(LEASE_TTL / 3)
+            if self.leases:
+                await self._call("refresh", self.backend.refresh(list(self.leases), LEASE_TTL), refuse=False)
+
+    async def _call(self, op: str, call: Awaitable[T], *, refuse: bool = True) -> T | None:
+        """One backend operation, timed; ``None`` when the backend is unavailable (or 503 when failing closed)."""
+        started = time.perf_counter()
+        try:
+            result = await call
+        except ControlUnavailable as exc:
+            self._unavailable()
+            now = time.monotonic()
+            if now - self._warned >= _WARN_EVERY:
+                self._warned = now
+                log.warning("limits backend unavailable (%s): %s", "refusing" if self.fail_closed else "admitting",
+                            exc)
+            if refuse and self.fail_closed:
+                raise LimitsUnavailable("Rate limits cannot be checked right now; retry shortly.",
+                                        headers={"retry-after": "1"}) from exc
+            return None
+        finally:
+            self._observe(op, time.perf_counter() - started)
+        return result
+
+
+def _unspent(check: Check, verdict: Verdict) -> Verdict:
+    """A peeked ``requests`` verdict as it stands, without the request the check would have counted."""
+    if check.kind != "requests" or not verdict.allowed:
+        return verdict
+    step = 60.0 / check.limit
+    return Verdict(True, verdict.remaining + 1, max(0.0, verdict.reset - step))
+
+
+def rate_headers(checks: Sequence[Check], verdicts: Sequence[Verdict]) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers: for requests and for tokens, the scope with the least left."""
+    headers: dict[str, str] = {}
+    for kind in ("requests", "tokens"):
+        found = [(v.remaining, c, v) for c, v in zip(checks, verdicts, strict=True) if c.kind == kind]
+        if not found:
+            continue
+        _, check, verdict = min(found, key=lambda item: item[0])
+        headers[f"x-ratelimit-limit-{kind}"] = str(int(check.limit))
+        headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(verdict.remaining)))
+        headers[f"x-ratelimit-reset-{kind}"] = duration(verdict.reset)
+    return headers
+
+
+def refusal(refused: Sequence[tuple[Check, Verdict]], headers: dict[str, str]) -> LimitExceeded:
+    """The 429 for the refused checks: ``insufficient_quota`` when a budget is among them, else a rate limit."""
+    budgets = [(c, v) for c, v in refused if c.kind == "budget"]
+    wait = max(v.retry_after for _, v in (budgets or refused))
+    headers = {**headers, "retry-after": str(max(1, math.ceil(wait))),
+               "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
+    if budgets:
+        what = "cost" if any(c.name.startswith("bc:") for c, _ in budgets) else "token"
+        headers["x-should-retry"] = "false"
+        return QuotaExceeded(f"You exceeded your current {what} budget for this key; it renews at the start of the "
+                             "next UTC day or month.", headers=headers)
+    kinds = {c.kind for c, _ in refused}
+    if kinds == {"streams"}:
+        message = "Too many concurrent requests for this key; retry when one has finished."
+    else:
+        what = " and ".join(k for k in ("requests", "tokens") if k in kinds) or "requests"
+        message = f"Rate limit reached for {what} per minute on this key; retry after {headers['retry-after']} s."
+    return LimitExceeded(message, headers=headers)
+
+
+__all__ = ["LEASE_TTL", "Limiter", "Ticket", "cost_of", "duration", "price_of", "rate_headers", "refusal",
+           "tokens_of"]
