@@ -345,7 +345,8 @@ class Config:
     store: StoreConfig = field(default_factory=lambda: StoreConfig(backend="memory"))
     fetch: FetchConfig = field(default_factory=FetchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    control: ControlConfig = field(default_factory=ControlConfig)
+    #: built in code (tests, embedding): memory, like ``store``, so that no file appears nobody asked for
+    control: ControlConfig = field(default_factory=lambda: ControlConfig(backend="memory"))
     #: ``[keys.NAME]`` tables, in file order
     keys: tuple[StaticKey, ...] = ()
     #: ``[admin] key``: what the admin API (managed keys, everyone's usage) requires; ``None``: no admin API

@@ -199,7 +199,7 @@ class SQLiteControl:
             if tenant is not None:
                 sql, args = sql + " AND tenant = ?", [*args, tenant]
             out = []
-            for row in conn.execute(sql + " ORDER BY " + ", ".join(USAGE_DIMENSIONS)):
+            for row in conn.execute(sql + " ORDER BY " + ", ".join(USAGE_DIMENSIONS), args):
                 dims = tuple(str(v) for v in row[: len(USAGE_DIMENSIONS)])
                 counts = UsageCounts(*row[len(USAGE_DIMENSIONS):])
                 out.append(UsageRow(dims, counts))  # type: ignore[arg-type]
