@@ -392,6 +392,21 @@ def _cancel_md(s: Json) -> list[str]:
     return ["## 6. Cancellation latency (client close → mock sees the close)", "", *_table(headers, rows), ""]
 
 
+def _limits_md(s: Json) -> list[str]:
+    cfg, cmp = s.get("config") or {}, s.get("comparison") or {}
+    parts = []
+    for name in ("sqlite", "redis"):
+        c = cmp.get(name)
+        if c:
+            parts.append(f"**{name}: throughput {_fmt(c.get('throughput_ratio'), 3)} of off, "
+                         f"{_fmt(c.get('added_p50_ms'), 3)} ms added p50 per request** "
+                         f"(first event {_fmt(c.get('added_first_event_p50_ms'), 3)} ms)")
+    intro = (f"`{cfg.get('model')}` at c={cfg.get('concurrency')} with a key whose limits ({cfg.get('limits')}) "
+             "are on, far above the load, against each control backend, and the same key without limits; runs "
+             "interleaved, medians. " + "; ".join(parts) + ".")
+    return [*_throughput_md(s, "9. Limits on vs off")[:2], intro, "", *_throughput_md(s, "")[2:]]
+
+
 def _scenario_md(name: str, s: Json) -> list[str]:
     if s.get("error"):
         return [f"## {name}", "", f"Failed: `{s['error']}`", ""]
@@ -402,7 +417,7 @@ def _scenario_md(name: str, s: Json) -> list[str]:
         "ttfe": _ttfe_md, "open_streams": _open_md,
         "non_streamed": lambda x: _throughput_md(x, "4. Non-streamed requests"),
         "hedging": _hedging_md, "cancellation": _cancel_md, "http_versions": _http_versions_md,
-        "workers": _workers_md,
+        "workers": _workers_md, "limits": _limits_md,
     }
     return writers[name](s)
 

@@ -23,6 +23,10 @@ so slow drift of a shared machine hits all of them alike); the per-run figures a
 7. ``http_versions`` (not in the default set: ``--compare-http2`` or ``--scenarios 7``): scenario 1's streams
    at concurrency 64 over HTTP/1.1 (64 connections) and over HTTP/2 (``h2_streams_per_connection`` streams
    per connection), against the same gateway, interleaved; streams/s, TTFE and gateway CPU of both.
+9. ``limits`` (not in the default set: ``--compare-limits`` or ``--scenarios 9``): scenario 1's streams at
+   concurrency 64 with a key whose rate limits, stream limit and budget are on (far above the load, so every
+   request is admitted and settled) against the SQLite and the Redis control backend, and the same key with no
+   limits, interleaved; streams/s ratio and added p50 time per request.
 8. ``workers`` (not in the default set: ``--compare-workers`` or ``--scenarios 8``): scenario 1's streams at
    concurrency 64 against a gateway with 1 worker and one with 2 workers (``streamgw serve --workers 2``: a
    supervisor and two worker processes on one socket), both running, runs interleaved; streams/s, TTFE, and
@@ -42,6 +46,7 @@ With ``--target`` only 1-4 and 7 run, against that endpoint, and report client-s
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -284,16 +289,16 @@ class Bench:
             self._gateway = self.new_gateway("gateway")
         return self._gateway
 
-    def new_gateway(self, name: str, workers: int | None = None) -> GatewayProcess:
+    def new_gateway(self, name: str, workers: int | None = None, extra: str = "") -> GatewayProcess:
         """A fresh gateway (pinned) with ``workers`` workers (default ``--workers``), watched by the sampler:
-        its whole process tree, and each worker on its own."""
+        its whole process tree, and each worker on its own.  ``extra``: TOML appended to its config."""
         workers = max(1, workers or self.settings.workers)
         knobs = self.settings.knobs
         ttft = knobs.ttft or _HEDGE_TTFT
         alpha = knobs.heavy_tail or _HEDGE_ALPHA
         hedge_model = f"text:tokens=20,ttft={ttft},heavy_tail={alpha}"
         db = self.settings.out_dir / f"{name}.db"
-        config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db)
+        config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db) + extra
         gateway = launch_gateway(config, self.settings.out_dir, self.pinning.gateway_prefix(workers), name,
                                  tls=self.tls, workers=workers, cpus=self.pinning.gateway_cores(workers))
         self.sampler.watch(gateway.pid, tree=True)
@@ -319,7 +324,8 @@ class Bench:
     # targets -------------------------------------------------------------------------------------
 
     def gateway_target(self, model: str, *, stream: bool = True, name: str = "gateway",
-                       gateway: GatewayProcess | None = None, http2: bool | None = None) -> TargetSpec:
+                       gateway: GatewayProcess | None = None, http2: bool | None = None,
+                       headers: tuple[tuple[str, str], ...] = ()) -> TargetSpec:
         """A Responses request for ``mock/<model>`` (or a route name) to ``gateway`` (default: the shared one).
 
         ``http2`` overrides ``--http2`` for this target.
@@ -327,8 +333,8 @@ class Bench:
         body = {"model": model, "input": _PROMPT, **({"stream": True} if stream else {})}
         gateway = gateway or self.gateway
         h2 = self.settings.http2 if http2 is None else http2
-        return TargetSpec(name, gateway.url + "/v1/responses", json.dumps(body), "responses", stream, http2=h2,
-                          ca_file=gateway.ca_file)
+        return TargetSpec(name, gateway.url + "/v1/responses", json.dumps(body), "responses", stream,
+                          headers=headers, http2=h2, ca_file=gateway.ca_file)
 
     def direct_target(self, model: str, *, stream: bool = True, name: str = "direct") -> TargetSpec:
         """The same answer asked of the mock directly (Chat Completions, usage included like the gateway)."""
@@ -904,6 +910,68 @@ def _match_cancels(outs: list[Json], disconnects: list[float]) -> dict[str, list
 # ------------------------------------------------------------------------------------------ suite
 
 
+# ------------------------------------------------------------------------------------------ 9: limits
+
+_LIMITS_KEY = "sk-bench-limits-0123456789"
+#: limits the load never reaches: every request pays for the checks, none is refused
+_LIMITS_OFF = f'[keys.bench]\nkey = "{_LIMITS_KEY}"\n'
+_LIMITS_ON = (_LIMITS_OFF + "requests_per_minute = 100000000\ntokens_per_minute = 1000000000\n"
+              "concurrent_streams = 100000\ntokens_per_day = 1000000000000\n")
+
+
+def limits(bench: Bench) -> Json:
+    """Scenario 9: scenario 1's streams at c=64 with a key whose limits are on (SQLite, Redis) and off, interleaved.
+
+    The key has a requests-per-minute, a tokens-per-minute, a concurrent-stream limit and a daily token budget
+    (so every request costs one admission and one settlement), all far above what the load reaches; "off" is the
+    same key without limits (the same auth, usage accounting still on).
+    """
+    s = bench.settings
+    title = "Limits on (SQLite, Redis) vs off (translated 20-chunk streams, c=64)"
+    if s.target is not None:
+        result = _scenario(bench, "limits", title)
+        result["skipped"] = "starts its own gateways (not available with --target)"
+        return _finish(result)
+    from streamgw.testing.redis_server import redis_available, running_redis
+
+    gateways: dict[str, GatewayProcess] = {}
+    with contextlib.ExitStack() as stack:
+        configs = {"off": _LIMITS_OFF,
+                   "sqlite": _LIMITS_ON + f'\n[control]\nbackend = "sqlite"\npath = "{s.out_dir / "limits.db"}"\n'}
+        if redis_available():
+            url = stack.enter_context(running_redis())
+            configs["redis"] = _LIMITS_ON + f'\n[control]\nbackend = "redis"\nurl = "{url}"\n'
+        try:
+            for name, extra in configs.items():
+                gateways[name] = bench.new_gateway(f"gateway-limits-{name}", extra=extra)
+            auth = (("authorization", f"Bearer {_LIMITS_KEY}"),)
+            kinds = [(name, bench.gateway_target("mock/text:tokens=20", name=name, gateway=g, headers=auth))
+                     for name, g in gateways.items()]
+            result = _closed_loop(bench, "limits", title, (_COMPARE_CONCURRENCY,), True, kinds, gateways)
+        finally:
+            for gateway in gateways.values():
+                bench.stop_gateway(gateway)
+    medians = {row["target"]: row["median"] for row in result["rows"]}
+    off = medians.get("off", {})
+    comparison: Json = {"errors": sum(m.get("errors") or 0 for m in medians.values())}
+    for name in ("sqlite", "redis"):
+        on = medians.get(name)
+        if not on or not off.get("streams_per_s"):
+            continue
+        comparison[name] = {
+            "throughput_ratio": _r(on["streams_per_s"] / off["streams_per_s"], 3),
+            "added_p50_ms": _r(on["total_p50_ms"] - off["total_p50_ms"], 3)
+            if on.get("total_p50_ms") is not None and off.get("total_p50_ms") is not None else None,
+            "added_first_event_p50_ms": _r(on["first_event_p50_ms"] - off["first_event_p50_ms"], 3)
+            if on.get("first_event_p50_ms") is not None and off.get("first_event_p50_ms") is not None else None,
+        }
+    result["config"] = {"concurrency": _COMPARE_CONCURRENCY, "model": "mock/text:tokens=20",
+                        "limits": "requests_per_minute, tokens_per_minute, concurrent_streams, tokens_per_day",
+                        "redis": "redis" in gateways}
+    result["comparison"] = comparison
+    return result
+
+
 Scenario = Callable[[Bench], Json]
 
 SCENARIOS: dict[int, tuple[str, Scenario]] = {
@@ -915,8 +983,10 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     6: ("cancellation", cancellation),
     7: ("http_versions", http_versions),
     8: ("workers", worker_scaling),
+    9: ("limits", limits),
 }
-#: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``, 8 by ``--compare-workers``)
+#: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``, 8 by ``--compare-workers``,
+#: 9 by ``--compare-limits``)
 DEFAULT_SCENARIOS = (1, 2, 3, 4, 5, 6)
 
 
@@ -932,6 +1002,7 @@ def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
         6: settings.repeats if local else 0,
         7: 2 * settings.repeats,
         8: 2 * settings.repeats if local else 0,
+        9: 3 * settings.repeats if local else 0,
     }
     return sum(steps[i] for i in selected)
 
