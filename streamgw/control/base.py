@@ -145,6 +145,10 @@ class ControlBackend(Protocol):
         """Usage rows of the days ``start``..``end`` (``YYYY-MM-DD``, inclusive), optionally of one key / tenant."""
         ...
 
+    async def maintain(self) -> None:
+        """Housekeeping, about once a second (SQLite: checkpoint the WAL, drop expired rows; off the event loop)."""
+        ...
+
     async def aclose(self) -> None:
         """Close connections."""
         ...

@@ -87,5 +87,8 @@ class MemoryControl:
                 out.append(UsageRow(row_key, copy))
         return out
 
+    async def maintain(self) -> None:
+        """Nothing to do: expired state is dropped as it is met (memory) or by its TTL (redis)."""
+
     async def aclose(self) -> None:
         return None

@@ -260,6 +260,9 @@ class RedisControl:
                 setattr(counts, counter, getattr(counts, counter) + amount)
         return [UsageRow(k, rows[k]) for k in sorted(rows)]
 
+    async def maintain(self) -> None:
+        """Nothing to do: expired state is dropped as it is met (memory) or by its TTL (redis)."""
+
     async def aclose(self) -> None:
         await self._client.aclose()
 

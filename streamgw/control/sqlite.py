@@ -8,6 +8,10 @@ and so block the loop: it is off (``busy_timeout = 0``), and a ``SQLITE_BUSY`` i
 short ``trio.sleep`` until ``[control] timeout``.  ``BEGIN IMMEDIATE`` takes the write lock before
 the first read, so no two processes read the same state and both write it back.
 
+Rates, budget counters and stream leases share one table (``state``), so a commit writes one
+B-tree; checkpoints and the purge of expired rows run in a worker thread (``maintain``), never in a
+request's commit.  Usage rows have their own table, written in batches by the usage writer.
+
 The file and its tables are created on first use; failing to open it makes every operation raise
 ``ControlUnavailable`` (and opening is retried on the next one).
 """
@@ -40,20 +44,21 @@ from streamgw.control.base import (
 T = TypeVar("T")
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS rates (name TEXT PRIMARY KEY, tat REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS leases (name TEXT NOT NULL, lease TEXT NOT NULL, expires REAL NOT NULL, "
-    "PRIMARY KEY (name, lease))",
-    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL, expires REAL NOT NULL)",
+    # rates (value: tat), budget counters (value: the sum) and leases (name "<limit>\x1f<lease id>") in one
+    # table: a transaction then writes one B-tree, the cheapest commit SQLite has
+    "CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value REAL NOT NULL, expires REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS usage (" + ", ".join(f"{d} TEXT NOT NULL" for d in USAGE_DIMENSIONS) + ", "
     + ", ".join(f"{c} {'REAL' if c == 'cost_usd' else 'INTEGER'} NOT NULL DEFAULT 0" for c in USAGE_COUNTERS)
     + ", PRIMARY KEY (" + ", ".join(USAGE_DIMENSIONS) + "))",
 )
+_SEP = "\x1f"  # between a stream limit's name and a lease id (names never contain control characters)
+_AFTER = "\x20"  # the character after _SEP: every lease of a limit sorts between name + _SEP and name + _AFTER
 _UPSERT_USAGE = (
     "INSERT INTO usage (" + ", ".join((*USAGE_DIMENSIONS, *USAGE_COUNTERS)) + ") VALUES ("
     + ", ".join("?" * (len(USAGE_DIMENSIONS) + len(USAGE_COUNTERS))) + ") ON CONFLICT ("
     + ", ".join(USAGE_DIMENSIONS) + ") DO UPDATE SET " + ", ".join(f"{c} = {c} + excluded.{c}" for c in USAGE_COUNTERS)
 )
-_PURGE_EVERY = 60.0  # seconds between two clean-ups of expired rows
+_PURGE_EVERY = 60.0  # seconds between two clean-ups of expired rows (by ``maintain``)
 
 
 class SQLiteControl:
@@ -76,6 +81,7 @@ class SQLiteControl:
                     conn.execute("PRAGMA busy_timeout = 0")
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA synchronous=NORMAL")
+                    conn.execute("PRAGMA wal_autocheckpoint = 0")  # ``maintain`` checkpoints, off the loop
                     for statement in _SCHEMA:
                         conn.execute(statement)
                 except BaseException:
@@ -124,64 +130,83 @@ class SQLiteControl:
     async def admit(self, checks: Sequence[Check], commit: bool = True) -> list[Verdict]:
         def work(conn: sqlite3.Connection, now: float) -> list[Verdict]:
             verdicts: list[Verdict] = []
-            new_rates: list[tuple[str, float]] = []
+            writes: list[tuple[str, float, float]] = []
             for check in checks:
                 rate, live, counter = None, 0, 0.0
-                if check.kind in ("requests", "tokens"):
-                    row = conn.execute("SELECT tat FROM rates WHERE name = ?", (check.name,)).fetchone()
-                    rate = row[0] if row else None
-                elif check.kind == "streams":
-                    live = conn.execute("SELECT COUNT(*) FROM leases WHERE name = ? AND expires > ?",
-                                        (check.name, now)).fetchone()[0]
+                if check.kind == "streams":
+                    live = conn.execute("SELECT COUNT(*) FROM state WHERE name > ? AND name < ? AND expires > ?",
+                                        (check.name + _SEP, check.name + _AFTER, now)).fetchone()[0]
                 else:
-                    row = conn.execute("SELECT value FROM counters WHERE name = ? AND expires > ?",
+                    row = conn.execute("SELECT value FROM state WHERE name = ? AND expires > ?",
                                        (check.name, now)).fetchone()
-                    counter = row[0] if row else 0.0
+                    if check.kind == "budget":
+                        counter = row[0] if row else 0.0
+                    else:
+                        rate = row[0] if row else None
                 verdict, tat = evaluate(check, now, rate, live, counter)
                 verdicts.append(verdict)
                 if tat is not None:
-                    new_rates.append((check.name, tat))
+                    writes.append((check.name, tat, tat))
+                elif check.kind == "streams":
+                    writes.append((check.name + _SEP + check.lease, 0.0, now + check.ttl))
             if commit and all(v.allowed for v in verdicts):
-                conn.executemany("INSERT OR REPLACE INTO rates (name, tat) VALUES (?, ?)", new_rates)
-                conn.executemany("INSERT OR REPLACE INTO leases (name, lease, expires) VALUES (?, ?, ?)",
-                                 [(c.name, c.lease, now + c.ttl) for c in checks if c.kind == "streams"])
-            self._purge(conn, now)
+                conn.executemany("INSERT OR REPLACE INTO state (name, value, expires) VALUES (?, ?, ?)", writes)
             return verdicts
 
         return await self._transaction(work)
-
-    def _purge(self, conn: sqlite3.Connection, now: float) -> None:
-        """Now and then: rates back at rest, expired leases and counters (in the transaction at hand)."""
-        if now - self._purged < _PURGE_EVERY:
-            return
-        self._purged = now
-        conn.execute("DELETE FROM rates WHERE tat < ?", (now - WINDOW,))
-        conn.execute("DELETE FROM leases WHERE expires <= ?", (now,))
-        conn.execute("DELETE FROM counters WHERE expires <= ?", (now,))
 
     async def settle(self, charges: Sequence[Charge]) -> None:
         def work(conn: sqlite3.Connection, now: float) -> None:
             for charge in charges:
                 if charge.kind == "tokens":
-                    row = conn.execute("SELECT tat FROM rates WHERE name = ?", (charge.name,)).fetchone()
+                    row = conn.execute("SELECT value FROM state WHERE name = ? AND expires > ?",
+                                       (charge.name, now)).fetchone()
                     tat = charged_tat(row[0] if row else None, now, charge.amount, charge.limit)
-                    conn.execute("INSERT OR REPLACE INTO rates (name, tat) VALUES (?, ?)", (charge.name, tat))
+                    conn.execute("INSERT OR REPLACE INTO state (name, value, expires) VALUES (?, ?, ?)",
+                                 (charge.name, tat, tat))
                 elif charge.kind == "add":
                     conn.execute(
-                        "INSERT INTO counters (name, value, expires) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                        "INSERT INTO state (name, value, expires) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
                         "SET value = CASE WHEN expires > ? THEN value ELSE 0 END + excluded.value, "
                         "expires = excluded.expires", (charge.name, charge.amount, now + charge.ttl, now))
                 elif charge.kind == "release":
-                    conn.execute("DELETE FROM leases WHERE name = ? AND lease = ?", (charge.name, charge.lease))
+                    conn.execute("DELETE FROM state WHERE name = ?", (charge.name + _SEP + charge.lease,))
 
         await self._transaction(work)
 
     async def refresh(self, leases: Sequence[tuple[str, str]], ttl: float) -> None:
         def work(conn: sqlite3.Connection, now: float) -> None:
-            conn.executemany("UPDATE leases SET expires = ? WHERE name = ? AND lease = ? AND expires > ?",
-                             [(now + ttl, name, lease, now) for name, lease in leases])
+            conn.executemany("UPDATE state SET expires = ? WHERE name = ? AND expires > ?",
+                             [(now + ttl, name + _SEP + lease, now) for name, lease in leases])
 
         await self._transaction(work)
+
+    async def maintain(self) -> None:
+        """Checkpoint the WAL and drop expired rows, in a worker thread on a connection of its own.
+
+        The request path's connection never checkpoints (``wal_autocheckpoint = 0``): a checkpoint copies
+        pages and syncs the file, which on the event loop would stall every request of the worker.
+        """
+        now = self._clock()
+        purge = now - self._purged >= _PURGE_EVERY
+        if purge:
+            self._purged = now
+
+        def work() -> None:
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+            try:
+                if purge:
+                    conn.execute("DELETE FROM state WHERE expires < ?", (now - WINDOW,))
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                conn.close()
+
+        if self._conn is None:
+            return  # nothing opened yet: nothing written
+        try:
+            await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except sqlite3.Error as exc:
+            raise ControlUnavailable(f"control store (sqlite) maintenance failed: {exc}") from exc
 
     async def add_usage(self, rows: dict[UsageKey, UsageCounts]) -> None:
         def work(conn: sqlite3.Connection, now: float) -> None:

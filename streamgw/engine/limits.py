@@ -31,6 +31,7 @@ Backend unreachable: ``[control] on_unavailable = "open"`` admits (without heade
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -110,15 +111,20 @@ def cost_of(prices: Sequence[Price], entry: RequestEntry) -> float | None:
     return price.cost(input_tokens, cached, output)
 
 
+@functools.lru_cache(maxsize=4)
+def _period_ends(second: int) -> tuple[str, float, str, float]:
+    """(day, its end, month, its end) of a Unix second, UTC."""
+    moment = datetime.fromtimestamp(second, UTC)
+    day_start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    month_start = day_start.replace(day=1)
+    return (day_start.date().isoformat(), (day_start + timedelta(days=1)).timestamp(),
+            month_start.strftime("%Y-%m"), (month_start + timedelta(days=32)).replace(day=1).timestamp())
+
+
 def _periods(now: float) -> tuple[str, float, str, float]:
     """(day, seconds to its end, month, seconds to its end), UTC."""
-    moment = datetime.fromtimestamp(now, UTC)
-    day_start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    next_day = day_start + timedelta(days=1)
-    month_start = day_start.replace(day=1)
-    next_month = (month_start + timedelta(days=32)).replace(day=1)
-    return (day_start.date().isoformat(), next_day.timestamp() - now,
-            month_start.strftime("%Y-%m"), next_month.timestamp() - now)
+    day, day_end, month, month_end = _period_ends(int(now))
+    return day, day_end - now, month, month_end - now
 
 
 Scope = tuple[str, Limits]
@@ -258,12 +264,19 @@ class Limiter:
             await self._call("settle", self.backend.settle(charges), refuse=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Refresh the leases of this process's requests in flight every ``LEASE_TTL / 3`` s, until cancelled."""
+        """Until cancelled: refresh the leases of this process's requests in flight every ``LEASE_TTL / 3`` s,
+        and let the backend do its housekeeping every second."""
         task_status.started()
+        refreshed = trio.current_time()
         while True:
-            await trio.sleep(LEASE_TTL / 3)
-            if self.leases:
-                await self._call("refresh", self.backend.refresh(list(self.leases), LEASE_TTL), refuse=False)
+            await trio.sleep(1.0)
+            try:
+                if self.leases and trio.current_time() - refreshed >= LEASE_TTL / 3:
+                    refreshed = trio.current_time()
+                    await self._call("refresh", self.backend.refresh(list(self.leases), LEASE_TTL), refuse=False)
+                await self._call("maintain", self.backend.maintain(), refuse=False)
+            except Exception:  # a bug must not end lease refreshes: log it and go on
+                log.exception("limiter housekeeping failed")
 
     async def _call(self, op: str, call: Awaitable[T], *, refuse: bool = True) -> T | None:
         """One backend operation, timed; ``None`` when the backend is unavailable (or 503 when failing closed)."""

@@ -134,3 +134,21 @@ async def test_an_unreachable_backend_is_unavailable(tmp_path: Path) -> None:
         await down.admit([Check("requests", "rq:x", 1)])
     with pytest.raises(ControlUnavailable):
         await SQLiteControl(str(tmp_path / "missing" / "dir" / "c.db")).admit([Check("requests", "rq:x", 1)])
+
+
+async def test_sqlite_housekeeping_runs_off_the_request_path(tmp_path: Path) -> None:
+    import sqlite3
+
+    now = [1_000_000.0]
+    path = str(tmp_path / "control.db")
+    control = SQLiteControl(path, clock=lambda: now[0])
+    await control.admit([Check("requests", "rq:h", 60), Check("streams", "ls:h", 2, lease="a", ttl=30)])
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # a new connection's default
+        assert conn.execute("SELECT COUNT(*) FROM state").fetchone()[0] == 2
+    assert control._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    now[0] += 3600  # everything expired long ago
+    await control.maintain()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM state").fetchone()[0] == 0
+    await control.aclose()

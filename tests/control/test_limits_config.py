@@ -73,3 +73,16 @@ def test_the_control_backend_follows_the_store() -> None:
     assert Config(control=auto, store=StoreConfig(backend="redis", url="redis://h:1/0")).control_backend() == (
         "redis", "redis://h:1/0", "streamgw:")
     assert Config(control=auto, store=StoreConfig(backend="memory")).control_backend() == ("memory", "", "")
+
+
+def test_budget_periods_are_utc_calendar_days_and_months() -> None:
+    from datetime import UTC, datetime
+
+    from streamgw.engine.limits import _periods
+
+    last = datetime(2026, 1, 31, 23, 59, 59, 500000, tzinfo=UTC).timestamp()
+    assert _periods(last) == ("2026-01-31", pytest.approx(0.5), "2026-01", pytest.approx(0.5))
+    leap = datetime(2028, 2, 28, 12, tzinfo=UTC).timestamp()
+    day, day_left, month, month_left = _periods(leap)
+    assert (day, month) == ("2028-02-28", "2028-02")
+    assert day_left == pytest.approx(12 * 3600) and month_left == pytest.approx((12 + 24) * 3600)
