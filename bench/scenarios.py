@@ -299,6 +299,9 @@ class Bench:
         hedge_model = f"text:tokens=20,ttft={ttft},heavy_tail={alpha}"
         db = self.settings.out_dir / f"{name}.db"
         config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db) + extra
+        if "[control]" not in extra:  # limits and usage next to the results, never in the working directory
+            config += f'\n[control]\npath = "{self.settings.out_dir / f"{name}-control.db"}"\n'
+
         gateway = launch_gateway(config, self.settings.out_dir, self.pinning.gateway_prefix(workers), name,
                                  tls=self.tls, workers=workers, cpus=self.pinning.gateway_cores(workers))
         self.sampler.watch(gateway.pid, tree=True)
