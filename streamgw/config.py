@@ -294,6 +294,37 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """``[tracing]``: OpenTelemetry traces (the ``otel`` extra), exported over OTLP/HTTP.
+
+    Where to and how are the SDK's own ``OTEL_*`` variables (endpoint, headers, sampler, service
+    name, batching); off, nothing of OpenTelemetry is imported.
+    """
+
+    enabled: bool = False
+
+
+#: the modules ``[tracing] enabled`` needs (``pip install 'streamgw[otel]'``), by the distribution that has them
+OTEL_MODULES = (("opentelemetry.sdk", "opentelemetry-sdk"),
+                ("opentelemetry.exporter.otlp.proto.http", "opentelemetry-exporter-otlp-proto-http"))
+
+
+def missing_otel() -> list[str]:
+    """The distributions of ``OTEL_MODULES`` that are not installed (found without importing them)."""
+    from importlib.util import find_spec
+
+    missing = []
+    for module, distribution in OTEL_MODULES:
+        try:
+            found = find_spec(module) is not None
+        except ImportError:  # a parent package is missing (or is something else)
+            found = False
+        if not found:
+            missing.append(distribution)
+    return missing
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole gateway configuration."""
 
@@ -309,6 +340,7 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def __post_init__(self) -> None:
         if self.auth_tenants and len(self.auth_tenants) != len(self.auth_keys):

@@ -45,6 +45,8 @@ from streamgw.config import (
     ServerConfig,
     StoreConfig,
     Timeouts,
+    TracingConfig,
+    missing_otel,
     supported_types,
 )
 
@@ -253,6 +255,12 @@ class MetricsTable(_Table):
     require_key: bool | None = None
 
 
+class TracingTable(_Table):
+    """``[tracing]``."""
+
+    enabled: bool | None = None
+
+
 class ConfigFile(_Table):
     """The whole TOML document."""
 
@@ -265,6 +273,7 @@ class ConfigFile(_Table):
     fetch: FetchTable = FetchTable()
     metrics: MetricsTable = MetricsTable()
     control: ControlTable = ControlTable()
+    tracing: TracingTable = TracingTable()
 
 
 # --- problems: where they are and how they are said ---------------------------------------------------------
@@ -772,6 +781,23 @@ def _store(table: StoreTable, environment: Environment, problems: Problems) -> S
     return store
 
 
+def _tracing(table: TracingTable, environment: Environment, problems: Problems) -> TracingConfig:
+    """``[tracing]``, then ``STREAMGW_TRACING``; turned on without the ``otel`` extra installed is a problem."""
+    tracing = TracingConfig(**_set(table))
+    enabled = environment.flag("STREAMGW_TRACING")
+    if enabled is not None:
+        tracing = TracingConfig(enabled=enabled)
+    missing = missing_otel() if tracing.enabled else []
+    if missing:
+        message = (f"tracing needs the otel extra: pip install 'streamgw[otel]' ({', '.join(missing)} "
+                   "not installed)")
+        if enabled is not None:
+            problems.env("STREAMGW_TRACING", message)
+        else:
+            problems.file("[tracing] enabled", message)
+    return tracing
+
+
 def build_config(raw: Mapping[str, Any], env: Mapping[str, str], *, source: str | None) -> Config:
     """``Config`` from a parsed TOML document and the environment; ``ConfigError`` lists every problem.
 
@@ -805,8 +831,9 @@ def build_config(raw: Mapping[str, Any], env: Mapping[str, str], *, source: str 
             RedisURL.parse(control.url)
         except ValueError:
             problems.file("[control] url", "must be a redis://[user:password@]host[:port][/db] URL")
+    tracing = _tracing(document.tracing, environment, problems)
     problems.check()
     return Config(server=server, auth_keys=auth_keys, auth_tenants=auth_tenants, providers=providers,
                   timeouts=Timeouts(**_set(document.timeouts)), routes=routes, store=store, fetch=fetch,
-                  metrics=metrics, control=control)
+                  metrics=metrics, control=control, tracing=tracing)
 

@@ -9,18 +9,22 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from hashlib import sha256
+from typing import TYPE_CHECKING
 
 from streamgw.app.metrics import Metrics, MetricsObserver
 from streamgw.config import Config
 from streamgw.engine.attempt import EngineContext
 from streamgw.engine.health import Health
-from streamgw.engine.lifecycle import ANONYMOUS, Caller, Responses
+from streamgw.engine.lifecycle import ANONYMOUS, Caller, RequestObserver, Responses
 from streamgw.engine.routing import Router
 from streamgw.errors import AuthenticationFailed
 from streamgw.providers.base import Dialect
 from streamgw.providers.registry import dialects
 from streamgw.store.service import StoreService
 from streamgw.transport.upstream import UpstreamClients
+
+if TYPE_CHECKING:
+    from streamgw.app.tracing import Tracing
 
 
 def tenant_ids(keys: Sequence[bytes], tenants: Sequence[str]) -> list[str]:
@@ -53,9 +57,16 @@ class Gateway:
         #: one tenant for every caller: without a store, a native upstream may then resolve ids itself
         self.sole_tenant = len(set(self.tenants)) <= 1
         self.store = StoreService(config.store, self.metrics)
+        observer: RequestObserver = MetricsObserver(self.metrics)
+        #: OpenTelemetry traces (``[tracing] enabled``); ``None``: off, and nothing of OpenTelemetry is imported
+        self.tracing: Tracing | None = None
+        if config.tracing.enabled:
+            from streamgw.app.tracing import Tracing  # the otel extra, loaded only when it is used
+
+            self.tracing = observer = Tracing(config, observer)
         #: the response lifecycle every front door hands its requests to
-        self.responses = Responses(self.router, self.engine, self.store, MetricsObserver(self.metrics),
-                                   self.sole_tenant)
+        self.responses = Responses(self.router, self.engine, self.store, observer, self.sole_tenant,
+                                   tracing=self.tracing)
         self.ready = False
 
     def caller(self, header: str | None) -> Caller | None:

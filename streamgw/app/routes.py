@@ -8,6 +8,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -84,6 +85,8 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
         gw.ready = False
         await gw.clients.aclose()
         await gw.store.aclose()
+        if gw.tracing is not None:  # the spans still queued are exported before the process exits
+            await trio.to_thread.run_sync(gw.tracing.shutdown, abandon_on_cancel=True)
 
     @app.before_request
     async def _before() -> None:

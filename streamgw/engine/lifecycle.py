@@ -34,13 +34,14 @@ import trio
 from streamgw.config import KeyPolicy, Timeouts
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import ResponsesRequest, echo_fields
-from streamgw.core.tracecontext import TraceParent
+from streamgw.core.tracecontext import TraceParent, new_span_id
 from streamgw.engine.attempt import AttemptRecord, EngineContext
 from streamgw.engine.recording import Recorder
 from streamgw.engine.routing import Plan, Router
 from streamgw.engine.run import ResponseRun
 from streamgw.errors import GatewayError, internal_error
 from streamgw.store.base import StoredResponse
+from streamgw.store.calls import StoreCall
 from streamgw.store.chain import Expansion, expand, record_for
 from streamgw.store.service import StoreService
 
@@ -117,13 +118,25 @@ class RequestEntry:
     usage: dict[str, Any] | None = None
     #: bytes written to the client for this response (the door counts them; 0: not counted)
     bytes_out: int = 0
-    #: the client's W3C trace context (``traceparent``), ``None`` when it sent none (or a malformed one)
+    #: the client's W3C trace context (``traceparent``), ``None`` when it sent none (or a malformed one);
+    #: with tracing on, the trace the request belongs to (a new one, ``parent_id`` "", when the client sent none)
     trace: TraceParent | None = None
+    #: tracing on: this request's (server) span id, and its store calls; "" and ``None`` with tracing off
+    span_id: str = ""
+    store_calls: list[StoreCall] | None = None
 
     @property
     def client_left(self) -> bool:
         """The client went away before the response ended (it never saw its terminal event)."""
         return self.first_delta_at is not None and not self.finished and self.error is None
+
+
+class TraceStarter(Protocol):
+    """Tracing (``streamgw.app.tracing``), as the lifecycle sees it: where a request's trace begins."""
+
+    def start(self, trace: TraceParent | None) -> TraceParent:
+        """The trace a request joins: the client's, or a new one; ``sampled`` is the sampler's decision."""
+        ...
 
 
 class RequestObserver(Protocol):
@@ -150,6 +163,8 @@ class Responses:
     sole_tenant: bool = True
     #: checked in order before any upstream is contacted
     admission: Sequence[AdmissionRule] = field(default_factory=tuple)
+    #: tracing (``None``: off, and then no trace id, span id or store-call timing is made per request)
+    tracing: TraceStarter | None = None
 
     def refused(self, door: str, request_id: str, error: GatewayError, caller: Caller | None = None,
                 trace: TraceParent | None = None) -> None:
@@ -196,6 +211,12 @@ class LiveResponse:
         self.entry = RequestEntry(request_id, door, caller, trio.current_time() if started is None else started,
                                   streamed=request.stream, model=request.model, trace=trace)
         self._local = local
+        #: what the upstream ``traceparent`` continues (``None``: tracing is off)
+        self._trace: TraceParent | None = None
+        if responses.tracing is not None:
+            self._trace = self.entry.trace = responses.tracing.start(trace)
+            self.entry.span_id = new_span_id()
+            self.entry.store_calls = []
         self.run: ResponseRun | None = None
         self.expansion: Expansion | None = None
         self._recorder: Recorder | None = None
@@ -247,14 +268,14 @@ class LiveResponse:
         responses, request, plan = self.responses, self.request, self.plan
         # previous_response_id, item_reference: once, for all, and only ever the tenant's own responses
         self.expansion = await expand(request, plan, responses.store, self._local, tenant=self.caller.tenant,
-                                      sole_tenant=responses.sole_tenant)
+                                      sole_tenant=responses.sole_tenant, calls=self.entry.store_calls)
         self.request = request = self.expansion.request
         for rule in responses.admission:
             await rule.admit(self.caller, request, plan)
         if request.store and responses.store.enabled:
-            self._recorder = Recorder(responses.store, self.expansion)
+            self._recorder = Recorder(responses.store, self.expansion, self.entry.store_calls)
         self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started,
-                                                attempts=self.entry.attempts)
+                                                attempts=self.entry.attempts, trace=self._trace)
         self.keepalive = run.opened.timeouts.keepalive if request.stream else 0.0
         self.entry.label = self.entry.provider = run.provider
         self.entry.upstream_model = run.opened.target.model
@@ -366,6 +387,7 @@ __all__ = [
     "RequestEntry",
     "RequestObserver",
     "Responses",
+    "TraceStarter",
     "failure_events",
     "keepalive_of",
     "open_response",
