@@ -184,6 +184,7 @@ class Tracing:
         try:
             self._spans(entry)
         except Exception:  # a tracing bug must not fail the request that is ending; said once
+            self._ids.span_id = self._ids.trace_id = 0
             if not self._failed:
                 self._failed = True
                 log.exception("could not build the spans of a request (further failures are not logged)")

@@ -254,6 +254,32 @@ def test_an_unsampled_trace_is_propagated_but_not_exported(stack: Stack) -> None
     assert spans
 
 
+def test_spans_still_queued_are_exported_on_graceful_shutdown(tmp_path: Path) -> None:
+    """The batch would wait ten minutes: only the flush at shutdown can deliver the span."""
+    path = tmp_path / "streamgw.toml"
+    path.write_text('[store]\nbackend = "none"\n\n[tracing]\nenabled = true\n')
+    trace_id = new_trace_id()
+    with OtlpReceiver() as receiver, pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith(("OTEL_", "STREAMGW_"))]:
+            patch.delenv(name)
+        patch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
+        patch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        patch.setenv("OTEL_SERVICE_NAME", "gw-under-test")
+        proc, url = start_gateway(path, tmp_path / "gateway.log")
+        try:
+            response = httpx.post(url + "/v1/responses", json={"model": "demo/x", "input": "hi"},
+                                  headers={"traceparent": traceparent(trace_id, new_span_id())}, timeout=20)
+            assert response.status_code == 200
+            time.sleep(0.3)
+            assert receiver.spans == []
+        finally:
+            assert stop_process(proc) == 0
+        spans = receiver.wait_for(lambda spans: len(spans) >= 2, timeout=5)
+    server, [attempt], _ = tree(spans)
+    assert server.trace_id == trace_id and server.resource["service.name"] == "gw-under-test"
+    assert attempt.attributes["gen_ai.provider.name"] == "demo"
+
+
 def test_tracing_off_loads_no_opentelemetry_module() -> None:
     """Off by default: building the gateway and serving a request imports nothing of OpenTelemetry."""
     code = """
