@@ -339,6 +339,29 @@ def _workers_md(s: Json) -> list[str]:
             *[f"- {f}" for f in failures[:3]], ""]
 
 
+def _otel_md(s: Json) -> list[str]:
+    cfg, cmp = s.get("config") or {}, s.get("comparison") or {}
+    intro = (f"A gateway with tracing off and one with `[tracing] enabled`, exporting OTLP/HTTP to "
+             f"{cfg.get('exporter', 'a local receiver')}; `{cfg.get('model')}` at c={cfg.get('concurrency')}, then "
+             f"TTFE at c=1 with both targets alternating in the same workers; runs interleaved, medians. "
+             f"**Tracing off {_fmt(cmp.get('off_streams_per_s'))} streams/s, on {_fmt(cmp.get('on_streams_per_s'))} "
+             f"streams/s: {_fmt(cmp.get('throughput_loss_pct'))} % throughput loss**; added TTFE with tracing on: "
+             f"c=1 p50 {_fmt(cmp.get('added_ttfe_c1_p50_ms'), 3)} ms, p99 {_fmt(cmp.get('added_ttfe_c1_p99_ms'), 3)} "
+             f"ms; c={cfg.get('concurrency')} p50 {_fmt(cmp.get('added_ttfe_c64_p50_ms'), 3)} ms, p99 "
+             f"{_fmt(cmp.get('added_ttfe_c64_p99_ms'), 3)} ms.")
+    headers = ["tracing", "streams/s", "TTFE p50 ms", "TTFE p99 ms", "GW CPU µs/event", "GW CPU %", "errors"]
+    rows = [[r["target"], m["streams_per_s"], _fmt(m["first_event_p50_ms"], 3), _fmt(m["first_event_p99_ms"], 3),
+             m["gw_cpu_us_per_event"], m["gw_cpu_pct"], m["errors"]] for r in s.get("rows", []) for m in [r["median"]]]
+    c1 = s.get("ttfe_c1") or {}
+    c1_rows = [[name, _fmt(v.get("p50"), 3), _fmt(v.get("p90"), 3), _fmt(v.get("p99"), 3)]
+               for name, v in c1.items() if name != "runs"]
+    exported = (f"The receiver got {cmp.get('export_requests')} export requests ({cmp.get('export_bytes')} bytes, "
+                f"{cmp.get('receiver_errors')} undecodable).")
+    return ["## 9. OpenTelemetry tracing off vs on", "", intro, "", *_table(headers, rows), "",
+            "Time to first event at c=1:", "", *_table(["tracing", "p50 ms", "p90 ms", "p99 ms"], c1_rows), "",
+            exported, ""]
+
+
 def _workers_shared_core(s: Json) -> str:
     """When other processes used the gateway's core during scenario 8: why streams/s do not compare then."""
     others = {r["target"]: r["median"].get("gw_core_others_pct") for r in s.get("rows", [])}
@@ -402,7 +425,7 @@ def _scenario_md(name: str, s: Json) -> list[str]:
         "ttfe": _ttfe_md, "open_streams": _open_md,
         "non_streamed": lambda x: _throughput_md(x, "4. Non-streamed requests"),
         "hedging": _hedging_md, "cancellation": _cancel_md, "http_versions": _http_versions_md,
-        "workers": _workers_md,
+        "workers": _workers_md, "otel": _otel_md,
     }
     return writers[name](s)
 
@@ -596,6 +619,11 @@ def summary(results: Json, out: Path) -> str:
                      + ("; one core for both, so no scaling gain can show" if same else "")
                      + ("; other processes used the gateway's core, see the report" if _workers_shared_core(workers)
                         else ""))
+    otel = (results["scenarios"].get("otel") or {}).get("comparison")
+    if otel:
+        lines.append(f"Tracing off vs on at c=64: {_fmt(otel['off_streams_per_s'])} vs {_fmt(otel['on_streams_per_s'])}"
+                     f" streams/s ({_fmt(otel['throughput_loss_pct'])} % loss), added TTFE at c=1 p50 "
+                     f"{_fmt(otel['added_ttfe_c1_p50_ms'], 3)} ms (errors {otel['errors']})")
     for name, scenario in results["scenarios"].items():
         if scenario.get("error"):
             lines.append(f"! scenario {name} failed: {scenario['error']}")

@@ -1,4 +1,4 @@
-"""The bench's scenarios (six by default, a seventh and an eighth on request) and the statistics they report.
+"""The bench's scenarios (six by default, a seventh, an eighth and a ninth on request) and the statistics they report.
 
 Each scenario is a function ``(Bench) -> Json`` registered in ``SCENARIOS`` under its number; ``run_suite``
 runs the selected ones and returns the whole results document (schema in ``bench/__init__.py``).  Every
@@ -29,6 +29,11 @@ so slow drift of a shared machine hits all of them alike); the per-run figures a
    the gateway's CPU summed over its whole process tree, with each worker's share.  The 1-worker gateway is
    pinned to the gateway core; the 2-worker one to two gateway cores when the machine has three or more,
    else to the same single core (then it cannot show a scaling gain; the report says so).
+9. ``otel`` (not in the default set: ``--compare-otel`` or ``--scenarios 9``): what OpenTelemetry tracing costs.
+   Two gateways, tracing off and ``[tracing] enabled`` exporting OTLP/HTTP to a receiver in the bench
+   process (``streamgw.testing.otlp_receiver``, counting only): scenario 1's streams at concurrency 64
+   (streams/s, TTFE, gateway CPU), then time to first event at concurrency 1 with both targets alternating in
+   the same workers; runs interleaved, medians; the throughput loss and the added TTFE of tracing on.
 
 ``--workers N`` starts every other gateway of the run with N workers (CPU and RSS over the process tree).
 
@@ -37,7 +42,7 @@ makes scenarios 1-6 talk h2 to it, ``--tls`` makes it serve HTTPS with a throwaw
 then by ALPN).
 
 With ``--target`` only 1-4 and 7 run, against that endpoint, and report client-side figures (and the CPU/RSS of
-``--target-pid`` when given); 5, 6 and 8 need the bench's own mock and gateways.
+``--target-pid`` when given); 5, 6, 8 and 9 need the bench's own mock and gateways.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -284,16 +290,16 @@ class Bench:
             self._gateway = self.new_gateway("gateway")
         return self._gateway
 
-    def new_gateway(self, name: str, workers: int | None = None) -> GatewayProcess:
+    def new_gateway(self, name: str, workers: int | None = None, extra_config: str = "") -> GatewayProcess:
         """A fresh gateway (pinned) with ``workers`` workers (default ``--workers``), watched by the sampler:
-        its whole process tree, and each worker on its own."""
+        its whole process tree, and each worker on its own.  ``extra_config`` is appended to its config."""
         workers = max(1, workers or self.settings.workers)
         knobs = self.settings.knobs
         ttft = knobs.ttft or _HEDGE_TTFT
         alpha = knobs.heavy_tail or _HEDGE_ALPHA
         hedge_model = f"text:tokens=20,ttft={ttft},heavy_tail={alpha}"
         db = self.settings.out_dir / f"{name}.db"
-        config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db)
+        config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db) + extra_config
         gateway = launch_gateway(config, self.settings.out_dir, self.pinning.gateway_prefix(workers), name,
                                  tls=self.tls, workers=workers, cpus=self.pinning.gateway_cores(workers))
         self.sampler.watch(gateway.pid, tree=True)
@@ -582,6 +588,80 @@ def worker_scaling(bench: Bench) -> Json:
                             "ratio_2_over_1": _r(two / one, 3) if one and two is not None else None,
                             "errors": sum(m.get("errors") or 0 for m in medians.values())}
     result["note"] = _workers_note(bench.pinning, gateways[1].cpus, gateways[2].cpus)
+    return result
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the block (a gateway started in it inherits them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def otel_cost(bench: Bench) -> Json:
+    """Scenario 9: tracing off vs on (exporting to a local receiver): streams/s at c=64 and TTFE at c=1."""
+    from streamgw.testing.otlp_receiver import OtlpReceiver  # the otel extra's proto package: only here
+
+    s = bench.settings
+    title = "OpenTelemetry tracing off vs on (translated 20-chunk streams)"
+    if s.target is not None:
+        result = _scenario(bench, "otel", title)
+        result["skipped"] = "starts its own gateways (not available with --target)"
+        return _finish(result)
+    model = "mock/text:tokens=20"
+    names = {False: "tracing off", True: "tracing on"}
+    gateways: dict[bool, GatewayProcess] = {}
+    with OtlpReceiver(decode=False) as receiver:
+        try:
+            gateways[False] = bench.new_gateway("gateway-otel-off")
+            with _environment({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint}):
+                gateways[True] = bench.new_gateway("gateway-otel-on", extra_config="\n[tracing]\nenabled = true\n")
+            kinds = [(names[on], bench.gateway_target(model, name=names[on], gateway=g)) for on, g in gateways.items()]
+            result = _closed_loop(bench, "otel", title, (_COMPARE_CONCURRENCY,), True, kinds,
+                                  {names[on]: g for on, g in gateways.items()})
+            per_worker = 300 if s.quick else 2000
+            phases = [PhaseSpec("otel ttfe c=1", tuple(t for _, t in kinds), 1, requests=per_worker, warmup=0.2,
+                                sample_streams=3) for _ in range(s.repeats)]
+            outs = bench.run(phases, [f"otel: ttfe c=1 run {r + 1}/{s.repeats}" for r in range(s.repeats)])
+        finally:
+            for gateway in gateways.values():
+                bench.stop_gateway(gateway)  # the tracing one flushes what it still holds
+        time.sleep(0.2)
+        exported = {"export_requests": receiver.requests, "export_bytes": receiver.bytes,
+                    "receiver_errors": receiver.errors}
+    ttfe_runs = [{names[on]: summarize_target(phase, i, (phase["t_measure"], phase["t_end"]))["first_event_ms"]
+                  for i, on in enumerate(gateways)} for phase in outs]
+    result["ttfe_c1"] = {name: {q: median_of([r[name] for r in ttfe_runs], q) for q in ("p50", "p90", "p99")}
+                         for name in names.values()}
+    result["ttfe_c1"]["runs"] = ttfe_runs
+    medians = {row["target"]: row["median"] for row in result["rows"]}
+    off, on = (medians.get(names[x], {}) for x in (False, True))
+
+    def added(a: float | None, b: float | None) -> float | None:
+        return _r(b - a) if a is not None and b is not None else None
+
+    c1_off, c1_on = result["ttfe_c1"][names[False]], result["ttfe_c1"][names[True]]
+    result["config"] = {"concurrency": _COMPARE_CONCURRENCY, "model": model, "ttfe_requests_per_run": per_worker,
+                        "exporter": "a receiver on 127.0.0.1 in the bench process (counting only)"}
+    result["comparison"] = {
+        "off_streams_per_s": off.get("streams_per_s"), "on_streams_per_s": on.get("streams_per_s"),
+        "throughput_loss_pct": _r(100 * (1 - on["streams_per_s"] / off["streams_per_s"]), 1)
+        if off.get("streams_per_s") and on.get("streams_per_s") is not None else None,
+        "cpu_us_per_event_off": off.get("gw_cpu_us_per_event"), "cpu_us_per_event_on": on.get("gw_cpu_us_per_event"),
+        "added_ttfe_c64_p50_ms": added(off.get("first_event_p50_ms"), on.get("first_event_p50_ms")),
+        "added_ttfe_c64_p99_ms": added(off.get("first_event_p99_ms"), on.get("first_event_p99_ms")),
+        "added_ttfe_c1_p50_ms": added(c1_off["p50"], c1_on["p50"]),
+        "added_ttfe_c1_p99_ms": added(c1_off["p99"], c1_on["p99"]),
+        "errors": sum(m.get("errors") or 0 for m in medians.values()), **exported,
+    }
     return result
 
 
@@ -915,8 +995,10 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     6: ("cancellation", cancellation),
     7: ("http_versions", http_versions),
     8: ("workers", worker_scaling),
+    9: ("otel", otel_cost),
 }
-#: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``, 8 by ``--compare-workers``)
+#: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``, 8 by ``--compare-workers``,
+#: 9 by ``--compare-otel``)
 DEFAULT_SCENARIOS = (1, 2, 3, 4, 5, 6)
 
 
@@ -932,6 +1014,7 @@ def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
         6: settings.repeats if local else 0,
         7: 2 * settings.repeats,
         8: 2 * settings.repeats if local else 0,
+        9: 3 * settings.repeats if local else 0,
     }
     return sum(steps[i] for i in selected)
 
