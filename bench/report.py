@@ -345,13 +345,17 @@ def _otel_md(s: Json) -> list[str]:
              f"{cfg.get('exporter', 'a local receiver')}; `{cfg.get('model')}` at c={cfg.get('concurrency')}, then "
              f"TTFE at c=1 with both targets alternating in the same workers; runs interleaved, medians. "
              f"**Tracing off {_fmt(cmp.get('off_streams_per_s'))} streams/s, on {_fmt(cmp.get('on_streams_per_s'))} "
-             f"streams/s: {_fmt(cmp.get('throughput_loss_pct'))} % throughput loss**; added TTFE with tracing on: "
+             f"streams/s: {_fmt(cmp.get('throughput_loss_pct'))} % throughput loss; gateway CPU per request "
+             f"{_fmt(cmp.get('cpu_us_per_request_off'))} vs {_fmt(cmp.get('cpu_us_per_request_on'))} µs "
+             f"({_fmt(cmp.get('cpu_per_request_added_pct'))} % more)**; added TTFE with tracing on: "
              f"c=1 p50 {_fmt(cmp.get('added_ttfe_c1_p50_ms'), 3)} ms, p99 {_fmt(cmp.get('added_ttfe_c1_p99_ms'), 3)} "
              f"ms; c={cfg.get('concurrency')} p50 {_fmt(cmp.get('added_ttfe_c64_p50_ms'), 3)} ms, p99 "
              f"{_fmt(cmp.get('added_ttfe_c64_p99_ms'), 3)} ms.")
-    headers = ["tracing", "streams/s", "TTFE p50 ms", "TTFE p99 ms", "GW CPU µs/event", "GW CPU %", "errors"]
+    headers = ["tracing", "streams/s", "TTFE p50 ms", "TTFE p99 ms", "GW CPU µs/request", "GW CPU µs/event",
+               "GW CPU %", "others on GW core %", "errors"]
     rows = [[r["target"], m["streams_per_s"], _fmt(m["first_event_p50_ms"], 3), _fmt(m["first_event_p99_ms"], 3),
-             m["gw_cpu_us_per_event"], m["gw_cpu_pct"], m["errors"]] for r in s.get("rows", []) for m in [r["median"]]]
+             m["gw_cpu_us_per_request"], m["gw_cpu_us_per_event"], m["gw_cpu_pct"], m["gw_core_others_pct"],
+             m["errors"]] for r in s.get("rows", []) for m in [r["median"]]]
     c1 = s.get("ttfe_c1") or {}
     c1_rows = [[name, _fmt(v.get("p50"), 3), _fmt(v.get("p90"), 3), _fmt(v.get("p99"), 3)]
                for name, v in c1.items() if name != "runs"]
@@ -622,7 +626,8 @@ def summary(results: Json, out: Path) -> str:
     otel = (results["scenarios"].get("otel") or {}).get("comparison")
     if otel:
         lines.append(f"Tracing off vs on at c=64: {_fmt(otel['off_streams_per_s'])} vs {_fmt(otel['on_streams_per_s'])}"
-                     f" streams/s ({_fmt(otel['throughput_loss_pct'])} % loss), added TTFE at c=1 p50 "
+                     f" streams/s ({_fmt(otel['throughput_loss_pct'])} % loss; CPU per request "
+                     f"{_fmt(otel['cpu_per_request_added_pct'])} % more), added TTFE at c=1 p50 "
                      f"{_fmt(otel['added_ttfe_c1_p50_ms'], 3)} ms (errors {otel['errors']})")
     for name, scenario in results["scenarios"].items():
         if scenario.get("error"):

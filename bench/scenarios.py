@@ -656,6 +656,12 @@ def otel_cost(bench: Bench) -> Json:
         "throughput_loss_pct": _r(100 * (1 - on["streams_per_s"] / off["streams_per_s"]), 1)
         if off.get("streams_per_s") and on.get("streams_per_s") is not None else None,
         "cpu_us_per_event_off": off.get("gw_cpu_us_per_event"), "cpu_us_per_event_on": on.get("gw_cpu_us_per_event"),
+        "cpu_us_per_request_off": off.get("gw_cpu_us_per_request"),
+        "cpu_us_per_request_on": on.get("gw_cpu_us_per_request"),
+        # CPU per request is the steadier figure where other processes share the gateway's core
+        "cpu_per_request_added_pct": _r(100 * (on["gw_cpu_us_per_request"] / off["gw_cpu_us_per_request"] - 1), 1)
+        if off.get("gw_cpu_us_per_request") and on.get("gw_cpu_us_per_request") is not None else None,
+        "others_on_gateway_core_pct": [off.get("gw_core_others_pct"), on.get("gw_core_others_pct")],
         "added_ttfe_c64_p50_ms": added(off.get("first_event_p50_ms"), on.get("first_event_p50_ms")),
         "added_ttfe_c64_p99_ms": added(off.get("first_event_p99_ms"), on.get("first_event_p99_ms")),
         "added_ttfe_c1_p50_ms": added(c1_off["p50"], c1_on["p50"]),
