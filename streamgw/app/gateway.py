@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from hashlib import sha256
 
 from streamgw.app.metrics import Metrics, MetricsObserver
+from streamgw.app.observers import Observers
+from streamgw.app.requestlog import RequestLog
 from streamgw.config import Config
 from streamgw.engine.attempt import EngineContext
 from streamgw.engine.health import Health
@@ -35,6 +37,14 @@ def tenant_ids(keys: Sequence[bytes], tenants: Sequence[str]) -> list[str]:
     return ids
 
 
+def known_models(config: Config, router: Router) -> list[str]:
+    """What a ``model`` label may show: routes, configured model names and ``provider/model``."""
+    names = [mid for mid, _ in router.listed_models()]
+    for provider in config.providers.values():
+        names += provider.models
+    return names
+
+
 class Gateway:
     """Everything the routes share: config, router, upstream clients, dialects, metrics."""
 
@@ -43,9 +53,11 @@ class Gateway:
         self.router = Router(config)
         self.clients = UpstreamClients(config.fetch)
         self.dialects: dict[str, Dialect] = dialects()
-        self.metrics = Metrics([*config.providers, *config.routes])  # the only provider labels
+        # the only provider labels; the only model labels (the rest: "other")
+        self.metrics = Metrics([*config.providers, *config.routes], known_models(config, self.router))
         self.secrets = config.secrets()
-        self.engine = EngineContext(self.clients, self.dialects, self.secrets, Health(), config.timeouts)
+        health = Health(on_cooldown=lambda provider: self.metrics.cooldowns.labels(provider).inc())
+        self.engine = EngineContext(self.clients, self.dialects, self.secrets, health, config.timeouts)
         #: graceful shutdown: ``begin`` turns /readyz to 503 and gives every run its deadline
         self.drain = self.engine.drain
         self.keys = [k.get().encode() for k in config.auth_keys]
@@ -54,8 +66,11 @@ class Gateway:
         self.sole_tenant = len(set(self.tenants)) <= 1
         self.store = StoreService(config.store, self.metrics)
         #: the response lifecycle every front door hands its requests to
-        self.responses = Responses(self.router, self.engine, self.store, MetricsObserver(self.metrics),
-                                   self.sole_tenant)
+        #: the request log (one line per request); ``routes`` logs the other HTTP routes with it
+        self.request_log = RequestLog(config.logging, self.secrets)
+        #: every observer of the lifecycle's requests: one more is one ``observers.add(...)``
+        self.observers = Observers(MetricsObserver(self.metrics), self.request_log)
+        self.responses = Responses(self.router, self.engine, self.store, self.observers, self.sole_tenant)
         self.ready = False
 
     def caller(self, header: str | None) -> Caller | None:
