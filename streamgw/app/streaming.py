@@ -140,8 +140,8 @@ class _Exchange:
         try:
             if not self.committed:
                 await self._start(200, _SSE_RAW)
+            self._count(len(data))  # before: hypercorn may end the exchange (a cancel) as the last bytes go
             await self._send({"type": "http.response.body", "body": data, "more_body": more})
-            self._count(len(data))
         finally:
             self._release()
 
@@ -155,8 +155,8 @@ class _Exchange:
         self.busy = True
         try:
             await self._start(status, [_JSON_TYPE, (b"content-length", str(len(body)).encode()), *headers])
-            await self._send({"type": "http.response.body", "body": body, "more_body": False})
             self._count(len(body))
+            await self._send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             self._release()
 
@@ -205,12 +205,15 @@ class ResponsesEndpoint:
         live = open_response(gw.responses, caller, req, door="sse" if req.stream else "json",
                              request_id=exchange.request_id, started=started, trace=trace)
         live.entry.http_version = str(scope.get("http_version", ""))
+        live.hold = True  # logged once the error below is written too
         exchange.entry = live.entry
         try:
             await self._serve(live, exchange, receive)
         except GatewayError as error:  # the lifecycle mapped everything else to internal_error
             if not exchange.gone:
                 await _render(exchange, error, live)
+        finally:
+            live.release()
 
     async def _request(self, scope: Scope, receive: Receive) -> ResponsesRequest:
         """Read and parse the body within the worker's ``BodyBudget``.

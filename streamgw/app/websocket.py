@@ -187,20 +187,21 @@ class ResponseSocket:
         """One ``response.create``: the lifecycle runs it, this sink sends frames."""
         live = open_response(self._gw.responses, self._caller, request, door="websocket",
                              request_id=self._request_id, started=started, local=self._last, trace=self._trace)
-        live.entry.http_version = self._http_version
+        entry = live.entry
+        entry.http_version = self._http_version
+        live.hold = True  # logged once the error below is sent too
         try:
             async with live:
                 await live.stream(self._frames(live))
         except GatewayError as error:  # the lifecycle mapped everything else to internal_error
             self._release()  # before the frame: a client may retry as soon as it reads it
             if live.run is None:
-                # before commit: an error frame, the connection stays open (logged without its size: the
-                # lifecycle's entry was written when the block ended)
-                await self.send_error(error)
+                entry.bytes_out += await self.send_error(error)  # before commit: the connection stays open
             elif not live.done:
-                await self.send_events(live.failure_events(error))
+                entry.bytes_out += await self.send_events(live.failure_events(error))
         finally:
             self._release()
+            live.release()
 
     def _frames(self, live: LiveResponse) -> Callable[[list[Any]], Awaitable[None]]:
         entry = live.entry

@@ -235,6 +235,11 @@ class LiveResponse:
         self.plan: Plan | None = None
         #: the SSE keepalive interval (0: off): known as soon as the route is, the winner's once open
         self.keepalive = 0.0
+        #: set by a door that renders errors after the block: the observers then see the entry at
+        #: ``release`` (so that the error's bytes and time count), not when the block ends
+        self.hold = False
+        self._exited = False
+        self._notified = False
         try:  # resolved now, so a sink knows the keepalive before it enters
             self.plan = plan = responses.router.plan(request.model, request.provider)
         except GatewayError as error:
@@ -379,6 +384,23 @@ class LiveResponse:
             entry.response = response
         if entry.error is not None and entry.status == 200 and entry.streamed and not entry.terminal:
             entry.terminal = "failed"  # the door ends the stream it committed to with response.failed
+        self._exited = True
+        if not self.hold:
+            self._notify()
+
+    def release(self) -> None:
+        """With ``hold``: the door has written its last byte (an error it rendered after the block): the
+        observers see the entry now.  Call it in a ``finally``; it does nothing before the block ended
+        or the second time."""
+        self.hold = False
+        if self._exited:
+            self._notify()
+
+    def _notify(self) -> None:
+        entry = self.entry
+        if self._notified:
+            return
+        self._notified = True
         entry.ended_at = trio.current_time()
         try:
             self.responses.observer.ended(entry)
