@@ -51,8 +51,12 @@ def make_config(port: int, log: Path, *, routes: tuple[RouteConfig, ...] = (), k
     )
 
 
+def lines_of(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
 def lines(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def responses(log: Path) -> list[dict[str, Any]]:
@@ -63,9 +67,17 @@ async def eventually(log: Path, count: int, kind: str = "response") -> list[dict
     """The log's lines of ``kind`` once there are ``count`` (the line follows the client's last byte)."""
     with trio.fail_after(10):
         while True:
-            found = [line for line in lines(log) if line["kind"] == kind] if log.exists() else []
+            found = [line for line in lines(log) if line["kind"] == kind]
             if len(found) >= count:
                 return found
+            await trio.sleep(0.01)
+
+
+async def eventually_text(log: Path) -> None:
+    with trio.fail_after(10):
+        while True:
+            if lines_of(log):
+                return
             await trio.sleep(0.01)
 
 
@@ -288,9 +300,7 @@ async def test_text_format_is_one_line_of_key_value_pairs(upstream_port: int, tm
     config = make_config(upstream_port, log, logging=LoggingConfig(format="text", file=str(log)))
     async with running_gateway(config) as port:
         await post_sse(port, {"model": "a/text:tokens=2", "input": "hi", "stream": True}, {"x-request-id": "t-1"})
-        with trio.fail_after(10):
-            while not log.exists() or "request_id=t-1" not in log.read_text():
-                await trio.sleep(0.01)
+        await eventually_text(log)
     [line] = log.read_text().splitlines()
     assert " request_id=t-1 kind=response door=sse http=1.1 " in line
     assert " status=200 terminal=completed " in line and " attempts=a:first:served:" in line
