@@ -316,7 +316,9 @@ def _request_log_md(s: Json) -> list[str]:
              f"interleaved, medians. **Off {_fmt(cmp.get('off_streams_per_s'))} streams/s, JSON log "
              f"{_fmt(cmp.get('json_streams_per_s'))} streams/s (loss {_fmt(cmp.get('throughput_loss_pct'), 2)} %); "
              f"TTFE p50 {_fmt(cmp.get('off_ttfe_p50_ms'))} vs {_fmt(cmp.get('json_ttfe_p50_ms'))} ms, p99 "
-             f"{_fmt(cmp.get('off_ttfe_p99_ms'))} vs {_fmt(cmp.get('json_ttfe_p99_ms'))} ms**; "
+             f"{_fmt(cmp.get('off_ttfe_p99_ms'))} vs {_fmt(cmp.get('json_ttfe_p99_ms'))} ms; gateway CPU "
+             f"{_fmt(cmp.get('off_gw_cpu_us_per_request'))} vs {_fmt(cmp.get('json_gw_cpu_us_per_request'))} "
+             "µs/request**; "
              f"{cmp.get('lines_written')} lines written.")
     return [*_throughput_md(s, "9. Request log off vs on")[:2], intro, "", *_throughput_md(s, "")[2:]]
 

@@ -635,10 +635,10 @@ def request_log(bench: Bench) -> Json:
     result["comparison"] = {
         "off_streams_per_s": off_rate, "json_streams_per_s": on_rate,
         "throughput_loss_pct": _r(100.0 * (1 - on_rate / off_rate), 2) if off_rate and on_rate is not None else None,
-        "off_ttfe_p50_ms": (off.get("first_event_ms") or {}).get("p50"),
-        "json_ttfe_p50_ms": (on.get("first_event_ms") or {}).get("p50"),
-        "off_ttfe_p99_ms": (off.get("first_event_ms") or {}).get("p99"),
-        "json_ttfe_p99_ms": (on.get("first_event_ms") or {}).get("p99"),
+        "off_ttfe_p50_ms": off.get("first_event_p50_ms"), "json_ttfe_p50_ms": on.get("first_event_p50_ms"),
+        "off_ttfe_p99_ms": off.get("first_event_p99_ms"), "json_ttfe_p99_ms": on.get("first_event_p99_ms"),
+        "off_gw_cpu_us_per_request": off.get("gw_cpu_us_per_request"),
+        "json_gw_cpu_us_per_request": on.get("gw_cpu_us_per_request"),
         "lines_written": _count_lines(log_file),
         "errors": sum(m.get("errors") or 0 for m in medians.values()),
     }

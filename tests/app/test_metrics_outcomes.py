@@ -106,3 +106,22 @@ async def test_hedges_cooldowns_and_retries_are_counted(upstream_port: int) -> N
     assert 'streamgw_attempts_total{kind="first",outcome="cancelled",provider="a"} 1.0' in text
     assert 'streamgw_tokens_total{key="none",model="h",provider="b",type="output"} 2.0' in text
     assert re.search(r'streamgw_store_seconds_count\{op="read"\}', text) is None  # no store: nothing timed
+
+
+def test_an_observer_that_fails_stops_neither_the_others_nor_the_request() -> None:
+    from streamgw.app.observers import Observers
+
+    class Broken:
+        def opened(self, entry: RequestEntry) -> None:
+            raise RuntimeError("bug")
+
+        def ended(self, entry: RequestEntry) -> None:
+            raise RuntimeError("bug")
+
+    metrics = Metrics(["up"])
+    observers = Observers(Broken(), MetricsObserver(metrics))
+    entry = RequestEntry("req_1", "json", None, 0.0, status=200, provider="up", terminal="completed",
+                         finished=True, ended_at=0.1)
+    observers.opened(entry)
+    observers.ended(entry)
+    assert metrics.registry.get_sample_value("streamgw_requests_total", {"provider": "none", "status": "200"}) == 1

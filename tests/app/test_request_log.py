@@ -305,3 +305,24 @@ async def test_text_format_is_one_line_of_key_value_pairs(upstream_port: int, tm
     assert " request_id=t-1 kind=response door=sse http=1.1 " in line
     assert " status=200 terminal=completed " in line and " attempts=a:first:served:" in line
     assert 'model="a/text:tokens=2"' in line and "client_left=false" in line
+
+
+def test_logging_config_from_toml_and_environment(tmp_path: Path) -> None:
+    from streamgw.config_loader import load_config
+
+    path = tmp_path / "gw.toml"
+    path.write_text('[logging]\nformat = "json"\nfile = "/tmp/x.log"\nbodies = ["key:bot", "tenant:team-a"]\n')
+    loaded = load_config(path, env={}).logging
+    assert (loaded.format, loaded.file, loaded.bodies, loaded.requests) == (
+        "json", "/tmp/x.log", ("key:bot", "tenant:team-a"), True)
+    env = {"STREAMGW_LOG_FORMAT": "text", "STREAMGW_LOG_FILE": "/tmp/y.log"}
+    assert (load_config(path, env=env).logging.format, load_config(path, env=env).logging.file) == ("text",
+                                                                                                   "/tmp/y.log")
+    assert load_config(None, env={}).logging == LoggingConfig()
+    path.write_text('[logging]\nformat = "xml"\nbodies = ["everyone"]\nbody_max_chars = -1\nlevel = 1\n')
+    with pytest.raises(ValueError) as problems:
+        load_config(path, env={"STREAMGW_LOG_FORMAT": "yaml"})
+    text = str(problems.value)
+    for where in ("[logging] format", "[logging] bodies[0]", "[logging] body_max_chars", "[logging] level",
+                  "STREAMGW_LOG_FORMAT"):
+        assert where in text, text
