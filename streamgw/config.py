@@ -287,6 +287,21 @@ class KeyPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class StaticKey:
+    """A ``[keys.NAME]`` table: a gateway key known to the config, by its SHA-256 (``digest``).
+
+    ``secret`` is the key itself when the config gave it (``key``/``key_env``), ``None`` when it
+    gave only ``key_sha256``.  ``expires``: Unix time after which the key is refused (``None``: never).
+    """
+
+    policy: KeyPolicy
+    digest: bytes
+    secret: Secret | None = None
+    expires: float | None = None
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """``[metrics]``: who may read ``GET /metrics``."""
 
@@ -331,6 +346,10 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: ``[keys.NAME]`` tables, in file order
+    keys: tuple[StaticKey, ...] = ()
+    #: ``[admin] key``: what the admin API (managed keys, everyone's usage) requires; ``None``: no admin API
+    admin_key: Secret | None = None
 
     def __post_init__(self) -> None:
         if self.auth_tenants and len(self.auth_tenants) != len(self.auth_keys):
@@ -352,6 +371,9 @@ class Config:
     def secrets(self) -> list[str]:
         """Every secret value, for redaction of upstream messages."""
         values = [k.get() for k in self.auth_keys]
+        values += [k.secret.get() for k in self.keys if k.secret is not None]
+        if self.admin_key is not None:
+            values.append(self.admin_key.get())
         for provider in self.providers.values():
             values += [k.get() for k in (provider.api_key, *provider.extra_keys)]
         return [v for v in values if v]

@@ -76,7 +76,7 @@ def create_app(config: Config) -> QuartTrio:
 def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
     @app.before_serving
     async def _startup() -> None:
-        if not gw.keys:
+        if gw.open_access:
             log.warning("no [auth] keys configured: the gateway accepts requests without authentication")
         await app.nursery.start(gw.store.run)  # the store's writer task lives as long as the app serves
         gw.ready = True
@@ -188,7 +188,8 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         # ``[metrics] require_key``: a gateway key is needed (none configured: nobody gets in).
-        if gw.config.metrics.require_key and not (gw.keys and gw.authorised(request.headers.get("authorization"))):
+        keyed = not gw.open_access and gw.authorised(request.headers.get("authorization"))
+        if gw.config.metrics.require_key and not keyed:
             raise AuthenticationFailed("GET /metrics needs a gateway API key (use Authorization: Bearer <key>).",
                                        headers={"www-authenticate": "Bearer"})
         return Response(gw.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
