@@ -249,7 +249,7 @@ def warnings(results: Json) -> list[str]:
                          "of the gateway's core")
         if lv.get("opened", 0) < lv["streams"]:
             found.append(f"open_streams {lv['streams']}: only {lv['opened']} streams opened within the ramp limit")
-    for key in ("throughput", "non_streamed", "http_versions", "workers"):
+    for key in ("throughput", "non_streamed", "http_versions", "workers", "request_log"):
         for row in (results["scenarios"].get(key) or {}).get("rows", []):
             m, where = row["median"], f"{key} {row['target']} c={row['concurrency']}"
             if row["target"] != "direct" and (m.get("load_core_busy_pct") or 0) >= 90:
@@ -309,6 +309,20 @@ def _http_versions_md(s: Json) -> list[str]:
     return [*_throughput_md(s, "7. HTTP/1.1 vs HTTP/2")[:2], intro, "", *_throughput_md(s, "")[2:]]
 
 
+def _request_log_md(s: Json) -> list[str]:
+    cmp = s.get("comparison") or {}
+    intro = (f"Two gateways, one without a request log (`[logging] requests = false`) and one writing a JSON line per "
+             f"request to a file, `mock/text:tokens=20` at c={(s.get('config') or {}).get('concurrency')}; runs "
+             f"interleaved, medians. **Off {_fmt(cmp.get('off_streams_per_s'))} streams/s, JSON log "
+             f"{_fmt(cmp.get('json_streams_per_s'))} streams/s (loss {_fmt(cmp.get('throughput_loss_pct'), 2)} %); "
+             f"TTFE p50 {_fmt(cmp.get('off_ttfe_p50_ms'))} vs {_fmt(cmp.get('json_ttfe_p50_ms'))} ms, p99 "
+             f"{_fmt(cmp.get('off_ttfe_p99_ms'))} vs {_fmt(cmp.get('json_ttfe_p99_ms'))} ms; gateway CPU "
+             f"{_fmt(cmp.get('off_gw_cpu_us_per_request'))} vs {_fmt(cmp.get('json_gw_cpu_us_per_request'))} "
+             "µs/request**; "
+             f"{cmp.get('lines_written')} lines written.")
+    return [*_throughput_md(s, "9. Request log off vs on")[:2], intro, "", *_throughput_md(s, "")[2:]]
+
+
 def _workers_md(s: Json) -> list[str]:
     cfg, cmp = s.get("config") or {}, s.get("comparison") or {}
     pinning = {c["name"]: c["pinning"] for c in cfg.get("configurations", [])}
@@ -361,7 +375,7 @@ def _otel_md(s: Json) -> list[str]:
                for name, v in c1.items() if name != "runs"]
     exported = (f"The receiver got {cmp.get('export_requests')} export requests ({cmp.get('export_bytes')} bytes, "
                 f"{cmp.get('receiver_errors')} undecodable).")
-    return ["## 9. OpenTelemetry tracing off vs on", "", intro, "", *_table(headers, rows), "",
+    return ["## 10. OpenTelemetry tracing off vs on", "", intro, "", *_table(headers, rows), "",
             "Time to first event at c=1:", "", *_table(["tracing", "p50 ms", "p90 ms", "p99 ms"], c1_rows), "",
             exported, ""]
 
@@ -429,7 +443,7 @@ def _scenario_md(name: str, s: Json) -> list[str]:
         "ttfe": _ttfe_md, "open_streams": _open_md,
         "non_streamed": lambda x: _throughput_md(x, "4. Non-streamed requests"),
         "hedging": _hedging_md, "cancellation": _cancel_md, "http_versions": _http_versions_md,
-        "workers": _workers_md, "otel": _otel_md,
+        "workers": _workers_md, "request_log": _request_log_md, "otel": _otel_md,
     }
     return writers[name](s)
 

@@ -1,4 +1,4 @@
-"""The bench's scenarios (six by default, a seventh, an eighth and a ninth on request) and the statistics they report.
+"""The bench's scenarios (six by default, four more on request) and the statistics they report.
 
 Each scenario is a function ``(Bench) -> Json`` registered in ``SCENARIOS`` under its number; ``run_suite``
 runs the selected ones and returns the whole results document (schema in ``bench/__init__.py``).  Every
@@ -29,11 +29,13 @@ so slow drift of a shared machine hits all of them alike); the per-run figures a
    the gateway's CPU summed over its whole process tree, with each worker's share.  The 1-worker gateway is
    pinned to the gateway core; the 2-worker one to two gateway cores when the machine has three or more,
    else to the same single core (then it cannot show a scaling gain; the report says so).
-9. ``otel`` (not in the default set: ``--compare-otel`` or ``--scenarios 9``): what OpenTelemetry tracing costs.
-   Two gateways, tracing off and ``[tracing] enabled`` exporting OTLP/HTTP to a receiver in the bench
-   process (``streamgw.testing.otlp_receiver``, counting only): scenario 1's streams at concurrency 64
-   (streams/s, TTFE, gateway CPU), then time to first event at concurrency 1 with both targets alternating in
-   the same workers; runs interleaved, medians; the throughput loss and the added TTFE of tracing on.
+9. ``request_log`` (``--compare-logs`` or ``--scenarios 9``): a gateway without a request log and one writing
+   JSON lines to a file, interleaved.
+10. ``otel`` (``--compare-otel`` or ``--scenarios 10``): what OpenTelemetry tracing costs.  Two gateways,
+   tracing off and ``[tracing] enabled`` exporting OTLP/HTTP to a receiver in the bench process
+   (``streamgw.testing.otlp_receiver``, counting only): scenario 1's streams at concurrency 64 (streams/s,
+   TTFE, gateway CPU per request and per event), then time to first event at concurrency 1 with both targets
+   alternating in the same workers; runs interleaved, medians; the throughput loss and the added TTFE.
 
 ``--workers N`` starts every other gateway of the run with N workers (CPU and RSS over the process tree).
 
@@ -42,7 +44,7 @@ makes scenarios 1-6 talk h2 to it, ``--tls`` makes it serve HTTPS with a throwaw
 then by ALPN).
 
 With ``--target`` only 1-4 and 7 run, against that endpoint, and report client-side figures (and the CPU/RSS of
-``--target-pid`` when given); 5, 6, 8 and 9 need the bench's own mock and gateways.
+``--target-pid`` when given); 5, 6, 8, 9 and 10 need the bench's own mock and gateways.
 """
 
 from __future__ import annotations
@@ -292,7 +294,7 @@ class Bench:
 
     def new_gateway(self, name: str, workers: int | None = None, extra_config: str = "") -> GatewayProcess:
         """A fresh gateway (pinned) with ``workers`` workers (default ``--workers``), watched by the sampler:
-        its whole process tree, and each worker on its own.  ``extra_config`` is appended to its config."""
+        its whole process tree, and each worker on its own.  ``extra_config``: TOML tables appended."""
         workers = max(1, workers or self.settings.workers)
         knobs = self.settings.knobs
         ttft = knobs.ttft or _HEDGE_TTFT
@@ -692,6 +694,53 @@ def _workers_note(pinning: Pinning, one: Sequence[int], two: Sequence[int]) -> s
             f"generator ran on CPU {','.join(map(str, pinning.client_cpus))}, which can cap both.")
 
 
+def request_log(bench: Bench) -> Json:
+    """Scenario 9: scenario 1's streams at c=64 against a gateway without a request log and one writing JSON
+    lines to a file, interleaved: throughput and the client's time to first event, on vs off."""
+    s = bench.settings
+    title = "Request log off vs JSON lines to a file (translated 20-chunk streams, c=64)"
+    if s.target is not None:
+        result = _scenario(bench, "request_log", title)
+        result["skipped"] = "starts its own gateways (not available with --target)"
+        return _finish(result)
+    log_file = s.out_dir / "request-log.jsonl"
+    configs = {"log off": "\n[logging]\nrequests = false\n",
+               "json log": f'\n[logging]\nformat = "json"\nfile = "{log_file}"\n'}
+    gateways: dict[str, GatewayProcess] = {}
+    try:
+        for name, extra in configs.items():
+            gateways[name] = bench.new_gateway("gateway-" + name.replace(" ", "-"), extra_config=extra)
+        kinds = [(name, bench.gateway_target("mock/text:tokens=20", name=name, gateway=g))
+                 for name, g in gateways.items()]
+        result = _closed_loop(bench, "request_log", title, (_COMPARE_CONCURRENCY,), True, kinds, gateways)
+    finally:
+        for gateway in gateways.values():
+            bench.stop_gateway(gateway)
+    medians = {row["target"]: row["median"] for row in result["rows"]}
+    off, on = (medians.get(name, {}) for name in configs)
+    off_rate, on_rate = off.get("streams_per_s"), on.get("streams_per_s")
+    result["config"] = {"concurrency": _COMPARE_CONCURRENCY, "model": "mock/text:tokens=20", "log_file": str(log_file)}
+    result["comparison"] = {
+        "off_streams_per_s": off_rate, "json_streams_per_s": on_rate,
+        "throughput_loss_pct": _r(100.0 * (1 - on_rate / off_rate), 2) if off_rate and on_rate is not None else None,
+        "off_ttfe_p50_ms": off.get("first_event_p50_ms"), "json_ttfe_p50_ms": on.get("first_event_p50_ms"),
+        "off_ttfe_p99_ms": off.get("first_event_p99_ms"), "json_ttfe_p99_ms": on.get("first_event_p99_ms"),
+        "off_gw_cpu_us_per_request": off.get("gw_cpu_us_per_request"),
+        "json_gw_cpu_us_per_request": on.get("gw_cpu_us_per_request"),
+        "lines_written": _count_lines(log_file),
+        "errors": sum(m.get("errors") or 0 for m in medians.values()),
+    }
+    return result
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
 # ---------------------------------------------------------------------------------------- 2: TTFE
 
 
@@ -1001,10 +1050,11 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     6: ("cancellation", cancellation),
     7: ("http_versions", http_versions),
     8: ("workers", worker_scaling),
-    9: ("otel", otel_cost),
+    9: ("request_log", request_log),
+    10: ("otel", otel_cost),
 }
 #: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``, 8 by ``--compare-workers``,
-#: 9 by ``--compare-otel``)
+#: 9 by ``--compare-logs``, 10 by ``--compare-otel``)
 DEFAULT_SCENARIOS = (1, 2, 3, 4, 5, 6)
 
 
@@ -1020,7 +1070,8 @@ def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
         6: settings.repeats if local else 0,
         7: 2 * settings.repeats,
         8: 2 * settings.repeats if local else 0,
-        9: 3 * settings.repeats if local else 0,
+        9: 2 * settings.repeats if local else 0,
+        10: 3 * settings.repeats if local else 0,
     }
     return sum(steps[i] for i in selected)
 

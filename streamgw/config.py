@@ -287,10 +287,46 @@ class KeyPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class StaticKey:
+    """A ``[keys.NAME]`` table: a gateway key known to the config, by its SHA-256 (``digest``).
+
+    ``secret`` is the key itself when the config gave it (``key``/``key_env``), ``None`` when it
+    gave only ``key_sha256``.  ``expires``: Unix time after which the key is refused (``None``: never).
+    """
+
+    policy: KeyPolicy
+    digest: bytes
+    secret: Secret | None = None
+    expires: float | None = None
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """``[metrics]``: who may read ``GET /metrics``."""
 
     require_key: bool = False  # true: only with a gateway key
+
+
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """``[logging]``: the request log, one line per request when it ends.
+
+    ``file``: "" writes to stderr, else the path is opened with ``O_APPEND`` (every worker of
+    ``--workers N`` appends whole lines to the same file).  ``bodies``: the callers whose request
+    input and response output text are logged too (``"key:NAME"``, ``"tenant:NAME"``, ``"*"``);
+    nobody's by default.  ``body_max_chars`` caps each of the two texts.  ``requests = false``
+    turns the request log off (the gateway's own warnings and errors still go to stderr).
+    """
+
+    format: str = "text"  # text | json
+    file: str = ""
+    requests: bool = True
+    bodies: tuple[str, ...] = ()
+    body_max_chars: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +376,11 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: ``[keys.NAME]`` tables, in file order
+    keys: tuple[StaticKey, ...] = ()
+    #: ``[admin] key``: what the admin API (managed keys, everyone's usage) requires; ``None``: no admin API
+    admin_key: Secret | None = None
     tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def __post_init__(self) -> None:
@@ -362,6 +403,9 @@ class Config:
     def secrets(self) -> list[str]:
         """Every secret value, for redaction of upstream messages."""
         values = [k.get() for k in self.auth_keys]
+        values += [k.secret.get() for k in self.keys if k.secret is not None]
+        if self.admin_key is not None:
+            values.append(self.admin_key.get())
         for provider in self.providers.values():
             values += [k.get() for k in (provider.api_key, *provider.extra_keys)]
         return [v for v in values if v]

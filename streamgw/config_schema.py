@@ -20,6 +20,7 @@ import types
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, time
+from hashlib import sha256
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from pydantic_core import PydanticCustomError
 from streamgw.config import (
     CONTROL_BACKENDS,
     ENV_NATIVE,
+    LOG_FORMATS,
     STORE_BACKENDS,
     STRATEGIES,
     ChatFlags,
@@ -37,12 +39,16 @@ from streamgw.config import (
     ControlConfig,
     DemoSettings,
     FetchConfig,
+    KeyPolicy,
+    Limits,
+    LoggingConfig,
     MetricsConfig,
     ProviderConfig,
     RedisURL,
     RouteConfig,
     Secret,
     ServerConfig,
+    StaticKey,
     StoreConfig,
     Timeouts,
     TracingConfig,
@@ -68,6 +74,7 @@ NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_plain_text)]
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _TENANT = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 _FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+_KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 EnvName = Annotated[str, Field(min_length=1, pattern=_ENV_NAME)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -129,6 +136,62 @@ class AuthTable(_Table):
     """``[auth]``."""
 
     keys: list[AuthKey] = []
+
+
+NonNegativeNumber = Annotated[float, Field(ge=0)]
+_SHA256 = r"^[0-9a-f]{64}$"
+#: a model or route name pattern (``fnmatch``: ``*``, ``?``, ``[...]``)
+ModelPattern = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_plain_text)]
+
+
+class LimitsTable(_Table):
+    """Rate limits and budgets (``[keys.NAME]``, ``[keys.NAME.model_limits."PATTERN"]``); 0: no limit."""
+
+    requests_per_minute: NonNegativeInt | None = None
+    tokens_per_minute: NonNegativeInt | None = None
+    concurrent_streams: NonNegativeInt | None = None
+    tokens_per_day: NonNegativeInt | None = None
+    tokens_per_month: NonNegativeInt | None = None
+    cost_per_day: NonNegativeNumber | None = None
+    cost_per_month: NonNegativeNumber | None = None
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise PydanticCustomError("timezone", "must name its time zone (e.g. 2027-01-31T00:00:00Z)")
+    return value
+
+
+class KeyTable(LimitsTable):
+    """``[keys.NAME]``: one gateway key with its identity, allowed models, limits and budgets."""
+
+    key: str | None = None
+    key_env: EnvName | None = None
+    key_sha256: Annotated[str, Field(pattern=_SHA256)] | None = None
+    tenant: Tenant = ""
+    models: Annotated[list[ModelPattern], Field(max_length=256)] | None = None
+    model_limits: Annotated[dict[ModelPattern, LimitsTable], Field(max_length=256)] = {}
+    expires: Annotated[datetime, AfterValidator(_aware)] | None = None
+    disabled: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyTable:
+        if sum(x is not None for x in (self.key, self.key_env, self.key_sha256)) != 1:
+            raise PydanticCustomError("key_source", "needs exactly one of key, key_env or key_sha256")
+        return self
+
+
+class AdminTable(_Table):
+    """``[admin]``: the key of the admin API."""
+
+    key: str | None = None
+    key_env: EnvName | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdminTable:
+        if self.key is not None and self.key_env is not None:
+            raise PydanticCustomError("key_source", "needs at most one of key or key_env")
+        return self
 
 
 class TimeoutsTable(_Table):
@@ -255,6 +318,22 @@ class MetricsTable(_Table):
     require_key: bool | None = None
 
 
+LogFormat = Literal["text", "json"]
+assert get_args(LogFormat) == LOG_FORMATS
+#: who ``[logging] bodies`` may name: a key by name, a tenant, or everyone
+_BODIES = r"^(\*|key:[A-Za-z0-9][A-Za-z0-9._:-]{0,127}|tenant:[A-Za-z0-9][A-Za-z0-9._:-]{0,63})$"
+
+
+class LoggingTable(_Table):
+    """``[logging]``."""
+
+    format: LogFormat | None = None
+    file: NonEmptyText | None = None
+    requests: bool | None = None
+    bodies: list[Annotated[str, Field(pattern=_BODIES)]] | None = None
+    body_max_chars: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+
+
 class TracingTable(_Table):
     """``[tracing]``."""
 
@@ -273,6 +352,9 @@ class ConfigFile(_Table):
     fetch: FetchTable = FetchTable()
     metrics: MetricsTable = MetricsTable()
     control: ControlTable = ControlTable()
+    logging: LoggingTable = LoggingTable()
+    keys: Annotated[dict[Annotated[str, Field(pattern=_KEY_NAME)], KeyTable], Field(max_length=10_000)] = {}
+    admin: AdminTable = AdminTable()
     tracing: TracingTable = TracingTable()
 
 
@@ -423,6 +505,9 @@ def describe(error: Mapping[str, Any], problems: Problems) -> None:
     depth = 0  # how much of loc names the table the problem is in
     while depth < len(loc) - 1 and isinstance(loc[depth], str) and _is_table(path_types[depth + 1]):
         depth += 1
+    if (depth == len(loc) - 1 and isinstance(loc[-1], str) and _is_table(path_types[-1])
+            and error["type"] != "extra_forbidden" and isinstance(error.get("input"), dict)):
+        depth += 1  # a problem of a whole named table ([keys.NAME] lacks its key): the table is the place
     table = ".".join(_toml_key(p) for p in loc[:depth])
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{_toml_key(p)}" for p in loc[depth:]).lstrip(".")
     if error["type"] == "extra_forbidden":
@@ -434,7 +519,8 @@ def describe(error: Mapping[str, Any], problems: Problems) -> None:
         else:
             problems.file(f"[{table}] {key}" if table else key, f"unknown key{hint}")
         return
-    problems.file(f"[{table}] {key}" if table else key or "(document)", _message(error, path_types[-1]))
+    where = (f"[{table}] {key}" if key else f"[{table}]") if table else key or "(document)"
+    problems.file(where, _message(error, path_types[-1]))
 
 
 def validate_file(raw: Mapping[str, Any], problems: Problems) -> ConfigFile | None:
@@ -578,6 +664,65 @@ def _auth(table: AuthTable, env: Mapping[str, str], problems: Problems) -> tuple
             problems.file(f"[auth] keys[{index}]", why)
         secrets.append(Secret(value))
     return tuple(secrets), tuple(entry.tenant for entry in table.keys)
+
+
+def _limits(table: LimitsTable) -> Limits:
+    return Limits(**_set(table, *LimitsTable.model_fields))
+
+
+def _keys(document: ConfigFile, env: Mapping[str, str], auth_keys: Sequence[Secret],
+          problems: Problems) -> tuple[StaticKey, ...]:
+    """``[keys.NAME]`` tables: each key's digest, policy and state; a key may appear once in all of ``[auth]``
+    and ``[keys]`` (which policy applied would otherwise depend on order)."""
+    seen = {sha256(k.get().encode()).digest() for k in auth_keys if k.get()}
+    keys: list[StaticKey] = []
+    for name, table in document.keys.items():
+        where = f"[keys.{name}]"
+        secret: Secret | None = None
+        if table.key_sha256 is not None:
+            digest = bytes.fromhex(table.key_sha256)
+        else:
+            value = env.get(table.key_env, "") if table.key_env is not None else table.key or ""
+            why = (f"key_env: the variable {table.key_env} is not set or empty" if table.key_env and not value
+                   else _bearer_key(value))
+            if why:
+                problems.file(f"{where} {'key_env' if table.key_env else 'key'}", why.removeprefix("key_env: "))
+                continue
+            secret = Secret(value)
+            digest = sha256(value.encode()).digest()
+        if digest in seen:
+            problems.file(where, "repeats a key of [auth] keys or of another [keys] table")
+            continue
+        seen.add(digest)
+        tenant = f"t:{table.tenant}" if table.tenant else "key:" + digest.hex()[:24]
+        policy = KeyPolicy(
+            name=name, tenant=tenant, models=tuple(table.models or ()), limits=_limits(table),
+            model_limits=tuple((pattern, _limits(limits)) for pattern, limits in table.model_limits.items()),
+        )
+        expires = table.expires.timestamp() if table.expires is not None else None
+        keys.append(StaticKey(policy, digest, secret, expires, table.disabled))
+    return tuple(keys)
+
+
+def _admin(table: AdminTable, env: Mapping[str, str], problems: Problems) -> Secret | None:
+    if table.key_env is not None:
+        value = env.get(table.key_env, "")
+        why = f"the variable {table.key_env} is not set or empty" if not value else _bearer_key(value)
+        where = "[admin] key_env"
+    elif table.key is not None:
+        value, why, where = table.key, _bearer_key(table.key), "[admin] key"
+    else:
+        value = env.get("STREAMGW_ADMIN_KEY", "")
+        if not value:
+            return None
+        why = _bearer_key(value)
+        if why:
+            problems.env("STREAMGW_ADMIN_KEY", why)
+            return None
+    if why:
+        problems.file(where, why)
+        return None
+    return Secret(value)
 
 
 def _preset_defaults(name: str, table: ProviderTable, env: Mapping[str, str], problems: Problems) -> dict[str, Any]:
@@ -781,6 +926,24 @@ def _store(table: StoreTable, environment: Environment, problems: Problems) -> S
     return store
 
 
+def _logging(table: LoggingTable, environment: Environment, problems: Problems) -> LoggingConfig:
+    """``[logging]``, then ``STREAMGW_LOG_FORMAT`` and ``STREAMGW_LOG_FILE``."""
+    values = _set(table)
+    if "bodies" in values:
+        values["bodies"] = tuple(values["bodies"])
+    log_format = environment.text("STREAMGW_LOG_FORMAT")
+    if log_format is not None:
+        if log_format in LOG_FORMATS:
+            values["format"] = log_format
+        else:
+            problems.env("STREAMGW_LOG_FORMAT", f"must be one of {', '.join(LOG_FORMATS)}, "
+                         f"got {json.dumps(log_format[:40])}")
+    log_file = environment.text("STREAMGW_LOG_FILE")
+    if log_file is not None:
+        values["file"] = log_file
+    return LoggingConfig(**values)
+
+
 def _tracing(table: TracingTable, environment: Environment, problems: Problems) -> TracingConfig:
     """``[tracing]``, then ``STREAMGW_TRACING``; turned on without the ``otel`` extra installed is a problem."""
     tracing = TracingConfig(**_set(table))
@@ -825,15 +988,21 @@ def build_config(raw: Mapping[str, Any], env: Mapping[str, str], *, source: str 
     metrics = MetricsConfig(**_set(document.metrics))
     if require_key is not None:
         metrics = MetricsConfig(require_key=require_key)
+    keys = _keys(document, env, auth_keys, problems)
+    admin_key = _admin(document.admin, env, problems)
+    if admin_key is not None and (admin_key in auth_keys or any(k.secret == admin_key for k in keys)):
+        problems.file("[admin] key", "must differ from every gateway key")
     control = ControlConfig(**_set(document.control))
     if control.url:
         try:
             RedisURL.parse(control.url)
         except ValueError:
             problems.file("[control] url", "must be a redis://[user:password@]host[:port][/db] URL")
+    logging = _logging(document.logging, environment, problems)
     tracing = _tracing(document.tracing, environment, problems)
     problems.check()
     return Config(server=server, auth_keys=auth_keys, auth_tenants=auth_tenants, providers=providers,
                   timeouts=Timeouts(**_set(document.timeouts)), routes=routes, store=store, fetch=fetch,
-                  metrics=metrics, control=control, tracing=tracing)
+                  metrics=metrics, control=control, keys=keys, admin_key=admin_key, logging=logging,
+                  tracing=tracing)
 

@@ -18,6 +18,7 @@ from streamgw.app.gateway import Gateway
 from streamgw.app.streaming import ResponsesEndpoint
 from streamgw.app.websocket import install_websocket
 from streamgw.config import Config
+from streamgw.core.tracecontext import parse_traceparent
 from streamgw.engine.lifecycle import Caller, request_id
 from streamgw.errors import (
     AuthenticationFailed,
@@ -75,7 +76,7 @@ def create_app(config: Config) -> QuartTrio:
 def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
     @app.before_serving
     async def _startup() -> None:
-        if not gw.keys:
+        if gw.open_access:
             log.warning("no [auth] keys configured: the gateway accepts requests without authentication")
         await app.nursery.start(gw.store.run)  # the store's writer task lives as long as the app serves
         gw.ready = True
@@ -85,22 +86,37 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
         gw.ready = False
         await gw.clients.aclose()
         await gw.store.aclose()
+        gw.request_log.close()
         if gw.tracing is not None:  # the spans still queued are exported before the process exits
             await trio.to_thread.run_sync(gw.tracing.shutdown, abandon_on_cancel=True)
 
     @app.before_request
     async def _before() -> None:
+        g.started = trio.current_time()
         g.request_id = request_id(request.headers.get("x-request-id"))
         if request.path.startswith("/v1/"):
             g.caller = gw.authenticate(request.headers.get("authorization"))
 
     @app.before_websocket
     async def _before_websocket() -> None:
+        g.started = trio.current_time()
         g.request_id = request_id(websocket.headers.get("x-request-id"))
 
     @app.after_request
     async def _after(response: Response) -> Response:
-        response.headers["x-request-id"] = g.get("request_id") or request_id(None)
+        rid = response.headers["x-request-id"] = g.get("request_id") or request_id(None)
+        started = g.get("started")
+        now = trio.current_time()
+        caller: Caller | None = g.get("caller")
+        key = caller.key if caller is not None else None
+        trace = parse_traceparent(request.headers.get("traceparent"))
+        gw.request_log.route(
+            request_id=rid, method=request.method, path=request.path, status=response.status_code,
+            started=now if started is None else started, ended=now, http_version=request.http_version,
+            key=key.name if key is not None else None,
+            tenant=(key.tenant if key is not None else caller.tenant or None) if caller is not None else None,
+            trace_id=trace.trace_id if trace is not None else None, bytes_out=response.content_length,
+        )
         return response
 
     @app.errorhandler(GatewayError)
@@ -174,7 +190,8 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         # ``[metrics] require_key``: a gateway key is needed (none configured: nobody gets in).
-        if gw.config.metrics.require_key and not (gw.keys and gw.authorised(request.headers.get("authorization"))):
+        keyed = not gw.open_access and gw.authorised(request.headers.get("authorization"))
+        if gw.config.metrics.require_key and not keyed:
             raise AuthenticationFailed("GET /metrics needs a gateway API key (use Authorization: Bearer <key>).",
                                        headers={"www-authenticate": "Bearer"})
         return Response(gw.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

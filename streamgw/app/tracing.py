@@ -43,7 +43,7 @@ from streamgw import __version__
 from streamgw.config import Config, ProviderConfig
 from streamgw.core.tracecontext import TraceParent, new_span_id, new_trace_id
 from streamgw.engine.attempt import AttemptRecord
-from streamgw.engine.lifecycle import RequestEntry, RequestObserver
+from streamgw.engine.lifecycle import RequestEntry
 from streamgw.store.calls import StoreCall
 
 __all__ = ["Tracing"]
@@ -112,20 +112,16 @@ def _server_error(entry: RequestEntry, winner: AttemptRecord | None) -> tuple[st
     if entry.terminal == "failed":
         outcome = winner.outcome if winner is not None else ""
         return (outcome if outcome not in _ATTEMPT_OK else "failed"), True
-    if entry.client_left or (entry.status == 0 and not entry.finished):
+    if entry.client_left:
         return _CLIENT_LEFT, True
     return None
 
 
 class Tracing:
-    """The tracer of one gateway process: the lifecycle's ``TraceStarter`` and a ``RequestObserver``.
+    """The tracer of one gateway process: the lifecycle's ``TraceStarter``, and a ``RequestObserver``
+    (one of ``Gateway.observers``) that turns each request's entry into spans."""
 
-    As an observer it hands every entry on to ``inner`` (metrics, the request log) first, then
-    turns it into spans.
-    """
-
-    def __init__(self, config: Config, inner: RequestObserver) -> None:
-        self._inner = inner
+    def __init__(self, config: Config) -> None:
         resource = Resource.create()
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "streamgw"}))
@@ -138,7 +134,6 @@ class Tracing:
         self._scope = InstrumentationScope("streamgw", __version__)
         self._providers = {name: _provider_attributes(p) for name, p in config.providers.items()}
         self._store = {"db.system.name": config.store.backend}
-        self._failed = False
 
     # -- TraceStarter ------------------------------------------------------------------------------
 
@@ -157,17 +152,11 @@ class Tracing:
     # -- RequestObserver ---------------------------------------------------------------------------
 
     def opened(self, entry: RequestEntry) -> None:
-        self._inner.opened(entry)
+        """Nothing yet: the spans are made when the request ended."""
 
     def ended(self, entry: RequestEntry) -> None:
-        """Hand the entry on, then export its spans (unless its trace is not sampled)."""
-        self._inner.ended(entry)
-        try:
-            self._spans(entry)
-        except Exception:  # a tracing bug must not fail the request that is ending; said once
-            if not self._failed:
-                self._failed = True
-                log.exception("could not build the spans of a request (further failures are not logged)")
+        """Export the request's spans (unless its trace is not sampled); ``Observers`` logs a failure once."""
+        self._spans(entry)
 
     def shutdown(self) -> None:
         """Export what is queued and stop the exporter (blocking: run it in a thread)."""
@@ -237,6 +226,8 @@ class Tracing:
                 attributes["streamgw.provider"] = named["streamgw.provider"]
         if entry.upstream_model:
             attributes["gen_ai.response.model"] = entry.upstream_model
+        if entry.response_id:
+            attributes["gen_ai.response.id"] = entry.response_id
         if entry.terminal:
             attributes["streamgw.terminal"] = entry.terminal
         if entry.first_delta_at is not None:
@@ -257,6 +248,8 @@ class Tracing:
             attributes["gen_ai.response.time_to_first_chunk"] = record.first_delta_at - record.started
         if won:
             attributes["gen_ai.response.model"] = record.model
+            if entry.response_id:
+                attributes["gen_ai.response.id"] = entry.response_id
             if entry.usage:
                 _add_usage(attributes, entry.usage)
         status = _UNSET

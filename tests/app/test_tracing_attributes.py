@@ -59,8 +59,9 @@ def test_the_server_spans_error_and_status() -> None:
     failed = attempt("server_error")
     assert _server_error(entry(status=200, finished=True, terminal="failed", first_delta_at=0.1), failed) == \
         ("server_error", True)
-    assert _server_error(entry(status=200, first_delta_at=0.1), attempt("cancelled")) == ("client_disconnected", True)
-    assert _server_error(entry(status=0), None) == ("client_disconnected", True)  # left before any answer
+    assert _server_error(entry(status=200, first_delta_at=0.1, ended_at=0.3), attempt("cancelled")) == \
+        ("client_disconnected", True)
+    assert _server_error(entry(status=0, ended_at=0.3), None) == ("client_disconnected", True)  # before any answer
 
 
 def test_the_winner_is_the_attempt_that_served_not_a_hedge_that_lost() -> None:

@@ -1,4 +1,4 @@
-"""The bench's scenario 9 (``--compare-otel``): a gateway with tracing off and one with tracing on, interleaved."""
+"""The bench's scenario 10 (``--compare-otel``): a gateway with tracing off and one with tracing on, interleaved."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from .test_bench_http2 import _ShortRuns
 
 def test_otel_flag_and_steps() -> None:
     parse = _parser().parse_args
-    assert selected_scenarios(parse(["--compare-otel"])) == (*DEFAULT_SCENARIOS, 9)
-    assert selected_scenarios(parse(["--scenarios", "9", "--compare-otel"])) == (9,)
-    assert planned_steps(Settings(repeats=2), (9,)) == 6  # c=64 off and on, then TTFE at c=1, per repeat
+    assert selected_scenarios(parse(["--compare-otel"])) == (*DEFAULT_SCENARIOS, 10)
+    assert selected_scenarios(parse(["--scenarios", "10", "--compare-otel"])) == (10,)
+    assert selected_scenarios(parse(["--compare-logs", "--compare-otel"])) == (*DEFAULT_SCENARIOS, 9, 10)
+    assert planned_steps(Settings(repeats=2), (10,)) == 6  # c=64 off and on, then TTFE at c=1, per repeat
 
 
 def test_tracing_off_against_on_with_real_gateways(tmp_path: Path) -> None:
@@ -41,5 +42,5 @@ def test_tracing_off_against_on_with_real_gateways(tmp_path: Path) -> None:
     doc = {"scenarios": {"otel": scenario}, "targets": [], "mode": "quick", "environment": bench.environment,
            "started_at": "now",
            "settings": settings.to_json()}
-    assert "## 9. OpenTelemetry tracing off vs on" in markdown(doc)
+    assert "## 10. OpenTelemetry tracing off vs on" in markdown(doc)
     assert "Tracing off vs on at c=64:" in summary(doc, tmp_path)

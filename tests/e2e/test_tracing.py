@@ -146,6 +146,7 @@ def test_a_stream_continues_the_clients_trace_to_the_upstream(stack: Stack) -> N
     assert a["http.request.method"] == "POST" and a["http.response.status_code"] == 200
     assert a["streamgw.terminal"] == "completed" and "streamgw.provider" not in a  # the same as gen_ai.provider.name
     assert a["streamgw.request_id"] == response.headers["x-request-id"]
+    assert a["gen_ai.response.id"] == sse_events(response.text)[-1]["response"]["id"]
     assert "error.type" not in a
 
     [attempt] = attempts
