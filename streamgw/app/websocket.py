@@ -246,8 +246,10 @@ class ResponseSocket:
 
 def _rejection(error: GatewayError, rid: str) -> Response:
     body = json.dumps(error.envelope(), separators=(",", ":"), ensure_ascii=False)
-    return Response(body, status=error.status, content_type="application/json",
-                    headers={"www-authenticate": "Bearer", "x-request-id": rid})
+    headers = {**error.headers, "x-request-id": rid}
+    if isinstance(error, AuthenticationFailed):
+        headers["www-authenticate"] = "Bearer"
+    return Response(body, status=error.status, content_type="application/json", headers=headers)
 
 
 def install_websocket(app: QuartTrio, gw: Gateway) -> None:
@@ -258,8 +260,8 @@ def install_websocket(app: QuartTrio, gw: Gateway) -> None:
         ws = websocket_ctx.websocket
         rid: str = g.request_id
         try:
-            caller = gw.authenticate(ws.headers.get("authorization"))
-        except AuthenticationFailed as error:
+            caller = await gw.authenticate(ws.headers.get("authorization"))
+        except GatewayError as error:  # a bad key (401), or the key store down (503)
             # Returned before accepting: Quart sends it as the handshake's HTTP answer.
             return _rejection(error, rid)
         await ws.accept({"x-request-id": rid})

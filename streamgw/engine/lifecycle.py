@@ -203,8 +203,9 @@ class LiveResponse:
         self.plan: Plan | None = None
         #: the SSE keepalive interval (0: off): known as soon as the route is, the winner's once open
         self.keepalive = 0.0
-        try:  # resolved now, so a sink knows the keepalive before it enters
-            self.plan = plan = responses.router.plan(request.model, request.provider)
+        allowed = caller.key.models if caller.key is not None else ()
+        try:  # resolved now, so a sink knows the keepalive before it enters; a key's allowed models apply
+            self.plan = plan = responses.router.plan_for(request.model, request.provider, allowed)
         except GatewayError as error:
             self._refused = error
         else:
