@@ -9,12 +9,13 @@ is counted by name, and stored responses belong to the tenant.
 How a change reaches every worker of every instance (``ManagedKeys``): each worker keeps the keys it
 has seen in a cache by digest, so a request with a cached key costs no backend round trip.  A token of
 the managed form that is not cached is looked up in the backend at once, so a key made on another
-instance works at once.  A miss is remembered for ``NEGATIVE_TTL`` (a flood of one unknown key costs
-one lookup per worker and TTL; a flood of distinct ones at most ``LOOKUPS`` lookups at a time); since
-secrets are random, no key can later be made under a digest that missed.  Every change bumps a version
-counter in the backend; while a worker holds cached keys it reads that counter every ``POLL_INTERVAL``
-and fetches again every entry it read before the latest version, so a key disabled, changed or
-deleted anywhere stops working everywhere within one poll and one round trip.
+instance works at once.  A miss is remembered for ``NEGATIVE_TTL``: a flood of one unknown key costs
+one lookup per worker and TTL (concurrent lookups of one digest share one read), a flood of distinct
+ones at most ``LOOKUPS`` lookups at a time; since secrets are random, no key can later be made under a
+digest that missed.  Every change bumps a version counter in the backend; while a worker holds cached
+keys it reads that counter every ``POLL_INTERVAL`` and fetches again every entry it read before the
+latest version, so a key disabled, changed or deleted anywhere stops working everywhere within one
+poll and one round trip.
 
 The backend is untrusted like any input: every record read is checked as strictly as an admin
 request, and one that fails the checks is treated as absent (and logged).
@@ -486,6 +487,7 @@ class ManagedKeys:
         self._negative: dict[bytes, float] = {}  # digest -> trio time until which it is no key
         self._version = 0
         self._limiter = trio.CapacityLimiter(LOOKUPS)
+        self._pending: dict[bytes, trio.Event] = {}  # digests being looked up
         self._down: str | None = None  # why the last poll failed (logged once per outage)
 
     # -- authentication --
@@ -503,23 +505,33 @@ class ManagedKeys:
         return MISS
 
     async def lookup(self, digest: bytes) -> ManagedKey | None:
-        """The key of ``digest``: from the cache, else from the backend (``ControlUnavailable`` if it is down)."""
+        """The key of ``digest``: from the cache, else from the backend (``ControlUnavailable`` if it is down).
+
+        Concurrent lookups of one digest share one backend read.
+        """
         hit = self.cached(digest)
         if not isinstance(hit, _Miss):
             return hit
         with trio.move_on_after(self._timeout):
-            async with self._limiter:
-                hit = self.cached(digest)  # a lookup of the same digest may have finished meanwhile
+            while (pending := self._pending.get(digest)) is not None:
+                await pending.wait()
+                hit = self.cached(digest)
                 if not isinstance(hit, _Miss):
-                    return hit
-                seen = self._version
-                key = (await self.store.find([digest])).get(digest)
-            if key is None:
-                if len(self._negative) >= self._max_cached:
-                    self._negative.clear()
-                self._negative[digest] = trio.current_time() + self._negative_ttl
-            else:
-                self._remember(key, seen)
+                    return hit  # else that lookup failed: try again
+            done = self._pending[digest] = trio.Event()
+            try:
+                async with self._limiter:
+                    seen = self._version
+                    key = (await self.store.find([digest])).get(digest)
+                if key is None:
+                    if len(self._negative) >= self._max_cached:
+                        self._negative.clear()
+                    self._negative[digest] = trio.current_time() + self._negative_ttl
+                else:
+                    self._remember(key, seen)
+            finally:
+                del self._pending[digest]
+                done.set()
             return key
         raise ControlUnavailable("The gateway could not check this API key: its key store did not answer in "
                                  "time. Retry shortly.", headers={"retry-after": "1"})
