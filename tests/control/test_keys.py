@@ -221,7 +221,7 @@ async def test_the_poller_carries_a_change_within_one_poll() -> None:
         await one.update(key.id, {"disabled": True})
         changed = trio.current_time()
         with trio.fail_after(2):
-            while isinstance(hit := two.cached(digest), ManagedKey) and not hit.disabled:
+            while isinstance(hit := two.cached(digest), ManagedKey) and not hit.disabled:  # noqa: ASYNC110 (polling)
                 await trio.sleep(0.005)
         assert trio.current_time() - changed < 0.5
         nursery.cancel_scope.cancel()
