@@ -9,7 +9,9 @@ after ``data:`` goes out as one text frame.  Differences from SSE, all from the 
 
 * auth is checked on the upgrade request: a bad key gets an HTTP 401 with the JSON error
   envelope and the connection is never upgraded; the key's tenant is the connection's, and
-  ``previous_response_id`` and ``item_reference`` reach only that tenant's stored responses;
+  ``previous_response_id`` and ``item_reference`` reach only that tenant's stored responses.
+  The key is checked again for every ``response.create`` (from this worker's memory): once it
+  is disabled, deleted or expired, each one gets the 401 as an error frame;
 * what would be an HTTP error before the first byte (bad input, unknown model, upstream
   4xx/5xx before the first delta, ...) is an error frame
   ``{"type":"error","status":N,"error":{"type","code","message","param"}}`` and the
@@ -132,7 +134,9 @@ class ResponseSocket:
                  trace: TraceParent | None = None) -> None:
         self._gw = gw
         self._ws = ws
-        self._caller = caller  # authenticated once, on the upgrade: the connection's caller (and tenant)
+        self._caller = caller  # authenticated on the upgrade: the connection's caller (and tenant)
+        #: checked again for every response.create: a key disabled, deleted or expired meanwhile stops here too
+        self._authorization = ws.headers.get("authorization")
         self._request_id = request_id
         self._trace = trace  # the handshake's traceparent: every response of the connection joins that trace
         self._max_age = gw.config.server.websocket_max_age
@@ -180,6 +184,13 @@ class ResponseSocket:
 
     async def _respond(self, request: ResponsesRequest, started: float) -> None:
         """One ``response.create``: the lifecycle runs it, this sink sends frames."""
+        try:  # a cached key costs no round trip; its policy (limits, models) may have changed since the upgrade
+            self._caller = await self._gw.authenticate(self._authorization)
+        except GatewayError as error:
+            self._gw.responses.refused("websocket", self._request_id, error, self._caller, self._trace)
+            self._release()
+            await self.send_error(error)
+            return
         live = open_response(self._gw.responses, self._caller, request, door="websocket",
                              request_id=self._request_id, started=started, local=self._last, trace=self._trace)
         try:

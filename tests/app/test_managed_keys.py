@@ -302,7 +302,7 @@ async def test_models_lists_only_what_the_key_may_use() -> None:
         assert outside.content == missing.content.replace(b"no/such", b"demo/demo")
 
 
-async def test_websocket_mode_refuses_a_model_outside_the_key_like_an_unknown_one() -> None:
+async def test_websocket_mode_refuses_a_model_outside_the_key_and_a_key_disabled_meanwhile() -> None:
     async with gateway() as client:
         managed = (await create(client, name="narrow", models=["demo/*"]))["secret"]
         port = client.base_url.port
@@ -317,6 +317,13 @@ async def test_websocket_mode_refuses_a_model_outside_the_key_like_an_unknown_on
             await ws.send_message(json.dumps({"type": "response.create", "model": "demo/x", "input": "hi"}))
             while (event := json.loads(await ws.get_message()))["type"] != "response.completed":
                 assert event["type"] != "error"
+            # disabled while the connection is open: its next response.create is refused
+            key_id = (await client.get("/admin/keys", headers=ADMIN_AUTH)).json()["data"][0]["id"]
+            await client.patch(f"/admin/keys/{key_id}", json={"disabled": True}, headers=ADMIN_AUTH)
+            await ws.send_message(json.dumps({"type": "response.create", "model": "demo/x", "input": "hi"}))
+            refused = json.loads(await ws.get_message())
+            assert refused["type"] == "error" and refused["status"] == 401
+            assert refused["error"]["type"] == "authentication_error"
         status, _, body = await rejected_upgrade(port or 0, "sk-sgw-" + "w" * 43)  # an unknown managed-form key
         assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
 
