@@ -249,7 +249,7 @@ def warnings(results: Json) -> list[str]:
                          "of the gateway's core")
         if lv.get("opened", 0) < lv["streams"]:
             found.append(f"open_streams {lv['streams']}: only {lv['opened']} streams opened within the ramp limit")
-    for key in ("throughput", "non_streamed", "http_versions", "workers"):
+    for key in ("throughput", "non_streamed", "http_versions", "workers", "request_log"):
         for row in (results["scenarios"].get(key) or {}).get("rows", []):
             m, where = row["median"], f"{key} {row['target']} c={row['concurrency']}"
             if row["target"] != "direct" and (m.get("load_core_busy_pct") or 0) >= 90:
@@ -307,6 +307,20 @@ def _http_versions_md(s: Json) -> list[str]:
              f"medians. **HTTP/1.1 {_fmt(cmp.get('http1_streams_per_s'))} streams/s, HTTP/2 "
              f"{_fmt(cmp.get('h2_streams_per_s'))} streams/s** (h2/h1 = {_fmt(ratio, 2)}).")
     return [*_throughput_md(s, "7. HTTP/1.1 vs HTTP/2")[:2], intro, "", *_throughput_md(s, "")[2:]]
+
+
+def _request_log_md(s: Json) -> list[str]:
+    cmp = s.get("comparison") or {}
+    intro = (f"Two gateways, one without a request log (`[logging] requests = false`) and one writing a JSON line per "
+             f"request to a file, `mock/text:tokens=20` at c={(s.get('config') or {}).get('concurrency')}; runs "
+             f"interleaved, medians. **Off {_fmt(cmp.get('off_streams_per_s'))} streams/s, JSON log "
+             f"{_fmt(cmp.get('json_streams_per_s'))} streams/s (loss {_fmt(cmp.get('throughput_loss_pct'), 2)} %); "
+             f"TTFE p50 {_fmt(cmp.get('off_ttfe_p50_ms'))} vs {_fmt(cmp.get('json_ttfe_p50_ms'))} ms, p99 "
+             f"{_fmt(cmp.get('off_ttfe_p99_ms'))} vs {_fmt(cmp.get('json_ttfe_p99_ms'))} ms; gateway CPU "
+             f"{_fmt(cmp.get('off_gw_cpu_us_per_request'))} vs {_fmt(cmp.get('json_gw_cpu_us_per_request'))} "
+             "µs/request**; "
+             f"{cmp.get('lines_written')} lines written.")
+    return [*_throughput_md(s, "9. Request log off vs on")[:2], intro, "", *_throughput_md(s, "")[2:]]
 
 
 def _workers_md(s: Json) -> list[str]:
@@ -402,7 +416,7 @@ def _scenario_md(name: str, s: Json) -> list[str]:
         "ttfe": _ttfe_md, "open_streams": _open_md,
         "non_streamed": lambda x: _throughput_md(x, "4. Non-streamed requests"),
         "hedging": _hedging_md, "cancellation": _cancel_md, "http_versions": _http_versions_md,
-        "workers": _workers_md,
+        "workers": _workers_md, "request_log": _request_log_md,
     }
     return writers[name](s)
 

@@ -284,16 +284,16 @@ class Bench:
             self._gateway = self.new_gateway("gateway")
         return self._gateway
 
-    def new_gateway(self, name: str, workers: int | None = None) -> GatewayProcess:
+    def new_gateway(self, name: str, workers: int | None = None, extra_config: str = "") -> GatewayProcess:
         """A fresh gateway (pinned) with ``workers`` workers (default ``--workers``), watched by the sampler:
-        its whole process tree, and each worker on its own."""
+        its whole process tree, and each worker on its own.  ``extra_config``: TOML tables appended."""
         workers = max(1, workers or self.settings.workers)
         knobs = self.settings.knobs
         ttft = knobs.ttft or _HEDGE_TTFT
         alpha = knobs.heavy_tail or _HEDGE_ALPHA
         hedge_model = f"text:tokens=20,ttft={ttft},heavy_tail={alpha}"
         db = self.settings.out_dir / f"{name}.db"
-        config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db)
+        config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db) + extra_config
         gateway = launch_gateway(config, self.settings.out_dir, self.pinning.gateway_prefix(workers), name,
                                  tls=self.tls, workers=workers, cpus=self.pinning.gateway_cores(workers))
         self.sampler.watch(gateway.pid, tree=True)
@@ -606,6 +606,53 @@ def _workers_note(pinning: Pinning, one: Sequence[int], two: Sequence[int]) -> s
             f"generator ran on CPU {','.join(map(str, pinning.client_cpus))}, which can cap both.")
 
 
+def request_log(bench: Bench) -> Json:
+    """Scenario 9: scenario 1's streams at c=64 against a gateway without a request log and one writing JSON
+    lines to a file, interleaved: throughput and the client's time to first event, on vs off."""
+    s = bench.settings
+    title = "Request log off vs JSON lines to a file (translated 20-chunk streams, c=64)"
+    if s.target is not None:
+        result = _scenario(bench, "request_log", title)
+        result["skipped"] = "starts its own gateways (not available with --target)"
+        return _finish(result)
+    log_file = s.out_dir / "request-log.jsonl"
+    configs = {"log off": "\n[logging]\nrequests = false\n",
+               "json log": f'\n[logging]\nformat = "json"\nfile = "{log_file}"\n'}
+    gateways: dict[str, GatewayProcess] = {}
+    try:
+        for name, extra in configs.items():
+            gateways[name] = bench.new_gateway("gateway-" + name.replace(" ", "-"), extra_config=extra)
+        kinds = [(name, bench.gateway_target("mock/text:tokens=20", name=name, gateway=g))
+                 for name, g in gateways.items()]
+        result = _closed_loop(bench, "request_log", title, (_COMPARE_CONCURRENCY,), True, kinds, gateways)
+    finally:
+        for gateway in gateways.values():
+            bench.stop_gateway(gateway)
+    medians = {row["target"]: row["median"] for row in result["rows"]}
+    off, on = (medians.get(name, {}) for name in configs)
+    off_rate, on_rate = off.get("streams_per_s"), on.get("streams_per_s")
+    result["config"] = {"concurrency": _COMPARE_CONCURRENCY, "model": "mock/text:tokens=20", "log_file": str(log_file)}
+    result["comparison"] = {
+        "off_streams_per_s": off_rate, "json_streams_per_s": on_rate,
+        "throughput_loss_pct": _r(100.0 * (1 - on_rate / off_rate), 2) if off_rate and on_rate is not None else None,
+        "off_ttfe_p50_ms": off.get("first_event_p50_ms"), "json_ttfe_p50_ms": on.get("first_event_p50_ms"),
+        "off_ttfe_p99_ms": off.get("first_event_p99_ms"), "json_ttfe_p99_ms": on.get("first_event_p99_ms"),
+        "off_gw_cpu_us_per_request": off.get("gw_cpu_us_per_request"),
+        "json_gw_cpu_us_per_request": on.get("gw_cpu_us_per_request"),
+        "lines_written": _count_lines(log_file),
+        "errors": sum(m.get("errors") or 0 for m in medians.values()),
+    }
+    return result
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
 # ---------------------------------------------------------------------------------------- 2: TTFE
 
 
@@ -915,8 +962,10 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     6: ("cancellation", cancellation),
     7: ("http_versions", http_versions),
     8: ("workers", worker_scaling),
+    9: ("request_log", request_log),
 }
-#: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``, 8 by ``--compare-workers``)
+#: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``, 8 by ``--compare-workers``,
+#: 9 by ``--compare-logs``)
 DEFAULT_SCENARIOS = (1, 2, 3, 4, 5, 6)
 
 
@@ -932,6 +981,7 @@ def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
         6: settings.repeats if local else 0,
         7: 2 * settings.repeats,
         8: 2 * settings.repeats if local else 0,
+        9: 2 * settings.repeats if local else 0,
     }
     return sum(steps[i] for i in selected)
 

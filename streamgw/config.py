@@ -325,6 +325,27 @@ class MetricsConfig:
     require_key: bool = False  # true: only with a gateway key
 
 
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """``[logging]``: the request log, one line per request when it ends.
+
+    ``file``: "" writes to stderr, else the path is opened with ``O_APPEND`` (every worker of
+    ``--workers N`` appends whole lines to the same file).  ``bodies``: the callers whose request
+    input and response output text are logged too (``"key:NAME"``, ``"tenant:NAME"``, ``"*"``);
+    nobody's by default.  ``body_max_chars`` caps each of the two texts.  ``requests = false``
+    turns the request log off (the gateway's own warnings and errors still go to stderr).
+    """
+
+    format: str = "text"  # text | json
+    file: str = ""
+    requests: bool = True
+    bodies: tuple[str, ...] = ()
+    body_max_chars: int = 2000
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole gateway configuration."""
@@ -341,6 +362,7 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     #: ``[keys.NAME]`` tables, in file order
     keys: tuple[StaticKey, ...] = ()
     #: ``[admin] key``: what the admin API (managed keys, everyone's usage) requires; ``None``: no admin API

@@ -31,6 +31,7 @@ from streamgw.config import (
     CONTROL_BACKENDS,
     ENV_NATIVE,
     KEY_NAME_PATTERN,
+    LOG_FORMATS,
     MAX_MODEL_PATTERN_LENGTH,
     MAX_MODEL_PATTERNS,
     STORE_BACKENDS,
@@ -44,6 +45,7 @@ from streamgw.config import (
     FetchConfig,
     KeyPolicy,
     Limits,
+    LoggingConfig,
     MetricsConfig,
     ProviderConfig,
     RedisURL,
@@ -319,6 +321,22 @@ class MetricsTable(_Table):
     require_key: bool | None = None
 
 
+LogFormat = Literal["text", "json"]
+assert get_args(LogFormat) == LOG_FORMATS
+#: who ``[logging] bodies`` may name: a key by name, a tenant, or everyone
+_BODIES = r"^(\*|key:[A-Za-z0-9][A-Za-z0-9._:-]{0,127}|tenant:[A-Za-z0-9][A-Za-z0-9._:-]{0,63})$"
+
+
+class LoggingTable(_Table):
+    """``[logging]``."""
+
+    format: LogFormat | None = None
+    file: NonEmptyText | None = None
+    requests: bool | None = None
+    bodies: list[Annotated[str, Field(pattern=_BODIES)]] | None = None
+    body_max_chars: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+
+
 class ConfigFile(_Table):
     """The whole TOML document."""
 
@@ -331,6 +349,7 @@ class ConfigFile(_Table):
     fetch: FetchTable = FetchTable()
     metrics: MetricsTable = MetricsTable()
     control: ControlTable = ControlTable()
+    logging: LoggingTable = LoggingTable()
     keys: Annotated[dict[Annotated[str, Field(pattern=_KEY_NAME)], KeyTable], Field(max_length=10_000)] = {}
     admin: AdminTable = AdminTable()
 
@@ -902,6 +921,24 @@ def _store(table: StoreTable, environment: Environment, problems: Problems) -> S
     return store
 
 
+def _logging(table: LoggingTable, environment: Environment, problems: Problems) -> LoggingConfig:
+    """``[logging]``, then ``STREAMGW_LOG_FORMAT`` and ``STREAMGW_LOG_FILE``."""
+    values = _set(table)
+    if "bodies" in values:
+        values["bodies"] = tuple(values["bodies"])
+    log_format = environment.text("STREAMGW_LOG_FORMAT")
+    if log_format is not None:
+        if log_format in LOG_FORMATS:
+            values["format"] = log_format
+        else:
+            problems.env("STREAMGW_LOG_FORMAT", f"must be one of {', '.join(LOG_FORMATS)}, "
+                         f"got {json.dumps(log_format[:40])}")
+    log_file = environment.text("STREAMGW_LOG_FILE")
+    if log_file is not None:
+        values["file"] = log_file
+    return LoggingConfig(**values)
+
+
 def build_config(raw: Mapping[str, Any], env: Mapping[str, str], *, source: str | None) -> Config:
     """``Config`` from a parsed TOML document and the environment; ``ConfigError`` lists every problem.
 
@@ -939,8 +976,9 @@ def build_config(raw: Mapping[str, Any], env: Mapping[str, str], *, source: str 
             RedisURL.parse(control.url)
         except ValueError:
             problems.file("[control] url", "must be a redis://[user:password@]host[:port][/db] URL")
+    logging = _logging(document.logging, environment, problems)
     problems.check()
     return Config(server=server, auth_keys=auth_keys, auth_tenants=auth_tenants, providers=providers,
                   timeouts=Timeouts(**_set(document.timeouts)), routes=routes, store=store, fetch=fetch,
-                  metrics=metrics, control=control, keys=keys, admin_key=admin_key)
+                  metrics=metrics, control=control, keys=keys, admin_key=admin_key, logging=logging)
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from hashlib import sha256
 
 from streamgw.app.metrics import Metrics, MetricsObserver
+from streamgw.app.observers import Observers
+from streamgw.app.requestlog import RequestLog
 from streamgw.config import Config, KeyPolicy, StaticKey, tenant_id
 from streamgw.control.keys import KeyStore, ManagedKey, ManagedKeys, MemoryKeyStore, is_managed_secret
 from streamgw.control.keys_redis import RedisKeyStore
@@ -51,6 +53,14 @@ def key_store(config: Config) -> KeyStore:
 _NO_KEY = "Missing or invalid gateway API key (use Authorization: Bearer <key>)."
 
 
+def known_models(config: Config, router: Router) -> list[str]:
+    """What a ``model`` label may show: routes, configured model names and ``provider/model``."""
+    names = [mid for mid, _ in router.listed_models()]
+    for provider in config.providers.values():
+        names += provider.models
+    return names
+
+
 class Gateway:
     """Everything the routes share: config, router, upstream clients, dialects, metrics."""
 
@@ -59,9 +69,13 @@ class Gateway:
         self.router = Router(config)
         self.clients = UpstreamClients(config.fetch)
         self.dialects: dict[str, Dialect] = dialects()
-        self.metrics = Metrics([*config.providers, *config.routes])  # the only provider labels
+        # the only provider labels; the only model labels (the rest: "other")
+        # the first key labels: the configured keys' names ([auth] keys are auth-1, auth-2, ...)
+        key_names = [f"auth-{i + 1}" for i in range(len(config.auth_keys))] + [k.policy.name for k in config.keys]
+        self.metrics = Metrics([*config.providers, *config.routes], known_models(config, self.router), key_names)
         self.secrets = config.secrets()
-        self.engine = EngineContext(self.clients, self.dialects, self.secrets, Health(), config.timeouts)
+        health = Health(on_cooldown=lambda provider: self.metrics.cooldowns.labels(provider).inc())
+        self.engine = EngineContext(self.clients, self.dialects, self.secrets, health, config.timeouts)
         #: graceful shutdown: ``begin`` turns /readyz to 503 and gives every run its deadline
         self.drain = self.engine.drain
         self.keys = [k.get().encode() for k in config.auth_keys]
@@ -86,8 +100,11 @@ class Gateway:
             config.admin_key is None and len({k.policy.tenant for k in self.static_keys.values()}) <= 1)
         self.store = StoreService(config.store, self.metrics)
         #: the response lifecycle every front door hands its requests to
-        self.responses = Responses(self.router, self.engine, self.store, MetricsObserver(self.metrics),
-                                   self.sole_tenant)
+        #: the request log (one line per request); ``routes`` logs the other HTTP routes with it
+        self.request_log = RequestLog(config.logging, self.secrets)
+        #: every observer of the lifecycle's requests: one more is one ``observers.add(...)``
+        self.observers = Observers(MetricsObserver(self.metrics), self.request_log)
+        self.responses = Responses(self.router, self.engine, self.store, self.observers, self.sole_tenant)
         self.ready = False
 
     @property

@@ -8,6 +8,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -18,6 +19,7 @@ from streamgw.app.gateway import Gateway
 from streamgw.app.streaming import ResponsesEndpoint
 from streamgw.app.websocket import install_websocket
 from streamgw.config import Config
+from streamgw.core.tracecontext import parse_traceparent
 from streamgw.engine.lifecycle import Caller, request_id
 from streamgw.errors import (
     AuthenticationFailed,
@@ -88,22 +90,37 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
         gw.ready = False
         await gw.clients.aclose()
         await gw.store.aclose()
+        gw.request_log.close()
         if gw.managed is not None:
             await gw.managed.aclose()
 
     @app.before_request
     async def _before() -> None:
+        g.started = trio.current_time()
         g.request_id = request_id(request.headers.get("x-request-id"))
         if request.path.startswith("/v1/"):
             g.caller = await gw.authenticate(request.headers.get("authorization"))
 
     @app.before_websocket
     async def _before_websocket() -> None:
+        g.started = trio.current_time()
         g.request_id = request_id(websocket.headers.get("x-request-id"))
 
     @app.after_request
     async def _after(response: Response) -> Response:
-        response.headers["x-request-id"] = g.get("request_id") or request_id(None)
+        rid = response.headers["x-request-id"] = g.get("request_id") or request_id(None)
+        started = g.get("started")
+        now = trio.current_time()
+        caller: Caller | None = g.get("caller")
+        key = caller.key if caller is not None else None
+        trace = parse_traceparent(request.headers.get("traceparent"))
+        gw.request_log.route(
+            request_id=rid, method=request.method, path=request.path, status=response.status_code,
+            started=now if started is None else started, ended=now, http_version=request.http_version,
+            key=key.name if key is not None else None,
+            tenant=(key.tenant if key is not None else caller.tenant or None) if caller is not None else None,
+            trace_id=trace.trace_id if trace is not None else None, bytes_out=response.content_length,
+        )
         return response
 
     @app.errorhandler(GatewayError)

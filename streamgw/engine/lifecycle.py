@@ -119,11 +119,41 @@ class RequestEntry:
     bytes_out: int = 0
     #: the client's W3C trace context (``traceparent``), ``None`` when it sent none (or a malformed one)
     trace: TraceParent | None = None
+    #: the route asked for ("": a plain model or ``provider/model``)
+    route: str = ""
+    #: the HTTP version of the client's connection, from the ASGI scope ("1.1", "2"; "": not known)
+    http_version: str = ""
+    #: the response's id (``resp_...``) once it ran ("": none)
+    response_id: str = ""
+    #: the door sent its 200 before the run opened (an SSE keepalive): an error then ends the
+    #: stream with ``response.failed``, the client's status stays 200
+    committed: bool = False
+    #: the door's first write of events to the client, and the longest pause between two writes
+    #: of events (the door sets both; ``None`` / 0: not written, or not counted)
+    first_write_at: float | None = None
+    max_gap: float = 0.0
+    #: the request and the final response object, kept only until the observers saw the entry
+    #: (the request log reads their text when an operator opted in to bodies)
+    request: ResponsesRequest | None = None
+    response: dict[str, Any] | None = None
+    _last_write: float | None = field(default=None, init=False, repr=False)
 
     @property
     def client_left(self) -> bool:
-        """The client went away before the response ended (it never saw its terminal event)."""
-        return self.first_delta_at is not None and not self.finished and self.error is None
+        """The client went away before the response ended (it never saw its terminal event).
+
+        Meaningful once the request ended: no terminal event and no error means the work was cancelled.
+        """
+        return self.ended_at is not None and not self.finished and self.error is None
+
+    def wrote(self, now: float) -> None:
+        """The door wrote a batch of events at ``now`` (``trio.current_time``): first write and longest gap."""
+        last = self._last_write
+        if last is None:
+            self.first_write_at = now
+        elif now - last > self.max_gap:
+            self.max_gap = now - last
+        self._last_write = now
 
 
 class RequestObserver(Protocol):
@@ -152,11 +182,13 @@ class Responses:
     admission: Sequence[AdmissionRule] = field(default_factory=tuple)
 
     def refused(self, door: str, request_id: str, error: GatewayError, caller: Caller | None = None,
-                trace: TraceParent | None = None) -> None:
+                trace: TraceParent | None = None, *, started: float | None = None, http_version: str = "",
+                bytes_out: int = 0) -> None:
         """Log a request refused before it reached the lifecycle (bad key, bad body)."""
-        entry = RequestEntry(request_id, door, caller, trio.current_time(), status=error.status, error=error,
-                             trace=trace)
-        entry.ended_at = entry.started
+        now = trio.current_time()
+        entry = RequestEntry(request_id, door, caller, now if started is None else started, status=error.status,
+                             error=error, trace=trace, http_version=http_version, bytes_out=bytes_out)
+        entry.ended_at = now
         self.observer.ended(entry)
 
 
@@ -194,7 +226,7 @@ class LiveResponse:
         self.caller = caller
         self.request = request
         self.entry = RequestEntry(request_id, door, caller, trio.current_time() if started is None else started,
-                                  streamed=request.stream, model=request.model, trace=trace)
+                                  streamed=request.stream, model=request.model, trace=trace, request=request)
         self._local = local
         self.run: ResponseRun | None = None
         self.expansion: Expansion | None = None
@@ -203,6 +235,11 @@ class LiveResponse:
         self.plan: Plan | None = None
         #: the SSE keepalive interval (0: off): known as soon as the route is, the winner's once open
         self.keepalive = 0.0
+        #: set by a door that renders errors after the block: the observers then see the entry at
+        #: ``release`` (so that the error's bytes and time count), not when the block ends
+        self.hold = False
+        self._exited = False
+        self._notified = False
         allowed = caller.key.models if caller.key is not None else ()
         try:  # resolved now, so a sink knows the keepalive before it enters; a key's allowed models apply
             self.plan = plan = responses.router.plan_for(request.model, request.provider, allowed)
@@ -210,6 +247,7 @@ class LiveResponse:
             self._refused = error
         else:
             self.entry.label = plan.targets[0].provider.name if plan.route is None else plan.route.name
+            self.entry.route = "" if plan.route is None else plan.route.name
             if request.stream:
                 self.keepalive = keepalive_of(plan, responses.engine.timeouts)
 
@@ -328,7 +366,9 @@ class LiveResponse:
                 log.exception("unexpected error in a %s response", entry.door, exc_info=exc)
                 exc = internal_error()
             entry.error = exc
-            if run is None or not entry.streamed:  # no 200 went out: the client gets this status
+            if entry.committed:  # a keepalive sent the 200: the client gets response.failed
+                entry.status = 200
+            elif run is None or not entry.streamed:  # no 200 went out: the client gets this status
                 entry.status = exc.status
         if run is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
@@ -341,8 +381,32 @@ class LiveResponse:
                 entry.terminal = str(response.get("status") or "")
             usage = response.get("usage")
             entry.usage = usage if isinstance(usage, dict) else None
+            entry.response_id = str(response.get("id") or "")
+            entry.response = response
+        if entry.error is not None and entry.status == 200 and entry.streamed and not entry.terminal:
+            entry.terminal = "failed"  # the door ends the stream it committed to with response.failed
+        self._exited = True
+        if not self.hold:
+            self._notify()
+
+    def release(self) -> None:
+        """With ``hold``: the door has written its last byte (an error it rendered after the block): the
+        observers see the entry now.  Call it in a ``finally``; it does nothing before the block ended
+        or the second time."""
+        self.hold = False
+        if self._exited:
+            self._notify()
+
+    def _notify(self) -> None:
+        entry = self.entry
+        if self._notified:
+            return
+        self._notified = True
         entry.ended_at = trio.current_time()
-        self.responses.observer.ended(entry)
+        try:
+            self.responses.observer.ended(entry)
+        finally:
+            entry.request = entry.response = None  # the entry may outlive the response (a test keeps it)
 
 
 def open_response(responses: Responses, caller: Caller, request: ResponsesRequest, *, door: str, request_id: str,
