@@ -112,6 +112,16 @@ async def test_only_the_admin_key_opens_the_admin_api() -> None:
         assert (await client.get("/admin/keys", headers=ADMIN_AUTH)).json()["data"] == []
 
 
+async def test_with_only_an_admin_key_the_gateway_requires_a_key() -> None:
+    cfg = Config(providers={"demo": ProviderConfig(name="demo", type="demo", demo=FAST)},
+                 control=ControlConfig(backend="memory"), admin_key=Secret(ADMIN))
+    async with gateway(cfg) as client:
+        assert (await client.get("/v1/models")).status_code == 401
+        assert (await respond(client, "anything")).status_code == 401
+        secret = (await create(client, name="only"))["secret"]
+        assert (await respond(client, secret)).status_code == 200
+
+
 # --- the life of a managed key -------------------------------------------------------------------------------
 
 
