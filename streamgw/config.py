@@ -268,6 +268,23 @@ class Limits:
                     self.tokens_per_day, self.tokens_per_month, self.cost_per_day, self.cost_per_month))
 
 
+#: what a key's name (``[keys.NAME]``, a managed key's ``name``) and a tenant may look like; the config
+#: schema and the admin API check the same rules
+KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+#: a key's ``models`` patterns and ``model_limits`` entries: at most this many, each at most this long
+MAX_MODEL_PATTERNS = 256
+MAX_MODEL_PATTERN_LENGTH = 256
+
+
+def tenant_id(tenant: str, digest: bytes) -> str:
+    """The tenant id a key's stored responses carry: ``t:<tenant>`` when it names one, else ``key:<hash>``.
+
+    A key without a tenant is its own: its id is a prefix of its SHA-256 ``digest``, never the key.
+    """
+    return f"t:{tenant}" if tenant else "key:" + digest.hex()[:24]
+
+
 @dataclass(frozen=True, slots=True)
 class KeyPolicy:
     """Who a gateway key is and what it may do: a ``[keys.NAME]`` table or a managed key.

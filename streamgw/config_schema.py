@@ -30,9 +30,13 @@ from pydantic_core import PydanticCustomError
 from streamgw.config import (
     CONTROL_BACKENDS,
     ENV_NATIVE,
+    KEY_NAME_PATTERN,
     LOG_FORMATS,
+    MAX_MODEL_PATTERN_LENGTH,
+    MAX_MODEL_PATTERNS,
     STORE_BACKENDS,
     STRATEGIES,
+    TENANT_PATTERN,
     ChatFlags,
     Config,
     ConfigError,
@@ -54,6 +58,7 @@ from streamgw.config import (
     TracingConfig,
     missing_otel,
     supported_types,
+    tenant_id,
 )
 
 __all__ = ["MAX_PROBLEMS", "ConfigFile", "build_config"]
@@ -72,9 +77,9 @@ def _plain_text(value: str) -> str:
 Text = Annotated[str, AfterValidator(_plain_text)]
 NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_plain_text)]
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_TENANT = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+_TENANT = TENANT_PATTERN
 _FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-_KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_KEY_NAME = KEY_NAME_PATTERN
 EnvName = Annotated[str, Field(min_length=1, pattern=_ENV_NAME)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -141,7 +146,7 @@ class AuthTable(_Table):
 NonNegativeNumber = Annotated[float, Field(ge=0)]
 _SHA256 = r"^[0-9a-f]{64}$"
 #: a model or route name pattern (``fnmatch``: ``*``, ``?``, ``[...]``)
-ModelPattern = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_plain_text)]
+ModelPattern = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_PATTERN_LENGTH), AfterValidator(_plain_text)]
 
 
 class LimitsTable(_Table):
@@ -169,8 +174,8 @@ class KeyTable(LimitsTable):
     key_env: EnvName | None = None
     key_sha256: Annotated[str, Field(pattern=_SHA256)] | None = None
     tenant: Tenant = ""
-    models: Annotated[list[ModelPattern], Field(max_length=256)] | None = None
-    model_limits: Annotated[dict[ModelPattern, LimitsTable], Field(max_length=256)] = {}
+    models: Annotated[list[ModelPattern], Field(max_length=MAX_MODEL_PATTERNS)] | None = None
+    model_limits: Annotated[dict[ModelPattern, LimitsTable], Field(max_length=MAX_MODEL_PATTERNS)] = {}
     expires: Annotated[datetime, AfterValidator(_aware)] | None = None
     disabled: bool = False
 
@@ -694,9 +699,8 @@ def _keys(document: ConfigFile, env: Mapping[str, str], auth_keys: Sequence[Secr
             problems.file(where, "repeats a key of [auth] keys or of another [keys] table")
             continue
         seen.add(digest)
-        tenant = f"t:{table.tenant}" if table.tenant else "key:" + digest.hex()[:24]
         policy = KeyPolicy(
-            name=name, tenant=tenant, models=tuple(table.models or ()), limits=_limits(table),
+            name=name, tenant=tenant_id(table.tenant, digest), models=tuple(table.models or ()), limits=_limits(table),
             model_limits=tuple((pattern, _limits(limits)) for pattern, limits in table.model_limits.items()),
         )
         expires = table.expires.timestamp() if table.expires is not None else None

@@ -151,6 +151,14 @@ class ServerBusy(GatewayError):
     default_code = "server_busy"
 
 
+class ControlUnavailable(GatewayError):
+    """The control backend (``[control]``: managed keys, limits, usage) did not answer in time: 503, retry shortly."""
+
+    status = 503
+    type = "server_error"
+    default_code = "control_unavailable"
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Remove every configured secret and anything shaped like an API key from ``text``."""
     for secret in secrets:

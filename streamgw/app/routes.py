@@ -14,6 +14,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
+from streamgw.app.admin import install_admin
 from streamgw.app.gateway import Gateway
 from streamgw.app.streaming import ResponsesEndpoint
 from streamgw.app.websocket import install_websocket
@@ -69,6 +70,7 @@ def create_app(config: Config) -> QuartTrio:
     app.asgi_app = ResponsesFirst(app.asgi_app, ResponsesEndpoint(gw))  # type: ignore[method-assign,assignment]
     _install_hooks(app, gw)
     _install_routes(app, gw)
+    install_admin(app, gw)
     install_websocket(app, gw)
     return app
 
@@ -79,6 +81,8 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
         if gw.open_access:
             log.warning("no [auth] keys configured: the gateway accepts requests without authentication")
         await app.nursery.start(gw.store.run)  # the store's writer task lives as long as the app serves
+        if gw.managed is not None:
+            await app.nursery.start(gw.managed.run)  # keeps this worker's cached managed keys fresh
         gw.ready = True
 
     @app.after_serving
@@ -87,6 +91,8 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
         await gw.clients.aclose()
         await gw.store.aclose()
         gw.request_log.close()
+        if gw.managed is not None:
+            await gw.managed.aclose()
         if gw.tracing is not None:  # the spans still queued are exported before the process exits
             await trio.to_thread.run_sync(gw.tracing.shutdown, abandon_on_cancel=True)
 
@@ -95,7 +101,7 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
         g.started = trio.current_time()
         g.request_id = request_id(request.headers.get("x-request-id"))
         if request.path.startswith("/v1/"):
-            g.caller = gw.authenticate(request.headers.get("authorization"))
+            g.caller = await gw.authenticate(request.headers.get("authorization"))
 
     @app.before_websocket
     async def _before_websocket() -> None:
@@ -161,12 +167,12 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        data = [_model(mid, owner) for mid, owner in gw.router.listed_models()]
+        data = [_model(mid, owner) for mid, owner in gw.router.listed_models(_allowed())]
         return json_response({"object": "list", "data": data})
 
     @app.get("/v1/models/<path:model_id>")
     async def get_model(model_id: str) -> Response:
-        for mid, owner in gw.router.listed_models():
+        for mid, owner in gw.router.listed_models(_allowed()):
             if mid == model_id:
                 return json_response(_model(mid, owner))
         raise NotFound(f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
@@ -190,7 +196,7 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         # ``[metrics] require_key``: a gateway key is needed (none configured: nobody gets in).
-        keyed = not gw.open_access and gw.authorised(request.headers.get("authorization"))
+        keyed = not gw.open_access and await gw.authorised(request.headers.get("authorization"))
         if gw.config.metrics.require_key and not keyed:
             raise AuthenticationFailed("GET /metrics needs a gateway API key (use Authorization: Bearer <key>).",
                                        headers={"www-authenticate": "Bearer"})
@@ -200,6 +206,12 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
 def _model(model_id: str, owner: str) -> dict[str, Any]:
     """One entry of ``/v1/models`` (the OpenAI model object)."""
     return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
+
+
+def _allowed() -> tuple[str, ...]:
+    """The model patterns the request's key may use (``()``: every model)."""
+    caller: Caller = g.caller
+    return caller.key.models if caller.key is not None else ()
 
 
 def _tenant() -> str:

@@ -191,7 +191,7 @@ class ResponsesEndpoint:
         trace = parse_traceparent(_header(scope, b"traceparent"))
         live: LiveResponse | None = None
         try:
-            caller = gw.authenticate(_header(scope, b"authorization"))
+            caller = await gw.authenticate(_header(scope, b"authorization"))
             req = await self._request(scope, receive)
         except _ClientGone:
             return

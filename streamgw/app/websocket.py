@@ -9,7 +9,9 @@ after ``data:`` goes out as one text frame.  Differences from SSE, all from the 
 
 * auth is checked on the upgrade request: a bad key gets an HTTP 401 with the JSON error
   envelope and the connection is never upgraded; the key's tenant is the connection's, and
-  ``previous_response_id`` and ``item_reference`` reach only that tenant's stored responses;
+  ``previous_response_id`` and ``item_reference`` reach only that tenant's stored responses.
+  The key is checked again for every ``response.create`` (from this worker's memory): once it
+  is disabled, deleted or expired, each one gets the 401 as an error frame;
 * what would be an HTTP error before the first byte (bad input, unknown model, upstream
   4xx/5xx before the first delta, ...) is an error frame
   ``{"type":"error","status":N,"error":{"type","code","message","param"}}`` and the
@@ -133,7 +135,9 @@ class ResponseSocket:
         self._gw = gw
         self._http_version = http_version  # of the handshake: for the request log
         self._ws = ws
-        self._caller = caller  # authenticated once, on the upgrade: the connection's caller (and tenant)
+        self._caller = caller  # authenticated on the upgrade: the connection's caller (and tenant)
+        #: checked again for every response.create: a key disabled, deleted or expired meanwhile stops here too
+        self._authorization = ws.headers.get("authorization")
         self._request_id = request_id
         self._trace = trace  # the handshake's traceparent: every response of the connection joins that trace
         self._max_age = gw.config.server.websocket_max_age
@@ -185,6 +189,17 @@ class ResponseSocket:
 
     async def _respond(self, request: ResponsesRequest, started: float) -> None:
         """One ``response.create``: the lifecycle runs it, this sink sends frames."""
+        try:  # a cached key costs no round trip; its policy (limits, models) may have changed since the upgrade
+            self._caller = await self._gw.authenticate(self._authorization)
+        except GatewayError as error:
+            self._release()
+            sent = 0
+            try:
+                sent = await self.send_error(error)
+            finally:
+                self._gw.responses.refused("websocket", self._request_id, error, self._caller, self._trace,
+                                           started=started, http_version=self._http_version, bytes_out=sent)
+            return
         live = open_response(self._gw.responses, self._caller, request, door="websocket",
                              request_id=self._request_id, started=started, local=self._last, trace=self._trace)
         entry = live.entry
@@ -266,8 +281,10 @@ def _rejection(gw: Gateway, error: GatewayError, rid: str, trace: TraceParent | 
     body = json.dumps(error.envelope(), separators=(",", ":"), ensure_ascii=False)
     gw.responses.refused("websocket", rid, error, trace=trace, started=g.get("started"), http_version=http_version,
                          bytes_out=len(body.encode()))
-    return Response(body, status=error.status, content_type="application/json",
-                    headers={"www-authenticate": "Bearer", "x-request-id": rid})
+    headers = {**error.headers, "x-request-id": rid}
+    if isinstance(error, AuthenticationFailed):
+        headers["www-authenticate"] = "Bearer"
+    return Response(body, status=error.status, content_type="application/json", headers=headers)
 
 
 def install_websocket(app: QuartTrio, gw: Gateway) -> None:
@@ -280,8 +297,8 @@ def install_websocket(app: QuartTrio, gw: Gateway) -> None:
         trace = parse_traceparent(ws.headers.get("traceparent"))
         http_version = str(ws.http_version)
         try:
-            caller = gw.authenticate(ws.headers.get("authorization"))
-        except AuthenticationFailed as error:
+            caller = await gw.authenticate(ws.headers.get("authorization"))
+        except GatewayError as error:  # a bad key (401), or the key store down (503)
             # Returned before accepting: Quart sends it as the handshake's HTTP answer.
             return _rejection(gw, error, rid, trace, http_version)
         await ws.accept({"x-request-id": rid})

@@ -261,8 +261,9 @@ class LiveResponse:
         self.hold = False
         self._exited = False
         self._notified = False
-        try:  # resolved now, so a sink knows the keepalive before it enters
-            self.plan = plan = responses.router.plan(request.model, request.provider)
+        allowed = caller.key.models if caller.key is not None else ()
+        try:  # resolved now, so a sink knows the keepalive before it enters; a key's allowed models apply
+            self.plan = plan = responses.router.plan_for(request.model, request.provider, allowed)
         except GatewayError as error:
             self._refused = error
         else:
