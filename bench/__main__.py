@@ -5,7 +5,9 @@
     python -m bench --scenarios 1,2 --repeats 5  # pick scenarios
     python -m bench --quick --compare-http2      # also HTTP/1.1 vs HTTP/2 streams/s at c=64 (scenario 7)
     python -m bench --quick --compare-workers    # also a 1-worker vs a 2-worker gateway at c=64 (scenario 8)
-    python -m bench --quick --compare-limits     # also limits on (SQLite, Redis) vs off at c=64 (scenario 9)
+    python -m bench --quick --compare-logs       # also no request log vs JSON lines to a file at c=64 (scenario 9)
+    python -m bench --quick --compare-otel       # also OpenTelemetry tracing off vs on (scenario 10)
+    python -m bench --quick --compare-limits     # also limits on (SQLite, Redis) vs off at c=64 (scenario 11)
     python -m bench --workers 2                  # every scenario against ``streamgw serve --workers 2``
     python -m bench --http2 --tls                # scenarios 1-6 over HTTP/2 with TLS (ALPN h2)
     python -m bench --target https://gw.example/ --api-key KEY --model gpt-4o-mini [--path /v1/chat/completions]
@@ -78,8 +80,13 @@ def _parser() -> argparse.ArgumentParser:
                         "whole process tree's; pinned to N cores when the machine has N plus one for the client side)")
     p.add_argument("--compare-workers", action="store_true",
                    help="add scenario 8: a 1-worker and a 2-worker gateway at c=64, interleaved")
+    p.add_argument("--compare-logs", action="store_true",
+                   help="add scenario 9: a gateway without a request log and one writing JSON lines, c=64, interleaved")
+    p.add_argument("--compare-otel", action="store_true",
+                   help="add scenario 10: a gateway with tracing off and one with tracing on (OTLP/HTTP to a local "
+                        "receiver): streams/s at c=64 and TTFE at c=1, interleaved (needs the otel extra)")
     p.add_argument("--compare-limits", action="store_true",
-                   help="add scenario 9: limits on (SQLite, Redis) vs off at c=64, interleaved")
+                   help="add scenario 11: limits on (SQLite, Redis) vs off at c=64, interleaved")
     p.add_argument("--h2-streams-per-connection", type=int, default=100, metavar="N",
                    help="HTTP/2 load: concurrent streams per connection (default 100: c=64 is one connection)")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores with taskset")
@@ -121,14 +128,19 @@ def settings_from_args(args: argparse.Namespace, out_dir: Path) -> Settings:
 
 
 def selected_scenarios(args: argparse.Namespace) -> tuple[int, ...]:
-    """``--scenarios``, plus 7 with ``--compare-http2``, 8 with ``--compare-workers``, 9 with ``--compare-limits``."""
+    """``--scenarios``, plus 7 with ``--compare-http2``, 8 with ``--compare-workers``, 9 with ``--compare-logs``,
+    10 with ``--compare-otel``, 11 with ``--compare-limits``."""
     chosen = tuple(args.scenarios)
     if args.compare_http2 and 7 not in chosen:
         chosen = (*chosen, 7)
     if args.compare_workers and 8 not in chosen:
         chosen = (*chosen, 8)
-    if args.compare_limits and 9 not in chosen:
+    if args.compare_logs and 9 not in chosen:
         chosen = (*chosen, 9)
+    if args.compare_otel and 10 not in chosen:
+        chosen = (*chosen, 10)
+    if args.compare_limits and 11 not in chosen:
+        chosen = (*chosen, 11)
     return chosen
 
 

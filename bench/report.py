@@ -249,7 +249,7 @@ def warnings(results: Json) -> list[str]:
                          "of the gateway's core")
         if lv.get("opened", 0) < lv["streams"]:
             found.append(f"open_streams {lv['streams']}: only {lv['opened']} streams opened within the ramp limit")
-    for key in ("throughput", "non_streamed", "http_versions", "workers"):
+    for key in ("throughput", "non_streamed", "http_versions", "workers", "request_log"):
         for row in (results["scenarios"].get(key) or {}).get("rows", []):
             m, where = row["median"], f"{key} {row['target']} c={row['concurrency']}"
             if row["target"] != "direct" and (m.get("load_core_busy_pct") or 0) >= 90:
@@ -309,6 +309,20 @@ def _http_versions_md(s: Json) -> list[str]:
     return [*_throughput_md(s, "7. HTTP/1.1 vs HTTP/2")[:2], intro, "", *_throughput_md(s, "")[2:]]
 
 
+def _request_log_md(s: Json) -> list[str]:
+    cmp = s.get("comparison") or {}
+    intro = (f"Two gateways, one without a request log (`[logging] requests = false`) and one writing a JSON line per "
+             f"request to a file, `mock/text:tokens=20` at c={(s.get('config') or {}).get('concurrency')}; runs "
+             f"interleaved, medians. **Off {_fmt(cmp.get('off_streams_per_s'))} streams/s, JSON log "
+             f"{_fmt(cmp.get('json_streams_per_s'))} streams/s (loss {_fmt(cmp.get('throughput_loss_pct'), 2)} %); "
+             f"TTFE p50 {_fmt(cmp.get('off_ttfe_p50_ms'))} vs {_fmt(cmp.get('json_ttfe_p50_ms'))} ms, p99 "
+             f"{_fmt(cmp.get('off_ttfe_p99_ms'))} vs {_fmt(cmp.get('json_ttfe_p99_ms'))} ms; gateway CPU "
+             f"{_fmt(cmp.get('off_gw_cpu_us_per_request'))} vs {_fmt(cmp.get('json_gw_cpu_us_per_request'))} "
+             "µs/request**; "
+             f"{cmp.get('lines_written')} lines written.")
+    return [*_throughput_md(s, "9. Request log off vs on")[:2], intro, "", *_throughput_md(s, "")[2:]]
+
+
 def _workers_md(s: Json) -> list[str]:
     cfg, cmp = s.get("config") or {}, s.get("comparison") or {}
     pinning = {c["name"]: c["pinning"] for c in cfg.get("configurations", [])}
@@ -337,6 +351,33 @@ def _workers_md(s: Json) -> list[str]:
     return ["## 8. 1 vs 2 gateway workers", "", intro, "", *_table(headers, rows), "", *note,
             f"Invariants checked on {checked} sampled streams: {len(failures)} failures.",
             *[f"- {f}" for f in failures[:3]], ""]
+
+
+def _otel_md(s: Json) -> list[str]:
+    cfg, cmp = s.get("config") or {}, s.get("comparison") or {}
+    intro = (f"A gateway with tracing off and one with `[tracing] enabled`, exporting OTLP/HTTP to "
+             f"{cfg.get('exporter', 'a local receiver')}; `{cfg.get('model')}` at c={cfg.get('concurrency')}, then "
+             f"TTFE at c=1 with both targets alternating in the same workers; runs interleaved, medians. "
+             f"**Tracing off {_fmt(cmp.get('off_streams_per_s'))} streams/s, on {_fmt(cmp.get('on_streams_per_s'))} "
+             f"streams/s: {_fmt(cmp.get('throughput_loss_pct'))} % throughput loss; gateway CPU per request "
+             f"{_fmt(cmp.get('cpu_us_per_request_off'))} vs {_fmt(cmp.get('cpu_us_per_request_on'))} µs "
+             f"({_fmt(cmp.get('cpu_per_request_added_pct'))} % more)**; added TTFE with tracing on: "
+             f"c=1 p50 {_fmt(cmp.get('added_ttfe_c1_p50_ms'), 3)} ms, p99 {_fmt(cmp.get('added_ttfe_c1_p99_ms'), 3)} "
+             f"ms; c={cfg.get('concurrency')} p50 {_fmt(cmp.get('added_ttfe_c64_p50_ms'), 3)} ms, p99 "
+             f"{_fmt(cmp.get('added_ttfe_c64_p99_ms'), 3)} ms.")
+    headers = ["tracing", "streams/s", "TTFE p50 ms", "TTFE p99 ms", "GW CPU µs/request", "GW CPU µs/event",
+               "GW CPU %", "others on GW core %", "errors"]
+    rows = [[r["target"], m["streams_per_s"], _fmt(m["first_event_p50_ms"], 3), _fmt(m["first_event_p99_ms"], 3),
+             m["gw_cpu_us_per_request"], m["gw_cpu_us_per_event"], m["gw_cpu_pct"], m["gw_core_others_pct"],
+             m["errors"]] for r in s.get("rows", []) for m in [r["median"]]]
+    c1 = s.get("ttfe_c1") or {}
+    c1_rows = [[name, _fmt(v.get("p50"), 3), _fmt(v.get("p90"), 3), _fmt(v.get("p99"), 3)]
+               for name, v in c1.items() if name != "runs"]
+    exported = (f"The receiver got {cmp.get('export_requests')} export requests ({cmp.get('export_bytes')} bytes, "
+                f"{cmp.get('receiver_errors')} undecodable).")
+    return ["## 10. OpenTelemetry tracing off vs on", "", intro, "", *_table(headers, rows), "",
+            "Time to first event at c=1:", "", *_table(["tracing", "p50 ms", "p90 ms", "p99 ms"], c1_rows), "",
+            exported, ""]
 
 
 def _workers_shared_core(s: Json) -> str:
@@ -404,7 +445,7 @@ def _limits_md(s: Json) -> list[str]:
     intro = (f"`{cfg.get('model')}` at c={cfg.get('concurrency')} with a key whose limits ({cfg.get('limits')}) "
              "are on, far above the load, against each control backend, and the same key without limits; runs "
              "interleaved, medians. " + "; ".join(parts) + ".")
-    return [*_throughput_md(s, "9. Limits on vs off")[:2], intro, "", *_throughput_md(s, "")[2:]]
+    return [*_throughput_md(s, "11. Limits on vs off")[:2], intro, "", *_throughput_md(s, "")[2:]]
 
 
 def _scenario_md(name: str, s: Json) -> list[str]:
@@ -417,7 +458,7 @@ def _scenario_md(name: str, s: Json) -> list[str]:
         "ttfe": _ttfe_md, "open_streams": _open_md,
         "non_streamed": lambda x: _throughput_md(x, "4. Non-streamed requests"),
         "hedging": _hedging_md, "cancellation": _cancel_md, "http_versions": _http_versions_md,
-        "workers": _workers_md, "limits": _limits_md,
+        "workers": _workers_md, "request_log": _request_log_md, "otel": _otel_md, "limits": _limits_md,
     }
     return writers[name](s)
 
@@ -611,6 +652,12 @@ def summary(results: Json, out: Path) -> str:
                      + ("; one core for both, so no scaling gain can show" if same else "")
                      + ("; other processes used the gateway's core, see the report" if _workers_shared_core(workers)
                         else ""))
+    otel = (results["scenarios"].get("otel") or {}).get("comparison")
+    if otel:
+        lines.append(f"Tracing off vs on at c=64: {_fmt(otel['off_streams_per_s'])} vs {_fmt(otel['on_streams_per_s'])}"
+                     f" streams/s ({_fmt(otel['throughput_loss_pct'])} % loss; CPU per request "
+                     f"{_fmt(otel['cpu_per_request_added_pct'])} % more), added TTFE at c=1 p50 "
+                     f"{_fmt(otel['added_ttfe_c1_p50_ms'], 3)} ms (errors {otel['errors']})")
     for name, scenario in results["scenarios"].items():
         if scenario.get("error"):
             lines.append(f"! scenario {name} failed: {scenario['error']}")

@@ -1,4 +1,4 @@
-"""The bench's scenarios (six by default, a seventh and an eighth on request) and the statistics they report.
+"""The bench's scenarios (six by default, four more on request) and the statistics they report.
 
 Each scenario is a function ``(Bench) -> Json`` registered in ``SCENARIOS`` under its number; ``run_suite``
 runs the selected ones and returns the whole results document (schema in ``bench/__init__.py``).  Every
@@ -23,16 +23,23 @@ so slow drift of a shared machine hits all of them alike); the per-run figures a
 7. ``http_versions`` (not in the default set: ``--compare-http2`` or ``--scenarios 7``): scenario 1's streams
    at concurrency 64 over HTTP/1.1 (64 connections) and over HTTP/2 (``h2_streams_per_connection`` streams
    per connection), against the same gateway, interleaved; streams/s, TTFE and gateway CPU of both.
-9. ``limits`` (not in the default set: ``--compare-limits`` or ``--scenarios 9``): scenario 1's streams at
-   concurrency 64 with a key whose rate limits, stream limit and budget are on (far above the load, so every
-   request is admitted and settled) against the SQLite and the Redis control backend, and the same key with no
-   limits, interleaved; streams/s ratio and added p50 time per request.
 8. ``workers`` (not in the default set: ``--compare-workers`` or ``--scenarios 8``): scenario 1's streams at
    concurrency 64 against a gateway with 1 worker and one with 2 workers (``streamgw serve --workers 2``: a
    supervisor and two worker processes on one socket), both running, runs interleaved; streams/s, TTFE, and
    the gateway's CPU summed over its whole process tree, with each worker's share.  The 1-worker gateway is
    pinned to the gateway core; the 2-worker one to two gateway cores when the machine has three or more,
    else to the same single core (then it cannot show a scaling gain; the report says so).
+9. ``request_log`` (``--compare-logs`` or ``--scenarios 9``): a gateway without a request log and one writing
+   JSON lines to a file, interleaved.
+10. ``otel`` (``--compare-otel`` or ``--scenarios 10``): what OpenTelemetry tracing costs.  Two gateways,
+   tracing off and ``[tracing] enabled`` exporting OTLP/HTTP to a receiver in the bench process
+   (``streamgw.testing.otlp_receiver``, counting only): scenario 1's streams at concurrency 64 (streams/s,
+   TTFE, gateway CPU per request and per event), then time to first event at concurrency 1 with both targets
+   alternating in the same workers; runs interleaved, medians; the throughput loss and the added TTFE.
+11. ``limits`` (not in the default set: ``--compare-limits`` or ``--scenarios 11``): scenario 1's streams at
+   concurrency 64 with a key whose rate limits, stream limit and budget are on (far above the load, so every
+   request is admitted and settled) against the SQLite and the Redis control backend, and the same key with no
+   limits, interleaved; streams/s ratio and added p50 time per request.
 
 ``--workers N`` starts every other gateway of the run with N workers (CPU and RSS over the process tree).
 
@@ -41,7 +48,7 @@ makes scenarios 1-6 talk h2 to it, ``--tls`` makes it serve HTTPS with a throwaw
 then by ALPN).
 
 With ``--target`` only 1-4 and 7 run, against that endpoint, and report client-side figures (and the CPU/RSS of
-``--target-pid`` when given); 5, 6 and 8 need the bench's own mock and gateways.
+``--target-pid`` when given); 5, 6, 8, 9 and 10 need the bench's own mock and gateways.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -289,19 +297,18 @@ class Bench:
             self._gateway = self.new_gateway("gateway")
         return self._gateway
 
-    def new_gateway(self, name: str, workers: int | None = None, extra: str = "") -> GatewayProcess:
+    def new_gateway(self, name: str, workers: int | None = None, extra_config: str = "") -> GatewayProcess:
         """A fresh gateway (pinned) with ``workers`` workers (default ``--workers``), watched by the sampler:
-        its whole process tree, and each worker on its own.  ``extra``: TOML appended to its config."""
+        its whole process tree, and each worker on its own.  ``extra_config``: TOML tables appended."""
         workers = max(1, workers or self.settings.workers)
         knobs = self.settings.knobs
         ttft = knobs.ttft or _HEDGE_TTFT
         alpha = knobs.heavy_tail or _HEDGE_ALPHA
         hedge_model = f"text:tokens=20,ttft={ttft},heavy_tail={alpha}"
         db = self.settings.out_dir / f"{name}.db"
-        config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db) + extra
-        if "[control]" not in extra:  # limits and usage next to the results, never in the working directory
+        config = gateway_config(self.mock.base_url, hedge_model, _HEDGE_DELAY, self.settings.store, db) + extra_config
+        if "[control]" not in extra_config:  # limits and usage next to the results, never in the working directory
             config += f'\n[control]\npath = "{self.settings.out_dir / f"{name}-control.db"}"\n'
-
         gateway = launch_gateway(config, self.settings.out_dir, self.pinning.gateway_prefix(workers), name,
                                  tls=self.tls, workers=workers, cpus=self.pinning.gateway_cores(workers))
         self.sampler.watch(gateway.pid, tree=True)
@@ -594,6 +601,86 @@ def worker_scaling(bench: Bench) -> Json:
     return result
 
 
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the block (a gateway started in it inherits them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def otel_cost(bench: Bench) -> Json:
+    """Scenario 9: tracing off vs on (exporting to a local receiver): streams/s at c=64 and TTFE at c=1."""
+    from streamgw.testing.otlp_receiver import OtlpReceiver  # the otel extra's proto package: only here
+
+    s = bench.settings
+    title = "OpenTelemetry tracing off vs on (translated 20-chunk streams)"
+    if s.target is not None:
+        result = _scenario(bench, "otel", title)
+        result["skipped"] = "starts its own gateways (not available with --target)"
+        return _finish(result)
+    model = "mock/text:tokens=20"
+    names = {False: "tracing off", True: "tracing on"}
+    gateways: dict[bool, GatewayProcess] = {}
+    with OtlpReceiver(decode=False) as receiver:
+        try:
+            gateways[False] = bench.new_gateway("gateway-otel-off")
+            with _environment({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint}):
+                gateways[True] = bench.new_gateway("gateway-otel-on", extra_config="\n[tracing]\nenabled = true\n")
+            kinds = [(names[on], bench.gateway_target(model, name=names[on], gateway=g)) for on, g in gateways.items()]
+            result = _closed_loop(bench, "otel", title, (_COMPARE_CONCURRENCY,), True, kinds,
+                                  {names[on]: g for on, g in gateways.items()})
+            per_worker = 300 if s.quick else 2000
+            phases = [PhaseSpec("otel ttfe c=1", tuple(t for _, t in kinds), 1, requests=per_worker, warmup=0.2,
+                                sample_streams=3) for _ in range(s.repeats)]
+            outs = bench.run(phases, [f"otel: ttfe c=1 run {r + 1}/{s.repeats}" for r in range(s.repeats)])
+        finally:
+            for gateway in gateways.values():
+                bench.stop_gateway(gateway)  # the tracing one flushes what it still holds
+        time.sleep(0.2)
+        exported = {"export_requests": receiver.requests, "export_bytes": receiver.bytes,
+                    "receiver_errors": receiver.errors}
+    ttfe_runs = [{names[on]: summarize_target(phase, i, (phase["t_measure"], phase["t_end"]))["first_event_ms"]
+                  for i, on in enumerate(gateways)} for phase in outs]
+    result["ttfe_c1"] = {name: {q: median_of([r[name] for r in ttfe_runs], q) for q in ("p50", "p90", "p99")}
+                         for name in names.values()}
+    result["ttfe_c1"]["runs"] = ttfe_runs
+    medians = {row["target"]: row["median"] for row in result["rows"]}
+    off, on = (medians.get(names[x], {}) for x in (False, True))
+
+    def added(a: float | None, b: float | None) -> float | None:
+        return _r(b - a) if a is not None and b is not None else None
+
+    c1_off, c1_on = result["ttfe_c1"][names[False]], result["ttfe_c1"][names[True]]
+    result["config"] = {"concurrency": _COMPARE_CONCURRENCY, "model": model, "ttfe_requests_per_run": per_worker,
+                        "exporter": "a receiver on 127.0.0.1 in the bench process (counting only)"}
+    result["comparison"] = {
+        "off_streams_per_s": off.get("streams_per_s"), "on_streams_per_s": on.get("streams_per_s"),
+        "throughput_loss_pct": _r(100 * (1 - on["streams_per_s"] / off["streams_per_s"]), 1)
+        if off.get("streams_per_s") and on.get("streams_per_s") is not None else None,
+        "cpu_us_per_event_off": off.get("gw_cpu_us_per_event"), "cpu_us_per_event_on": on.get("gw_cpu_us_per_event"),
+        "cpu_us_per_request_off": off.get("gw_cpu_us_per_request"),
+        "cpu_us_per_request_on": on.get("gw_cpu_us_per_request"),
+        # CPU per request is the steadier figure where other processes share the gateway's core
+        "cpu_per_request_added_pct": _r(100 * (on["gw_cpu_us_per_request"] / off["gw_cpu_us_per_request"] - 1), 1)
+        if off.get("gw_cpu_us_per_request") and on.get("gw_cpu_us_per_request") is not None else None,
+        "others_on_gateway_core_pct": [off.get("gw_core_others_pct"), on.get("gw_core_others_pct")],
+        "added_ttfe_c64_p50_ms": added(off.get("first_event_p50_ms"), on.get("first_event_p50_ms")),
+        "added_ttfe_c64_p99_ms": added(off.get("first_event_p99_ms"), on.get("first_event_p99_ms")),
+        "added_ttfe_c1_p50_ms": added(c1_off["p50"], c1_on["p50"]),
+        "added_ttfe_c1_p99_ms": added(c1_off["p99"], c1_on["p99"]),
+        "errors": sum(m.get("errors") or 0 for m in medians.values()), **exported,
+    }
+    return result
+
+
 def _cores_text(cpus: Sequence[int], pinning: Pinning) -> str:
     if not cpus:
         return f"not pinned ({pinning.reason}): any of CPU {','.join(map(str, pinning.usable_cpus))}"
@@ -613,6 +700,53 @@ def _workers_note(pinning: Pinning, one: Sequence[int], two: Sequence[int]) -> s
                 "second process costs on one core (two event loops, the race for accept), not scaling.")
     return (f"The 2-worker gateway had {len(two)} cores, the 1-worker gateway {len(one)}; the mock and the load "
             f"generator ran on CPU {','.join(map(str, pinning.client_cpus))}, which can cap both.")
+
+
+def request_log(bench: Bench) -> Json:
+    """Scenario 9: scenario 1's streams at c=64 against a gateway without a request log and one writing JSON
+    lines to a file, interleaved: throughput and the client's time to first event, on vs off."""
+    s = bench.settings
+    title = "Request log off vs JSON lines to a file (translated 20-chunk streams, c=64)"
+    if s.target is not None:
+        result = _scenario(bench, "request_log", title)
+        result["skipped"] = "starts its own gateways (not available with --target)"
+        return _finish(result)
+    log_file = s.out_dir / "request-log.jsonl"
+    configs = {"log off": "\n[logging]\nrequests = false\n",
+               "json log": f'\n[logging]\nformat = "json"\nfile = "{log_file}"\n'}
+    gateways: dict[str, GatewayProcess] = {}
+    try:
+        for name, extra in configs.items():
+            gateways[name] = bench.new_gateway("gateway-" + name.replace(" ", "-"), extra_config=extra)
+        kinds = [(name, bench.gateway_target("mock/text:tokens=20", name=name, gateway=g))
+                 for name, g in gateways.items()]
+        result = _closed_loop(bench, "request_log", title, (_COMPARE_CONCURRENCY,), True, kinds, gateways)
+    finally:
+        for gateway in gateways.values():
+            bench.stop_gateway(gateway)
+    medians = {row["target"]: row["median"] for row in result["rows"]}
+    off, on = (medians.get(name, {}) for name in configs)
+    off_rate, on_rate = off.get("streams_per_s"), on.get("streams_per_s")
+    result["config"] = {"concurrency": _COMPARE_CONCURRENCY, "model": "mock/text:tokens=20", "log_file": str(log_file)}
+    result["comparison"] = {
+        "off_streams_per_s": off_rate, "json_streams_per_s": on_rate,
+        "throughput_loss_pct": _r(100.0 * (1 - on_rate / off_rate), 2) if off_rate and on_rate is not None else None,
+        "off_ttfe_p50_ms": off.get("first_event_p50_ms"), "json_ttfe_p50_ms": on.get("first_event_p50_ms"),
+        "off_ttfe_p99_ms": off.get("first_event_p99_ms"), "json_ttfe_p99_ms": on.get("first_event_p99_ms"),
+        "off_gw_cpu_us_per_request": off.get("gw_cpu_us_per_request"),
+        "json_gw_cpu_us_per_request": on.get("gw_cpu_us_per_request"),
+        "lines_written": _count_lines(log_file),
+        "errors": sum(m.get("errors") or 0 for m in medians.values()),
+    }
+    return result
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
 
 
 # ---------------------------------------------------------------------------------------- 2: TTFE
@@ -913,7 +1047,7 @@ def _match_cancels(outs: list[Json], disconnects: list[float]) -> dict[str, list
 # ------------------------------------------------------------------------------------------ suite
 
 
-# ------------------------------------------------------------------------------------------ 9: limits
+# ----------------------------------------------------------------------------------------- 11: limits
 
 _LIMITS_KEY = "sk-bench-limits-0123456789"
 #: limits the load never reaches: every request pays for the checks, none is refused
@@ -923,7 +1057,7 @@ _LIMITS_ON = (_LIMITS_OFF + "requests_per_minute = 100000000\ntokens_per_minute 
 
 
 def limits(bench: Bench) -> Json:
-    """Scenario 9: scenario 1's streams at c=64 with a key whose limits are on (SQLite, Redis) and off, interleaved.
+    """Scenario 11: scenario 1's streams at c=64 with a key whose limits are on (SQLite, Redis) and off, interleaved.
 
     The key has a requests-per-minute, a tokens-per-minute, a concurrent-stream limit and a daily token budget
     (so every request costs one admission and one settlement), all far above what the load reaches; "off" is the
@@ -946,7 +1080,7 @@ def limits(bench: Bench) -> Json:
             configs["redis"] = _LIMITS_ON + f'\n[control]\nbackend = "redis"\nurl = "{url}"\n'
         try:
             for name, extra in configs.items():
-                gateways[name] = bench.new_gateway(f"gateway-limits-{name}", extra=extra)
+                gateways[name] = bench.new_gateway(f"gateway-limits-{name}", extra_config=extra)
             auth = (("authorization", f"Bearer {_LIMITS_KEY}"),)
             kinds = [(name, bench.gateway_target("mock/text:tokens=20", name=name, gateway=g, headers=auth))
                      for name, g in gateways.items()]
@@ -986,10 +1120,12 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     6: ("cancellation", cancellation),
     7: ("http_versions", http_versions),
     8: ("workers", worker_scaling),
-    9: ("limits", limits),
+    9: ("request_log", request_log),
+    10: ("otel", otel_cost),
+    11: ("limits", limits),
 }
 #: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``, 8 by ``--compare-workers``,
-#: 9 by ``--compare-limits``)
+#: 9 by ``--compare-logs``, 10 by ``--compare-otel``, 11 by ``--compare-limits``)
 DEFAULT_SCENARIOS = (1, 2, 3, 4, 5, 6)
 
 
@@ -1005,7 +1141,9 @@ def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
         6: settings.repeats if local else 0,
         7: 2 * settings.repeats,
         8: 2 * settings.repeats if local else 0,
-        9: 3 * settings.repeats if local else 0,
+        9: 2 * settings.repeats if local else 0,
+        10: 3 * settings.repeats if local else 0,
+        11: 3 * settings.repeats if local else 0,
     }
     return sum(steps[i] for i in selected)
 

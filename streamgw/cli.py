@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--keyfile", help="TLS private key, PEM (with --certfile)")
     serve.add_argument("--drain-timeout", type=float, metavar="S", help="seconds in-flight work gets after SIGTERM")
     serve.add_argument("--log-level", default=os.environ.get("STREAMGW_LOG_LEVEL", "info"))
+    serve.add_argument("--log-format", choices=("text", "json"),
+                       help="request log lines: text (key=value) or json, one object a line (default from config "
+                            "or STREAMGW_LOG_FORMAT: text)")
+    serve.add_argument("--log-file", metavar="PATH",
+                       help="append the request log to PATH instead of stderr (every worker appends whole lines; "
+                            "default from config or STREAMGW_LOG_FILE)")
     return parser
 
 
@@ -125,7 +131,16 @@ def main(argv: list[str] | None = None) -> None:
         keyfile=args.keyfile or server.keyfile,
         drain_timeout=server.drain_timeout if args.drain_timeout is None else args.drain_timeout,
     )
-    config = replace(config, server=server)
+    logging_config = config.logging
+    logging_config = replace(logging_config, format=args.log_format or logging_config.format,
+                             file=args.log_file or logging_config.file)
+    config = replace(config, server=server, logging=logging_config)
+    if logging_config.file and logging_config.requests:
+        try:  # said now, in one line, rather than by every worker's traceback
+            os.close(os.open(logging_config.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
+        except OSError as exc:
+            exit_on_config_error(ConfigError(f"cannot open the log file {logging_config.file}: "
+                                             f"{exc.strerror or exc}"))
     from streamgw.serving.main import hypercorn_config, serve_gateway
     from streamgw.serving.worker import listen, run_gateway
 

@@ -269,6 +269,23 @@ class Limits:
                     self.tokens_per_day, self.tokens_per_month, self.cost_per_day, self.cost_per_month))
 
 
+#: what a key's name (``[keys.NAME]``, a managed key's ``name``) and a tenant may look like; the config
+#: schema and the admin API check the same rules
+KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+#: a key's ``models`` patterns and ``model_limits`` entries: at most this many, each at most this long
+MAX_MODEL_PATTERNS = 256
+MAX_MODEL_PATTERN_LENGTH = 256
+
+
+def tenant_id(tenant: str, digest: bytes) -> str:
+    """The tenant id a key's stored responses carry: ``t:<tenant>`` when it names one, else ``key:<hash>``.
+
+    A key without a tenant is its own: its id is a prefix of its SHA-256 ``digest``, never the key.
+    """
+    return f"t:{tenant}" if tenant else "key:" + digest.hex()[:24]
+
+
 @dataclass(frozen=True, slots=True)
 class KeyPolicy:
     """Who a gateway key is and what it may do: a ``[keys.NAME]`` table or a managed key.
@@ -330,6 +347,58 @@ class MetricsConfig:
     require_key: bool = False  # true: only with a gateway key
 
 
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """``[logging]``: the request log, one line per request when it ends.
+
+    ``file``: "" writes to stderr, else the path is opened with ``O_APPEND`` (every worker of
+    ``--workers N`` appends whole lines to the same file).  ``bodies``: the callers whose request
+    input and response output text are logged too (``"key:NAME"``, ``"tenant:NAME"``, ``"*"``);
+    nobody's by default.  ``body_max_chars`` caps each of the two texts.  ``requests = false``
+    turns the request log off (the gateway's own warnings and errors still go to stderr).
+    """
+
+    format: str = "text"  # text | json
+    file: str = ""
+    requests: bool = True
+    bodies: tuple[str, ...] = ()
+    body_max_chars: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """``[tracing]``: OpenTelemetry traces (the ``otel`` extra), exported over OTLP/HTTP.
+
+    Where to and how are the SDK's own ``OTEL_*`` variables (endpoint, headers, sampler, service
+    name, batching); off, nothing of OpenTelemetry is imported.
+    """
+
+    enabled: bool = False
+
+
+#: the modules ``[tracing] enabled`` needs (``pip install 'streamgw[otel]'``), by the distribution that has them
+OTEL_MODULES = (("opentelemetry.sdk", "opentelemetry-sdk"),
+                ("opentelemetry.exporter.otlp.proto.http", "opentelemetry-exporter-otlp-proto-http"))
+
+
+def missing_otel() -> list[str]:
+    """The distributions of ``OTEL_MODULES`` that are not installed (found without importing them)."""
+    from importlib.util import find_spec
+
+    missing = []
+    for module, distribution in OTEL_MODULES:
+        try:
+            found = find_spec(module) is not None
+        except ImportError:  # a parent package is missing (or is something else)
+            found = False
+        if not found:
+            missing.append(distribution)
+    return missing
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole gateway configuration."""
@@ -347,10 +416,12 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: built in code (tests, embedding): memory, like ``store``, so that no file appears nobody asked for
     control: ControlConfig = field(default_factory=lambda: ControlConfig(backend="memory"))
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     #: ``[keys.NAME]`` tables, in file order
     keys: tuple[StaticKey, ...] = ()
     #: ``[admin] key``: what the admin API (managed keys, everyone's usage) requires; ``None``: no admin API
     admin_key: Secret | None = None
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     #: ``[tenants.NAME]``: limits and budgets a tenant's keys share, by tenant name (``tenant = "NAME"``)
     tenant_limits: Mapping[str, Limits] = field(default_factory=dict)
     #: ``[prices."PATTERN"]`` tables, in file order

@@ -30,8 +30,13 @@ from pydantic_core import PydanticCustomError
 from streamgw.config import (
     CONTROL_BACKENDS,
     ENV_NATIVE,
+    KEY_NAME_PATTERN,
+    LOG_FORMATS,
+    MAX_MODEL_PATTERN_LENGTH,
+    MAX_MODEL_PATTERNS,
     STORE_BACKENDS,
     STRATEGIES,
+    TENANT_PATTERN,
     ChatFlags,
     Config,
     ConfigError,
@@ -40,6 +45,7 @@ from streamgw.config import (
     FetchConfig,
     KeyPolicy,
     Limits,
+    LoggingConfig,
     MetricsConfig,
     Price,
     ProviderConfig,
@@ -50,7 +56,10 @@ from streamgw.config import (
     StaticKey,
     StoreConfig,
     Timeouts,
+    TracingConfig,
+    missing_otel,
     supported_types,
+    tenant_id,
 )
 
 __all__ = ["MAX_PROBLEMS", "ConfigFile", "build_config"]
@@ -69,9 +78,9 @@ def _plain_text(value: str) -> str:
 Text = Annotated[str, AfterValidator(_plain_text)]
 NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_plain_text)]
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_TENANT = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+_TENANT = TENANT_PATTERN
 _FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-_KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_KEY_NAME = KEY_NAME_PATTERN
 EnvName = Annotated[str, Field(min_length=1, pattern=_ENV_NAME)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -138,7 +147,7 @@ class AuthTable(_Table):
 NonNegativeNumber = Annotated[float, Field(ge=0)]
 _SHA256 = r"^[0-9a-f]{64}$"
 #: a model or route name pattern (``fnmatch``: ``*``, ``?``, ``[...]``)
-ModelPattern = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_plain_text)]
+ModelPattern = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_PATTERN_LENGTH), AfterValidator(_plain_text)]
 
 
 class LimitsTable(_Table):
@@ -166,8 +175,8 @@ class KeyTable(LimitsTable):
     key_env: EnvName | None = None
     key_sha256: Annotated[str, Field(pattern=_SHA256)] | None = None
     tenant: Tenant = ""
-    models: Annotated[list[ModelPattern], Field(max_length=256)] | None = None
-    model_limits: Annotated[dict[ModelPattern, LimitsTable], Field(max_length=256)] = {}
+    models: Annotated[list[ModelPattern], Field(max_length=MAX_MODEL_PATTERNS)] | None = None
+    model_limits: Annotated[dict[ModelPattern, LimitsTable], Field(max_length=MAX_MODEL_PATTERNS)] = {}
     expires: Annotated[datetime, AfterValidator(_aware)] | None = None
     disabled: bool = False
 
@@ -323,6 +332,28 @@ class MetricsTable(_Table):
     require_key: bool | None = None
 
 
+LogFormat = Literal["text", "json"]
+assert get_args(LogFormat) == LOG_FORMATS
+#: who ``[logging] bodies`` may name: a key by name, a tenant, or everyone
+_BODIES = r"^(\*|key:[A-Za-z0-9][A-Za-z0-9._:-]{0,127}|tenant:[A-Za-z0-9][A-Za-z0-9._:-]{0,63})$"
+
+
+class LoggingTable(_Table):
+    """``[logging]``."""
+
+    format: LogFormat | None = None
+    file: NonEmptyText | None = None
+    requests: bool | None = None
+    bodies: list[Annotated[str, Field(pattern=_BODIES)]] | None = None
+    body_max_chars: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+
+
+class TracingTable(_Table):
+    """``[tracing]``."""
+
+    enabled: bool | None = None
+
+
 class ConfigFile(_Table):
     """The whole TOML document."""
 
@@ -335,8 +366,10 @@ class ConfigFile(_Table):
     fetch: FetchTable = FetchTable()
     metrics: MetricsTable = MetricsTable()
     control: ControlTable = ControlTable()
+    logging: LoggingTable = LoggingTable()
     keys: Annotated[dict[Annotated[str, Field(pattern=_KEY_NAME)], KeyTable], Field(max_length=10_000)] = {}
     admin: AdminTable = AdminTable()
+    tracing: TracingTable = TracingTable()
     tenants: Annotated[dict[Annotated[str, Field(pattern=_TENANT)], LimitsTable], Field(max_length=10_000)] = {}
     prices: Annotated[dict[ModelPattern, PriceTable], Field(max_length=1000)] = {}
 
@@ -677,9 +710,8 @@ def _keys(document: ConfigFile, env: Mapping[str, str], auth_keys: Sequence[Secr
             problems.file(where, "repeats a key of [auth] keys or of another [keys] table")
             continue
         seen.add(digest)
-        tenant = f"t:{table.tenant}" if table.tenant else "key:" + digest.hex()[:24]
         policy = KeyPolicy(
-            name=name, tenant=tenant, models=tuple(table.models or ()), limits=_limits(table),
+            name=name, tenant=tenant_id(table.tenant, digest), models=tuple(table.models or ()), limits=_limits(table),
             model_limits=tuple((pattern, _limits(limits)) for pattern, limits in table.model_limits.items()),
         )
         expires = table.expires.timestamp() if table.expires is not None else None
@@ -909,6 +941,41 @@ def _store(table: StoreTable, environment: Environment, problems: Problems) -> S
     return store
 
 
+def _logging(table: LoggingTable, environment: Environment, problems: Problems) -> LoggingConfig:
+    """``[logging]``, then ``STREAMGW_LOG_FORMAT`` and ``STREAMGW_LOG_FILE``."""
+    values = _set(table)
+    if "bodies" in values:
+        values["bodies"] = tuple(values["bodies"])
+    log_format = environment.text("STREAMGW_LOG_FORMAT")
+    if log_format is not None:
+        if log_format in LOG_FORMATS:
+            values["format"] = log_format
+        else:
+            problems.env("STREAMGW_LOG_FORMAT", f"must be one of {', '.join(LOG_FORMATS)}, "
+                         f"got {json.dumps(log_format[:40])}")
+    log_file = environment.text("STREAMGW_LOG_FILE")
+    if log_file is not None:
+        values["file"] = log_file
+    return LoggingConfig(**values)
+
+
+def _tracing(table: TracingTable, environment: Environment, problems: Problems) -> TracingConfig:
+    """``[tracing]``, then ``STREAMGW_TRACING``; turned on without the ``otel`` extra installed is a problem."""
+    tracing = TracingConfig(**_set(table))
+    enabled = environment.flag("STREAMGW_TRACING")
+    if enabled is not None:
+        tracing = TracingConfig(enabled=enabled)
+    missing = missing_otel() if tracing.enabled else []
+    if missing:
+        message = (f"tracing needs the otel extra: pip install 'streamgw[otel]' ({', '.join(missing)} "
+                   "not installed)")
+        if enabled is not None:
+            problems.env("STREAMGW_TRACING", message)
+        else:
+            problems.file("[tracing] enabled", message)
+    return tracing
+
+
 def build_config(raw: Mapping[str, Any], env: Mapping[str, str], *, source: str | None) -> Config:
     """``Config`` from a parsed TOML document and the environment; ``ConfigError`` lists every problem.
 
@@ -946,12 +1013,14 @@ def build_config(raw: Mapping[str, Any], env: Mapping[str, str], *, source: str 
             RedisURL.parse(control.url)
         except ValueError:
             problems.file("[control] url", "must be a redis://[user:password@]host[:port][/db] URL")
+    logging = _logging(document.logging, environment, problems)
+    tracing = _tracing(document.tracing, environment, problems)
     tenant_limits = {name: _limits(table) for name, table in document.tenants.items()}
     prices = tuple(Price(pattern, table.input, table.cached_input, table.output)
                    for pattern, table in document.prices.items())
     problems.check()
     return Config(server=server, auth_keys=auth_keys, auth_tenants=auth_tenants, providers=providers,
                   timeouts=Timeouts(**_set(document.timeouts)), routes=routes, store=store, fetch=fetch,
-                  metrics=metrics, control=control, keys=keys, admin_key=admin_key, tenant_limits=tenant_limits,
-                  prices=prices)
+                  metrics=metrics, control=control, keys=keys, admin_key=admin_key, logging=logging,
+                  tracing=tracing, tenant_limits=tenant_limits, prices=prices)
 

@@ -106,14 +106,6 @@ class QuotaExceeded(LimitExceeded):
     stream_code = "insufficient_quota"
 
 
-class LimitsUnavailable(GatewayError):
-    """The shared control backend cannot be reached and ``[control] on_unavailable = "closed"``."""
-
-    status = 503
-    type = "provider_error"
-    default_code = "limits_unavailable"
-
-
 class UpstreamError(GatewayError):
     """The upstream failed: 5xx, overloaded, connection refused/reset, bad credential, malformed body."""
 
@@ -176,6 +168,14 @@ class ServerBusy(GatewayError):
     status = 503
     type = "server_error"
     default_code = "server_busy"
+
+
+class ControlUnavailable(GatewayError):
+    """The control backend (``[control]``: managed keys, limits, usage) did not answer in time: 503, retry shortly."""
+
+    status = 503
+    type = "server_error"
+    default_code = "control_unavailable"
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -17,6 +17,12 @@ process: its own signal handling, drain and exit.  It reads its assignment (conf
 descriptors) from stdin, and reports readiness by writing one byte to a pipe.  The supervisor
 keeps the worker's stdin open: when the supervisor dies, the worker sees end-of-file and drains.
 
+Metrics: the supervisor creates one directory per run (removed when it exits) and starts every
+worker with ``PROMETHEUS_MULTIPROC_DIR`` pointing there: prometheus_client's multiprocess mode,
+in which each worker's values live in memory-mapped files that ``/metrics`` sums, whichever
+worker answers.  Counters of a worker that died stay in the sum (they never go backwards); its
+gauges are dropped when the supervisor sees it exit.
+
 SIGTERM/SIGINT: the supervisor closes its own copy of the socket (so the port closes once the
 workers have closed theirs), forwards the signal to every worker, waits for them — SIGKILL after
 ``drain_timeout + graceful_timeout + 5`` seconds — and exits 0 if every worker exited 0.
@@ -32,11 +38,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -58,6 +66,8 @@ STABLE_AFTER = 60.0
 MAX_FAILED_STARTS = 5
 #: what the supervisor waits, beyond a worker's own hard deadline, before it sends SIGKILL
 KILL_MARGIN = 5.0
+#: prometheus_client's multiprocess mode: where every worker keeps its metric values
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _READY = b"R"
 _LENGTH = struct.Struct("!I")
 
@@ -106,9 +116,18 @@ class Supervisor:
         self._signal = signal.SIGTERM
         self._fatal: str | None = None
         self._sockets_open = True
+        #: the per-run directory of the workers' metric files (created by ``run``)
+        self.metrics_dir = ""
 
     async def run(self) -> int:
         """Supervise until stopped; the exit status (0: every worker drained and exited cleanly)."""
+        self.metrics_dir = tempfile.mkdtemp(prefix="streamgw-metrics-")
+        try:
+            return await self._run()
+        finally:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    async def _run(self) -> int:
         server = self._config.server
         log.info("streamgw listening on %s with %d workers (supervisor pid %d)",
                  ", ".join(addresses(self._sockets)), len(self._slots), os.getpid())
@@ -187,6 +206,7 @@ class Supervisor:
                 slot.ever_ready, slot.failed_starts = True, 0
                 log.info("worker %d (pid %d) is serving", slot.index, process.pid)
             returncode = await process.wait()
+            self._forget_metrics(process.pid)
             with trio.CancelScope(shield=True):
                 assert process.stdin is not None
                 await process.stdin.aclose()
@@ -201,6 +221,13 @@ class Supervisor:
                 return
             with trio.move_on_after(delay):
                 await self._stopping.wait()
+
+    def _forget_metrics(self, pid: int) -> None:
+        """A worker exited: its live gauges (streams in flight, ...) leave the sum, its counters stay."""
+        if self.metrics_dir:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
 
     def _restart_delay(self, slot: _Slot, pid: int, ready: bool, returncode: int, ran: float) -> float | None:
         """How long to wait before restarting a worker that exited unexpectedly; None: give up."""
@@ -229,8 +256,10 @@ class Supervisor:
         assignment = Assignment(slot.index, self._config, secure, insecure, ready_w, self._log_level)
         payload = pickle.dumps(assignment)
         try:
+            env = {**os.environ, MULTIPROC_ENV: self.metrics_dir} if self.metrics_dir else None
             process = await trio.lowlevel.open_process(
                 self._command, stdin=subprocess.PIPE, pass_fds=(ready_w, *secure, *insecure), process_group=0,
+                env=env,
             )
         except BaseException:
             os.close(ready_r)

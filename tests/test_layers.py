@@ -41,7 +41,7 @@ RANKS = {
     "providers": 3,
     "transport": 3,
     "store": 3,
-    "control": 3,  # shared limits, budgets and usage (uses store.resp for Redis)
+    "control": 3,  # managed keys, limits, usage: the shared state of [control]
     "engine": 4,
     "app": 5,
     "serving": 6,  # hypercorn, and the composition root (streamgw.serving.main)

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -30,42 +31,76 @@ def _name(requirement: str) -> str:
 
 RUNTIME = {_name(r): r for r in PYPROJECT["project"]["dependencies"]}
 TEST = {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["test"]}
+OTEL = {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["otel"]}
+#: ``opentelemetry`` is a namespace many distributions share: which one a module comes from (longest prefix)
+OTEL_PACKAGES = {"opentelemetry": "opentelemetry-api", "opentelemetry.sdk": "opentelemetry-sdk",
+                 "opentelemetry.exporter.otlp.proto.http": "opentelemetry-exporter-otlp-proto-http",
+                 "opentelemetry.proto": "opentelemetry-proto"}
+#: the one module that may import the ``otel`` extra (``[tracing] enabled`` imports it; nothing else does)
+OTEL_MODULE = "streamgw/app/tracing.py"
 #: test support shipped in the package: it may use what the test extra installs (pytest)
 TESTING = ROOT / "testing"
 
 
-def _imported_distributions(*, testing: bool = False) -> dict[str, str]:
-    """Each third-party distribution the streamgw modules import -> one module that imports it.
+def _imported_modules(*, testing: bool = False) -> Iterator[tuple[str, str]]:
+    """(module imported, importing file) for every absolute import of the streamgw modules.
 
     ``testing``: the modules of ``streamgw.testing`` only, else all the others.
     """
-    owners = metadata.packages_distributions()
-    found: dict[str, str] = {}
     for path in sorted(ROOT.rglob("*.py")):
         if path.is_relative_to(TESTING) != testing:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
-                tops = [alias.name.split(".")[0] for alias in node.names]
+                names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                tops = [node.module.split(".")[0]]
+                names = [node.module]
             else:
                 continue
-            for top in tops:
-                if top in sys.stdlib_module_names or top == "streamgw":
-                    continue
-                for distribution in owners.get(top, [top]):
-                    found.setdefault(distribution.lower().replace("_", "-"), str(path.relative_to(ROOT.parent)))
+            for name in names:
+                yield name, str(path.relative_to(ROOT.parent))
+
+
+def _otel_distribution(module: str) -> str:
+    return OTEL_PACKAGES[max((p for p in OTEL_PACKAGES if module == p or module.startswith(p + ".")), key=len)]
+
+
+def _imported_distributions(*, testing: bool = False) -> dict[str, str]:
+    """Each third-party distribution the streamgw modules import -> one module that imports it.
+
+    ``testing``: the modules of ``streamgw.testing`` only, else all the others.  The ``opentelemetry``
+    namespace is resolved by ``OTEL_PACKAGES``.
+    """
+    owners = metadata.packages_distributions()
+    found: dict[str, str] = {}
+    for name, where in _imported_modules(testing=testing):
+        top = name.split(".")[0]
+        if top in sys.stdlib_module_names or top == "streamgw":
+            continue
+        if top == "opentelemetry":
+            found.setdefault(_otel_distribution(name), where)
+            continue
+        for distribution in owners.get(top, [top]):
+            found.setdefault(distribution.lower().replace("_", "-"), where)
     return found
 
 
 def test_every_imported_library_is_a_declared_dependency() -> None:
     undeclared = {name: where for name, where in _imported_distributions().items()
-                  if name not in RUNTIME and PROVIDED_BY.get(name) not in RUNTIME}
+                  if name not in RUNTIME and PROVIDED_BY.get(name) not in RUNTIME
+                  and not (name in OTEL and where == OTEL_MODULE)}
     assert undeclared == {}
     undeclared = {name: where for name, where in _imported_distributions(testing=True).items()
                   if name not in RUNTIME and name not in TEST}
     assert undeclared == {}
+
+
+def test_only_the_tracing_module_imports_opentelemetry() -> None:
+    """The otel extra is optional: outside ``streamgw.testing`` one module imports it, and only when tracing is on."""
+    importers = {where for name, where in _imported_modules() if name.split(".")[0] == "opentelemetry"}
+    assert importers == {OTEL_MODULE}
+    assert {_otel_distribution(name) for name, where in _imported_modules() if where == OTEL_MODULE
+            and name.split(".")[0] == "opentelemetry"} <= OTEL
 
 
 def test_every_runtime_dependency_is_imported() -> None:

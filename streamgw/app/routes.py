@@ -14,11 +14,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
+from streamgw.app.admin import install_admin
 from streamgw.app.gateway import Gateway
 from streamgw.app.streaming import ResponsesEndpoint
 from streamgw.app.usage import install_usage_routes
 from streamgw.app.websocket import install_websocket
 from streamgw.config import Config
+from streamgw.core.tracecontext import parse_traceparent
 from streamgw.engine.lifecycle import Caller, request_id
 from streamgw.errors import (
     AuthenticationFailed,
@@ -69,6 +71,7 @@ def create_app(config: Config) -> QuartTrio:
     app.asgi_app = ResponsesFirst(app.asgi_app, ResponsesEndpoint(gw))  # type: ignore[method-assign,assignment]
     _install_hooks(app, gw)
     _install_routes(app, gw)
+    install_admin(app, gw)
     install_websocket(app, gw)
     return app
 
@@ -81,6 +84,8 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
         await app.nursery.start(gw.store.run)  # the store's writer task lives as long as the app serves
         await app.nursery.start(gw.usage.run)  # usage rows, written off the request path
         await app.nursery.start(gw.limiter.run)  # refreshes the leases of streams in flight
+        if gw.managed is not None:
+            await app.nursery.start(gw.managed.run)  # keeps this worker's cached managed keys fresh
         gw.ready = True
 
     @app.after_serving
@@ -91,20 +96,39 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
         with trio.move_on_after(gw.config.control.timeout * 2):
             await gw.usage.flush()
         await gw.control.aclose()
+        gw.request_log.close()
+        if gw.managed is not None:
+            await gw.managed.aclose()
+        if gw.tracing is not None:  # the spans still queued are exported before the process exits
+            await trio.to_thread.run_sync(gw.tracing.shutdown, abandon_on_cancel=True)
 
     @app.before_request
     async def _before() -> None:
+        g.started = trio.current_time()
         g.request_id = request_id(request.headers.get("x-request-id"))
         if request.path.startswith("/v1/"):
-            g.caller = gw.authenticate(request.headers.get("authorization"))
+            g.caller = await gw.authenticate(request.headers.get("authorization"))
 
     @app.before_websocket
     async def _before_websocket() -> None:
+        g.started = trio.current_time()
         g.request_id = request_id(websocket.headers.get("x-request-id"))
 
     @app.after_request
     async def _after(response: Response) -> Response:
-        response.headers["x-request-id"] = g.get("request_id") or request_id(None)
+        rid = response.headers["x-request-id"] = g.get("request_id") or request_id(None)
+        started = g.get("started")
+        now = trio.current_time()
+        caller: Caller | None = g.get("caller")
+        key = caller.key if caller is not None else None
+        trace = parse_traceparent(request.headers.get("traceparent"))
+        gw.request_log.route(
+            request_id=rid, method=request.method, path=request.path, status=response.status_code,
+            started=now if started is None else started, ended=now, http_version=request.http_version,
+            key=key.name if key is not None else None,
+            tenant=(key.tenant if key is not None else caller.tenant or None) if caller is not None else None,
+            trace_id=trace.trace_id if trace is not None else None, bytes_out=response.content_length,
+        )
         return response
 
     @app.errorhandler(GatewayError)
@@ -150,12 +174,12 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        data = [_model(mid, owner) for mid, owner in gw.router.listed_models()]
+        data = [_model(mid, owner) for mid, owner in gw.router.listed_models(_allowed())]
         return json_response({"object": "list", "data": data})
 
     @app.get("/v1/models/<path:model_id>")
     async def get_model(model_id: str) -> Response:
-        for mid, owner in gw.router.listed_models():
+        for mid, owner in gw.router.listed_models(_allowed()):
             if mid == model_id:
                 return json_response(_model(mid, owner))
         raise NotFound(f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
@@ -179,7 +203,7 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         # ``[metrics] require_key``: a gateway key is needed (none configured: nobody gets in).
-        keyed = not gw.open_access and gw.authorised(request.headers.get("authorization"))
+        keyed = not gw.open_access and await gw.authorised(request.headers.get("authorization"))
         if gw.config.metrics.require_key and not keyed:
             raise AuthenticationFailed("GET /metrics needs a gateway API key (use Authorization: Bearer <key>).",
                                        headers={"www-authenticate": "Bearer"})
@@ -189,6 +213,12 @@ def _install_routes(app: QuartTrio, gw: Gateway) -> None:
 def _model(model_id: str, owner: str) -> dict[str, Any]:
     """One entry of ``/v1/models`` (the OpenAI model object)."""
     return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
+
+
+def _allowed() -> tuple[str, ...]:
+    """The model patterns the request's key may use (``()``: every model)."""
+    caller: Caller = g.caller
+    return caller.key.models if caller.key is not None else ()
 
 
 def _tenant() -> str:

@@ -30,7 +30,7 @@ from streamgw.core.emitter import Event
 from streamgw.core.request import ResponsesRequest, parse_request
 from streamgw.core.sse import encode_comment, encode_event
 from streamgw.core.tracecontext import parse_traceparent
-from streamgw.engine.lifecycle import LiveResponse, open_response, request_id
+from streamgw.engine.lifecycle import LiveResponse, RequestEntry, open_response, request_id
 from streamgw.errors import GatewayError, PayloadTooLarge, RequestTimeout, ServerBusy
 
 if TYPE_CHECKING:
@@ -100,12 +100,14 @@ class _Exchange:
     the same time: ``busy`` marks a send in progress and the other side waits for it.
     """
 
-    __slots__ = ("_send", "_waiter", "busy", "committed", "ended", "gone", "headers", "last_write", "request_id",
-                 "status")
+    __slots__ = ("_send", "_waiter", "busy", "committed", "ended", "entry", "gone", "headers", "last_write",
+                 "request_id", "sent", "status")
 
     def __init__(self, send: Send, request_id: str) -> None:
         self._send = send
         self.request_id = request_id
+        self.entry: RequestEntry | None = None  # the request-log entry, once the lifecycle has one
+        self.sent = 0  # body bytes written
         self.committed = False  # the response start went out
         self.ended = False  # the last body message went out
         self.status = 0
@@ -140,6 +142,7 @@ class _Exchange:
         try:
             if not self.committed:
                 await self._start(200, _SSE_RAW)
+            self._count(len(data))  # before: hypercorn may end the exchange (a cancel) as the last bytes go
             await self._send({"type": "http.response.body", "body": data, "more_body": more})
         finally:
             self._release()
@@ -154,13 +157,21 @@ class _Exchange:
         self.busy = True
         try:
             await self._start(status, [_JSON_TYPE, (b"content-length", str(len(body)).encode()), *headers])
+            self._count(len(body))
             await self._send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             self._release()
 
+    def _count(self, size: int) -> None:
+        self.sent += size
+        if self.entry is not None:
+            self.entry.bytes_out += size
+
     async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.committed = True
         self.status = status
+        if self.entry is not None:
+            self.entry.committed = True  # an error from now on ends the stream with response.failed
         extra = [(k.encode(), v.encode()) for k, v in self.headers.items()]
         await self._send({"type": "http.response.start", "status": status,
                           "headers": [*headers, *extra, (b"x-request-id", self.request_id.encode())]})
@@ -183,29 +194,40 @@ class ResponsesEndpoint:
         trace = parse_traceparent(_header(scope, b"traceparent"))
         live: LiveResponse | None = None
         try:
-            caller = gw.authenticate(_header(scope, b"authorization"))
+            caller = await gw.authenticate(_header(scope, b"authorization"))
         except GatewayError as error:
-            gw.responses.refused("sse", exchange.request_id, error, trace=trace)
-            await _render(exchange, error, None)
+            try:
+                await _render(exchange, error, None)
+            finally:
+                gw.responses.refused("sse", exchange.request_id, error, trace=trace, started=started,
+                                     http_version=str(scope.get("http_version", "")), bytes_out=exchange.sent)
             return
         try:
             req = await self._request(scope, receive)
         except _ClientGone:
             return
         except GatewayError as error:
-            gw.responses.refused("sse", exchange.request_id, error, caller, trace=trace)
-            if gw.responses.admission and caller.key is not None:
-                exchange.headers = await gw.responses.headers(caller)
-            await _render(exchange, error, None)
+            try:
+                if gw.responses.admission and caller.key is not None:
+                    exchange.headers = await gw.responses.headers(caller)
+                await _render(exchange, error, None)
+            finally:
+                gw.responses.refused("sse", exchange.request_id, error, caller, trace=trace, started=started,
+                                     http_version=str(scope.get("http_version", "")), bytes_out=exchange.sent)
             return
         live = open_response(gw.responses, caller, req, door="sse" if req.stream else "json",
                              request_id=exchange.request_id, started=started, trace=trace)
+        live.entry.http_version = str(scope.get("http_version", ""))
+        live.hold = True  # logged once the error below is written too
+        exchange.entry = live.entry
         exchange.headers = live.headers  # filled by admission (or, for a refusal before it, when the block ends)
         try:
             await self._serve(live, exchange, receive)
         except GatewayError as error:  # the lifecycle mapped everything else to internal_error
             if not exchange.gone:
                 await _render(exchange, error, live)
+        finally:
+            live.release()
 
     async def _request(self, scope: Scope, receive: Receive) -> ResponsesRequest:
         """Read and parse the body within the worker's ``BodyBudget``.
@@ -244,8 +266,11 @@ class ResponsesEndpoint:
 def _writer(exchange: _Exchange, live: LiveResponse) -> Callable[[list[Any]], Awaitable[None]]:
     """The SSE sink: each batch as one write; the batch with the terminal event ends the body."""
 
+    entry = live.entry
+
     async def deliver(events: list[Any]) -> None:
         await exchange.write(encode_events(events), more=not live.done)
+        entry.wrote(exchange.last_write)
 
     return deliver
 

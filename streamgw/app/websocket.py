@@ -9,7 +9,9 @@ after ``data:`` goes out as one text frame.  Differences from SSE, all from the 
 
 * auth is checked on the upgrade request: a bad key gets an HTTP 401 with the JSON error
   envelope and the connection is never upgraded; the key's tenant is the connection's, and
-  ``previous_response_id`` and ``item_reference`` reach only that tenant's stored responses;
+  ``previous_response_id`` and ``item_reference`` reach only that tenant's stored responses.
+  The key is checked again for every ``response.create`` (from this worker's memory): once it
+  is disabled, deleted or expired, each one gets the 401 as an error frame;
 * what would be an HTTP error before the first byte (bad input, unknown model, upstream
   4xx/5xx before the first delta, ...) is an error frame
   ``{"type":"error","status":N,"error":{"type","code","message","param"}}`` and the
@@ -129,10 +131,13 @@ class ResponseSocket:
     """One accepted WebSocket-mode connection: reads frames, runs one response at a time."""
 
     def __init__(self, gw: Gateway, ws: Websocket, caller: Caller, request_id: str,
-                 trace: TraceParent | None = None) -> None:
+                 trace: TraceParent | None = None, http_version: str = "") -> None:
         self._gw = gw
+        self._http_version = http_version  # of the handshake: for the request log
         self._ws = ws
-        self._caller = caller  # authenticated once, on the upgrade: the connection's caller (and tenant)
+        self._caller = caller  # authenticated on the upgrade: the connection's caller (and tenant)
+        #: checked again for every response.create: a key disabled, deleted or expired meanwhile stops here too
+        self._authorization = ws.headers.get("authorization")
         self._request_id = request_id
         self._trace = trace  # the handshake's traceparent: every response of the connection joins that trace
         self._max_age = gw.config.server.websocket_max_age
@@ -169,8 +174,12 @@ class ResponseSocket:
                     raise ResponseInFlight("A response is already in flight on this connection: wait for its "
                                            "terminal event before sending the next response.create.")
             except InvalidRequest as error:
-                self._gw.responses.refused("websocket", self._request_id, error, self._caller, self._trace)
-                await self.send_error(error)
+                sent = 0
+                try:
+                    sent = await self.send_error(error)
+                finally:
+                    self._gw.responses.refused("websocket", self._request_id, error, self._caller, self._trace,
+                                               started=started, http_version=self._http_version, bytes_out=sent)
                 continue
             if self._expired:
                 continue  # the limit error frame and the close follow at once
@@ -180,26 +189,44 @@ class ResponseSocket:
 
     async def _respond(self, request: ResponsesRequest, started: float) -> None:
         """One ``response.create``: the lifecycle runs it, this sink sends frames."""
+        try:  # a cached key costs no round trip; its policy (limits, models) may have changed since the upgrade
+            self._caller = await self._gw.authenticate(self._authorization)
+        except GatewayError as error:
+            self._release()
+            sent = 0
+            try:
+                sent = await self.send_error(error)
+            finally:
+                self._gw.responses.refused("websocket", self._request_id, error, self._caller, self._trace,
+                                           started=started, http_version=self._http_version, bytes_out=sent)
+            return
         live = open_response(self._gw.responses, self._caller, request, door="websocket",
                              request_id=self._request_id, started=started, local=self._last, trace=self._trace)
+        entry = live.entry
+        entry.http_version = self._http_version
+        live.hold = True  # logged once the error below is sent too
         try:
             async with live:
                 await live.stream(self._frames(live))
         except GatewayError as error:  # the lifecycle mapped everything else to internal_error
             self._release()  # before the frame: a client may retry as soon as it reads it
             if live.run is None:
-                await self.send_error(error)  # before commit: an error frame, the connection stays open
+                entry.bytes_out += await self.send_error(error)  # before commit: the connection stays open
             elif not live.done:
-                await self.send_events(live.failure_events(error))
+                entry.bytes_out += await self.send_events(live.failure_events(error))
         finally:
             self._release()
+            live.release()
 
     def _frames(self, live: LiveResponse) -> Callable[[list[Any]], Awaitable[None]]:
+        entry = live.entry
+
         async def deliver(events: list[Any]) -> None:
             if live.done:  # the terminal event is in this batch: kept and released before it goes
                 self._last = {(record := live.record()).id: record}
                 self._release()
-            await self.send_events(events)
+            entry.bytes_out += await self.send_events(events)
+            entry.wrote(trio.current_time())
 
         return deliver
 
@@ -231,23 +258,33 @@ class ResponseSocket:
             await self._ws.close(1001, "the gateway is shutting down")
         scope.cancel()
 
-    async def send_events(self, events: Sequence[Event | RelayedEvent]) -> None:
-        """Each event as one text frame, in order."""
+    async def send_events(self, events: Sequence[Event | RelayedEvent]) -> int:
+        """Each event as one text frame, in order; the number of payload bytes sent."""
         ws = self._ws
+        sent = 0
         async with self._send_lock:
             for event in events:
-                await ws.send(event_text(event))
+                text = event_text(event)
+                await ws.send(text)
+                sent += len(text) if text.isascii() else len(text.encode())
+        return sent
 
-    async def send_error(self, error: GatewayError) -> None:
-        """One error frame."""
+    async def send_error(self, error: GatewayError) -> int:
+        """One error frame; its payload bytes."""
+        text = error_frame(error)
         async with self._send_lock:
-            await self._ws.send(error_frame(error))
+            await self._ws.send(text)
+        return len(text.encode())
 
 
-def _rejection(error: GatewayError, rid: str) -> Response:
+def _rejection(gw: Gateway, error: GatewayError, rid: str, trace: TraceParent | None, http_version: str) -> Response:
     body = json.dumps(error.envelope(), separators=(",", ":"), ensure_ascii=False)
-    return Response(body, status=error.status, content_type="application/json",
-                    headers={"www-authenticate": "Bearer", "x-request-id": rid})
+    gw.responses.refused("websocket", rid, error, trace=trace, started=g.get("started"), http_version=http_version,
+                         bytes_out=len(body.encode()))
+    headers = {**error.headers, "x-request-id": rid}
+    if isinstance(error, AuthenticationFailed):
+        headers["www-authenticate"] = "Bearer"
+    return Response(body, status=error.status, content_type="application/json", headers=headers)
 
 
 def install_websocket(app: QuartTrio, gw: Gateway) -> None:
@@ -257,12 +294,14 @@ def install_websocket(app: QuartTrio, gw: Gateway) -> None:
     async def responses_websocket() -> Response | None:
         ws = websocket_ctx.websocket
         rid: str = g.request_id
+        trace = parse_traceparent(ws.headers.get("traceparent"))
+        http_version = str(ws.http_version)
         try:
-            caller = gw.authenticate(ws.headers.get("authorization"))
-        except AuthenticationFailed as error:
+            caller = await gw.authenticate(ws.headers.get("authorization"))
+        except GatewayError as error:  # a bad key (401), or the key store down (503)
             # Returned before accepting: Quart sends it as the handshake's HTTP answer.
-            return _rejection(error, rid)
+            return _rejection(gw, error, rid, trace, http_version)
         limits = await gw.responses.headers(caller) if gw.responses.admission else {}
         await ws.accept({**limits, "x-request-id": rid})  # the key's rate-limit state, as at any answer
-        await ResponseSocket(gw, ws, caller, rid, parse_traceparent(ws.headers.get("traceparent"))).serve()
+        await ResponseSocket(gw, ws, caller, rid, trace, http_version).serve()
         return None

@@ -1,7 +1,9 @@
-"""Shared control state: rate limits, budgets and usage (``[control]``), below the engine.
+"""The control plane's shared state (``[control]``): managed keys, and the limits, budgets and usage of keys.
 
-``open_control`` picks the backend ``Config.control_backend`` names; ``UsageWriter`` is the
-background writer of usage rows.  The limiter that builds checks from a caller's key lives in
+It lives in one backend that every worker and instance shares (``Config.control_backend``): an
+SQLite file for the workers of one machine, Redis across machines, or memory for one process.
+``open_control`` picks the limits-and-usage backend; ``UsageWriter`` (``streamgw.control.usage``) is the
+background writer of usage rows; the limiter that builds checks from a caller's key lives in
 ``streamgw.engine.limits``.
 """
 
@@ -13,7 +15,7 @@ from streamgw.control.memory import MemoryControl
 
 
 def open_control(config: Config) -> ControlBackend:
-    """The backend of ``config`` (nothing is connected or created yet: that happens on first use)."""
+    """The limits-and-usage backend of ``config`` (nothing is connected or created yet: that happens on first use)."""
     backend, where, prefix = config.control_backend()
     timeout = config.control.timeout
     if backend == "redis":

@@ -29,6 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+#: what every backend raises when it cannot be reached or answered badly (within ``[control] timeout``): the
+#: same 503 ``control_unavailable`` the managed keys raise, so a caller that does not catch it answers 503
+from streamgw.errors import ControlUnavailable
+
 #: the rate window, seconds
 WINDOW = 60.0
 #: floating-point slack when comparing times
@@ -41,10 +45,6 @@ USAGE_COUNTERS = ("requests", "completed", "incomplete", "failed", "input_tokens
                   "output_tokens", "reasoning_tokens", "cost_usd")
 
 UsageKey = tuple[str, str, str, str, str, str]
-
-
-class ControlUnavailable(Exception):
-    """The control backend could not be reached or answered badly (within ``[control] timeout``)."""
 
 
 @dataclass(frozen=True, slots=True)

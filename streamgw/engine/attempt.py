@@ -21,6 +21,7 @@ import trio
 from streamgw.config import RouteConfig, Timeouts
 from streamgw.core.deltas import Delta, UpstreamFailure, Usage
 from streamgw.core.request import ResponsesRequest
+from streamgw.core.tracecontext import TraceParent, new_span_id
 from streamgw.engine.drain import Drain
 from streamgw.engine.health import Endpoint, Health
 from streamgw.engine.routing import Plan, Target
@@ -65,6 +66,8 @@ class AttemptRecord:
     outcome: str = ""
     #: the HTTP status its error maps to (0: it did not fail)
     status: int = 0
+    #: the attempt's span id, named by the upstream request's ``traceparent`` ("": tracing is off)
+    span_id: str = ""
 
     def end(self, outcome: str, status: int = 0) -> None:
         """Record how the attempt ended, once (the first outcome is kept)."""
@@ -143,11 +146,13 @@ async def _first_batch(source: DeltaSource, deadline: float, first_token: float)
 
 async def open_attempt(
     request: ResponsesRequest, target: Target, ctx: EngineContext, route: RouteConfig | None,
-    log: list[AttemptRecord] | None = None, kind: str = "first",
+    log: list[AttemptRecord] | None = None, kind: str = "first", trace: TraceParent | None = None,
 ) -> Opened:
     """One upstream attempt up to its first delta; the endpoint's health is updated either way.
 
-    With ``log``, the attempt appends its ``AttemptRecord`` there as it starts.
+    With ``log``, the attempt appends its ``AttemptRecord`` there as it starts.  With ``trace``
+    (tracing is on) the attempt gets a span id of its own, and the upstream request a
+    ``traceparent`` naming it.
     """
     timeouts = timeouts_for(ctx, target, route)
     endpoint = ctx.health.pick(target.provider)
@@ -156,11 +161,16 @@ async def open_attempt(
     record = AttemptRecord(target.provider.name, target.model, now, kind)
     if log is not None:
         log.append(record)
+    traceparent = None
+    if trace is not None:
+        record.span_id = new_span_id()
+        traceparent = trace.header(record.span_id)
     deadline = now + (timeouts.first_token or math.inf)
     endpoint.in_flight += 1
     try:
         source = await open_source(request, provider, target.model, clients=ctx.clients, dialects=ctx.dialects,
-                                   secrets=ctx.secrets, timeouts=timeouts, deadline=deadline)
+                                   secrets=ctx.secrets, timeouts=timeouts, deadline=deadline,
+                                   traceparent=traceparent)
         record.headers_at = trio.current_time()
         try:
             first = await _first_batch(source, deadline, timeouts.first_token)
@@ -236,18 +246,19 @@ def _least_in_flight_first(drawn: list[Target], ctx: EngineContext) -> list[Targ
 
 
 async def open_plan(request: ResponsesRequest, plan: Plan, ctx: EngineContext, deadline: float,
-                    log: list[AttemptRecord] | None = None) -> Opened:
+                    log: list[AttemptRecord] | None = None, trace: TraceParent | None = None) -> Opened:
     """Run the plan's strategy until an attempt produced its first delta, or raise the last error.
 
-    ``log`` receives one ``AttemptRecord`` per attempt, in the order they started.
+    ``log`` receives one ``AttemptRecord`` per attempt, in the order they started; ``trace``
+    (tracing on) is what each attempt's upstream ``traceparent`` continues.
     """
     route = plan.route
     if route is None:
-        return await open_attempt(request, plan.targets[0], ctx, None, log)
+        return await open_attempt(request, plan.targets[0], ctx, None, log, trace=trace)
     targets = _ordered(plan, ctx)
     if route.strategy == "hedge":
-        return await _hedge(request, targets, route, ctx, deadline, log)
-    return await _fallback(request, targets, route, ctx, deadline, log)
+        return await _hedge(request, targets, route, ctx, deadline, log, trace)
+    return await _fallback(request, targets, route, ctx, deadline, log, trace)
 
 
 def _budget(route: RouteConfig, targets: int) -> int:
@@ -256,7 +267,7 @@ def _budget(route: RouteConfig, targets: int) -> int:
 
 async def _fallback(
     request: ResponsesRequest, targets: list[Target], route: RouteConfig, ctx: EngineContext, deadline: float,
-    log: list[AttemptRecord] | None = None,
+    log: list[AttemptRecord] | None = None, trace: TraceParent | None = None,
 ) -> Opened:
     budget = _budget(route, len(targets))
     attempts = 0
@@ -268,7 +279,7 @@ async def _fallback(
             kind = "first" if attempts == 0 else "retry" if retry else "fallback"
             attempts += 1
             try:
-                opened = await open_attempt(request, target, ctx, route, log, kind)
+                opened = await open_attempt(request, target, ctx, route, log, kind, trace)
             except GatewayError as error:
                 last = error
                 if not may_fall_back(error):
@@ -294,7 +305,7 @@ def _exhausted(route: RouteConfig, attempts: int, last: GatewayError | None) -> 
 
 async def _hedge(
     request: ResponsesRequest, targets: list[Target], route: RouteConfig, ctx: EngineContext, deadline: float,
-    log: list[AttemptRecord] | None = None,
+    log: list[AttemptRecord] | None = None, trace: TraceParent | None = None,
 ) -> Opened:
     """Start attempts ``hedge_delay`` apart (or at once after a failure); the first delta wins."""
     send, receive = trio.open_memory_channel[Opened | GatewayError](math.inf)
@@ -306,7 +317,7 @@ async def _hedge(
 
     async def attempt(target: Target, kind: str) -> None:
         try:
-            result: Opened | GatewayError = await open_attempt(request, target, ctx, route, log, kind)
+            result: Opened | GatewayError = await open_attempt(request, target, ctx, route, log, kind, trace)
         except GatewayError as error:
             result = error
         send.send_nowait(result)

@@ -34,9 +34,12 @@ class Endpoint:
 class Health:
     """All endpoints' state, shared by every request of one gateway process."""
 
-    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(self, clock: Callable[[], float] = trio.current_time,
+                 on_cooldown: Callable[[str], None] | None = None) -> None:
+        """``on_cooldown``: called with the provider's name each time one of its keys enters a cooldown."""
         self._clock = clock
         self._endpoints: dict[str, list[Endpoint]] = {}
+        self._on_cooldown = on_cooldown
 
     def endpoints(self, provider: ProviderConfig) -> list[Endpoint]:
         """The endpoints (keys) of ``provider``, created on first use."""
@@ -72,7 +75,10 @@ class Health:
         """The endpoint failed; after ``threshold`` in a row it cools down for ``seconds``."""
         endpoint.failures += 1
         if threshold and endpoint.failures >= threshold:
-            endpoint.cooled_until = self._clock() + seconds
+            now = self._clock()
+            if not endpoint.cooling(now) and self._on_cooldown is not None:
+                self._on_cooldown(endpoint.provider)
+            endpoint.cooled_until = now + seconds
 
     def with_key(self, provider: ProviderConfig, endpoint: Endpoint) -> ProviderConfig:
         """``provider`` set to send ``endpoint``'s key."""

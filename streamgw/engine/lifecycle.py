@@ -37,13 +37,14 @@ import trio
 from streamgw.config import KeyPolicy, Timeouts
 from streamgw.core.emitter import ResponseEmitter
 from streamgw.core.request import ResponsesRequest, echo_fields
-from streamgw.core.tracecontext import TraceParent
+from streamgw.core.tracecontext import TraceParent, new_span_id
 from streamgw.engine.attempt import AttemptRecord, EngineContext
 from streamgw.engine.recording import Recorder
 from streamgw.engine.routing import Plan, Router
 from streamgw.engine.run import ResponseRun
 from streamgw.errors import GatewayError, internal_error
 from streamgw.store.base import StoredResponse
+from streamgw.store.calls import StoreCall
 from streamgw.store.chain import Expansion, expand, record_for
 from streamgw.store.service import StoreService
 
@@ -141,13 +142,55 @@ class RequestEntry:
     usage: dict[str, Any] | None = None
     #: bytes written to the client for this response (the door counts them; 0: not counted)
     bytes_out: int = 0
-    #: the client's W3C trace context (``traceparent``), ``None`` when it sent none (or a malformed one)
+    #: the client's W3C trace context (``traceparent``), ``None`` when it sent none (or a malformed one);
+    #: with tracing on, the trace the request belongs to (a new one, ``parent_id`` "", when the client sent none)
     trace: TraceParent | None = None
+    #: the route asked for ("": a plain model or ``provider/model``)
+    route: str = ""
+    #: the HTTP version of the client's connection, from the ASGI scope ("1.1", "2"; "": not known)
+    http_version: str = ""
+    #: the response's id (``resp_...``) once it ran ("": none)
+    response_id: str = ""
+    #: the door sent its 200 before the run opened (an SSE keepalive): an error then ends the
+    #: stream with ``response.failed``, the client's status stays 200
+    committed: bool = False
+    #: the door's first write of events to the client, and the longest pause between two writes
+    #: of events (the door sets both; ``None`` / 0: not written, or not counted)
+    first_write_at: float | None = None
+    max_gap: float = 0.0
+    #: the request and the final response object, kept only until the observers saw the entry
+    #: (the request log reads their text when an operator opted in to bodies)
+    request: ResponsesRequest | None = None
+    response: dict[str, Any] | None = None
+    _last_write: float | None = field(default=None, init=False, repr=False)
+    #: tracing on: this request's (server) span id, and its store calls; "" and ``None`` with tracing off
+    span_id: str = ""
+    store_calls: list[StoreCall] | None = None
 
     @property
     def client_left(self) -> bool:
-        """The client went away before the response ended (it never saw its terminal event)."""
-        return self.first_delta_at is not None and not self.finished and self.error is None
+        """The client went away before the response ended (it never saw its terminal event).
+
+        Meaningful once the request ended: no terminal event and no error means the work was cancelled.
+        """
+        return self.ended_at is not None and not self.finished and self.error is None
+
+    def wrote(self, now: float) -> None:
+        """The door wrote a batch of events at ``now`` (``trio.current_time``): first write and longest gap."""
+        last = self._last_write
+        if last is None:
+            self.first_write_at = now
+        elif now - last > self.max_gap:
+            self.max_gap = now - last
+        self._last_write = now
+
+
+class TraceStarter(Protocol):
+    """Tracing (``streamgw.app.tracing``), as the lifecycle sees it: where a request's trace begins."""
+
+    def start(self, trace: TraceParent | None) -> TraceParent:
+        """The trace a request joins: the client's, or a new one; ``sampled`` is the sampler's decision."""
+        ...
 
 
 class RequestObserver(Protocol):
@@ -162,23 +205,6 @@ class RequestObserver(Protocol):
         ...
 
 
-class Observers:
-    """Several ``RequestObserver``s as one (metrics, usage, ...), called in order."""
-
-    __slots__ = ("observers",)
-
-    def __init__(self, *observers: RequestObserver) -> None:
-        self.observers = observers
-
-    def opened(self, entry: RequestEntry) -> None:
-        for observer in self.observers:
-            observer.opened(entry)
-
-    def ended(self, entry: RequestEntry) -> None:
-        for observer in self.observers:
-            observer.ended(entry)
-
-
 @dataclass(slots=True)
 class Responses:
     """What every response shares: the composition the lifecycle runs on."""
@@ -191,6 +217,8 @@ class Responses:
     sole_tenant: bool = True
     #: checked in order before any upstream is contacted
     admission: Sequence[AdmissionRule] = field(default_factory=tuple)
+    #: tracing (``None``: off, and then no trace id, span id or store-call timing is made per request)
+    tracing: TraceStarter | None = None
 
     async def headers(self, caller: Caller, model: str = "") -> dict[str, str]:
         """What an answer to ``caller`` carries outside an admitted request (every rule's ``headers``)."""
@@ -200,11 +228,13 @@ class Responses:
         return merged
 
     def refused(self, door: str, request_id: str, error: GatewayError, caller: Caller | None = None,
-                trace: TraceParent | None = None) -> None:
+                trace: TraceParent | None = None, *, started: float | None = None, http_version: str = "",
+                bytes_out: int = 0) -> None:
         """Log a request refused before it reached the lifecycle (bad key, bad body)."""
-        entry = RequestEntry(request_id, door, caller, trio.current_time(), status=error.status, error=error,
-                             trace=trace)
-        entry.ended_at = entry.started
+        now = trio.current_time()
+        entry = RequestEntry(request_id, door, caller, now if started is None else started, status=error.status,
+                             error=error, trace=trace, http_version=http_version, bytes_out=bytes_out)
+        entry.ended_at = now
         self.observer.ended(entry)
 
 
@@ -242,8 +272,14 @@ class LiveResponse:
         self.caller = caller
         self.request = request
         self.entry = RequestEntry(request_id, door, caller, trio.current_time() if started is None else started,
-                                  streamed=request.stream, model=request.model, trace=trace)
+                                  streamed=request.stream, model=request.model, trace=trace, request=request)
         self._local = local
+        #: what the upstream ``traceparent`` continues (``None``: tracing is off)
+        self._trace: TraceParent | None = None
+        if responses.tracing is not None:
+            self._trace = self.entry.trace = responses.tracing.start(trace)
+            self.entry.span_id = new_span_id()
+            self.entry.store_calls = []
         self.run: ResponseRun | None = None
         self.expansion: Expansion | None = None
         self._recorder: Recorder | None = None
@@ -255,12 +291,19 @@ class LiveResponse:
         self._admitting = False  # admission started (its refusal carries its own headers)
         #: the SSE keepalive interval (0: off): known as soon as the route is, the winner's once open
         self.keepalive = 0.0
-        try:  # resolved now, so a sink knows the keepalive before it enters
-            self.plan = plan = responses.router.plan(request.model, request.provider)
+        #: set by a door that renders errors after the block: the observers then see the entry at
+        #: ``release`` (so that the error's bytes and time count), not when the block ends
+        self.hold = False
+        self._exited = False
+        self._notified = False
+        allowed = caller.key.models if caller.key is not None else ()
+        try:  # resolved now, so a sink knows the keepalive before it enters; a key's allowed models apply
+            self.plan = plan = responses.router.plan_for(request.model, request.provider, allowed)
         except GatewayError as error:
             self._refused = error
         else:
             self.entry.label = plan.targets[0].provider.name if plan.route is None else plan.route.name
+            self.entry.route = "" if plan.route is None else plan.route.name
             if request.stream:
                 self.keepalive = keepalive_of(plan, responses.engine.timeouts)
 
@@ -299,7 +342,7 @@ class LiveResponse:
         responses, request, plan = self.responses, self.request, self.plan
         # previous_response_id, item_reference: once, for all, and only ever the tenant's own responses
         self.expansion = await expand(request, plan, responses.store, self._local, tenant=self.caller.tenant,
-                                      sole_tenant=responses.sole_tenant)
+                                      sole_tenant=responses.sole_tenant, calls=self.entry.store_calls)
         self.request = request = self.expansion.request
         self._admitting = True
         for rule in responses.admission:
@@ -308,9 +351,9 @@ class LiveResponse:
                 self._admissions.append(admission)
                 self.headers.update(admission.headers)
         if request.store and responses.store.enabled:
-            self._recorder = Recorder(responses.store, self.expansion)
+            self._recorder = Recorder(responses.store, self.expansion, self.entry.store_calls)
         self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started,
-                                                attempts=self.entry.attempts)
+                                                attempts=self.entry.attempts, trace=self._trace)
         self.keepalive = run.opened.timeouts.keepalive if request.stream else 0.0
         self.entry.label = self.entry.provider = run.provider
         self.entry.upstream_model = run.opened.target.model
@@ -383,7 +426,9 @@ class LiveResponse:
                 log.exception("unexpected error in a %s response", entry.door, exc_info=exc)
                 exc = internal_error()
             entry.error = exc
-            if run is None or not entry.streamed:  # no 200 went out: the client gets this status
+            if entry.committed:  # a keepalive sent the 200: the client gets response.failed
+                entry.status = 200
+            elif run is None or not entry.streamed:  # no 200 went out: the client gets this status
                 entry.status = exc.status
         if run is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
@@ -396,7 +441,10 @@ class LiveResponse:
                 entry.terminal = str(response.get("status") or "")
             usage = response.get("usage")
             entry.usage = usage if isinstance(usage, dict) else None
-        entry.ended_at = trio.current_time()
+            entry.response_id = str(response.get("id") or "")
+            entry.response = response
+        if entry.error is not None and entry.status == 200 and entry.streamed and not entry.terminal:
+            entry.terminal = "failed"  # the door ends the stream it committed to with response.failed
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
             for admission in self._admissions:  # slots released, tokens and cost counted
                 try:
@@ -405,7 +453,28 @@ class LiveResponse:
                     log.exception("settling an admission failed")
             if isinstance(exc, GatewayError) and not self._admitting and self.responses.admission:
                 self.headers = await self.responses.headers(self.caller, self.request.model)
-        self.responses.observer.ended(entry)
+        self._exited = True
+        if not self.hold:
+            self._notify()
+
+    def release(self) -> None:
+        """With ``hold``: the door has written its last byte (an error it rendered after the block): the
+        observers see the entry now.  Call it in a ``finally``; it does nothing before the block ended
+        or the second time."""
+        self.hold = False
+        if self._exited:
+            self._notify()
+
+    def _notify(self) -> None:
+        entry = self.entry
+        if self._notified:
+            return
+        self._notified = True
+        entry.ended_at = trio.current_time()
+        try:
+            self.responses.observer.ended(entry)
+        finally:
+            entry.request = entry.response = None  # the entry may outlive the response (a test keeps it)
 
 
 def open_response(responses: Responses, caller: Caller, request: ResponsesRequest, *, door: str, request_id: str,
@@ -428,10 +497,10 @@ __all__ = [
     "AdmissionRule",
     "Caller",
     "LiveResponse",
-    "Observers",
     "RequestEntry",
     "RequestObserver",
     "Responses",
+    "TraceStarter",
     "failure_events",
     "keepalive_of",
     "open_response",

@@ -26,7 +26,7 @@ Refused: 429 ``rate_limit_error`` with ``rate_limit_exceeded`` (rates, streams) 
 
 Backend unreachable: ``[control] on_unavailable = "open"`` admits (without headers), counts
 ``streamgw_control_unavailable_total`` and warns at most every 30 s; ``"closed"`` answers 503
-``limits_unavailable``.
+``control_unavailable``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from streamgw.control.base import Charge, Check, ControlBackend, ControlUnavaila
 from streamgw.core.request import ResponsesRequest
 from streamgw.engine.lifecycle import Caller, RequestEntry
 from streamgw.engine.routing import Plan
-from streamgw.errors import LimitExceeded, LimitsUnavailable, QuotaExceeded
+from streamgw.errors import LimitExceeded, QuotaExceeded
 
 log = logging.getLogger("streamgw.control")
 
@@ -291,8 +291,8 @@ class Limiter:
                 log.warning("limits backend unavailable (%s): %s", "refusing" if self.fail_closed else "admitting",
                             exc)
             if refuse and self.fail_closed:
-                raise LimitsUnavailable("Rate limits cannot be checked right now; retry shortly.",
-                                        headers={"retry-after": "1"}) from exc
+                raise ControlUnavailable("Rate limits cannot be checked right now; retry shortly.",
+                                         headers={"retry-after": "1"}) from exc
             return None
         finally:
             self._observe(op, time.perf_counter() - started)

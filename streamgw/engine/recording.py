@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from streamgw.engine.run import ResponseRun
+from streamgw.store.calls import StoreCall
 from streamgw.store.chain import Expansion, record_for
 from streamgw.store.service import StoreService
 
@@ -31,11 +32,14 @@ def _abandoned(response: dict[str, Any]) -> dict[str, Any]:
 class Recorder:
     """Submits the records of one response to the store service."""
 
-    def __init__(self, service: StoreService, expansion: Expansion) -> None:
+    def __init__(self, service: StoreService, expansion: Expansion, calls: list[StoreCall] | None = None) -> None:
+        """``calls`` (tracing): receives the final record's write, timed (with ``confirm_writes``: until written)."""
         self._service = service
         self._expansion = expansion
         self._created_at = time.time()
         self._finished = False
+        self._calls = calls
+        self._write: StoreCall | None = None
 
     async def started(self, run: ResponseRun) -> None:
         """A stream starts: store its snapshot (``in_progress``, no output yet), or the end if it is already over."""
@@ -50,8 +54,10 @@ class Recorder:
         self.finished(run)
         config = self._service.config
         if config.confirm_writes:
-            with trio.move_on_after(config.timeout):
+            with trio.move_on_after(config.timeout) as waited:
                 await self._service.wait_written(str(run.emitter.response["id"]))
+            if self._write is not None:
+                self._write.end("timeout" if waited.cancelled_caught else "written")
 
     def finished(self, run: ResponseRun) -> None:
         """The response ended (or was abandoned): store its final object, once."""
@@ -59,7 +65,12 @@ class Recorder:
             return
         self._finished = True
         response = run.emitter.response if run.done else _abandoned(run.emitter.response)
+        if self._calls is not None:
+            self._write = StoreCall("write", trio.current_time())
+            self._calls.append(self._write)
         self._submit(response, run)
+        if self._write is not None and not self._service.config.confirm_writes:
+            self._write.end("queued")
 
     def _submit(self, response: dict[str, Any], run: ResponseRun) -> None:
         provider = run.opened.target.provider

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from streamgw.config import Config, ProviderConfig, RouteConfig
-from streamgw.errors import InvalidRequest, NotFound
+from streamgw.errors import GatewayError, InvalidRequest, NotFound
 from streamgw.providers.registry import local_providers
 
 
@@ -65,15 +67,43 @@ class Router:
                 if not rest:
                     raise InvalidRequest("model id after the provider name is empty", param="model")
                 return Target(provider, rest)
-        raise NotFound(
-            f"model {model!r} is not routed by this gateway: use \"provider/model\" or a route "
-            f"(providers: {', '.join(sorted(self._providers))}; routes: {', '.join(sorted(self._routes)) or 'none'})",
-            param="model",
-            code="model_not_found",
-        )
+        raise self.unknown(model)
 
-    def listed_models(self) -> list[tuple[str, str]]:
-        """``(id, owner)`` for ``GET /v1/models``."""
+    def unknown(self, model: str, *, listing: bool = True) -> NotFound:
+        """The 404 of a model that is not routed; ``listing``: it names the providers and routes there are."""
+        routes = ", ".join(sorted(self._routes)) or "none"
+        where = (f"(providers: {', '.join(sorted(self._providers))}; routes: {routes})" if listing
+                 else "(GET /v1/models lists the models this key may use)")
+        return NotFound(f"model {model!r} is not routed by this gateway: use \"provider/model\" or a route {where}",
+                        param="model", code="model_not_found")
+
+    def plan_for(self, model: str, hint: str | None, allowed: Sequence[str]) -> Plan:
+        """``plan``, for a key that may use only the models matching the patterns ``allowed`` (``()``: all).
+
+        A model outside them is refused with the very 404 of a model that does not exist, and so is
+        any name that matches none of them: the answer never tells a key what exists beyond its reach.
+        The names checked are what the client asked for (a route's name, a configured model's bare
+        name, ``provider/model``; with a ``provider`` hint, ``hint/model``) and, for a single
+        target, the ``provider/model`` it resolved to.
+        """
+        if not allowed:
+            return self.plan(model, hint)
+        asked = [model] if hint is None else [f"{hint}/{model.removeprefix(hint + '/')}"]
+        try:
+            plan = self.plan(model, hint)
+        except GatewayError:
+            if _matches(allowed, asked):
+                raise
+            raise self.unknown(model, listing=False) from None
+        if plan.route is None:
+            target = plan.targets[0]
+            asked.append(f"{target.provider.name}/{target.model}")
+        if not _matches(allowed, asked):
+            raise self.unknown(model, listing=False)
+        return plan
+
+    def listed_models(self, allowed: Sequence[str] = ()) -> list[tuple[str, str]]:
+        """``(id, owner)`` for ``GET /v1/models``: only those a key whose patterns are ``allowed`` may use."""
         out: list[tuple[str, str]] = []
         for provider in self._providers.values():
             local = local_providers().get(provider.type)
@@ -81,4 +111,18 @@ class Router:
                 out.append((f"{provider.name}/{local.listed_model}", provider.name))
             out += [(f"{provider.name}/{m}", provider.name) for m in provider.models]
         out += [(name, "route") for name in self._routes]
-        return out
+        if not allowed:
+            return out
+        return [(mid, owner) for mid, owner in out if _matches(allowed, self._names_of(mid, owner))]
+
+    def _names_of(self, listed: str, owner: str) -> list[str]:
+        """The names a listed model may be asked by: its id, and its bare name when that routes to it."""
+        if owner == "route":
+            return [listed]
+        bare = listed.removeprefix(owner + "/")
+        routed = self._bare.get(bare)
+        return [listed, bare] if routed is not None and routed.name == owner and bare not in self._routes else [listed]
+
+
+def _matches(patterns: Sequence[str], names: Sequence[str]) -> bool:
+    return any(fnmatchcase(name, pattern) for pattern in patterns for name in names)

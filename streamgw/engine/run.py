@@ -22,6 +22,7 @@ import trio
 from streamgw.core.emitter import Emitter, EmitterFactory, ResponseEmitter
 from streamgw.core.relay import RelayEmitter
 from streamgw.core.request import ResponsesRequest, echo_fields
+from streamgw.core.tracecontext import TraceParent
 from streamgw.engine.attempt import AttemptRecord, EngineContext, Opened, open_plan
 from streamgw.engine.drain import Drain, GatewayShuttingDown
 from streamgw.engine.routing import Plan
@@ -73,11 +74,12 @@ class ResponseRun:
     @classmethod
     async def open(
         cls, request: ResponsesRequest, plan: Plan, ctx: EngineContext, *, started_at: float | None = None,
-        attempts: list[AttemptRecord] | None = None,
+        attempts: list[AttemptRecord] | None = None, trace: TraceParent | None = None,
     ) -> ResponseRun:
         """Run ``plan`` until an attempt produced its first delta; raise ``GatewayError`` if none did.
 
-        ``attempts`` receives an ``AttemptRecord`` for every upstream attempt.
+        ``attempts`` receives an ``AttemptRecord`` for every upstream attempt; with ``trace``
+        (tracing on) each upstream request carries a ``traceparent`` naming its attempt.
         """
         started = trio.current_time() if started_at is None else started_at
         total = ctx.timeouts.merged(plan.route.timeouts if plan.route else ()).total
@@ -86,7 +88,7 @@ class ResponseRun:
         with trio.move_on_at(deadline) as scope:
             drain.watch(scope)
             try:
-                opened = await open_plan(request, plan, ctx, deadline, attempts)
+                opened = await open_plan(request, plan, ctx, deadline, attempts, trace)
             finally:
                 drain.unwatch(scope)
             try:

@@ -166,8 +166,12 @@ async def open_source(
     secrets: Sequence[str],
     timeouts: Timeouts,
     deadline: float,
+    traceparent: str | None = None,
 ) -> DeltaSource:
-    """Connect to ``provider`` and return its source once it answered 2xx (by ``deadline``)."""
+    """Connect to ``provider`` and return its source once it answered 2xx (by ``deadline``).
+
+    ``traceparent`` (tracing on): sent upstream as that header, in place of any configured one.
+    """
     local = local_providers().get(provider.type)
     if local is not None:
         return ScriptSource(local.script(request), *local.pacing(provider))
@@ -179,6 +183,8 @@ async def open_source(
         if dialect.needs_image_bytes:
             assets = await clients.fetcher().fetch(remote_images(request))
         upstream = dialect.build_request(request, provider, model, assets)
+        if traceparent is not None:
+            upstream.headers["traceparent"] = traceparent
         response = await open_stream(clients.get(provider, timeouts), upstream, dialect, provider.name, secrets)
         return HttpSource(response, dialect.new_translator(request, provider, secrets), secrets)
     raise UpstreamTimeout(

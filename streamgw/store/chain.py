@@ -27,6 +27,7 @@ import dataclasses
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from streamgw.config import ProviderConfig
@@ -34,6 +35,7 @@ from streamgw.core.blobs import PREFIX as BLOB_PREFIX
 from streamgw.core.request import ResponsesRequest
 from streamgw.errors import InvalidRequest, NotFound
 from streamgw.store.base import CLIENT, MINTED, StoredResponse
+from streamgw.store.calls import StoreCall, timed
 from streamgw.store.service import StoreService
 
 __all__ = ["Expansion", "Plan", "expand", "native_input", "record_for"]
@@ -96,9 +98,10 @@ def _not_found(response_id: str) -> NotFound:
                     code="previous_response_not_found")
 
 
-async def _previous(service: StoreService, response_id: str, tenant: str) -> StoredResponse:
+async def _previous(service: StoreService, response_id: str, tenant: str,
+                    calls: list[StoreCall] | None = None) -> StoredResponse:
     """``tenant``'s stored previous response, or the 404/400 that says why it cannot be continued."""
-    record = await service.get(response_id, tenant)
+    record = await timed(calls, "get", partial(service.get, response_id, tenant))
     param = "previous_response_id"
     if record is None:
         raise _not_found(response_id)
@@ -111,7 +114,8 @@ async def _previous(service: StoreService, response_id: str, tenant: str) -> Sto
     return record
 
 
-async def _resolved(service: StoreService, request: ResponsesRequest, tenant: str) -> tuple[list[Item], list[str]]:
+async def _resolved(service: StoreService, request: ResponsesRequest, tenant: str,
+                    calls: list[StoreCall] | None = None) -> tuple[list[Item], list[str]]:
     """The request's own input with every ``item_reference`` replaced by the ``tenant``'s item it names."""
     items: list[Item] = []
     origins: list[str] = []
@@ -120,7 +124,7 @@ async def _resolved(service: StoreService, request: ResponsesRequest, tenant: st
             items.append(item)
             origins.append(CLIENT)
             continue
-        found = await service.item(str(item["id"]), tenant)
+        found = await timed(calls, "item", partial(service.item, str(item["id"]), tenant))
         if found is None:
             raise NotFound(f"Item with id '{item['id']}' not found.", param=f"input[{index}].id",
                            code="item_not_found")
@@ -172,7 +176,7 @@ def _forwardable(plan: Plan) -> bool:
 
 async def expand(request: ResponsesRequest, plan: Plan, service: StoreService,
                  local: Mapping[str, StoredResponse] | None = None, *, tenant: str,
-                 sole_tenant: bool = False) -> Expansion:
+                 sole_tenant: bool = False, calls: list[StoreCall] | None = None) -> Expansion:
     """Expand ``previous_response_id`` and ``item_reference`` items for ``plan``, as ``tenant`` sees the store.
 
     ``local`` is a source of responses consulted before the store (a WebSocket connection's
@@ -185,7 +189,7 @@ async def expand(request: ResponsesRequest, plan: Plan, service: StoreService,
 
     Raises ``NotFound`` (param ``previous_response_id`` or ``input[i].id``), ``InvalidRequest``
     when the previous response is still in progress or the store is disabled, and
-    ``StoreUnavailable`` when the store cannot be read.
+    ``StoreUnavailable`` when the store cannot be read.  ``calls`` (tracing) receives each lookup, timed.
     """
     chained = request.previous_response_id is not None
     references = any(item.get("type") == "item_reference" for item in request.input)
@@ -203,14 +207,14 @@ async def expand(request: ResponsesRequest, plan: Plan, service: StoreService,
         return Expansion(request, tuple(items), tuple(origins), tuple(new_ids), tenant)
     previous = held
     if previous is None and request.previous_response_id is not None:
-        previous = await _previous(service, request.previous_response_id, tenant)
+        previous = await _previous(service, request.previous_response_id, tenant, calls)
     prefix: list[Item] = []
     prefix_origins: list[str] = []
     if previous is not None:
         prefix = [*previous.input_items, *previous.output]
         prefix_origins = [*previous.origins, *[previous.provider] * len(previous.output)]
     if service.enabled:
-        own, own_origins = await _resolved(service, request, tenant)
+        own, own_origins = await _resolved(service, request, tenant, calls)
     else:  # only a forwardable plan gets here with references: its upstream resolves them
         own, own_origins = list(request.input), [CLIENT] * len(request.input)
     items, origins = [*prefix, *own], [*prefix_origins, *own_origins]

@@ -70,6 +70,8 @@ class StoreMetrics(Protocol):
     def store_writable(self) -> Gauge: ...
     @property
     def store_write_seconds(self) -> Histogram: ...
+    @property
+    def store_seconds(self) -> Histogram: ...  # labelled by op
 
 _BATCH = 64  # records per backend write at most
 _WARN_EVERY = 30.0  # seconds between two warnings of the same kind
@@ -294,7 +296,9 @@ class StoreService:
         finally:
             self._write_started = None
             self._in_flight.difference_update(r.id for r in records)
-        self._metrics.store_write_seconds.observe(trio.current_time() - started)
+        took = trio.current_time() - started
+        self._metrics.store_write_seconds.observe(took)
+        self._metrics.store_seconds.labels("write").observe(took)
         for record in records:
             await self._after_write(record)
 
@@ -486,13 +490,20 @@ class StoreService:
 
     @contextmanager
     def _bounded(self, what: str) -> Iterator[None]:
-        """At most ``[store] timeout`` for one store operation, whatever the backend: then ``StoreUnavailable``."""
+        """At most ``[store] timeout`` for one store operation, whatever the backend: then ``StoreUnavailable``.
+
+        The time it took goes to ``streamgw_store_seconds{op}`` (``check`` for a health check).
+        """
         timeout = self.config.timeout
+        started = trio.current_time()
         try:
             with trio.fail_after(timeout):
                 yield
         except trio.TooSlowError:
             raise StoreUnavailable(f"response store {what} took longer than {timeout:g} s ([store] timeout)") from None
+        finally:
+            self._metrics.store_seconds.labels("check" if what == "health check" else what).observe(
+                trio.current_time() - started)
 
     def _drop(self, count: int, reason: str) -> None:
         """Count records whose content was not written."""

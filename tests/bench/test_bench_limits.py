@@ -1,4 +1,4 @@
-"""Scenario 9 (``--compare-limits``): limits on (SQLite, Redis) vs off, briefly, against real gateways."""
+"""Scenario 11 (``--compare-limits``): limits on (SQLite, Redis) vs off, briefly, against real gateways."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from .test_bench_http2 import _ShortRuns
 
 def test_limits_flag() -> None:
     parse = _parser().parse_args
-    assert selected_scenarios(parse(["--compare-limits"])) == (*DEFAULT_SCENARIOS, 9)
-    assert planned_steps(Settings(repeats=2), (9,)) == 6
+    assert selected_scenarios(parse(["--compare-limits"])) == (*DEFAULT_SCENARIOS, 11)
+    assert planned_steps(Settings(repeats=2), (11,)) == 6
 
 
 def test_compare_limits_against_real_gateways(tmp_path: Path) -> None:
@@ -35,4 +35,4 @@ def test_compare_limits_against_real_gateways(tmp_path: Path) -> None:
         assert "concurrent_streams = 100000" in (tmp_path / f"gateway-limits-{name}.toml").read_text()
     assert (tmp_path / "limits.db").exists()  # the SQLite gateway really used its control file
     text = "\n".join(_scenario_md("limits", scenario))
-    assert "## 9. Limits on vs off" in text and "**sqlite: throughput" in text
+    assert "## 11. Limits on vs off" in text and "**sqlite: throughput" in text

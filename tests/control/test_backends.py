@@ -1,8 +1,10 @@
-"""One suite for every control backend (memory, SQLite, a real redis-server): the same checks, the same answers."""
+"""One suite for every limits backend (memory, SQLite, a real redis-server): the same checks, the same answers.
+
+The redis-server is the session's (``conftest.redis_url``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +15,6 @@ from streamgw.control.memory import MemoryControl
 from streamgw.control.redis import RedisControl
 from streamgw.control.sqlite import SQLiteControl
 from streamgw.testing.process import free_port
-from streamgw.testing.redis_server import require_redis, running_redis
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    require_redis()
-    with running_redis() as url:
-        yield url
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])

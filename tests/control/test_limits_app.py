@@ -183,7 +183,7 @@ async def test_a_control_backend_that_is_down(mode: str) -> None:
         if mode == "open":
             assert answer.status_code == 200 and "x-ratelimit-limit-requests" not in answer.headers
         else:
-            assert answer.status_code == 503 and answer.json()["error"]["code"] == "limits_unavailable"
+            assert answer.status_code == 503 and answer.json()["error"]["code"] == "control_unavailable"
         free = await client.post("/v1/responses", json=BODY, headers=auth("free"))
         assert free.status_code == 200  # a key without limits never asks the backend
         metrics = (await client.get("/metrics")).text

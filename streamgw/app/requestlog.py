@@ -1,0 +1,249 @@
+"""The request log: one line per request, written when the request ends (never per event).
+
+``RequestLog`` is a ``RequestObserver`` of the response lifecycle (every ``POST /v1/responses``
+and WebSocket ``response.create``, including those refused before the lifecycle: 401, 400,
+413, 503) and also logs every other HTTP route with fewer fields (``route``).  A line is built
+from the ``RequestEntry`` once, then written with one ``os.write`` of the whole line to a file
+descriptor opened with ``O_APPEND`` (or stderr): the workers of ``--workers N`` share one file
+and the kernel appends each line whole, and the event loop waits for at most that one
+``write()`` — no buffering, no thread, no queue that could lose lines at exit.
+
+Field names are stable (README "Observability").  Times are milliseconds; ``time`` is when
+the line was written (UTC).  Bodies are never logged unless ``[logging] bodies`` names the
+caller's key or tenant; then the request's input text and the response's output text, each
+redacted like an upstream error message (configured secrets and key-shaped text) and capped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from streamgw.app.metrics import added_seconds, outcome, usage_tokens
+from streamgw.config import LoggingConfig
+from streamgw.engine.lifecycle import RequestEntry
+from streamgw.errors import redact
+
+__all__ = ["LineSink", "RequestLog", "entry_fields", "format_line"]
+
+_ASCII_CONTROL = {i: None for i in (*range(0x20), 0x7F) if i not in (0x09,)}
+
+
+class LineSink:
+    """Whole lines to a file descriptor: one ``os.write`` each (``O_APPEND`` for a file)."""
+
+    __slots__ = ("_fd", "_own", "path")
+
+    def __init__(self, path: str = "") -> None:
+        """``path``: "" for stderr, else a file opened (created ``0o640``) for appending."""
+        self.path = path
+        if path:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._own = True
+        else:
+            self._fd = sys.stderr.fileno()
+            self._own = False
+
+    def write(self, line: str) -> None:
+        """Write ``line`` and a newline; a short write (a full pipe) writes the rest, an error drops the line."""
+        data = (line + "\n").encode("utf-8", "replace")
+        try:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except OSError:
+            pass  # a full disk must not fail the request it describes
+
+    def close(self) -> None:
+        if self._own:
+            self._own = False
+            os.close(self._fd)
+
+
+def _ms(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start) * 1000.0, 1)
+
+
+def entry_fields(entry: RequestEntry, wall: float, pid: int) -> dict[str, Any]:
+    """The log record of one lifecycle request (see README "Observability" for each field)."""
+    caller = entry.caller
+    key = caller.key if caller is not None else None
+    tenant = key.tenant if key is not None else (caller.tenant if caller is not None else "")
+    ttfe = None if entry.first_write_at is None else entry.first_write_at - entry.started
+    added = added_seconds(entry)
+    tin, tout, tcached, treasoning = usage_tokens(entry.usage) if entry.usage else (None, None, None, None)
+    terminal, code = outcome(entry)
+    started = entry.started
+    return {
+        "time": _iso(wall),
+        "request_id": entry.request_id,
+        "kind": "response",
+        "door": entry.door,
+        "http": entry.http_version or None,
+        "key": key.name if key is not None else None,
+        "tenant": tenant or None,
+        "model": entry.model or None,
+        "route": entry.route or None,
+        "provider": entry.provider or None,
+        "upstream_model": entry.upstream_model or None,
+        "status": entry.status,
+        "terminal": terminal,
+        "error_code": code or None,
+        "attempts": [{
+            "provider": a.provider, "model": a.model, "kind": a.kind, "outcome": a.outcome or None,
+            "status": a.status or None, "start_ms": _ms(started, a.started),
+            "headers_ms": _ms(a.started, a.headers_at), "first_delta_ms": _ms(a.started, a.first_delta_at),
+            "duration_ms": _ms(a.started, a.ended),
+        } for a in entry.attempts],
+        "ttfe_ms": None if ttfe is None else round(ttfe * 1000.0, 1),
+        "added_ttfe_ms": None if added is None else round(added * 1000.0, 1),
+        "max_gap_ms": round(entry.max_gap * 1000.0, 1) if entry.first_write_at is not None else None,
+        "duration_ms": _ms(started, entry.ended_at),
+        "tokens_in": tin,
+        "tokens_out": tout,
+        "tokens_cached": tcached,
+        "tokens_reasoning": treasoning,
+        "bytes_out": entry.bytes_out,
+        "client_left": entry.client_left,
+        "trace_id": entry.trace.trace_id if entry.trace is not None else None,
+        "response_id": entry.response_id or None,
+        "worker": pid,
+    }
+
+
+def _iso(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
+
+
+def format_line(fields: dict[str, Any], fmt: str) -> str:
+    """One line: a compact JSON object, or ``time key=value ...`` text (``None`` values left out)."""
+    if fmt == "json":
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    parts = [str(fields.get("time", ""))]
+    for name, value in fields.items():
+        if name == "time" or value is None or value == []:
+            continue
+        if name == "attempts":
+            value = ",".join(_attempt_text(a) for a in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        text = str(value)
+        if not text or any(c in text for c in ' "=\\') or not text.isprintable():
+            text = json.dumps(text, ensure_ascii=False)
+        parts.append(f"{name}={text}")
+    return " ".join(parts)
+
+
+def _attempt_text(a: dict[str, Any]) -> str:
+    times = "/".join("-" if a[k] is None else f"{a[k]:g}" for k in ("headers_ms", "first_delta_ms", "duration_ms"))
+    return f"{a['provider']}:{a['kind']}:{a['outcome'] or 'running'}:{times}"
+
+
+def _input_text(entry: RequestEntry) -> str:
+    request = entry.request
+    if request is None:
+        return ""
+    parts: list[str] = []
+    if request.instructions:
+        parts.append(request.instructions)
+    for item in request.input:
+        _texts(item.get("content"), parts)
+        if isinstance(item.get("output"), str):
+            parts.append(item["output"])
+    return "\n".join(parts)
+
+
+def _output_text(entry: RequestEntry) -> str:
+    response = entry.response
+    parts: list[str] = []
+    if response is not None:
+        for item in response.get("output") or ():
+            if isinstance(item, dict):
+                _texts(item.get("content"), parts)
+                if isinstance(item.get("arguments"), str):
+                    parts.append(item["arguments"])
+    return "\n".join(parts)
+
+
+def _texts(content: Any, parts: list[str]) -> None:
+    if isinstance(content, str):
+        parts.append(content)
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text", part.get("refusal"))
+                if isinstance(text, str):
+                    parts.append(text)
+
+
+class RequestLog:
+    """The ``RequestObserver`` that writes the request log (and ``route`` for every other HTTP route)."""
+
+    def __init__(self, config: LoggingConfig, secrets: Sequence[str] = (), sink: LineSink | None = None) -> None:
+        self.config = config
+        self.enabled = config.requests
+        self.format = config.format
+        self._secrets = tuple(secrets)
+        self._bodies = frozenset(config.bodies)
+        self._sink = sink if sink is not None or not self.enabled else LineSink(config.file)
+        self._pid = os.getpid()
+
+    def opened(self, entry: RequestEntry) -> None:
+        """Nothing: the line is written once, when the request ends."""
+
+    def ended(self, entry: RequestEntry) -> None:
+        """Write the entry's line."""
+        if self._sink is None:
+            return
+        fields = entry_fields(entry, time.time(), self._pid)
+        if self._bodies and self._wants_bodies(entry):
+            cap = self.config.body_max_chars
+            fields["input"] = self._clean(_input_text(entry), cap)
+            fields["output"] = self._clean(_output_text(entry), cap)
+        self._sink.write(format_line(fields, self.format))
+
+    def route(self, *, request_id: str, method: str, path: str, status: int, started: float, ended: float,
+              http_version: str = "", key: str | None = None, tenant: str | None = None,
+              trace_id: str | None = None, bytes_out: int | None = None) -> None:
+        """A line for a request outside the lifecycle (``GET /v1/responses/{id}``, ``/v1/models``, ``/metrics``...)."""
+        if self._sink is None:
+            return
+        fields: dict[str, Any] = {
+            "time": _iso(time.time()), "request_id": request_id, "kind": "http", "door": "http",
+            "http": http_version or None, "method": method, "path": path[:256].translate(_ASCII_CONTROL),
+            "key": key, "tenant": tenant, "status": status, "duration_ms": _ms(started, ended),
+            "bytes_out": bytes_out, "trace_id": trace_id, "worker": self._pid,
+        }
+        self._sink.write(format_line(fields, self.format))
+
+    def _wants_bodies(self, entry: RequestEntry) -> bool:
+        bodies = self._bodies
+        if "*" in bodies:
+            return True
+        caller = entry.caller
+        if caller is None:
+            return False
+        key = caller.key
+        if key is not None and (f"key:{key.name}" in bodies or f"tenant:{key.tenant}" in bodies):
+            return True
+        tenant = caller.tenant  # an [auth] key's explicit tenant is "t:NAME"
+        return tenant.startswith("t:") and f"tenant:{tenant[2:]}" in bodies
+
+    def _clean(self, text: str, cap: int) -> str:
+        if not cap:
+            return ""
+        text = redact(text, self._secrets)  # the whole text: a cut first could leave half a secret
+        if not text.isascii():
+            text = text.encode("utf-8", "replace").decode()
+        return text if len(text) <= cap else text[:cap] + "…"
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+
