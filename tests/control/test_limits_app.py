@@ -207,3 +207,18 @@ async def test_a_stream_slot_is_released_when_the_client_leaves() -> None:
                 break
             await trio.sleep(0.05)
         assert answer.status_code == 200, json.dumps(answer.json())
+
+
+async def test_a_managed_key_is_limited_like_a_static_one() -> None:
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    async with running_gateway(config()) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        made = await client.post("/admin/keys", headers=admin, json={"name": "runtime", "requests_per_minute": 1,
+                                                                    "tokens_per_day": 100000})
+        assert made.status_code == 201, made.text
+        key = {"authorization": f"Bearer {made.json()['secret']}"}
+        first = await client.post("/v1/responses", json=BODY, headers=key)
+        assert first.status_code == 200 and first.headers["x-ratelimit-limit-requests"] == "1"
+        second = await client.post("/v1/responses", json=BODY, headers=key)
+        assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limit_exceeded"
+        usage = (await client.get("/admin/usage", params={"key": "runtime"}, headers=admin)).json()
+        assert usage["totals"]["requests"] == 2 and usage["totals"]["completed"] == 1
