@@ -1,12 +1,13 @@
-"""Added time to first event: gateway vs. calling the mock upstream directly, interleaved, concurrency 1.
+"""Added time to first event: gateway vs. the bare proxy vs. the mock upstream directly, interleaved, c=1.
 
     python bench/ttfe.py [--requests 300] [--tokens 20] [--store sqlite|memory|none]
 
-Starts the Chat Completions mock and the gateway (hypercorn, trio worker) as real processes on
-127.0.0.1, then alternates one direct request and one gateway request, each on its own keep-alive
-connection. Direct: time to the mock's first content chunk. Gateway: time to the first SSE event
-(the gateway sends ``response.created`` together with the first translated delta). Reports medians
-and p99 of both and of the paired difference.
+Starts the Chat Completions mock, the gateway (hypercorn, trio worker) and the bare trio + h11
+pass-through proxy (``bench.bareproxy``, the floor for this stack) as real processes on 127.0.0.1,
+then alternates one direct, one bare-proxy and one gateway request, each on its own keep-alive
+connection. Direct and bare: time to the mock's first content chunk. Gateway: time to the first SSE
+event (the gateway sends ``response.created`` together with the first translated delta). Reports
+medians and p99 of each, and of the paired differences against the direct request (``added``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +25,18 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgw.testing.process import start_gateway, start_mock, stop_process
+
+
+def start_bare(mock_port: int) -> tuple[subprocess.Popen[str], int]:
+    """The bare proxy in front of the mock, as a process; its port."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}"],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    if len(line) != 2 or line[0] != "LISTENING":
+        proc.kill()
+        raise RuntimeError(f"bare proxy did not start: {line}")
+    return proc, int(line[1])
 
 
 def first_event_time(client: httpx.Client, url: str, body: dict[str, object], marker: bytes) -> float:
@@ -56,32 +70,44 @@ def main() -> None:
         config.write_text(f'[store]\nbackend = "{args.store}"\npath = "{Path(tmp) / "gw.db"}"\n\n'
                           f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
         gw_proc, gw_url = start_gateway(config, Path(tmp) / "gw.log")
+        bare_proc, bare_port = start_bare(mock_port)
         try:
-            run(args, mock_port, gw_url)
+            run(args, mock_port, gw_url, bare_port)
         finally:
+            stop_process(bare_proc)
             stop_process(gw_proc)
             stop_process(mock_proc)
 
 
-def run(args: argparse.Namespace, mock_port: int, gw_url: str) -> None:
+def run(args: argparse.Namespace, mock_port: int, gw_url: str, bare_port: int) -> None:
     model = f"text:tokens={args.tokens}"
     direct_body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     gw_body = {"model": f"mock/{model}", "input": "hi", "stream": True}
     direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
-    with httpx.Client(timeout=30) as direct_client, httpx.Client(timeout=30) as gw_client:
-        for _ in range(20):  # warm up both paths and their connection pools
-            first_event_time(direct_client, direct_url, direct_body, b'"content":"tok')
+    bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
+    chunk = b'"content":"tok'
+    with httpx.Client(timeout=30) as direct_client, httpx.Client(timeout=30) as gw_client, \
+            httpx.Client(timeout=30) as bare_client:
+        for _ in range(20):  # warm up every path and its connection pools
+            first_event_time(direct_client, direct_url, direct_body, chunk)
+            first_event_time(bare_client, bare_url, direct_body, chunk)
             first_event_time(gw_client, gw_url + "/v1/responses", gw_body, b"event: ")
-        direct, gateway = [], []
+        direct, bare, gateway = [], [], []
         for _ in range(args.requests):
-            direct.append(first_event_time(direct_client, direct_url, direct_body, b'"content":"tok'))
+            direct.append(first_event_time(direct_client, direct_url, direct_body, chunk))
+            bare.append(first_event_time(bare_client, bare_url, direct_body, chunk))
             gateway.append(first_event_time(gw_client, gw_url + "/v1/responses", gw_body, b"event: "))
-    added = [g - d for g, d in zip(gateway, direct, strict=True)]
+
+    def ms(values: list[float]) -> dict[str, float]:
+        return {"p50": round(statistics.median(values) * 1e3, 3), "p99": round(percentile(values, 0.99) * 1e3, 3)}
+
     report = {
         "requests": args.requests,
-        "direct_ms": {"p50": statistics.median(direct) * 1e3, "p99": percentile(direct, 0.99) * 1e3},
-        "gateway_ms": {"p50": statistics.median(gateway) * 1e3, "p99": percentile(gateway, 0.99) * 1e3},
-        "added_ms": {"p50": statistics.median(added) * 1e3, "p99": percentile(added, 0.99) * 1e3},
+        "direct_ms": ms(direct),
+        "bare_ms": ms(bare),
+        "gateway_ms": ms(gateway),
+        "added_ms": ms([g - d for g, d in zip(gateway, direct, strict=True)]),
+        "bare_added_ms": ms([b - d for b, d in zip(bare, direct, strict=True)]),
     }
     print(json.dumps(report, indent=2))
 
