@@ -359,6 +359,8 @@ class LoggingConfig:
     input and response output text are logged too (``"key:NAME"``, ``"tenant:NAME"``, ``"*"``);
     nobody's by default.  ``body_max_chars`` caps each of the two texts.  ``requests = false``
     turns the request log off (the gateway's own warnings and errors still go to stderr).
+    ``phases``: each line also has ``phases_ms``, where the time to the first event went (parse,
+    route, store, admission, upstream, translate, emit, write); off, no timestamp is taken for it.
     """
 
     format: str = "text"  # text | json
@@ -366,6 +368,7 @@ class LoggingConfig:
     requests: bool = True
     bodies: tuple[str, ...] = ()
     body_max_chars: int = 2000
+    phases: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -346,6 +346,7 @@ class LoggingTable(_Table):
     requests: bool | None = None
     bodies: list[Annotated[str, Field(pattern=_BODIES)]] | None = None
     body_max_chars: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    phases: bool | None = None
 
 
 class TracingTable(_Table):
@@ -942,7 +943,7 @@ def _store(table: StoreTable, environment: Environment, problems: Problems) -> S
 
 
 def _logging(table: LoggingTable, environment: Environment, problems: Problems) -> LoggingConfig:
-    """``[logging]``, then ``STREAMGW_LOG_FORMAT`` and ``STREAMGW_LOG_FILE``."""
+    """``[logging]``, then ``STREAMGW_LOG_FORMAT``, ``STREAMGW_LOG_FILE`` and ``STREAMGW_LOG_PHASES``."""
     values = _set(table)
     if "bodies" in values:
         values["bodies"] = tuple(values["bodies"])
@@ -956,6 +957,9 @@ def _logging(table: LoggingTable, environment: Environment, problems: Problems) 
     log_file = environment.text("STREAMGW_LOG_FILE")
     if log_file is not None:
         values["file"] = log_file
+    phases = environment.flag("STREAMGW_LOG_PHASES")
+    if phases is not None:
+        values["phases"] = phases
     return LoggingConfig(**values)
 
 

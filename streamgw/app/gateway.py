@@ -131,7 +131,8 @@ class Gateway:
         self.observers.add(UsageObserver(self.usage, config.prices))
         #: the response lifecycle every front door hands its requests to
         self.responses = Responses(self.router, self.engine, self.store, self.observers, self.sole_tenant,
-                                   admission=(self.limiter,), tracing=self.tracing)
+                                   admission=(self.limiter,), tracing=self.tracing,
+                                   phases=config.logging.phases and config.logging.requests)
         self.ready = False
 
     @property

@@ -25,10 +25,11 @@ from typing import Any
 
 from streamgw.app.metrics import added_seconds, outcome, usage_tokens
 from streamgw.config import LoggingConfig
+from streamgw.engine.attempt import AttemptRecord
 from streamgw.engine.lifecycle import RequestEntry
 from streamgw.errors import redact
 
-__all__ = ["LineSink", "RequestLog", "entry_fields", "format_line"]
+__all__ = ["PHASES", "LineSink", "RequestLog", "entry_fields", "format_line", "phases_ms"]
 
 _ASCII_CONTROL = {i: None for i in (*range(0x20), 0x7F) if i not in (0x09,)}
 
@@ -68,6 +69,43 @@ def _ms(start: float | None, end: float | None) -> float | None:
     if start is None or end is None:
         return None
     return round((end - start) * 1000.0, 1)
+
+
+#: ``phases_ms``: the steps from the request's arrival to the first write of events, in order
+PHASES = ("parse", "route", "store", "admission", "attempt", "upstream", "first_read", "translate", "emit", "write")
+
+
+def _winner(entry: RequestEntry) -> AttemptRecord | None:
+    """The attempt that produced the response's first delta (a hedge that lost may have one too)."""
+    answered = [a for a in entry.attempts if a.first_delta_at is not None]
+    served = [a for a in answered if a.outcome in ("served", "opened")]
+    return served[0] if served else answered[0] if answered else None
+
+
+def phases_ms(entry: RequestEntry) -> dict[str, float | None]:
+    """Where the time to the first event went (``[logging] phases``), in ms, one entry per ``PHASES``.
+
+    Each step ends at a timestamp: the body parsed (auth and body read included), the route planned,
+    stored context expanded, admission passed, the winning attempt started, its response head, its first
+    delta, the first events built, encoded (the door commits), written.  A step whose end is not known
+    (no winner, the WebSocket door has no commit, a non-streamed response) is ``null`` and its time counts
+    in the next known one, so the known steps always add up to ``ttfe_ms``.
+    """
+    marks = entry.phases or {}
+    winner = _winner(entry)
+    ends = (marks.get("parsed"), marks.get("planned"), marks.get("expanded"), marks.get("admitted"),
+            winner.started if winner else None, winner.headers_at if winner else None,
+            winner.first_delta_at if winner else None, marks.get("translated"), marks.get("head"),
+            entry.first_write_at)
+    found: dict[str, float | None] = {}
+    last = entry.started
+    for name, end in zip(PHASES, ends, strict=True):
+        if end is None or end < last:  # unknown, or before the step it follows (a keepalive committed early)
+            found[name] = None
+            continue
+        found[name] = round((end - last) * 1000.0, 3)
+        last = end
+    return found
 
 
 def entry_fields(entry: RequestEntry, wall: float, pid: int) -> dict[str, Any]:
@@ -114,6 +152,7 @@ def entry_fields(entry: RequestEntry, wall: float, pid: int) -> dict[str, Any]:
         "trace_id": entry.trace.trace_id if entry.trace is not None else None,
         "response_id": entry.response_id or None,
         "worker": pid,
+        **({"phases_ms": phases_ms(entry)} if entry.phases is not None else {}),
     }
 
 
@@ -131,6 +170,8 @@ def format_line(fields: dict[str, Any], fmt: str) -> str:
             continue
         if name == "attempts":
             value = ",".join(_attempt_text(a) for a in value)
+        elif name == "phases_ms":
+            value = ",".join(f"{k}:{'-' if v is None else f'{v:g}'}" for k, v in value.items())
         elif isinstance(value, bool):
             value = "true" if value else "false"
         text = str(value)

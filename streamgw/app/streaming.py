@@ -172,6 +172,7 @@ class _Exchange:
         self.status = status
         if self.entry is not None:
             self.entry.committed = True  # an error from now on ends the stream with response.failed
+            self.entry.mark("head")  # the first events are encoded: the server writes from here
         extra = [(k.encode(), v.encode()) for k, v in self.headers.items()]
         await self._send({"type": "http.response.start", "status": status,
                           "headers": [*headers, *extra, (b"x-request-id", self.request_id.encode())]})

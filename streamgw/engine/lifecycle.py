@@ -166,6 +166,8 @@ class RequestEntry:
     #: tracing on: this request's (server) span id, and its store calls; "" and ``None`` with tracing off
     span_id: str = ""
     store_calls: list[StoreCall] | None = None
+    #: ``[logging] phases``: when each step before the first event ended, by name (``mark``); ``None``: off
+    phases: dict[str, float] | None = None
 
     @property
     def client_left(self) -> bool:
@@ -174,6 +176,11 @@ class RequestEntry:
         Meaningful once the request ended: no terminal event and no error means the work was cancelled.
         """
         return self.ended_at is not None and not self.finished and self.error is None
+
+    def mark(self, step: str) -> None:
+        """``step`` ended now (``[logging] phases``; nothing, not even a clock read, when off)."""
+        if self.phases is not None:
+            self.phases[step] = trio.current_time()
 
     def wrote(self, now: float) -> None:
         """The door wrote a batch of events at ``now`` (``trio.current_time``): first write and longest gap."""
@@ -219,6 +226,8 @@ class Responses:
     admission: Sequence[AdmissionRule] = field(default_factory=tuple)
     #: tracing (``None``: off, and then no trace id, span id or store-call timing is made per request)
     tracing: TraceStarter | None = None
+    #: ``[logging] phases``: every entry times the steps before its first event (``RequestEntry.mark``)
+    phases: bool = False
 
     async def headers(self, caller: Caller, model: str = "") -> dict[str, str]:
         """What an answer to ``caller`` carries outside an admitted request (every rule's ``headers``)."""
@@ -273,6 +282,8 @@ class LiveResponse:
         self.request = request
         self.entry = RequestEntry(request_id, door, caller, trio.current_time() if started is None else started,
                                   streamed=request.stream, model=request.model, trace=trace, request=request)
+        if responses.phases:  # the door read and parsed the body just before
+            self.entry.phases = {"parsed": trio.current_time()}
         self._local = local
         #: what the upstream ``traceparent`` continues (``None``: tracing is off)
         self._trace: TraceParent | None = None
@@ -302,6 +313,7 @@ class LiveResponse:
         except GatewayError as error:
             self._refused = error
         else:
+            self.entry.mark("planned")
             self.entry.label = plan.targets[0].provider.name if plan.route is None else plan.route.name
             self.entry.route = "" if plan.route is None else plan.route.name
             if request.stream:
@@ -344,16 +356,19 @@ class LiveResponse:
         self.expansion = await expand(request, plan, responses.store, self._local, tenant=self.caller.tenant,
                                       sole_tenant=responses.sole_tenant, calls=self.entry.store_calls)
         self.request = request = self.expansion.request
+        self.entry.mark("expanded")
         self._admitting = True
         for rule in responses.admission:
             admission = await rule.admit(self.caller, request, plan)
             if admission is not None:
                 self._admissions.append(admission)
                 self.headers.update(admission.headers)
+        self.entry.mark("admitted")
         if request.store and responses.store.enabled:
             self._recorder = Recorder(responses.store, self.expansion, self.entry.store_calls)
         self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started,
                                                 attempts=self.entry.attempts, trace=self._trace)
+        self.entry.mark("translated")  # the first events exist (``run.initial``)
         self.keepalive = run.opened.timeouts.keepalive if request.stream else 0.0
         self.entry.label = self.entry.provider = run.provider
         self.entry.upstream_model = run.opened.target.model
