@@ -3,6 +3,7 @@
     python -m bench --quick                      # about a minute: every scenario, short runs
     python -m bench                              # the full run (at most ~15 minutes)
     python -m bench --scenarios 1,2 --repeats 5  # pick scenarios
+    python -m bench --scenarios 12 --paced-streams 200,400 --paced-rate 50   # paced streams, gateway vs bare proxy
     python -m bench --quick --compare-http2      # also HTTP/1.1 vs HTTP/2 streams/s at c=64 (scenario 7)
     python -m bench --quick --compare-workers    # also a 1-worker vs a 2-worker gateway at c=64 (scenario 8)
     python -m bench --quick --compare-logs       # also no request log vs JSON lines to a file at c=64 (scenario 9)
@@ -60,16 +61,30 @@ def _positive(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError(f"expected events per second in (0, 1000], got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamgw-bench", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="short runs, one repeat, 300 open streams (~1 minute)")
     p.add_argument("--scenarios", type=_ints, default=DEFAULT_SCENARIOS,
-                   help=f"which to run ({_SCENARIO_HELP}; default 1-6)")
+                   help=f"which to run ({_SCENARIO_HELP}; default 1-6 and 12)")
     p.add_argument("--repeats", type=int, help="runs per configuration; medians are reported (default 3, quick 1)")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="parent directory of the results")
     p.add_argument("--concurrency", type=_ints, default=(1, 16, 64, 256), help="scenario 1's levels")
     p.add_argument("--open-streams", type=_ints, help="scenario 3's levels (default 1000,3000,5000,9000; quick 300)")
+    p.add_argument("--paced-streams", type=_ints, default=(200, 400), metavar="N,N",
+                   help="scenario 12's stream counts (default 200,400)")
+    p.add_argument("--paced-rate", type=_rate, default=50.0, metavar="R",
+                   help="scenario 12: events per second of each stream (default 50)")
     p.add_argument("--http2", action="store_true", help="talk HTTP/2 (h2c prior knowledge, or ALPN over TLS)")
     p.add_argument("--tls", action="store_true",
                    help="the gateway serves HTTPS with a throwaway certificate (needs trustme); clients trust it")
@@ -124,7 +139,8 @@ def settings_from_args(args: argparse.Namespace, out_dir: Path) -> Settings:
     return Settings(quick=args.quick, repeats=repeats, out_dir=out_dir, http2=args.http2, pin=not args.no_pin,
                     knobs=knobs, target=target, open_levels=levels, concurrencies=args.concurrency,
                     keep_raw=args.keep_raw, store=args.store, tls=args.tls,
-                    h2_streams_per_connection=max(1, args.h2_streams_per_connection), workers=args.workers)
+                    h2_streams_per_connection=max(1, args.h2_streams_per_connection), workers=args.workers,
+                    paced_streams=args.paced_streams, paced_rate=args.paced_rate)
 
 
 def selected_scenarios(args: argparse.Namespace) -> tuple[int, ...]:

@@ -177,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--path", default="/v1/chat/completions", help="the upstream path every request goes to")
     args = parser.parse_args(argv)
+    from bench.loadgen import raise_fd_limit
+
+    raise_fd_limit()  # thousands of open streams: two sockets each
     try:
         trio.run(_run, args)
     except ValueError as error:

@@ -22,7 +22,9 @@ Per request it records: time to headers, to the first event, to the first token 
 carries text: ``response.*.delta`` or a non-empty chat ``content``), total time, events, body bytes, the
 HTTP status, an error kind, the longest gap between events and, when the client cancels on purpose, the
 monotonic time of that cancel.  Gaps between consecutive events (0 for events that arrived in the same
-read) are kept for the first ``gap_samples`` events of each target.  Every timestamp is
+read) are kept for the first ``gap_samples`` events of each target; with ``timed_gaps`` every gap also goes
+into ``gap_hist`` by the decisecond it ended in (``{decisecond: {gap in 0.1 ms: count}}``), so the bench can
+take the gaps of any window (the paced scenario's, after the streams opened).  Every timestamp is
 ``time.monotonic()``, the same clock in every process on the machine, so the bench can line windows up
 with the gateway's CPU samples and the mock's disconnect log.
 
@@ -122,6 +124,7 @@ class PhaseSpec:
     gap_samples: int = 100_000
     progress_interval: float = 0.25
     h2_streams_per_connection: int = 100
+    timed_gaps: bool = False  # also histogram every gap by the decisecond it ended in (``gap_hist``)
 
     @staticmethod
     def from_json(data: Json) -> PhaseSpec:
@@ -379,6 +382,19 @@ class TargetTally:
     sample_bodies: list[bytes] = field(default_factory=list)
     held: int = 0
     reserved: int = 0
+    timed_gaps: bool = False
+    #: decisecond of ``time.monotonic()`` -> gap in 0.1 ms units -> count (only with ``timed_gaps``)
+    gap_hist: dict[int, Counter[int]] = field(default_factory=dict)
+
+    def time_gap(self, now: float, gap: float, count: int) -> None:
+        """A read at ``now`` completed ``count`` events, the first ``gap`` seconds after the previous read's."""
+        second = int(now * 10)
+        hist = self.gap_hist.get(second)
+        if hist is None:
+            hist = self.gap_hist[second] = Counter()
+        hist[int(gap * 1e4)] += 1
+        if count > 1:
+            hist[0] += count - 1
 
     def reserve_sample(self, start: float) -> bool:
         """Whether an exchange starting at ``start`` keeps its events for the invariant check."""
@@ -416,6 +432,8 @@ class TargetTally:
             "event_hist": {str(k): v for k, v in sorted(self.event_hist.items())},
             "done_hist": {str(k): v for k, v in sorted(self.done_hist.items())},
             "invariants": invariants,
+            **({"gap_hist": {str(k): {str(g): n for g, n in sorted(h.items())} for k, h in sorted(
+                self.gap_hist.items())}} if self.timed_gaps else {}),
         }
 
 
@@ -474,6 +492,8 @@ class Exchange:
             if len(tally.gaps) < tally.gap_cap and self.start >= tally.measure_from:
                 tally.gaps.append(gap)
                 tally.gaps.extend([0.0] * (count - 1))
+            if tally.timed_gaps:
+                tally.time_gap(now, gap, count)
         elif self.start >= tally.measure_from and len(tally.gaps) < tally.gap_cap:
             tally.gaps.extend([0.0] * (count - 1))
         if not self.t_first:
@@ -645,7 +665,7 @@ class _Phase:
         self.stop_at = self.measure_from + spec.duration if spec.duration else math.inf
         self.endpoints = [_Endpoint.resolve(t) for t in spec.targets]
         self.tallies = [TargetTally(t.name, t.dialect, t.stream, self.measure_from, spec.gap_samples,
-                                    spec.sample_streams) for t in spec.targets]
+                                    spec.sample_streams, timed_gaps=spec.timed_gaps) for t in spec.targets]
         self.started = self.done = self.open = 0
         self.gate = trio.Semaphore(spec.max_pending) if spec.max_pending else None
         self.h2_pools: dict[int, _H2Pool] = {}

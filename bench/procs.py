@@ -554,6 +554,50 @@ class GatewayProcess:
         stop_process(self.proc, timeout=15)
 
 
+@dataclass
+class BareProcess:
+    """The bare trio + h11 pass-through proxy (``bench.bareproxy``) in front of the mock: the reference target
+    every run measures beside the gateway, pinned to the gateway's core."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    #: the cores it is pinned to (empty: not pinned)
+    cpus: tuple[int, ...] = ()
+    workers: int = 1
+
+    @property
+    def pid(self) -> int:
+        """The proxy's process id (``taskset`` execs, so it is the Python process)."""
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        """Where a Chat Completions client sends its requests."""
+        return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+
+    def worker_pids(self) -> list[int]:
+        """One process serves."""
+        return [self.pid]
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        stop_process(self.proc)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def start_bare_proxy(mock_port: int, prefix: Sequence[str], cpus: Sequence[int] = ()) -> BareProcess:
+    """Run ``python -m bench.bareproxy --upstream http://127.0.0.1:<mock_port>`` under ``prefix``."""
+    cmd = [*prefix, sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    if len(line) != 2 or line[0] != "LISTENING":
+        proc.kill()
+        raise RuntimeError(f"bare proxy did not start: {line}")
+    return BareProcess(proc, int(line[1]), tuple(cpus))
+
+
 def gateway_config(mock_url: str, hedge_model: str, hedge_delay: float, store: str = "memory",
                    store_path: Path | None = None) -> str:
     """The gateway config the bench uses: two providers on the mock (for hedging) and one hedge route.

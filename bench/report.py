@@ -112,6 +112,8 @@ TARGETS = (
     Target("added_ttfe_c1", "added time to first event at c=1, p50", 1.0, 0.5, "ms", False),
     Target("cpu_per_event", "gateway CPU per relayed event (c=64)", 120, 70, "µs", False),
     Target("open_streams", "open streams at 1 event/s, no errors (KB RSS each)", 5000, 9000, "streams", True),
+    Target("paced_cpu_ratio", "CPU per event at N x 50 events/s, gateway ÷ bare proxy (worst N)", 1.15, 1.15, "x",
+           False),
 )
 _OPEN_KB = {5000: 25.0, 9000: 20.0}  # RSS per stream allowed at the floor / target stream counts
 
@@ -163,7 +165,9 @@ def evaluate_targets(results: Json) -> list[Json]:
     remote = results["settings"].get("target") is not None
     gw64 = _row(results, "target" if remote else "gateway", 64)
     ttfe_level = ((results["scenarios"].get("ttfe") or {}).get("levels") or {}).get("1") or {}
+    paced = results["scenarios"].get("paced") or {}
     values: dict[str, float | None] = {
+        "paced_cpu_ratio": paced.get("cpu_per_event_ratio_max"),
         "streams_c64": (gw64 or {}).get("streams_per_s"),
         "added_ttfe_c1": (ttfe_level.get("median") or {}).get("added_p50_ms"),
         "cpu_per_event": (gw64 or {}).get("gw_cpu_us_per_event"),
@@ -204,7 +208,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 def targets_table(targets: Sequence[Json]) -> list[str]:
     """The floor/target/measured/met? table."""
-    floor = {"ms": "≤", "µs": "≤", "streams/s": "≥"}
+    floor = {"ms": "≤", "µs": "≤", "streams/s": "≥", "x": "≤"}
     rows = []
     for t in targets:
         if isinstance(t["floor"], str):
@@ -279,23 +283,37 @@ def _ceiling_warning(results: Json) -> list[str]:
 
 def _throughput_md(s: Json, title: str) -> list[str]:
     rows = s.get("rows", [])
+    bare = bool(s.get("vs_bare"))  # the bare proxy ran beside the gateway: ratio columns
     perf = ["target", "c", "req/s", "events/s", "TTFE p50 ms", "TTFE p99 ms", "total p50 ms", "total p99 ms",
-            "errors"]
+            "errors", *(["req/s ÷ bare"] if bare else [])]
     perf_rows = [[r["target"], r["concurrency"], m["streams_per_s"], m["events_per_s"], m["first_event_p50_ms"],
-                  m["first_event_p99_ms"], m["total_p50_ms"], m["total_p99_ms"], m["errors"]]
+                  m["first_event_p99_ms"], m["total_p50_ms"], m["total_p99_ms"], m["errors"],
+                  *([_fmt(m.get("vs_bare_streams_per_s"), 3)] if bare else [])]
                  for r in rows for m in [r["median"]]]
     cost = ["target", "c", "GW CPU %", "GW µs/event", "GW µs/req", "mock µs/req", "loadgen µs/event",
-            "loadgen capacity req/s", "load core busy %", "others on GW core %"]
+            "loadgen capacity req/s", "load core busy %", "others on GW core %",
+            *(["µs/event ÷ bare", "µs/req ÷ bare"] if bare else [])]
     cost_rows = [[r["target"], r["concurrency"], m["gw_cpu_pct"], m["gw_cpu_us_per_event"],
                   m["gw_cpu_us_per_request"], m["mock_cpu_us_per_request"], m["loadgen_cpu_us_per_event"],
-                  m["loadgen_capacity_per_s"], m["load_core_busy_pct"], m["gw_core_others_pct"]]
+                  m["loadgen_capacity_per_s"], m["load_core_busy_pct"], m["gw_core_others_pct"],
+                  *([_fmt(m.get(f"vs_bare_gw_cpu_us_per_{unit}"), 3) for unit in ("event", "request")]
+                    if bare else [])]
                  for r in rows for m in [r["median"]]]
     checked = sum(r["invariants_checked"] for r in rows)
     failures = [f for r in rows for f in r["invariant_failures"]]
     note = f"Invariants checked on {checked} sampled streams/bodies: {len(failures)} failures."
-    return [f"## {title}", "", *_table(perf, perf_rows), "", "CPU (medians; \"loadgen capacity\" is the request "
-            "rate one core of the load generator could drive at its measured cost):", "", *_table(cost, cost_rows),
+    intro = [_BARE_NOTE, ""] if bare else []
+    return [f"## {title}", "", *intro, *_table(perf, perf_rows), "",
+            "CPU (medians; \"loadgen capacity\" is the request rate one core of the load generator could drive at "
+            "its measured cost):", "", *_table(cost, cost_rows),
             "", note, *[f"- {f}" for f in failures[:3]], ""]
+
+
+_BARE_NOTE = ("`bare` is the bare trio + h11 pass-through proxy (`bench.bareproxy`: no framework, no translation) "
+              "on the gateway's core in front of the same mock: the floor for this stack. It relays the chat chunks "
+              "as they are (21 events a 20-token answer, where the gateway writes 28 Responses events), so each "
+              "target's events are its own; its GW columns are its own process's CPU. ÷ bare: gateway / bare proxy "
+              "in the same round (median over rounds).")
 
 
 def _http_versions_md(s: Json) -> list[str]:
@@ -394,26 +412,85 @@ def _workers_shared_core(s: Json) -> str:
 def _ttfe_md(s: Json) -> list[str]:
     headers = ["c", "gateway TTFE p50/p90/p99 ms", "direct TTFT p50/p90/p99 ms", "added p50 ms", "added p99 ms",
                "paired added p50 ms", "GW µs/event", "errors"]
-    rows = []
+    bare_headers = ["c", "bare TTFT p50/p90/p99 ms", "bare added p50 ms", "bare added p99 ms",
+                    "paired bare added p50 ms", "bare µs/event", "TTFE ÷ bare", "added ÷ bare"]
+    rows, bare_rows = [], []
     for c, level in sorted((s.get("levels") or {}).items(), key=lambda kv: int(kv[0])):
         m = level["median"]
         gw = "/".join(_fmt(m.get(f"gateway_{q}_ms"), 3) for q in ("p50", "p90", "p99"))
         direct = "/".join(_fmt(m.get(f"direct_{q}_ms"), 3) for q in ("p50", "p90", "p99"))
         rows.append([c, gw, direct, _fmt(m["added_p50_ms"], 3), _fmt(m["added_p99_ms"], 3),
                      _fmt(m["paired_added_p50_ms"], 3), m["gw_cpu_us_per_event"], m["errors"]])
-    return ["## 2. Added time to first event", "", *_table(headers, rows), ""]
+        if m.get("bare_p50_ms") is not None:
+            bare = "/".join(_fmt(m.get(f"bare_{q}_ms"), 3) for q in ("p50", "p90", "p99"))
+            bare_rows.append([c, bare, _fmt(m.get("bare_added_p50_ms"), 3), _fmt(m.get("bare_added_p99_ms"), 3),
+                              _fmt(m.get("paired_bare_added_p50_ms"), 3), m.get("bare_cpu_us_per_event"),
+                              _fmt(m.get("ttfe_ratio_vs_bare"), 3), _fmt(m.get("added_ratio_vs_bare"), 3)])
+    lines = ["## 2. Added time to first event", "", *_table(headers, rows), ""]
+    if bare_rows:
+        lines += ["The bare proxy in the same workers (its time to the first content chunk it relayed, like "
+                  "direct's; added: over direct). ÷ bare: gateway / bare proxy, the p50s of each round, median "
+                  "over rounds:", "", *_table(bare_headers, bare_rows), ""]
+    return lines
+
+
+def _open_row(lv: Json, server: str) -> list[Any]:
+    return [lv["streams"], server, lv["opened"], lv["ramp_s"], lv["events_per_s"], lv["delivered_ratio"],
+            lv["gw_cpu_pct"], lv["gw_cpu_us_per_event"], lv.get("gw_core_others_pct"),
+            None if not lv.get("rss_bytes") else round(lv["rss_bytes"] / 2**20, 1), lv.get("rss_per_stream_kb"),
+            lv["open_files"], lv["errors"], lv["gaps_ms"]["p99"], "yes" if lv["ok"] else "no"]
+
+
+def _vs_bare_cells(ratios: Json | None) -> list[str]:
+    r = ratios or {}
+    return [_fmt(r.get(k), 3) for k in ("gw_cpu_us_per_event", "gw_cpu_pct", "rss_per_stream_kb", "delivered_ratio")]
+
+
+_VS_BARE_HEADERS = ["µs/event", "CPU %", "KB/stream", "delivered"]
 
 
 def _open_md(s: Json) -> list[str]:
-    headers = ["streams", "opened", "ramp s", "delivered events/s", "delivered/N", "GW CPU %", "GW µs/event",
-               "others on GW core %", "GW RSS MB", "KB/stream", "open files", "errors", "gap p99 ms", "ok"]
-    rows = [[lv["streams"], lv["opened"], lv["ramp_s"], lv["events_per_s"], lv["delivered_ratio"],
-             lv["gw_cpu_pct"], lv["gw_cpu_us_per_event"], lv.get("gw_core_others_pct"),
-             None if not lv.get("rss_bytes") else round(lv["rss_bytes"] / 2**20, 1), lv.get("rss_per_stream_kb"),
-             lv["open_files"], lv["errors"], lv["gaps_ms"]["p99"], "yes" if lv["ok"] else "no"]
-            for lv in s.get("levels", [])]
+    headers = ["streams", "server", "opened", "ramp s", "delivered events/s", "delivered/N", "CPU %", "µs/event",
+               "others on GW core %", "RSS MB", "KB/stream", "open files", "errors", "gap p99 ms", "ok"]
+    rows = []
+    for lv in s.get("levels", []):
+        rows.append(_open_row(lv, "gateway"))
+        if lv.get("bare"):
+            rows.append(_open_row(lv["bare"], "bare"))
     note = [s["note"], ""] if s.get("note") else []
-    return ["## 3. Open streams at 1 event/s", "", *note, *_table(headers, rows), ""]
+    lines = ["## 3. Open streams at 1 event/s", "", *note, *_table(headers, rows), ""]
+    ratios = [[lv["streams"], *_vs_bare_cells(lv["vs_bare"])] for lv in s.get("levels", []) if lv.get("vs_bare")]
+    if ratios:
+        lines += ["Gateway ÷ bare proxy (each on a fresh process on the gateway's core; CPU and RSS its own):", "",
+                  *_table(["streams", *_VS_BARE_HEADERS], ratios), ""]
+    return lines
+
+
+def _paced_md(s: Json) -> list[str]:
+    cfg = s.get("config") or {}
+    headers = ["streams", "server", "offered events/s", "delivered events/s", "delivered ÷ offered", "CPU %",
+               "µs/event", "others on GW core %", "KB/stream", "gap p50/p99 ms", "added gap p99 ms", "errors",
+               "load core busy %"]
+    rows, ratios = [], []
+    for lv in s.get("levels", []):
+        for server in ("gateway", "bare"):
+            x = lv.get(server) or {}
+            gaps = x.get("window_gaps_ms") or {}
+            rows.append([lv["streams"], server, lv["offered_events_per_s"], x.get("events_per_s"),
+                         _fmt(x.get("delivered_ratio"), 3), x.get("gw_cpu_pct"), x.get("gw_cpu_us_per_event"),
+                         x.get("gw_core_others_pct"), x.get("rss_per_stream_kb"),
+                         f"{_fmt(gaps.get('p50'), 2)}/{_fmt(gaps.get('p99'), 2)}", _fmt(x.get("added_gap_p99_ms"), 2),
+                         x.get("errors"), x.get("load_core_busy_pct")])
+        v = lv.get("vs_bare") or {}
+        ratios.append([lv["streams"], *_vs_bare_cells(v), _fmt(v.get("added_gap_p99_ms_over_bare"), 2)])
+    intro = (f"Each stream gets one token every {_fmt(cfg.get('token_delay_s'), 3)} s from the mock "
+             f"({_fmt(cfg.get('rate'), 0)} events/s), through a fresh gateway and a fresh bare proxy in turn (each on "
+             f"the gateway's core); a {_fmt(cfg.get('window_s'))} s window once every stream is open. Gap: between "
+             "consecutive reads with events, as the client saw them in the window; added: minus the pacing. "
+             f"**Worst gateway ÷ bare CPU per event: {_fmt(s.get('cpu_per_event_ratio_max'), 3)}** (target ≤ 1.15).")
+    return ["## 12. Paced streams: gateway vs bare proxy", "", intro, "", *_table(headers, rows), "",
+            "Gateway ÷ bare proxy:", "", *_table(["streams", *_VS_BARE_HEADERS, "added gap p99 over bare ms"], ratios),
+            ""]
 
 
 def _hedging_md(s: Json) -> list[str]:
@@ -459,6 +536,7 @@ def _scenario_md(name: str, s: Json) -> list[str]:
         "non_streamed": lambda x: _throughput_md(x, "4. Non-streamed requests"),
         "hedging": _hedging_md, "cancellation": _cancel_md, "http_versions": _http_versions_md,
         "workers": _workers_md, "request_log": _request_log_md, "otel": _otel_md, "limits": _limits_md,
+        "paced": _paced_md,
     }
     return writers[name](s)
 
@@ -533,6 +611,7 @@ def _plot_ttfe(results: Json, out: Path) -> Path | None:
     for ax, (c, level) in zip(axes[0], sorted(levels.items(), key=lambda kv: int(kv[0])), strict=True):
         _cdf(ax, level["samples_ms"].get("gateway", []), "gateway: first event")
         _cdf(ax, level["samples_ms"].get("direct", []), "direct: first token")
+        _cdf(ax, level["samples_ms"].get("bare", []), "bare proxy: first token")
         ax.set_xscale("log")
         ax.set_xlabel("ms after the request was sent")
         ax.set_ylabel("fraction of requests")
@@ -652,6 +731,14 @@ def summary(results: Json, out: Path) -> str:
                      + ("; one core for both, so no scaling gain can show" if same else "")
                      + ("; other processes used the gateway's core, see the report" if _workers_shared_core(workers)
                         else ""))
+    for row in (results["scenarios"].get("throughput") or {}).get("vs_bare") or []:
+        lines.append(f"Gateway ÷ bare proxy at c={row['concurrency']}: streams/s {_fmt(row['streams_per_s'], 2)}, "
+                     f"CPU per stream {_fmt(row['gw_cpu_us_per_request'], 2)}")
+    for lv in (results["scenarios"].get("paced") or {}).get("levels") or []:
+        v, gw, bare = (lv.get(k) or {} for k in ("vs_bare", "gateway", "bare"))
+        lines.append(f"Paced {lv['streams']} x {_fmt(lv['rate'], 0)}/s: gateway ÷ bare CPU per event "
+                     f"{_fmt(v.get('gw_cpu_us_per_event'), 2)}, delivered {_fmt(gw.get('delivered_ratio'), 3)} "
+                     f"of offered (bare {_fmt(bare.get('delivered_ratio'), 3)})")
     otel = (results["scenarios"].get("otel") or {}).get("comparison")
     if otel:
         lines.append(f"Tracing off vs on at c=64: {_fmt(otel['off_streams_per_s'])} vs {_fmt(otel['on_streams_per_s'])}"

@@ -58,19 +58,22 @@ import itertools
 import json
 import math
 import os
+import ssl
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from bench.loadgen import PhaseSpec, TargetSpec
 from bench.procs import (
+    BareProcess,
     GatewayProcess,
     LoadRun,
     MockProcess,
@@ -84,6 +87,7 @@ from bench.procs import (
     open_fds,
     pin_self,
     plan_pinning,
+    start_bare_proxy,
     start_bench_mock,
     tree_open_fds,
     tree_rss_bytes,
@@ -166,6 +170,8 @@ class Settings:
     tls: bool = False  # the gateway serves HTTPS (a throwaway certificate); the load generators trust it
     h2_streams_per_connection: int = 100  # HTTP/2 load: concurrent streams a connection carries
     workers: int = 1  # ``streamgw serve --workers`` of every gateway the run starts (scenario 8: 1 and 2)
+    paced_streams: tuple[int, ...] = (200, 400)  # scenario 12's stream counts
+    paced_rate: float = 50.0  # scenario 12: events per second of each stream
 
     @property
     def duration(self) -> float:
@@ -218,6 +224,44 @@ def window_count(hist: dict[str, int], t0: float, t1: float) -> int:
     return sum(n for k, n in hist.items() if lo <= int(k) < hi)
 
 
+def window_gap_hist(tallies: Sequence[Json], t0: float, t1: float) -> Counter[int]:
+    """The gaps (0.1 ms units -> count) of every tally's ``gap_hist`` that ended in ``[t0, t1)``."""
+    lo, hi = math.ceil(t0 * 10), math.ceil(t1 * 10)
+    merged: Counter[int] = Counter()
+    for tally in tallies:
+        for second, hist in (tally.get("gap_hist") or {}).items():
+            if lo <= int(second) < hi:
+                for gap, count in hist.items():
+                    merged[int(gap)] += count
+    return merged
+
+
+def hist_distribution_ms(hist: Counter[int]) -> Json:
+    """``distribution_ms`` of a gap histogram in 0.1 ms units (quantiles interpolated like ``percentile``)."""
+    n = sum(hist.values())
+    if not n:
+        return distribution_ms([])
+    ordered = sorted(hist.items())
+
+    def nth(i: int) -> float:  # the i-th smallest gap, ms
+        seen = 0
+        for gap, count in ordered:
+            seen += count
+            if i < seen:
+                return gap / 10
+        return ordered[-1][0] / 10
+
+    def quantile(q: float) -> float:
+        pos = q * (n - 1)
+        lo = math.floor(pos)
+        low, high = nth(lo), nth(min(lo + 1, n - 1))
+        return low + (high - low) * (pos - lo)
+
+    mean = sum(gap * count for gap, count in ordered) / n / 10
+    return {"n": n, "mean": _r(mean), "p50": _r(quantile(0.5)), "p90": _r(quantile(0.9)), "p99": _r(quantile(0.99)),
+            "max": _r(ordered[-1][0] / 10)}
+
+
 def median_of(runs: Sequence[Json], key: str) -> float | None:
     """Median of ``run[key]`` over the runs that have it."""
     values = [r[key] for r in runs if r.get(key) is not None]
@@ -257,6 +301,18 @@ def summarize_target(phase: Json, index: int, window: tuple[float, float] | None
 # ------------------------------------------------------------------------------------------ runtime
 
 
+class Server(Protocol):
+    """A process whose CPU and memory a scenario measures: a gateway, or the bare proxy."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def cpus(self) -> tuple[int, ...]: ...
+
+    def worker_pids(self) -> list[int]: ...
+
+
 class Bench:
     """The processes and helpers scenarios share: mock, gateway, sampler, load runs, progress."""
 
@@ -276,6 +332,7 @@ class Bench:
         self.raw_dir.mkdir(parents=True, exist_ok=True)
         self._mock: MockProcess | None = None
         self._gateway: GatewayProcess | None = None
+        self._bare: BareProcess | None = None
         self.tls: TLSFiles | None = make_tls(settings.out_dir) if settings.tls and local else None
         if settings.target and settings.target.pid:
             self.sampler.watch(settings.target.pid)
@@ -317,6 +374,24 @@ class Bench:
                 self.sampler.watch(pid)
         return gateway
 
+    @property
+    def bare(self) -> BareProcess:
+        """The shared bare proxy, started on first use."""
+        if self._bare is None:
+            self._bare = self.new_bare()
+        return self._bare
+
+    def new_bare(self) -> BareProcess:
+        """A fresh bare proxy in front of the mock, pinned where the gateway is, watched by the sampler."""
+        bare = start_bare_proxy(self.mock.port, self.pinning.gateway_prefix(1), self.pinning.gateway_cores(1))
+        self.sampler.watch(bare.pid)
+        return bare
+
+    def stop_bare(self, bare: BareProcess) -> None:
+        """Stop a bare proxy started with ``new_bare``."""
+        self.sampler.forget(bare.pid)
+        bare.stop()
+
     def stop_gateway(self, gateway: GatewayProcess) -> None:
         """Stop a gateway started with ``new_gateway``."""
         for pid in {gateway.pid, *gateway.worker_pids()}:
@@ -327,6 +402,8 @@ class Bench:
         """Stop everything this bench started."""
         if self._gateway is not None:
             self.stop_gateway(self._gateway)
+        if self._bare is not None:
+            self.stop_bare(self._bare)
         if self._mock is not None:
             self._mock.stop()
         self.sampler.close()
@@ -352,6 +429,13 @@ class Bench:
         if stream:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
         return TargetSpec(name, self.mock.base_url + "/chat/completions", json.dumps(body), "chat", stream)
+
+    def bare_target(self, model: str, *, name: str = "bare", bare: BareProcess | None = None) -> TargetSpec:
+        """The direct request (Chat Completions, chat chunks relayed as they are) through the bare proxy
+        (default: the shared one); always HTTP/1.1 without TLS, whatever ``--http2``/``--tls`` say."""
+        body: Json = {"model": model, "messages": [{"role": "user", "content": _PROMPT}], "stream": True,
+                      "stream_options": {"include_usage": True}}
+        return TargetSpec(name, (bare or self.bare).url, json.dumps(body), "chat", True)
 
     def remote_target(self, *, stream: bool = True, http2: bool | None = None, name: str = "target") -> TargetSpec:
         """The ``--target`` endpoint with ``--model`` and ``--api-key`` (``http2`` overrides ``--http2``)."""
@@ -414,7 +498,7 @@ class Bench:
             **self._cores_usage(t0, t1, cpu, gateway_cpus),
         }
 
-    def worker_cpu_pct(self, gateway: GatewayProcess, t0: float, t1: float) -> list[float | None]:
+    def worker_cpu_pct(self, gateway: Server, t0: float, t1: float) -> list[float | None]:
         """Each worker's CPU over a window, % of a core (the gateway itself when it has one worker)."""
         span = max(t1 - t0, 1e-9)
         shares = [self.sampler.cpu_between(pid, t0, t1) for pid in gateway.worker_pids()]
@@ -473,7 +557,7 @@ def _finish(result: Json) -> Json:
 
 def _closed_loop(bench: Bench, key: str, title: str, concurrencies: Sequence[int], stream: bool,
                  kinds: Sequence[tuple[str, TargetSpec]] = (),
-                 servers: dict[str, GatewayProcess] | None = None) -> Json:
+                 servers: Mapping[str, Server] | None = None) -> Json:
     """Closed-loop load at each concurrency over ``kinds`` (default: gateway and direct, or the remote target),
     repeated; the runs of all kinds and concurrencies are interleaved.  ``servers``: the gateway each kind
     loads, where it is not the shared one (its CPU is the one measured, with each worker's share)."""
@@ -497,7 +581,7 @@ def _closed_loop(bench: Bench, key: str, title: str, concurrencies: Sequence[int
     return _finish(result)
 
 
-def _closed_loop_run(bench: Bench, phase: Json, name: str, server: GatewayProcess | None = None) -> Json:
+def _closed_loop_run(bench: Bench, phase: Json, name: str, server: Server | None = None) -> Json:
     summary = summarize_target(phase, 0)
     t0, t1 = _window(phase)
     if server is None:
@@ -530,9 +614,48 @@ def _closed_loop_row(name: str, concurrency: int, runs: list[Json]) -> Json:
 
 
 def throughput(bench: Bench) -> Json:
-    """Scenario 1: translated 20-chunk streams at concurrency 1, 16, 64, 256."""
-    return _closed_loop(bench, "throughput", "Throughput: translated 20-chunk streams",
-                        bench.settings.concurrencies, True)
+    """Scenario 1: translated 20-chunk streams at concurrency 1, 16, 64, 256: the gateway, the bare proxy
+    (the same answer as chat chunks, relayed untouched) and the mock directly, interleaved; the gateway/bare
+    ratios of each round (``vs_bare``)."""
+    title = "Throughput: translated 20-chunk streams"
+    if bench.settings.target is not None:
+        return _closed_loop(bench, "throughput", title, bench.settings.concurrencies, True)
+    kinds = [("gateway", bench.gateway_target("mock/text:tokens=20")), ("bare", bench.bare_target("text:tokens=20")),
+             ("direct", bench.direct_target("text:tokens=20"))]
+    result = _closed_loop(bench, "throughput", title, bench.settings.concurrencies, True, kinds,
+                          {"bare": bench.bare})
+    result["vs_bare"] = vs_bare_rows(result["rows"])
+    return result
+
+
+#: the closed-loop figures compared with the bare proxy: gateway / bare (streams/s: higher is better for the
+#: gateway; CPU: lower is)
+_VS_BARE = ("streams_per_s", "gw_cpu_us_per_event", "gw_cpu_us_per_request", "first_event_p50_ms")
+
+
+def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
+    """``a / b``; None when either is unknown or ``b`` is not positive."""
+    return _r(a / b, digits) if a is not None and b is not None and b > 0 else None
+
+
+def vs_bare_rows(rows: Sequence[Json]) -> list[Json]:
+    """Per concurrency: each figure of ``_VS_BARE`` as gateway / bare proxy in the same round (the i-th runs of
+    both), the median over rounds, and the per-round ratios; also written into the gateway row's median as
+    ``vs_bare_<figure>``."""
+    by = {(row["target"], row["concurrency"]): row for row in rows}
+    found = []
+    for (name, c), gateway in sorted(by.items(), key=lambda kv: kv[0][1]):
+        bare = by.get(("bare", c))
+        if name != "gateway" or bare is None:
+            continue
+        entry: Json = {"concurrency": c}
+        for key in _VS_BARE:
+            rounds = [ratio(g.get(key), b.get(key)) for g, b in zip(gateway["runs"], bare["runs"], strict=False)]
+            entry[key] = median_of([{"v": v} for v in rounds], "v")
+            entry[f"{key}_rounds"] = rounds
+            gateway["median"][f"vs_bare_{key}"] = entry[key]
+        found.append(entry)
+    return found
 
 
 def non_streamed(bench: Bench) -> Json:
@@ -753,13 +876,15 @@ def _count_lines(path: Path) -> int:
 
 
 def ttfe(bench: Bench) -> Json:
-    """Scenario 2: added time to first event, gateway and direct interleaved, at concurrency 1 and 16."""
+    """Scenario 2: added time to first event, gateway, direct and the bare proxy interleaved, at concurrency 1
+    and 16 (each worker alternates the three)."""
     s = bench.settings
-    result = _scenario(bench, "ttfe", "Added time to first event (gateway vs direct, interleaved)")
+    result = _scenario(bench, "ttfe", "Added time to first event (gateway vs bare proxy vs direct, interleaved)")
     if s.target is not None:
         pairs = [bench.remote_target()]
     else:
-        pairs = [bench.gateway_target("mock/text:tokens=20"), bench.direct_target("text:tokens=20")]
+        pairs = [bench.gateway_target("mock/text:tokens=20"), bench.direct_target("text:tokens=20"),
+                 bench.bare_target("text:tokens=20")]
     per_worker = {1: 300 if s.quick else 2000, 16: 40 if s.quick else 150}
     plan = [(r, c) for r in range(s.repeats) for c in (1, 16)]
     phases = [PhaseSpec(f"ttfe c={c}", tuple(pairs), c, requests=per_worker[c], warmup=0.2, sample_streams=3)
@@ -790,6 +915,22 @@ def _ttfe_run(bench: Bench, phase: Json, concurrency: int) -> Json:
         run["added_p99_ms"] = _r(g99 - d99) if g99 is not None and d99 is not None else None
         if concurrency == 1:
             run["paired_added_ms"] = distribution_ms(_paired(gw_rec["first_event"], d_rec["first_token"]))
+    if len(summaries) > 2:  # the bare proxy: time to the first content chunk it relayed, like direct's
+        bare, b_rec = summaries[2], phase["targets"][2]["records"]
+        run["bare_first_token_ms"] = bare["first_token_ms"]
+        run["samples_ms"]["bare"] = _sample_ms(b_rec["first_token"], b_rec["error"])
+        b50, b99 = bare["first_token_ms"]["p50"], bare["first_token_ms"]["p99"]
+        run["bare_added_p50_ms"] = _r(b50 - d50) if b50 is not None and d50 is not None else None
+        run["bare_added_p99_ms"] = _r(b99 - d99) if b99 is not None and d99 is not None else None
+        bare_cpu = bench.usage(t0, t1, bare["events_in_window"], bare["completed_in_window"], bench.bare.pid,
+                               bench.bare.cpus)
+        run["bare_cpu_us_per_event"] = bare_cpu["gw_cpu_us_per_event"]
+        run["bare_cpu_us_per_request"] = bare_cpu["gw_cpu_us_per_request"]
+        if concurrency == 1:
+            run["paired_bare_added_ms"] = distribution_ms(_paired(b_rec["first_token"], d_rec["first_token"]))
+        # gateway / bare in this round: the time to first event, and the time added over direct
+        run["ttfe_ratio_vs_bare"] = ratio(g50, b50)
+        run["added_ratio_vs_bare"] = ratio(run.get("added_p50_ms"), run["bare_added_p50_ms"])
     return run
 
 
@@ -804,14 +945,16 @@ def _paired(gateway: Sequence[float | None], direct: Sequence[float | None]) -> 
 
 
 def _ttfe_level(runs: list[Json]) -> Json:
-    keys = ("added_p50_ms", "added_p99_ms", "gw_cpu_us_per_event", "gw_cpu_pct")
+    keys = ("added_p50_ms", "added_p99_ms", "gw_cpu_us_per_event", "gw_cpu_pct", "bare_added_p50_ms",
+            "bare_added_p99_ms", "bare_cpu_us_per_event", "ttfe_ratio_vs_bare", "added_ratio_vs_bare")
     median: Json = {k: median_of(runs, k) for k in keys}
-    for name, field_name in (("gateway", "gateway_first_event_ms"), ("direct", "direct_first_token_ms")):
+    for name, field_name in (("gateway", "gateway_first_event_ms"), ("direct", "direct_first_token_ms"),
+                             ("bare", "bare_first_token_ms")):
         for q in ("p50", "p90", "p99"):
             median[f"{name}_{q}_ms"] = median_of([r[field_name] for r in runs if field_name in r], q)
-    paired = [r["paired_added_ms"] for r in runs if "paired_added_ms" in r]
-    median["paired_added_p50_ms"] = median_of(paired, "p50")
-    samples = {k: [v for r in runs for v in r["samples_ms"].get(k, [])][:5000] for k in ("gateway", "direct")}
+    for key in ("paired_added", "paired_bare_added"):
+        median[f"{key}_p50_ms"] = median_of([r[f"{key}_ms"] for r in runs if f"{key}_ms" in r], "p50")
+    samples = {k: [v for r in runs for v in r["samples_ms"].get(k, [])][:5000] for k in ("gateway", "direct", "bare")}
     median["errors"] = sum(t["errors"] for r in runs for t in r["targets"])
     for r in runs:
         r.pop("samples_ms")
@@ -829,8 +972,15 @@ def open_streams(bench: Bench) -> Json:
         result["note"] = "against --target, N workers keep N streams in flight at the target's own pacing"
     result["levels"] = []
     for n in s.open_levels:
-        bench.progress.step(f"open_streams: {n} streams")
-        level = _open_level(bench, n) if s.target is None else _open_level_remote(bench, n)
+        bench.progress.step(f"open_streams: {n} streams" + ("" if s.target else " (gateway)"))
+        if s.target is not None:
+            result["levels"].append(_open_level_remote(bench, n))
+            continue
+        plan = _OpenPlan.make(n, s.quick)
+        level = _open_level(bench, plan, "gateway")
+        bench.progress.step(f"open_streams: {n} streams (bare proxy)")
+        level["bare"] = _open_level(bench, plan, "bare")
+        level["vs_bare"] = server_vs_bare(level, level["bare"])
         result["levels"].append(level)
     return _finish(result)
 
@@ -842,6 +992,20 @@ class _OpenPlan:
     ramp_limit: float
     tokens: int
     procs: int
+    #: events per second of each stream (the mock's pacing)
+    rate: float = 1.0
+    #: the load generators histogram every gap by time (the paced scenario's window gaps)
+    timed_gaps: bool = False
+
+    @property
+    def offered(self) -> float:
+        """Events per second the mock sends over all streams."""
+        return self.n * self.rate
+
+    @property
+    def model(self) -> str:
+        """The mock model of each stream: ``tokens`` tokens, one every ``1 / rate`` seconds."""
+        return f"text:tokens={self.tokens},token_delay={1 / self.rate:g}"
 
     @staticmethod
     def make(n: int, quick: bool) -> _OpenPlan:
@@ -850,30 +1014,58 @@ class _OpenPlan:
         return _OpenPlan(n, window, ramp_limit, int(ramp_limit + window + 8),
                          max(1, math.ceil(n / _LOADGEN_STREAMS_PER_PROC)))
 
+    @staticmethod
+    def paced(n: int, rate: float, quick: bool) -> _OpenPlan:
+        """Scenario 12: enough tokens for the ramp, the window and a margin (streams still open are held)."""
+        window = 3.0 if quick else 6.0  # thirds of whole seconds: the decisecond histograms divide them evenly
+        ramp_limit = max(5.0, n / 150)
+        return _OpenPlan(n, window, ramp_limit, math.ceil(rate * (ramp_limit + window + 3)),
+                         max(1, math.ceil(n / _LOADGEN_STREAMS_PER_PROC)), rate, timed_gaps=True)
+
 
 def _open_phases(target: TargetSpec, plan: _OpenPlan, requests: int) -> list[list[PhaseSpec]]:
     shares = [plan.n // plan.procs + (1 if i < plan.n % plan.procs else 0) for i in range(plan.procs)]
     pending = max(1, _OPEN_PENDING // plan.procs)
+    gaps = 1000 if plan.timed_gaps else 200_000  # with the histogram the list is only a sample
     return [[PhaseSpec(f"open {plan.n}", (target,), share, requests=requests, max_pending=pending, timeout=0,
-                       sample_streams=2, gap_samples=200_000, progress_interval=0.2)] for share in shares]
+                       sample_streams=2, gap_samples=gaps, progress_interval=0.2, timed_gaps=plan.timed_gaps)]
+            for share in shares]
 
 
-def _open_level(bench: Bench, n: int) -> Json:
-    plan = _OpenPlan.make(n, bench.settings.quick)
-    gateway = bench.new_gateway(f"gateway-open-{n}")
+def _open_level(bench: Bench, plan: _OpenPlan, kind: str) -> Json:
+    """``plan``'s streams through a fresh gateway (``kind`` "gateway") or a fresh bare proxy ("bare"), held for
+    the window; its CPU, and its RSS per stream over its idle RSS after a warm-up."""
+    server: GatewayProcess | BareProcess
+    if kind == "gateway":
+        server = gateway = bench.new_gateway(f"gateway-open-{plan.n}")
+        target = bench.gateway_target(f"mock/{plan.model}", gateway=gateway)
+    else:
+        server = bare = bench.new_bare()
+        target = bench.bare_target(plan.model, bare=bare)
     try:
-        _warm(gateway)
+        _warm(server)
         time.sleep(0.5)
-        idle_rss = _rss_now(gateway.pid)  # the whole process tree
-        target = bench.gateway_target(f"mock/text:tokens={plan.tokens},token_delay=1", gateway=gateway)
-        level = _hold(bench, plan, target, gateway.pid)
+        idle_rss = _rss_now(server.pid)  # the whole process tree
+        level = _hold(bench, plan, target, server.pid)
         level["idle_rss_bytes"] = idle_rss
         rss = level.get("rss_bytes")
-        opened = min(n, level["opened"])
+        opened = min(plan.n, level["opened"])
         level["rss_per_stream_kb"] = _r((rss - idle_rss) / opened / 1024, 2) if rss and idle_rss and opened else None
         return level
     finally:
-        bench.stop_gateway(gateway)
+        if isinstance(server, GatewayProcess):
+            bench.stop_gateway(server)
+        else:
+            bench.stop_bare(server)
+
+
+#: the held-streams figures compared with the bare proxy (gateway / bare)
+_HELD_VS_BARE = ("gw_cpu_us_per_event", "gw_cpu_pct", "rss_per_stream_kb", "delivered_ratio")
+
+
+def server_vs_bare(gateway: Json, bare: Json) -> Json:
+    """Each figure of ``_HELD_VS_BARE`` as gateway / bare proxy (``gw_*``: each server's own CPU)."""
+    return {key: ratio(gateway.get(key), bare.get(key)) for key in _HELD_VS_BARE}
 
 
 def _open_level_remote(bench: Bench, n: int) -> Json:
@@ -882,11 +1074,17 @@ def _open_level_remote(bench: Bench, n: int) -> Json:
     return _hold(bench, plan, bench.remote_target(), bench.server_pid(), remote=True)
 
 
-def _warm(gateway: GatewayProcess) -> None:
-    body = {"model": "mock/text:tokens=5", "input": _PROMPT, "stream": True}
-    with httpx.Client(timeout=30, verify=gateway.verify()) as client:
+def _warm(server: GatewayProcess | BareProcess) -> None:
+    verify: ssl.SSLContext | bool = True
+    if isinstance(server, BareProcess):
+        url = server.url
+        body: Json = {"model": "text:tokens=5", "messages": [{"role": "user", "content": _PROMPT}], "stream": True}
+    else:
+        url, verify = server.url + "/v1/responses", server.verify()
+        body = {"model": "mock/text:tokens=5", "input": _PROMPT, "stream": True}
+    with httpx.Client(timeout=30, verify=verify) as client:
         for _ in range(20):
-            client.post(gateway.url + "/v1/responses", json=body).raise_for_status()
+            client.post(url, json=body).raise_for_status()
 
 
 def _rss_now(pid: int) -> int | None:
@@ -956,13 +1154,15 @@ def _hold_summary(bench: Bench, plan: _OpenPlan, results: list[Json], cuts: list
         for kind, count in t["errors"].items():
             errors[kind] = errors.get(kind, 0) + count
     gaps = [g for t in tallies for g in t["gaps"]]
-    return {
+    timed = {"window_gaps_ms": hist_distribution_ms(window_gap_hist(tallies, cuts[0], cuts[-1]))} if any(
+        "gap_hist" in t for t in tallies) else {}
+    return {**timed,
         "streams": plan.n, "window_s": plan.window, "loadgen_processes": len(phases),
         "events_per_s": median_of(thirds, "events_per_s"), "gw_cpu_pct": median_of(thirds, "gw_cpu_pct"),
         "gw_cpu_us_per_event": median_of(thirds, "gw_cpu_us_per_event"), "thirds": thirds,
         "gw_core_others_pct": median_of(thirds, "gw_core_others_pct"),
         "load_core_busy_pct": median_of(thirds, "load_core_busy_pct"),
-        "delivered_ratio": _r((median_of(thirds, "events_per_s") or 0) / plan.n, 3),
+        "delivered_ratio": _r((median_of(thirds, "events_per_s") or 0) / plan.offered, 3),
         "errors": sum(errors.values()), "error_kinds": errors, "held": sum(t["held"] for t in tallies),
         "gaps_ms": distribution_ms(gaps),
         "invariant_failures": [f for t in tallies for f in t["invariants"]["failures"]][:5],
@@ -1047,6 +1247,59 @@ def _match_cancels(outs: list[Json], disconnects: list[float]) -> dict[str, list
 # ------------------------------------------------------------------------------------------ suite
 
 
+# ------------------------------------------------------------------------------------------ 12: paced
+
+
+def paced(bench: Bench) -> Json:
+    """Scenario 12: N streams x R events/s each (the mock paces tokens ``1 / R`` apart), through a fresh gateway
+    and a fresh bare proxy in turn, for each N: delivered events/s against offered, the added inter-delta gap
+    (the client's gaps in the window minus the pacing), each server's CPU (% of its core, µs per event) and RSS
+    per stream; the gateway/bare ratios (the issue's target: CPU per event within 1.15x)."""
+    s = bench.settings
+    rate = s.paced_rate
+    result = _scenario(bench, "paced", f"Paced streams: N streams x {rate:g} events/s (gateway vs bare proxy)")
+    if s.target is not None:
+        result["skipped"] = "needs the bench's own mock upstream and bare proxy (not available with --target)"
+        return _finish(result)
+    plans = [_OpenPlan.paced(n, rate, s.quick) for n in s.paced_streams]
+    result["config"] = {"rate": rate, "token_delay_s": _r(1 / rate, 6), "streams": list(s.paced_streams),
+                        "window_s": plans[0].window if plans else None, "models": [p.model for p in plans]}
+    result["levels"] = []
+    for plan in plans:
+        level: Json = {"streams": plan.n, "rate": rate, "offered_events_per_s": plan.offered}
+        for kind, label in (("gateway", "gateway"), ("bare", "bare proxy")):
+            bench.progress.step(f"paced: {plan.n} streams x {rate:g}/s ({label})")
+            level[kind] = paced_figures(_open_level(bench, plan, kind), plan.n, rate)
+        level["vs_bare"] = paced_vs_bare(level["gateway"], level["bare"])
+        result["levels"].append(level)
+    ratios = [lv["vs_bare"]["gw_cpu_us_per_event"] for lv in result["levels"]]
+    result["cpu_per_event_ratio_max"] = max((r for r in ratios if r is not None), default=None)
+    return _finish(result)
+
+
+def paced_figures(level: Json, streams: int, rate: float) -> Json:
+    """A held paced level plus: offered events/s, delivered/offered, and the added inter-delta gap (the window's
+    client-observed gaps minus the pacing ``1 / rate``; p50, p99, max)."""
+    offered = streams * rate
+    delivered = level.get("events_per_s")
+    pacing_ms = 1000.0 / rate
+    gaps = level.get("window_gaps_ms") or {}
+    out = {**level, "offered_events_per_s": offered, "pacing_ms": _r(pacing_ms),
+           "delivered_ratio": _r(delivered / offered, 3) if delivered is not None and offered else None}
+    for q in ("p50", "p99", "max"):
+        value = gaps.get(q)
+        out[f"added_gap_{q}_ms"] = _r(value - pacing_ms) if value is not None else None
+    return out
+
+
+def paced_vs_bare(gateway: Json, bare: Json) -> Json:
+    """``server_vs_bare`` plus the added gap p99 the gateway has over the bare proxy (ms)."""
+    found = server_vs_bare(gateway, bare)
+    g, b = gateway.get("added_gap_p99_ms"), bare.get("added_gap_p99_ms")
+    found["added_gap_p99_ms_over_bare"] = _r(g - b) if g is not None and b is not None else None
+    return found
+
+
 # ----------------------------------------------------------------------------------------- 11: limits
 
 _LIMITS_KEY = "sk-bench-limits-0123456789"
@@ -1123,19 +1376,20 @@ SCENARIOS: dict[int, tuple[str, Scenario]] = {
     9: ("request_log", request_log),
     10: ("otel", otel_cost),
     11: ("limits", limits),
+    12: ("paced", paced),
 }
 #: what runs when ``--scenarios`` is not given (7 is added by ``--compare-http2``, 8 by ``--compare-workers``,
 #: 9 by ``--compare-logs``, 10 by ``--compare-otel``, 11 by ``--compare-limits``)
-DEFAULT_SCENARIOS = (1, 2, 3, 4, 5, 6)
+DEFAULT_SCENARIOS = (1, 2, 3, 4, 5, 6, 12)
 
 
 def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
     """How many progress steps the selected scenarios take (for the progress bar)."""
     local = settings.target is None
     steps = {
-        1: len(settings.concurrencies) * (2 if local else 1) * settings.repeats,
+        1: len(settings.concurrencies) * (3 if local else 1) * settings.repeats,
         2: 2 * settings.repeats,
-        3: len(settings.open_levels),
+        3: len(settings.open_levels) * (2 if local else 1),
         4: (1 if settings.quick else 3) * (2 if local else 1) * settings.repeats,
         5: settings.repeats if local else 0,
         6: settings.repeats if local else 0,
@@ -1144,6 +1398,7 @@ def planned_steps(settings: Settings, selected: Sequence[int]) -> int:
         9: 2 * settings.repeats if local else 0,
         10: 3 * settings.repeats if local else 0,
         11: 3 * settings.repeats if local else 0,
+        12: 2 * len(settings.paced_streams) if local else 0,
     }
     return sum(steps[i] for i in selected)
 

@@ -132,7 +132,9 @@ def run(args: argparse.Namespace, mock_port: int, gw_url: str, bare_port: int) -
             first_event_time(direct_client, direct_url, direct_body, chunk)
             first_event_time(bare_client, bare_url, direct_body, chunk)
             first_event_time(gw_client, gw_url + "/v1/responses", gw_body, b"event: ")
-        direct, bare, gateway = [], [], []
+        direct: list[float] = []
+        bare: list[float] = []
+        gateway: list[float] = []
         for _ in range(args.requests):
             direct.append(first_event_time(direct_client, direct_url, direct_body, chunk))
             bare.append(first_event_time(bare_client, bare_url, direct_body, chunk))
