@@ -14,8 +14,8 @@ from .test_bench_report import Json, results, run_row
 
 def test_compare_http2_adds_scenario_7(tmp_path: Path) -> None:
     parse = _parser().parse_args
-    assert selected_scenarios(parse([])) == DEFAULT_SCENARIOS == (1, 2, 3, 4, 5, 6)
-    assert selected_scenarios(parse(["--compare-http2"])) == (1, 2, 3, 4, 5, 6, 7)
+    assert selected_scenarios(parse([])) == DEFAULT_SCENARIOS == (1, 2, 3, 4, 5, 6, 12)
+    assert selected_scenarios(parse(["--compare-http2"])) == (1, 2, 3, 4, 5, 6, 12, 7)
     assert selected_scenarios(parse(["--scenarios", "7", "--compare-http2"])) == (7,)
     args = parse(["--quick", "--tls", "--h2-streams-per-connection", "10", "--compare-http2"])
     settings = settings_from_args(args, tmp_path)

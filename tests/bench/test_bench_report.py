@@ -73,7 +73,7 @@ def verdicts(doc: Json) -> dict[str, str]:
 
 def test_targets_graded_against_floor_and_target() -> None:
     assert verdicts(results()) == {"streams_c64": "yes (target)", "added_ttfe_c1": "yes (floor)",
-                                   "cpu_per_event": "no", "open_streams": "yes (floor)"}
+                                   "cpu_per_event": "no", "open_streams": "yes (floor)", "paced_cpu_ratio": "n/a"}
     assert verdicts(results(streams=300, added=0.4, cpu=60))["streams_c64"] == "no"
     assert verdicts(results(streams=300, added=0.4, cpu=60))["added_ttfe_c1"] == "yes (target)"
     assert verdicts(results(cpu=60))["cpu_per_event"] == "yes (target)"
