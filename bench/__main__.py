@@ -1,7 +1,7 @@
 """``python -m bench`` / ``streamgw-bench``: run the benchmark scenarios and write the report.
 
-    python -m bench --quick                      # about a minute: every scenario, short runs
-    python -m bench                              # the full run (at most ~15 minutes)
+    python -m bench --quick                      # about two minutes: every default scenario, short runs
+    python -m bench                              # the full run (at most ~20 minutes)
     python -m bench --scenarios 1,2 --repeats 5  # pick scenarios
     python -m bench --scenarios 12 --paced-streams 200,400 --paced-rate 50   # paced streams, gateway vs bare proxy
     python -m bench --quick --compare-http2      # also HTTP/1.1 vs HTTP/2 streams/s at c=64 (scenario 7)
@@ -74,7 +74,7 @@ def _rate(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamgw-bench", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--quick", action="store_true", help="short runs, one repeat, 300 open streams (~1 minute)")
+    p.add_argument("--quick", action="store_true", help="short runs, one repeat, 300 open streams (~2 minutes)")
     p.add_argument("--scenarios", type=_ints, default=DEFAULT_SCENARIOS,
                    help=f"which to run ({_SCENARIO_HELP}; default 1-6 and 12)")
     p.add_argument("--repeats", type=int, help="runs per configuration; medians are reported (default 3, quick 1)")
