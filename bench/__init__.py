@@ -28,7 +28,8 @@ Results JSON (``results.json``, schema ``streamgw-bench/1``); times are millisec
                   or ""), description}, open_files_limit [soft, hard], loadavg [3],
                   memory_total_bytes
     targets       [{key, measure, floor, target, unit, measured, display, met, note}] — the issue's targets
-                  (streams_c64, added_ttfe_c1, cpu_per_event, open_streams, paced_cpu_ratio); met is "yes (target)" | "yes (floor)" | "no" | "n/a" | "n/a (--target)"
+                  (streams_c64, added_ttfe_c1, cpu_per_event, open_streams, paced_cpu_ratio); met is
+                  "yes (target)" | "yes (floor)" | "no" | "n/a" | "n/a (--target)"
     plots         [file name];  files   [file name]
     scenarios     {name: scenario}; every scenario has key, title, skipped (reason | null), started_at,
                   finished_at, environment (the environment above plus loadavg at start, loadavg_end), or
