@@ -367,16 +367,17 @@ def outcome(entry: RequestEntry) -> tuple[str, str]:
     return "cancelled", ""
 
 
+def _count(value: object) -> int:
+    return value if type(value) is int and value > 0 else 0  # not a bool, a float or a string
+
+
 def usage_tokens(usage: dict[str, object]) -> tuple[int, int, int, int]:
     """input, output, cached input and reasoning output tokens of a Responses ``usage`` object (0: absent)."""
-    def number(value: object) -> int:
-        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
     cached = usage.get("input_tokens_details")
     reasoning = usage.get("output_tokens_details")
-    return (number(usage.get("input_tokens")), number(usage.get("output_tokens")),
-            number(cached.get("cached_tokens")) if isinstance(cached, dict) else 0,
-            number(reasoning.get("reasoning_tokens")) if isinstance(reasoning, dict) else 0)
+    return (_count(usage.get("input_tokens")), _count(usage.get("output_tokens")),
+            _count(cached.get("cached_tokens")) if type(cached) is dict else 0,
+            _count(reasoning.get("reasoning_tokens")) if type(reasoning) is dict else 0)
 
 
 def added_seconds(entry: RequestEntry) -> float | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -156,26 +157,45 @@ def entry_fields(entry: RequestEntry, wall: float, pid: int) -> dict[str, Any]:
     }
 
 
+_second: list[Any] = [-1, ""]  # the last whole second formatted by ``_iso``, and its text
+
+
 def _iso(wall: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
+    second = int(wall)
+    if second != _second[0]:  # strftime once a second, not once a line
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int(wall % 1 * 1000):03d}Z"
+
+
+#: one encoder for every line (``json.dumps`` with options builds a new one per call)
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+#: a text value that needs no quotes: printable, no space, quote, equals sign or backslash
+_BARE = re.compile(r'[^\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]+')
 
 
 def format_line(fields: dict[str, Any], fmt: str) -> str:
     """One line: a compact JSON object, or ``time key=value ...`` text (``None`` values left out)."""
     if fmt == "json":
-        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+        return _JSON.encode(fields)
     parts = [str(fields.get("time", ""))]
     for name, value in fields.items():
-        if name == "time" or value is None or value == []:
+        if value is None or name == "time":
+            continue
+        kind = type(value)
+        if kind is int or kind is float:
+            parts.append(f"{name}={value}")
+            continue
+        if kind is bool:
+            parts.append(f"{name}={'true' if value else 'false'}")
             continue
         if name == "attempts":
+            if not value:
+                continue
             value = ",".join(_attempt_text(a) for a in value)
         elif name == "phases_ms":
             value = ",".join(f"{k}:{'-' if v is None else f'{v:g}'}" for k, v in value.items())
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
         text = str(value)
-        if not text or any(c in text for c in ' "=\\') or not text.isprintable():
+        if not _BARE.fullmatch(text) or not text.isprintable():
             text = json.dumps(text, ensure_ascii=False)
         parts.append(f"{name}={text}")
     return " ".join(parts)

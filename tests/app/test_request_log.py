@@ -326,3 +326,15 @@ def test_logging_config_from_toml_and_environment(tmp_path: Path) -> None:
     for where in ("[logging] format", "[logging] bodies[0]", "[logging] body_max_chars", "[logging] level",
                   "STREAMGW_LOG_FORMAT"):
         assert where in text, text
+
+
+def test_text_values_are_quoted_exactly_when_they_need_it() -> None:
+    from streamgw.app.requestlog import format_line
+
+    fields = {"time": "T", "a": "plain-value_1.2:x", "b": "", "c": "two words", "d": 'q"uote', "e": "k=v",
+              "f": "back\\slash", "g": "tab\there", "h": "nl\nx", "i": "zero\u200bwidth", "j": "é", "k": 3,
+              "l": 1.5, "m": True, "n": None, "attempts": []}
+    line = format_line(fields, "text")
+    assert line == ('T a=plain-value_1.2:x b="" c="two words" d="q\\"uote" e="k=v" f="back\\\\slash" '
+                    'g="tab\\there" h="nl\\nx" i="zero\u200bwidth" j=é k=3 l=1.5 m=true')
+    assert "\n" not in line

@@ -1,0 +1,257 @@
+"""Instructions per request, counted by valgrind: an A/B measure that a noisy machine does not move.
+
+    python -m bench.icount                                   # the built-in variants (see VARIANTS)
+    python -m bench.icount --variants plain,json-log,limits-sqlite --requests 100 --repeats 3
+    python -m bench.icount --bare                            # also the bare trio + h11 proxy
+
+Throughput and CPU-seconds on a shared 2-core machine drift by tens of percent from one minute to
+the next; the number of instructions a process executes for the same work does not (about ±1 % here).
+Each variant's gateway runs under ``valgrind --tool=callgrind --instr-atstart=no``; after a warm-up
+the counting is switched on (``callgrind_control -i on``) for ``--requests`` sequential streamed
+requests (c=1, 20 chunks each, from a mock upstream outside valgrind), then off, and the totals are
+dumped.  The report is the median per request of ``--repeats`` such windows, and each variant's
+ratio to the first.  Background tasks (the store writer, key and limit housekeeping) run on their
+timers while a window is open; at c=1 under valgrind a window lasts ~15 s, so they are included.
+
+A count is not a time (a cache miss or a system call costs more than its instructions), but for
+the Python code on the request path it tracks CPU time closely, and it settles "did this change
+cost 3 %?" where a timing cannot.  Needs ``valgrind`` (Debian: ``apt-get install valgrind``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from streamgw.testing.process import free_port, start_mock, stop_process
+
+_KEY = "sk-icount-0123456789"
+_LIMITS = ("requests_per_minute = 100000000\ntokens_per_minute = 1000000000\n"
+           "concurrent_streams = 100000\ntokens_per_day = 1000000000000\n")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A gateway configuration to count: TOML appended to the base config, and whether requests carry a key."""
+
+    name: str
+    toml: str = ""
+    keyed: bool = False
+    env: tuple[tuple[str, str], ...] = ()
+
+
+#: what ``--variants`` may name; the default list is the first five
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("plain", '[logging]\nrequests = false\n'),
+    Variant("text-log", '[logging]\nformat = "text"\nfile = "{dir}/requests.log"\n'),
+    Variant("json-log", '[logging]\nformat = "json"\nfile = "{dir}/requests.log"\n'),
+    Variant("key", f'[logging]\nrequests = false\n[keys.bench]\nkey = "{_KEY}"\n', keyed=True),
+    Variant("limits-sqlite", f'[logging]\nrequests = false\n[keys.bench]\nkey = "{_KEY}"\n{_LIMITS}', keyed=True),
+    Variant("limits-redis", f'[logging]\nrequests = false\n[keys.bench]\nkey = "{_KEY}"\n{_LIMITS}'
+            '[control]\nbackend = "redis"\nurl = "{redis}"\n', keyed=True),
+    Variant("otel", '[logging]\nrequests = false\n[tracing]\nenabled = true\n',
+            env=(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/v1/traces"),)),
+    Variant("no-store", '[logging]\nrequests = false\n', ),
+)}
+DEFAULT = ("plain", "text-log", "json-log", "key", "limits-sqlite")
+
+
+def _base(mock_port: int, folder: Path, variant: Variant) -> str:
+    store = 'backend = "none"' if variant.name == "no-store" else f'backend = "sqlite"\npath = "{folder}/store.db"'
+    control = "" if "[control]" in variant.toml else f'[control]\npath = "{folder}/control.db"\n'
+    return (f'[store]\n{store}\n{control}'
+            f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
+
+
+def _stream(client: httpx.Client, url: str, key: str | None) -> None:
+    body = {"model": "mock/text:tokens=20", "input": "hi", "stream": True}
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    with client.stream("POST", url, json=body, headers=headers) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.read()[:300]!r}")
+        for _ in response.iter_raw():
+            pass
+
+
+def _chat(client: httpx.Client, url: str, key: str | None) -> None:
+    body = {"model": "text:tokens=20", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with client.stream("POST", url, json=body) as response:
+        for _ in response.iter_raw():
+            pass
+
+
+class Counted:
+    """A process under callgrind with counting off until ``window`` switches it on."""
+
+    def __init__(self, argv: list[str], folder: Path, name: str, env: dict[str, str] | None = None) -> None:
+        self.out = folder / f"{name}.callgrind"
+        self.log = (folder / f"{name}.log").open("wb")
+        self.proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                      f"--callgrind-out-file={self.out}", *argv],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def _control(self, *args: str) -> None:
+        subprocess.run(["callgrind_control", *args, str(self.proc.pid)], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+    def window(self, work: Callable[[], object]) -> int:
+        """Instructions the process executed while ``work()`` ran."""
+        for old in self.out.parent.glob(self.out.name + ".*"):
+            old.unlink()
+        self._control("-z")
+        self._control("-i", "on")
+        try:
+            work()
+        finally:
+            self._control("-i", "off")
+        self._control("-d")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for dump in self.out.parent.glob(self.out.name + ".*"):
+                for line in dump.read_text(errors="replace").splitlines():
+                    if line.startswith("totals:"):
+                        return int(line.split()[1])
+            time.sleep(0.2)
+        raise RuntimeError("callgrind wrote no totals")
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=60)
+        self.log.close()
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready within {timeout:g} s")
+
+
+def count_variant(variant: Variant, mock_port: int, args: argparse.Namespace, redis_url: str) -> list[float]:
+    """Instructions per request of ``variant``, one figure per repeat."""
+    with tempfile.TemporaryDirectory(prefix="icount-") as tmp:
+        folder = Path(tmp)
+        config = folder / "gateway.toml"
+        config.write_text(_base(mock_port, folder, variant)
+                          + variant.toml.replace("{dir}", tmp).replace("{redis}", redis_url))
+        port = free_port()
+        env = {**os.environ, **dict(variant.env)}
+        gateway = Counted([sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port)],
+                          folder, variant.name, env)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait(base + "/healthz", gateway.proc)
+            key = _KEY if variant.keyed else None
+            per_request: list[float] = []
+            with httpx.Client(timeout=120) as client:
+                for _ in range(args.warmup):
+                    _stream(client, base + "/v1/responses", key)
+                def work() -> None:
+                    for _ in range(args.requests):
+                        _stream(client, base + "/v1/responses", key)
+
+                for _ in range(args.repeats):
+                    per_request.append(gateway.window(work) / args.requests)
+            return per_request
+        finally:
+            gateway.stop()
+
+
+def count_bare(mock_port: int, args: argparse.Namespace) -> list[float]:
+    """Instructions per request of the bare trio + h11 proxy (``bench.bareproxy``)."""
+    with tempfile.TemporaryDirectory(prefix="icount-") as tmp:
+        port = free_port()
+        proxy = Counted([sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}",
+                         "--port", str(port)], Path(tmp), "bare")
+        try:
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            deadline = time.monotonic() + 120
+            with httpx.Client(timeout=120) as client:
+                while True:
+                    try:
+                        _chat(client, url, None)
+                        break
+                    except httpx.HTTPError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.5)
+                for _ in range(args.warmup):
+                    _chat(client, url, None)
+                def work() -> None:
+                    for _ in range(args.requests):
+                        _chat(client, url, None)
+
+                return [proxy.window(work) / args.requests for _ in range(args.repeats)]
+        finally:
+            proxy.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Count every variant asked for and print a table (and ``--json``)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.icount", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default=",".join(DEFAULT),
+                        help=f"comma-separated, from: {', '.join(VARIANTS)} (the first is the baseline)")
+    parser.add_argument("--requests", type=int, default=100, help="requests per counted window")
+    parser.add_argument("--repeats", type=int, default=3, help="counted windows per variant")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--bare", action="store_true", help="also count the bare trio + h11 proxy")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("bench.icount: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    results: dict[str, list[float]] = {}
+    mock, mock_port = start_mock([])
+    redis_ctx = None
+    try:
+        redis_url = ""
+        if any("redis" in n for n in names):
+            from streamgw.testing.redis_server import running_redis
+            redis_ctx = running_redis()
+            redis_url = redis_ctx.__enter__()
+        for name in names:
+            results[name] = count_variant(VARIANTS[name], mock_port, args, redis_url)
+            print(f"{name}: {[round(x) for x in results[name]]}", file=sys.stderr, flush=True)
+        if args.bare:
+            results["bare proxy"] = count_bare(mock_port, args)
+    finally:
+        if redis_ctx is not None:
+            redis_ctx.__exit__(None, None, None)
+        stop_process(mock)
+    baseline = statistics.median(results[names[0]])
+    print(f"instructions per streamed request (c=1, 20 chunks; median of {args.repeats} windows of "
+          f"{args.requests}), ratio to {names[0]}:")
+    for name, values in results.items():
+        median = statistics.median(values)
+        spread = (max(values) - min(values)) / median * 100 if median else 0.0
+        print(f"  {name:15s} {median / 1e6:8.3f} M   x{median / baseline:.3f}   (spread {spread:.1f} %)")
+    if args.json:
+        args.json.write_text(json.dumps({"requests": args.requests, "repeats": args.repeats, "per_request": results},
+                                        indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
