@@ -253,6 +253,16 @@ def warnings(results: Json) -> list[str]:
                          "of the gateway's core")
         if lv.get("opened", 0) < lv["streams"]:
             found.append(f"open_streams {lv['streams']}: only {lv['opened']} streams opened within the ramp limit")
+    for lv in (results["scenarios"].get("paced") or {}).get("levels", []):
+        for server in ("gateway", "bare"):
+            x = lv.get(server) or {}
+            if (x.get("load_core_busy_pct") or 0) >= 90:
+                found.append(f"paced {lv['streams']} {server}: the client side's core was "
+                             f"{x['load_core_busy_pct']:.0f}% busy (mock and load generator), so it may have capped "
+                             "the delivered events")
+            if (x.get("gw_core_others_pct") or 0) >= 10:
+                found.append(f"paced {lv['streams']} {server}: other processes used {x['gw_core_others_pct']:.0f}% "
+                             "of the server's core")
     for key in ("throughput", "non_streamed", "http_versions", "workers", "request_log"):
         for row in (results["scenarios"].get(key) or {}).get("rows", []):
             m, where = row["median"], f"{key} {row['target']} c={row['concurrency']}"

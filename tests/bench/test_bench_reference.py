@@ -83,7 +83,7 @@ def test_paced_target_and_report(tmp_path: Path) -> None:
              "gateway": {"delivered_ratio": 0.9, "window_gaps_ms": {"p50": 20.0, "p99": 26.5}, "added_gap_p99_ms": 6.5,
                          "gw_cpu_us_per_event": 110.0, "events_per_s": 9000.0, "errors": 0},
              "bare": {"delivered_ratio": 1.0, "window_gaps_ms": {"p50": 20.0, "p99": 21.0}, "added_gap_p99_ms": 1.0,
-                      "gw_cpu_us_per_event": 100.0, "events_per_s": 10000.0, "errors": 0},
+                      "gw_cpu_us_per_event": 100.0, "events_per_s": 10000.0, "errors": 0, "load_core_busy_pct": 97.0},
              "vs_bare": {"gw_cpu_us_per_event": 1.1, "added_gap_p99_ms_over_bare": 5.5}}
     doc["scenarios"]["paced"] = {"key": "paced", "title": "p", "skipped": None, "levels": [level],
                                  "config": {"rate": 50.0, "token_delay_s": 0.02, "window_s": 6.0},
@@ -98,6 +98,7 @@ def test_paced_target_and_report(tmp_path: Path) -> None:
     assert "**Worst gateway ÷ bare CPU per event: 1.300**" in section
     assert "| 200 | gateway | 10,000.0 | 9,000.0 | 0.900 |" in section and "| 200 | bare |" in section
     assert "Paced 200 x 50/s: gateway ÷ bare CPU per event 1.10, delivered 0.900" in summary(doc, tmp_path)
+    assert "**warning**: paced 200 bare: the client side's core was 97% busy" in text
 
 
 def test_bare_proxy_beside_the_gateway_in_scenarios_1_to_3(tmp_path: Path) -> None:
