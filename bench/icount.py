@@ -62,7 +62,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("limits-redis", f'[logging]\nrequests = false\n[keys.bench]\nkey = "{_KEY}"\n{_LIMITS}'
             '[control]\nbackend = "redis"\nurl = "{redis}"\n', keyed=True),
     Variant("otel", '[logging]\nrequests = false\n[tracing]\nenabled = true\n',
-            env=(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/v1/traces"),)),
+            env=(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "{otlp}"),)),
     Variant("no-store", '[logging]\nrequests = false\n', ),
 )}
 DEFAULT = ("plain", "text-log", "json-log", "key", "limits-sqlite")
@@ -145,7 +145,8 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None
     raise RuntimeError(f"{url} not ready within {timeout:g} s")
 
 
-def count_variant(variant: Variant, mock_port: int, args: argparse.Namespace, redis_url: str) -> list[float]:
+def count_variant(variant: Variant, mock_port: int, args: argparse.Namespace, redis_url: str,
+                  otlp: str = "") -> list[float]:
     """Instructions per request of ``variant``, one figure per repeat."""
     with tempfile.TemporaryDirectory(prefix="icount-") as tmp:
         folder = Path(tmp)
@@ -153,7 +154,7 @@ def count_variant(variant: Variant, mock_port: int, args: argparse.Namespace, re
         config.write_text(_base(mock_port, folder, variant)
                           + variant.toml.replace("{dir}", tmp).replace("{redis}", redis_url))
         port = free_port()
-        env = {**os.environ, **dict(variant.env)}
+        env = {**os.environ, **{k: v.replace("{otlp}", otlp) for k, v in variant.env}}
         gateway = Counted([sys.executable, "-m", "streamgw", "serve", "--config", str(config), "--port", str(port)],
                           folder, variant.name, env)
         try:
@@ -231,8 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamgw.testing.redis_server import running_redis
             redis_ctx = running_redis()
             redis_url = redis_ctx.__enter__()
+        from streamgw.testing.otlp_receiver import OtlpReceiver
+
         for name in names:
-            results[name] = count_variant(VARIANTS[name], mock_port, args, redis_url)
+            with OtlpReceiver(decode=False) as receiver:  # where the otel variant exports to (counting only)
+                results[name] = count_variant(VARIANTS[name], mock_port, args, redis_url, receiver.endpoint)
             print(f"{name}: {[round(x) for x in results[name]]}", file=sys.stderr, flush=True)
         if args.bare:
             results["bare proxy"] = count_bare(mock_port, args)
@@ -240,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if redis_ctx is not None:
             redis_ctx.__exit__(None, None, None)
         stop_process(mock)
+        if mock.stdout is not None:
+            mock.stdout.close()
     baseline = statistics.median(results[names[0]])
     print(f"instructions per streamed request (c=1, 20 chunks; median of {args.repeats} windows of "
           f"{args.requests}), ratio to {names[0]}:")
