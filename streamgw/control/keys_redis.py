@@ -11,19 +11,15 @@ applies only over the record it was made from (compare and set).  Commands go th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-
-import trio
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from streamgw.control.keys import ManagedKey, decoded
 from streamgw.errors import ControlUnavailable
-from streamgw.store.resp import RedisClient, RespError, RespProtocolError
+from streamgw.store.resp import RedisClient, failures_as
 
 __all__ = ["RedisKeyStore"]
 
-_FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, RespError,
-             RespProtocolError, ValueError)
 
 # KEYS: record, id -> digest, name -> id, ids, version; ARGV: record text, digest hex, id
 _CREATE = """
@@ -50,13 +46,8 @@ return 1
 """
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except _FAILURES as exc:
-        detail = str(exc) or type(exc).__name__
-        raise ControlUnavailable(f"The key store (redis) failed to {what}: {detail}") from exc
+def _translated(what: str) -> AbstractContextManager[None]:
+    return failures_as(ControlUnavailable, f"The key store (redis) failed to {what}")
 
 
 def _text(reply: object) -> bytes | None:

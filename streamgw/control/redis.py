@@ -19,11 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import date, timedelta
-
-import trio
 
 from streamgw.control.base import (
     USAGE_COUNTERS,
@@ -35,10 +33,8 @@ from streamgw.control.base import (
     UsageRow,
     Verdict,
 )
-from streamgw.store.resp import Arg, RedisClient, RespError, RespProtocolError
+from streamgw.store.resp import Arg, RedisClient, RespError, failures_as
 
-_FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, RespError,
-             RespProtocolError, ValueError, TypeError)
 #: seconds usage rows are kept
 USAGE_RETENTION = 400 * 86400
 _MAX_FIELD = 2048  # a usage field longer than this was not written by us
@@ -133,13 +129,8 @@ return 1
 """
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except _FAILURES as exc:
-        detail = str(exc) or type(exc).__name__
-        raise ControlUnavailable(f"control store (redis) {what} failed: {detail}") from exc
+def _translated(what: str) -> AbstractContextManager[None]:
+    return failures_as(ControlUnavailable, f"control store (redis) {what} failed")
 
 
 class _Script:

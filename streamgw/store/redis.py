@@ -12,27 +12,19 @@ round trip.  Commands go through ``streamgw.store.resp.RedisClient`` (trio socke
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from hashlib import sha256
 
 import trio
 
 from streamgw.store.base import EncodedRecord, Encoder, ItemPointer, StoreUnavailable
-from streamgw.store.resp import Arg, RedisClient, RespError, RespProtocolError
-
-_FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, RespError,
-             RespProtocolError, ValueError)
+from streamgw.store.resp import Arg, RedisClient, RespError, failures_as
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
+def _translated(what: str) -> AbstractContextManager[None]:
     """Connection, timeout and protocol errors become ``StoreUnavailable``."""
-    try:
-        yield
-    except _FAILURES as exc:
-        detail = str(exc) or type(exc).__name__
-        raise StoreUnavailable(f"response store (redis) {what} failed: {detail}") from exc
+    return failures_as(StoreUnavailable, f"response store (redis) {what} failed")
 
 
 class RedisBackend:

@@ -14,14 +14,16 @@ measurement; ``bench/redis_clients.py`` repeats it).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeAlias
 
 import trio
 
 from streamgw.config import RedisURL
 
-__all__ = ["NEED_DATA", "RedisClient", "RedisURL", "RespError", "RespParser", "RespProtocolError", "encode_command"]
+__all__ = ["FAILURES", "NEED_DATA", "RedisClient", "RedisURL", "RespError", "RespParser", "RespProtocolError",
+           "encode_command", "failures_as"]
 
 Arg: TypeAlias = bytes | str | int | float
 Reply: TypeAlias = "bytes | str | int | list[Reply] | RespError | None"
@@ -219,3 +221,18 @@ class RedisClient:
             for reply in await conn.roundtrip(b"".join(commands), len(commands)):
                 if isinstance(reply, RespError):
                     raise reply
+
+
+#: what a Redis round trip can fail with: the connection, its timeout, or the server's answer
+FAILURES: tuple[type[BaseException], ...] = (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                                             trio.TooSlowError, RespError, RespProtocolError, ValueError)
+
+
+@contextmanager
+def failures_as(error: Callable[[str], Exception], message: str) -> Iterator[None]:
+    """Re-raise a Redis failure (``FAILURES``) as ``error(message + ": " + the cause)``."""
+    try:
+        yield
+    except FAILURES as exc:
+        raise error(f"{message}: {str(exc) or type(exc).__name__}") from exc
+
