@@ -63,6 +63,21 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
 
 
+class _Resource(Resource):
+    """A ``Resource`` that hashes once: the exporter groups each span by its resource, and the SDK's
+    ``Resource.__hash__`` serialises every attribute to JSON on each call (a fifth of the encoding)."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or super().__eq__(other)
+
+
 def _provider_attributes(provider: ProviderConfig) -> dict[str, Any]:
     """The attributes every attempt span of ``provider`` has: its GenAI name and server address."""
     genai = _GENAI_PROVIDERS.get(provider.type, provider.name)
@@ -125,7 +140,7 @@ class Tracing:
         resource = Resource.create()
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "streamgw"}))
-        self._resource = resource
+        self._resource = _Resource(resource)
         #: the provider reads OTEL_TRACES_SAMPLER and owns the processor (its shutdown flushes it)
         self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         self._processor = BatchSpanProcessor(OTLPSpanExporter())
@@ -200,7 +215,7 @@ class Tracing:
         for call in entry.store_calls or ():
             on_end(self._store_span(call, trace_id, server, ns))
         for record in entry.attempts:
-            on_end(self._attempt_span(entry, record, record is winner, trace_id, server, ns))
+            on_end(self._attempt_span(record, trace_id, server, ns))
         on_end(ReadableSpan(_SERVER_NAMES.get(entry.door, "POST /v1/responses"), server, parent, self._resource,
                             attributes, kind=SpanKind.SERVER, status=status, start_time=ns(entry.started),
                             end_time=ns(end), instrumentation_scope=self._scope))
@@ -236,7 +251,7 @@ class Tracing:
             _add_usage(attributes, entry.usage)
         return attributes
 
-    def _attempt_span(self, entry: RequestEntry, record: AttemptRecord, won: bool, trace_id: int,
+    def _attempt_span(self, record: AttemptRecord, trace_id: int,
                       server: SpanContext, ns: Callable[[float | None], int]) -> ReadableSpan:
         attributes: dict[str, Any] = {"gen_ai.operation.name": "chat", "gen_ai.request.model": record.model,
                                       **self._providers.get(record.provider, {"gen_ai.provider.name": record.provider}),
@@ -246,12 +261,6 @@ class Tracing:
             attributes["streamgw.attempt.time_to_headers"] = record.headers_at - record.started
         if record.first_delta_at is not None:
             attributes["gen_ai.response.time_to_first_chunk"] = record.first_delta_at - record.started
-        if won:
-            attributes["gen_ai.response.model"] = record.model
-            if entry.response_id:
-                attributes["gen_ai.response.id"] = entry.response_id
-            if entry.usage:
-                _add_usage(attributes, entry.usage)
         status = _UNSET
         if record.outcome not in _ATTEMPT_OK:
             attributes["error.type"] = record.outcome
