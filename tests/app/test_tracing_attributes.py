@@ -68,3 +68,21 @@ def test_the_winner_is_the_attempt_that_served_not_a_hedge_that_lost() -> None:
     lost, won, failed = attempt("lost"), attempt("served"), attempt("upstream_5xx", first_delta=False)
     assert _winner(entry(attempts=[failed, lost, won])) is won
     assert _winner(entry(attempts=[failed])) is None
+
+
+def test_the_span_resource_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exporter groups every span by its resource: the SDK's hash serialises all its attributes each time."""
+    from opentelemetry.sdk import resources
+
+    from streamgw.app.tracing import _Resource
+
+    plain = resources.Resource({"service.name": "streamgw", "host.name": "h"})
+    ours = _Resource(plain)
+    assert ours == plain and hash(ours) == hash(plain) and ours.attributes == plain.attributes
+
+    def no_json(*args: Any, **kwargs: Any) -> str:
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(resources, "dumps", no_json)
+    assert hash(ours) == hash(ours)
+    assert {ours: 1}[ours] == 1
