@@ -100,18 +100,33 @@ class CappedLabel:
         return value
 
 
-class Bounded(Generic[M]):
-    """A labelled metric whose label values are mapped into fixed sets before they are used."""
+#: raw label-value tuples whose child ``Bounded`` remembers (values are untrusted: the cache is capped)
+_CHILDREN = 4096
 
-    __slots__ = ("_maps", "metric")
+
+class Bounded(Generic[M]):
+    """A labelled metric whose label values are mapped into fixed sets before they are used.
+
+    The child of each raw tuple of values is remembered (up to ``_CHILDREN`` tuples), so that a request's
+    updates cost a dictionary lookup each rather than the maps and prometheus_client's own ``labels``.  A
+    map's answer for a value never changes once given (``CappedLabel`` only ever admits more), so the
+    remembered child is the one the maps would choose again.
+    """
+
+    __slots__ = ("_children", "_maps", "metric")
 
     def __init__(self, metric: M, *maps: Callable[[str], str]) -> None:
         self.metric: M = metric
         self._maps = maps
+        self._children: dict[tuple[str, ...], M] = {}
 
     def labels(self, *values: str) -> M:
         """The child for ``values``, each mapped by its label's map."""
-        child: M = self.metric.labels(*[mapped(value) for mapped, value in zip(self._maps, values, strict=True)])
+        child = self._children.get(values)
+        if child is None:
+            child = self.metric.labels(*[mapped(value) for mapped, value in zip(self._maps, values, strict=True)])
+            if len(self._children) < _CHILDREN:
+                self._children[values] = child
         return child
 
 

@@ -125,3 +125,19 @@ def test_an_observer_that_fails_stops_neither_the_others_nor_the_request() -> No
     observers.opened(entry)
     observers.ended(entry)
     assert metrics.registry.get_sample_value("streamgw_requests_total", {"provider": "none", "status": "200"}) == 1
+
+
+def test_remembered_children_are_capped_and_map_as_before() -> None:
+    from streamgw.app.metrics import _CHILDREN, Metrics
+
+    metrics = Metrics(["up"], ["up/m"], ["alice"])
+    for i in range(_CHILDREN + 500):
+        metrics.tokens.labels("up", f"model-{i}", "alice", "input").inc()
+    metrics.tokens.labels("up", "up/m", "alice", "input").inc(5)
+    assert len(metrics.tokens._children) == _CHILDREN
+    text = metrics.render().decode()
+    series = [line for line in text.splitlines() if line.startswith("streamgw_tokens_total{")]
+    assert 'streamgw_tokens_total{key="alice",model="other",provider="up",type="input"} ' + \
+        f"{float(_CHILDREN + 500)}" in series
+    assert 'streamgw_tokens_total{key="alice",model="up/m",provider="up",type="input"} 5.0' in series
+    assert len(series) == 2
