@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from hashlib import sha256
 from typing import TYPE_CHECKING
 
@@ -110,10 +110,19 @@ class Gateway:
         #: limits, budgets and usage: one shared backend ([control]), the limiter, the usage writer
         self.control = open_control(config)
         metrics = self.metrics
+        # each operation's histogram child looked up once, when first used (``labels`` costs more than ``observe``)
+        timers: dict[str, Callable[[float], None]] = {}
+
+        def observe(op: str, seconds: float) -> None:
+            timer = timers.get(op)
+            if timer is None:
+                timer = timers[op] = metrics.control_seconds.labels(op).observe
+            timer(seconds)
+
         self.limiter = Limiter(
             self.control, tenant_limits=config.tenant_limits, prices=config.prices,
             on_unavailable=config.control.on_unavailable,
-            observe=lambda op, seconds: metrics.control_seconds.labels(op).observe(seconds),
+            observe=observe,
             unavailable=metrics.control_unavailable.inc)
         self.usage = UsageWriter(self.control, dropped=metrics.usage_dropped.inc,
                                  observe=metrics.control_seconds.labels("usage").observe)

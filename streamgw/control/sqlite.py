@@ -18,6 +18,7 @@ The file and its tables are created on first use; failing to open it makes every
 
 from __future__ import annotations
 
+import math
 import random
 import sqlite3
 import time
@@ -37,7 +38,6 @@ from streamgw.control.base import (
     UsageKey,
     UsageRow,
     Verdict,
-    charged_tat,
     evaluate,
 )
 
@@ -58,6 +58,16 @@ _UPSERT_USAGE = (
     + ", ".join("?" * (len(USAGE_DIMENSIONS) + len(USAGE_COUNTERS))) + ") ON CONFLICT ("
     + ", ".join(USAGE_DIMENSIONS) + ") DO UPDATE SET " + ", ".join(f"{c} = {c} + excluded.{c}" for c in USAGE_COUNTERS)
 )
+#: a settle's token charge and budget addition in one statement.  Parameters: name, the new row's value and
+#: expires, now, the floor (a rate: ``max(tat, now)``; a counter: none), the amount added, and whether the
+#: row is a rate (its expiry is its new ``tat``) or a counter (``expires`` as given); an expired row counts
+#: from ``now`` (a rate) or 0 (a counter)
+_CHARGE = (
+    "INSERT INTO state (name, value, expires) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET "
+    "value = CASE WHEN expires > ?4 THEN max(value, ?5) ELSE CASE WHEN ?7 THEN ?4 ELSE 0 END END + ?6, "
+    "expires = CASE WHEN ?7 THEN CASE WHEN expires > ?4 THEN max(value, ?5) ELSE ?4 END + ?6 ELSE excluded.expires END"
+)
+_NO_FLOOR = -math.inf
 _PURGE_EVERY = 60.0  # seconds between two clean-ups of expired rows (by ``maintain``)
 
 
@@ -131,16 +141,21 @@ class SQLiteControl:
         def work(conn: sqlite3.Connection, now: float) -> list[Verdict]:
             verdicts: list[Verdict] = []
             writes: list[tuple[str, float, float]] = []
-            # every rate and budget row in one statement (a statement costs more than the rows it reads)
+            # every rate and budget row and every stream's count of live leases in one statement (a statement
+            # costs more than the rows it reads); a count comes back under its name + _SEP, which no row has
             names = [check.name for check in checks if check.kind != "streams"]
-            values: dict[str, float] = dict(conn.execute(
-                f"SELECT name, value FROM state WHERE name IN ({','.join('?' * len(names))}) AND expires > ?",
-                (*names, now)).fetchall()) if names else {}
+            streams = [check.name for check in checks if check.kind == "streams"]
+            parts = [f"SELECT name, value FROM state WHERE name IN ({','.join('?' * len(names))}) AND expires > ?"
+                     ] if names else []
+            args: list[str | float] = [*names, now] if names else []
+            for name in streams:
+                parts.append("SELECT ?, COUNT(*) FROM state WHERE name > ? AND name < ? AND expires > ?")
+                args += (name + _SEP, name + _SEP, name + _AFTER, now)
+            values: dict[str, float] = dict(conn.execute(" UNION ALL ".join(parts), args).fetchall()) if parts else {}
             for check in checks:
                 rate, live, counter = None, 0, 0.0
                 if check.kind == "streams":
-                    live = conn.execute("SELECT COUNT(*) FROM state WHERE name > ? AND name < ? AND expires > ?",
-                                        (check.name + _SEP, check.name + _AFTER, now)).fetchone()[0]
+                    live = int(values.get(check.name + _SEP, 0))
                 elif check.kind == "budget":
                     counter = values.get(check.name, 0.0)
                 else:
@@ -159,20 +174,21 @@ class SQLiteControl:
 
     async def settle(self, charges: Sequence[Charge]) -> None:
         def work(conn: sqlite3.Connection, now: float) -> None:
+            releases: list[tuple[str]] = []
+            adds: list[tuple[str, float, float, float, float, float, bool]] = []
             for charge in charges:
                 if charge.kind == "tokens":
-                    row = conn.execute("SELECT value FROM state WHERE name = ? AND expires > ?",
-                                       (charge.name, now)).fetchone()
-                    tat = charged_tat(row[0] if row else None, now, charge.amount, charge.limit)
-                    conn.execute("INSERT OR REPLACE INTO state (name, value, expires) VALUES (?, ?, ?)",
-                                 (charge.name, tat, tat))
+                    # ``charged_tat`` in SQL: from max(tat, now), or from now when the row expired or is missing
+                    step = charge.amount * WINDOW / charge.limit
+                    adds.append((charge.name, now + step, now + step, now, now, step, True))
                 elif charge.kind == "add":
-                    conn.execute(
-                        "INSERT INTO state (name, value, expires) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                        "SET value = CASE WHEN expires > ? THEN value ELSE 0 END + excluded.value, "
-                        "expires = excluded.expires", (charge.name, charge.amount, now + charge.ttl, now))
+                    adds.append((charge.name, charge.amount, now + charge.ttl, now, _NO_FLOOR, charge.amount, False))
                 elif charge.kind == "release":
-                    conn.execute("DELETE FROM state WHERE name = ?", (charge.name + _SEP + charge.lease,))
+                    releases.append((charge.name + _SEP + charge.lease,))
+            if releases:
+                conn.executemany("DELETE FROM state WHERE name = ?", releases)
+            if adds:
+                conn.executemany(_CHARGE, adds)
 
         await self._transaction(work)
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import secrets
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -79,16 +79,18 @@ def tokens_of(usage: Mapping[str, object] | None) -> tuple[int, int, int, int]:
     """(input, cached, output, reasoning) tokens of a Responses ``usage`` object; 0 for what is missing or wrong."""
     if not usage:
         return 0, 0, 0, 0
+    inputs = usage.get("input_tokens")
+    outputs = usage.get("output_tokens")
+    cached = usage.get("input_tokens_details")
+    reasoning = usage.get("output_tokens_details")
+    return (_count(inputs), _count(cached.get("cached_tokens")) if isinstance(cached, dict) else 0,
+            _count(outputs), _count(reasoning.get("reasoning_tokens")) if isinstance(reasoning, dict) else 0)
 
-    def count(value: object) -> int:
-        return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS else 0
 
-    def detail(name: str, field: str) -> int:
-        details = usage.get(name)
-        return count(details.get(field)) if isinstance(details, dict) else 0
-
-    return (count(usage.get("input_tokens")), detail("input_tokens_details", "cached_tokens"),
-            count(usage.get("output_tokens")), detail("output_tokens_details", "reasoning_tokens"))
+def _count(value: object) -> int:
+    """A token count from untrusted usage: an int (not a bool) within 0..``MAX_TOKENS``, else 0."""
+    return value if type(value) is int and 0 <= value <= MAX_TOKENS else (
+        value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS else 0)
 
 
 def price_of(prices: Sequence[Price], provider: str, model: str) -> Price | None:
@@ -128,23 +130,71 @@ def _periods(now: float) -> tuple[str, float, str, float]:
 
 
 Scope = tuple[str, Limits]
+#: a check as cached per key and model: a ``Check`` as it is (rates), or what a request fills in:
+#: ``("streams", name, limit, False)`` (its lease) or ``("budget", name prefix, limit, monthly)`` (the period)
+_Template = Check | tuple[str, str, float, bool]
+#: how many (key, model) pairs ``Limiter`` keeps the scopes and checks of
+_PLANS = 1024
+
+
+def _templates(scopes: Sequence[Scope], rates_only: bool) -> tuple[_Template, ...]:
+    """The checks of ``scopes`` in their order (per scope: requests, tokens, streams, budgets)."""
+    out: list[_Template] = []
+    for scope, limits in scopes:
+        if limits.requests_per_minute:
+            out.append(Check("requests", "rq:" + scope, limits.requests_per_minute))
+        if limits.tokens_per_minute:
+            out.append(Check("tokens", "tk:" + scope, limits.tokens_per_minute))
+        if rates_only:
+            continue
+        if limits.concurrent_streams:
+            out.append(("streams", "ls:" + scope, limits.concurrent_streams, False))
+        for value, name, monthly in ((limits.tokens_per_day, f"bt:{scope}:", False),
+                                     (limits.tokens_per_month, f"bt:{scope}:", True),
+                                     (limits.cost_per_day, f"bc:{scope}:", False),
+                                     (limits.cost_per_month, f"bc:{scope}:", True)):
+            if value:
+                out.append(("budget", name, value, monthly))
+    return tuple(out)
+
+
+class _Plan:
+    """What a key asking for a model is held to: its scopes, the templates of its checks (all, rates only),
+    and, in the same order, what its end charges: ``(kind, name or prefix, limit, monthly)`` with kind
+    ``tokens`` (a tokens_per_minute rate), ``bt`` (a token budget) or ``bc`` (a cost budget)."""
+
+    __slots__ = ("charges", "checks", "rates", "scopes")
+
+    def __init__(self, scopes: tuple[Scope, ...], checks: tuple[_Template, ...], rates: tuple[_Template, ...]) -> None:
+        self.scopes = scopes
+        self.checks = checks
+        self.rates = rates
+        charges: list[tuple[str, str, float, bool]] = []
+        for scope, limits in scopes:
+            if limits.tokens_per_minute:
+                charges.append(("tokens", "tk:" + scope, limits.tokens_per_minute, False))
+            for value, kind, monthly in ((limits.tokens_per_day, "bt", False), (limits.tokens_per_month, "bt", True),
+                                         (limits.cost_per_day, "bc", False), (limits.cost_per_month, "bc", True)):
+                if value:
+                    charges.append((kind, f"{kind}:{scope}:", value, monthly))
+        self.charges = tuple(charges)
 
 
 class Ticket:
     """One admitted request: its headers, its lease, and what its end charges."""
 
-    __slots__ = ("_leases", "_limiter", "_scopes", "headers")
+    __slots__ = ("_leases", "_limiter", "_plan", "headers")
 
-    def __init__(self, limiter: Limiter, scopes: Sequence[Scope], leases: Sequence[tuple[str, str]],
+    def __init__(self, limiter: Limiter, plan: _Plan, leases: Sequence[tuple[str, str]],
                  headers: dict[str, str]) -> None:
         self._limiter = limiter
-        self._scopes = scopes
+        self._plan = plan
         self._leases = leases
         self.headers: Mapping[str, str] = headers
 
     async def settle(self, entry: RequestEntry) -> None:
         """Release the leases; count the tokens (and cost) the response used."""
-        await self._limiter.settle(self._scopes, self._leases, entry)
+        await self._limiter.settle(self._plan, self._leases, entry)
 
 
 class Limiter:
@@ -164,6 +214,8 @@ class Limiter:
         self._warned = -math.inf
         #: leases of requests in flight in this process, refreshed by ``run``
         self.leases: dict[tuple[str, str], None] = {}
+        #: ``_plan``'s cache: (id of the policy, model) -> (the policy, its plan)
+        self._plans: dict[tuple[int, str], tuple[KeyPolicy, _Plan]] = {}
 
     # -- scopes and checks --------------------------------------------------------------------------
 
@@ -185,23 +237,41 @@ class Limiter:
 
     def checks(self, scopes: Sequence[Scope], lease: str, now: float, *, rates_only: bool = False) -> list[Check]:
         """Every limit of ``scopes`` as a ``Check`` (``rates_only``: requests and tokens per minute only)."""
-        day, day_left, month, month_left = _periods(now)
+        return self._fill(_templates(tuple(scopes), rates_only), lease, now)
+
+    def _plan(self, policy: KeyPolicy, model: str) -> _Plan:
+        """The scopes of ``policy`` and ``model`` and their check templates, built once per pair.
+
+        A request's scopes and the names of its checks depend only on the key and the model, so they are
+        cached (keyed by the policy object, which a key keeps until it is reloaded; bounded)."""
+        cached = self._plans.get((id(policy), model))
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        scopes = tuple(self.scopes(policy, model))
+        plan = _Plan(scopes, _templates(scopes, False), _templates(scopes, True))
+        if len(self._plans) >= _PLANS:
+            self._plans.clear()
+        self._plans[(id(policy), model)] = (policy, plan)
+        return plan
+
+    @staticmethod
+    def _fill(templates: Sequence[_Template], lease: str, now: float) -> list[Check]:
+        """The checks of ``templates`` for one request: its lease, and the budgets of the current day and month."""
         out: list[Check] = []
-        for scope, limits in scopes:
-            if limits.requests_per_minute:
-                out.append(Check("requests", "rq:" + scope, limits.requests_per_minute))
-            if limits.tokens_per_minute:
-                out.append(Check("tokens", "tk:" + scope, limits.tokens_per_minute))
-            if rates_only:
-                continue
-            if limits.concurrent_streams:
-                out.append(Check("streams", "ls:" + scope, limits.concurrent_streams, lease, LEASE_TTL))
-            for value, name, left in ((limits.tokens_per_day, f"bt:{scope}:{day}", day_left),
-                                      (limits.tokens_per_month, f"bt:{scope}:{month}", month_left),
-                                      (limits.cost_per_day, f"bc:{scope}:{day}", day_left),
-                                      (limits.cost_per_month, f"bc:{scope}:{month}", month_left)):
-                if value:
-                    out.append(Check("budget", name, value, ttl=left))
+        periods: tuple[str, float, str, float] | None = None
+        for item in templates:
+            if isinstance(item, Check):
+                out.append(item)
+            elif item[0] == "streams":
+                out.append(Check("streams", item[1], item[2], lease, LEASE_TTL))
+            else:
+                if periods is None:
+                    periods = _periods(now)
+                day, day_left, month, month_left = periods
+                if item[3]:
+                    out.append(Check("budget", item[1] + month, item[2], ttl=month_left))
+                else:
+                    out.append(Check("budget", item[1] + day, item[2], ttl=day_left))
         return out
 
     # -- the AdmissionRule ----------------------------------------------------------------------------
@@ -211,29 +281,31 @@ class Limiter:
         policy = caller.key
         if policy is None:
             return None
-        scopes = self.scopes(policy, request.model)
-        if not scopes:
+        limits = self._plan(policy, request.model)
+        if not limits.scopes:
             return None
-        lease = secrets.token_hex(12)
-        checks = self.checks(scopes, lease, self._clock())
+        lease = os.urandom(12).hex()
+        checks = self._fill(limits.checks, lease, self._clock())
         verdicts = await self._call("admit", self.backend.admit(checks))
         if verdicts is None:
             return None
         headers = rate_headers(checks, verdicts)
-        refused = [(c, v) for c, v in zip(checks, verdicts, strict=True) if not v.allowed]
-        if refused:
-            raise refusal(refused, headers)
-        leases = [(c.name, c.lease) for c in checks if c.kind == "streams"]
+        leases: list[tuple[str, str]] = []
+        for check, verdict in zip(checks, verdicts, strict=True):
+            if not verdict.allowed:
+                raise refusal([(c, v) for c, v in zip(checks, verdicts, strict=True) if not v.allowed], headers)
+            if check.kind == "streams":
+                leases.append((check.name, check.lease))
         for held in leases:
             self.leases[held] = None
-        return Ticket(self, scopes, leases, headers)
+        return Ticket(self, limits, leases, headers)
 
     async def headers(self, caller: Caller, model: str) -> Mapping[str, str]:
         """The rate-limit headers of ``caller`` now, without taking anything (read-only)."""
         policy = caller.key
         if policy is None:
             return {}
-        checks = self.checks(self.scopes(policy, model), "", self._clock(), rates_only=True)
+        checks = self._fill(self._plan(policy, model).rates, "", self._clock())
         if not checks:
             return {}
         verdicts = await self._call("peek", self.backend.admit(checks, commit=False), refuse=False)
@@ -241,25 +313,31 @@ class Limiter:
             return {}
         return rate_headers(checks, [_unspent(c, v) for c, v in zip(checks, verdicts, strict=True)])
 
-    async def settle(self, scopes: Sequence[Scope], leases: Sequence[tuple[str, str]], entry: RequestEntry) -> None:
+    async def settle(self, plan: _Plan, leases: Sequence[tuple[str, str]], entry: RequestEntry) -> None:
         """What an ended request charges: its leases back, its tokens and cost into the rates and budgets."""
+        charges = [Charge("release", name, lease=lease) for name, lease in leases]
         for held in leases:
             self.leases.pop(held, None)
-        input_tokens, _, output, _ = tokens_of(entry.usage)
-        tokens = input_tokens + output
-        cost = cost_of(self.prices, entry)
-        day, day_left, month, month_left = _periods(self._clock())
-        charges = [Charge("release", name, lease=lease) for name, lease in leases]
-        for scope, limits in scopes:
-            if tokens and limits.tokens_per_minute:
-                charges.append(Charge("tokens", "tk:" + scope, tokens, limits.tokens_per_minute))
-            for value, amount, name, left in (
-                    (limits.tokens_per_day, tokens, f"bt:{scope}:{day}", day_left),
-                    (limits.tokens_per_month, tokens, f"bt:{scope}:{month}", month_left),
-                    (limits.cost_per_day, cost, f"bc:{scope}:{day}", day_left),
-                    (limits.cost_per_month, cost, f"bc:{scope}:{month}", month_left)):
-                if value and amount:
-                    charges.append(Charge("add", name, amount, ttl=left + 60))
+        if plan.charges:
+            input_tokens, _, output, _ = tokens_of(entry.usage)
+            tokens = input_tokens + output
+            cost = cost_of(self.prices, entry) if self.prices else None
+            periods: tuple[str, float, str, float] | None = None
+            for kind, name, value, monthly in plan.charges:
+                if kind == "tokens":
+                    if tokens:
+                        charges.append(Charge("tokens", name, tokens, value))
+                    continue
+                amount = tokens if kind == "bt" else cost
+                if not amount:
+                    continue
+                if periods is None:
+                    periods = _periods(self._clock())
+                day, day_left, month, month_left = periods
+                if monthly:
+                    charges.append(Charge("add", name + month, amount, ttl=month_left + 60))
+                else:
+                    charges.append(Charge("add", name + day, amount, ttl=day_left + 60))
         if charges:
             await self._call("settle", self.backend.settle(charges), refuse=False)
 
@@ -309,16 +387,28 @@ def _unspent(check: Check, verdict: Verdict) -> Verdict:
 
 def rate_headers(checks: Sequence[Check], verdicts: Sequence[Verdict]) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers: for requests and for tokens, the scope with the least left."""
+    requests: tuple[Check, Verdict] | None = None
+    tokens: tuple[Check, Verdict] | None = None
+    for check, verdict in zip(checks, verdicts, strict=True):
+        kind = check.kind
+        if kind == "requests":
+            if requests is None or verdict.remaining < requests[1].remaining:
+                requests = check, verdict
+        elif kind == "tokens" and (tokens is None or verdict.remaining < tokens[1].remaining):
+            tokens = check, verdict
     headers: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        found = [(v.remaining, c, v) for c, v in zip(checks, verdicts, strict=True) if c.kind == kind]
-        if not found:
-            continue
-        _, check, verdict = min(found, key=lambda item: item[0])
-        headers[f"x-ratelimit-limit-{kind}"] = str(int(check.limit))
-        headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(verdict.remaining)))
-        headers[f"x-ratelimit-reset-{kind}"] = duration(verdict.reset)
+    for kind, found in (("requests", requests), ("tokens", tokens)):
+        if found is not None:
+            check, verdict = found
+            headers[_LIMIT[kind]] = str(int(check.limit))
+            headers[_REMAINING[kind]] = str(max(0, int(verdict.remaining)))
+            headers[_RESET[kind]] = duration(verdict.reset)
     return headers
+
+
+_LIMIT = {kind: f"x-ratelimit-limit-{kind}" for kind in ("requests", "tokens")}
+_REMAINING = {kind: f"x-ratelimit-remaining-{kind}" for kind in ("requests", "tokens")}
+_RESET = {kind: f"x-ratelimit-reset-{kind}" for kind in ("requests", "tokens")}
 
 
 def refusal(refused: Sequence[tuple[Check, Verdict]], headers: dict[str, str]) -> LimitExceeded:

@@ -105,6 +105,19 @@ async def test_budgets_add_up(backend: ControlBackend) -> None:
     assert not (await backend.admit([check]))[0].allowed
 
 
+async def test_one_settlement_of_every_kind_and_expired_counters_restart(backend: ControlBackend) -> None:
+    assert (await backend.admit([Check("streams", "ls:m", 1, lease="a", ttl=30)]))[0].allowed
+    await backend.settle([Charge("add", "bt:m:day", 7, ttl=0.3), Charge("tokens", "tk:m", 30, 100)])
+    await trio.sleep(0.5)  # the counter expired: the next addition starts from 0
+    await backend.settle([Charge("release", "ls:m", lease="a"), Charge("tokens", "tk:m", 30, 100),
+                          Charge("add", "bt:m:day", 4, ttl=100)])
+    verdicts = await backend.admit([Check("streams", "ls:m", 1, lease="b", ttl=30), Check("tokens", "tk:m", 100),
+                                    Check("budget", "bt:m:day", 10, ttl=100)])
+    assert [v.allowed for v in verdicts] == [True, True, True]
+    assert 40 <= verdicts[1].remaining <= 42  # 60 tokens counted, less what refilled while it slept
+    assert verdicts[2].remaining == 6
+
+
 async def test_usage_is_summed_and_filtered(backend: ControlBackend) -> None:
     one = UsageCounts(requests=1, completed=1, input_tokens=10, cached_tokens=2, output_tokens=5, cost_usd=0.5)
     await backend.add_usage({("2026-01-01", "alice", "team", "demo/x", "demo", "x"): one})
