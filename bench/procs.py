@@ -487,14 +487,20 @@ class MockProcess:
 
 def start_bench_mock(knobs: Sequence[str], prefix: Sequence[str]) -> MockProcess:
     """Run ``python -m bench.procs mock --port 0 *knobs`` under ``prefix``; wait for ``LISTENING``."""
-    cmd = [*prefix, sys.executable, "-m", "bench.procs", "mock", "--port", "0", *knobs]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT)
+    proc, port = start_listening([*prefix, sys.executable, "-m", "bench.procs", "mock", "--port", "0", *knobs],
+                                 "bench mock")
+    return MockProcess(proc, port)
+
+
+def start_listening(cmd: Sequence[str], what: str) -> tuple[subprocess.Popen[str], int]:
+    """Run ``cmd`` from the repository root and wait for the ``LISTENING <port>`` line it prints first."""
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline().split()
     if len(line) != 2 or line[0] != "LISTENING":
         proc.kill()
-        raise RuntimeError(f"bench mock did not start: {line}")
-    return MockProcess(proc, int(line[1]))
+        raise RuntimeError(f"{what} did not start: {line}")
+    return proc, int(line[1])
 
 
 @dataclass(frozen=True)
@@ -588,14 +594,9 @@ class BareProcess:
 
 def start_bare_proxy(mock_port: int, prefix: Sequence[str], cpus: Sequence[int] = ()) -> BareProcess:
     """Run ``python -m bench.bareproxy --upstream http://127.0.0.1:<mock_port>`` under ``prefix``."""
-    cmd = [*prefix, sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().split()
-    if len(line) != 2 or line[0] != "LISTENING":
-        proc.kill()
-        raise RuntimeError(f"bare proxy did not start: {line}")
-    return BareProcess(proc, int(line[1]), tuple(cpus))
+    proc, port = start_listening(
+        [*prefix, sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}"], "bare proxy")
+    return BareProcess(proc, port, tuple(cpus))
 
 
 def gateway_config(mock_url: str, hedge_model: str, hedge_delay: float, store: str = "memory",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,23 +29,13 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.procs import start_listening
 from streamgw.app.requestlog import PHASES
 from streamgw.testing.process import start_gateway, start_mock, stop_process
 
 #: the ``x-request-id`` of the measured gateway requests (warm-up ones have another)
 MEASURED = "ttfe-"
 
-
-def start_bare(mock_port: int) -> tuple[subprocess.Popen[str], int]:
-    """The bare proxy in front of the mock, as a process; its port."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}"],
-                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert proc.stdout is not None
-    line = proc.stdout.readline().split()
-    if len(line) != 2 or line[0] != "LISTENING":
-        proc.kill()
-        raise RuntimeError(f"bare proxy did not start: {line}")
-    return proc, int(line[1])
 
 
 def phase_medians(lines: Iterable[str], prefix: str = MEASURED) -> dict[str, float | None]:
@@ -107,7 +96,8 @@ def main() -> None:
         config.write_text(f'{logging}[store]\nbackend = "{args.store}"\npath = "{Path(tmp) / "gw.db"}"\n\n'
                           f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
         gw_proc, gw_url = start_gateway(config, Path(tmp) / "gw.log")
-        bare_proc, bare_port = start_bare(mock_port)
+        bare_proc, bare_port = start_listening(
+            [sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}"], "bare proxy")
         try:
             report = run(args, mock_port, gw_url, bare_port)
         finally:

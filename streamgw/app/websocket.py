@@ -174,12 +174,7 @@ class ResponseSocket:
                     raise ResponseInFlight("A response is already in flight on this connection: wait for its "
                                            "terminal event before sending the next response.create.")
             except InvalidRequest as error:
-                sent = 0
-                try:
-                    sent = await self.send_error(error)
-                finally:
-                    self._gw.responses.refused("websocket", self._request_id, error, self._caller, self._trace,
-                                               started=started, http_version=self._http_version, bytes_out=sent)
+                await self._refuse(error, started)
                 continue
             if self._expired:
                 continue  # the limit error frame and the close follow at once
@@ -187,18 +182,22 @@ class ResponseSocket:
             self._free = trio.Event()
             nursery.start_soon(self._respond, request, started)
 
+    async def _refuse(self, error: GatewayError, started: float) -> None:
+        """An error frame for a ``response.create`` refused before the lifecycle, and its request-log entry."""
+        sent = 0
+        try:
+            sent = await self.send_error(error)
+        finally:
+            self._gw.responses.refused("websocket", self._request_id, error, self._caller, self._trace,
+                                       started=started, http_version=self._http_version, bytes_out=sent)
+
     async def _respond(self, request: ResponsesRequest, started: float) -> None:
         """One ``response.create``: the lifecycle runs it, this sink sends frames."""
         try:  # a cached key costs no round trip; its policy (limits, models) may have changed since the upgrade
             self._caller = await self._gw.authenticate(self._authorization)
         except GatewayError as error:
             self._release()
-            sent = 0
-            try:
-                sent = await self.send_error(error)
-            finally:
-                self._gw.responses.refused("websocket", self._request_id, error, self._caller, self._trace,
-                                           started=started, http_version=self._http_version, bytes_out=sent)
+            await self._refuse(error, started)
             return
         live = open_response(self._gw.responses, self._caller, request, door="websocket",
                              request_id=self._request_id, started=started, local=self._last, trace=self._trace)
