@@ -80,8 +80,12 @@ def _base(mock_port: int, folder: Path, variant: Variant) -> str:
             f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
 
 
+#: tokens (chunks) per streamed answer; ``--tokens`` changes it (the per-event cost is the slope between two counts)
+TOKENS = 20
+
+
 def _stream(client: httpx.Client, url: str, key: str | None) -> None:
-    body = {"model": "mock/text:tokens=20", "input": "hi", "stream": True}
+    body = {"model": f"mock/text:tokens={TOKENS}", "input": "hi", "stream": True}
     headers = {"authorization": f"Bearer {key}"} if key else {}
     with client.stream("POST", url, json=body, headers=headers) as response:
         if response.status_code != 200:
@@ -91,7 +95,7 @@ def _stream(client: httpx.Client, url: str, key: str | None) -> None:
 
 
 def _chat(client: httpx.Client, url: str, key: str | None) -> None:
-    body = {"model": "text:tokens=20", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body = {"model": f"text:tokens={TOKENS}", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with client.stream("POST", url, json=body) as response:
         for _ in response.iter_raw():
             pass
@@ -220,7 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--bare", action="store_true", help="also count the bare trio + h11 proxy")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--tokens", type=int, default=TOKENS,
+                        help="chunks per answer (count 20 and 220: the slope is the cost per event)")
     args = parser.parse_args(argv)
+    global TOKENS
+    TOKENS = args.tokens
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:
@@ -252,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mock.stdout is not None:
             mock.stdout.close()
     baseline = statistics.median(results[names[0]])
-    print(f"instructions per streamed request (c=1, 20 chunks; median of {args.repeats} windows of "
+    print(f"instructions per streamed request (c=1, {TOKENS} chunks; median of {args.repeats} windows of "
           f"{args.requests}), ratio to {names[0]}:")
     for name, values in results.items():
         median = statistics.median(values)
