@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--bare", action="store_true", help="also count the bare trio + h11 proxy")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--tokens", type=int, default=TOKENS,
+    parser.add_argument("--tokens", type=int, default=20,
                         help="chunks per answer (count 20 and 220: the slope is the cost per event)")
     args = parser.parse_args(argv)
     global TOKENS
