@@ -32,6 +32,7 @@ from streamgw.core.deltas import (
     UpstreamFailure,
     Usage,
 )
+from streamgw.core.sse import Snapshot
 
 Event = dict[str, Any]
 
@@ -148,18 +149,6 @@ class ResponseEmitter:
         self._usage: Usage | None = None
         self._finish: FinishReason | None = None
         self.done = False
-        self._handlers: dict[type, Callable[[Any], None]] = {
-            TextDelta: self._on_text,
-            RefusalDelta: self._on_refusal,
-            ReasoningDelta: self._on_reasoning,
-            ReasoningSignature: self._on_signature,
-            ToolCallStart: self._on_call_start,
-            ToolCallArgs: self._on_call_args,
-            ToolCallEnd: self._on_call_end,
-            Usage: self._on_usage,
-            Finish: self._on_finish,
-            UpstreamFailure: self._on_failure,
-        }
 
     # -- public verbs -------------------------------------------------------------------------
 
@@ -174,18 +163,20 @@ class ResponseEmitter:
         return self._seq
 
     def start(self) -> list[Event]:
-        """``response.created`` and ``response.in_progress``."""
-        self._emit({"type": "response.created", "response": self._snapshot()})
-        self._emit({"type": "response.in_progress", "response": self._snapshot()})
+        """``response.created`` and ``response.in_progress``: one snapshot, encoded once for both."""
+        snapshot = Snapshot(self.response)
+        snapshot["output"] = []
+        self._emit({"type": "response.created", "response": snapshot})
+        self._emit({"type": "response.in_progress", "response": snapshot})
         return self._take()
 
     def feed(self, deltas: Iterable[Delta]) -> list[Event]:
         """Translate a batch of deltas into events."""
-        handlers = self._handlers
+        handlers = _HANDLERS
         for delta in deltas:
             if self.done:
                 break
-            handlers[type(delta)](delta)
+            handlers[type(delta)](self, delta)
         return self._take()
 
     def finish(self) -> list[Event]:
@@ -213,19 +204,25 @@ class ResponseEmitter:
     # -- delta handlers -----------------------------------------------------------------------
 
     def _on_text(self, delta: TextDelta) -> None:
-        if delta.text:
-            msg = self._message_part("output_text")
-            msg.parts.append(delta.text)
-            self._emit(
-                {
-                    "type": "response.output_text.delta",
-                    "item_id": msg.item["id"],
-                    "output_index": msg.index,
-                    "content_index": len(msg.item["content"]),
-                    "delta": delta.text,
-                    "logprobs": [],
-                }
-            )
+        # The most frequent delta: ``_emit`` inlined, and the open text part found without a call.
+        text = delta.text
+        if text:
+            msg = self._open
+            if type(msg) is not _Message or msg.part_kind != "output_text":
+                msg = self._message_part("output_text")
+            msg.parts.append(text)
+            item = msg.item
+            seq = self._seq
+            self._seq = seq + 1
+            self._out.append({
+                "type": "response.output_text.delta",
+                "item_id": item["id"],
+                "output_index": msg.index,
+                "content_index": len(item["content"]),
+                "delta": text,
+                "logprobs": [],
+                "sequence_number": seq,
+            })
 
     def _on_refusal(self, delta: RefusalDelta) -> None:
         if delta.text:
@@ -458,11 +455,6 @@ class ResponseEmitter:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _snapshot(self) -> dict[str, Any]:
-        snap = dict(self.response)
-        snap["output"] = []
-        return snap
-
     def _emit(self, event: Event) -> None:
         event["sequence_number"] = self._seq
         self._seq += 1
@@ -472,3 +464,18 @@ class ResponseEmitter:
         out = self._out
         self._out = []
         return out
+
+
+#: delta type → its handler (one table for every emitter: building bound methods per response cost more)
+_HANDLERS: dict[type, Callable[[ResponseEmitter, Any], None]] = {
+    TextDelta: ResponseEmitter._on_text,
+    RefusalDelta: ResponseEmitter._on_refusal,
+    ReasoningDelta: ResponseEmitter._on_reasoning,
+    ReasoningSignature: ResponseEmitter._on_signature,
+    ToolCallStart: ResponseEmitter._on_call_start,
+    ToolCallArgs: ResponseEmitter._on_call_args,
+    ToolCallEnd: ResponseEmitter._on_call_end,
+    Usage: ResponseEmitter._on_usage,
+    Finish: ResponseEmitter._on_finish,
+    UpstreamFailure: ResponseEmitter._on_failure,
+}

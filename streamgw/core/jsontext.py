@@ -36,8 +36,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_decode = json.JSONDecoder().decode
-_decode_strict = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+_decoder = json.JSONDecoder()
+_strict_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_decode = _decoder.decode
+_decode_strict = _strict_decoder.decode
+# ``decode`` matches whitespace before and after the value with a regex and wraps the scanner in
+# ``raw_decode``; upstream JSON (an SSE data line, an NDJSON line) rarely has either, so the
+# scanner runs alone first and ``decode`` only sees text it did not consume whole.
+_scan: Callable[[str, int], tuple[Any, int]] = getattr(_decoder, "scan_once")  # noqa: B009 - not in typeshed
+_scan_strict: Callable[[str, int], tuple[Any, int]] = getattr(_strict_decoder, "scan_once")  # noqa: B009
 
 
 def has_surrogate_escape(text: str) -> bool:
@@ -45,20 +52,33 @@ def has_surrogate_escape(text: str) -> bool:
     return "\\ud" in text or "\\uD" in text
 
 
-def _parse(data: str | bytes, decode: Callable[[str], Any]) -> Any:
-    text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data  # strict: ValueError
-    value = decode(text)
-    return _scrub(value) if has_surrogate_escape(text) else value
+def _parse(data: str | bytes, scan: Callable[[str, int], tuple[Any, int]], decode: Callable[[str], Any]) -> Any:
+    text = data if type(data) is str else data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+    try:
+        value, end = scan(text, 0)  # malformed inside: the same JSONDecodeError ``decode`` raises
+    except StopIteration:  # no value at 0 (leading whitespace, empty text): ``decode`` decides and words it
+        end = -1
+    if end != len(text):
+        value = decode(text)
+    return _scrub(value) if "\\ud" in text or "\\uD" in text else value
 
 
 def loads(data: str | bytes) -> Any:
     """``json.loads``, but lone surrogates become U+FFFD and bytes must be UTF-8."""
-    return _parse(data, _decode)
+    if type(data) is not str:  # once per upstream event: ``_parse`` inlined for the usual str
+        return _parse(data, _scan, _decode)
+    try:
+        value, end = _scan(data, 0)
+    except StopIteration:
+        end = -1
+    if end != len(data):
+        value = _decode(data)
+    return _scrub(value) if "\\ud" in data or "\\uD" in data else value
 
 
 def loads_strict(data: str | bytes) -> Any:
     """``loads`` that also rejects ``NaN``, ``Infinity``, ``-Infinity`` and overflowing numbers (``ValueError``)."""
-    return _parse(data, _decode_strict)
+    return _parse(data, _scan_strict, _decode_strict)
 
 
 def _clean(text: str) -> str:

@@ -25,18 +25,47 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from streamgw.core.relay import RelayedEvent
 
-__all__ = ["SSEDecoder", "SSEEvent", "TruncatedStream", "encode_comment", "encode_event"]
+__all__ = ["SSEDecoder", "SSEEvent", "Snapshot", "TruncatedStream", "encode_comment", "encode_event"]
 
 _BOM = b"\xef\xbb\xbf"
 _LF = 0x0A
 _COLON = 0x3A
 _DATA_PREFIX = b"data: "
-# One shared encoder: ``json.dumps`` with non-default options builds a new one per call.
-_json_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_compact_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# ``JSONEncoder.encode`` builds a C encoder object on every call (most of the cost of encoding a
+# small event); this one is built once.  No circular-reference check: events are trees (an
+# absurdly deep one still stops with ``RecursionError``).
+_make_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # not in typeshed
+_c_encoder = (
+    None if _make_c_encoder is None
+    else _make_c_encoder(None, _compact_encoder.default, json.encoder.encode_basestring,
+                         None, ":", ",", False, False, True)
+)
+
+
+def _json_compact(value: Any) -> str:
+    """Compact JSON text of ``value``, non-ASCII kept: ``JSONEncoder(separators=(",", ":"), ensure_ascii=False)``."""
+    if _c_encoder is None or type(value) is not dict:  # pragma: no cover - CPython always has the C encoder
+        return _compact_encoder.encode(value)
+    return "".join(_c_encoder(value, 0))
+
 #: the string encoder that encoder uses (C, non-ASCII kept): the text-delta fast path uses it too
 _json_str = json.encoder.encode_basestring
 _TEXT_DELTA = "response.output_text.delta"
+_SNAPSHOT_KEYS = ("type", "response", "sequence_number")
 _TEXT_DELTA_KEYS = ("type", "item_id", "output_index", "content_index", "delta", "logprobs", "sequence_number")
+
+
+class Snapshot(dict[str, Any]):
+    """A response object as it stood at one point, carried unchanged by several events.
+
+    ``response.created`` and ``response.in_progress`` carry the same snapshot, the largest
+    JSON of a stream's start: ``encode_event`` keeps its text in ``text`` when it first
+    encodes it and reuses it for the next event.  Never mutate a snapshot once an event
+    carrying it was encoded.
+    """
+
+    text: str | None = None
 
 
 class TruncatedStream(ValueError):
@@ -264,7 +293,15 @@ def encode_event(event: dict[str, Any] | RelayedEvent) -> bytes:
         framed = _text_delta(event)
         if framed is not None:
             return framed
-    payload = _json_compact(event)
+    response = event.get("response")
+    if type(response) is Snapshot and tuple(event) == _SNAPSHOT_KEYS and type(event["sequence_number"]) is int:
+        text = response.text
+        if text is None:
+            text = response.text = _json_compact(response)
+        payload = ('{"type":' + _json_str(etype) + ',"response":' + text + ',"sequence_number":'
+                   + str(event["sequence_number"]) + "}")
+    else:
+        payload = _json_compact(event)
     return ("event: " + etype + "\ndata: " + payload + "\n\n").encode()
 
 
