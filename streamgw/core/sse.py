@@ -96,16 +96,6 @@ _set_event, _set_data, _set_id, _set_retry = (
 )
 
 
-def _make_event(event: str, data: str, id_: str | None, retry: int | None) -> SSEEvent:
-    """Equivalent to ``SSEEvent(event, data, id_, retry)``, only faster."""
-    obj: SSEEvent = _new_object(SSEEvent)
-    _set_event(obj, event)
-    _set_data(obj, data)
-    _set_id(obj, id_)
-    _set_retry(obj, retry)
-    return obj
-
-
 class SSEDecoder:
     """Incremental, sans-IO Server-Sent Events parser.
 
@@ -267,8 +257,11 @@ class SSEDecoder:
     def _dispatch(self) -> SSEEvent:
         """Build the event from the buffers and reset the per-event buffers."""
         data = self._data
-        text = data[0] if len(data) == 1 else "\n".join(data)
-        event = _make_event(self._event, text, self._last_id, self._retry)
+        event: SSEEvent = _new_object(SSEEvent)
+        _set_event(event, self._event)
+        _set_data(event, data[0] if len(data) == 1 else "\n".join(data))
+        _set_id(event, self._last_id)
+        _set_retry(event, self._retry)
         data.clear()
         self._event = ""
         self._retry = None

@@ -117,9 +117,11 @@ class ResponseRun:
         drain = self._drain
         idle = self._idle if self._idle > 0 else math.inf
         total_deadline = self._total_deadline
+        now = trio.current_time
         with trio.CancelScope() as scope:
+            t = now()
             while not emitter.done:
-                scope.deadline = min(trio.current_time() + idle, total_deadline, drain.deadline)
+                scope.deadline = min(t + idle, total_deadline, drain.deadline)
                 self._wait = scope  # the drain may cut this wait, never a delivery
                 batch = await source.receive()
                 self._wait = None
@@ -127,8 +129,11 @@ class ResponseRun:
                 if out:
                     scope.deadline = math.inf
                     await deliver(out)
-                    if trio.current_time() >= min(total_deadline, drain.deadline) and not emitter.done:
+                    t = now()  # one clock read a batch: the end of this delivery starts the next wait
+                    if t >= min(total_deadline, drain.deadline) and not emitter.done:
                         break
+                else:
+                    t = now()
         self._wait = None
         if not emitter.done:
             await self.aclose()

@@ -19,7 +19,7 @@ __all__ = ["BodyDecoder", "BodyFramingError", "framing"]
 #: the longest chunk-size line (with extensions) or trailer section we accept
 MAX_LINE: Final = 64 * 1024
 
-_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+_HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
 
 # decoder states
 _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
@@ -89,7 +89,17 @@ class BodyDecoder:
             self._remaining = 0
             self.done = True
             return out
-        return self._chunks(self._buf + data if self._buf else data)
+        if self._buf:
+            return self._chunks(self._buf + data)
+        if self._state == _SIZE:
+            # The usual read of a streamed answer: exactly one whole chunk (``size CRLF data CRLF``).
+            eol = data.find(b"\r\n", 0, MAX_LINE)
+            if eol > 0:
+                start = eol + 2
+                stop = start + _chunk_size(data[:eol])
+                if stop > start and len(data) == stop + 2 and data.endswith(b"\r\n"):
+                    return data[start:stop]
+        return self._chunks(data)
 
     def eof(self) -> None:
         """The peer closed the connection: fine only where the body may end that way."""
@@ -155,6 +165,6 @@ class BodyDecoder:
 
 def _chunk_size(line: bytes) -> int:
     size = line.split(b";", 1)[0].rstrip(b" \t")
-    if not 0 < len(size) <= 20 or not _HEX.issuperset(size):
+    if not 0 < len(size) <= 20 or size.translate(None, _HEX_DIGITS):  # anything left is not a hex digit
         raise BodyFramingError(f"bad chunk size line {line[:40]!r}")
     return int(size, 16)
