@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from streamgw.core.jsontext import has_surrogate_escape, loads, loads_strict
@@ -50,3 +52,22 @@ def test_deep_nesting_costs_no_recursion_in_the_scrub() -> None:
 def test_the_escape_check_is_cheap_and_case_blind() -> None:
     assert has_surrogate_escape('"\\uD800"') and has_surrogate_escape('"\\ud800"')
     assert not has_surrogate_escape('"\\u00e9 plain"')
+
+
+@pytest.mark.parametrize("text", [
+    '{"a":1}', ' {"a":1}', '{"a":1} ', "\t[]\n", '"x"', "3", "3 ", "-0.5e3", "true", "null",
+    "", " ", "[1,2", '{"a":1}x', '{"a":1}{"b":2}', '{"a":tru}', "[1,]", '{"a" 1}', '"unterminated',
+    '{"a":"\\x"}', "01", "[" * 50 + "]" * 50,
+])
+def test_valid_and_malformed_text_as_json_loads_has_it(text: str) -> None:
+    """The scanner runs first and ``decode`` only sees what it did not consume: same values, same errors."""
+    for parse in (loads, loads_strict):
+        try:
+            expected: object = ("value", json.loads(text))
+        except ValueError as exc:
+            expected = ("error", type(exc), str(exc))
+        try:
+            got: object = ("value", parse(text))
+        except ValueError as exc:
+            got = ("error", type(exc), str(exc))
+        assert got == expected

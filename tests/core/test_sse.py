@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import random
 import re
 from collections.abc import Iterable
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from streamgw.core.sse import SSEDecoder, SSEEvent, TruncatedStream, encode_comment, encode_event
+from streamgw.core.emitter import ResponseEmitter
+from streamgw.core.sse import Snapshot, SSEDecoder, SSEEvent, TruncatedStream, encode_comment, encode_event
 
 BOM = b"\xef\xbb\xbf"
 
@@ -685,3 +687,49 @@ def test_text_delta_fast_path_random_text() -> None:
 def test_other_delta_shapes_take_the_generic_path(overrides: dict[str, Any]) -> None:
     event = _delta("text", **overrides)
     assert encode_event(event) == _generic(event)
+
+
+# --- the generic encoder and the shared snapshot -----------------------------------------------------
+
+
+def test_generic_encoder_matches_json_dumps_on_every_value_kind() -> None:
+    event = {"type": "x", "f": 1.0, "g": -2.5e-300, "big": 10**30, "neg": -0, "t": True, "n": None,
+             "nested": {"list": [1, "é", {"deep": [[], {}]}], "nan": math.nan, "inf": math.inf},
+             "esc": "\u2028\x00\"\\", "emoji": "😀"}
+    assert encode_event(event) == _generic(event)
+
+
+def test_generic_encoder_refuses_what_json_refuses() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode_event({"type": "x", "value": object()})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode_event({"type": "x", "value": {1, 2}})
+
+
+def _created_pair() -> tuple[dict[str, Any], dict[str, Any]]:
+    emitter = ResponseEmitter(model="m", provider="p", echo={"metadata": {"k": "vé"}, "temperature": 0.7,
+                                                             "tools": [{"type": "function", "name": "f"}]})
+    created, in_progress = emitter.start()
+    return created, in_progress
+
+
+def test_created_and_in_progress_share_one_snapshot_encoded_once() -> None:
+    created, in_progress = _created_pair()
+    snapshot = created["response"]
+    assert isinstance(snapshot, Snapshot) and in_progress["response"] is snapshot
+    assert snapshot.text is None
+    first = encode_event(created)
+    assert snapshot.text is not None  # kept for the next event that carries it
+    second = encode_event(in_progress)
+    assert first == _generic(created) and second == _generic(in_progress)
+    assert json.loads(second.split(b"data: ", 1)[1])["response"]["output"] == []
+
+
+def test_a_snapshot_in_another_shape_takes_the_generic_path() -> None:
+    created, _ = _created_pair()
+    extra = {**created, "extra": 1}
+    assert encode_event(extra) == _generic(extra)
+    reordered = {"type": created["type"], "sequence_number": 0, "response": created["response"]}
+    assert encode_event(reordered) == _generic(reordered)
+    flagged = {**created, "sequence_number": True}
+    assert encode_event(flagged) == _generic(flagged)

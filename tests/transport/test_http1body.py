@@ -92,6 +92,29 @@ def test_bad_chunked_bodies_are_refused(body: bytes) -> None:
         BodyDecoder("chunked").feed(body)
 
 
+@pytest.mark.parametrize("body", [
+    b"+3\r\nabc\r\n",  # int() would take a sign
+    b"0x3\r\nabc\r\n",  # or a prefix
+    b"3_0\r\n" + b"a" * 48 + b"\r\n",  # or an underscore
+    b" 3\r\nabc\r\n",  # or leading space
+    b"3\r\nabcde\r\n",  # one whole read, but the data is longer than its size
+])
+def test_a_whole_chunk_read_is_checked_as_strictly(body: bytes) -> None:
+    """One read holding exactly one chunk takes a short path; it refuses what the general one refuses."""
+    with pytest.raises(BodyFramingError):
+        BodyDecoder("chunked").feed(body)
+
+
+def test_one_chunk_per_read_matches_h11() -> None:
+    """A streamed answer arrives a chunk a read: the body is the same as h11's, the end is seen."""
+    frames = [b"%x\r\n%b\r\n" % (len(d), d) for d in (b"data: {}\n\n", b"x" * 300, b"\r\n", b"y")]
+    frames.append(b"0\r\n\r\n")
+    decoder = BodyDecoder("chunked")
+    out = b"".join(decoder.feed(frame) for frame in frames)
+    assert out == h11_body(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"".join(frames))
+    assert decoder.done and decoder.extra == b""
+
+
 def test_early_eof_is_an_error_except_for_until_close_bodies() -> None:
     chunked = BodyDecoder("chunked")
     chunked.feed(b"5\r\nhel")
