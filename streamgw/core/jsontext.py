@@ -9,6 +9,9 @@ for a double (``1e999`` would be written back as ``Infinity``): what the native 
 must be JSON a strict client can parse.  Both raise ``ValueError`` (or
 ``RecursionError`` for absurd nesting) exactly where ``json.loads`` would on malformed text.
 
+``dumps_compact`` is the other direction (events, upstream request bodies): compact JSON with
+non-ASCII kept, from one encoder built once.
+
 Pure: standard library only.
 """
 
@@ -20,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-__all__ = ["has_surrogate_escape", "loads", "loads_strict"]
+__all__ = ["dumps_compact", "has_surrogate_escape", "loads", "loads_strict"]
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -104,3 +107,22 @@ def _scrub(value: Any) -> Any:
                 assert isinstance(node, dict)
                 node[_clean(key)] = node.pop(key)
     return root[0]
+
+
+_compact_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# ``JSONEncoder.encode`` builds a C encoder object on every call (most of the cost of encoding a
+# small event); this one is built once.  No circular-reference check: what we encode is built
+# from parsed JSON, so it is a tree (an absurdly deep one still stops with ``RecursionError``).
+_make_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # not in typeshed
+_c_encoder = (
+    None if _make_c_encoder is None
+    else _make_c_encoder(None, _compact_encoder.default, json.encoder.encode_basestring,
+                         None, ":", ",", False, False, True)
+)
+
+
+def dumps_compact(value: Any) -> str:
+    """Compact JSON text of ``value``, non-ASCII kept: ``JSONEncoder(separators=(",", ":"), ensure_ascii=False)``."""
+    if _c_encoder is None or type(value) is not dict:  # CPython always has the C encoder; a dict is the usual
+        return _compact_encoder.encode(value)
+    return "".join(_c_encoder(value, 0))

@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from streamgw.core.jsontext import dumps_compact as _json_compact
+
 if TYPE_CHECKING:
     from streamgw.core.relay import RelayedEvent
 
@@ -31,24 +33,6 @@ _BOM = b"\xef\xbb\xbf"
 _LF = 0x0A
 _COLON = 0x3A
 _DATA_PREFIX = b"data: "
-_compact_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-# ``JSONEncoder.encode`` builds a C encoder object on every call (most of the cost of encoding a
-# small event); this one is built once.  No circular-reference check: events are trees (an
-# absurdly deep one still stops with ``RecursionError``).
-_make_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # not in typeshed
-_c_encoder = (
-    None if _make_c_encoder is None
-    else _make_c_encoder(None, _compact_encoder.default, json.encoder.encode_basestring,
-                         None, ":", ",", False, False, True)
-)
-
-
-def _json_compact(value: Any) -> str:
-    """Compact JSON text of ``value``, non-ASCII kept: ``JSONEncoder(separators=(",", ":"), ensure_ascii=False)``."""
-    if _c_encoder is None or type(value) is not dict:  # pragma: no cover - CPython always has the C encoder
-        return _compact_encoder.encode(value)
-    return "".join(_c_encoder(value, 0))
-
 #: the string encoder that encoder uses (C, non-ASCII kept): the text-delta fast path uses it too
 _json_str = json.encoder.encode_basestring
 _TEXT_DELTA = "response.output_text.delta"

@@ -9,13 +9,13 @@ no usable id.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
+from streamgw.core.jsontext import dumps_compact
 from streamgw.errors import InvalidRequest
 from streamgw.providers.base import UpstreamRequest
 
@@ -143,7 +143,7 @@ def upstream_headers(
 
 def json_post(url: str, headers: dict[str, str], body: dict[str, Any]) -> UpstreamRequest:
     """A ``POST`` of ``body`` as compact UTF-8 JSON (non-ASCII text kept as is)."""
-    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    encoded = dumps_compact(body).encode()
     return UpstreamRequest(method="POST", url=url, headers=headers, body=encoded)
 
 

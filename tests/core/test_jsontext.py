@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streamgw.core.jsontext import has_surrogate_escape, loads, loads_strict
+from streamgw.core.jsontext import dumps_compact, has_surrogate_escape, loads, loads_strict
 
 
 def test_plain_json_is_parsed_as_json_would() -> None:
@@ -71,3 +71,17 @@ def test_valid_and_malformed_text_as_json_loads_has_it(text: str) -> None:
         except ValueError as exc:
             got = ("error", type(exc), str(exc))
         assert got == expected
+
+
+@pytest.mark.parametrize("value", [
+    {"model": "m", "messages": [{"role": "user", "content": "héllo 😀\n\u2028"}], "stream": True, "t": 0.7},
+    {"nested": {"a": [1, 2.5, None, False, {"b": []}]}, "big": 10**25, "nan": float("nan")},
+    ["a list", 1], "a string", 3, None,
+])
+def test_dumps_compact_is_json_dumps_compact_with_non_ascii_kept(value: object) -> None:
+    assert dumps_compact(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_dumps_compact_refuses_what_json_refuses() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dumps_compact({"a": b"bytes"})
