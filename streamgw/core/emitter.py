@@ -177,7 +177,9 @@ class ResponseEmitter:
             if self.done:
                 break
             handlers[type(delta)](self, delta)
-        return self._take()
+        out = self._out
+        self._out = []
+        return out
 
     def finish(self) -> list[Event]:
         """The upstream ended: close open items and emit the terminal event."""

@@ -525,10 +525,14 @@ class ChatStreamTranslator:
             choice = found
         delta = choice.get("delta")
         if delta:
+            content = delta.get("content")
+            if len(delta) == 1 and content is not None:  # the usual chunk: text and nothing else
+                if type(content) is str and content:
+                    out.append(TextDelta(content))
+                return choice.get("finish_reason")
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning and type(reasoning) is str:
                 out.append(ReasoningDelta(reasoning))
-            content = delta.get("content")
             if content and type(content) is str:
                 out.append(TextDelta(content))
             refusal = delta.get("refusal")
