@@ -288,6 +288,21 @@ def test_non_string_content_is_ignored() -> None:
     assert deltas_of(data) == [Finish(FinishReason.COMPLETED)]
 
 
+@pytest.mark.parametrize(("delta", "expected"), [
+    ({"content": "hi"}, [TextDelta("hi")]),
+    ({"content": ""}, []),
+    ({"content": None}, []),
+    ({"content": 7}, []),
+    ({"content": ["part"]}, []),
+    ({"role": "assistant", "content": "hi"}, [TextDelta("hi")]),
+    ({"reasoning_content": "think", "content": "hi"}, [ReasoningDelta("think"), TextDelta("hi")]),
+])
+def test_text_only_deltas_and_their_neighbours(delta: dict[str, Any], expected: list[Delta]) -> None:
+    """A delta holding only ``content`` (the usual chunk) takes a short path: same deltas as the long one."""
+    data = sse(chunk(delta), chunk({"content": "!"}, finish="stop"), "[DONE]")
+    assert deltas_of(data) == [*expected, TextDelta("!"), Finish(FinishReason.COMPLETED)]
+
+
 def test_nan_and_infinite_counts_are_zero() -> None:
     data = b'data: {"choices":[],"usage":{"prompt_tokens":NaN,"completion_tokens":Infinity}}\n\n'
     assert deltas_of(data + sse("[DONE]")) == [Usage(0, 0), Finish(FinishReason.COMPLETED)]
