@@ -32,7 +32,7 @@ from streamgw.core.deltas import (
     UpstreamFailure,
     Usage,
 )
-from streamgw.core.sse import Snapshot
+from streamgw.core.jsontext import Snapshot
 
 Event = dict[str, Any]
 

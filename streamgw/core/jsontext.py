@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-__all__ = ["dumps_compact", "has_surrogate_escape", "loads", "loads_strict"]
+__all__ = ["Snapshot", "dumps_compact", "has_surrogate_escape", "loads", "loads_strict"]
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -126,3 +126,15 @@ def dumps_compact(value: Any) -> str:
     if _c_encoder is None or type(value) is not dict:  # CPython always has the C encoder; a dict is the usual
         return _compact_encoder.encode(value)
     return "".join(_c_encoder(value, 0))
+
+
+class Snapshot(dict[str, Any]):
+    """A response object as it stood at one point, carried unchanged by several events.
+
+    ``response.created`` and ``response.in_progress`` carry the same snapshot, the largest
+    JSON of a stream's start: the SSE encoder (``streamgw.core.sse.encode_event``) keeps its
+    ``dumps_compact`` text in ``text`` when it first encodes it and reuses it for the next
+    event.  Never mutate a snapshot once an event carrying it was encoded.
+    """
+
+    text: str | None = None

@@ -22,12 +22,13 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from streamgw.core.jsontext import Snapshot
 from streamgw.core.jsontext import dumps_compact as _json_compact
 
 if TYPE_CHECKING:
     from streamgw.core.relay import RelayedEvent
 
-__all__ = ["SSEDecoder", "SSEEvent", "Snapshot", "TruncatedStream", "encode_comment", "encode_event"]
+__all__ = ["SSEDecoder", "SSEEvent", "TruncatedStream", "encode_comment", "encode_event"]
 
 _BOM = b"\xef\xbb\xbf"
 _LF = 0x0A
@@ -38,18 +39,6 @@ _json_str = json.encoder.encode_basestring
 _TEXT_DELTA = "response.output_text.delta"
 _SNAPSHOT_KEYS = ("type", "response", "sequence_number")
 _TEXT_DELTA_KEYS = ("type", "item_id", "output_index", "content_index", "delta", "logprobs", "sequence_number")
-
-
-class Snapshot(dict[str, Any]):
-    """A response object as it stood at one point, carried unchanged by several events.
-
-    ``response.created`` and ``response.in_progress`` carry the same snapshot, the largest
-    JSON of a stream's start: ``encode_event`` keeps its text in ``text`` when it first
-    encodes it and reuses it for the next event.  Never mutate a snapshot once an event
-    carrying it was encoded.
-    """
-
-    text: str | None = None
 
 
 class TruncatedStream(ValueError):
