@@ -47,7 +47,7 @@ class Recorder:
             await self.finish(run)
             return
         snapshot = {**run.emitter.response, "status": "in_progress", "output": [], "usage": None}
-        self._submit(snapshot, run)
+        self._submit(snapshot, run, snapshot=True)
 
     async def finish(self, run: ResponseRun) -> None:
         """The response ended: store it and, with ``confirm_writes``, wait (bounded) until it is written."""
@@ -72,6 +72,7 @@ class Recorder:
         if self._write is not None and not self._service.config.confirm_writes:
             self._write.end("queued")
 
-    def _submit(self, response: dict[str, Any], run: ResponseRun) -> None:
+    def _submit(self, response: dict[str, Any], run: ResponseRun, *, snapshot: bool = False) -> None:
         provider = run.opened.target.provider
-        self._service.submit(record_for(self._expansion, response, provider.name, provider.type, self._created_at))
+        record = record_for(self._expansion, response, provider.name, provider.type, self._created_at)
+        self._service.submit(record, snapshot=snapshot)
