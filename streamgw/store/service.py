@@ -109,6 +109,7 @@ class StoreService:
         self.config = config
         self.backend = backend if backend is not None else open_backend(config, clock)
         self._metrics = metrics
+        self._write_seconds = metrics.store_seconds.labels("write")  # looked up once: every batch observes it
         self._clock = clock
         self._pending: dict[str, StoredResponse] = {}
         self._queued: set[str] = set()
@@ -332,7 +333,7 @@ class StoreService:
             self._in_flight.difference_update(r.id for r in records)
         took = trio.current_time() - started
         self._metrics.store_write_seconds.observe(took)
-        self._metrics.store_seconds.labels("write").observe(took)
+        self._write_seconds.observe(took)
         for record in records:
             await self._after_write(record)
 

@@ -263,7 +263,11 @@ class SQLiteBackend:
             await trio.to_thread.run_sync(conn.close)
 
     async def _on_writer(self, fn: Callable[..., T], *args: object) -> T:
-        async with self._write_lock:
+        try:  # uncontended (the usual case): no schedule point of its own, the trip to the thread is one
+            self._write_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._write_lock.acquire()
+        try:
             await self._open_locked()
             conn = self._writer
             assert conn is not None
@@ -276,6 +280,8 @@ class SQLiteBackend:
                     await self._drop_connections()
                 raise StoreUnavailable(f"response store (sqlite): {exc}; what it held is lost, and the file is "
                                        f"created again on the next write") from exc
+        finally:
+            self._write_lock.release()
 
     async def _on_reader(self, fn: Callable[..., T], *args: object) -> T:
         await self.open()
