@@ -1,5 +1,8 @@
 """Recording one response in the store: its ``in_progress`` snapshot when a stream starts, its final object at the end.
 
+The snapshot is pending at once (this instance reads it), but the service writes it only if the
+stream outlives ``[store] snapshot_after``: a short stream costs one write, not two.
+
 ``finish`` runs before the terminal event goes out, and (with ``confirm_writes``) waits until
 the record is written, so a client that chains as soon as it saw ``response.completed`` finds
 it, through this instance or another one sharing the store.  A stream the client

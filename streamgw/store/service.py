@@ -6,7 +6,9 @@ the app's lifespan nursery) drains the queue in batches, encodes them in a worke
 and hands them to the backend.  Reads (GET, chaining) look in ``pending`` first, so an id
 whose write is still queued or in flight never reads as missing.  A newer version of a
 record (a stream's final object after its ``in_progress`` snapshot) replaces the pending
-one; the writer always writes the latest.
+one; the writer always writes the latest.  A snapshot is held back ``[store] snapshot_after``
+seconds before it is queued at all (a snapshot task queues the ones still current then), so
+a stream that ends sooner is written once: its final object.
 
 Every read takes the caller's tenant: a record of another tenant is treated exactly as a
 missing one (``get`` and ``item`` return ``None``, ``delete`` returns ``False``), here and
