@@ -228,27 +228,6 @@ class RelayEmitter:
         self._out: list[RelayOutput] = []
         self._open: _Item | None = None
         self._items: dict[int, dict[str, Any]] = {}  # finished items by output_index
-        self._handlers: dict[str, Callable[[RelayedEvent], None]] = {
-            **dict.fromkeys(SNAPSHOT_EVENTS, self._on_snapshot),
-            **dict.fromkeys(_TERMINALS, self._on_terminal),
-            "error": self._on_error,
-            "response.output_item.added": self._on_item_added,
-            "response.output_item.done": self._on_item_done,
-            "response.content_part.added": self._on_content_part_added,
-            "response.content_part.done": self._on_content_part_done,
-            "response.reasoning_summary_part.added": self._on_summary_part_added,
-            "response.reasoning_summary_part.done": self._on_summary_part_done,
-            "response.output_text.delta": self._on_content_delta,
-            "response.refusal.delta": self._on_content_delta,
-            "response.reasoning_text.delta": self._on_content_delta,
-            "response.reasoning_summary_text.delta": self._on_summary_delta,
-            "response.output_text.done": self._on_content_text_done,
-            "response.refusal.done": self._on_content_text_done,
-            "response.reasoning_text.done": self._on_content_text_done,
-            "response.reasoning_summary_text.done": self._on_summary_text_done,
-            "response.function_call_arguments.delta": self._on_args_delta,
-            "response.function_call_arguments.done": self._on_args_done,
-        }
 
     # -- public verbs ---------------------------------------------------------------------------
 
@@ -263,7 +242,7 @@ class RelayEmitter:
 
     def feed(self, items: Iterable[RelayItem]) -> list[RelayOutput]:
         """Relay a batch of upstream events; return what to send, in order."""
-        handlers = self._handlers
+        handlers = _RELAY_HANDLERS
         for item in items:
             if self.done:
                 break
@@ -272,7 +251,7 @@ class RelayEmitter:
                 if handler is None:
                     self._pass(item)  # events the relay needs no bookkeeping for
                 else:
-                    handler(item)
+                    handler(self, item)
             else:
                 self._fail(item.code, item.message)
         return self._take()
@@ -527,3 +506,27 @@ class RelayEmitter:
         self._emit_own({"type": "response.failed", "response": response})
         self.response = response
         self.done = True
+
+
+#: upstream event type → its handler (one table for every relay: building bound methods per response cost more)
+_RELAY_HANDLERS: dict[str, Callable[[RelayEmitter, RelayedEvent], None]] = {
+    **dict.fromkeys(SNAPSHOT_EVENTS, RelayEmitter._on_snapshot),
+    **dict.fromkeys(_TERMINALS, RelayEmitter._on_terminal),
+    "error": RelayEmitter._on_error,
+    "response.output_item.added": RelayEmitter._on_item_added,
+    "response.output_item.done": RelayEmitter._on_item_done,
+    "response.content_part.added": RelayEmitter._on_content_part_added,
+    "response.content_part.done": RelayEmitter._on_content_part_done,
+    "response.reasoning_summary_part.added": RelayEmitter._on_summary_part_added,
+    "response.reasoning_summary_part.done": RelayEmitter._on_summary_part_done,
+    "response.output_text.delta": RelayEmitter._on_content_delta,
+    "response.refusal.delta": RelayEmitter._on_content_delta,
+    "response.reasoning_text.delta": RelayEmitter._on_content_delta,
+    "response.reasoning_summary_text.delta": RelayEmitter._on_summary_delta,
+    "response.output_text.done": RelayEmitter._on_content_text_done,
+    "response.refusal.done": RelayEmitter._on_content_text_done,
+    "response.reasoning_text.done": RelayEmitter._on_content_text_done,
+    "response.reasoning_summary_text.done": RelayEmitter._on_summary_text_done,
+    "response.function_call_arguments.delta": RelayEmitter._on_args_delta,
+    "response.function_call_arguments.done": RelayEmitter._on_args_done,
+}
