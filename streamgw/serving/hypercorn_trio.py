@@ -120,24 +120,30 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import socket
+from collections.abc import Awaitable, Callable
 from itertools import chain
 from typing import Any
 
 import h11
 import trio
+from h11._writers import ChunkedWriter
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Body, EndBody, Response
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h2 import H2Protocol
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.utils import suppress_body
 from priority.priority import DeadlockError, DuplicateStreamError, MissingStreamError, PriorityTree
 
 from streamgw.errors import GatewayError, InvalidRequest
 from streamgw.serving.connections import ConnectionSlots
 
 __all__ = [
+    "DirectBodyHTTPStream",
     "FairH2Protocol",
     "GatewayHypercornConfig",
     "H1OnlyCapableProtocol",
@@ -210,30 +216,69 @@ class SerialisedTCPServer(TCPServer):
             await self._initiate_server_close()
 
     async def protocol_send(self, event: Event) -> None:
-        """Write ``RawData`` under ``send_lock`` with the wait shielded; other events as hypercorn does."""
-        if not isinstance(event, RawData):
-            if isinstance(event, Updated) and event.idle and self._read_done:
-                event = Closed()  # idle again, but the client is gone: close rather than wait for it
-            await super().protocol_send(event)
+        """Write ``RawData`` with ``send_raw``; other events as hypercorn does."""
+        if type(event) is RawData:
+            await self.send_raw(event.data)
             return
-        broken = False
+        if isinstance(event, Updated) and event.idle and self._read_done:
+            event = Closed()  # idle again, but the client is gone: close rather than wait for it
+        await super().protocol_send(event)
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write ``data`` under ``send_lock``, the lock wait shielded along with the write.
+
+        Nearly every write of a stream finds the lock free and the socket's buffer with room: then
+        the bytes go to the socket at once, without a cancel scope, a lock round trip or a trip
+        through the scheduler (the request's upstream read is its next checkpoint).  What the socket
+        does not take goes through trio's ``send_all`` as before.
+        """
         lock = self.send_lock
+        if not lock.locked():
+            # ``trio.Lock`` hands itself over to waiters on release, so a queue means ``locked()``
+            # and FIFO order is kept; nothing yields between this check and the write.
+            sock = self._raw_socket
+            if sock is not None:
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:  # reset by the client, or closed by another task (fileno -1)
+                    await self.protocol.handle(Closed())
+                    return
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            lock.acquire_nowait()
+            await self._locked_send(data, lock)
+            return
         with trio.CancelScope(shield=True):
-            # Uncontended (nearly always over HTTP/1.1): take the lock without the scheduling round
-            # trip of ``acquire``; ``send_all`` is the checkpoint.  ``trio.Lock`` hands itself over
-            # to waiters on release, so a queue means ``locked()`` and FIFO order is kept.
-            if lock.locked():
-                await lock.acquire()
-            else:
-                lock.acquire_nowait()
+            await lock.acquire()
+        await self._locked_send(data, lock)
+
+    async def _locked_send(self, data: bytes, lock: trio.Lock) -> None:
+        broken = False
+        with trio.CancelScope(shield=True):
             try:
-                await self.stream.send_all(event.data)
+                await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 broken = True
             finally:
                 lock.release()
         if broken:
             await self.protocol.handle(Closed())
+
+    @property
+    def _raw_socket(self) -> socket.socket | None:
+        """The connection's non-blocking stdlib socket when it is plain TCP (None with TLS).
+
+        Every write goes through ``send_lock``, so the send side of trio's ``SocketStream`` (whose
+        conflict detector is bypassed here) is never in use while this writes.
+        """
+        stream: trio.abc.Stream = self.stream
+        if type(stream) is trio.SocketStream:
+            raw: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
+            return raw
+        return None
 
     async def _close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -311,6 +356,33 @@ class FairH2Protocol(H2Protocol):
         self.priority = RoundRobinScheduler()
 
 
+class DirectBodyHTTPStream(HTTPStream):
+    """hypercorn's ASGI HTTP stream, with the body chunks of an HTTP/1.1 stream handed straight to the protocol.
+
+    Each ``http.response.body`` message with more to come goes to ``H1OnlyCapableProtocol.write_body``
+    instead of through ``HTTPStream.app_send``'s checks and a ``Body`` event; the first and the last
+    message of a response and every other message still take hypercorn's way.
+    """
+
+    _write_body: Callable[[bytes], Awaitable[None]] | None = None
+
+    async def app_send(self, message: Any) -> None:
+        write = self._write_body
+        if (write is not None and message is not None and message["type"] == "http.response.body"
+                and message.get("more_body", False) and self.state is ASGIHTTPState.RESPONSE):
+            body = message.get("body", b"")
+            if body:
+                await write(bytes(body))
+            return
+        await super().app_send(message)
+        if (self.state is ASGIHTTPState.RESPONSE and message is not None
+                and message["type"] == "http.response.start"
+                and not suppress_body(self.scope["method"], int(self.response["status"]))):
+            protocol = getattr(self.send, "__self__", None)
+            if isinstance(protocol, H1OnlyCapableProtocol):
+                self._write_body = protocol.write_body
+
+
 class H1OnlyCapableProtocol(H11Protocol):
     """hypercorn's HTTP/1.1 protocol that refuses h2c when the config says ``http2 = False``, and writes
     a response's head together with its first body bytes.
@@ -325,6 +397,30 @@ class H1OnlyCapableProtocol(H11Protocol):
 
     _held_head: bytes | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        server = getattr(self.send, "__self__", None)
+        self._send_raw: Callable[[bytes], Awaitable[None]] = (
+            server.send_raw if isinstance(server, SerialisedTCPServer) else self._send_raw_event)
+
+    async def _send_raw_event(self, data: bytes) -> None:
+        await self.send(RawData(data=data))
+
+    async def write_body(self, data: bytes) -> None:
+        """One non-empty chunk of a response body: what ``stream_send(Body(...))`` writes, by a shorter way.
+
+        hypercorn's way is an ASGI message, a ``Body`` event, an ``h11.Data`` event through h11's
+        state machine, and a ``RawData`` event to the connection.  While the response is in its body
+        and chunked (h11's ``ChunkedWriter``), h11 only frames the chunk and changes no state, so the
+        frame is built here and written directly; anything else takes hypercorn's way.
+        """
+        connection = self.connection
+        if (self._held_head is None and connection.our_state is h11.SEND_BODY
+                and type(getattr(connection, "_writer", None)) is ChunkedWriter):
+            await self._send_raw(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            await self.stream_send(Body(stream_id=STREAM_ID, data=data))
+
     async def stream_send(self, event: StreamEvent) -> None:
         if type(event) is Response and event.status_code >= 200:
             headers = list(chain(event.headers, self.config.response_headers("h11")))
@@ -338,13 +434,13 @@ class H1OnlyCapableProtocol(H11Protocol):
         if head is not None:
             if type(event) is Body:
                 rest = self._h11_bytes(h11.Data(data=event.data))
-                await self.send(RawData(data=head + (rest or b"")))
+                await self._send_raw(head + (rest or b""))
                 return
             if type(event) is EndBody:
                 rest = self._h11_bytes(h11.EndOfMessage())
-                await self.send(RawData(data=head + (rest or b"")))
+                await self._send_raw(head + (rest or b""))
                 return
-            await self.send(RawData(data=head))
+            await self._send_raw(head)
         await super().stream_send(event)
 
     def _h11_bytes(self, event: h11.Response | h11.Data | h11.EndOfMessage) -> bytes | None:
@@ -423,6 +519,7 @@ _PATCHES: tuple[tuple[str, str, type], ...] = (
     ("hypercorn.trio.run", "TCPServer", SerialisedTCPServer),
     ("hypercorn.protocol", "H11Protocol", H1OnlyCapableProtocol),
     ("hypercorn.protocol", "H2Protocol", FairH2Protocol),
+    ("hypercorn.protocol.h11", "HTTPStream", DirectBodyHTTPStream),
 )
 _ORIGINALS: dict[tuple[str, str], Any] = {}
 
