@@ -155,6 +155,8 @@ __all__ = [
 ]
 
 _H2_PREFACE_TARGET = (b"PRI", b"*", b"2.0")
+#: seconds between two looks at a connection's cancellation while a write waits for its client to read
+_BLOCKED_POLL = 0.25
 
 
 class SerialisedTCPServer(TCPServer):
@@ -166,20 +168,29 @@ class SerialisedTCPServer(TCPServer):
     slots: ConnectionSlots | None = None
     #: the client's side of the connection is closed (or broken): nothing more will be read
     _read_done = False
+    #: the nursery the connection's task runs in (its server's connections)
+    _home: trio.Nursery | None = None
 
     async def run(self) -> None:
         """Serve the connection; a failure inside it ends this connection, not the worker.
 
         When the connection is cancelled from outside (a server's hard shutdown deadline), its socket is
         closed at once: a write blocked on a client that stopped reading is shielded and would
-        otherwise hold the connection, and the server, for as long as the client keeps it open.
+        otherwise hold the connection, and the server, for as long as the client keeps it open.  Over
+        plain TCP the blocked write itself looks out for that (``_send_plain``); a TLS connection has a
+        watcher task for it.
         """
+        self._home = trio.lowlevel.current_task().parent_nursery
         self._served = False
+        stream: trio.abc.Stream = self.stream
         try:
+            if type(stream) is trio.SocketStream:
+                await super().run()  # its ``finally`` closes the stream, also when this raises
+                return
             async with trio.open_nursery() as watcher:
                 watcher.start_soon(self._close_when_cancelled)
                 try:
-                    await super().run()  # its ``finally`` closes the stream, also when this raises
+                    await super().run()
                 finally:
                     self._served = True
                     watcher.cancel_scope.cancel()
@@ -192,6 +203,18 @@ class SerialisedTCPServer(TCPServer):
         finally:
             if not self._served:  # cancelled from outside while the connection was still being served
                 await trio.aclose_forcefully(self.stream)
+
+    def _cancelled_from_outside(self) -> bool:
+        """Whether a scope around this connection (its server's connection nursery, or one further out) is
+        cancelled: what the watcher task of a TLS connection would see, without the request's own scopes."""
+        nursery = self._home
+        now = trio.current_time()
+        while nursery is not None:
+            scope = nursery.cancel_scope
+            if scope.cancel_called or scope.deadline <= now:
+                return True
+            nursery = nursery.parent_task.parent_nursery
+        return False
 
     async def _read_data(self) -> None:
         await super()._read_data()
@@ -257,15 +280,44 @@ class SerialisedTCPServer(TCPServer):
 
     async def _locked_send(self, data: bytes, lock: trio.Lock) -> None:
         broken = False
-        with trio.CancelScope(shield=True):
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                broken = True
-            finally:
-                lock.release()
+        sock = self._raw_socket
+        try:
+            if sock is not None:
+                broken = not await self._send_plain(sock, data)
+            else:
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            broken = True
+        finally:
+            lock.release()
         if broken:
             await self.protocol.handle(Closed())
+
+    async def _send_plain(self, sock: socket.socket, data: bytes) -> bool:
+        """Write all of ``data`` to a plain TCP socket, waiting for room shielded; False if the connection broke.
+
+        The wait is shielded (bytes taken from the protocol must all be written, in order), but wakes
+        every ``_BLOCKED_POLL`` seconds: when the connection has been cancelled from outside meanwhile
+        (a hard shutdown deadline) while its client does not read, the socket is closed and the write ends.
+        """
+        view = memoryview(data)
+        while True:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # reset by the client, or closed by another task (fileno -1)
+                return False
+            view = view[sent:]
+            if not view:
+                return True
+            if self._cancelled_from_outside():
+                await trio.aclose_forcefully(self.stream)
+                return False
+            with trio.CancelScope(shield=True) as wait:
+                wait.deadline = trio.current_time() + _BLOCKED_POLL
+                await trio.lowlevel.wait_writable(sock)
 
     @property
     def _raw_socket(self) -> socket.socket | None:

@@ -75,8 +75,8 @@ async def test_body_chunks_bypass_h11_and_keep_its_state(mock_port: int, monkeyp
         client = await RawClient.connect(port)
         try:
             for _ in range(2):
-                await client.send_json("/v1/responses", {"model": "mock/text:tokens=30,token_delay=0.005", "input": "hi",
-                                                         "stream": True})
+                body = {"model": "mock/text:tokens=30,token_delay=0.005", "input": "hi", "stream": True}
+                await client.send_json("/v1/responses", body)
                 events = await read_stream(client)
                 check_events(events)
                 assert sum(e["type"] == "response.output_text.delta" for e in events) == 30
