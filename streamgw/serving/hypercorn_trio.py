@@ -130,7 +130,7 @@ import trio
 from h11._writers import ChunkedWriter
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
-from hypercorn.protocol.events import Body, EndBody, Response
+from hypercorn.protocol.events import Body, EndBody, Request, Response, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
@@ -143,7 +143,9 @@ from streamgw.errors import GatewayError, InvalidRequest
 from streamgw.serving.connections import ConnectionSlots
 
 __all__ = [
+    "DISCONNECT_EXTENSION",
     "DirectBodyHTTPStream",
+    "DisconnectNotice",
     "FairH2Protocol",
     "GatewayHypercornConfig",
     "H1OnlyCapableProtocol",
@@ -155,6 +157,8 @@ __all__ = [
 ]
 
 _H2_PREFACE_TARGET = (b"PRI", b"*", b"2.0")
+#: the ASGI extension (``scope["extensions"]``) that carries a request's ``DisconnectNotice``
+DISCONNECT_EXTENSION = "streamgw.disconnect"
 #: seconds between two looks at a connection's cancellation while a write waits for its client to read
 _BLOCKED_POLL = 0.25
 
@@ -408,15 +412,63 @@ class FairH2Protocol(H2Protocol):
         self.priority = RoundRobinScheduler()
 
 
+class DisconnectNotice:
+    """The ``streamgw.disconnect`` ASGI extension: callbacks run the moment the request's stream closes.
+
+    An ASGI application learns that its client left from an ``http.disconnect`` message, so it needs a
+    task waiting in ``receive()`` for the whole response — a task per open stream, for a message that
+    comes once.  With this extension the server calls the application back instead (synchronously,
+    from the task that saw the close); ``http.disconnect`` is still queued as ASGI says.
+    """
+
+    __slots__ = ("_callbacks", "closed")
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+        self.closed = False
+
+    def on_disconnect(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` when the stream closes; False (and no call) if it has closed already."""
+        if self.closed:
+            return False
+        self._callbacks.append(callback)
+        return True
+
+    def forget(self, callback: Callable[[], None]) -> None:
+        """No call for ``callback`` any more (the application is done with the response)."""
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+    def fire(self) -> None:
+        """The stream closed: every callback, once."""
+        self.closed = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
 class DirectBodyHTTPStream(HTTPStream):
-    """hypercorn's ASGI HTTP stream, with the body chunks of an HTTP/1.1 stream handed straight to the protocol.
+    """hypercorn's ASGI HTTP stream with a disconnect callback, and the body chunks of an HTTP/1.1 stream
+    handed straight to the protocol.
 
     Each ``http.response.body`` message with more to come goes to ``H1OnlyCapableProtocol.write_body``
     instead of through ``HTTPStream.app_send``'s checks and a ``Body`` event; the first and the last
-    message of a response and every other message still take hypercorn's way.
+    message of a response and every other message still take hypercorn's way.  The request's scope
+    carries a ``DisconnectNotice`` as ``scope["extensions"]["streamgw.disconnect"]``.
     """
 
     _write_body: Callable[[bytes], Awaitable[None]] | None = None
+    _notice: DisconnectNotice | None = None
+
+    async def handle(self, event: StreamEvent) -> None:
+        if type(event) is StreamClosed and self._notice is not None and not self.closed:
+            self._notice.fire()
+        await super().handle(event)
+        if type(event) is Request and getattr(self, "app_put", None) is not None:
+            # The application task has been started (``start_soon``) but has not run yet.
+            self._notice = DisconnectNotice()
+            extensions: dict[str, Any] = self.scope["extensions"]
+            extensions[DISCONNECT_EXTENSION] = self._notice
 
     async def app_send(self, message: Any) -> None:
         write = self._write_body
@@ -572,6 +624,7 @@ _PATCHES: tuple[tuple[str, str, type], ...] = (
     ("hypercorn.protocol", "H11Protocol", H1OnlyCapableProtocol),
     ("hypercorn.protocol", "H2Protocol", FairH2Protocol),
     ("hypercorn.protocol.h11", "HTTPStream", DirectBodyHTTPStream),
+    ("hypercorn.protocol.h2", "HTTPStream", DirectBodyHTTPStream),
 )
 _ORIGINALS: dict[tuple[str, str], Any] = {}
 
