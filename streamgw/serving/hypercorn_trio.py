@@ -135,7 +135,7 @@ from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.utils import suppress_body
 from priority.priority import DeadlockError, DuplicateStreamError, MissingStreamError, PriorityTree
 
@@ -221,12 +221,31 @@ class SerialisedTCPServer(TCPServer):
         return False
 
     async def _read_data(self) -> None:
-        await super()._read_data()
+        if self.config.read_timeout:
+            await super()._read_data()
+        else:
+            await self._read_untimed()
         # Nothing more will come from the client.  The keep-alive timer would hold the connection (and
         # its socket, in CLOSE-WAIT) for up to keep_alive_timeout: stop it so that the task group ends
         # and the connection closes now.  A request still in progress has had its http.disconnect.
         self._read_done = True
         await self.idle_task.stop()
+
+    async def _read_untimed(self) -> None:
+        """hypercorn's read loop without its per-read ``fail_after(inf)``: with no ``read_timeout`` (the
+        default), that is a cancel scope made, entered and left for every read, and one held by every
+        open connection while it waits, for nothing."""
+        stream = self.stream
+        handle = self.protocol.handle
+        while True:
+            try:
+                data = await stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                break
+            await handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await handle(Closed())
 
     async def _idle_timeout(self) -> None:
         """hypercorn's keep-alive timer, which the worker's ``ConnectionSlots`` may cut short."""

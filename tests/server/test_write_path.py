@@ -116,3 +116,31 @@ async def test_a_client_slow_to_read_gets_every_byte_in_order(mock_port: int,
         finally:
             await client.aclose()
     assert queued, "the socket never filled up: the test did not reach the send_all way"
+
+
+def _tasks(task: trio.lowlevel.Task) -> int:
+    return 1 + sum(_tasks(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
+
+
+async def test_an_open_stream_costs_two_tasks(mock_port: int) -> None:
+    """The connection's task and the ASGI application's: no watcher per connection or per request
+    (disconnects call back, keepalives come from one timer task per worker)."""
+    config = chat_config(mock_port)
+    streams = 20
+    async with running_gateway(config) as port:
+        root = trio.lowlevel.current_root_task()
+        await trio.sleep(0.2)
+        before = _tasks(root)
+        clients = [await RawClient.connect(port) for _ in range(streams)]
+        try:
+            for client in clients:
+                await client.send_json("/v1/responses", {"model": "mock/text:tokens=100,token_delay=0.5",
+                                                         "input": "hi", "stream": True})
+            for client in clients:
+                assert (await client.response_head()).status_code == 200
+            await trio.sleep(0.3)
+            per_stream = (_tasks(root) - before - 1) / streams  # - 1: the keepalive timer
+        finally:
+            for client in clients:
+                await client.aclose()
+    assert per_stream <= 2, per_stream
