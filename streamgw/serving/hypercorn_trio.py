@@ -545,7 +545,17 @@ class H1OnlyCapableProtocol(H11Protocol):
             await self.stream_send(Body(stream_id=STREAM_ID, data=data))
 
     async def stream_send(self, event: StreamEvent) -> None:
-        if type(event) is Response and event.status_code >= 200:
+        if type(event) is StreamClosed:
+            # The response is complete.  hypercorn keeps the connection only if the request is complete
+            # too, and closes it otherwise (without a ``connection: close`` the client could have seen).
+            # A response refused before its body was read (401) is complete within one turn now that
+            # writes need no checkpoint; let the connection's reader take in the rest of a body that has
+            # arrived, as the writes' checkpoints used to (a few turns: it reads, then queues the body).
+            for _ in range(4):
+                if self.connection.their_state is not h11.SEND_BODY:
+                    break
+                await trio.lowlevel.checkpoint()
+        elif type(event) is Response and event.status_code >= 200:
             headers = list(chain(event.headers, self.config.response_headers("h11")))
             if self.keep_alive_requests >= self.config.keep_alive_max_requests:
                 headers.append((b"connection", b"close"))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -14,7 +15,7 @@ import h11
 import pytest
 import trio
 
-from streamgw.config import Config, ProviderConfig
+from streamgw.config import Config, ProviderConfig, Secret
 from streamgw.core.sse import SSEDecoder
 from streamgw.serving import hypercorn_trio
 from streamgw.testing.chat_mock import ChatCompletionsMock
@@ -144,3 +145,28 @@ async def test_an_open_stream_costs_two_tasks(mock_port: int) -> None:
             for client in clients:
                 await client.aclose()
     assert per_stream <= 2, per_stream
+
+
+async def test_a_request_refused_before_its_body_is_read_keeps_its_connection(mock_port: int) -> None:
+    """A 401 is written (without a checkpoint) before the server has taken in the request's body, which
+    follows its head in a second write as httpx sends it; the connection must still serve the next
+    request (hypercorn closes a connection whose request is incomplete when the response ends, and the
+    client saw no ``connection: close``)."""
+    config = dataclasses.replace(chat_config(mock_port), auth_keys=(Secret("gw-key"),))
+    body = json.dumps({"model": "mock/text", "input": "hi"}).encode()
+    request = h11.Request(method="POST", target="/v1/responses", headers=[
+        ("host", "gateway"), ("content-type", "application/json"), ("content-length", str(len(body)))])
+    async with running_gateway(config) as port:
+        client = await RawClient.connect(port)
+        try:
+            for _ in range(20):
+                await client.stream.send_all(client.conn.send(request))
+                rest = client.conn.send(h11.Data(data=body)) + client.conn.send(h11.EndOfMessage())
+                await client.stream.send_all(rest)
+                head = await client.response_head()
+                assert head.status_code == 401
+                while not isinstance(await client.next_event(), h11.EndOfMessage):
+                    pass
+                client.conn.start_next_cycle()
+        finally:
+            await client.aclose()
