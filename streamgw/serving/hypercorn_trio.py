@@ -99,10 +99,23 @@ and ``streamgw.serving.versions`` refuses to start on another release line).  Wh
   ``send_eof``, ``protocol_send`` would shield the lock wait with the write, and ``H2Protocol`` would
   schedule streams round-robin (RFC 9113 §5.3.2) instead of with ``priority.PriorityTree``.
 
+Shorter paths for each write (performance, not fixes)
+------------------------------------------------------
+A stream's events are most of what a gateway writes, so the subclasses also shorten hypercorn's path
+per event, keeping its behaviour: ``DirectBodyHTTPStream`` hands an HTTP/1.1 body chunk to
+``H1OnlyCapableProtocol.write_body``, which frames it as h11's ``ChunkedWriter`` would (h11 changes no
+state for it) instead of passing it through an ASGI message check, two event objects and h11;
+``SerialisedTCPServer.send_raw`` writes to a plain socket at once when the send lock is free (no
+cancel scope, lock round trip or scheduler trip) and falls back to the shielded, ordered write.  And
+an open stream needs no watcher tasks: the stream calls the application back on disconnect
+(``DisconnectNotice``, the ``streamgw.disconnect`` ASGI extension), and a plain-TCP write blocked on
+a client that stopped reading checks for its connection's cancellation itself.
+
 Installing
 ----------
 ``install()`` points the names hypercorn looks up when it serves (``hypercorn.trio.run.TCPServer``,
-``hypercorn.protocol.H11Protocol`` and ``H2Protocol``) at the subclasses here; ``uninstall()`` puts
+``hypercorn.protocol.H11Protocol`` and ``H2Protocol``, the ``HTTPStream`` of both protocol modules) at
+the subclasses here; ``uninstall()`` puts
 hypercorn's own classes back (tests use it to show each failure).  ``streamgw.serving.main.hypercorn_config``
 installs, so ``streamgw serve``, its workers and the in-process test harness are covered; a config
 pickled into a process hypercorn spawns installs there when it is loaded.
