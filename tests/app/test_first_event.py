@@ -1,0 +1,63 @@
+"""The way to the first event: no wait and no trip through the scheduler that the request does not need.
+
+The ASGI side of these tests is a trio memory channel, as hypercorn's trio worker hands the application
+its ``receive``; the messages are the ones hypercorn puts there (the body, then an empty closing one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import trio
+import trio.testing
+
+from streamgw.app.streaming import BodyBudget, _Claim, _read_body
+
+BODY = b'{"model":"m","input":"hi","stream":true}'
+
+
+def _scope(length: int | None) -> dict[str, object]:
+    headers = [(b"content-type", b"application/json")]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    return {"type": "http", "http_version": "1.1", "headers": headers}
+
+
+async def test_a_body_already_queued_is_read_without_a_checkpoint_or_the_closing_message() -> None:
+    """hypercorn queues ``more_body: True`` with the bytes, then an empty closing message: with a
+    Content-Length the body is whole at its last byte, and what is queued is taken at once."""
+    send, receive = trio.open_memory_channel[dict[str, object]](math.inf)
+    send.send_nowait({"type": "http.request", "body": BODY, "more_body": True})  # the closing one is not here yet
+    claim = _Claim(BodyBudget(0), {})
+    with trio.fail_after(5), trio.testing.assert_no_checkpoints():
+        body = await _read_body(_scope(len(BODY)), receive.receive, 1 << 20, 10.0, claim)
+    assert body == BODY
+    assert claim.held == len(BODY)
+
+
+async def test_a_body_in_parts_and_a_chunked_one_still_wait_for_the_rest() -> None:
+    for length in (len(BODY), None):  # Content-Length, and chunked (the end is the closing message)
+        send, receive = trio.open_memory_channel[dict[str, object]](math.inf)
+        send.send_nowait({"type": "http.request", "body": BODY[:10], "more_body": True})
+
+        async def rest(send: trio.MemorySendChannel[dict[str, object]] = send) -> None:
+            await trio.sleep(0.01)
+            await send.send({"type": "http.request", "body": BODY[10:], "more_body": True})
+            await send.send({"type": "http.request", "body": b"", "more_body": False})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rest)
+            with trio.fail_after(5):
+                body = await _read_body(_scope(length), receive.receive, 1 << 20, 10.0, _Claim(BodyBudget(0), {}))
+        assert body == BODY
+
+
+async def test_a_client_gone_while_its_body_was_queued_is_still_seen() -> None:
+    from streamgw.app.streaming import _ClientGone
+
+    send, receive = trio.open_memory_channel[dict[str, object]](math.inf)
+    send.send_nowait({"type": "http.request", "body": BODY[:5], "more_body": True})
+    send.send_nowait({"type": "http.disconnect"})
+    with pytest.raises(_ClientGone):
+        await _read_body(_scope(len(BODY)), receive.receive, 1 << 20, 10.0, _Claim(BodyBudget(0), {}))
