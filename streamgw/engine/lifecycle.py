@@ -307,6 +307,7 @@ class LiveResponse:
         self.hold = False
         self._exited = False
         self._notified = False
+        self._announced = False  # the observers heard of the opened run
         allowed = caller.key.models if caller.key is not None else ()
         try:  # resolved now, so a sink knows the keepalive before it enters; a key's allowed models apply
             self.plan = plan = responses.router.plan_for(request.model, request.provider, allowed)
@@ -374,7 +375,14 @@ class LiveResponse:
         self.entry.upstream_model = run.opened.target.model
         self.entry.first_delta_at = run.first_delta_at
         self.entry.status = 200
-        responses.observer.opened(self.entry)
+        # the observers hear of it once the first events are out (``_announce``), not on their way
+
+    def _announce(self) -> None:
+        """Tell the observers the response opened, once: after its first delivery, or at the latest when it
+        ends (so that every ``ended`` of an opened response follows its ``opened``)."""
+        if self.entry.first_delta_at is not None and not self._announced:
+            self._announced = True
+            self.responses.observer.opened(self.entry)
 
     async def stream(self, deliver: Callable[[list[Any]], Awaitable[None]]) -> None:
         """Send ``initial`` and every later batch to ``deliver`` until the terminal event.
@@ -390,8 +398,10 @@ class LiveResponse:
             if recorder is not None:
                 await recorder.started(run)  # stored before the client can see the terminal event
             await deliver(initial)
+            self._announce()
             return
         await deliver(initial)
+        self._announce()  # after the first events: metrics are not on their way
         if recorder is None:
             await run.stream(deliver)
             return
@@ -408,6 +418,7 @@ class LiveResponse:
         """Run to the end (``stream: false``); the final response object, stored before it is returned."""
         run = self.run
         assert run is not None, "collect() inside the async with"
+        self._announce()
         try:
             final = await run.collect()
         finally:
@@ -468,6 +479,7 @@ class LiveResponse:
                     log.exception("settling an admission failed")
             if isinstance(exc, GatewayError) and not self._admitting and self.responses.admission:
                 self.headers = await self.responses.headers(self.caller, self.request.model)
+        self._announce()  # a response whose first delivery failed (the client left) still opened
         self._exited = True
         if not self.hold:
             self._notify()

@@ -12,7 +12,12 @@ import pytest
 import trio
 import trio.testing
 
+from streamgw.app.routes import create_app
 from streamgw.app.streaming import BodyBudget, _Claim, _read_body
+from streamgw.config import Config, ProviderConfig, Secret, StoreConfig
+from streamgw.engine.lifecycle import RequestEntry
+from streamgw.testing.chat_mock import ChatCompletionsMock
+from streamgw.testing.harness import post_sse, running_gateway
 
 BODY = b'{"model":"m","input":"hi","stream":true}'
 
@@ -61,3 +66,41 @@ async def test_a_client_gone_while_its_body_was_queued_is_still_seen() -> None:
     send.send_nowait({"type": "http.disconnect"})
     with pytest.raises(_ClientGone):
         await _read_body(_scope(len(BODY)), receive.receive, 1 << 20, 10.0, _Claim(BodyBudget(0), {}))
+
+
+class _Timeline:
+    """A request observer that notes, when it hears of an opened response, whether its first events were out."""
+
+    def __init__(self) -> None:
+        self.opened: list[bool] = []
+        self.ended: list[str] = []
+
+    def opened_(self, entry: RequestEntry) -> None:
+        self.opened.append(entry.first_write_at is not None)
+
+    def ended_(self, entry: RequestEntry) -> None:
+        self.ended.append(entry.terminal)
+
+
+class _Observer:
+    def __init__(self, timeline: _Timeline) -> None:
+        self.opened = timeline.opened_
+        self.ended = timeline.ended_
+
+
+async def test_observers_hear_of_an_opened_response_after_its_first_events_went_out(nursery: trio.Nursery) -> None:
+    mock = ChatCompletionsMock()
+    port = await nursery.start(mock.serve)
+    config = Config(providers={"up": ProviderConfig(name="up", type="chat", base_url=f"http://127.0.0.1:{port}/v1",
+                                                    api_key=Secret("sk-upstream-test-key"))},
+                    store=StoreConfig(backend="none"))
+    app = create_app(config)
+    timeline = _Timeline()
+    app.extensions["streamgw"].observers.add(_Observer(timeline))
+    async with running_gateway(config, app) as gw_port:
+        for stream in (True, False):
+            result = await post_sse(gw_port, {"model": "up/text:tokens=3", "input": "hi", "stream": stream})
+            assert result.status == 200
+    # streamed: after the first write; not streamed: nothing was written before the whole answer
+    assert timeline.opened == [True, False]
+    assert timeline.ended == ["completed", "completed"]
