@@ -15,7 +15,9 @@ import trio.testing
 from streamgw.app.routes import create_app
 from streamgw.app.streaming import BodyBudget, _Claim, _read_body
 from streamgw.config import Config, ProviderConfig, Secret, StoreConfig
+from streamgw.core.request import parse_request
 from streamgw.engine.lifecycle import RequestEntry
+from streamgw.errors import InvalidRequest
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.harness import post_sse, running_gateway
 
@@ -104,3 +106,13 @@ async def test_observers_hear_of_an_opened_response_after_its_first_events_went_
     # streamed: after the first write; not streamed: nothing was written before the whole answer
     assert timeline.opened == [True, False]
     assert timeline.ended == ["completed", "completed"]
+
+
+def test_parse_request_shares_no_mutable_default_and_names_a_bom() -> None:
+    """``parse_request`` reuses its immutable defaults and one JSON decoder: each request still owns its
+    ``metadata``, and a body with a byte-order mark gets what ``json.loads`` says of it."""
+    first, second = parse_request(BODY), parse_request(BODY)
+    first.metadata["k"] = "v"
+    assert second.metadata == {} and parse_request(BODY).metadata == {}
+    with pytest.raises(InvalidRequest, match="Unexpected UTF-8 BOM"):
+        parse_request(b"\xef\xbb\xbf" + BODY)
