@@ -16,7 +16,8 @@ first_read, translate, emit, write), their sum and the median ``ttfe_ms`` the ga
 
 ``--baseline SRC`` (an A/B on a noisy machine): a second gateway runs the streamgw source tree at SRC
 (``PYTHONPATH``, e.g. a checkout of main), with the same configuration, and takes its turn after
-each gateway request: ``baseline_ms``, ``baseline_added_ms`` and ``gateway_minus_baseline_ms`` (paired).
+each gateway request, or before it (they swap every round): ``baseline_ms``, ``baseline_added_ms`` and
+``gateway_minus_baseline_ms`` (paired).
 Run it from a directory that holds no ``streamgw`` package (``python -m`` puts the current one first).
 """
 
@@ -150,8 +151,10 @@ def run(args: argparse.Namespace, mock_port: int, urls: dict[str, str], bare_por
         for _ in range(20):  # warm up every path and its connection pools
             for name in clients:
                 one(name)
+        order = list(clients)
         for i in range(args.requests):
-            for name in clients:
+            # the two gateways swap turns every round: neither always follows the other's leftover work
+            for name in (order if i % 2 == 0 else [*order[:2], *reversed(order[2:])]):
                 times[name].append(one(name, f"{MEASURED}{i}"))
     finally:
         for client in clients.values():
