@@ -45,7 +45,7 @@ from streamgw.engine.run import ResponseRun
 from streamgw.errors import GatewayError, internal_error
 from streamgw.store.base import StoredResponse
 from streamgw.store.calls import StoreCall
-from streamgw.store.chain import Expansion, expand, record_for
+from streamgw.store.chain import Expansion, expand, names_stored, own_expansion, record_for
 from streamgw.store.service import StoreService
 
 log = logging.getLogger("streamgw")
@@ -294,6 +294,7 @@ class LiveResponse:
         self.run: ResponseRun | None = None
         self.expansion: Expansion | None = None
         self._recorder: Recorder | None = None
+        self._record_since: float | None = None  # the response is to be stored; when it was asked for
         self._refused: GatewayError | None = None
         self.plan: Plan | None = None
         #: headers for the answer from admission (rate-limit state); complete once entered, or after an error
@@ -319,6 +320,19 @@ class LiveResponse:
             self.entry.route = "" if plan.route is None else plan.route.name
             if request.stream:
                 self.keepalive = keepalive_of(plan, responses.engine.timeouts)
+
+    def _expanded(self) -> Expansion:
+        """The request's expansion, made now if ``_open`` left it for later (a request naming nothing stored)."""
+        if self.expansion is None:
+            self.expansion = own_expansion(self.request, self.caller.tenant)
+        return self.expansion
+
+    def _recording(self) -> Recorder | None:
+        """The store's recorder of this response (``None``: it is not stored), made on first use."""
+        if self._recorder is None and self._record_since is not None:
+            self._recorder = Recorder(self.responses.store, self._expanded(), self.entry.store_calls,
+                                      created_at=self._record_since)
+        return self._recorder
 
     @property
     def done(self) -> bool:
@@ -353,10 +367,13 @@ class LiveResponse:
             raise self._refused
         assert self.plan is not None
         responses, request, plan = self.responses, self.request, self.plan
-        # previous_response_id, item_reference: once, for all, and only ever the tenant's own responses
-        self.expansion = await expand(request, plan, responses.store, self._local, tenant=self.caller.tenant,
-                                      sole_tenant=responses.sole_tenant, calls=self.entry.store_calls)
-        self.request = request = self.expansion.request
+        # previous_response_id, item_reference: once, for all, and only ever the tenant's own responses.  A
+        # request that names nothing stored runs as it is: its expansion (the ids of its input items, for the
+        # store) is made when first needed, after its first events (``_expanded``).
+        if names_stored(request):
+            self.expansion = await expand(request, plan, responses.store, self._local, tenant=self.caller.tenant,
+                                          sole_tenant=responses.sole_tenant, calls=self.entry.store_calls)
+            self.request = request = self.expansion.request
         self.entry.mark("expanded")
         self._admitting = True
         for rule in responses.admission:
@@ -366,7 +383,7 @@ class LiveResponse:
                 self.headers.update(admission.headers)
         self.entry.mark("admitted")
         if request.store and responses.store.enabled:
-            self._recorder = Recorder(responses.store, self.expansion, self.entry.store_calls)
+            self._record_since = time.time()  # the recorder is made with the expansion
         self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started,
                                                 attempts=self.entry.attempts, trace=self._trace)
         self.entry.mark("translated")  # the first events exist (``run.initial``)
@@ -392,16 +409,17 @@ class LiveResponse:
         """
         run = self.run
         assert run is not None, "stream() inside the async with"
-        recorder = self._recorder
         initial, run.initial = run.initial, []  # the snapshots in them would otherwise live as long as the stream
         if run.done:
+            recorder = self._recording()
             if recorder is not None:
                 await recorder.started(run)  # stored before the client can see the terminal event
             await deliver(initial)
             self._announce()
             return
         await deliver(initial)
-        self._announce()  # after the first events: metrics are not on their way
+        self._announce()  # after the first events: metrics and the store's bookkeeping are not on their way
+        recorder = self._recording()
         if recorder is None:
             await run.stream(deliver)
             return
@@ -419,20 +437,21 @@ class LiveResponse:
         run = self.run
         assert run is not None, "collect() inside the async with"
         self._announce()
+        recorder = self._recording()
         try:
             final = await run.collect()
         finally:
-            if self._recorder is not None:
-                self._recorder.finished(run)  # whatever the outcome, once
-        if self._recorder is not None:
-            await self._recorder.finish(run)  # written before the answer leaves (confirm_writes)
+            if recorder is not None:
+                recorder.finished(run)  # whatever the outcome, once
+        if recorder is not None:
+            await recorder.finish(run)  # written before the answer leaves (confirm_writes)
         return final
 
     def record(self) -> StoredResponse:
         """The finished response as a store record (WebSocket mode keeps it for ``previous_response_id``)."""
-        assert self.run is not None and self.expansion is not None
+        assert self.run is not None
         target = self.run.opened.target.provider
-        return record_for(self.expansion, self.run.emitter.response, target.name, target.type, time.time())
+        return record_for(self._expanded(), self.run.emitter.response, target.name, target.type, time.time())
 
     def failure_events(self, error: GatewayError) -> list[Any]:
         """``response.failed`` for ``error`` on a stream already committed to (see ``failure_events``)."""
@@ -459,8 +478,9 @@ class LiveResponse:
         if run is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
                 await run.aclose()
-            if self._recorder is not None:
-                self._recorder.finished(run)
+            recorder = self._recording()  # made here when the client left during the first delivery
+            if recorder is not None:
+                recorder.finished(run)
             entry.finished = run.done
             response = run.emitter.response
             if run.done:

@@ -6,8 +6,10 @@ its ``receive``; the messages are the ones hypercorn puts there (the body, then 
 
 from __future__ import annotations
 
+import json
 import math
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -16,7 +18,7 @@ from streamgw.app.routes import create_app
 from streamgw.app.streaming import BodyBudget, _Claim, _read_body
 from streamgw.config import Config, ProviderConfig, Secret, StoreConfig
 from streamgw.core.request import parse_request
-from streamgw.engine.lifecycle import RequestEntry
+from streamgw.engine.lifecycle import ANONYMOUS, LiveResponse, RequestEntry, open_response
 from streamgw.errors import InvalidRequest
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.harness import post_sse, running_gateway
@@ -116,3 +118,40 @@ def test_parse_request_shares_no_mutable_default_and_names_a_bom() -> None:
     assert second.metadata == {} and parse_request(BODY).metadata == {}
     with pytest.raises(InvalidRequest, match="Unexpected UTF-8 BOM"):
         parse_request(b"\xef\xbb\xbf" + BODY)
+
+
+async def test_the_store_bookkeeping_of_a_request_naming_nothing_stored_waits_for_its_first_events(
+        nursery: trio.Nursery) -> None:
+    """Its input items get their ids (and the recorder its expansion) after the first delivery; what is stored,
+    and a request that continues it, are as before."""
+    mock = ChatCompletionsMock()
+    port = await nursery.start(mock.serve)
+    config = Config(providers={"up": ProviderConfig(name="up", type="chat", base_url=f"http://127.0.0.1:{port}/v1",
+                                                    api_key=Secret("sk-upstream-test-key"))},
+                    store=StoreConfig(backend="memory"))
+    app = create_app(config)
+    gw = app.extensions["streamgw"]
+    async with running_gateway(config, app) as gw_port, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw_port}") as client:
+        ids: list[str] = []
+        for previous in (None, "first"):
+            body: dict[str, object] = {"model": "up/text:tokens=3", "input": "hi", "stream": True}
+            if previous is not None:
+                body["previous_response_id"] = ids[0]
+            live = open_response(gw.responses, ANONYMOUS, parse_request(json.dumps(body).encode()), door="sse",
+                                 request_id=f"req-{len(ids)}")
+            expanded_at_first_delivery: list[bool] = []
+
+            async def deliver(events: list[object], seen: list[bool] = expanded_at_first_delivery,
+                              live: LiveResponse = live) -> None:
+                if not seen:
+                    seen.append(live.expansion is not None)
+
+            async with live:
+                await live.stream(deliver)
+            ids.append(str(live.run.emitter.response["id"]) if live.run else "")
+            # made before the run only when there was something to look up
+            assert expanded_at_first_delivery == [previous is not None]
+        items = (await client.get(f"/v1/responses/{ids[1]}/input_items", params={"order": "asc"})).json()["data"]
+    assert [item["type"] for item in items] == ["message", "message", "message"]  # hi, the answer, hi
+    assert all(isinstance(item["id"], str) and item["id"] for item in items)
