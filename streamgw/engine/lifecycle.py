@@ -16,6 +16,9 @@ stream slot released, the tokens and cost the response used counted: this is the
 learns how a request ended), and hands the request-log entry to the ``RequestObserver`` (metrics,
 usage) however the block ends: a clean end, an error, or the client leaving (cancellation).
 
+What the first byte does not need waits until the first events are delivered: the observers' ``opened``,
+and for a request that names nothing stored its expansion (ids for its input items) and store recorder.
+
 Errors leave the block as ``GatewayError`` only: a bug of ours becomes ``internal_error`` here,
 logged once.  The sink renders it with ``failure_events`` when it already committed to a stream,
 else as its own "before commit" answer (an HTTP error envelope, a WebSocket error frame).
@@ -204,7 +207,8 @@ class RequestObserver(Protocol):
     """Sees every request of the lifecycle: metrics, and the request log."""
 
     def opened(self, entry: RequestEntry) -> None:
-        """A response is now running (it produced its first delta)."""
+        """A response is now running: it produced its first delta, and its first events were delivered (or it
+        ended before they could be: then just before ``ended``)."""
         ...
 
     def ended(self, entry: RequestEntry) -> None:
