@@ -47,7 +47,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -298,6 +298,10 @@ class Tracing:
         self._resource = _Resource(resource)
         #: the SDK's provider reads OTEL_TRACES_SAMPLER (+ _ARG); its sampler decides each trace
         self._sampler = TracerProvider(resource=resource, shutdown_on_exit=False).sampler
+        #: the default sampler (``parentbased_always_on``) follows the client's decision and samples a new
+        #: trace: no need to ask it (a context, a span and a sampling result made per request)
+        default = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
+        self._follows = self._sampler.get_description() == default
         self._batcher = _Batcher(OTLPSpanExporter())
         self._scope = _Scope("streamgw", __version__)
         self._providers = {name: _provider_attributes(p) for name, p in config.providers.items()}
@@ -309,6 +313,8 @@ class Tracing:
         """The trace a request joins: the client's (``sampled`` as our sampler decides), or a new one."""
         if trace is None:
             trace = TraceParent(new_trace_id())
+        if self._follows:
+            return trace
         context = Context()
         if trace.parent_id:
             flags = TraceFlags(TraceFlags.SAMPLED if trace.sampled else TraceFlags.DEFAULT)

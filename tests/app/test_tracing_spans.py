@@ -232,3 +232,25 @@ def test_a_wrong_batch_setting_falls_back_to_the_default(monkeypatch: pytest.Mon
         assert "OTEL_BSP_MAX_EXPORT_BATCH_SIZE='lots'" in caplog.text and "OTEL_BSP_MAX_QUEUE_SIZE='-1'" in caplog.text
     finally:
         batcher.shutdown()
+
+
+@pytest.mark.parametrize(("sampler", "new", "sampled_parent", "unsampled_parent"), [
+    ("", True, True, False),  # the default, parentbased_always_on: the client's decision, and new traces sampled
+    ("always_off", False, False, False),
+    ("always_on", True, True, True),
+    ("parentbased_traceidratio", False, True, False),  # ratio 0 for new traces
+])
+def test_the_sampler_decides_each_trace(config: Config, monkeypatch: pytest.MonkeyPatch, sampler: str, new: bool,
+                                        sampled_parent: bool, unsampled_parent: bool) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/v1/traces")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    tracing = Tracing(config)
+    try:
+        trace_id, parent = new_trace_id(), new_span_id()
+        assert tracing.start(None).sampled is new and tracing.start(None).parent_id == ""
+        started = tracing.start(TraceParent(trace_id, parent, True))
+        assert (started.trace_id, started.parent_id, started.sampled) == (trace_id, parent, sampled_parent)
+        assert tracing.start(TraceParent(trace_id, parent, False)).sampled is unsampled_parent
+    finally:
+        tracing.shutdown()
