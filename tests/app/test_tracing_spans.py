@@ -94,7 +94,7 @@ def test_the_common_case_is_said_by_leaving_attributes_out(tracing: Tracing) -> 
         tracing, trace=trace, status=200, finished=True, first_delta_at=0.35, model="m", provider="oai",
         upstream_model="gpt-x-1", terminal="completed", attempts=[served], response_id="resp_1",
         usage={"input_tokens": 3, "output_tokens": 5},
-        store_calls=[StoreCall("get", 0.01, 0.02, "found"), StoreCall("write", 0.95, None, "")])}
+        store_calls=[StoreCall("get", 0.01, 0.02, "found"), StoreCall("write", 0.95, 0.97, "written")])}
     server, attempt = spans["POST /v1/responses"], spans["chat gpt-x"]
     assert server.attributes == {
         "gen_ai.operation.name": "chat", "streamgw.request_id": "req_1", "http.request.method": "POST",
@@ -105,13 +105,12 @@ def test_the_common_case_is_said_by_leaving_attributes_out(tracing: Tracing) -> 
     assert attempt.attributes == {
         "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-x", "gen_ai.provider.name": "openai",
         "streamgw.provider": "oai", "server.address": "api.example.com", "server.port": 443,
-        "streamgw.attempt.time_to_headers": pytest.approx(0.1),
         "gen_ai.response.time_to_first_chunk": pytest.approx(0.2)}
     assert spans["store get"].attributes == {"db.system.name": "sqlite", "db.operation.name": "get"}
-    assert spans["store write"].attributes == {"db.system.name": "sqlite", "db.operation.name": "write"}
-    # the write was left queued as the request ended: its span is an instant at its start
-    assert spans["store write"].end_ns == spans["store write"].start_ns
-    assert {s.trace_id for s in spans.values()} == {trace.trace_id} and server.parent_id == ""
+    write = spans["store write"]  # waited for (confirm_writes)
+    assert write.attributes == {"db.system.name": "sqlite", "db.operation.name": "write"}
+    assert write.end_ns - write.start_ns == pytest.approx(0.02e9, abs=1e3)
+    assert len(spans) == 4 and {s.trace_id for s in spans.values()} == {trace.trace_id} and server.parent_id == ""
     assert {s.parent_id for s in spans.values() if s is not server} == {server.span_id}
     assert attempt.span_id == served.span_id
     assert server.end_ns - server.start_ns == pytest.approx(1e9, abs=1e3)
@@ -138,6 +137,13 @@ def test_what_is_not_the_common_case_is_named(tracing: Tracing) -> None:
     assert get.attributes["streamgw.store.outcome"] == "not_found" and get.status_code == 0
     assert item.attributes["streamgw.store.outcome"] == item.attributes["error.type"] == "timeout"
     assert item.status_code == 2
+
+
+@pytest.mark.parametrize("write", [StoreCall("write", 0.9, 0.9, "queued"),  # no confirm_writes
+                                   StoreCall("write", 0.9, None, "")])  # the client left before it was written
+def test_a_write_the_request_did_not_wait_for_has_no_span(tracing: Tracing, write: StoreCall) -> None:
+    spans = spans_of(tracing, trace=TraceParent(new_trace_id()), status=200, store_calls=[write])
+    assert [s.name for s in spans] == ["POST /v1/responses"]
 
 
 def test_an_unsampled_request_has_no_spans(tracing: Tracing) -> None:
