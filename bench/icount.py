@@ -10,8 +10,10 @@ Each variant's gateway runs under ``valgrind --tool=callgrind --instr-atstart=no
 the counting is switched on (``callgrind_control -i on``) for ``--requests`` sequential streamed
 requests (c=1, 20 chunks each, from a mock upstream outside valgrind), then off, and the totals are
 dumped.  The report is the median per request of ``--repeats`` such windows, and each variant's
-ratio to the first.  Background tasks (the store writer, key and limit housekeeping) run on their
-timers while a window is open; at c=1 under valgrind a window lasts ~15 s, so they are included.
+ratio to the first.  Background tasks (key-cache polls, control maintenance, the store's purge) run
+on their timers while a window is open, and under valgrind a window lasts ~15 s: each window is
+followed by an idle one as long, whose count is subtracted (``--no-idle`` keeps it), so a slow
+minute on the machine does not charge more timer work to the requests.
 
 A count is not a time (a cache miss or a system call costs more than its instructions), but for
 the Python code on the request path it tracks CPU time closely, and it settles "did this change
@@ -31,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -115,8 +118,22 @@ class Counted:
         subprocess.run(["callgrind_control", *args, str(self.proc.pid)], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
 
-    def window(self, work: Callable[[], object]) -> int:
-        """Instructions the process executed while ``work()`` ran."""
+    def window(self, work: Callable[[], object], idle: bool = False) -> int:
+        """Instructions the process executed while ``work()`` ran.
+
+        With ``idle``, less what the process executes on its own (timers: key-cache polls, control
+        maintenance, the store's purge) in as long a time again with no requests: under valgrind a
+        request takes ~50 times longer than natively, so that background would otherwise be charged to
+        the requests, more of it the slower the machine is that minute.
+        """
+        started = time.monotonic()
+        total = self._count(work)
+        if not idle:
+            return total
+        took = time.monotonic() - started
+        return total - self._count(partial(time.sleep, took))
+
+    def _count(self, work: Callable[[], object]) -> int:
         for old in self.out.parent.glob(self.out.name + ".*"):
             old.unlink()
         self._control("-z")
@@ -179,7 +196,7 @@ def count_variant(variant: Variant, mock_port: int, args: argparse.Namespace, re
                         _stream(client, base + "/v1/responses", key)
 
                 for _ in range(args.repeats):
-                    per_request.append(gateway.window(work) / args.requests)
+                    per_request.append(gateway.window(work, args.idle) / args.requests)
             return per_request
         finally:
             gateway.stop()
@@ -209,7 +226,7 @@ def count_bare(mock_port: int, args: argparse.Namespace) -> list[float]:
                     for _ in range(args.requests):
                         _chat(client, url, None)
 
-                return [proxy.window(work) / args.requests for _ in range(args.repeats)]
+                return [proxy.window(work, args.idle) / args.requests for _ in range(args.repeats)]
         finally:
             proxy.stop()
 
@@ -226,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--tokens", type=int, default=20,
                         help="chunks per answer (count 20 and 220: the slope is the cost per event)")
+    parser.add_argument("--no-idle", dest="idle", action="store_false",
+                        help="keep the process's own background work (timers) in the count")
     args = parser.parse_args(argv)
     global TOKENS
     TOKENS = args.tokens
@@ -261,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mock.stdout.close()
     baseline = statistics.median(results[names[0]])
     print(f"instructions per streamed request (c=1, {TOKENS} chunks; median of {args.repeats} windows of "
-          f"{args.requests}), ratio to {names[0]}:")
+          f"{args.requests}{', idle background subtracted' if args.idle else ''}), ratio to {names[0]}:")
     for name, values in results.items():
         median = statistics.median(values)
         spread = (max(values) - min(values)) / median * 100 if median else 0.0

@@ -178,6 +178,9 @@ class StoreConfig:
     #: a response's terminal event waits (at most ``timeout``) until its record is written, so that
     #: another gateway instance can continue it at once; false: never waited for
     confirm_writes: bool = True
+    #: a stream's ``in_progress`` snapshot goes to the backend only if the stream still runs this many
+    #: seconds after it started (0: at once); this instance reads it at once either way
+    snapshot_after: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

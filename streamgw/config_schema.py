@@ -271,6 +271,7 @@ class StoreTable(_Table):
     queue_size: PositiveInt | None = None
     timeout: Seconds | None = None
     confirm_writes: bool | None = None
+    snapshot_after: Seconds | None = None
 
 
 def _allowed_host(entry: str) -> str:

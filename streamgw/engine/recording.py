@@ -1,5 +1,8 @@
 """Recording one response in the store: its ``in_progress`` snapshot when a stream starts, its final object at the end.
 
+The snapshot is pending at once (this instance reads it), but the service writes it only if the
+stream outlives ``[store] snapshot_after``: a short stream costs one write, not two.
+
 ``finish`` runs before the terminal event goes out, and (with ``confirm_writes``) waits until
 the record is written, so a client that chains as soon as it saw ``response.completed`` finds
 it, through this instance or another one sharing the store.  A stream the client
@@ -47,7 +50,7 @@ class Recorder:
             await self.finish(run)
             return
         snapshot = {**run.emitter.response, "status": "in_progress", "output": [], "usage": None}
-        self._submit(snapshot, run)
+        self._submit(snapshot, run, snapshot=True)
 
     async def finish(self, run: ResponseRun) -> None:
         """The response ended: store it and, with ``confirm_writes``, wait (bounded) until it is written."""
@@ -72,6 +75,7 @@ class Recorder:
         if self._write is not None and not self._service.config.confirm_writes:
             self._write.end("queued")
 
-    def _submit(self, response: dict[str, Any], run: ResponseRun) -> None:
+    def _submit(self, response: dict[str, Any], run: ResponseRun, *, snapshot: bool = False) -> None:
         provider = run.opened.target.provider
-        self._service.submit(record_for(self._expansion, response, provider.name, provider.type, self._created_at))
+        record = record_for(self._expansion, response, provider.name, provider.type, self._created_at)
+        self._service.submit(record, snapshot=snapshot)

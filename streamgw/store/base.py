@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from streamgw.errors import GatewayError
 
 __all__ = [
@@ -44,6 +46,7 @@ CLIENT = ""
 #: origin of an input item whose ``id`` the gateway minted for storage (never sent upstream)
 MINTED = "@gateway"
 _VERSION = 1
+_STDLIB = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class StoreUnavailable(GatewayError):
@@ -148,6 +151,12 @@ Encoder = Callable[[], list[EncodedRecord]]
 def encode_record(record: StoredResponse) -> bytes:
     """The record as compact UTF-8 JSON; ``RecordNotEncodable`` if it has no such form.
 
+    ``orjson`` first: every stored response is encoded once, and it does so in a sixth of the
+    standard library's instructions.  What it refuses (a lone surrogate, nesting over 254
+    levels, an integer over 64 bits, a key that is not a string) goes to the standard
+    library, which encodes the last three as before and names the failure of the first.
+    A NaN or an infinity (from an upstream's non-standard JSON) is stored as ``null``.
+
     Strict UTF-8: a lone surrogate (which JSON's ``\\ud800`` escape lets a client or an upstream
     send) is refused rather than stored, because a record read back must serialise again.
     The message names the kind of failure only, never the record's content.
@@ -159,7 +168,11 @@ def encode_record(record: StoredResponse) -> bytes:
         "owner": record.owner,
     }
     try:
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        return orjson.dumps(payload)
+    except TypeError:  # orjson.JSONEncodeError: whatever it refuses, the standard library decides (and says why)
+        pass
+    try:
+        return _STDLIB.encode(payload).encode()
     except UnicodeEncodeError as exc:
         raise RecordNotEncodable("it contains invalid Unicode (a lone surrogate)") from exc
     except RecursionError as exc:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-import trio
-
 from streamgw.store.base import EncodedRecord, Encoder, ItemPointer
+from streamgw.store.offload import run_in_thread
 
 
 class MemoryBackend:
@@ -33,7 +32,7 @@ class MemoryBackend:
 
     async def write(self, encode: Encoder) -> None:
         """Encode in a worker thread, then store."""
-        await self.put_many(await trio.to_thread.run_sync(encode))
+        await self.put_many(await run_in_thread(encode))
 
     async def get(self, response_id: str) -> bytes | None:
         """The record's bytes unless absent or expired."""

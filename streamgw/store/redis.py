@@ -16,9 +16,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from hashlib import sha256
 
-import trio
-
 from streamgw.store.base import EncodedRecord, Encoder, ItemPointer, StoreUnavailable
+from streamgw.store.offload import run_in_thread
 from streamgw.store.resp import Arg, RedisClient, RespError, failures_as
 
 
@@ -70,7 +69,7 @@ class RedisBackend:
 
     async def write(self, encode: Encoder) -> None:
         """Encode in a worker thread, then one pipeline."""
-        await self.put_many(await trio.to_thread.run_sync(encode))
+        await self.put_many(await run_in_thread(encode))
 
     async def get(self, response_id: str) -> bytes | None:
         """The record's bytes, or ``None`` (Redis dropped it when it expired)."""

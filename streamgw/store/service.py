@@ -6,7 +6,9 @@ the app's lifespan nursery) drains the queue in batches, encodes them in a worke
 and hands them to the backend.  Reads (GET, chaining) look in ``pending`` first, so an id
 whose write is still queued or in flight never reads as missing.  A newer version of a
 record (a stream's final object after its ``in_progress`` snapshot) replaces the pending
-one; the writer always writes the latest.
+one; the writer always writes the latest.  A snapshot is held back ``[store] snapshot_after``
+seconds before it is queued at all (a snapshot task queues the ones still current then), so
+a stream that ends sooner is written once: its final object.
 
 Every read takes the caller's tenant: a record of another tenant is treated exactly as a
 missing one (``get`` and ``item`` return ``None``, ``delete`` returns ``False``), here and
@@ -109,6 +111,7 @@ class StoreService:
         self.config = config
         self.backend = backend if backend is not None else open_backend(config, clock)
         self._metrics = metrics
+        self._write_seconds = metrics.store_seconds.labels("write")  # looked up once: every batch observes it
         self._clock = clock
         self._pending: dict[str, StoredResponse] = {}
         self._queued: set[str] = set()
@@ -122,6 +125,9 @@ class StoreService:
         self._write_started: float | None = None  # trio clock: when the write in flight began
         self._writer_up = False
         self._batch: list[str] = []  # the ids the writer took from the queue and has not finished
+        #: snapshots not queued yet: id -> (trio time when due, the snapshot); in due order (one delay for all)
+        self._held: dict[str, tuple[float, StoredResponse]] = {}
+        self._held_added = trio.Event()  # set when the first snapshot is held: wakes the snapshot task
         self._failing = trio.Event()  # set when the store starts failing: wakes the health task
         #: seconds between two health checks (writable, unwritable); attributes so tests can shorten them
         self.check_every = _CHECK_EVERY
@@ -141,13 +147,27 @@ class StoreService:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def submit(self, record: StoredResponse) -> None:
-        """Queue ``record`` for writing (replacing a pending older version).  Never blocks."""
+    def submit(self, record: StoredResponse, *, snapshot: bool = False) -> None:
+        """Queue ``record`` for writing (replacing a pending older version).  Never blocks.
+
+        A ``snapshot`` (a stream's ``in_progress`` object) is held back ``[store] snapshot_after``
+        seconds and queued only if no newer version replaced it by then: most streams end sooner,
+        and are then written once, not twice.  It is pending, so this instance reads it at once.
+        """
         if self.backend is None:
             return
         self._pending[record.id] = record
-        if record.id not in self._queued and record.id not in self._in_flight:
-            self._enqueue(record.id)
+        if record.id in self._queued or record.id in self._in_flight:
+            return
+        delay = self.config.snapshot_after
+        if snapshot and delay > 0:
+            if not self._held:
+                self._held_added.set()
+            self._held[record.id] = (trio.current_time() + delay, record)
+            return
+        if self._held:
+            self._held.pop(record.id, None)
+        self._enqueue(record.id)
 
     def unwritable(self) -> str | None:
         """Why the store cannot take writes now (``None``: it can, or there is no store).
@@ -214,6 +234,7 @@ class StoreService:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._supervised, "purge", self._purge_loop)
                 nursery.start_soon(self._supervised, "health", self._health_loop)
+                nursery.start_soon(self._supervised, "snapshot", self._snapshot_loop)
                 await self._supervised("writer", self._write_loop)
                 nursery.cancel_scope.cancel()
         finally:
@@ -271,6 +292,22 @@ class StoreService:
             self._forget(response_id)
         self._drop(len(lost), "error")
 
+    async def _snapshot_loop(self) -> None:
+        """Queue each held snapshot when it is due, unless a newer version (or a DELETE) came first."""
+        while True:
+            if not self._held:
+                self._held_added = trio.Event()
+                await self._held_added.wait()
+                continue
+            response_id, (due, record) = next(iter(self._held.items()))
+            if due > trio.current_time():
+                await trio.sleep_until(due)
+                continue
+            del self._held[response_id]
+            if (self._pending.get(response_id) is record and response_id not in self._queued
+                    and response_id not in self._in_flight):
+                self._enqueue(response_id)
+
     async def _write_loop(self) -> None:
         # The receiving end is not closed here: a writer restarted after a crash reads on from it.
         async for first in self._receive:
@@ -298,7 +335,7 @@ class StoreService:
             self._in_flight.difference_update(r.id for r in records)
         took = trio.current_time() - started
         self._metrics.store_write_seconds.observe(took)
-        self._metrics.store_seconds.labels("write").observe(took)
+        self._write_seconds.observe(took)
         for record in records:
             await self._after_write(record)
 

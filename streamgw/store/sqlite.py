@@ -1,7 +1,8 @@
 """The SQLite backend: one file, WAL, no server; every call runs in a worker thread.
 
-``sqlite3`` blocks, so it never runs on the event loop: each operation is one
-``trio.to_thread.run_sync`` call.  Writes go through one connection (the service's single
+``sqlite3`` blocks, so it never runs on the event loop: each operation is one trip to a
+worker thread (``streamgw.store.offload`` for writes, ``trio.to_thread`` for reads, which a
+timeout may abandon).  Writes go through one connection (the service's single
 writer task, and the rare DELETE, take turns on a ``trio.Lock``); reads use a small pool of
 their own connections, which WAL lets run while a write is in progress.  The file and its
 schema are created on first use; a file that cannot be opened makes the store "down" (every
@@ -31,6 +32,7 @@ from typing import TypeVar
 import trio
 
 from streamgw.store.base import EncodedRecord, Encoder, ItemPointer, StoreUnavailable
+from streamgw.store.offload import run_in_thread
 
 T = TypeVar("T")
 
@@ -261,19 +263,25 @@ class SQLiteBackend:
             await trio.to_thread.run_sync(conn.close)
 
     async def _on_writer(self, fn: Callable[..., T], *args: object) -> T:
-        async with self._write_lock:
+        try:  # uncontended (the usual case): no schedule point of its own, the trip to the thread is one
+            self._write_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._write_lock.acquire()
+        try:
             await self._open_locked()
             conn = self._writer
             assert conn is not None
             try:
                 with _translated("write"):
-                    return await trio.to_thread.run_sync(_checked, self._path, self._identity, fn, conn, *args)
+                    return await run_in_thread(_checked, self._path, self._identity, fn, conn, *args)
             except _FileGone as exc:
                 # Close the stale connections: the next write or health check creates the file afresh.
                 with trio.CancelScope(shield=True):
                     await self._drop_connections()
                 raise StoreUnavailable(f"response store (sqlite): {exc}; what it held is lost, and the file is "
                                        f"created again on the next write") from exc
+        finally:
+            self._write_lock.release()
 
     async def _on_reader(self, fn: Callable[..., T], *args: object) -> T:
         await self.open()

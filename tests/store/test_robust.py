@@ -109,6 +109,20 @@ def test_encode_record_refuses_a_lone_surrogate_without_quoting_it() -> None:
         encode_record(StoredResponse("resp_2", {"id": "resp_2", "metadata": {"k": deep}}))
 
 
+def test_what_the_fast_encoder_refuses_is_still_stored_as_before() -> None:
+    """orjson refuses deep nesting, huge integers and non-string keys: the standard library encodes them."""
+    from streamgw.store.base import decode_record, encode_record
+
+    deep: Any = "leaf"
+    for _ in range(300):  # over orjson's 254 levels, well under the standard library's limit
+        deep = [deep]
+    response = {"id": "resp_3", "metadata": {"deep": deep, "big": 2**70}, "tools": [{7: "int key"}]}
+    decoded = decode_record(encode_record(StoredResponse("resp_3", response)))
+    assert decoded.response == {**response, "tools": [{"7": "int key"}]}  # as json.dumps always stored it
+    plain = {"id": "resp_4", "output": [{"type": "message", "text": "h\u00e9llo \u2603", "n": 1.5}]}
+    assert decode_record(encode_record(StoredResponse("resp_4", plain))).response == plain
+
+
 async def test_a_record_that_cannot_be_encoded_costs_only_itself(running: Any, caplog: pytest.LogCaptureFixture,
                                                                   tmp_path: Path) -> None:
     """Real SQLite: the bad record of a batch becomes a tombstone, the records around it are written."""

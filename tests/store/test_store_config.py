@@ -26,10 +26,12 @@ def test_defaults_sqlite_next_to_the_process() -> None:
 def test_store_table(tmp_path: Path) -> None:
     store = load(tmp_path, '[store]\nbackend = "redis"\nurl = "redis://cache:6380/2"\nretention_days = 0.5\n'
                            'max_response_bytes = 2048\nqueue_size = 10\ntimeout = 1\nkey_prefix = "gw1:"\n'
-                           'confirm_writes = false\n')
+                           'confirm_writes = false\nsnapshot_after = 2.5\n')
     assert store == StoreConfig(backend="redis", url="redis://cache:6380/2", retention_days=0.5,
                                 max_response_bytes=2048, queue_size=10, timeout=1.0, key_prefix="gw1:",
-                                confirm_writes=False)
+                                confirm_writes=False, snapshot_after=2.5)
+    assert load(tmp_path, "[store]\nsnapshot_after = 0\n").snapshot_after == 0.0, "0: at once, as before"
+    assert load_config(None, env={}).store.snapshot_after == 1.0
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
@@ -46,6 +48,8 @@ def test_environment_overrides(tmp_path: Path) -> None:
     ("queue_size = 0", r"\[store\] queue_size: must be an integer >= 1"),
     ("queue_size = 1.5", r"\[store\] queue_size: must be an integer, got a float"),
     ('confirm_writes = "yes"', "true or false"),
+    ("snapshot_after = -0.5", r"\[store\] snapshot_after: must be a number >= 0"),
+    ('snapshot_after = "soon"', r"\[store\] snapshot_after: must be a number"),
     ('backend = "redis"\nurl = "http://cache"', r"\[store\] url: must be a redis://"),
     ('backend = "redis"\nurl = "redis://cache/x"', "redis://"),
 ])
