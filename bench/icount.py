@@ -85,10 +85,12 @@ def _base(mock_port: int, folder: Path, variant: Variant) -> str:
 
 #: tokens (chunks) per streamed answer; ``--tokens`` changes it (the per-event cost is the slope between two counts)
 TOKENS = 20
+#: more mock knobs for each answer (``--token-delay``: ",token_delay=S", so that each event is its own write)
+KNOBS = ""
 
 
 def _stream(client: httpx.Client, url: str, key: str | None) -> None:
-    body = {"model": f"mock/text:tokens={TOKENS}", "input": "hi", "stream": True}
+    body = {"model": f"mock/text:tokens={TOKENS}{KNOBS}", "input": "hi", "stream": True}
     headers = {"authorization": f"Bearer {key}"} if key else {}
     with client.stream("POST", url, json=body, headers=headers) as response:
         if response.status_code != 200:
@@ -98,7 +100,7 @@ def _stream(client: httpx.Client, url: str, key: str | None) -> None:
 
 
 def _chat(client: httpx.Client, url: str, key: str | None) -> None:
-    body = {"model": f"text:tokens={TOKENS}", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body = {"model": f"text:tokens={TOKENS}{KNOBS}", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with client.stream("POST", url, json=body) as response:
         for _ in response.iter_raw():
             pass
@@ -243,11 +245,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--tokens", type=int, default=20,
                         help="chunks per answer (count 20 and 220: the slope is the cost per event)")
+    parser.add_argument("--token-delay", type=float, default=0.0,
+                        help="seconds between the mock's chunks (0.02: paced, each event written on its own)")
     parser.add_argument("--no-idle", dest="idle", action="store_false",
                         help="keep the process's own background work (timers) in the count")
     args = parser.parse_args(argv)
-    global TOKENS
+    global TOKENS, KNOBS
     TOKENS = args.tokens
+    KNOBS = f",token_delay={args.token_delay:g}" if args.token_delay else ""
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:

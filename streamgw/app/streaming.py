@@ -6,11 +6,14 @@ nursery per request and an extra layer per body chunk; this endpoint talks ASGI 
 
 * the handler task reads the body, validates it, picks the plan and runs it: it reads the
   upstream and writes each batch of events with one ``send`` — no task hand-off per event;
-* one watcher task per request waits for ``http.disconnect`` (a client that leaves cancels
-  the work and so closes the upstream at once) and, for streams, sends the ``: keepalive``
-  comment whenever nothing was written for the keepalive interval — before the first delta
-  (which commits the response to 200) and mid-stream.  Upstream reads are never cancelled
-  for a keepalive (``trio.SSLStream`` is unusable after a cancelled receive);
+* a client that leaves cancels the work and so closes the upstream at once: our hypercorn
+  calls back on disconnect (the ``streamgw.disconnect`` extension), other ASGI servers get a
+  watcher task per request that waits for ``http.disconnect``;
+* streams get the ``: keepalive`` comment whenever nothing was written for the keepalive
+  interval — before the first delta (which commits the response to 200) and mid-stream — from
+  one timer task per worker (``KeepaliveTimer``), or from the watcher task where there is one.
+  Upstream reads are never cancelled for a keepalive (``trio.SSLStream`` is unusable after a
+  cancelled receive);
 * an error before anything was sent is an ordinary HTTP error envelope; after the 200 went
   out it becomes a complete ``response.failed`` stream.
 
@@ -19,10 +22,13 @@ Every other route stays in the Quart app (``routes.py``).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
+import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -35,6 +41,11 @@ from streamgw.errors import GatewayError, PayloadTooLarge, RequestTimeout, Serve
 
 if TYPE_CHECKING:
     from streamgw.app.gateway import Gateway
+
+log = logging.getLogger("streamgw")
+
+#: the ASGI extension through which the server calls back on disconnect (``streamgw.serving``'s hypercorn)
+DISCONNECT_EXTENSION = "streamgw.disconnect"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -187,6 +198,7 @@ class ResponsesEndpoint:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.bodies = BodyBudget(gw.config.server.max_body_bytes_in_flight)
+        self.keepalives = KeepaliveTimer()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
@@ -223,7 +235,7 @@ class ResponsesEndpoint:
         exchange.entry = live.entry
         exchange.headers = live.headers  # filled by admission (or, for a refusal before it, when the block ends)
         try:
-            await self._serve(live, exchange, receive)
+            await self._serve(live, exchange, receive, scope)
         except GatewayError as error:  # the lifecycle mapped everything else to internal_error
             if not exchange.gone:
                 await _render(exchange, error, live)
@@ -244,24 +256,154 @@ class ResponsesEndpoint:
         finally:
             claim.release()
 
-    async def _serve(self, live: LiveResponse, exchange: _Exchange, receive: Receive) -> None:
-        """Run the lifecycle while a watcher looks out for the client (and sends keepalives)."""
+    async def _serve(self, live: LiveResponse, exchange: _Exchange, receive: Receive, scope: Scope) -> None:
+        """Run the lifecycle while the client is looked out for (and keepalives are sent).
+
+        With a server that calls back on disconnect (``streamgw.disconnect``, our hypercorn), the request
+        needs no task of its own for that, and its keepalives come from the worker's one
+        ``KeepaliveTimer``; any other ASGI server gets a watcher task (``_watch``).
+        """
+        notice: _DisconnectNotice | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        if notice is None:
+            await self._serve_watched(live, exchange, receive)
+            return
+        failure: Exception | None = None
+        with trio.CancelScope() as work:
+
+            def gone() -> None:
+                if not exchange.ended:  # after the last bytes a close changes nothing
+                    exchange.gone = True
+                    work.cancel()
+
+            if not notice.on_disconnect(gone):
+                gone()  # the client left before the work began
+            ticket = self.keepalives.add(exchange, live, work) if live.request.stream else None
+            try:
+                await _run(live, exchange)
+            except Exception as exc:
+                failure = exc
+            finally:
+                notice.forget(gone)
+                if ticket is not None:
+                    ticket.close()
+        if failure is not None:
+            raise failure
+
+    async def _serve_watched(self, live: LiveResponse, exchange: _Exchange, receive: Receive) -> None:
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, receive, exchange, nursery.cancel_scope, live)
             try:
-                async with live:
-                    if live.request.stream:
-                        await live.stream(_writer(exchange, live))
-                    else:
-                        final = await live.collect()
-                        await exchange.respond(200, json_body(final), [])
+                await _run(live, exchange)
             except Exception as exc:  # raised below, outside the nursery (no exception group)
                 failure = exc
             finally:
                 nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
+
+
+async def _run(live: LiveResponse, exchange: _Exchange) -> None:
+    async with live:
+        if live.request.stream:
+            await live.stream(_writer(exchange, live))
+        else:
+            final = await live.collect()
+            await exchange.respond(200, json_body(final), [])
+
+
+class _DisconnectNotice(Protocol):
+    """What the ``streamgw.disconnect`` extension offers (``streamgw.serving.hypercorn_trio.DisconnectNotice``)."""
+
+    def on_disconnect(self, callback: Callable[[], None]) -> bool: ...
+
+    def forget(self, callback: Callable[[], None]) -> None: ...
+
+
+class _Ticket:
+    """One stream's place with the ``KeepaliveTimer``."""
+
+    __slots__ = ("exchange", "live", "work")
+
+    def __init__(self, exchange: _Exchange, live: LiveResponse, work: trio.CancelScope) -> None:
+        self.exchange: _Exchange | None = exchange
+        self.live: LiveResponse | None = live
+        self.work = work
+
+    def close(self) -> None:
+        """The response is over: no more keepalives, and nothing of it kept alive by the timer."""
+        self.exchange = self.live = None
+
+    def interval(self) -> float:
+        live = self.live
+        return live.keepalive if live is not None and live.keepalive > 0 else math.inf
+
+    async def send(self) -> None:
+        exchange = self.exchange
+        if exchange is None or not exchange.keepalive_due(self.interval()):
+            return
+        try:
+            await exchange.write(KEEPALIVE)
+        except Exception:  # the watcher task's failure would have ended the request: so does this
+            log.debug("a keepalive write failed; the response ends", exc_info=True)
+            self.work.cancel()
+
+
+class KeepaliveTimer:
+    """Every stream's ``: keepalive`` comments from one task per worker, instead of a task per stream.
+
+    Streams are kept in a heap by when their next keepalive is due (last write + interval).  An event
+    written meanwhile moves that time on without touching the heap: when the entry comes up, the due
+    time is worked out again and the entry goes back.  Each keepalive is written by a short-lived task
+    of its own, so a client that does not read holds up no other stream's keepalives.  The tasks are
+    trio system tasks (the worker has no nursery for the application), started in the trio run that
+    serves; nothing in them may raise.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Ticket]] = []
+        self._order = itertools.count()
+        self._wake: trio.CancelScope | None = None
+        self._run: object = None  # the trio run the timer task serves (its root task)
+
+    def add(self, exchange: _Exchange, live: LiveResponse, work: trio.CancelScope) -> _Ticket:
+        """Keep ``exchange`` alive while it lasts (``live.keepalive``; 0: off); ``work`` ends if a write fails."""
+        ticket = _Ticket(exchange, live, work)
+        due = exchange.last_write + ticket.interval()
+        if due == math.inf:
+            return ticket  # keepalives off: the interval is known once the route is, and stays off
+        root = trio.lowlevel.current_root_task()
+        if self._run is not root:  # the first stream of this trio run (a test may serve the app in several)
+            self._run, self._wake = root, None
+            self._heap.clear()  # tickets of an earlier run, timed by its clock
+            trio.lowlevel.spawn_system_task(self._tick, name="streamgw keepalives")
+        elif self._wake is not None and due < self._wake.deadline:
+            self._wake.deadline = due
+        heapq.heappush(self._heap, (due, next(self._order), ticket))
+        return ticket
+
+    async def _tick(self) -> None:
+        heap = self._heap
+        while True:
+            with trio.CancelScope() as wake:
+                wake.deadline = heap[0][0] if heap else math.inf
+                self._wake = wake
+                await trio.sleep_forever()
+            self._wake = None
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, _, ticket = heapq.heappop(heap)
+                exchange = ticket.exchange
+                if exchange is None:
+                    continue
+                interval = ticket.interval()
+                due = exchange.last_write + interval
+                if due <= now:
+                    if exchange.keepalive_due(interval):
+                        trio.lowlevel.spawn_system_task(ticket.send, name="streamgw keepalive")
+                    due = now + interval  # the write moves last_write on; a busy stream waits a round
+                if due < math.inf:
+                    heapq.heappush(heap, (due, next(self._order), ticket))
 
 
 def _writer(exchange: _Exchange, live: LiveResponse) -> Callable[[list[Any]], Awaitable[None]]:
@@ -346,15 +488,25 @@ async def _read_body(scope: Scope, receive: Receive, limit: int, within: float, 
     """
     close = claim.close
     declared = _header(scope, b"content-length")
+    expected = -1  # chunked: the end is the message without ``more_body``
     if declared is not None and declared.isdigit():
-        if int(declared) > limit:
+        expected = int(declared)
+        if expected > limit:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes", headers=close)
-        claim.grow(int(declared))
+        claim.grow(expected)
     parts: list[bytes] = []
     size = 0
+    queued = _queued(receive)
     with trio.move_on_after(within or math.inf) as timer:
         while True:
-            message = await receive()
+            message = None
+            if queued is not None:
+                try:
+                    message = queued()
+                except trio.WouldBlock:
+                    queued = None  # not all here yet: wait for the rest as usual
+            if message is None:
+                message = await receive()
             if message["type"] == "http.disconnect":
                 raise _ClientGone
             chunk = message.get("body", b"")
@@ -364,11 +516,23 @@ async def _read_body(scope: Scope, receive: Receive, limit: int, within: float, 
                     raise PayloadTooLarge(f"request body is larger than {limit} bytes", headers=close)
                 claim.grow(size)  # chunked: counted as it arrives
                 parts.append(chunk)
-            if not message.get("more_body", False):
+            # With a Content-Length the body is whole once that many bytes came (the server's parser
+            # enforces the length): the empty closing message is left to the watcher, not waited for.
+            if size == expected or not message.get("more_body", False):
                 break
     if timer.cancelled_caught:
         raise RequestTimeout(f"The request body was not received within {within:g} s.", headers=close)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _queued(receive: Receive) -> Callable[[], Message] | None:
+    """The non-blocking twin of ``receive`` when the server's is a trio memory channel's (hypercorn's).
+
+    A body that came in the same packets as the head is already queued when the handler starts;
+    taking it without a checkpoint saves a trip through the scheduler on the way to the first event.
+    """
+    channel = getattr(receive, "__self__", None)
+    return channel.receive_nowait if isinstance(channel, trio.MemoryReceiveChannel) else None
 
 
 def _closing_headers(scope: Scope) -> dict[str, str]:

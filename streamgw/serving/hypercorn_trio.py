@@ -99,10 +99,23 @@ and ``streamgw.serving.versions`` refuses to start on another release line).  Wh
   ``send_eof``, ``protocol_send`` would shield the lock wait with the write, and ``H2Protocol`` would
   schedule streams round-robin (RFC 9113 §5.3.2) instead of with ``priority.PriorityTree``.
 
+Shorter paths for each write (performance, not fixes)
+------------------------------------------------------
+A stream's events are most of what a gateway writes, so the subclasses also shorten hypercorn's path
+per event, keeping its behaviour: ``DirectBodyHTTPStream`` hands an HTTP/1.1 body chunk to
+``H1OnlyCapableProtocol.write_body``, which frames it as h11's ``ChunkedWriter`` would (h11 changes no
+state for it) instead of passing it through an ASGI message check, two event objects and h11;
+``SerialisedTCPServer.send_raw`` writes to a plain socket at once when the send lock is free (no
+cancel scope, lock round trip or scheduler trip) and falls back to the shielded, ordered write.  And
+an open stream needs no watcher tasks: the stream calls the application back on disconnect
+(``DisconnectNotice``, the ``streamgw.disconnect`` ASGI extension), and a plain-TCP write blocked on
+a client that stopped reading checks for its connection's cancellation itself.
+
 Installing
 ----------
 ``install()`` points the names hypercorn looks up when it serves (``hypercorn.trio.run.TCPServer``,
-``hypercorn.protocol.H11Protocol`` and ``H2Protocol``) at the subclasses here; ``uninstall()`` puts
+``hypercorn.protocol.H11Protocol`` and ``H2Protocol``, the ``HTTPStream`` of both protocol modules) at
+the subclasses here; ``uninstall()`` puts
 hypercorn's own classes back (tests use it to show each failure).  ``streamgw.serving.main.hypercorn_config``
 installs, so ``streamgw serve``, its workers and the in-process test harness are covered; a config
 pickled into a process hypercorn spawns installs there when it is loaded.
@@ -120,24 +133,32 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import socket
+from collections.abc import Awaitable, Callable
 from itertools import chain
 from typing import Any
 
 import h11
 import trio
+from h11._writers import ChunkedWriter
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
-from hypercorn.protocol.events import Body, EndBody, Response
+from hypercorn.protocol.events import Body, EndBody, Request, Response, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h2 import H2Protocol
-from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.utils import suppress_body
 from priority.priority import DeadlockError, DuplicateStreamError, MissingStreamError, PriorityTree
 
 from streamgw.errors import GatewayError, InvalidRequest
 from streamgw.serving.connections import ConnectionSlots
 
 __all__ = [
+    "DISCONNECT_EXTENSION",
+    "DirectBodyHTTPStream",
+    "DisconnectNotice",
     "FairH2Protocol",
     "GatewayHypercornConfig",
     "H1OnlyCapableProtocol",
@@ -149,6 +170,10 @@ __all__ = [
 ]
 
 _H2_PREFACE_TARGET = (b"PRI", b"*", b"2.0")
+#: the ASGI extension (``scope["extensions"]``) that carries a request's ``DisconnectNotice``
+DISCONNECT_EXTENSION = "streamgw.disconnect"
+#: seconds between two looks at a connection's cancellation while a write waits for its client to read
+_BLOCKED_POLL = 0.25
 
 
 class SerialisedTCPServer(TCPServer):
@@ -160,20 +185,29 @@ class SerialisedTCPServer(TCPServer):
     slots: ConnectionSlots | None = None
     #: the client's side of the connection is closed (or broken): nothing more will be read
     _read_done = False
+    #: the nursery the connection's task runs in (its server's connections)
+    _home: trio.Nursery | None = None
 
     async def run(self) -> None:
         """Serve the connection; a failure inside it ends this connection, not the worker.
 
         When the connection is cancelled from outside (a server's hard shutdown deadline), its socket is
         closed at once: a write blocked on a client that stopped reading is shielded and would
-        otherwise hold the connection, and the server, for as long as the client keeps it open.
+        otherwise hold the connection, and the server, for as long as the client keeps it open.  Over
+        plain TCP the blocked write itself looks out for that (``_send_plain``); a TLS connection has a
+        watcher task for it.
         """
+        self._home = trio.lowlevel.current_task().parent_nursery
         self._served = False
+        stream: trio.abc.Stream = self.stream
         try:
+            if type(stream) is trio.SocketStream:
+                await super().run()  # its ``finally`` closes the stream, also when this raises
+                return
             async with trio.open_nursery() as watcher:
                 watcher.start_soon(self._close_when_cancelled)
                 try:
-                    await super().run()  # its ``finally`` closes the stream, also when this raises
+                    await super().run()
                 finally:
                     self._served = True
                     watcher.cancel_scope.cancel()
@@ -187,13 +221,44 @@ class SerialisedTCPServer(TCPServer):
             if not self._served:  # cancelled from outside while the connection was still being served
                 await trio.aclose_forcefully(self.stream)
 
+    def _cancelled_from_outside(self) -> bool:
+        """Whether a scope around this connection (its server's connection nursery, or one further out) is
+        cancelled: what the watcher task of a TLS connection would see, without the request's own scopes."""
+        nursery = self._home
+        now = trio.current_time()
+        while nursery is not None:
+            scope = nursery.cancel_scope
+            if scope.cancel_called or scope.deadline <= now:
+                return True
+            nursery = nursery.parent_task.parent_nursery
+        return False
+
     async def _read_data(self) -> None:
-        await super()._read_data()
+        if self.config.read_timeout:
+            await super()._read_data()
+        else:
+            await self._read_untimed()
         # Nothing more will come from the client.  The keep-alive timer would hold the connection (and
         # its socket, in CLOSE-WAIT) for up to keep_alive_timeout: stop it so that the task group ends
         # and the connection closes now.  A request still in progress has had its http.disconnect.
         self._read_done = True
         await self.idle_task.stop()
+
+    async def _read_untimed(self) -> None:
+        """hypercorn's read loop without its per-read ``fail_after(inf)``: with no ``read_timeout`` (the
+        default), that is a cancel scope made, entered and left for every read, and one held by every
+        open connection while it waits, for nothing."""
+        stream = self.stream
+        handle = self.protocol.handle
+        while True:
+            try:
+                data = await stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                break
+            await handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await handle(Closed())
 
     async def _idle_timeout(self) -> None:
         """hypercorn's keep-alive timer, which the worker's ``ConnectionSlots`` may cut short."""
@@ -210,30 +275,98 @@ class SerialisedTCPServer(TCPServer):
             await self._initiate_server_close()
 
     async def protocol_send(self, event: Event) -> None:
-        """Write ``RawData`` under ``send_lock`` with the wait shielded; other events as hypercorn does."""
-        if not isinstance(event, RawData):
-            if isinstance(event, Updated) and event.idle and self._read_done:
-                event = Closed()  # idle again, but the client is gone: close rather than wait for it
-            await super().protocol_send(event)
+        """Write ``RawData`` with ``send_raw``; other events as hypercorn does."""
+        if type(event) is RawData:
+            await self.send_raw(event.data)
             return
-        broken = False
+        if isinstance(event, Updated) and event.idle and self._read_done:
+            event = Closed()  # idle again, but the client is gone: close rather than wait for it
+        await super().protocol_send(event)
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write ``data`` under ``send_lock``, the lock wait shielded along with the write.
+
+        Nearly every write of a stream finds the lock free and the socket's buffer with room: then
+        the bytes go to the socket at once, without a cancel scope, a lock round trip or a trip
+        through the scheduler (the request's upstream read is its next checkpoint).  What the socket
+        does not take goes through trio's ``send_all`` as before.
+        """
         lock = self.send_lock
+        if not lock.locked():
+            # ``trio.Lock`` hands itself over to waiters on release, so a queue means ``locked()``
+            # and FIFO order is kept; nothing yields between this check and the write.
+            sock = self._raw_socket
+            if sock is not None:
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:  # reset by the client, or closed by another task (fileno -1)
+                    await self.protocol.handle(Closed())
+                    return
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            lock.acquire_nowait()
+            await self._locked_send(data, lock)
+            return
         with trio.CancelScope(shield=True):
-            # Uncontended (nearly always over HTTP/1.1): take the lock without the scheduling round
-            # trip of ``acquire``; ``send_all`` is the checkpoint.  ``trio.Lock`` hands itself over
-            # to waiters on release, so a queue means ``locked()`` and FIFO order is kept.
-            if lock.locked():
-                await lock.acquire()
+            await lock.acquire()
+        await self._locked_send(data, lock)
+
+    async def _locked_send(self, data: bytes, lock: trio.Lock) -> None:
+        broken = False
+        sock = self._raw_socket
+        try:
+            if sock is not None:
+                broken = not await self._send_plain(sock, data)
             else:
-                lock.acquire_nowait()
-            try:
-                await self.stream.send_all(event.data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                broken = True
-            finally:
-                lock.release()
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            broken = True
+        finally:
+            lock.release()
         if broken:
             await self.protocol.handle(Closed())
+
+    async def _send_plain(self, sock: socket.socket, data: bytes) -> bool:
+        """Write all of ``data`` to a plain TCP socket, waiting for room shielded; False if the connection broke.
+
+        The wait is shielded (bytes taken from the protocol must all be written, in order), but wakes
+        every ``_BLOCKED_POLL`` seconds: when the connection has been cancelled from outside meanwhile
+        (a hard shutdown deadline) while its client does not read, the socket is closed and the write ends.
+        """
+        view = memoryview(data)
+        while True:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # reset by the client, or closed by another task (fileno -1)
+                return False
+            view = view[sent:]
+            if not view:
+                return True
+            if self._cancelled_from_outside():
+                await trio.aclose_forcefully(self.stream)
+                return False
+            with trio.CancelScope(shield=True) as wait:
+                wait.deadline = trio.current_time() + _BLOCKED_POLL
+                await trio.lowlevel.wait_writable(sock)
+
+    @property
+    def _raw_socket(self) -> socket.socket | None:
+        """The connection's non-blocking stdlib socket when it is plain TCP (None with TLS).
+
+        Every write goes through ``send_lock``, so the send side of trio's ``SocketStream`` (whose
+        conflict detector is bypassed here) is never in use while this writes.
+        """
+        stream: trio.abc.Stream = self.stream
+        if type(stream) is trio.SocketStream:
+            raw: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
+            return raw
+        return None
 
     async def _close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -311,6 +444,81 @@ class FairH2Protocol(H2Protocol):
         self.priority = RoundRobinScheduler()
 
 
+class DisconnectNotice:
+    """The ``streamgw.disconnect`` ASGI extension: callbacks run the moment the request's stream closes.
+
+    An ASGI application learns that its client left from an ``http.disconnect`` message, so it needs a
+    task waiting in ``receive()`` for the whole response — a task per open stream, for a message that
+    comes once.  With this extension the server calls the application back instead (synchronously,
+    from the task that saw the close); ``http.disconnect`` is still queued as ASGI says.
+    """
+
+    __slots__ = ("_callbacks", "closed")
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+        self.closed = False
+
+    def on_disconnect(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` when the stream closes; False (and no call) if it has closed already."""
+        if self.closed:
+            return False
+        self._callbacks.append(callback)
+        return True
+
+    def forget(self, callback: Callable[[], None]) -> None:
+        """No call for ``callback`` any more (the application is done with the response)."""
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+    def fire(self) -> None:
+        """The stream closed: every callback, once."""
+        self.closed = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+class DirectBodyHTTPStream(HTTPStream):
+    """hypercorn's ASGI HTTP stream with a disconnect callback, and the body chunks of an HTTP/1.1 stream
+    handed straight to the protocol.
+
+    Each ``http.response.body`` message with more to come goes to ``H1OnlyCapableProtocol.write_body``
+    instead of through ``HTTPStream.app_send``'s checks and a ``Body`` event; the first and the last
+    message of a response and every other message still take hypercorn's way.  The request's scope
+    carries a ``DisconnectNotice`` as ``scope["extensions"]["streamgw.disconnect"]``.
+    """
+
+    _write_body: Callable[[bytes], Awaitable[None]] | None = None
+    _notice: DisconnectNotice | None = None
+
+    async def handle(self, event: StreamEvent) -> None:
+        if type(event) is StreamClosed and self._notice is not None and not self.closed:
+            self._notice.fire()
+        await super().handle(event)
+        if type(event) is Request and getattr(self, "app_put", None) is not None:
+            # The application task has been started (``start_soon``) but has not run yet.
+            self._notice = DisconnectNotice()
+            extensions: dict[str, Any] = self.scope["extensions"]
+            extensions[DISCONNECT_EXTENSION] = self._notice
+
+    async def app_send(self, message: Any) -> None:
+        write = self._write_body
+        if (write is not None and message is not None and message["type"] == "http.response.body"
+                and message.get("more_body", False) and self.state is ASGIHTTPState.RESPONSE):
+            body = message.get("body", b"")
+            if body:
+                await write(bytes(body))
+            return
+        await super().app_send(message)
+        if (self.state is ASGIHTTPState.RESPONSE and message is not None
+                and message["type"] == "http.response.start"
+                and not suppress_body(self.scope["method"], int(self.response["status"]))):
+            protocol = getattr(self.send, "__self__", None)
+            if isinstance(protocol, H1OnlyCapableProtocol):
+                self._write_body = protocol.write_body
+
+
 class H1OnlyCapableProtocol(H11Protocol):
     """hypercorn's HTTP/1.1 protocol that refuses h2c when the config says ``http2 = False``, and writes
     a response's head together with its first body bytes.
@@ -325,8 +533,42 @@ class H1OnlyCapableProtocol(H11Protocol):
 
     _held_head: bytes | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        server = getattr(self.send, "__self__", None)
+        self._send_raw: Callable[[bytes], Awaitable[None]] = (
+            server.send_raw if isinstance(server, SerialisedTCPServer) else self._send_raw_event)
+
+    async def _send_raw_event(self, data: bytes) -> None:
+        await self.send(RawData(data=data))
+
+    async def write_body(self, data: bytes) -> None:
+        """One non-empty chunk of a response body: what ``stream_send(Body(...))`` writes, by a shorter way.
+
+        hypercorn's way is an ASGI message, a ``Body`` event, an ``h11.Data`` event through h11's
+        state machine, and a ``RawData`` event to the connection.  While the response is in its body
+        and chunked (h11's ``ChunkedWriter``), h11 only frames the chunk and changes no state, so the
+        frame is built here and written directly; anything else takes hypercorn's way.
+        """
+        connection = self.connection
+        if (self._held_head is None and connection.our_state is h11.SEND_BODY
+                and type(getattr(connection, "_writer", None)) is ChunkedWriter):
+            await self._send_raw(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            await self.stream_send(Body(stream_id=STREAM_ID, data=data))
+
     async def stream_send(self, event: StreamEvent) -> None:
-        if type(event) is Response and event.status_code >= 200:
+        if type(event) is StreamClosed:
+            # The response is complete.  hypercorn keeps the connection only if the request is complete
+            # too, and closes it otherwise (without a ``connection: close`` the client could have seen).
+            # A response refused before its body was read (401) is complete within one turn now that
+            # writes need no checkpoint; let the connection's reader take in the rest of a body that has
+            # arrived, as the writes' checkpoints used to (a few turns: it reads, then queues the body).
+            for _ in range(4):
+                if self.connection.their_state is not h11.SEND_BODY:
+                    break
+                await trio.lowlevel.checkpoint()
+        elif type(event) is Response and event.status_code >= 200:
             headers = list(chain(event.headers, self.config.response_headers("h11")))
             if self.keep_alive_requests >= self.config.keep_alive_max_requests:
                 headers.append((b"connection", b"close"))
@@ -338,13 +580,13 @@ class H1OnlyCapableProtocol(H11Protocol):
         if head is not None:
             if type(event) is Body:
                 rest = self._h11_bytes(h11.Data(data=event.data))
-                await self.send(RawData(data=head + (rest or b"")))
+                await self._send_raw(head + (rest or b""))
                 return
             if type(event) is EndBody:
                 rest = self._h11_bytes(h11.EndOfMessage())
-                await self.send(RawData(data=head + (rest or b"")))
+                await self._send_raw(head + (rest or b""))
                 return
-            await self.send(RawData(data=head))
+            await self._send_raw(head)
         await super().stream_send(event)
 
     def _h11_bytes(self, event: h11.Response | h11.Data | h11.EndOfMessage) -> bytes | None:
@@ -423,6 +665,8 @@ _PATCHES: tuple[tuple[str, str, type], ...] = (
     ("hypercorn.trio.run", "TCPServer", SerialisedTCPServer),
     ("hypercorn.protocol", "H11Protocol", H1OnlyCapableProtocol),
     ("hypercorn.protocol", "H2Protocol", FairH2Protocol),
+    ("hypercorn.protocol.h11", "HTTPStream", DirectBodyHTTPStream),
+    ("hypercorn.protocol.h2", "HTTPStream", DirectBodyHTTPStream),
 )
 _ORIGINALS: dict[tuple[str, str], Any] = {}
 

@@ -152,8 +152,7 @@ class DetachedSingleTask(TrioSingleTask):
     that reports it.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self) -> None:  # no ``super().__init__()``: its lock (one per connection) is never used here
         self._scope: trio.CancelScope | None = None
 
     async def restart(self, task_group: TaskGroup, action: Callable[[], Awaitable[None]]) -> None:

@@ -71,7 +71,10 @@ def test_5000_concurrent_streams_to_one_provider_complete_without_errors(tmp_pat
 
 def run_load(tmp_path: Path, url: str) -> dict[str, object]:
     """One phase of ``STREAMS`` workers, one streamed request each, in its own process."""
-    body = json.dumps({"model": "up/text", "input": "hi", "stream": True})
+    # A second between the two tokens keeps every released stream open for a while after its head: the
+    # gateway writes a stream's head, first events and (with no pause) its end in one turn, so without
+    # the pause a stream could end before the next one's head went out.
+    body = json.dumps({"model": "up/text:token_delay=1", "input": "hi", "stream": True})
     spec = {"phases": [{
         "name": "many-streams", "concurrency": STREAMS, "requests": 1, "timeout": REQUEST_TIMEOUT,
         "keepalive": False, "sample_streams": 20, "progress_interval": 0.5,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hypercorn.events import Event, RawData
 
 from streamgw.config import Config, DemoSettings, ProviderConfig
 from streamgw.serving import hypercorn_trio
@@ -18,16 +17,15 @@ def demo_config() -> Config:
 
 @pytest.fixture
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every write the server makes to a client connection."""
+    """Every write the server makes to a client connection (all of them go through ``send_raw``)."""
     seen: list[bytes] = []
-    original = hypercorn_trio.SerialisedTCPServer.protocol_send
+    original = hypercorn_trio.SerialisedTCPServer.send_raw
 
-    async def recording(self: hypercorn_trio.SerialisedTCPServer, event: Event) -> None:
-        if isinstance(event, RawData):
-            seen.append(bytes(event.data))
-        await original(self, event)
+    async def recording(self: hypercorn_trio.SerialisedTCPServer, data: bytes) -> None:
+        seen.append(bytes(data))
+        await original(self, data)
 
-    monkeypatch.setattr(hypercorn_trio.SerialisedTCPServer, "protocol_send", recording)
+    monkeypatch.setattr(hypercorn_trio.SerialisedTCPServer, "send_raw", recording)
     return seen
 
 
