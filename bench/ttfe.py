@@ -1,6 +1,6 @@
 """Added time to first event: gateway vs. the bare proxy vs. the mock upstream directly, interleaved, c=1.
 
-    python bench/ttfe.py [--requests 300] [--tokens 20] [--store sqlite|memory|none] [--phases]
+    python bench/ttfe.py [--requests 300] [--tokens 20] [--store sqlite|memory|none] [--phases] [--baseline SRC]
 
 Starts the Chat Completions mock, the gateway (hypercorn, trio worker) and the bare trio + h11
 pass-through proxy (``bench.bareproxy``, the floor for this stack) as real processes on 127.0.0.1,
@@ -13,6 +13,12 @@ medians and p99 of each, and of the paired differences against the direct reques
 directory) and adds ``phases_ms``: the median over the measured requests of each step of the gateway's
 time to first event (``streamgw.app.requestlog.PHASES``: parse, route, store, admission, attempt, upstream,
 first_read, translate, emit, write), their sum and the median ``ttfe_ms`` the gateway logged itself.
+
+``--baseline SRC`` (an A/B on a noisy machine): a second gateway runs the streamgw source tree at SRC
+(``PYTHONPATH``, e.g. a checkout of main), with the same configuration, and takes its turn after
+each gateway request, or before it (they swap every round): ``baseline_ms``, ``baseline_added_ms`` and
+``gateway_minus_baseline_ms`` (paired).
+Run it from a directory that holds no ``streamgw`` package (``python -m`` puts the current one first).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,61 +94,92 @@ def main() -> None:
                         help="the gateway's response store (sqlite, as deployed, in a temporary file)")
     parser.add_argument("--phases", action="store_true",
                         help="also the median of each step of the gateway's time to first event ([logging] phases)")
+    parser.add_argument("--baseline", metavar="SRC", default="",
+                        help="also a gateway from the streamgw source tree SRC, interleaved (an A/B)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         mock_proc, mock_port = start_mock([])
-        config = Path(tmp) / "gw.toml"
-        log_file = Path(tmp) / "requests.jsonl"
-        logging = f'[logging]\nformat = "json"\nfile = "{log_file}"\nphases = true\n\n' if args.phases else ""
-        config.write_text(f'{logging}[store]\nbackend = "{args.store}"\npath = "{Path(tmp) / "gw.db"}"\n\n'
-                          f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
-        gw_proc, gw_url = start_gateway(config, Path(tmp) / "gw.log")
-        bare_proc, bare_port = start_listening(
-            [sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}"], "bare proxy")
+        procs: list[subprocess.Popen[bytes] | subprocess.Popen[str]] = [mock_proc]
+        urls: dict[str, str] = {}
         try:
-            report = run(args, mock_port, gw_url, bare_port)
+            for name, src in (("gateway", ""), ("baseline", args.baseline)):
+                if name == "baseline" and not src:
+                    continue
+                folder = Path(tmp) / name
+                folder.mkdir()
+                config = folder / "gw.toml"
+                log_file = folder / "requests.jsonl"
+                logging = (f'[logging]\nformat = "json"\nfile = "{log_file}"\nphases = true\n\n'
+                           if args.phases else "")
+                config.write_text(f'{logging}[store]\nbackend = "{args.store}"\npath = "{folder / "gw.db"}"\n\n'
+                                  f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
+                prefix = ["env", f"PYTHONPATH={Path(src).resolve()}"] if src else None
+                gw_proc, urls[name] = start_gateway(config, folder / "gw.log", prefix=prefix)
+                procs.append(gw_proc)
+            bare_proc, bare_port = start_listening(
+                [sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}"], "bare proxy")
+            procs.append(bare_proc)
+            report = run(args, mock_port, urls, bare_port)
         finally:
-            stop_process(bare_proc)
-            stop_process(gw_proc)
-            stop_process(mock_proc)
+            for proc in reversed(procs):
+                stop_process(proc)
         if args.phases:
-            report["phases_ms"] = phase_medians(log_file.read_text().splitlines())
+            for name in urls:
+                key = "phases_ms" if name == "gateway" else f"{name}_phases_ms"
+                report[key] = phase_medians((Path(tmp) / name / "requests.jsonl").read_text().splitlines())
     print(json.dumps(report, indent=2))
 
 
-def run(args: argparse.Namespace, mock_port: int, gw_url: str, bare_port: int) -> dict[str, object]:
+def run(args: argparse.Namespace, mock_port: int, urls: dict[str, str], bare_port: int) -> dict[str, object]:
     model = f"text:tokens={args.tokens}"
     direct_body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     gw_body = {"model": f"mock/{model}", "input": "hi", "stream": True}
     direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
     bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
     chunk = b'"content":"tok'
-    with httpx.Client(timeout=30) as direct_client, httpx.Client(timeout=30) as gw_client, \
-            httpx.Client(timeout=30) as bare_client:
+    clients = {name: httpx.Client(timeout=30) for name in ("direct", "bare", *urls)}
+    times: dict[str, list[float]] = {name: [] for name in clients}
+
+    def one(name: str, request_id: str | None = None) -> float:
+        if name == "direct":
+            return first_event_time(clients[name], direct_url, direct_body, chunk)
+        if name == "bare":
+            return first_event_time(clients[name], bare_url, direct_body, chunk)
+        return first_event_time(clients[name], urls[name] + "/v1/responses", gw_body, b"event: ", request_id)
+
+    try:
         for _ in range(20):  # warm up every path and its connection pools
-            first_event_time(direct_client, direct_url, direct_body, chunk)
-            first_event_time(bare_client, bare_url, direct_body, chunk)
-            first_event_time(gw_client, gw_url + "/v1/responses", gw_body, b"event: ")
-        direct: list[float] = []
-        bare: list[float] = []
-        gateway: list[float] = []
-        for _ in range(args.requests):
-            direct.append(first_event_time(direct_client, direct_url, direct_body, chunk))
-            bare.append(first_event_time(bare_client, bare_url, direct_body, chunk))
-            gateway.append(first_event_time(gw_client, gw_url + "/v1/responses", gw_body, b"event: ",
-                                            f"{MEASURED}{len(gateway)}"))
+            for name in clients:
+                one(name)
+        order = list(clients)
+        for i in range(args.requests):
+            # the two gateways swap turns every round: neither always follows the other's leftover work
+            for name in (order if i % 2 == 0 else [*order[:2], *reversed(order[2:])]):
+                times[name].append(one(name, f"{MEASURED}{i}"))
+    finally:
+        for client in clients.values():
+            client.close()
 
     def ms(values: list[float]) -> dict[str, float]:
         return {"p50": round(statistics.median(values) * 1e3, 3), "p99": round(percentile(values, 0.99) * 1e3, 3)}
 
-    return {
+    def added(name: str) -> dict[str, float]:
+        return ms([t - d for t, d in zip(times[name], times["direct"], strict=True)])
+
+    report: dict[str, object] = {
         "requests": args.requests,
-        "direct_ms": ms(direct),
-        "bare_ms": ms(bare),
-        "gateway_ms": ms(gateway),
-        "added_ms": ms([g - d for g, d in zip(gateway, direct, strict=True)]),
-        "bare_added_ms": ms([b - d for b, d in zip(bare, direct, strict=True)]),
+        "direct_ms": ms(times["direct"]),
+        "bare_ms": ms(times["bare"]),
+        "gateway_ms": ms(times["gateway"]),
+        "added_ms": added("gateway"),
+        "bare_added_ms": added("bare"),
     }
+    if "baseline" in times:
+        report["baseline_ms"] = ms(times["baseline"])
+        report["baseline_added_ms"] = added("baseline")
+        report["gateway_minus_baseline_ms"] = ms(
+            [g - b for g, b in zip(times["gateway"], times["baseline"], strict=True)])
+    return report
 
 
 if __name__ == "__main__":

@@ -561,11 +561,19 @@ _FIELDS: dict[str, tuple[Parser, Any]] = {
     "truncation": (_enum("auto", "disabled"), None),
 }
 _MODELLED = frozenset({"model", "input", *_FIELDS})
+_PARSERS = tuple((name, parse) for name, (parse, _) in _FIELDS.items())
+_DEFAULTS: dict[str, Any] = {name: default for name, (_, default) in _FIELDS.items()}
+#: the defaults a request object could change in place: each request gets its own copy
+_MUTABLE_DEFAULTS = tuple((name, default) for name, default in _DEFAULTS.items() if isinstance(default, dict | list))
 
 
 def _reject_constant(name: str) -> NoReturn:
     # Python's json accepts NaN/Infinity; JSON does not, and they would poison every range check.
     raise ValueError(f"{name} is not valid JSON")
+
+
+#: one decoder for every body (``json.loads`` with an argument builds a new one per call)
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 # A JSON escape of a UTF-16 surrogate, and of a low one.  Only a lone such escape, or bytes that are
@@ -696,7 +704,9 @@ def load_object(data: str | bytes, what: str = "request body") -> dict[str, Any]
     """
     text, check_strings = _decode(data)
     try:
-        raw = json.loads(text, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # what json.loads says of it (the decoder alone does not check)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        raw = _JSON.decode(text)
     except (ValueError, RecursionError) as exc:
         detail = str(exc).encode("utf-8", "backslashreplace").decode()
         _fail(None, f"The {what} is not valid JSON: {detail}", "invalid_json")
@@ -740,10 +750,14 @@ def request_from_object(raw: dict[str, Any]) -> ResponsesRequest:
     """Validate an already parsed body (from ``load_object``, which bounds its depth and checks its Unicode)."""
     model = _model(raw.get("model"))
     items = _input(raw.get("input"))
-    values: dict[str, Any] = {}
-    for name, (parse, default) in _FIELDS.items():
-        value = raw.get(name)
-        values[name] = copy.copy(default) if value is None else parse(value, name)
+    values = _DEFAULTS.copy()  # most fields are absent from most bodies
+    for name, default in _MUTABLE_DEFAULTS:
+        values[name] = copy.copy(default)
+    get = raw.get
+    for name, parse in _PARSERS:  # in ``_FIELDS`` order: the first wrong field is the one named
+        value = get(name)
+        if value is not None:
+            values[name] = parse(value, name)
     extra = {key: value for key, value in raw.items() if key not in _MODELLED}
     return ResponsesRequest(raw=raw, model=model, input=items, extra=extra, **values)
 

@@ -16,6 +16,9 @@ stream slot released, the tokens and cost the response used counted: this is the
 learns how a request ended), and hands the request-log entry to the ``RequestObserver`` (metrics,
 usage) however the block ends: a clean end, an error, or the client leaving (cancellation).
 
+What the first byte does not need waits until the first events are delivered: the observers' ``opened``,
+and for a request that names nothing stored its expansion (ids for its input items) and store recorder.
+
 Errors leave the block as ``GatewayError`` only: a bug of ours becomes ``internal_error`` here,
 logged once.  The sink renders it with ``failure_events`` when it already committed to a stream,
 else as its own "before commit" answer (an HTTP error envelope, a WebSocket error frame).
@@ -45,7 +48,7 @@ from streamgw.engine.run import ResponseRun
 from streamgw.errors import GatewayError, internal_error
 from streamgw.store.base import StoredResponse
 from streamgw.store.calls import StoreCall
-from streamgw.store.chain import Expansion, expand, record_for
+from streamgw.store.chain import Expansion, expand, names_stored, own_expansion, record_for
 from streamgw.store.service import StoreService
 
 log = logging.getLogger("streamgw")
@@ -204,7 +207,8 @@ class RequestObserver(Protocol):
     """Sees every request of the lifecycle: metrics, and the request log."""
 
     def opened(self, entry: RequestEntry) -> None:
-        """A response is now running (it produced its first delta)."""
+        """A response is now running: it produced its first delta, and its first events were delivered (or it
+        ended before they could be: then just before ``ended``)."""
         ...
 
     def ended(self, entry: RequestEntry) -> None:
@@ -294,6 +298,7 @@ class LiveResponse:
         self.run: ResponseRun | None = None
         self.expansion: Expansion | None = None
         self._recorder: Recorder | None = None
+        self._record_since: float | None = None  # the response is to be stored; when it was asked for
         self._refused: GatewayError | None = None
         self.plan: Plan | None = None
         #: headers for the answer from admission (rate-limit state); complete once entered, or after an error
@@ -307,6 +312,7 @@ class LiveResponse:
         self.hold = False
         self._exited = False
         self._notified = False
+        self._announced = False  # the observers heard of the opened run
         allowed = caller.key.models if caller.key is not None else ()
         try:  # resolved now, so a sink knows the keepalive before it enters; a key's allowed models apply
             self.plan = plan = responses.router.plan_for(request.model, request.provider, allowed)
@@ -318,6 +324,19 @@ class LiveResponse:
             self.entry.route = "" if plan.route is None else plan.route.name
             if request.stream:
                 self.keepalive = keepalive_of(plan, responses.engine.timeouts)
+
+    def _expanded(self) -> Expansion:
+        """The request's expansion, made now if ``_open`` left it for later (a request naming nothing stored)."""
+        if self.expansion is None:
+            self.expansion = own_expansion(self.request, self.caller.tenant)
+        return self.expansion
+
+    def _recording(self) -> Recorder | None:
+        """The store's recorder of this response (``None``: it is not stored), made on first use."""
+        if self._recorder is None and self._record_since is not None:
+            self._recorder = Recorder(self.responses.store, self._expanded(), self.entry.store_calls,
+                                      created_at=self._record_since)
+        return self._recorder
 
     @property
     def done(self) -> bool:
@@ -352,10 +371,13 @@ class LiveResponse:
             raise self._refused
         assert self.plan is not None
         responses, request, plan = self.responses, self.request, self.plan
-        # previous_response_id, item_reference: once, for all, and only ever the tenant's own responses
-        self.expansion = await expand(request, plan, responses.store, self._local, tenant=self.caller.tenant,
-                                      sole_tenant=responses.sole_tenant, calls=self.entry.store_calls)
-        self.request = request = self.expansion.request
+        # previous_response_id, item_reference: once, for all, and only ever the tenant's own responses.  A
+        # request that names nothing stored runs as it is: its expansion (the ids of its input items, for the
+        # store) is made when first needed, after its first events (``_expanded``).
+        if names_stored(request):
+            self.expansion = await expand(request, plan, responses.store, self._local, tenant=self.caller.tenant,
+                                          sole_tenant=responses.sole_tenant, calls=self.entry.store_calls)
+            self.request = request = self.expansion.request
         self.entry.mark("expanded")
         self._admitting = True
         for rule in responses.admission:
@@ -365,7 +387,7 @@ class LiveResponse:
                 self.headers.update(admission.headers)
         self.entry.mark("admitted")
         if request.store and responses.store.enabled:
-            self._recorder = Recorder(responses.store, self.expansion, self.entry.store_calls)
+            self._record_since = time.time()  # the recorder is made with the expansion
         self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started,
                                                 attempts=self.entry.attempts, trace=self._trace)
         self.entry.mark("translated")  # the first events exist (``run.initial``)
@@ -374,7 +396,14 @@ class LiveResponse:
         self.entry.upstream_model = run.opened.target.model
         self.entry.first_delta_at = run.first_delta_at
         self.entry.status = 200
-        responses.observer.opened(self.entry)
+        # the observers hear of it once the first events are out (``_announce``), not on their way
+
+    def _announce(self) -> None:
+        """Tell the observers the response opened, once: after its first delivery, or at the latest when it
+        ends (so that every ``ended`` of an opened response follows its ``opened``)."""
+        if self.entry.first_delta_at is not None and not self._announced:
+            self._announced = True
+            self.responses.observer.opened(self.entry)
 
     async def stream(self, deliver: Callable[[list[Any]], Awaitable[None]]) -> None:
         """Send ``initial`` and every later batch to ``deliver`` until the terminal event.
@@ -384,14 +413,17 @@ class LiveResponse:
         """
         run = self.run
         assert run is not None, "stream() inside the async with"
-        recorder = self._recorder
         initial, run.initial = run.initial, []  # the snapshots in them would otherwise live as long as the stream
         if run.done:
+            recorder = self._recording()
             if recorder is not None:
                 await recorder.started(run)  # stored before the client can see the terminal event
             await deliver(initial)
+            self._announce()
             return
         await deliver(initial)
+        self._announce()  # after the first events: metrics and the store's bookkeeping are not on their way
+        recorder = self._recording()
         if recorder is None:
             await run.stream(deliver)
             return
@@ -408,20 +440,22 @@ class LiveResponse:
         """Run to the end (``stream: false``); the final response object, stored before it is returned."""
         run = self.run
         assert run is not None, "collect() inside the async with"
+        self._announce()
+        recorder = self._recording()
         try:
             final = await run.collect()
         finally:
-            if self._recorder is not None:
-                self._recorder.finished(run)  # whatever the outcome, once
-        if self._recorder is not None:
-            await self._recorder.finish(run)  # written before the answer leaves (confirm_writes)
+            if recorder is not None:
+                recorder.finished(run)  # whatever the outcome, once
+        if recorder is not None:
+            await recorder.finish(run)  # written before the answer leaves (confirm_writes)
         return final
 
     def record(self) -> StoredResponse:
         """The finished response as a store record (WebSocket mode keeps it for ``previous_response_id``)."""
-        assert self.run is not None and self.expansion is not None
+        assert self.run is not None
         target = self.run.opened.target.provider
-        return record_for(self.expansion, self.run.emitter.response, target.name, target.type, time.time())
+        return record_for(self._expanded(), self.run.emitter.response, target.name, target.type, time.time())
 
     def failure_events(self, error: GatewayError) -> list[Any]:
         """``response.failed`` for ``error`` on a stream already committed to (see ``failure_events``)."""
@@ -448,8 +482,9 @@ class LiveResponse:
         if run is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
                 await run.aclose()
-            if self._recorder is not None:
-                self._recorder.finished(run)
+            recorder = self._recording()  # made here when the client left during the first delivery
+            if recorder is not None:
+                recorder.finished(run)
             entry.finished = run.done
             response = run.emitter.response
             if run.done:
@@ -468,6 +503,7 @@ class LiveResponse:
                     log.exception("settling an admission failed")
             if isinstance(exc, GatewayError) and not self._admitting and self.responses.admission:
                 self.headers = await self.responses.headers(self.caller, self.request.model)
+        self._announce()  # a response whose first delivery failed (the client left) still opened
         self._exited = True
         if not self.hold:
             self._notify()

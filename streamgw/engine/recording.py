@@ -35,11 +35,13 @@ def _abandoned(response: dict[str, Any]) -> dict[str, Any]:
 class Recorder:
     """Submits the records of one response to the store service."""
 
-    def __init__(self, service: StoreService, expansion: Expansion, calls: list[StoreCall] | None = None) -> None:
-        """``calls`` (tracing): receives the final record's write, timed (with ``confirm_writes``: until written)."""
+    def __init__(self, service: StoreService, expansion: Expansion, calls: list[StoreCall] | None = None,
+                 created_at: float | None = None) -> None:
+        """``calls`` (tracing): receives the final record's write, timed (with ``confirm_writes``: until written).
+        ``created_at``: the records' creation time (``time.time()``; default: now)."""
         self._service = service
         self._expansion = expansion
-        self._created_at = time.time()
+        self._created_at = time.time() if created_at is None else created_at
         self._finished = False
         self._calls = calls
         self._write: StoreCall | None = None

@@ -138,6 +138,7 @@ from collections.abc import Awaitable, Callable
 from itertools import chain
 from typing import Any
 
+import h2.events
 import h11
 import trio
 from h11._writers import ChunkedWriter
@@ -437,11 +438,32 @@ class RoundRobinScheduler(PriorityTree):
 
 
 class FairH2Protocol(H2Protocol):
-    """hypercorn's HTTP/2 protocol with streams sending in turn (``RoundRobinScheduler``)."""
+    """hypercorn's HTTP/2 protocol with streams sending in turn (``RoundRobinScheduler``), and request
+    body frames that arrive after their stream's response ended taken in, not fatal to the connection.
+
+    hypercorn forgets a stream once its response is complete, and looks up every DATA frame's
+    stream without a guard (its END_STREAM lookup has one): a response that ends before the
+    client sent all of its body (an answer that needs no body, a 401 or 413, or a short stream
+    answered once Content-Length bytes are in while the client's empty END_STREAM frame is still
+    on its way) raised ``KeyError`` and closed the connection with every other stream on it.  Such
+    a frame is now acknowledged (the connection's flow-control window is given back) and dropped.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.priority = RoundRobinScheduler()
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        if not any(isinstance(event, h2.events.DataReceived) for event in events):
+            await super()._handle_events(events)
+            return
+        # one at a time: handling an earlier event of the batch can end a later DATA frame's stream
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+                self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                await self._flush()
+                continue
+            await super()._handle_events([event])
 
 
 class DisconnectNotice:

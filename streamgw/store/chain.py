@@ -38,7 +38,7 @@ from streamgw.store.base import CLIENT, MINTED, StoredResponse
 from streamgw.store.calls import StoreCall, timed
 from streamgw.store.service import StoreService
 
-__all__ = ["Expansion", "Plan", "expand", "native_input", "record_for"]
+__all__ = ["Expansion", "Plan", "expand", "names_stored", "native_input", "own_expansion", "record_for"]
 
 
 class Target(Protocol):
@@ -174,6 +174,19 @@ def _forwardable(plan: Plan) -> bool:
     return all(target.provider.type == "openai" for target in plan.targets)
 
 
+def names_stored(request: ResponsesRequest) -> bool:
+    """Whether ``request`` names a stored response or item (``previous_response_id``, ``item_reference``):
+    only then may ``expand`` look anything up; otherwise its expansion is ``own_expansion``."""
+    return request.previous_response_id is not None or any(
+        item.get("type") == "item_reference" for item in request.input)
+
+
+def own_expansion(request: ResponsesRequest, tenant: str) -> Expansion:
+    """The expansion of a request that names nothing stored: its own input, an id minted for each item without one."""
+    items, origins, new_ids = _with_ids(request.input, [CLIENT] * len(request.input))
+    return Expansion(request, tuple(items), tuple(origins), tuple(new_ids), tenant)
+
+
 async def expand(request: ResponsesRequest, plan: Plan, service: StoreService,
                  local: Mapping[str, StoredResponse] | None = None, *, tenant: str,
                  sole_tenant: bool = False, calls: list[StoreCall] | None = None) -> Expansion:
@@ -203,8 +216,7 @@ async def expand(request: ResponsesRequest, plan: Plan, service: StoreService,
                              "previous_response_id and item_reference cannot be used.",
                              param="previous_response_id" if missing else "input", code="store_disabled")
     if held is None and (not service.enabled or not (chained or references)):
-        items, origins, new_ids = _with_ids(request.input, [CLIENT] * len(request.input))
-        return Expansion(request, tuple(items), tuple(origins), tuple(new_ids), tenant)
+        return own_expansion(request, tenant)
     previous = held
     if previous is None and request.previous_response_id is not None:
         previous = await _previous(service, request.previous_response_id, tenant, calls)

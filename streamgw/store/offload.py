@@ -16,12 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import trio
-
-if TYPE_CHECKING:
-    from outcome import Outcome  # trio's own dependency: the type of what a worker hands back
 
 __all__ = ["run_in_thread"]
 
@@ -38,7 +35,7 @@ async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
     task = trio.lowlevel.current_task()
     token = trio.lowlevel.current_trio_token()
 
-    def deliver(result: Outcome[T]) -> None:  # in the worker thread
+    def deliver(result: Any) -> None:  # in the worker thread; ``result``: an ``outcome.Outcome`` (trio's own type)
         token.run_sync_soon(trio.lowlevel.reschedule, task, result)
 
     trio.lowlevel.start_thread_soon(partial(fn, *args), deliver)

@@ -58,6 +58,8 @@ class ReceivedSpan:
     status_code: int
     status_message: str
     resource: dict[str, Any] = field(default_factory=dict)
+    #: ``SpanFlags``: 0x100 whether the parent is remote is known, 0x200 it is
+    flags: int = 0
 
 
 def _value(value: AnyValue) -> Any:
@@ -89,7 +91,7 @@ def decode(body: bytes) -> list[ReceivedSpan]:
                 spans.append(ReceivedSpan(
                     span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.name, span.kind,
                     span.start_time_unix_nano, span.end_time_unix_nano, _attributes(span.attributes),
-                    span.status.code, span.status.message, resource))
+                    span.status.code, span.status.message, resource, span.flags))
     return spans
 
 

@@ -29,7 +29,7 @@ import ssl
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final, cast
 
 import h11
@@ -81,6 +81,47 @@ def _buffered_body(request: httpx.Request) -> bytes | None:
         return None
 
 
+class _Outgoing:
+    """A request as the connection writes it: method, target, every header (Host and framing included), body.
+
+    ``body`` is the whole body when it is in memory (then the request can be replayed on a fresh
+    connection), else ``None`` and ``stream`` yields it.
+    """
+
+    __slots__ = ("body", "headers", "method", "stream", "target")
+
+    def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes | None,
+                 stream: object = None) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.stream = stream
+
+    @classmethod
+    def of(cls, request: httpx.Request) -> _Outgoing:
+        """What httpx prepared (its Host and Content-Length or Transfer-Encoding are in ``request.headers``)."""
+        return cls(request.method.encode("ascii"), request.url.raw_path, request.headers.raw,
+                   _buffered_body(request), request.stream)
+
+
+def _prepared_headers(url: httpx.URL, method: str, headers: Mapping[str, str], body: bytes
+                      ) -> list[tuple[bytes, bytes]]:
+    """The headers httpx.Request would send for ``body`` (bytes): ``Host`` first unless given, the given ones in
+    order, then ``Content-Length`` unless given (none for an empty body but that of a POST, PUT or PATCH)."""
+    raw = [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
+    names = {name.lower() for name in headers}
+    if body and "content-length" not in names:
+        raw.append((b"Content-Length", b"%d" % len(body)))
+    auto: list[tuple[bytes, bytes]] = []
+    if "host" not in names and url.raw_host:
+        auto.append((b"Host", url.netloc))
+    if not body and "content-length" not in names and "transfer-encoding" not in names \
+            and method in ("POST", "PUT", "PATCH"):
+        auto.append((b"Content-Length", b"0"))
+    return auto + raw
+
+
 class _Connection:
     """One socket, its h11 state machine, and the pool's bookkeeping for it."""
 
@@ -93,7 +134,8 @@ class _Connection:
         self.stream = stream
         self.socket = socket
         self.read_chunk = read_chunk
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_SIZE)
+        #: made by ``exchange`` (a new connection) or at check-in (a kept one); ``None`` once a head was read
+        self.h11: h11.Connection | None = None
         self.idle_since = 0.0
         self.reused = False  # True once it served a request and came back from the pool
         self.response_started = False  # a byte of the current response arrived
@@ -122,10 +164,12 @@ class _Connection:
         """
         return self.socket.is_readable()
 
-    async def exchange(self, request: httpx.Request, write_timeout: float | None,
+    async def exchange(self, request: _Outgoing, write_timeout: float | None,
                        read_timeout: float | None) -> h11.Response:
         """Send ``request`` and read the response head, skipping 1xx responses."""
         self.response_started = False
+        if self.h11 is None:  # a connection made for this request (a reused one got its fresh one at check-in)
+            self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_SIZE)
         try:
             with WRITING:
                 await self._send_request(request, write_timeout)
@@ -146,17 +190,19 @@ class _Connection:
         self.keep_alive = False
         return head
 
-    def _body_follows(self, head: h11.Response, request: httpx.Request) -> h11.Response:
+    def _body_follows(self, head: h11.Response, request: _Outgoing) -> h11.Response:
         """Set up the body decoder for ``head``; h11 is done with this response."""
-        mode, length = framing(head.status_code, list(head.headers), request.method.encode())
+        mode, length = framing(head.status_code, list(head.headers), request.method)
         self.body = decoder = BodyDecoder(mode, length)
+        assert self.h11 is not None
         leftover, self.eof = self.h11.trailing_data
-        # h11 is done with this response; a fresh one, ready for the next request, does not keep
-        # the parsed head and its receive buffer alive for as long as the body streams.
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_SIZE)
+        # h11 is done with this response: dropped now, it does not keep the parsed head and its receive
+        # buffer alive for as long as the body streams; a reusable connection gets a fresh one at check-in
+        # (after the response, not on the way to its first byte).
+        self.h11 = None
         self.pending = decoder.feed(bytes(leftover)) if leftover else b""
         self.keep_alive = (head.http_version == b"1.1" and not decoder.until_eof
-                           and not _asks_close(head.headers) and not _asks_close(request.headers.raw))
+                           and not _asks_close(head.headers) and not _asks_close(request.headers))
         return head
 
     async def receive_body(self, read_timeout: float | None) -> tuple[bytes, bool]:
@@ -186,11 +232,11 @@ class _Connection:
                 return data, decoder.done
         return b"", True
 
-    async def _send_request(self, request: httpx.Request, write_timeout: float | None) -> None:
+    async def _send_request(self, request: _Outgoing, write_timeout: float | None) -> None:
         conn = self.h11
-        head = conn.send(h11.Request(method=request.method, target=request.url.raw_path,
-                                     headers=request.headers.raw))
-        body = _buffered_body(request)
+        assert conn is not None
+        head = conn.send(h11.Request(method=request.method, target=request.target, headers=request.headers))
+        body = request.body
         if body is not None:
             # Head, body and end in one write: one syscall for a typical API call.
             data = [head, conn.send(h11.Data(data=body)) if body else b"", conn.send(h11.EndOfMessage())]
@@ -207,6 +253,7 @@ class _Connection:
 
     async def _receive_head(self, read_timeout: float | None) -> h11.Response:
         conn = self.h11
+        assert conn is not None
         while True:
             event = conn.next_event()
             if type(event) is h11.Response:
@@ -230,6 +277,7 @@ class _Connection:
     async def _receive(self, read_timeout: float | None) -> bool:
         """Feed the next bytes from the socket to h11; False at EOF."""
         data = await self._receive_raw(read_timeout)
+        assert self.h11 is not None
         self.h11.receive_data(data)  # b"" tells h11 about EOF
         return bool(data)
 
@@ -365,17 +413,28 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``; the returned response's body streams from the socket."""
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        origin = _origin(request.url, request.extensions.get(CONNECT_TO_EXTENSION, ""))
+        return await self._handle(origin, _Outgoing.of(request), timeouts)
+
+    async def send(self, method: str, url: httpx.URL, headers: Mapping[str, str], body: bytes,
+                   timeouts: Mapping[str, float | None]) -> httpx.Response:
+        """``handle_async_request`` for a request whose body is in memory, without building an
+        ``httpx.Request`` (its header normalisation and body stream cost more than the rest of the send):
+        the same bytes on the wire (``Host``, the headers given, ``Content-Length``)."""
+        outgoing = _Outgoing(method.encode("ascii"), url.raw_path, _prepared_headers(url, method, headers, body), body)
+        return await self._handle(_origin(url), outgoing, timeouts)
+
+    async def _handle(self, origin: Origin, request: _Outgoing, timeouts: Mapping[str, Any]) -> httpx.Response:
         connect_timeout: float | None = timeouts.get("connect", self._connect_timeout)
         write_timeout: float | None = timeouts.get("write")
         read_timeout: float | None = timeouts.get("read")
-        origin = _origin(request.url, request.extensions.get(CONNECT_TO_EXTENSION, ""))
         conn = await self._checkout(origin, timeouts.get("pool"), connect_timeout)
         while True:
             try:
                 head = await conn.exchange(request, write_timeout, read_timeout)
                 break
             except _STALE_ERRORS:
-                if not conn.reused or conn.response_started or _buffered_body(request) is None:
+                if not conn.reused or conn.response_started or request.body is None:
                     self._discard(conn)
                     raise
                 # The server closed this keep-alive connection while it sat idle,
@@ -520,6 +579,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         # response, so such a connection is closed too.
         if conn.keep_alive and conn.body.done and not conn.body.extra and not conn.eof:
             conn.reused = True
+            conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_SIZE)
             self._release(conn)
         else:
             self._discard(conn)

@@ -48,11 +48,9 @@ class Upstream:
             if len(self._urls) >= 1024:  # model ids in the path (Gemini) could grow it without end
                 self._urls.clear()
             parsed = self._urls[url] = httpx.URL(url)
-        request = httpx.Request(method, parsed, headers=headers, content=body,
-                                extensions={"timeout": self.timeouts})
         # The response does not keep the request: its body (the whole conversation, often) would
         # otherwise stay in memory for as long as the answer streams.
-        return await self.transport.handle_async_request(request)
+        return await self.transport.send(method, parsed, headers, body, self.timeouts)
 
 
 class UpstreamClients:

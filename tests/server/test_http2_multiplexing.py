@@ -121,3 +121,49 @@ async def test_httpx_multiplexes_on_one_connection(gateway: tuple[GatewayProcess
             for _ in range(10):
                 nursery.start_soon(one)
     assert seen == ["HTTP/2"] * 10
+
+
+async def test_body_frames_after_the_response_ended_leave_the_connection_up(
+        gateway: tuple[GatewayProcess, ssl.SSLContext | None]) -> None:
+    """A response complete before the client's last DATA frame: the late frame must not end the connection.
+
+    The first stream's body is sent whole but without END_STREAM; the gateway answers once Content-Length
+    bytes are in.  Only then does the client send an empty DATA frame with END_STREAM (as httpx's HTTP/2
+    client does), and an extra 10-byte one on a second stream answered 404 before any body.  The same
+    connection then serves another stream, and the gateway logs no failed connection (module fixture).
+    """
+    process, context = gateway
+    async with trio.open_nursery() as nursery:
+        client = await H2Client.open(nursery, process.port, tls=context)
+        try:
+            payload = b'{"model":"mock/text:tokens=3","input":"hi","stream":true}'
+            sid = client.conn.get_next_available_stream_id()
+            first = client.replies[sid] = Reply(sid)
+            client.conn.send_headers(sid, [(":method", "POST"), (":scheme", client.scheme),
+                                           (":authority", client.authority), (":path", "/v1/responses"),
+                                           ("content-type", "application/json"),
+                                           ("content-length", str(len(payload)))])
+            client.conn.send_data(sid, payload)
+            await client.flush()
+            missing = client.conn.get_next_available_stream_id()
+            gone = client.replies[missing] = Reply(missing)
+            client.conn.send_headers(missing, [(":method", "POST"), (":scheme", client.scheme),
+                                               (":authority", client.authority), (":path", "/no/such/route"),
+                                               ("content-length", "10")])
+            await client.flush()
+            with trio.fail_after(20):
+                await first.ended.wait()
+                await gone.ended.wait()
+            assert first.status == 200 and gone.status == 404
+            for stream_id, data in ((sid, b""), (missing, b"0123456789")):
+                if client.conn.streams.get(stream_id) is not None and client.conn.streams[stream_id].open:
+                    client.conn.send_data(stream_id, data, end_stream=True)
+            await client.flush()
+            await trio.sleep(0.3)  # the late frames reach the gateway before the next request
+            with trio.fail_after(20):
+                after = await client.post("/v1/responses", _STREAM)
+                await after.ended.wait()
+            after.check()
+            assert client.error is None
+        finally:
+            await client.aclose()

@@ -1,0 +1,109 @@
+"""``TrioH11Transport.send``: an upstream request without an ``httpx.Request``, byte for byte the same on the wire.
+
+A raw trio server records every byte a connection sent, so header order and spelling are compared, not
+what a parser makes of them.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import httpx
+import trio
+
+from streamgw.transport.h11pool import TrioH11Transport
+
+_ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 5\r\n\r\nhello"
+
+
+class RawServer:
+    """Answers every request with ``_ANSWER`` and keeps each request's raw bytes (one list per connection)."""
+
+    def __init__(self) -> None:
+        self.connections: list[list[bytes]] = []
+        self.port = 0
+        #: answer this many requests of each connection, then read the next one and close without an answer
+        self.close_after: int | None = None
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        seen: list[bytes] = []
+        self.connections.append(seen)
+        buffer = b""
+        async with stream:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(rest) < length:
+                    rest += await stream.receive_some(65536)
+                seen.append(head + b"\r\n\r\n" + rest[:length])
+                buffer = rest[length:]
+                if self.close_after is not None and len(seen) > self.close_after:
+                    return  # the race of a keep-alive connection the server closes as a request comes in
+                await stream.send_all(_ANSWER)
+
+
+async def start(nursery: trio.Nursery) -> RawServer:
+    server = RawServer()
+    listeners = await nursery.start(partial(trio.serve_tcp, server.serve, 0, host="127.0.0.1"))
+    server.port = listeners[0].socket.getsockname()[1]
+    return server
+
+
+TIMEOUTS = {"connect": 5.0, "read": None, "write": 30.0, "pool": None}
+
+
+async def test_send_writes_what_an_httpx_request_writes(nursery: trio.Nursery) -> None:
+    server = await start(nursery)
+    transport = TrioH11Transport()
+    url = httpx.URL(f"http://127.0.0.1:{server.port}/v1/chat/completions?x=1")
+    headers = {"Authorization": "Bearer sk-1", "content-type": "application/json", "accept": "text/event-stream"}
+    body = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}'
+    try:
+        for request in (httpx.Request("POST", url, headers=headers, content=body,
+                                      extensions={"timeout": TIMEOUTS}), None):
+            if request is None:
+                response = await transport.send("POST", url, headers, body, TIMEOUTS)
+            else:
+                response = await transport.handle_async_request(request)
+            assert response.status_code == 200
+            assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"hello"
+        empty = httpx.Request("POST", url, headers={"a": "b"}, extensions={"timeout": TIMEOUTS})
+        response = await transport.handle_async_request(empty)
+        assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"hello"
+        response = await transport.send("POST", url, {"a": "b"}, b"", TIMEOUTS)
+        assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"hello"
+    finally:
+        await transport.aclose()
+    [requests] = server.connections  # one connection, reused by all four requests
+    assert len(requests) == 4
+    assert requests[0] == requests[1]
+    assert requests[0].startswith(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert requests[0].endswith(b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert requests[2] == requests[3]
+    assert b"\r\nContent-Length: 0\r\n" in requests[2]
+
+
+async def test_send_replays_its_body_on_a_fresh_connection_when_the_kept_one_was_stale(
+        nursery: trio.Nursery) -> None:
+    server = await start(nursery)
+    server.close_after = 1  # the second request on a connection finds it closed: a stale keep-alive one
+    transport = TrioH11Transport()
+    url = httpx.URL(f"http://127.0.0.1:{server.port}/v1/x")
+    try:
+        for _ in range(2):
+            response = await transport.send("POST", url, {"content-type": "application/json"}, b'{"a":1}', TIMEOUTS)
+            assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"hello"
+    finally:
+        await transport.aclose()
+    [first, stale], [replayed] = server.connections
+    assert first == stale == replayed
+    assert replayed.endswith(b'\r\n\r\n{"a":1}')
