@@ -422,6 +422,7 @@ class LiveResponse:
             self._announce()
             return
         await deliver(initial)
+        del initial  # this frame lives as long as the stream: the snapshots (and their JSON text) need not
         self._announce()  # after the first events: metrics and the store's bookkeeping are not on their way
         recorder = self._recording()
         if recorder is None:
