@@ -88,10 +88,16 @@ DRAIN_BYTES = 64 * 1024
 DRAIN_SECONDS = 0.5
 
 
+_NO_HEADERS = httpx.Headers()
+
+
 class HttpSource:
     """An upstream HTTP response body fed through a dialect translator."""
 
     def __init__(self, response: httpx.Response, translator: StreamTranslator, secrets: Sequence[str]) -> None:
+        # Its headers were read (``open_stream``: a 2xx); from here only the body is: an answer that streams
+        # for minutes need not hold them (a shared empty set, never written to).
+        response.headers = _NO_HEADERS
         self._response = response
         self._chunks: AsyncIterator[bytes] = raw_chunks(response)
         self._translator = translator
