@@ -134,6 +134,7 @@ class ResponseRun:
                         break
                 else:
                     t = now()
+                del batch, out  # not kept through the next wait: a quiet stream would hold its last batch
         self._wait = None
         if not emitter.done:
             await self.aclose()
