@@ -53,6 +53,7 @@ class ResponseRun:
         self.first_delta_at = trio.current_time()
         self._waiting_since: float | None = None  # when the current wait for upstream data began
         self.initial: list[Any] = emitter.start() + emitter.feed(opened.first)
+        opened.first = []  # fed: the winner need not hold its first deltas for as long as it streams
         self._closed = False
         #: the cancel scope of the upstream wait in progress (None while events are delivered):
         #: what ``drain_at`` cuts short.  An exited scope left here ignores a new deadline.
