@@ -674,7 +674,7 @@ class GeminiStreamTranslator:
         self._finished = False  # a Finish was emitted
         self._output = False  # any text, reasoning or call was emitted
         self._next_key = 0
-        self._used_ids: set[str] = set()
+        self._used_ids: dict[str, None] = {}  # a dict as a set: 64 bytes empty, not 216
         self._usage: Usage | None = None  # the last usageMetadata seen
         self._usage_sent: Usage | None = None
         self._text_sig: str | None = None  # a text part's signature, held until the next boundary
@@ -824,7 +824,7 @@ class GeminiStreamTranslator:
             call_id = upstream_id
         else:
             call_id = mint_call_id()
-        self._used_ids.add(call_id)
+        self._used_ids[call_id] = None
         return call_id
 
     def _blob(self, data: Json) -> str:
