@@ -113,6 +113,10 @@ class ResponseEmitter:
     call returns ``[]``.
     """
 
+    # one per open stream: slots, not a per-instance dict
+    __slots__ = ("_calls", "_clock", "_finish", "_new_id", "_open", "_out", "_seq", "_usage", "_waiting", "done",
+                 "response")
+
     def __init__(
         self,
         *,

@@ -42,6 +42,10 @@ def emitter_factory(opened: Opened, ctx: EngineContext) -> EmitterFactory:
 class ResponseRun:
     """The emitter plus the winning upstream source, with idle and total deadlines."""
 
+    # one per open stream: slots, not a per-instance dict
+    __slots__ = ("_closed", "_drain", "_idle", "_shut_down", "_total", "_total_deadline", "_wait", "_waiting_since",
+                 "emitter", "first_delta_at", "initial", "opened", "started_at")
+
     def __init__(self, emitter: Emitter, opened: Opened, started_at: float, drain: Drain | None = None) -> None:
         self.emitter = emitter
         self.opened = opened

@@ -94,6 +94,8 @@ _NO_HEADERS = httpx.Headers()
 class HttpSource:
     """An upstream HTTP response body fed through a dialect translator."""
 
+    __slots__ = ("_chunks", "_ended", "_response", "_secrets", "_translator")  # one per open stream
+
     def __init__(self, response: httpx.Response, translator: StreamTranslator, secrets: Sequence[str]) -> None:
         # Its headers were read (``open_stream``: a 2xx); from here only the body is: an answer that streams
         # for minutes need not hold them (a shared empty set, never written to).
