@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from streamgw.store.base import EncodedRecord, Encoder, ItemPointer
 from streamgw.store.offload import run_in_thread
@@ -26,7 +27,9 @@ class MemoryBackend:
         """Store every record and its pointers."""
         for record in records:
             self._drop_pointers(record.id)
-            self._records[record.id] = record
+            # a copy of exactly its size: orjson's bytes keep the whole buffer they were encoded in (16 KB
+            # for a 1.5 KB record), harmless for a body written away at once but not for one kept here
+            self._records[record.id] = replace(record, body=bytes(memoryview(record.body)))
             for pointer in record.pointers:
                 self._items[record.owner, pointer.item_id] = pointer
 
