@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from quart_trio import QuartTrio
 
 from streamgw.app.routes import create_app
 from streamgw.app.streaming import BodyBudget, _Claim, _read_body
@@ -92,13 +93,18 @@ class _Observer:
         self.ended = timeline.ended_
 
 
-async def test_observers_hear_of_an_opened_response_after_its_first_events_went_out(nursery: trio.Nursery) -> None:
+async def _gateway_on_a_mock(nursery: trio.Nursery, store: str) -> tuple[Config, QuartTrio]:
+    """A Chat Completions mock served in ``nursery``, and an app (with ``store``) in front of it as provider ``up``."""
     mock = ChatCompletionsMock()
     port = await nursery.start(mock.serve)
     config = Config(providers={"up": ProviderConfig(name="up", type="chat", base_url=f"http://127.0.0.1:{port}/v1",
                                                     api_key=Secret("sk-upstream-test-key"))},
-                    store=StoreConfig(backend="none"))
-    app = create_app(config)
+                    store=StoreConfig(backend=store))
+    return config, create_app(config)
+
+
+async def test_observers_hear_of_an_opened_response_after_its_first_events_went_out(nursery: trio.Nursery) -> None:
+    config, app = await _gateway_on_a_mock(nursery, "none")
     timeline = _Timeline()
     app.extensions["streamgw"].observers.add(_Observer(timeline))
     async with running_gateway(config, app) as gw_port:
@@ -124,12 +130,7 @@ async def test_the_store_bookkeeping_of_a_request_naming_nothing_stored_waits_fo
         nursery: trio.Nursery) -> None:
     """Its input items get their ids (and the recorder its expansion) after the first delivery; what is stored,
     and a request that continues it, are as before."""
-    mock = ChatCompletionsMock()
-    port = await nursery.start(mock.serve)
-    config = Config(providers={"up": ProviderConfig(name="up", type="chat", base_url=f"http://127.0.0.1:{port}/v1",
-                                                    api_key=Secret("sk-upstream-test-key"))},
-                    store=StoreConfig(backend="memory"))
-    app = create_app(config)
+    config, app = await _gateway_on_a_mock(nursery, "memory")
     gw = app.extensions["streamgw"]
     async with running_gateway(config, app) as gw_port, \
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw_port}") as client:
