@@ -201,8 +201,10 @@ def test_the_batcher_exports_what_it_has_after_the_delay(monkeypatch: pytest.Mon
     recorder = Recorder()
     batcher = _Batcher(recorder)
     try:
-        batcher.add(request(0))
-        wait_until(lambda: recorder.batches == [["r0.0", "r0.1", "r0.2"]])
+        batcher.add(request(0))  # 3 spans, far from a full batch of 512
+        wait_until(lambda: bool(recorder.batches))
+        assert recorder.batches == [["r0.0", "r0.1", "r0.2"]]
+        assert not recorder.shut  # exported by the delay, not by the shutdown below
     finally:
         batcher.shutdown()
 
