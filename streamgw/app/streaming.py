@@ -355,9 +355,10 @@ class KeepaliveTimer:
     Streams are kept in a heap by when their next keepalive is due (last write + interval).  An event
     written meanwhile moves that time on without touching the heap: when the entry comes up, the due
     time is worked out again and the entry goes back.  Each keepalive is written by a short-lived task
-    of its own, so a client that does not read holds up no other stream's keepalives.  The tasks are
-    trio system tasks (the worker has no nursery for the application), started in the trio run that
-    serves; nothing in them may raise.
+    of its own (a child of the timer task), so a client that does not read holds up no other stream's
+    keepalives.  The timer task is a trio system task (the worker has no nursery for the application),
+    started in the trio run that serves; nothing in it or its children may raise (``_Ticket.send``
+    turns a failed write into the end of that one response).
     """
 
     def __init__(self) -> None:
@@ -384,26 +385,27 @@ class KeepaliveTimer:
 
     async def _tick(self) -> None:
         heap = self._heap
-        while True:
-            with trio.CancelScope() as wake:
-                wake.deadline = heap[0][0] if heap else math.inf
-                self._wake = wake
-                await trio.sleep_forever()
-            self._wake = None
-            now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                _, _, ticket = heapq.heappop(heap)
-                exchange = ticket.exchange
-                if exchange is None:
-                    continue
-                interval = ticket.interval()
-                due = exchange.last_write + interval
-                if due <= now:
-                    if exchange.keepalive_due(interval):
-                        trio.lowlevel.spawn_system_task(ticket.send, name="streamgw keepalive")
-                    due = now + interval  # the write moves last_write on; a busy stream waits a round
-                if due < math.inf:
-                    heapq.heappush(heap, (due, next(self._order), ticket))
+        async with trio.open_nursery() as writes:  # the keepalive writes are this task's children
+            while True:
+                with trio.CancelScope() as wake:
+                    wake.deadline = heap[0][0] if heap else math.inf
+                    self._wake = wake
+                    await trio.sleep_forever()
+                self._wake = None
+                now = trio.current_time()
+                while heap and heap[0][0] <= now:
+                    _, _, ticket = heapq.heappop(heap)
+                    exchange = ticket.exchange
+                    if exchange is None:
+                        continue
+                    interval = ticket.interval()
+                    due = exchange.last_write + interval
+                    if due <= now:
+                        if exchange.keepalive_due(interval):
+                            writes.start_soon(ticket.send, name="streamgw keepalive")
+                        due = now + interval  # the write moves last_write on; a busy stream waits a round
+                    if due < math.inf:
+                        heapq.heappush(heap, (due, next(self._order), ticket))
 
 
 def _writer(exchange: _Exchange, live: LiveResponse) -> Callable[[list[Any]], Awaitable[None]]:
