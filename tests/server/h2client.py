@@ -73,6 +73,9 @@ class H2Client:
         self.replies: dict[int, Reply] = {}
         self.paused: set[int] = set()
         self.closed = trio.Event()
+        #: set when the server sent GOAWAY (``last_stream_id`` holds its last stream)
+        self.goaway = trio.Event()
+        self.last_stream_id: int | None = None
         self.error: BaseException | None = None
         self._write_lock = trio.Lock()
         self._may_read = trio.Event()
@@ -197,6 +200,9 @@ class H2Client:
                 reply.ended.set()
 
     def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ConnectionTerminated):
+            self.last_stream_id = event.last_stream_id
+            self.goaway.set()
         reply = self.replies.get(getattr(event, "stream_id", 0) or 0)
         if isinstance(event, h2.events.DataReceived):
             self._on_data(event, reply)
