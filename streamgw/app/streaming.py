@@ -528,13 +528,17 @@ async def _read_body(scope: Scope, receive: Receive, limit: int, within: float, 
 
 
 def _queued(receive: Receive) -> Callable[[], Message] | None:
-    """The non-blocking twin of ``receive`` when the server's is a trio memory channel's (hypercorn's).
+    """The non-blocking twin of ``receive`` when the server's is a trio memory channel's (hypercorn's), or a
+    queue that says its ``receive_nowait`` raises ``trio.WouldBlock`` as trio's does (our hypercorn's ``AppInbox``).
 
     A body that came in the same packets as the head is already queued when the handler starts;
     taking it without a checkpoint saves a trip through the scheduler on the way to the first event.
     """
     channel = getattr(receive, "__self__", None)
-    return channel.receive_nowait if isinstance(channel, trio.MemoryReceiveChannel) else None
+    if isinstance(channel, trio.MemoryReceiveChannel) or getattr(channel, "nowait_raises_would_block", False):
+        nowait: Callable[[], Message] = channel.receive_nowait  # type: ignore[union-attr]
+        return nowait
+    return None
 
 
 def _closing_headers(scope: Scope) -> dict[str, str]:

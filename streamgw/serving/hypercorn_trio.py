@@ -142,6 +142,7 @@ import h2.events
 import h11
 import trio
 from h11._writers import ChunkedWriter
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Body, EndBody, Request, Response, StreamClosed
@@ -149,6 +150,7 @@ from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.utils import suppress_body
 from priority.priority import DeadlockError, DuplicateStreamError, MissingStreamError, PriorityTree
@@ -158,11 +160,13 @@ from streamgw.serving.connections import ConnectionSlots
 
 __all__ = [
     "DISCONNECT_EXTENSION",
+    "AppInbox",
     "DirectBodyHTTPStream",
     "DisconnectNotice",
     "FairH2Protocol",
     "GatewayHypercornConfig",
     "H1OnlyCapableProtocol",
+    "InboxTaskGroup",
     "RoundRobinScheduler",
     "SerialisedTCPServer",
     "install",
@@ -251,11 +255,18 @@ class SerialisedTCPServer(TCPServer):
         open connection while it waits, for nothing."""
         stream = self.stream
         handle = self.protocol.handle
+        plain = self._raw_socket
         while True:
-            try:
-                data = await stream.receive_some(MAX_RECV)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                break
+            data: bytes | bytearray | None
+            if plain is not None:
+                data = await _recv_plain(plain)  # the same, holding less while it waits
+                if data is None:
+                    break
+            else:
+                try:
+                    data = await stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
             await handle(RawData(bytes(data)))
             if data == b"":
                 break
@@ -381,6 +392,163 @@ class SerialisedTCPServer(TCPServer):
                     ):
                         await stream.send_eof()
             await stream.aclose()
+
+
+async def _recv_plain(sock: socket.socket) -> bytes | None:
+    """``SocketStream.receive_some(MAX_RECV)`` on a plain TCP socket, None where it would raise
+    ``ClosedResourceError`` or ``BrokenResourceError``; with the same checkpoints.
+
+    A connection waits here for as long as it is open: trio's way holds four more coroutine frames and a
+    context manager for the whole wait (``SocketStream.receive_some``, the socket method wrapper, its
+    non-blocking helper, the error translation), about 1.1 KB per open connection.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    waited = False
+    while True:
+        try:
+            data = sock.recv(MAX_RECV)
+        except BlockingIOError:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:  # closed by another task meanwhile
+                return None
+            waited = True
+            continue
+        except OSError:  # reset by the client, or closed by another task (fileno -1)
+            return None
+        if not waited:  # a read that found its bytes waiting still lets other tasks run
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+
+class AppInbox:
+    """A request's ASGI ``receive`` queue: trio's memory channel (as hypercorn opens one per request), in less.
+
+    hypercorn's ``TaskGroup.spawn_app`` opens a ``trio.open_memory_channel(max_app_queue_size)`` per
+    request: a channel state, its deque (a 64-slot block from the start), a send and a receive channel,
+    and their statistics, about 1.4 KB that an open stream holds for the one message (``http.disconnect``)
+    it may still get.  This has the same behaviour for hypercorn's use (``send`` waits while ``limit``
+    messages are queued; both sides checkpoint as trio's do; senders and receivers are served first come,
+    first served; ``receive_nowait`` raises ``trio.WouldBlock``) and is never closed, like hypercorn's.
+    """
+
+    __slots__ = ("_items", "_limit", "_receivers", "_senders")
+
+    #: ``receive_nowait`` is trio's (``streamgw.app.streaming`` takes a queued body without a checkpoint)
+    nowait_raises_would_block = True
+
+    def __init__(self, limit: int) -> None:
+        self._items: list[Any] = []
+        self._limit = limit
+        self._receivers: dict[trio.lowlevel.Task, list[Any]] = {}  # waiting (with a box for the message), in order
+        self._senders: dict[trio.lowlevel.Task, Any] = {}  # waiting with their message, in order
+
+    def send_nowait(self, message: Any) -> None:
+        receivers = self._receivers
+        if receivers:
+            task = next(iter(receivers))
+            receivers.pop(task).append(message)
+            trio.lowlevel.reschedule(task)
+        elif len(self._items) < self._limit:
+            self._items.append(message)
+        else:
+            raise trio.WouldBlock
+
+    async def send(self, message: Any) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self.send_nowait(message)
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        task = trio.lowlevel.current_task()
+        senders = self._senders
+        senders[task] = message
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            del senders[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def receive_nowait(self) -> Any:
+        items, senders = self._items, self._senders
+        if items:
+            message = items.pop(0)
+            if senders:  # room for the first waiting sender's message
+                task = next(iter(senders))
+                items.append(senders.pop(task))
+                trio.lowlevel.reschedule(task)
+            return message
+        if senders:  # no room at all (limit 0): straight from the sender
+            task = next(iter(senders))
+            message = senders.pop(task)
+            trio.lowlevel.reschedule(task)
+            return message
+        raise trio.WouldBlock
+
+    async def receive(self) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            message = self.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return message
+        task = trio.lowlevel.current_task()
+        receivers = self._receivers
+        box: list[Any] = []
+        receivers[task] = box
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            del receivers[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        return box[0]
+
+
+class InboxTaskGroup(TaskGroup):
+    """hypercorn's per-connection ``TaskGroup`` that gives each request an ``AppInbox`` and runs an ASGI
+    application without the ``ASGIWrapper`` layer.
+
+    A request's task waits, for as long as its response streams, under every coroutine between trio and the
+    application; hypercorn's ``_handle`` calls ``ASGIWrapper.__call__``, which only calls the application.
+    ``_serve_asgi`` is ``_handle`` with that call made directly (a WSGI application still takes hypercorn's way).
+    """
+
+    async def spawn_app(self, app: Any, config: HypercornConfig, scope: Any,
+                        send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        inbox = AppInbox(config.max_app_queue_size)
+        assert self._nursery is not None
+        if type(app) is ASGIWrapper:
+            self._nursery.start_soon(_serve_asgi, app.app, config, scope, inbox.receive, send)
+        else:
+            self._nursery.start_soon(_handle, app, config, scope, inbox.receive, send, trio.to_thread.run_sync,
+                                     trio.from_thread.run)
+        return inbox.send
+
+
+async def _serve_asgi(app: Any, config: HypercornConfig, scope: Any, receive: Callable[[], Awaitable[Any]],
+                      send: Callable[[Any], Awaitable[None]]) -> None:
+    """hypercorn's ``_handle`` (``hypercorn.trio.task_group``) for an ASGI application called directly."""
+    try:
+        await app(scope, receive, send)
+    except trio.Cancelled:
+        raise
+    except BaseExceptionGroup as error:
+        _, others = error.split(trio.Cancelled)
+        if others is None:
+            raise
+        await config.log.exception("Error in ASGI Framework")
+        await send(None)
+    except Exception:
+        await config.log.exception("Error in ASGI Framework")
+    finally:
+        await send(None)
 
 
 class RoundRobinScheduler(PriorityTree):
@@ -685,6 +853,7 @@ class GatewayHypercornConfig(HypercornConfig):
 #: the names hypercorn's trio worker looks up when it serves, and what ``install()`` puts there
 _PATCHES: tuple[tuple[str, str, type], ...] = (
     ("hypercorn.trio.run", "TCPServer", SerialisedTCPServer),
+    ("hypercorn.trio.tcp_server", "TaskGroup", InboxTaskGroup),
     ("hypercorn.protocol", "H11Protocol", H1OnlyCapableProtocol),
     ("hypercorn.protocol", "H2Protocol", FairH2Protocol),
     ("hypercorn.protocol.h11", "HTTPStream", DirectBodyHTTPStream),
