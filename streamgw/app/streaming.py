@@ -111,8 +111,8 @@ class _Exchange:
     the same time: ``busy`` marks a send in progress and the other side waits for it.
     """
 
-    __slots__ = ("_send", "_waiter", "busy", "committed", "ended", "entry", "gone", "headers", "last_write",
-                 "request_id", "sent", "status")
+    __slots__ = ("_send", "_waiter", "busy", "committed", "ended", "entry", "gone", "headers", "last_write", "live",
+                 "request_id", "sent", "status", "work")
 
     def __init__(self, send: Send, request_id: str) -> None:
         self._send = send
@@ -128,6 +128,26 @@ class _Exchange:
         self.gone = False
         #: headers every answer carries besides the usual ones (the admission's rate-limit state)
         self.headers: Mapping[str, str] = {}
+        self.live: LiveResponse | None = None  # the response, once the lifecycle has begun
+        #: what a disconnect cancels (``client_left``), while the response is being served
+        self.work: trio.CancelScope | None = None
+
+    # ``client_left`` and ``deliver`` are methods rather than closures made per request: an open stream holds
+    # them for its whole life, and a closure costs a function and a cell per captured name.
+
+    def client_left(self) -> None:
+        """The ``streamgw.disconnect`` callback: the work ends, unless the last bytes went out already."""
+        if not self.ended:  # after the last bytes a close changes nothing
+            self.gone = True
+            if self.work is not None:
+                self.work.cancel()
+
+    async def deliver(self, events: list[Any]) -> None:
+        """The SSE sink: each batch as one write; the batch with the terminal event ends the body."""
+        live = self.live
+        assert live is not None
+        await self.write(encode_events(events), more=not live.done)
+        live.entry.wrote(self.last_write)
 
     async def _idle(self) -> None:
         while self.busy:
@@ -268,22 +288,25 @@ class ResponsesEndpoint:
             await self._serve_watched(live, exchange, receive)
             return
         failure: Exception | None = None
+        exchange.live = live
+        left = exchange.client_left
         with trio.CancelScope() as work:
-
-            def gone() -> None:
-                if not exchange.ended:  # after the last bytes a close changes nothing
-                    exchange.gone = True
-                    work.cancel()
-
-            if not notice.on_disconnect(gone):
-                gone()  # the client left before the work began
+            exchange.work = work
+            if not notice.on_disconnect(left):
+                left()  # the client left before the work began
             ticket = self.keepalives.add(exchange, live, work) if live.request.stream else None
-            try:
-                await _run(live, exchange)
+            try:  # ``_run``, written out: this frame waits as long as the response lasts, one more would too
+                async with live:
+                    if live.request.stream:
+                        await live.stream(exchange.deliver)
+                    else:
+                        final = await live.collect()
+                        await exchange.respond(200, json_body(final), [])
             except Exception as exc:
                 failure = exc
             finally:
-                notice.forget(gone)
+                notice.forget(left)
+                exchange.work = None
                 if ticket is not None:
                     ticket.close()
         if failure is not None:
@@ -306,7 +329,8 @@ class ResponsesEndpoint:
 async def _run(live: LiveResponse, exchange: _Exchange) -> None:
     async with live:
         if live.request.stream:
-            await live.stream(_writer(exchange, live))
+            exchange.live = live
+            await live.stream(exchange.deliver)
         else:
             final = await live.collect()
             await exchange.respond(200, json_body(final), [])
@@ -406,18 +430,6 @@ class KeepaliveTimer:
                         due = now + interval  # the write moves last_write on; a busy stream waits a round
                     if due < math.inf:
                         heapq.heappush(heap, (due, next(self._order), ticket))
-
-
-def _writer(exchange: _Exchange, live: LiveResponse) -> Callable[[list[Any]], Awaitable[None]]:
-    """The SSE sink: each batch as one write; the batch with the terminal event ends the body."""
-
-    entry = live.entry
-
-    async def deliver(events: list[Any]) -> None:
-        await exchange.write(encode_events(events), more=not live.done)
-        entry.wrote(exchange.last_write)
-
-    return deliver
 
 
 async def _render(exchange: _Exchange, error: GatewayError, live: LiveResponse | None) -> None:
