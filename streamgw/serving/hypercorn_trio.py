@@ -270,6 +270,7 @@ class SerialisedTCPServer(TCPServer):
             await handle(RawData(bytes(data)))
             if data == b"":
                 break
+            del data  # not held through the next wait (a request's head and body, for as long as it streams)
         await handle(Closed())
 
     async def _idle_timeout(self) -> None:
@@ -407,18 +408,19 @@ async def _recv_plain(sock: socket.socket) -> bytes | None:
     while True:
         try:
             data = sock.recv(MAX_RECV)
+            break
         except BlockingIOError:
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            except trio.ClosedResourceError:  # closed by another task meanwhile
-                return None
-            waited = True
-            continue
+            pass  # the wait is below: inside the ``except`` it would keep the error and its traceback alive
         except OSError:  # reset by the client, or closed by another task (fileno -1)
             return None
-        if not waited:  # a read that found its bytes waiting still lets other tasks run
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return data
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:  # closed by another task meanwhile
+            return None
+        waited = True
+    if not waited:  # a read that found its bytes waiting still lets other tasks run
+        await trio.lowlevel.cancel_shielded_checkpoint()
+    return data
 
 
 class AppInbox:
