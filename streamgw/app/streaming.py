@@ -221,11 +221,58 @@ class ResponsesEndpoint:
         self.keepalives = KeepaliveTimer()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request: ``_begin`` (authenticate, read, parse, open the lifecycle), then the response.
+
+        Serving is written out here rather than in a method of its own: this frame waits for as long as the
+        response lasts, and so would every frame below it (an open stream holds each of them).
+        """
+        exchange = _Exchange(send, request_id(_header(scope, b"x-request-id")))
+        live = await self._begin(scope, receive, exchange)
+        if live is None:
+            return
+        notice: _DisconnectNotice | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        try:
+            if notice is None:
+                await self._serve_watched(live, exchange, receive)
+                return
+            # With a server that calls back on disconnect (``streamgw.disconnect``, our hypercorn), the request
+            # needs no task of its own to look out for the client, and its keepalives come from the worker's
+            # one ``KeepaliveTimer``; any other ASGI server gets a watcher task (``_serve_watched``).
+            failure: Exception | None = None
+            exchange.live = live
+            left = exchange.client_left
+            with trio.CancelScope() as work:
+                exchange.work = work
+                if not notice.on_disconnect(left):
+                    left()  # the client left before the work began
+                ticket = self.keepalives.add(exchange, live, work) if live.request.stream else None
+                try:
+                    async with live:
+                        if live.request.stream:
+                            await live.stream(exchange.deliver)
+                        else:
+                            final = await live.collect()
+                            await exchange.respond(200, json_body(final), [])
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    notice.forget(left)
+                    exchange.work = None
+                    if ticket is not None:
+                        ticket.close()
+            if failure is not None:
+                raise failure
+        except GatewayError as error:  # the lifecycle mapped everything else to internal_error
+            if not exchange.gone:
+                await _render(exchange, error, live)
+        finally:
+            live.release()
+
+    async def _begin(self, scope: Scope, receive: Receive, exchange: _Exchange) -> LiveResponse | None:
+        """Authenticate, read and parse the body, and open the lifecycle; None when the request was answered."""
         gw = self.gw
         started = trio.current_time()
-        exchange = _Exchange(send, request_id(_header(scope, b"x-request-id")))
         trace = parse_traceparent(_header(scope, b"traceparent"))
-        live: LiveResponse | None = None
         try:
             caller = await gw.authenticate(_header(scope, b"authorization"))
         except GatewayError as error:
@@ -234,11 +281,11 @@ class ResponsesEndpoint:
             finally:
                 gw.responses.refused("sse", exchange.request_id, error, trace=trace, started=started,
                                      http_version=str(scope.get("http_version", "")), bytes_out=exchange.sent)
-            return
+            return None
         try:
             req = await self._request(scope, receive)
         except _ClientGone:
-            return
+            return None
         except GatewayError as error:
             try:
                 if gw.responses.admission and caller.key is not None:
@@ -247,20 +294,14 @@ class ResponsesEndpoint:
             finally:
                 gw.responses.refused("sse", exchange.request_id, error, caller, trace=trace, started=started,
                                      http_version=str(scope.get("http_version", "")), bytes_out=exchange.sent)
-            return
+            return None
         live = open_response(gw.responses, caller, req, door="sse" if req.stream else "json",
                              request_id=exchange.request_id, started=started, trace=trace)
         live.entry.http_version = str(scope.get("http_version", ""))
         live.hold = True  # logged once the error below is written too
         exchange.entry = live.entry
         exchange.headers = live.headers  # filled by admission (or, for a refusal before it, when the block ends)
-        try:
-            await self._serve(live, exchange, receive, scope)
-        except GatewayError as error:  # the lifecycle mapped everything else to internal_error
-            if not exchange.gone:
-                await _render(exchange, error, live)
-        finally:
-            live.release()
+        return live
 
     async def _request(self, scope: Scope, receive: Receive) -> ResponsesRequest:
         """Read and parse the body within the worker's ``BodyBudget``.
@@ -275,42 +316,6 @@ class ResponsesEndpoint:
             return parse_request(body)
         finally:
             claim.release()
-
-    async def _serve(self, live: LiveResponse, exchange: _Exchange, receive: Receive, scope: Scope) -> None:
-        """Run the lifecycle while the client is looked out for (and keepalives are sent).
-
-        With a server that calls back on disconnect (``streamgw.disconnect``, our hypercorn), the request
-        needs no task of its own for that, and its keepalives come from the worker's one
-        ``KeepaliveTimer``; any other ASGI server gets a watcher task (``_watch``).
-        """
-        notice: _DisconnectNotice | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
-        if notice is None:
-            await self._serve_watched(live, exchange, receive)
-            return
-        failure: Exception | None = None
-        exchange.live = live
-        left = exchange.client_left
-        with trio.CancelScope() as work:
-            exchange.work = work
-            if not notice.on_disconnect(left):
-                left()  # the client left before the work began
-            ticket = self.keepalives.add(exchange, live, work) if live.request.stream else None
-            try:  # ``_run``, written out: this frame waits as long as the response lasts, one more would too
-                async with live:
-                    if live.request.stream:
-                        await live.stream(exchange.deliver)
-                    else:
-                        final = await live.collect()
-                        await exchange.respond(200, json_body(final), [])
-            except Exception as exc:
-                failure = exc
-            finally:
-                notice.forget(left)
-                exchange.work = None
-                if ticket is not None:
-                    ticket.close()
-        if failure is not None:
-            raise failure
 
     async def _serve_watched(self, live: LiveResponse, exchange: _Exchange, receive: Receive) -> None:
         failure: Exception | None = None

@@ -152,8 +152,10 @@ from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.trio.worker_context import EventWrapper
 from hypercorn.utils import suppress_body
 from priority.priority import DeadlockError, DuplicateStreamError, MissingStreamError, PriorityTree
+from quart import Quart
 
 from streamgw.errors import GatewayError, InvalidRequest
 from streamgw.serving.connections import ConnectionSlots
@@ -167,6 +169,7 @@ __all__ = [
     "GatewayHypercornConfig",
     "H1OnlyCapableProtocol",
     "InboxTaskGroup",
+    "LazyEvent",
     "RoundRobinScheduler",
     "SerialisedTCPServer",
     "install",
@@ -175,6 +178,8 @@ __all__ = [
 ]
 
 _H2_PREFACE_TARGET = (b"PRI", b"*", b"2.0")
+#: ``scope["asgi"]`` as hypercorn 0.18 writes it (the same for every request)
+_ASGI: dict[str, str] = {"spec_version": "2.1", "version": "3.0"}
 #: the ASGI extension (``scope["extensions"]``) that carries a request's ``DisconnectNotice``
 DISCONNECT_EXTENSION = "streamgw.disconnect"
 #: seconds between two looks at a connection's cancellation while a write waits for its client to read
@@ -518,8 +523,9 @@ class InboxTaskGroup(TaskGroup):
     application without the ``ASGIWrapper`` layer.
 
     A request's task waits, for as long as its response streams, under every coroutine between trio and the
-    application; hypercorn's ``_handle`` calls ``ASGIWrapper.__call__``, which only calls the application.
-    ``_serve_asgi`` is ``_handle`` with that call made directly (a WSGI application still takes hypercorn's way).
+    application; hypercorn's ``_handle`` calls ``ASGIWrapper.__call__``, which only calls the application,
+    and a Quart application's ``__call__`` only calls its ``asgi_app``.  ``_serve_asgi`` is ``_handle`` with
+    the innermost of those calls made directly (a WSGI application still takes hypercorn's way).
     """
 
     async def spawn_app(self, app: Any, config: HypercornConfig, scope: Any,
@@ -527,7 +533,10 @@ class InboxTaskGroup(TaskGroup):
         inbox = AppInbox(config.max_app_queue_size)
         assert self._nursery is not None
         if type(app) is ASGIWrapper:
-            self._nursery.start_soon(_serve_asgi, app.app, config, scope, inbox.receive, send)
+            asgi = app.app
+            if isinstance(asgi, Quart) and type(asgi).__call__ is Quart.__call__:
+                asgi = asgi.asgi_app  # all that ``Quart.__call__`` does, without its frame
+            self._nursery.start_soon(_serve_asgi, asgi, config, scope, inbox.receive, send)
         else:
             self._nursery.start_soon(_handle, app, config, scope, inbox.receive, send, trio.to_thread.run_sync,
                                      trio.from_thread.run)
@@ -693,6 +702,8 @@ class DirectBodyHTTPStream(HTTPStream):
             self._notice = DisconnectNotice()
             extensions: dict[str, Any] = self.scope["extensions"]
             extensions[DISCONNECT_EXTENSION] = self._notice
+            if self.scope["asgi"] == _ASGI:
+                self.scope["asgi"] = _ASGI  # one shared dict, not one per request for as long as it lasts
 
     async def app_send(self, message: Any) -> None:
         write = self._write_body
@@ -711,6 +722,42 @@ class DirectBodyHTTPStream(HTTPStream):
                 self._write_body = protocol.write_body
 
 
+class LazyEvent:
+    """hypercorn's trio ``EventWrapper`` with its ``trio.Event`` made only when a task waits.
+
+    Each HTTP/1.1 connection has one (``H11Protocol.can_read``), waited for only when a client sends its next
+    request before the response to the last one is complete; the event and its set of waiters (~0.3 KB)
+    are made then, not for every connection.  The same behaviour: ``clear`` starts a new event (a task
+    still waiting for the old one keeps waiting for it), ``wait`` on a set event returns after a checkpoint.
+    """
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._event: trio.Event | None = None
+        self._set = False
+
+    async def clear(self) -> None:
+        self._event = None
+        self._set = False
+
+    async def wait(self) -> None:
+        event = self._event
+        if event is None:
+            event = self._event = trio.Event()
+            if self._set:
+                event.set()
+        await event.wait()
+
+    async def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class H1OnlyCapableProtocol(H11Protocol):
     """hypercorn's HTTP/1.1 protocol that refuses h2c when the config says ``http2 = False``, and writes
     a response's head together with its first body bytes.
@@ -727,6 +774,8 @@ class H1OnlyCapableProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if type(self.can_read) is EventWrapper:
+            self.can_read = LazyEvent()
         server = getattr(self.send, "__self__", None)
         self._send_raw: Callable[[bytes], Awaitable[None]] = (
             server.send_raw if isinstance(server, SerialisedTCPServer) else self._send_raw_event)

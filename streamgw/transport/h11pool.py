@@ -220,55 +220,6 @@ class _Connection:
                            and not _asks_close(head.headers) and not _asks_close(request.headers))
         return head
 
-    async def receive_body(self, read_timeout: float | None) -> tuple[bytes, bool]:
-        """Return (data, finished): all body bytes decodable from what already
-        arrived -- waiting for the socket only when there are none -- and whether
-        the body is complete.  ``data`` is empty only when ``finished``.
-
-        It only awaits with nothing collected yet, and the decoder is fed only
-        after a receive completed: a cancellation loses no data.  Failures are
-        raised untranslated: the caller maps them (see ``_ResponseStream``).
-        """
-        decoder = self.body
-        data = self.pending
-        if data:
-            self.pending = b""
-            return data, decoder.done
-        plain = self.plain if read_timeout is None else None
-        while not decoder.done:
-            if self.eof:
-                decoder.eof()
-                break
-            if plain is None:
-                raw = await self._receive_raw(read_timeout)
-            else:
-                # ``SocketStream.receive_some`` on the plain socket, with its checkpoints and errors, written
-                # out here: an open stream spends its life in this wait, and trio's way holds four more
-                # coroutine frames and a context manager for all of it (about 1.3 KB per open stream).
-                # The wait is outside the ``except``: awaiting inside it would keep the BlockingIOError and its
-                # traceback alive for as long as the stream is quiet.
-                await trio.lowlevel.checkpoint_if_cancelled()
-                waited = False
-                while True:
-                    try:
-                        raw = plain.recv(self.read_chunk)
-                        break
-                    except BlockingIOError:
-                        pass
-                    except OSError as exc:
-                        raise _stream_error(exc) from (None if exc.errno in _CLOSED_ERRNOS else exc)
-                    await trio.lowlevel.wait_readable(plain)  # ClosedResourceError if closed meanwhile
-                    waited = True
-                if not waited:  # a read that found its bytes waiting still lets other tasks run
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-            if not raw:
-                self.eof = True
-                continue
-            data = decoder.feed(raw)
-            if data:
-                return data, decoder.done
-        return b"", True
-
     async def _send_request(self, request: _Outgoing, write_timeout: float | None) -> None:
         conn = self.h11
         assert conn is not None
@@ -348,13 +299,56 @@ class _ResponseStream(httpx.AsyncByteStream):
         return self
 
     async def __anext__(self) -> bytes:
+        """All body bytes decodable from what already arrived -- waiting for the socket only when there are
+        none -- never an empty chunk.
+
+        It only awaits with nothing collected yet, and the decoder is fed only after a receive completed: a
+        cancellation loses no data.  (The connection's reading is written out here rather than in a method
+        of ``_Connection``: an open stream waits in it, and each coroutine frame it waits under it holds.)
+        """
         conn = self._conn
         if conn is None:
             raise StopAsyncIteration
+        decoder = conn.body
+        data = conn.pending
         try:
-            data, finished = await conn.receive_body(self._read_timeout)
+            if data:
+                conn.pending = b""
+            else:
+                plain = conn.plain if self._read_timeout is None else None
+                while not decoder.done:
+                    if conn.eof:
+                        decoder.eof()
+                        break
+                    if plain is None:
+                        raw = await conn._receive_raw(self._read_timeout)
+                    else:
+                        # ``SocketStream.receive_some`` on the plain socket, with its checkpoints and errors,
+                        # written out: trio's way holds four more coroutine frames and a context manager for
+                        # all of the wait (about 1.3 KB per open stream).  The wait is outside the ``except``:
+                        # inside, it would keep the BlockingIOError and its traceback alive as long.
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        waited = False
+                        while True:
+                            try:
+                                raw = plain.recv(conn.read_chunk)
+                                break
+                            except BlockingIOError:
+                                pass
+                            except OSError as exc:
+                                raise _stream_error(exc) from (None if exc.errno in _CLOSED_ERRNOS else exc)
+                            await trio.lowlevel.wait_readable(plain)  # ClosedResourceError if closed meanwhile
+                            waited = True
+                        if not waited:  # a read that found its bytes waiting still lets other tasks run
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not raw:
+                        conn.eof = True
+                        continue
+                    data = decoder.feed(raw)
+                    if data:
+                        break
         except trio.Cancelled:
-            # Cancelled only while waiting on the socket, before h11 saw any new
+            # Cancelled only while waiting on the socket, before the decoder saw any new
             # byte, so nothing is lost: the body may still be read, or closed.
             raise
         except Exception as exc:
@@ -370,7 +364,7 @@ class _ResponseStream(httpx.AsyncByteStream):
             self._conn = None
             self._transport._discard(conn)
             raise
-        if finished:
+        if decoder.done:
             self._conn = None
             self._transport._checkin(conn)
             if not data:
