@@ -152,7 +152,7 @@ from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
-from hypercorn.trio.worker_context import EventWrapper
+from hypercorn.trio.worker_context import EventWrapper, TrioSingleTask
 from hypercorn.utils import suppress_body
 from priority.priority import DeadlockError, DuplicateStreamError, MissingStreamError, PriorityTree
 from quart import Quart
@@ -170,6 +170,7 @@ __all__ = [
     "H1OnlyCapableProtocol",
     "InboxTaskGroup",
     "LazyEvent",
+    "LightLock",
     "RoundRobinScheduler",
     "SerialisedTCPServer",
     "install",
@@ -197,6 +198,13 @@ class SerialisedTCPServer(TCPServer):
     _read_done = False
     #: the nursery the connection's task runs in (its server's connections)
     _home: trio.Nursery | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The connection's two locks (writes; the keep-alive timer's restarts) without trio's parking lots.
+        self.send_lock: LightLock = LightLock()  # type: ignore[assignment]
+        if type(self.idle_task) is TrioSingleTask:
+            self.idle_task._lock = LightLock()  # type: ignore[assignment]
 
     async def run(self) -> None:
         """Serve the connection; a failure inside it ends this connection, not the worker.
@@ -311,7 +319,7 @@ class SerialisedTCPServer(TCPServer):
         """
         lock = self.send_lock
         if not lock.locked():
-            # ``trio.Lock`` hands itself over to waiters on release, so a queue means ``locked()``
+            # ``LightLock`` (like ``trio.Lock``) hands itself over to waiters on release, so a queue means ``locked()``
             # and FIFO order is kept; nothing yields between this check and the write.
             sock = self._raw_socket
             if sock is not None:
@@ -332,7 +340,7 @@ class SerialisedTCPServer(TCPServer):
             await lock.acquire()
         await self._locked_send(data, lock)
 
-    async def _locked_send(self, data: bytes, lock: trio.Lock) -> None:
+    async def _locked_send(self, data: bytes, lock: LightLock) -> None:
         broken = False
         sock = self._raw_socket
         try:
@@ -426,6 +434,74 @@ async def _recv_plain(sock: socket.socket) -> bytes | None:
     if not waited:  # a read that found its bytes waiting still lets other tasks run
         await trio.lowlevel.cancel_shielded_checkpoint()
     return data
+
+
+class LightLock:
+    """``trio.Lock`` for a connection's writes and its keep-alive timer, without a parking lot per lock.
+
+    trio's lock keeps a ``ParkingLot`` (with an ``OrderedDict``) from the start: ~0.25 KB that every
+    connection held twice, for queues that are nearly always empty.  The same behaviour where it is used
+    (``SerialisedTCPServer``, hypercorn's ``TrioSingleTask``): ``acquire`` is a checkpoint, waiters are served
+    first come, first served, and ``release`` hands the lock to the first of them, so ``locked()`` stays true
+    while anyone queues; re-acquiring a held lock or releasing another task's is a ``RuntimeError``.
+    """
+
+    __slots__ = ("_owner", "_waiters")
+
+    def __init__(self) -> None:
+        self._owner: trio.lowlevel.Task | None = None
+        self._waiters: dict[trio.lowlevel.Task, None] | None = None  # made when a task first has to wait
+
+    def locked(self) -> bool:
+        return self._owner is not None
+
+    def acquire_nowait(self) -> None:
+        task = trio.lowlevel.current_task()
+        if self._owner is None and not self._waiters:
+            self._owner = task
+        elif self._owner is task:
+            raise RuntimeError("attempt to re-acquire an already held Lock")
+        else:
+            raise trio.WouldBlock
+
+    async def acquire(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self.acquire_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        task = trio.lowlevel.current_task()
+        if self._waiters is None:
+            self._waiters = {}
+        waiters = self._waiters
+        waiters[task] = None
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            del waiters[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)  # ``release`` made this task the owner
+
+    def release(self) -> None:
+        if trio.lowlevel.current_task() is not self._owner:
+            raise RuntimeError("can't release a Lock you don't own")
+        waiters = self._waiters
+        if waiters:
+            task = next(iter(waiters))
+            del waiters[task]
+            self._owner = task
+            trio.lowlevel.reschedule(task)
+        else:
+            self._owner = None
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
 
 class AppInbox:
