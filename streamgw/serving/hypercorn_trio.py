@@ -141,6 +141,9 @@ from typing import Any
 import h2.events
 import h11
 import trio
+from h11._connection import _body_framing
+from h11._headers import Headers as H11Headers
+from h11._headers import get_comma_header
 from h11._writers import ChunkedWriter
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
@@ -163,6 +166,7 @@ __all__ = [
     "FairH2Protocol",
     "GatewayHypercornConfig",
     "H1OnlyCapableProtocol",
+    "LeanServerConnection",
     "RoundRobinScheduler",
     "SerialisedTCPServer",
     "install",
@@ -515,14 +519,43 @@ class DirectBodyHTTPStream(HTTPStream):
     _notice: DisconnectNotice | None = None
 
     async def handle(self, event: StreamEvent) -> None:
-        if type(event) is StreamClosed and self._notice is not None and not self.closed:
-            self._notice.fire()
+        if not self.closed:
+            if isinstance(event, Body):
+                if self._queued({"type": "http.request", "body": bytes(event.data), "more_body": True}):
+                    return
+            elif type(event) is EndBody:
+                if self._queued({"type": "http.request", "body": b"", "more_body": False}):
+                    return
+            elif type(event) is StreamClosed:
+                if self._notice is not None:
+                    self._notice.fire()
+                # The usual end (the response complete, its access logged): hypercorn's steps, less the checkpoint.
+                if self.state is ASGIHTTPState.CLOSED and self._queued({"type": "http.disconnect"}):
+                    self.closed = True
+                    return
         await super().handle(event)
         if type(event) is Request and getattr(self, "app_put", None) is not None:
             # The application task has been started (``start_soon``) but has not run yet.
             self._notice = DisconnectNotice()
             extensions: dict[str, Any] = self.scope["extensions"]
             extensions[DISCONNECT_EXTENSION] = self._notice
+
+    def _queued(self, message: dict[str, Any]) -> bool:
+        """Queue a request-body message for the application without a checkpoint, if there is room.
+
+        hypercorn's ``app_put`` is the channel's ``send``, a schedule point even when the message goes
+        straight into the buffer: the connection's task then took two more turns of the scheduler (one
+        per body message) before it read again, and a request's handler, started in the same turn,
+        shared them.  A full channel (an application that does not read its body) still waits as before.
+        """
+        channel = getattr(getattr(self, "app_put", None), "__self__", None)
+        if not isinstance(channel, trio.MemorySendChannel):
+            return False
+        try:
+            channel.send_nowait(message)
+        except trio.WouldBlock:
+            return False
+        return True
 
     async def app_send(self, message: Any) -> None:
         write = self._write_body
@@ -541,6 +574,47 @@ class DirectBodyHTTPStream(HTTPStream):
                 self._write_body = protocol.write_body
 
 
+class LeanServerConnection(h11.Connection):
+    """h11's server side, with a response's framing headers set up in one pass instead of four.
+
+    Before it writes a response head, h11 (0.16, ``Connection._clean_up_response_headers_for_sending``)
+    drops ``Content-Length`` and sets ``Transfer-Encoding`` for a body of unknown length, and sets
+    ``Connection: close`` when the connection will not be kept: each change copies and validates every
+    header again (``set_comma_header``), and the cleaned response is built and validated once more.
+    A streamed response's head was validated four times over, regex by regex, on the way to its
+    first event.  Here the same decisions build the cleaned headers from the ones the ``Response``
+    event already validated; the only headers added are h11's own constants.
+    """
+
+    def _clean_up_response_headers_for_sending(self, response: h11.Response) -> h11.Response:
+        method = self._request_method
+        framing, _ = _body_framing(b"GET" if method == b"HEAD" else method, response)  # type: ignore[arg-type]
+        drop: set[bytes] = set()
+        added: list[tuple[bytes, bytes, bytes]] = []
+        need_close = False
+        if framing in ("chunked", "http/1.0"):
+            drop.add(b"content-length")
+            drop.add(b"transfer-encoding")
+            if self.their_http_version is None or self.their_http_version < b"1.1":
+                need_close = method != b"HEAD"
+            else:
+                added.append((b"Transfer-Encoding", b"transfer-encoding", b"chunked"))
+        if not self._cstate.keep_alive or need_close:
+            connection = set(get_comma_header(response.headers, b"connection"))
+            connection.discard(b"keep-alive")
+            connection.add(b"close")
+            drop.add(b"connection")
+            # h11 appends the headers it sets after the others, in the order it sets them
+            added.extend((b"Connection", b"connection", value) for value in sorted(connection))
+        if not drop:
+            return response
+        items = response.headers._full_items
+        kept = [item for item in items if item[1] not in drop]
+        # h11 keeps a Transfer-Encoding it sets after the Content-Length it removed, before Connection
+        return h11.Response(headers=H11Headers(kept + added), status_code=response.status_code,
+                            http_version=response.http_version, reason=response.reason)
+
+
 class H1OnlyCapableProtocol(H11Protocol):
     """hypercorn's HTTP/1.1 protocol that refuses h2c when the config says ``http2 = False``, and writes
     a response's head together with its first body bytes.
@@ -557,6 +631,9 @@ class H1OnlyCapableProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if type(self.connection) is h11.Connection:  # nothing was read yet: the same state, leaner heads
+            self.connection = LeanServerConnection(
+                h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size)
         server = getattr(self.send, "__self__", None)
         self._send_raw: Callable[[bytes], Awaitable[None]] = (
             server.send_raw if isinstance(server, SerialisedTCPServer) else self._send_raw_event)
