@@ -515,7 +515,7 @@ class DirectBodyHTTPStream(HTTPStream):
     carries a ``DisconnectNotice`` as ``scope["extensions"]["streamgw.disconnect"]``.
     """
 
-    _write_body: Callable[[bytes], Awaitable[None]] | None = None
+    _write_body: Callable[[bytes, bool], Awaitable[None]] | None = None
     _notice: DisconnectNotice | None = None
 
     async def handle(self, event: StreamEvent) -> None:
@@ -560,11 +560,16 @@ class DirectBodyHTTPStream(HTTPStream):
     async def app_send(self, message: Any) -> None:
         write = self._write_body
         if (write is not None and message is not None and message["type"] == "http.response.body"
-                and message.get("more_body", False) and self.state is ASGIHTTPState.RESPONSE):
+                and self.state is ASGIHTTPState.RESPONSE):
             body = message.get("body", b"")
-            if body:
-                await write(bytes(body))
-            return
+            if message.get("more_body", False):
+                if body:
+                    await write(bytes(body), False)
+                return
+            if body and not self.response.get("trailers", False):
+                # The last chunk waits for the end of the body, which follows at once: one write for both.
+                await write(bytes(body), True)
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
         await super().app_send(message)
         if (self.state is ASGIHTTPState.RESPONSE and message is not None
                 and message["type"] == "http.response.start"
@@ -624,10 +629,14 @@ class H1OnlyCapableProtocol(H11Protocol):
     always follow each other, and each ``send`` on a TCP socket costs a system call (tens of
     microseconds on loopback, where the kernel runs the receiver's side in it) and a trip through the
     scheduler, on the way to the first event.  The head is held until the next event of the stream
-    and goes out in the same write; any other event flushes it first.
+    and goes out in the same write; any other event flushes it first.  Likewise a body's last chunk
+    (``write_body(..., last=True)``) waits for the end of the body (the chunked terminator), which
+    follows at once: a stream's last events and its end are one write, and a response that fits in
+    one message (head, events, end) is written in one.
     """
 
-    _held_head: bytes | None = None
+    #: bytes taken from h11 (a head, a last chunk) that go out with the next event's
+    _held: bytes | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -641,18 +650,25 @@ class H1OnlyCapableProtocol(H11Protocol):
     async def _send_raw_event(self, data: bytes) -> None:
         await self.send(RawData(data=data))
 
-    async def write_body(self, data: bytes) -> None:
+    async def write_body(self, data: bytes, last: bool = False) -> None:
         """One non-empty chunk of a response body: what ``stream_send(Body(...))`` writes, by a shorter way.
 
         hypercorn's way is an ASGI message, a ``Body`` event, an ``h11.Data`` event through h11's
         state machine, and a ``RawData`` event to the connection.  While the response is in its body
         and chunked (h11's ``ChunkedWriter``), h11 only frames the chunk and changes no state, so the
-        frame is built here and written directly; anything else takes hypercorn's way.
+        frame is built here and written directly; anything else takes hypercorn's way.  A ``last`` chunk
+        is held (with anything held before it) until the next event: the end of the body.
         """
         connection = self.connection
-        if (self._held_head is None and connection.our_state is h11.SEND_BODY
-                and type(getattr(connection, "_writer", None)) is ChunkedWriter):
-            await self._send_raw(b"%x\r\n%b\r\n" % (len(data), data))
+        if connection.our_state is h11.SEND_BODY and type(getattr(connection, "_writer", None)) is ChunkedWriter:
+            frame = b"%x\r\n%b\r\n" % (len(data), data)
+            held, self._held = self._held, None
+            if held is not None:
+                frame = held + frame
+            if last:
+                self._held = frame
+            else:
+                await self._send_raw(frame)
         else:
             await self.stream_send(Body(stream_id=STREAM_ID, data=data))
 
@@ -673,18 +689,16 @@ class H1OnlyCapableProtocol(H11Protocol):
                 headers.append((b"connection", b"close"))
             head = self._h11_bytes(h11.Response(headers=headers, status_code=event.status_code))
             if head is not None:
-                self._held_head = head
+                self._held = head
             return
-        head, self._held_head = self._held_head, None
+        head, self._held = self._held, None
+        if type(event) is EndBody or (head is not None and isinstance(event, Body)):
+            rest = self._h11_bytes(h11.Data(data=event.data) if isinstance(event, Body) else h11.EndOfMessage())
+            data = (head or b"") + (rest or b"")
+            if data:  # the end of a body with a Content-Length is no bytes: no write (hypercorn made an empty one)
+                await self._send_raw(data)
+            return
         if head is not None:
-            if type(event) is Body:
-                rest = self._h11_bytes(h11.Data(data=event.data))
-                await self._send_raw(head + (rest or b""))
-                return
-            if type(event) is EndBody:
-                rest = self._h11_bytes(h11.EndOfMessage())
-                await self._send_raw(head + (rest or b""))
-                return
             await self._send_raw(head)
         await super().stream_send(event)
 
