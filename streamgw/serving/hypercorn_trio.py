@@ -548,11 +548,12 @@ class DirectBodyHTTPStream(HTTPStream):
         per body message) before it read again, and a request's handler, started in the same turn,
         shared them.  A full channel (an application that does not read its body) still waits as before.
         """
-        channel = getattr(getattr(self, "app_put", None), "__self__", None)
-        if not isinstance(channel, trio.MemorySendChannel):
+        # the channel's non-blocking twin of ``send`` (trio's ``send_nowait``: ``trio.WouldBlock`` when full)
+        put_nowait = getattr(getattr(getattr(self, "app_put", None), "__self__", None), "send_nowait", None)
+        if put_nowait is None:
             return False
         try:
-            channel.send_nowait(message)
+            put_nowait(message)
         except trio.WouldBlock:
             return False
         return True
