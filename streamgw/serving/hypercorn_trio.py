@@ -134,6 +134,7 @@ import contextlib
 import importlib
 import json
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from itertools import chain
 from typing import Any
@@ -768,10 +769,27 @@ class GatewayHypercornConfig(HypercornConfig):
     http2: bool = True
     #: open client connections per worker (``streamgw.serving.worker``; 0: from the open-file limit)
     max_connections: int = 0
+    #: ``response_headers`` by protocol, with the second (``int(time.time())``) they were made in
+    _made_headers: dict[str, tuple[int, list[tuple[bytes, bytes]]]] | None = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         install()
         self.__dict__.update(state)
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        """hypercorn's headers of every response (``date``, ``server``), made once a second, not per response.
+
+        ``date`` has a resolution of one second; formatting it (``wsgiref``'s ``format_date_time``) was
+        a few microseconds of every response's head, on the way to a stream's first event.
+        """
+        second = int(time.time())
+        made = self._made_headers
+        if made is None:
+            made = self._made_headers = {}
+        found = made.get(protocol)
+        if found is None or found[0] != second:
+            found = made[protocol] = (second, super().response_headers(protocol))
+        return list(found[1])  # callers may extend it
 
 
 #: the names hypercorn's trio worker looks up when it serves, and what ``install()`` puts there

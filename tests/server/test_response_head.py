@@ -76,3 +76,26 @@ async def test_a_json_answer_makes_no_empty_write(writes: list[bytes]) -> None:
         result = await post_sse(port, {"model": "demo/demo", "input": "hello"})  # non-streamed JSON
         assert result.status == 200
     assert b"" not in writes
+
+
+def test_the_date_header_is_formatted_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hypercorn.config
+
+    formatted: list[float] = []
+    original = hypercorn.config.format_date_time
+
+    def counting(when: float) -> str:
+        formatted.append(when)
+        return original(when)
+
+    monkeypatch.setattr(hypercorn.config, "format_date_time", counting)
+    config = hypercorn_trio.GatewayHypercornConfig()
+    first = config.response_headers("h11")
+    for _ in range(50):
+        again = config.response_headers("h11")
+        again.append((b"x", b"y"))  # a caller's changes stay its own
+    assert again[:-1] == first or len(formatted) == 2  # a second boundary may pass once
+    assert [name for name, _ in first] == [b"date", b"server"]
+    assert first[1] == (b"server", b"hypercorn-h11")
+    assert len(formatted) <= 2
+    assert config.response_headers("h2")[1] == (b"server", b"hypercorn-h2")
