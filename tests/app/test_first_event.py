@@ -156,3 +156,44 @@ async def test_the_store_bookkeeping_of_a_request_naming_nothing_stored_waits_fo
         items = (await client.get(f"/v1/responses/{ids[1]}/input_items", params={"order": "asc"})).json()["data"]
     assert [item["type"] for item in items] == ["message", "message", "message"]  # hi, the answer, hi
     assert all(isinstance(item["id"], str) and item["id"] for item in items)
+
+
+def _chat_chunk(content: str | None, finish: str | None = None) -> bytes:
+    delta: dict[str, object] = {"role": "assistant", "content": ""} if content is None else {"content": content}
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {} if finish else delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+async def test_an_upstream_burst_gets_its_first_delta_out_before_the_rest_is_translated(
+        nursery: trio.Nursery) -> None:
+    """All of an answer in one read (a fast upstream): the first write carries the first delta alone; the rest,
+    read with it, follows without waiting for the socket, in order."""
+    from streamgw.testing.server import MockRequest, Responder, serve_http
+
+    tokens = [f"t{i} " for i in range(20)]
+    burst = b"".join([_chat_chunk(None), *(_chat_chunk(t) for t in tokens), _chat_chunk(None, "stop"),
+                      b"data: [DONE]\n\n"])
+
+    async def handler(req: MockRequest, send: Responder) -> None:
+        await send.start(200, {"content-type": "text/event-stream"})
+        await send.end(burst)  # one socket write: the gateway reads it in one piece
+
+    port = await nursery.start(lambda task_status: serve_http(handler, task_status=task_status))
+    config = Config(providers={"up": ProviderConfig(name="up", type="chat", base_url=f"http://127.0.0.1:{port}/v1",
+                                                    api_key=Secret("sk-upstream-test-key"))},
+                    store=StoreConfig(backend="none"))
+    app = create_app(config)
+    gw = app.extensions["streamgw"]
+    live = open_response(gw.responses, ANONYMOUS, parse_request(b'{"model":"up/m","input":"hi","stream":true}'),
+                         door="sse", request_id="req-burst")
+    batches: list[list[str]] = []
+
+    async def deliver(events: list[dict[str, object]]) -> None:
+        batches.append([str(e["delta"]) for e in events if e["type"] == "response.output_text.delta"])
+
+    async with running_gateway(config, app), live:  # the app's lifespan: its upstream clients
+        await live.stream(deliver)
+    assert batches[0] == ["t0 "]
+    assert [d for batch in batches for d in batch] == tokens
+    assert live.run is not None and live.run.emitter.response["status"] == "completed"
