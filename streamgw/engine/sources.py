@@ -94,8 +94,7 @@ _NO_HEADERS = httpx.Headers()
 class HttpSource:
     """An upstream HTTP response body fed through a dialect translator."""
 
-    # one per open stream: slots, not a per-instance dict
-    __slots__ = ("_chunks", "_ended", "_response", "_rest", "_secrets", "_started", "_translator")
+    __slots__ = ("_chunks", "_ended", "_response", "_secrets", "_translator")  # one per open stream
 
     def __init__(self, response: httpx.Response, translator: StreamTranslator, secrets: Sequence[str]) -> None:
         # Its headers were read (``open_stream``: a 2xx); from here only the body is: an answer that streams
@@ -106,14 +105,8 @@ class HttpSource:
         self._translator = translator
         self._secrets = secrets
         self._ended = False
-        self._started = False  # a batch with deltas was returned
-        self._rest = b""  # bytes read with the first delta's, translated at the next ``receive``
 
     async def receive(self) -> list[Delta] | None:
-        rest = self._rest
-        if rest:
-            self._rest = b""
-            return self._translator.feed(rest)
         if self._ended:
             return None
         try:
@@ -125,32 +118,7 @@ class HttpSource:
             self._ended = True
             detail = redact(f"{type(exc).__name__}: {exc}", self._secrets)
             return [UpstreamFailure("server_error", f"upstream connection failed mid-stream ({detail})")]
-        if self._started:
-            return self._translator.feed(chunk)
-        return self._first(chunk)
-
-    def _first(self, chunk: bytes) -> list[Delta]:
-        """Until the first delta: translate ``chunk`` an event at a time, and keep what follows that delta.
-
-        An upstream that answers in a burst (a cached or fast model, a gateway busy elsewhere) delivers many
-        events in one read; translating, encoding and writing them all would delay the first one by as many
-        events' work.  The rest is translated at the next ``receive``, without waiting for the socket.
-        (Translators take any split of their input: a piece ends at an SSE event's blank line.)
-        """
-        translate = self._translator.feed
-        start = 0
-        while True:
-            end = _event_end(chunk, start)
-            if end < 0 or end == len(chunk):
-                found = translate(chunk[start:] if start else chunk)
-                self._started = bool(found)
-                return found
-            found = translate(chunk[start:end])
-            if found:
-                self._started = True
-                self._rest = chunk[end:]
-                return found
-            start = end
+        return self._translator.feed(chunk)
 
     async def drain(self) -> None:
         """Read the rest of a finished body (bounded), so the connection can be reused."""
@@ -174,15 +142,6 @@ class HttpSource:
                 await chunks.aclose()  # httpx's wrapper: finalise it here, not in the garbage collector
         finally:
             await self._response.aclose()
-
-
-def _event_end(data: bytes, start: int) -> int:
-    """Where the first SSE event at or after ``start`` ends (after its blank line); -1: no whole event."""
-    lf = data.find(b"\n\n", start)
-    crlf = data.find(b"\r\n\r\n", start)
-    if crlf >= 0 and (lf < 0 or crlf + 2 < lf):
-        return crlf + 4
-    return lf + 2 if lf >= 0 else -1
 
 
 async def open_stream(
