@@ -63,7 +63,7 @@ class _Waits:
     in the heap; a run past it and waiting on the upstream has its scope cancelled; a run delivering
     meanwhile is looked at again one idle period later (it checks the total and drain deadlines itself
     after each delivery).  The timer is a trio system task of the trio run that streams (a test may
-    serve in several), running while any stream is open; nothing in it raises.
+    serve in several), running while any stream is open and for ``_LINGER`` after; nothing in it raises.
     """
 
     def __init__(self) -> None:
@@ -97,12 +97,19 @@ class _Waits:
     async def _tick(self) -> None:
         heap = self._heap
         try:
-            while heap:
-                with trio.CancelScope(deadline=heap[0][0]) as wake:
+            while True:
+                # With no stream to time the task lingers a moment (a new task per request would cost
+                # more than the timing), then ends: an idle process keeps no task for this.
+                until = heap[0][0] if heap else trio.current_time() + _LINGER
+                with trio.CancelScope(deadline=until) as wake:
                     self._wake = wake
                     await trio.sleep_forever()
                 self._wake = None
                 now = trio.current_time()
+                if not heap:
+                    if now >= until:
+                        return
+                    continue
                 while heap and heap[0][0] <= now:
                     _, _, place = heapq.heappop(heap)
                     run = place.run
@@ -120,6 +127,8 @@ class _Waits:
             self._running = False
 
 
+#: how long the ``_Waits`` task outlives the last stream it timed
+_LINGER = 1.0
 _WAITS: trio.lowlevel.RunVar[_Waits] = trio.lowlevel.RunVar("streamgw_waits")
 
 

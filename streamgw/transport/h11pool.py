@@ -25,6 +25,7 @@ slot, write, read); ``trio.Cancelled`` is never swallowed.
 from __future__ import annotations
 
 import math
+import socket as stdsocket
 import ssl
 import sys
 import time
@@ -125,14 +126,17 @@ def _prepared_headers(url: httpx.URL, method: str, headers: Mapping[str, str], b
 class _Connection:
     """One socket, its h11 state machine, and the pool's bookkeeping for it."""
 
-    __slots__ = ("body", "closed", "eof", "h11", "idle_since", "keep_alive", "origin", "pending", "read_chunk",
-                 "response_started", "reused", "socket", "stream")
+    __slots__ = ("body", "closed", "eof", "h11", "idle_since", "keep_alive", "origin", "pending", "plain",
+                 "read_chunk", "response_started", "reused", "socket", "stream")
 
     def __init__(self, origin: Origin, stream: trio.abc.Stream, socket: trio.socket.SocketType,
                  read_chunk: int) -> None:
         self.origin = origin
         self.stream = stream
         self.socket = socket
+        #: the stdlib socket under a plain TCP stream (None with TLS): reads skip ``SocketStream``'s layers
+        self.plain: stdsocket.socket | None = (
+            socket._sock if type(stream) is trio.SocketStream else None)  # type: ignore[attr-defined]
         self.read_chunk = read_chunk
         #: made by ``exchange`` (a new connection) or at check-in (a kept one); ``None`` once a head was read
         self.h11: h11.Connection | None = None
@@ -283,15 +287,44 @@ class _Connection:
 
     async def _receive_raw(self, read_timeout: float | None) -> bytes:
         """The next bytes from the socket (b"" at EOF)."""
+        plain = self.plain
         if read_timeout is None:  # no cancel scope: entering one costs about as much as the receive
-            data = await self.stream.receive_some(self.read_chunk)
+            data = await (_recv(plain, self.read_chunk) if plain is not None
+                          else self.stream.receive_some(self.read_chunk))
         else:
             data = None
             with trio.CancelScope(deadline=trio.current_time() + read_timeout):
-                data = await self.stream.receive_some(self.read_chunk)
+                data = await (_recv(plain, self.read_chunk) if plain is not None
+                              else self.stream.receive_some(self.read_chunk))
             if data is None:  # the deadline cancelled the receive
                 raise trio.TooSlowError("timed out waiting for the server")
         return data if type(data) is bytes else bytes(cast(bytearray, data))  # SSLStream gives a bytearray
+
+
+async def _recv(sock: stdsocket.socket, size: int) -> bytes:
+    """``SocketStream.receive_some`` on a plain TCP socket, with one trip through the scheduler a read.
+
+    trio's receive tries the socket, waits until it is readable when it is empty, reads, and then
+    checkpoints once more: a second trip through the scheduler, and through the whole coroutine stack
+    of the request, for every read that had to wait -- on a stream paced by the upstream, every read.
+    Here a read that waited has yielded already; only a read served at once checkpoints (so a busy
+    upstream still lets other tasks run).  A cancellation lands only where nothing was read.  Errors
+    are the socket's ``OSError`` (or ``trio.ClosedResourceError`` when another task closed it).
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        data = sock.recv(size)
+    except BlockingIOError:
+        pass
+    else:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return sock.recv(size)
+        except BlockingIOError:  # a spurious wake-up
+            continue
 
 
 class _ResponseStream(httpx.AsyncByteStream):
