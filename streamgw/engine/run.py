@@ -63,7 +63,8 @@ class _Waits:
     in the heap; a run past it and waiting on the upstream has its scope cancelled; a run delivering
     meanwhile is looked at again one idle period later (it checks the total and drain deadlines itself
     after each delivery).  The timer is a trio system task of the trio run that streams (a test may
-    serve in several), running while any stream is open and for ``_LINGER`` after; nothing in it raises.
+    serve in several), running while any stream is open and up to an idle timeout after; nothing in it
+    raises.
     """
 
     def __init__(self) -> None:
@@ -84,32 +85,28 @@ class _Waits:
             wake.deadline = due
 
     def ended(self) -> None:
-        """A run's stream ended: sweep the dead entries once they are half the heap (the task ends with the last)."""
+        """A run's stream ended: sweep the dead entries once they are half the heap.
+
+        The task is not woken for it (a wake-up costs more than the timing of a short stream): it
+        ends when it next wakes, by the last stream's idle timeout, and finds nothing left to time;
+        a sequential client's next request usually finds it still there.
+        """
         self._ended += 1
         heap = self._heap
         if self._ended * 2 >= len(heap):
             heap[:] = [entry for entry in heap if entry[2].run is not None]
             heapq.heapify(heap)
             self._ended = 0
-            if not heap and self._wake is not None:
-                self._wake.cancel()
 
     async def _tick(self) -> None:
         heap = self._heap
         try:
-            while True:
-                # With no stream to time the task lingers a moment (a new task per request would cost
-                # more than the timing), then ends: an idle process keeps no task for this.
-                until = heap[0][0] if heap else trio.current_time() + _LINGER
-                with trio.CancelScope(deadline=until) as wake:
+            while heap:  # ends with nothing left to time: an idle process keeps no task for this
+                with trio.CancelScope(deadline=heap[0][0]) as wake:
                     self._wake = wake
                     await trio.sleep_forever()
                 self._wake = None
                 now = trio.current_time()
-                if not heap:
-                    if now >= until:
-                        return
-                    continue
                 while heap and heap[0][0] <= now:
                     _, _, place = heapq.heappop(heap)
                     run = place.run
@@ -127,8 +124,6 @@ class _Waits:
             self._running = False
 
 
-#: how long the ``_Waits`` task outlives the last stream it timed
-_LINGER = 1.0
 _WAITS: trio.lowlevel.RunVar[_Waits] = trio.lowlevel.RunVar("streamgw_waits")
 
 
