@@ -39,6 +39,7 @@ import trio
 
 from streamgw.transport.errors import CONNECTING, READING, WAITING, WRITING, ProtocolViolation
 from streamgw.transport.http1body import BodyDecoder, framing
+from streamgw.transport.sockio import plain_socket, receive_plain
 
 __all__ = ["BODY_EXTENSION", "CONNECT_TO_EXTENSION", "TrioH11Transport"]
 
@@ -135,8 +136,7 @@ class _Connection:
         self.stream = stream
         self.socket = socket
         #: the stdlib socket under a plain TCP stream (None with TLS): reads skip ``SocketStream``'s layers
-        self.plain: stdsocket.socket | None = (
-            socket._sock if type(stream) is trio.SocketStream else None)  # type: ignore[attr-defined]
+        self.plain: stdsocket.socket | None = plain_socket(stream)
         self.read_chunk = read_chunk
         #: made by ``exchange`` (a new connection) or at check-in (a kept one); ``None`` once a head was read
         self.h11: h11.Connection | None = None
@@ -289,42 +289,17 @@ class _Connection:
         """The next bytes from the socket (b"" at EOF)."""
         plain = self.plain
         if read_timeout is None:  # no cancel scope: entering one costs about as much as the receive
-            data = await (_recv(plain, self.read_chunk) if plain is not None
+            data = await (receive_plain(plain, self.read_chunk) if plain is not None
                           else self.stream.receive_some(self.read_chunk))
         else:
             data = None
             with trio.CancelScope(deadline=trio.current_time() + read_timeout):
-                data = await (_recv(plain, self.read_chunk) if plain is not None
+                data = await (receive_plain(plain, self.read_chunk) if plain is not None
                               else self.stream.receive_some(self.read_chunk))
             if data is None:  # the deadline cancelled the receive
                 raise trio.TooSlowError("timed out waiting for the server")
         return data if type(data) is bytes else bytes(cast(bytearray, data))  # SSLStream gives a bytearray
 
-
-async def _recv(sock: stdsocket.socket, size: int) -> bytes:
-    """``SocketStream.receive_some`` on a plain TCP socket, with one trip through the scheduler a read.
-
-    trio's receive tries the socket, waits until it is readable when it is empty, reads, and then
-    checkpoints once more: a second trip through the scheduler, and through the whole coroutine stack
-    of the request, for every read that had to wait -- on a stream paced by the upstream, every read.
-    Here a read that waited has yielded already; only a read served at once checkpoints (so a busy
-    upstream still lets other tasks run).  A cancellation lands only where nothing was read.  Errors
-    are the socket's ``OSError`` (or ``trio.ClosedResourceError`` when another task closed it).
-    """
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        data = sock.recv(size)
-    except BlockingIOError:
-        pass
-    else:
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return data
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            return sock.recv(size)
-        except BlockingIOError:  # a spurious wake-up
-            continue
 
 
 class _ResponseStream(httpx.AsyncByteStream):
