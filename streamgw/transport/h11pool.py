@@ -25,6 +25,7 @@ slot, write, read); ``trio.Cancelled`` is never swallowed.
 from __future__ import annotations
 
 import math
+import socket as stdsocket
 import ssl
 import sys
 import time
@@ -38,6 +39,7 @@ import trio
 
 from streamgw.transport.errors import CONNECTING, READING, WAITING, WRITING, ProtocolViolation
 from streamgw.transport.http1body import BodyDecoder, framing
+from streamgw.transport.sockio import plain_socket, receive_plain
 
 __all__ = ["BODY_EXTENSION", "CONNECT_TO_EXTENSION", "TrioH11Transport"]
 
@@ -125,14 +127,16 @@ def _prepared_headers(url: httpx.URL, method: str, headers: Mapping[str, str], b
 class _Connection:
     """One socket, its h11 state machine, and the pool's bookkeeping for it."""
 
-    __slots__ = ("body", "closed", "eof", "h11", "idle_since", "keep_alive", "origin", "pending", "read_chunk",
-                 "response_started", "reused", "socket", "stream")
+    __slots__ = ("body", "closed", "eof", "h11", "idle_since", "keep_alive", "origin", "pending", "plain",
+                 "read_chunk", "response_started", "reused", "socket", "stream")
 
     def __init__(self, origin: Origin, stream: trio.abc.Stream, socket: trio.socket.SocketType,
                  read_chunk: int) -> None:
         self.origin = origin
         self.stream = stream
         self.socket = socket
+        #: the stdlib socket under a plain TCP stream (None with TLS): reads skip ``SocketStream``'s layers
+        self.plain: stdsocket.socket | None = plain_socket(stream)
         self.read_chunk = read_chunk
         #: made by ``exchange`` (a new connection) or at check-in (a kept one); ``None`` once a head was read
         self.h11: h11.Connection | None = None
@@ -283,15 +287,19 @@ class _Connection:
 
     async def _receive_raw(self, read_timeout: float | None) -> bytes:
         """The next bytes from the socket (b"" at EOF)."""
+        plain = self.plain
         if read_timeout is None:  # no cancel scope: entering one costs about as much as the receive
-            data = await self.stream.receive_some(self.read_chunk)
+            data = await (receive_plain(plain, self.read_chunk) if plain is not None
+                          else self.stream.receive_some(self.read_chunk))
         else:
             data = None
             with trio.CancelScope(deadline=trio.current_time() + read_timeout):
-                data = await self.stream.receive_some(self.read_chunk)
+                data = await (receive_plain(plain, self.read_chunk) if plain is not None
+                              else self.stream.receive_some(self.read_chunk))
             if data is None:  # the deadline cancelled the receive
                 raise trio.TooSlowError("timed out waiting for the server")
         return data if type(data) is bytes else bytes(cast(bytearray, data))  # SSLStream gives a bytearray
+
 
 
 class _ResponseStream(httpx.AsyncByteStream):
