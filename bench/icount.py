@@ -53,6 +53,8 @@ class Variant:
     toml: str = ""
     keyed: bool = False
     env: tuple[tuple[str, str], ...] = ()
+    #: the ``[store]`` table's lines ("": SQLite in the window's folder, as deployed)
+    store: str = ""
 
 
 #: what ``--variants`` may name; the default list is the first five
@@ -71,13 +73,17 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # --requests 512 is exactly three.
     Variant("otel-batched", '[logging]\nrequests = false\n[tracing]\nenabled = true\n',
             env=(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "{otlp}"), ("OTEL_BSP_SCHEDULE_DELAY", "600000"))),
-    Variant("no-store", '[logging]\nrequests = false\n', ),
+    Variant("no-store", '[logging]\nrequests = false\n', store='backend = "none"'),
+    # where the default store's cost goes: the backend's write, or the wait for it
+    Variant("memory-store", '[logging]\nrequests = false\n', store='backend = "memory"'),
+    Variant("no-confirm", '[logging]\nrequests = false\n',
+            store='backend = "sqlite"\npath = "{dir}/store.db"\nconfirm_writes = false'),
 )}
 DEFAULT = ("plain", "text-log", "json-log", "key", "limits-sqlite")
 
 
 def _base(mock_port: int, folder: Path, variant: Variant) -> str:
-    store = 'backend = "none"' if variant.name == "no-store" else f'backend = "sqlite"\npath = "{folder}/store.db"'
+    store = variant.store.replace("{dir}", str(folder)) or f'backend = "sqlite"\npath = "{folder}/store.db"'
     control = "" if "[control]" in variant.toml else f'[control]\npath = "{folder}/control.db"\n'
     return (f'[store]\n{store}\n{control}'
             f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')

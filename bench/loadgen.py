@@ -60,6 +60,8 @@ import h2.events
 import h2.exceptions
 import trio
 
+from streamgw.transport.sockio import plain_socket, receive_plain
+
 __all__ = [
     "Exchange",
     "PhaseSpec",
@@ -763,8 +765,9 @@ class _H1Conn:
         parser = ResponseParser()
         cancel_after = phase.spec.cancel_after_events
         now = time.monotonic()
+        plain = plain_socket(stream)  # plain TCP: read without the stream's layers (the client side is the limit)
         while not parser.done:
-            data = await stream.receive_some(_RECV)
+            data = await (receive_plain(plain, _RECV) if plain is not None else stream.receive_some(_RECV))
             now = time.monotonic()
             if not data:
                 parser.feed_eof()

@@ -792,11 +792,13 @@ async def _serve_mock(args: argparse.Namespace) -> None:
     import trio
 
     from streamgw.testing.chat_mock import ChatCompletionsMock
-    from streamgw.testing.server import MockRequest, Responder, serve_http
+    from streamgw.testing.server import MockRequest, Pacer, Responder, serve_http
 
+    # One task writes every stream's timed chunks: thousands of slow streams would otherwise cost the
+    # mock a task wake-up per chunk, on the core it shares with the load generators.
     mock = ChatCompletionsMock(ttft=args.ttft, token_delay=args.token_delay, tokens=args.tokens,
                                token_text=args.token_text, fault_rate=args.fault_rate,
-                               heavy_tail=args.heavy_tail, seed=args.seed)
+                               heavy_tail=args.heavy_tail, seed=args.seed, pacer=Pacer())
     offset = trio.current_time() - time.monotonic()  # trio's clock is monotonic plus an offset
 
     async def handle(req: MockRequest, send: Responder) -> None:

@@ -515,33 +515,38 @@ async def _read_body(scope: Scope, receive: Receive, limit: int, within: float, 
         claim.grow(expected)
     parts: list[bytes] = []
     size = 0
+    done = False
     queued = _queued(receive)
-    with trio.move_on_after(within or math.inf) as timer:
-        while True:
-            message = None
-            if queued is not None:
-                try:
-                    message = queued()
-                except trio.WouldBlock:
-                    queued = None  # not all here yet: wait for the rest as usual
-            if message is None:
-                message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body is larger than {limit} bytes", headers=close)
-                claim.grow(size)  # chunked: counted as it arrives
-                parts.append(chunk)
-            # With a Content-Length the body is whole once that many bytes came (the server's parser
-            # enforces the length): the empty closing message is left to the watcher, not waited for.
-            if size == expected or not message.get("more_body", False):
-                break
-    if timer.cancelled_caught:
-        raise RequestTimeout(f"The request body was not received within {within:g} s.", headers=close)
+    while queued is not None and not done:  # what is queued already needs no timer (nor a checkpoint)
+        try:
+            message = queued()
+        except trio.WouldBlock:
+            break  # not all here yet: wait for the rest as usual
+        size, done = _take(message, parts, size, expected, limit, claim)
+    if not done:
+        with trio.move_on_after(within or math.inf) as timer:
+            while not done:
+                size, done = _take(await receive(), parts, size, expected, limit, claim)
+        if timer.cancelled_caught:
+            raise RequestTimeout(f"The request body was not received within {within:g} s.", headers=close)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _take(message: Message, parts: list[bytes], size: int, expected: int, limit: int,
+          claim: _Claim) -> tuple[int, bool]:
+    """One ASGI message of the request body into ``parts``: the body's size so far, and whether it is complete."""
+    if message["type"] == "http.disconnect":
+        raise _ClientGone
+    chunk = message.get("body", b"")
+    if chunk:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes", headers=claim.close)
+        claim.grow(size)  # chunked: counted as it arrives
+        parts.append(chunk)
+    # With a Content-Length the body is whole once that many bytes came (the server's parser
+    # enforces the length): the empty closing message is left to the watcher, not waited for.
+    return size, size == expected or not message.get("more_body", False)
 
 
 def _queued(receive: Receive) -> Callable[[], Message] | None:

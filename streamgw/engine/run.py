@@ -13,6 +13,8 @@ registers itself once, when it opens), and the run ends with ``response.failed``
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,12 +41,108 @@ def emitter_factory(opened: Opened, ctx: EngineContext) -> EmitterFactory:
     return RelayEmitter if dialect is not None and dialect.relays_events else ResponseEmitter
 
 
+class _Place:
+    """A streaming run's entry in the ``_Waits`` heap; ``run`` is None once the stream ended (the entry
+    then keeps nothing alive until it comes up)."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: ResponseRun) -> None:
+        self.run: ResponseRun | None = run
+
+
+class _Waits:
+    """The idle, total and drain deadlines of every streaming run of a trio run, kept by one task.
+
+    A deadline on the stream's cancel scope would have to be set twice a batch (off while events are
+    delivered, so a slow client is not taken for a silent upstream and a delivery is never cut; on
+    again for the next wait), and each set is a trip through trio's deadline heap.  Instead a run
+    notes when its current wait began (``_waiting`` / ``_active_at``: two attribute writes a batch),
+    and this timer keeps an entry per run by the earliest time its deadline can come.  When an entry
+    comes up the due time is worked out again from what the run noted: a run still within it goes back
+    in the heap; a run past it and waiting on the upstream has its scope cancelled; a run delivering
+    meanwhile is looked at again one idle period later (it checks the total and drain deadlines itself
+    after each delivery).  The timer is a trio system task of the trio run that streams (a test may
+    serve in several), running while any stream is open and up to an idle timeout after; nothing in it
+    raises.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Place]] = []
+        self._order = itertools.count()
+        self._wake: trio.CancelScope | None = None
+        self._running = False
+        self._ended = 0  # runs ended since the heap was last swept (their entries are dead)
+
+    def add(self, due: float, place: _Place) -> None:
+        """Look at ``place`` again at ``due``."""
+        heapq.heappush(self._heap, (due, next(self._order), place))
+        if not self._running:
+            self._running = True
+            trio.lowlevel.spawn_system_task(self._tick, name="streamgw stream deadlines")
+        wake = self._wake
+        if wake is not None and due < wake.deadline:
+            wake.deadline = due
+
+    def ended(self) -> None:
+        """A run's stream ended: sweep the dead entries once they are half the heap.
+
+        The task is not woken for it (a wake-up costs more than the timing of a short stream): it
+        ends when it next wakes, by the last stream's idle timeout, and finds nothing left to time;
+        a sequential client's next request usually finds it still there.
+        """
+        self._ended += 1
+        heap = self._heap
+        if self._ended * 2 >= len(heap):
+            heap[:] = [entry for entry in heap if entry[2].run is not None]
+            heapq.heapify(heap)
+            self._ended = 0
+
+    async def _tick(self) -> None:
+        heap = self._heap
+        try:
+            while heap:  # ends with nothing left to time: an idle process keeps no task for this
+                with trio.CancelScope(deadline=heap[0][0]) as wake:
+                    self._wake = wake
+                    await trio.sleep_forever()
+                self._wake = None
+                now = trio.current_time()
+                while heap and heap[0][0] <= now:
+                    _, _, place = heapq.heappop(heap)
+                    run = place.run
+                    if run is None:
+                        continue
+                    due = run._due()
+                    if due > now:
+                        heapq.heappush(heap, (due, next(self._order), place))
+                    elif run._waiting and run._scope is not None:
+                        run._scope.cancel()  # the run ends its stream with the deadline's failure
+                    elif run._idle > 0:  # delivering: idle time counts from the end of the delivery
+                        heapq.heappush(heap, (now + run._idle, next(self._order), place))
+        finally:
+            self._wake = None
+            self._running = False
+
+
+_WAITS: trio.lowlevel.RunVar[_Waits] = trio.lowlevel.RunVar("streamgw_waits")
+
+
+def _waits() -> _Waits:
+    """This trio run's ``_Waits``."""
+    try:
+        return _WAITS.get()
+    except LookupError:
+        waits = _Waits()
+        _WAITS.set(waits)
+        return waits
+
+
 class ResponseRun:
     """The emitter plus the winning upstream source, with idle and total deadlines."""
 
     # one per open stream: slots, not a per-instance dict
-    __slots__ = ("_closed", "_drain", "_idle", "_shut_down", "_total", "_total_deadline", "_wait", "_waiting_since",
-                 "emitter", "first_delta_at", "initial", "opened", "started_at")
+    __slots__ = ("_active_at", "_closed", "_drain", "_idle", "_place", "_scope", "_shut_down", "_total",
+                 "_total_deadline", "_waiting", "emitter", "first_delta_at", "initial", "opened", "started_at")
 
     def __init__(self, emitter: Emitter, opened: Opened, started_at: float, drain: Drain | None = None) -> None:
         self.emitter = emitter
@@ -55,13 +153,15 @@ class ResponseRun:
         self._total = timeouts.total
         self._total_deadline = started_at + timeouts.total if timeouts.total > 0 else math.inf
         self.first_delta_at = trio.current_time()
-        self._waiting_since: float | None = None  # when the current wait for upstream data began
         self.initial: list[Any] = emitter.start() + emitter.feed(opened.first)
         opened.first = []  # fed: the winner need not hold its first deltas for as long as it streams
         self._closed = False
-        #: the cancel scope of the upstream wait in progress (None while events are delivered):
-        #: what ``drain_at`` cuts short.  An exited scope left here ignores a new deadline.
-        self._wait: trio.CancelScope | None = None
+        #: while ``stream`` runs: its cancel scope, its place with ``_Waits``, whether it is waiting on the
+        #: upstream (not delivering), and when that wait began
+        self._scope: trio.CancelScope | None = None
+        self._place: _Place | None = None
+        self._waiting = False
+        self._active_at = self.first_delta_at
         self._shut_down = False  # ended by the drain deadline
         self._drain = Drain() if drain is None else drain
         self._drain.watch(self)
@@ -112,38 +212,58 @@ class ResponseRun:
     async def stream(self, deliver: Callable[[list[Any]], Awaitable[None]]) -> None:
         """Drive the run to its end, handing each batch of events to ``deliver``.
 
-        The one drive loop (sinks and ``collect`` alike): one cancel scope for the whole stream whose deadline
-        moves with the upstream's silence (setting a deadline costs less than entering a scope per
-        batch). While ``deliver`` waits for a slow client there is no idle deadline — that time is
-        not upstream silence — and a delivery is never cut in half.
+        The one drive loop (sinks and ``collect`` alike): one cancel scope for the whole stream, which
+        ``_Waits`` cancels when the upstream has been silent past the idle timeout, or the total or
+        drain deadline came, while the run waits on it.  While ``deliver`` waits for a slow client
+        there is no idle deadline — that time is not upstream silence — and a delivery is never cut
+        in half.
         """
         emitter = self.emitter
         source = self.opened.source
         drain = self._drain
-        idle = self._idle if self._idle > 0 else math.inf
         total_deadline = self._total_deadline
         now = trio.current_time
         with trio.CancelScope() as scope:
-            t = now()
-            while not emitter.done:
-                scope.deadline = min(t + idle, total_deadline, drain.deadline)
-                self._wait = scope  # the drain may cut this wait, never a delivery
-                batch = await source.receive()
-                self._wait = None
-                out = emitter.feed(batch) if batch is not None else emitter.finish()
-                if out:
-                    scope.deadline = math.inf
-                    await deliver(out)
-                    t = now()  # one clock read a batch: the end of this delivery starts the next wait
-                    if t >= min(total_deadline, drain.deadline) and not emitter.done:
-                        break
-                else:
-                    t = now()
-                del batch, out  # not kept through the next wait: a quiet stream would hold its last batch
-        self._wait = None
+            t = self._active_at = now()
+            self._scope = scope
+            due = self._due()
+            if due < math.inf:
+                self._place = _Place(self)
+                _waits().add(due, self._place)
+            try:
+                while not emitter.done:
+                    self._active_at = t  # one clock read a batch: the end of a delivery starts the next wait
+                    self._waiting = True
+                    batch = await source.receive()
+                    self._waiting = False
+                    out = emitter.feed(batch) if batch is not None else emitter.finish()
+                    if out:
+                        if scope.cancel_called:  # the deadline came as the batch did: deliver it whole, then end
+                            with trio.CancelScope(shield=True):
+                                await deliver(out)
+                            break
+                        await deliver(out)
+                        t = now()
+                        if t >= min(total_deadline, drain.deadline) and not emitter.done:
+                            break
+                    else:
+                        t = now()
+                    del batch, out  # not kept through the next wait: a quiet stream would hold its last batch
+            finally:
+                self._waiting = False
+                self._scope = None
+                ended, self._place = self._place, None
+                if ended is not None:
+                    ended.run = None
+                    _waits().ended()
         if not emitter.done:
             await self.aclose()
             await deliver(self._deadline_failure())
+
+    def _due(self) -> float:
+        """When this run's current wait must end: idle time after it began, the total and drain deadlines."""
+        idle = self._idle
+        return min(self._active_at + idle if idle > 0 else math.inf, self._total_deadline, self._drain.deadline)
 
     async def collect(self) -> dict[str, Any]:
         """Run to the end (non-streamed requests) and return the final response object."""
@@ -161,9 +281,9 @@ class ResponseRun:
 
     def drain_at(self, deadline: float) -> None:
         """The drain began: the upstream wait in progress (if any) ends by ``deadline``."""
-        wait = self._wait
-        if wait is not None:
-            wait.deadline = min(wait.deadline, deadline)
+        place = self._place
+        if place is not None:
+            _waits().add(deadline, place)
 
     async def aclose(self) -> None:
         """Close the upstream (idempotent; effective even when cancelled).

@@ -75,6 +75,7 @@ from streamgw.testing.mockbase import (
 )
 from streamgw.testing.server import (
     MockRequest,
+    Pacer,
     Responder,
 )
 
@@ -546,6 +547,7 @@ class ChatCompletionsMock(MockUpstream):
         base_path: str = "/v1",
         hold_until: int = 0,
         hold_timeout: float = 60.0,
+        pacer: Pacer | None = None,
     ) -> None:
         self.knobs = ChatKnobs(
             ttft, token_delay, tokens, token_text, fault_rate, heavy_tail, reasoning_tokens
@@ -559,6 +561,8 @@ class ChatCompletionsMock(MockUpstream):
         self.hold_timeout = hold_timeout
         self._held = 0
         self._everyone_here = trio.Event()
+        #: when given, every stream's timed chunks are written by it (one task) instead of by the stream
+        self.pacer = pacer
 
     async def handle(self, req: MockRequest, send: Responder) -> None:
         """The server handler: auth, routing, validation, then the scenario."""
@@ -626,10 +630,18 @@ class ChatCompletionsMock(MockUpstream):
         plan = _render_stream(answer, head, knobs, first, usage)
         await send.start(200, (*_SSE_HEADERS, ("x-request-id", ids.request_id)))
         t0 = trio.current_time()
-        for offset, data in plan.events:
-            if offset > 0:
-                await trio.sleep_until(t0 + offset)
-            await send.chunk(data)
+        events = plan.events
+        if self.pacer is not None:
+            now = 0
+            while now < len(events) and events[now][0] <= 0:  # what is due at once goes from here
+                await send.chunk(events[now][1])
+                now += 1
+            await self.pacer.play(send, t0, events[now:])
+        else:
+            for offset, data in events:
+                if offset > 0:
+                    await trio.sleep_until(t0 + offset)
+                await send.chunk(data)
         await _finish_stream(send, answer.ending, plan.last)
 
     async def _complete(self, send: Responder, body: Json, answer: _Answer, knobs: ChatKnobs,

@@ -16,6 +16,8 @@ server in a daemon thread with its own ``trio.run`` for synchronous tests.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import queue
@@ -38,6 +40,7 @@ __all__ = [
     "HeadersArg",
     "MockRequest",
     "MockServerStats",
+    "Pacer",
     "Responder",
     "run_in_thread",
     "serve_http",
@@ -148,6 +151,31 @@ class Responder:
             return
         await self._write(self._frame(data))
 
+    def chunk_nowait(self, data: bytes) -> bytes:
+        """``chunk`` without waiting: write what the socket takes now and return the rest of the frame
+        (empty when all of it went).  Raises ``ClientDisconnected`` when the connection is gone."""
+        self._require_streaming()
+        if not data or self._head_only:
+            return b""
+        if self.disconnected:
+            raise ClientDisconnected("client went away")
+        frame = self._frame(data)
+        stream = self._stream
+        if type(stream) is not trio.SocketStream:
+            return frame
+        try:
+            sent = stream.socket._sock.send(frame)  # type: ignore[attr-defined]  # the stdlib socket
+        except BlockingIOError:
+            return frame
+        except OSError as exc:
+            self.mark_disconnected()
+            raise ClientDisconnected("client went away") from exc
+        return frame[sent:]
+
+    async def write_rest(self, rest: bytes) -> None:
+        """Write what ``chunk_nowait`` left over (waiting for room)."""
+        await self._write(rest)
+
     def _frame(self, data: bytes) -> bytes:
         return b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
 
@@ -216,6 +244,105 @@ class Responder:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.mark_disconnected()
             raise ClientDisconnected("client went away") from exc
+
+
+class _Paced:
+    """One stream's timed chunks with the ``Pacer``."""
+
+    __slots__ = ("done", "error", "events", "gone", "next", "rest", "send", "t0")
+
+    def __init__(self, send: Responder, t0: float, events: Sequence[tuple[float, bytes]]) -> None:
+        self.send = send
+        self.t0 = t0
+        self.events = events
+        self.next = 0  # the index of the next chunk to write
+        self.done = trio.Event()  # set when the stream's task has something to do: all written, a rest, an error
+        self.rest = b""
+        self.error: Exception | None = None
+        self.gone = False  # the stream's task stopped waiting (cancelled)
+
+
+class Pacer:
+    """Writes the timed chunks of many streams from one task.
+
+    A stream that sleeps until each chunk is due and then writes it costs a wake-up of its task (and
+    trio's socket layers) per chunk; with thousands of slow streams open that is most of a core, which
+    a load test's upstream cannot spend.  ``play`` hands a stream's chunks here: one task keeps them in
+    a heap by due time and writes every chunk that is due with one non-blocking ``send``.  The stream's
+    task wakes only when all its chunks went, when the socket took only part of one (it writes the
+    rest itself, then hands the stream back), or when the client left.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Paced]] = []
+        self._order = itertools.count()
+        self._wake: trio.CancelScope | None = None
+        self._running = False
+
+    async def play(self, send: Responder, t0: float, events: Sequence[tuple[float, bytes]]) -> None:
+        """Write ``events`` (``(seconds after t0, chunk)``) on ``send`` on time; return when all went.
+
+        Raises ``ClientDisconnected`` as ``send.chunk`` would.
+        """
+        paced = _Paced(send, t0, events)
+        try:
+            while paced.next < len(events):
+                self._add(paced)
+                await paced.done.wait()
+                paced.done = trio.Event()
+                if paced.error is not None:
+                    raise paced.error
+                if paced.rest:
+                    rest, paced.rest = paced.rest, b""
+                    await send.write_rest(rest)
+        finally:
+            paced.gone = True
+
+    def _add(self, paced: _Paced) -> None:
+        due = paced.t0 + paced.events[paced.next][0]
+        heapq.heappush(self._heap, (due, next(self._order), paced))
+        if not self._running:
+            self._running = True
+            trio.lowlevel.spawn_system_task(self._tick, name="mock pacer")
+        elif self._wake is not None and due < self._wake.deadline:
+            self._wake.deadline = due
+
+    async def _tick(self) -> None:
+        heap = self._heap
+        try:
+            while heap:
+                with trio.CancelScope(deadline=heap[0][0]) as wake:
+                    self._wake = wake
+                    await trio.sleep_forever()
+                self._wake = None
+                now = trio.current_time()
+                while heap and heap[0][0] <= now:
+                    _, _, paced = heapq.heappop(heap)
+                    if not paced.gone:
+                        self._write_due(paced, now)
+        finally:
+            self._wake = None
+            self._running = False
+
+    def _write_due(self, paced: _Paced, now: float) -> None:
+        events = paced.events
+        while paced.next < len(events) and paced.t0 + events[paced.next][0] <= now:
+            data = events[paced.next][1]
+            paced.next += 1
+            try:
+                rest = paced.send.chunk_nowait(data)
+            except Exception as exc:  # ClientDisconnected, or a misuse: the stream's task raises it
+                paced.error = exc
+                paced.done.set()
+                return
+            if rest:
+                paced.rest = rest
+                paced.done.set()
+                return
+        if paced.next < len(events):
+            heapq.heappush(self._heap, (paced.t0 + events[paced.next][0], next(self._order), paced))
+        else:
+            paced.done.set()
 
 
 def _error_body(message: str) -> bytes:

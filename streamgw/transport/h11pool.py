@@ -24,9 +24,8 @@ slot, write, read); ``trio.Cancelled`` is never swallowed.
 
 from __future__ import annotations
 
-import errno
 import math
-import socket as stdlib_socket
+import socket as stdsocket
 import ssl
 import sys
 import time
@@ -40,6 +39,7 @@ import trio
 
 from streamgw.transport.errors import CONNECTING, READING, WAITING, WRITING, ProtocolViolation
 from streamgw.transport.http1body import BodyDecoder, framing
+from streamgw.transport.sockio import plain_socket, receive_plain
 
 __all__ = ["BODY_EXTENSION", "CONNECT_TO_EXTENSION", "TrioH11Transport"]
 
@@ -59,8 +59,6 @@ Origin = tuple[bytes, bytes, int, str]
 _DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
 #: h11 rejects a response head bigger than this.
 _MAX_HEAD_SIZE: Final = 64 * 1024
-#: errnos of a socket closed by this process (trio's ``SocketStream`` reports ``ClosedResourceError`` for them)
-_CLOSED_ERRNOS: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
 #: failures that, on a reused connection with no response byte yet, mean "stale"
 _STALE_ERRORS: Final = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
@@ -71,13 +69,6 @@ def _asks_close(headers: Any) -> bool:
         if name.lower() == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]:
             return True
     return False
-
-
-def _stream_error(exc: OSError) -> Exception:
-    """What trio's ``SocketStream`` raises for ``exc`` from its socket."""
-    if exc.errno in _CLOSED_ERRNOS:
-        return trio.ClosedResourceError("this socket was already closed")
-    return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
 def _deadline(seconds: float | None) -> float:
@@ -144,10 +135,8 @@ class _Connection:
         self.origin = origin
         self.stream = stream
         self.socket = socket
-        #: the non-blocking stdlib socket when the connection is plain TCP (None with TLS): the body is read
-        #: from it directly (``_recv_plain``)
-        self.plain: stdlib_socket.socket | None = (
-            socket._sock if type(stream) is trio.SocketStream else None)  # type: ignore[attr-defined]
+        #: the stdlib socket under a plain TCP stream (None with TLS): reads skip ``SocketStream``'s layers
+        self.plain: stdsocket.socket | None = plain_socket(stream)
         self.read_chunk = read_chunk
         #: made by ``exchange`` (a new connection) or at check-in (a kept one); ``None`` once a head was read
         self.h11: h11.Connection | None = None
@@ -271,15 +260,19 @@ class _Connection:
 
     async def _receive_raw(self, read_timeout: float | None) -> bytes:
         """The next bytes from the socket (b"" at EOF)."""
+        plain = self.plain
         if read_timeout is None:  # no cancel scope: entering one costs about as much as the receive
-            data = await self.stream.receive_some(self.read_chunk)
+            data = await (receive_plain(plain, self.read_chunk) if plain is not None
+                          else self.stream.receive_some(self.read_chunk))
         else:
             data = None
             with trio.CancelScope(deadline=trio.current_time() + read_timeout):
-                data = await self.stream.receive_some(self.read_chunk)
+                data = await (receive_plain(plain, self.read_chunk) if plain is not None
+                              else self.stream.receive_some(self.read_chunk))
             if data is None:  # the deadline cancelled the receive
                 raise trio.TooSlowError("timed out waiting for the server")
         return data if type(data) is bytes else bytes(cast(bytearray, data))  # SSLStream gives a bytearray
+
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -323,20 +316,17 @@ class _ResponseStream(httpx.AsyncByteStream):
                     if plain is None:
                         raw = await conn._receive_raw(self._read_timeout)
                     else:
-                        # ``SocketStream.receive_some`` on the plain socket, with its checkpoints and errors,
-                        # written out: trio's way holds four more coroutine frames and a context manager for
-                        # all of the wait (about 1.3 KB per open stream).  The wait is outside the ``except``:
+                        # ``sockio.receive_plain``, written out: a quiet stream waits here, and one more
+                        # coroutine frame would be held for all of it.  The wait is outside the ``except``:
                         # inside, it would keep the BlockingIOError and its traceback alive as long.
                         await trio.lowlevel.checkpoint_if_cancelled()
                         waited = False
                         while True:
                             try:
-                                raw = plain.recv(conn.read_chunk)
+                                raw = plain.recv(conn.read_chunk)  # an OSError is mapped below
                                 break
                             except BlockingIOError:
                                 pass
-                            except OSError as exc:
-                                raise _stream_error(exc) from (None if exc.errno in _CLOSED_ERRNOS else exc)
                             await trio.lowlevel.wait_readable(plain)  # ClosedResourceError if closed meanwhile
                             waited = True
                         if not waited:  # a read that found its bytes waiting still lets other tasks run

@@ -32,3 +32,15 @@ def test_counts_a_variant_and_the_bare_proxy(tmp_path: Path, capsys: pytest.Capt
 def test_unknown_variants_are_refused() -> None:
     with pytest.raises(SystemExit):
         main(["--variants", "nope"])
+
+
+def test_the_store_variants_configure_their_store(tmp_path: Path) -> None:
+    from bench.icount import VARIANTS, _base
+
+    def store_table(name: str) -> str:
+        return _base(1234, tmp_path, VARIANTS[name]).split("[store]\n", 1)[1].split("\n[", 1)[0]
+
+    assert store_table("plain") == f'backend = "sqlite"\npath = "{tmp_path}/store.db"'
+    assert store_table("no-store") == 'backend = "none"'
+    assert store_table("memory-store") == 'backend = "memory"'
+    assert store_table("no-confirm") == f'backend = "sqlite"\npath = "{tmp_path}/store.db"\nconfirm_writes = false'

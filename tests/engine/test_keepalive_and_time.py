@@ -159,3 +159,45 @@ async def test_total_timeout_ends_a_stream_that_keeps_going(autojump_clock: trio
     status, raw = await asgi_post(slow_demo(10.0, idle=60, total=100, keepalive=0), body("demo/demo"))
     final = check_events(events_of(raw))
     assert status == 200 and final["status"] == "failed" and final["error"]["code"] == "upstream_total_timeout"
+
+
+async def test_the_idle_timeout_comes_when_the_silence_reaches_it(autojump_clock: trio.testing.MockClock) -> None:
+    # first token at 1 s, the next 90 s later: the 60 s idle timeout ends the stream at 61 s, not a period later
+    start = trio.current_time()
+    status, raw = await asgi_post(slow_demo(90.0, idle=60, first_token=120, keepalive=0), body("demo/demo"))
+    elapsed = trio.current_time() - start
+    assert status == 200
+    assert check_events(events_of(raw))["error"]["code"] == "upstream_idle_timeout"
+    assert 60.9 < elapsed < 61.5, elapsed
+
+
+def deadline_timers() -> int:
+    """Tasks named like the engine's stream deadline timer, anywhere in this trio run."""
+    found = 0
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        found += task.name == "streamgw stream deadlines"
+        todo.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return found
+
+
+async def test_many_streams_share_one_deadline_timer_that_ends_with_them(
+        autojump_clock: trio.testing.MockClock) -> None:
+    results: list[tuple[int, bytes]] = []
+
+    async def one(model: str) -> None:
+        results.append(await asgi_post(slow_demo(10.0, idle=15, keepalive=0), body(model)))
+
+    assert deadline_timers() == 0
+    async with trio.open_nursery() as nursery:
+        for _ in range(30):
+            nursery.start_soon(one, "demo/demo")
+        await trio.sleep(30)
+        assert deadline_timers() == 1  # 30 streams, one timer
+    # each silent 10 s between tokens, under a 15 s idle timeout: none cut
+    assert [check_events(events_of(raw))["status"] for _, raw in results] == ["completed"] * 30
+    await trio.sleep(0.5)
+    assert deadline_timers() == 1  # it outlives the last stream (a next one would need it again)
+    await trio.sleep(15)
+    assert deadline_timers() == 0  # and ends by the last stream's idle deadline

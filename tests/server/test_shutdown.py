@@ -7,6 +7,7 @@ about N x D seconds.  Times are read on the trio clock on both sides of each eve
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -119,7 +120,9 @@ async def test_streams_past_the_deadline_end_with_response_failed_and_the_proces
     assert error["code"] == "server_error" and SHUTDOWN_MESSAGE in error["message"]
     assert drain - 0.05 <= answered - signalled <= drain + 0.5
     assert exited - signalled < drain + 1.0  # shortly after the deadline, not at the hard cut
-    assert "drain deadline reached: ending 3 request(s) still in flight" in gw.log_text()
+    # The streams' runs end at the same deadline: each may be over before the worker counts (its turn comes
+    # in any order), the non-streamed answer takes a few more turns.
+    assert re.search(r"drain deadline reached: ending [123] request\(s\) still in flight", gw.log_text())
 
 
 async def test_readyz_answers_503_while_draining_on_a_connection_opened_before(

@@ -84,8 +84,8 @@ async def test_body_chunks_bypass_h11_and_keep_its_state(mock_port: int, monkeyp
         finally:
             await client.aclose()
     assert len(writes) >= 2 * 10  # paced: most deltas are written one by one
-    # per response, whatever the number of chunks: the head with the first chunk, the last chunk, the end
-    once = [h11.Response, h11.Data, h11.Data, h11.EndOfMessage]
+    # per response, whatever the number of chunks: the head and the end (every chunk is framed directly)
+    once = [h11.Response, h11.EndOfMessage]
     assert server_sends == once * 2, [t.__name__ for t in server_sends]
 
 
@@ -125,7 +125,7 @@ def _tasks(task: trio.lowlevel.Task) -> int:
 
 async def test_an_open_stream_costs_two_tasks(mock_port: int) -> None:
     """The connection's task and the ASGI application's: no watcher per connection or per request
-    (disconnects call back, keepalives come from one timer task per worker)."""
+    (disconnects call back, keepalives and stream deadlines come from one timer task each per worker)."""
     config = chat_config(mock_port)
     streams = 20
     async with running_gateway(config) as port:
@@ -140,7 +140,7 @@ async def test_an_open_stream_costs_two_tasks(mock_port: int) -> None:
             for client in clients:
                 assert (await client.response_head()).status_code == 200
             await trio.sleep(0.3)
-            per_stream = (_tasks(root) - before - 1) / streams  # - 1: the keepalive timer
+            per_stream = (_tasks(root) - before - 2) / streams  # - 2: the keepalive and deadline timers
         finally:
             for client in clients:
                 await client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import select
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+import h11
 import httpx
 import openai
 import pytest
@@ -18,7 +20,7 @@ import trio
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from streamgw.testing.chat_mock import ChatCompletionsMock, mask_key, parse_model, prompt_tokens
-from streamgw.testing.server import MockRequest, MockServerStats, Responder, serve_http
+from streamgw.testing.server import MockRequest, MockServerStats, Pacer, Responder, serve_http
 
 KEY = "sk-test-mock-key-0123456789"
 PROMPT = "What is the weather in Paris?"
@@ -507,3 +509,58 @@ async def test_handler_failure_is_a_500_and_the_server_survives(nursery: trio.Nu
         with pytest.raises(httpx.RemoteProtocolError):
             await http.get("/cut")
         assert (await http.get("/ok")).text == "ab"
+
+
+# ------------------------------------------------------------------------------ the shared pacer
+
+
+async def test_paced_streams_are_the_same_bytes_on_the_same_schedule(nursery: trio.Nursery) -> None:
+    """``pacer=Pacer()`` (the bench's mock): one task writes the timed chunks of every stream."""
+    plain, paced = ChatCompletionsMock(), ChatCompletionsMock(pacer=Pacer())
+    answers: dict[str, tuple[list[bytes], list[float]]] = {}
+
+    async def read(name: str, port: int) -> None:
+        async with await post_stream(port, "text:tokens=5,ttft=0.02,token_delay=0.03") as stream:
+            start, received, chunks, times = trio.current_time(), b"", [], []
+            with trio.fail_after(5):
+                while not received.endswith(b"0\r\n\r\n"):
+                    data = await stream.receive_some()
+                    assert data
+                    received += data
+                    chunks.append(data)
+                    times.append(trio.current_time() - start)
+        answers[name] = (chunks, times)
+
+    ports = {"plain": await nursery.start(plain.serve), "paced": await nursery.start(paced.serve)}
+    async with trio.open_nursery() as clients:
+        for name, port in ports.items():
+            for i in range(4):
+                clients.start_soon(read, f"{name}{i}", port)
+
+    def body(chunks: list[bytes]) -> bytes:  # the SSE body, ids and timestamps (they differ per request) left out
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="POST", target="/", headers=[("host", "m"), ("content-length", "0")]))
+        conn.receive_data(b"".join(chunks))
+        data = b""
+        while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+            if isinstance(event, h11.Data):
+                data += event.data
+        return re.sub(rb'"(id|created)":("[^"]*"|\d+)', b"", data)
+
+    reference = body(answers["plain0"][0])
+    assert reference.count(b'"content":"tok') == 5 and reference.endswith(b"data: [DONE]\n\n")
+    for name, (chunks, times) in answers.items():
+        assert body(chunks) == reference, name
+        # role and tok0 at ttft, each later token 30 ms after the previous one: 0.02 + 4 * 0.03
+        assert 0.14 - 0.005 < times[-1] < 0.14 + 0.1, (name, times)
+    assert not paced.pacer._heap and not paced.pacer._running  # the pacer's task ended with the streams
+
+
+async def test_a_paced_client_that_leaves_is_recorded_and_forgotten(nursery: trio.Nursery) -> None:
+    mock = ChatCompletionsMock(pacer=Pacer())
+    port = await nursery.start(mock.serve)
+    async with await post_stream(port, "text:tokens=1000,token_delay=0.01") as stream:
+        await read_until(stream, b"tok3 ")
+    await wait_until(lambda: mock.stats.disconnects)
+    await wait_until(lambda: mock.stats.connections_open == 0)
+    await wait_until(lambda: not mock.pacer._running)  # its entry was dropped, not written to a closed socket
