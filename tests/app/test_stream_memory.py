@@ -2,16 +2,15 @@
 
 A stream that is quiet for minutes should hold only what its next events need: not the first events
 (their response snapshots and the snapshots' JSON text), not the last batch of deltas and events, not
-the upstream's response headers, the ``httpx.Response`` around its body or the request body's JSON; and
-no more than a few coroutine frames (each costs ~0.25 KB for as long as the stream lasts): no per-request
-memory channel, no socket wrapper layers, no framework layers between hypercorn and the endpoint.  The
-gateway runs in this process, so its live objects can be looked at.
+the upstream's response headers, the ``httpx.Response`` around its body or the request body's JSON, no
+per-request memory channel or socket error; and its request task waits under few coroutine frames (each
+costs ~0.25 KB for as long as the stream lasts: no socket wrapper layers, no framework layers between
+hypercorn and the endpoint).  The gateway runs in this process, so its live objects can be looked at.
 """
 
 from __future__ import annotations
 
 import gc
-import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -31,9 +30,9 @@ T = TypeVar("T")
 # a token every 2 s: between two of them the stream is quiet
 SLOW = {"model": "up/text:tokens=50,token_delay=2", "input": "hi", "stream": True}
 STREAMS = 3
-#: coroutines an open, quiet SSE stream keeps suspended (its request task's chain, down to the upstream socket
-#: wait, and its connection's read loop): 36 before issue 15's memory work, 25 after it
-MAX_COROUTINES_PER_STREAM = 27
+#: coroutines a quiet SSE stream's request task waits under (from hypercorn's task entry down to trio's wait
+#: on the upstream socket): 19 before issue 15's memory work, 11 after it
+MAX_COROUTINES_PER_STREAM = 12
 
 
 def _held() -> dict[str, int]:
@@ -62,9 +61,22 @@ def _held() -> dict[str, int]:
     return found
 
 
-def _suspended_coroutines() -> int:
+def _chain(task: trio.lowlevel.Task) -> list[str]:
+    """The names of the coroutines (and generators) a task waits under, outermost first."""
+    names = []
+    awaited: object = task.coro
+    while awaited is not None:
+        code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
+        names.append(code.co_qualname if code is not None else type(awaited).__name__)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return names
+
+
+def _stream_coroutines() -> int:
+    """The coroutines the streams' request tasks wait under."""
     gc.collect()
-    return sum(1 for o in gc.get_objects() if type(o) is types.CoroutineType and o.cr_frame is not None)
+    return sum(len(chain) for o in gc.get_objects()
+               if type(o) is trio.lowlevel.Task and "ResponsesEndpoint.__call__" in (chain := _chain(o)))
 
 
 @asynccontextmanager
@@ -106,6 +118,7 @@ async def test_a_quiet_open_stream_keeps_no_first_events_last_batch_or_upstream_
 
 
 async def test_a_quiet_open_stream_waits_under_few_coroutines() -> None:
-    async with _quiet_streams(_suspended_coroutines) as before:
-        per_stream = (_suspended_coroutines() - before) / STREAMS
+    async with _quiet_streams(_stream_coroutines) as before:
+        assert before == 0
+        per_stream = _stream_coroutines() / STREAMS
     assert per_stream <= MAX_COROUTINES_PER_STREAM, per_stream
