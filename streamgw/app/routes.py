@@ -53,11 +53,12 @@ class ResponsesFirst:
         self._app = app
         self._endpoint = endpoint
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        # Not a coroutine function: the endpoint's coroutine is returned, so a stream's task does not hold one
+        # more frame (this one) for as long as the stream lasts.
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/responses":
-            await self._endpoint(scope, receive, send)
-        else:
-            await self._app(scope, receive, send)
+            return self._endpoint(scope, receive, send)
+        return self._app(scope, receive, send)
 
 
 def create_app(config: Config) -> QuartTrio:

@@ -111,8 +111,8 @@ class _Exchange:
     the same time: ``busy`` marks a send in progress and the other side waits for it.
     """
 
-    __slots__ = ("_send", "_waiter", "busy", "committed", "ended", "entry", "gone", "headers", "last_write",
-                 "request_id", "sent", "status")
+    __slots__ = ("_send", "_waiter", "busy", "committed", "ended", "entry", "gone", "headers", "last_write", "live",
+                 "request_id", "sent", "status", "work")
 
     def __init__(self, send: Send, request_id: str) -> None:
         self._send = send
@@ -128,6 +128,26 @@ class _Exchange:
         self.gone = False
         #: headers every answer carries besides the usual ones (the admission's rate-limit state)
         self.headers: Mapping[str, str] = {}
+        self.live: LiveResponse | None = None  # the response, once the lifecycle has begun
+        #: what a disconnect cancels (``client_left``), while the response is being served
+        self.work: trio.CancelScope | None = None
+
+    # ``client_left`` and ``deliver`` are methods rather than closures made per request: an open stream holds
+    # them for its whole life, and a closure costs a function and a cell per captured name.
+
+    def client_left(self) -> None:
+        """The ``streamgw.disconnect`` callback: the work ends, unless the last bytes went out already."""
+        if not self.ended:  # after the last bytes a close changes nothing
+            self.gone = True
+            if self.work is not None:
+                self.work.cancel()
+
+    async def deliver(self, events: list[Any]) -> None:
+        """The SSE sink: each batch as one write; the batch with the terminal event ends the body."""
+        live = self.live
+        assert live is not None
+        await self.write(encode_events(events), more=not live.done)
+        live.entry.wrote(self.last_write)
 
     async def _idle(self) -> None:
         while self.busy:
@@ -201,11 +221,58 @@ class ResponsesEndpoint:
         self.keepalives = KeepaliveTimer()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request: ``_begin`` (authenticate, read, parse, open the lifecycle), then the response.
+
+        Serving is written out here rather than in a method of its own: this frame waits for as long as the
+        response lasts, and so would every frame below it (an open stream holds each of them).
+        """
+        exchange = _Exchange(send, request_id(_header(scope, b"x-request-id")))
+        live = await self._begin(scope, receive, exchange)
+        if live is None:
+            return
+        notice: _DisconnectNotice | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        try:
+            if notice is None:
+                await self._serve_watched(live, exchange, receive)
+                return
+            # With a server that calls back on disconnect (``streamgw.disconnect``, our hypercorn), the request
+            # needs no task of its own to look out for the client, and its keepalives come from the worker's
+            # one ``KeepaliveTimer``; any other ASGI server gets a watcher task (``_serve_watched``).
+            failure: Exception | None = None
+            exchange.live = live
+            left = exchange.client_left
+            with trio.CancelScope() as work:
+                exchange.work = work
+                if not notice.on_disconnect(left):
+                    left()  # the client left before the work began
+                ticket = self.keepalives.add(exchange, live, work) if live.request.stream else None
+                try:
+                    async with live:
+                        if live.request.stream:
+                            await live.stream(exchange.deliver)
+                        else:
+                            final = await live.collect()
+                            await exchange.respond(200, json_body(final), [])
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    notice.forget(left)
+                    exchange.work = None
+                    if ticket is not None:
+                        ticket.close()
+            if failure is not None:
+                raise failure
+        except GatewayError as error:  # the lifecycle mapped everything else to internal_error
+            if not exchange.gone:
+                await _render(exchange, error, live)
+        finally:
+            live.release()
+
+    async def _begin(self, scope: Scope, receive: Receive, exchange: _Exchange) -> LiveResponse | None:
+        """Authenticate, read and parse the body, and open the lifecycle; None when the request was answered."""
         gw = self.gw
         started = trio.current_time()
-        exchange = _Exchange(send, request_id(_header(scope, b"x-request-id")))
         trace = parse_traceparent(_header(scope, b"traceparent"))
-        live: LiveResponse | None = None
         try:
             caller = await gw.authenticate(_header(scope, b"authorization"))
         except GatewayError as error:
@@ -214,11 +281,11 @@ class ResponsesEndpoint:
             finally:
                 gw.responses.refused("sse", exchange.request_id, error, trace=trace, started=started,
                                      http_version=str(scope.get("http_version", "")), bytes_out=exchange.sent)
-            return
+            return None
         try:
             req = await self._request(scope, receive)
         except _ClientGone:
-            return
+            return None
         except GatewayError as error:
             try:
                 if gw.responses.admission and caller.key is not None:
@@ -227,20 +294,14 @@ class ResponsesEndpoint:
             finally:
                 gw.responses.refused("sse", exchange.request_id, error, caller, trace=trace, started=started,
                                      http_version=str(scope.get("http_version", "")), bytes_out=exchange.sent)
-            return
+            return None
         live = open_response(gw.responses, caller, req, door="sse" if req.stream else "json",
                              request_id=exchange.request_id, started=started, trace=trace)
         live.entry.http_version = str(scope.get("http_version", ""))
         live.hold = True  # logged once the error below is written too
         exchange.entry = live.entry
         exchange.headers = live.headers  # filled by admission (or, for a refusal before it, when the block ends)
-        try:
-            await self._serve(live, exchange, receive, scope)
-        except GatewayError as error:  # the lifecycle mapped everything else to internal_error
-            if not exchange.gone:
-                await _render(exchange, error, live)
-        finally:
-            live.release()
+        return live
 
     async def _request(self, scope: Scope, receive: Receive) -> ResponsesRequest:
         """Read and parse the body within the worker's ``BodyBudget``.
@@ -255,39 +316,6 @@ class ResponsesEndpoint:
             return parse_request(body)
         finally:
             claim.release()
-
-    async def _serve(self, live: LiveResponse, exchange: _Exchange, receive: Receive, scope: Scope) -> None:
-        """Run the lifecycle while the client is looked out for (and keepalives are sent).
-
-        With a server that calls back on disconnect (``streamgw.disconnect``, our hypercorn), the request
-        needs no task of its own for that, and its keepalives come from the worker's one
-        ``KeepaliveTimer``; any other ASGI server gets a watcher task (``_watch``).
-        """
-        notice: _DisconnectNotice | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
-        if notice is None:
-            await self._serve_watched(live, exchange, receive)
-            return
-        failure: Exception | None = None
-        with trio.CancelScope() as work:
-
-            def gone() -> None:
-                if not exchange.ended:  # after the last bytes a close changes nothing
-                    exchange.gone = True
-                    work.cancel()
-
-            if not notice.on_disconnect(gone):
-                gone()  # the client left before the work began
-            ticket = self.keepalives.add(exchange, live, work) if live.request.stream else None
-            try:
-                await _run(live, exchange)
-            except Exception as exc:
-                failure = exc
-            finally:
-                notice.forget(gone)
-                if ticket is not None:
-                    ticket.close()
-        if failure is not None:
-            raise failure
 
     async def _serve_watched(self, live: LiveResponse, exchange: _Exchange, receive: Receive) -> None:
         failure: Exception | None = None
@@ -306,7 +334,8 @@ class ResponsesEndpoint:
 async def _run(live: LiveResponse, exchange: _Exchange) -> None:
     async with live:
         if live.request.stream:
-            await live.stream(_writer(exchange, live))
+            exchange.live = live
+            await live.stream(exchange.deliver)
         else:
             final = await live.collect()
             await exchange.respond(200, json_body(final), [])
@@ -406,18 +435,6 @@ class KeepaliveTimer:
                         due = now + interval  # the write moves last_write on; a busy stream waits a round
                     if due < math.inf:
                         heapq.heappush(heap, (due, next(self._order), ticket))
-
-
-def _writer(exchange: _Exchange, live: LiveResponse) -> Callable[[list[Any]], Awaitable[None]]:
-    """The SSE sink: each batch as one write; the batch with the terminal event ends the body."""
-
-    entry = live.entry
-
-    async def deliver(events: list[Any]) -> None:
-        await exchange.write(encode_events(events), more=not live.done)
-        entry.wrote(exchange.last_write)
-
-    return deliver
 
 
 async def _render(exchange: _Exchange, error: GatewayError, live: LiveResponse | None) -> None:
@@ -533,13 +550,17 @@ def _take(message: Message, parts: list[bytes], size: int, expected: int, limit:
 
 
 def _queued(receive: Receive) -> Callable[[], Message] | None:
-    """The non-blocking twin of ``receive`` when the server's is a trio memory channel's (hypercorn's).
+    """The non-blocking twin of ``receive`` when the server's is a trio memory channel's (hypercorn's), or a
+    queue that says its ``receive_nowait`` raises ``trio.WouldBlock`` as trio's does (our hypercorn's ``AppInbox``).
 
     A body that came in the same packets as the head is already queued when the handler starts;
     taking it without a checkpoint saves a trip through the scheduler on the way to the first event.
     """
     channel = getattr(receive, "__self__", None)
-    return channel.receive_nowait if isinstance(channel, trio.MemoryReceiveChannel) else None
+    if isinstance(channel, trio.MemoryReceiveChannel) or getattr(channel, "nowait_raises_would_block", False):
+        nowait: Callable[[], Message] = channel.receive_nowait  # type: ignore[union-attr]
+        return nowait
+    return None
 
 
 def _closing_headers(scope: Scope) -> dict[str, str]:

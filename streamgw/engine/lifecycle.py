@@ -31,7 +31,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -325,6 +325,23 @@ class LiveResponse:
             if request.stream:
                 self.keepalive = keepalive_of(plan, responses.engine.timeouts)
 
+    def _drop_raw(self) -> None:
+        """Forget the body's JSON (``raw``) once the upstream request is made from it (``ResponseRun.open``).
+
+        Only a native upstream's request is built from ``raw``, and no attempt starts after the run opens;
+        the parsed fields (the echo, the store's input items, the request log) stay.  An answer that streams
+        for minutes need not hold the body twice.
+        """
+        request, original = self.request, self.entry.request
+        if request.raw:
+            self.request = slim = replace(request, raw={})
+            if self.expansion is not None and self.expansion.request is request:
+                self.expansion = replace(self.expansion, request=slim)
+            if original is request:
+                self.entry.request = slim
+        if original is not None and original is not request and original.raw:
+            self.entry.request = replace(original, raw={})
+
     def _expanded(self) -> Expansion:
         """The request's expansion, made now if ``_open`` left it for later (a request naming nothing stored)."""
         if self.expansion is None:
@@ -390,6 +407,7 @@ class LiveResponse:
             self._record_since = time.time()  # the recorder is made with the expansion
         self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started,
                                                 attempts=self.entry.attempts, trace=self._trace)
+        self._drop_raw()
         self.entry.mark("translated")  # the first events exist (``run.initial``)
         self.keepalive = run.opened.timeouts.keepalive if request.stream else 0.0
         self.entry.label = self.entry.provider = run.provider

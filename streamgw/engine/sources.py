@@ -100,8 +100,10 @@ class HttpSource:
         # Its headers were read (``open_stream``: a 2xx); from here only the body is: an answer that streams
         # for minutes need not hold them (a shared empty set, never written to).
         response.headers = _NO_HEADERS
-        self._response = response
         self._chunks: AsyncIterator[bytes] = raw_chunks(response)
+        # Our transport's body closes itself (``raw_chunks`` hands it over): the ``httpx.Response`` around it (its
+        # extensions, history and state, ~0.5 KB) need not be kept for as long as the answer streams.
+        self._response: httpx.Response | None = None if isinstance(self._chunks, httpx.AsyncByteStream) else response
         self._translator = translator
         self._secrets = secrets
         self._ended = False
@@ -141,7 +143,10 @@ class HttpSource:
             if isinstance(chunks, AsyncGeneratorType):
                 await chunks.aclose()  # httpx's wrapper: finalise it here, not in the garbage collector
         finally:
-            await self._response.aclose()
+            if self._response is not None:
+                await self._response.aclose()
+            elif isinstance(chunks, httpx.AsyncByteStream):
+                await chunks.aclose()
 
 
 async def open_stream(

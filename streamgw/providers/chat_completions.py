@@ -409,6 +409,10 @@ def _first_choice(choices: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((choice for choice in choices if choice.get("index", 0) == 0), None)
 
 
+#: the tool-call state of a translator that has seen no call yet (empty, shared, never written to)
+_NO_CALLS: dict[Any, Any] = {}
+
+
 class ChatStreamTranslator:
     """Chat Completions SSE body bytes → neutral deltas.
 
@@ -441,11 +445,13 @@ class ChatStreamTranslator:
         self._secrets = tuple(secrets)
         self._ended = False  # [DONE] seen or failure emitted: ignore everything after
         self._finished = False  # a finish_reason was seen
-        self._open: dict[_ToolKey, None] = {}  # open calls, in start order
-        # dicts as sets: an empty set is 216 bytes, an empty dict 64, and most answers call no tool
-        self._started: dict[_ToolKey, None] = {}
-        self._by_id: dict[str, _ToolKey] = {}  # upstream call id → key, for fragments without index
-        self._used_ids: dict[str, None] = {}
+        # Dicts as sets (an empty set is 216 bytes, an empty dict 64), and until the first tool call all four
+        # are the one shared empty ``_NO_CALLS``, never written to: most answers call no tool, and a stream
+        # holds its translator for as long as it lasts.  ``_start_call`` makes them.
+        self._open: dict[_ToolKey, None] = _NO_CALLS  # open calls, in start order
+        self._started: dict[_ToolKey, None] = _NO_CALLS
+        self._by_id: dict[str, _ToolKey] = _NO_CALLS  # upstream call id → key, for fragments without index
+        self._used_ids: dict[str, None] = _NO_CALLS
         self._last_key: _ToolKey | None = None
 
     def feed(self, chunk: bytes) -> list[Delta]:
@@ -574,6 +580,8 @@ class ChatStreamTranslator:
 
     def _start_call(self, key: _ToolKey, upstream_id: object, name: object, out: list[Delta]) -> None:
         """Emit ``ToolCallStart``; a missing or already used upstream id gets a minted one."""
+        if self._started is _NO_CALLS:  # the answer's first call
+            self._open, self._started, self._by_id, self._used_ids = {}, {}, {}, {}
         candidate = upstream_id if upstream_id and type(upstream_id) is str else key
         if type(candidate) is str and candidate not in self._used_ids:
             call_id = candidate
@@ -607,8 +615,9 @@ class ChatStreamTranslator:
 
     def _close_calls(self, out: list[Delta]) -> None:
         """``ToolCallEnd`` for every open call, in start order."""
-        out.extend(ToolCallEnd(key) for key in self._open)
-        self._open.clear()
+        if self._open:  # (never clears the shared ``_NO_CALLS``)
+            out.extend(ToolCallEnd(key) for key in self._open)
+            self._open.clear()
 
     def _fail(self, out: list[Delta], code: str, message: str) -> None:
         """Emit the one ``UpstreamFailure`` and ignore the rest of the stream."""

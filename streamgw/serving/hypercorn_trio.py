@@ -146,6 +146,7 @@ from h11._connection import _body_framing
 from h11._headers import Headers as H11Headers
 from h11._headers import get_comma_header
 from h11._writers import ChunkedWriter
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Body, EndBody, Request, Response, StreamClosed
@@ -153,21 +154,28 @@ from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.trio.worker_context import EventWrapper, TrioSingleTask
 from hypercorn.utils import suppress_body
 from priority.priority import DeadlockError, DuplicateStreamError, MissingStreamError, PriorityTree
+from quart import Quart
 
 from streamgw.errors import GatewayError, InvalidRequest
 from streamgw.serving.connections import ConnectionSlots
 
 __all__ = [
     "DISCONNECT_EXTENSION",
+    "AppInbox",
     "DirectBodyHTTPStream",
     "DisconnectNotice",
     "FairH2Protocol",
     "GatewayHypercornConfig",
     "H1OnlyCapableProtocol",
+    "InboxTaskGroup",
+    "LazyEvent",
     "LeanServerConnection",
+    "LightLock",
     "RoundRobinScheduler",
     "SerialisedTCPServer",
     "install",
@@ -176,6 +184,8 @@ __all__ = [
 ]
 
 _H2_PREFACE_TARGET = (b"PRI", b"*", b"2.0")
+#: ``scope["asgi"]`` as hypercorn 0.18 writes it (the same for every request)
+_ASGI: dict[str, str] = {"spec_version": "2.1", "version": "3.0"}
 #: the ASGI extension (``scope["extensions"]``) that carries a request's ``DisconnectNotice``
 DISCONNECT_EXTENSION = "streamgw.disconnect"
 #: seconds between two looks at a connection's cancellation while a write waits for its client to read
@@ -193,6 +203,13 @@ class SerialisedTCPServer(TCPServer):
     _read_done = False
     #: the nursery the connection's task runs in (its server's connections)
     _home: trio.Nursery | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The connection's two locks (writes; the keep-alive timer's restarts) without trio's parking lots.
+        self.send_lock: LightLock = LightLock()  # type: ignore[assignment]
+        if type(self.idle_task) is TrioSingleTask:
+            self.idle_task._lock = LightLock()  # type: ignore[assignment]
 
     async def run(self) -> None:
         """Serve the connection; a failure inside it ends this connection, not the worker.
@@ -256,14 +273,22 @@ class SerialisedTCPServer(TCPServer):
         open connection while it waits, for nothing."""
         stream = self.stream
         handle = self.protocol.handle
+        plain = self._raw_socket
         while True:
-            try:
-                data = await stream.receive_some(MAX_RECV)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                break
+            data: bytes | bytearray | None
+            if plain is not None:
+                data = await _recv_plain(plain)  # the same, holding less while it waits
+                if data is None:
+                    break
+            else:
+                try:
+                    data = await stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
             await handle(RawData(bytes(data)))
             if data == b"":
                 break
+            del data  # not held through the next wait (a request's head and body, for as long as it streams)
         await handle(Closed())
 
     async def _idle_timeout(self) -> None:
@@ -299,7 +324,7 @@ class SerialisedTCPServer(TCPServer):
         """
         lock = self.send_lock
         if not lock.locked():
-            # ``trio.Lock`` hands itself over to waiters on release, so a queue means ``locked()``
+            # ``LightLock`` (like ``trio.Lock``) hands itself over to waiters on release, so a queue means ``locked()``
             # and FIFO order is kept; nothing yields between this check and the write.
             sock = self._raw_socket
             if sock is not None:
@@ -320,7 +345,7 @@ class SerialisedTCPServer(TCPServer):
             await lock.acquire()
         await self._locked_send(data, lock)
 
-    async def _locked_send(self, data: bytes, lock: trio.Lock) -> None:
+    async def _locked_send(self, data: bytes, lock: LightLock) -> None:
         broken = False
         sock = self._raw_socket
         try:
@@ -386,6 +411,236 @@ class SerialisedTCPServer(TCPServer):
                     ):
                         await stream.send_eof()
             await stream.aclose()
+
+
+async def _recv_plain(sock: socket.socket) -> bytes | None:
+    """``SocketStream.receive_some(MAX_RECV)`` on a plain TCP socket, None where it would raise
+    ``ClosedResourceError`` or ``BrokenResourceError``; with the same checkpoints.
+
+    A connection waits here for as long as it is open: trio's way holds four more coroutine frames and a
+    context manager for the whole wait (``SocketStream.receive_some``, the socket method wrapper, its
+    non-blocking helper, the error translation), about 1.1 KB per open connection.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    waited = False
+    while True:
+        try:
+            data = sock.recv(MAX_RECV)
+            break
+        except BlockingIOError:
+            pass  # the wait is below: inside the ``except`` it would keep the error and its traceback alive
+        except OSError:  # reset by the client, or closed by another task (fileno -1)
+            return None
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:  # closed by another task meanwhile
+            return None
+        waited = True
+    if not waited:  # a read that found its bytes waiting still lets other tasks run
+        await trio.lowlevel.cancel_shielded_checkpoint()
+    return data
+
+
+class LightLock:
+    """``trio.Lock`` for a connection's writes and its keep-alive timer, without a parking lot per lock.
+
+    trio's lock keeps a ``ParkingLot`` (with an ``OrderedDict``) from the start: ~0.25 KB that every
+    connection held twice, for queues that are nearly always empty.  The same behaviour where it is used
+    (``SerialisedTCPServer``, hypercorn's ``TrioSingleTask``): ``acquire`` is a checkpoint, waiters are served
+    first come, first served, and ``release`` hands the lock to the first of them, so ``locked()`` stays true
+    while anyone queues; re-acquiring a held lock or releasing another task's is a ``RuntimeError``.
+    """
+
+    __slots__ = ("_owner", "_waiters")
+
+    def __init__(self) -> None:
+        self._owner: trio.lowlevel.Task | None = None
+        self._waiters: dict[trio.lowlevel.Task, None] | None = None  # made when a task first has to wait
+
+    def locked(self) -> bool:
+        return self._owner is not None
+
+    def acquire_nowait(self) -> None:
+        task = trio.lowlevel.current_task()
+        if self._owner is None and not self._waiters:
+            self._owner = task
+        elif self._owner is task:
+            raise RuntimeError("attempt to re-acquire an already held Lock")
+        else:
+            raise trio.WouldBlock
+
+    async def acquire(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self.acquire_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        task = trio.lowlevel.current_task()
+        if self._waiters is None:
+            self._waiters = {}
+        waiters = self._waiters
+        waiters[task] = None
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            del waiters[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)  # ``release`` made this task the owner
+
+    def release(self) -> None:
+        if trio.lowlevel.current_task() is not self._owner:
+            raise RuntimeError("can't release a Lock you don't own")
+        waiters = self._waiters
+        if waiters:
+            task = next(iter(waiters))
+            del waiters[task]
+            self._owner = task
+            trio.lowlevel.reschedule(task)
+        else:
+            self._owner = None
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+class AppInbox:
+    """A request's ASGI ``receive`` queue: trio's memory channel (as hypercorn opens one per request), in less.
+
+    hypercorn's ``TaskGroup.spawn_app`` opens a ``trio.open_memory_channel(max_app_queue_size)`` per
+    request: a channel state, its deque (a 64-slot block from the start), a send and a receive channel,
+    and their statistics, about 1.4 KB that an open stream holds for the one message (``http.disconnect``)
+    it may still get.  This has the same behaviour for hypercorn's use (``send`` waits while ``limit``
+    messages are queued; both sides checkpoint as trio's do; senders and receivers are served first come,
+    first served; ``receive_nowait`` raises ``trio.WouldBlock``) and is never closed, like hypercorn's.
+    """
+
+    __slots__ = ("_items", "_limit", "_receivers", "_senders")
+
+    #: ``receive_nowait`` is trio's (``streamgw.app.streaming`` takes a queued body without a checkpoint)
+    nowait_raises_would_block = True
+
+    def __init__(self, limit: int) -> None:
+        self._items: list[Any] = []
+        self._limit = limit
+        self._receivers: dict[trio.lowlevel.Task, list[Any]] = {}  # waiting (with a box for the message), in order
+        self._senders: dict[trio.lowlevel.Task, Any] = {}  # waiting with their message, in order
+
+    def send_nowait(self, message: Any) -> None:
+        receivers = self._receivers
+        if receivers:
+            task = next(iter(receivers))
+            receivers.pop(task).append(message)
+            trio.lowlevel.reschedule(task)
+        elif len(self._items) < self._limit:
+            self._items.append(message)
+        else:
+            raise trio.WouldBlock
+
+    async def send(self, message: Any) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self.send_nowait(message)
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        task = trio.lowlevel.current_task()
+        senders = self._senders
+        senders[task] = message
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            del senders[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def receive_nowait(self) -> Any:
+        items, senders = self._items, self._senders
+        if items:
+            message = items.pop(0)
+            if senders:  # room for the first waiting sender's message
+                task = next(iter(senders))
+                items.append(senders.pop(task))
+                trio.lowlevel.reschedule(task)
+            return message
+        if senders:  # no room at all (limit 0): straight from the sender
+            task = next(iter(senders))
+            message = senders.pop(task)
+            trio.lowlevel.reschedule(task)
+            return message
+        raise trio.WouldBlock
+
+    async def receive(self) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            message = self.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return message
+        task = trio.lowlevel.current_task()
+        receivers = self._receivers
+        box: list[Any] = []
+        receivers[task] = box
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            del receivers[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        return box[0]
+
+
+class InboxTaskGroup(TaskGroup):
+    """hypercorn's per-connection ``TaskGroup`` that gives each request an ``AppInbox`` and runs an ASGI
+    application without the ``ASGIWrapper`` layer.
+
+    A request's task waits, for as long as its response streams, under every coroutine between trio and the
+    application; hypercorn's ``_handle`` calls ``ASGIWrapper.__call__``, which only calls the application,
+    and a Quart application's ``__call__`` only calls its ``asgi_app``.  ``_serve_asgi`` is ``_handle`` with
+    the innermost of those calls made directly (a WSGI application still takes hypercorn's way).
+    """
+
+    async def spawn_app(self, app: Any, config: HypercornConfig, scope: Any,
+                        send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        inbox = AppInbox(config.max_app_queue_size)
+        assert self._nursery is not None
+        if type(app) is ASGIWrapper:
+            asgi = app.app
+            if isinstance(asgi, Quart) and type(asgi).__call__ is Quart.__call__:
+                asgi = asgi.asgi_app  # all that ``Quart.__call__`` does, without its frame
+            self._nursery.start_soon(_serve_asgi, asgi, config, scope, inbox.receive, send)
+        else:
+            self._nursery.start_soon(_handle, app, config, scope, inbox.receive, send, trio.to_thread.run_sync,
+                                     trio.from_thread.run)
+        return inbox.send
+
+
+async def _serve_asgi(app: Any, config: HypercornConfig, scope: Any, receive: Callable[[], Awaitable[Any]],
+                      send: Callable[[Any], Awaitable[None]]) -> None:
+    """hypercorn's ``_handle`` (``hypercorn.trio.task_group``) for an ASGI application called directly."""
+    try:
+        await app(scope, receive, send)
+    except trio.Cancelled:
+        raise
+    except BaseExceptionGroup as error:
+        _, others = error.split(trio.Cancelled)
+        if others is None:
+            raise
+        await config.log.exception("Error in ASGI Framework")
+        await send(None)
+    except Exception:
+        await config.log.exception("Error in ASGI Framework")
+    finally:
+        await send(None)
 
 
 class RoundRobinScheduler(PriorityTree):
@@ -540,6 +795,8 @@ class DirectBodyHTTPStream(HTTPStream):
             self._notice = DisconnectNotice()
             extensions: dict[str, Any] = self.scope["extensions"]
             extensions[DISCONNECT_EXTENSION] = self._notice
+            if self.scope["asgi"] == _ASGI:
+                self.scope["asgi"] = _ASGI  # one shared dict, not one per request for as long as it lasts
 
     def _queued(self, message: dict[str, Any]) -> bool:
         """Queue a request-body message for the application without a checkpoint, if there is room.
@@ -579,6 +836,42 @@ class DirectBodyHTTPStream(HTTPStream):
             protocol = getattr(self.send, "__self__", None)
             if isinstance(protocol, H1OnlyCapableProtocol):
                 self._write_body = protocol.write_body
+
+
+class LazyEvent:
+    """hypercorn's trio ``EventWrapper`` with its ``trio.Event`` made only when a task waits.
+
+    Each HTTP/1.1 connection has one (``H11Protocol.can_read``), waited for only when a client sends its next
+    request before the response to the last one is complete; the event and its set of waiters (~0.3 KB)
+    are made then, not for every connection.  The same behaviour: ``clear`` starts a new event (a task
+    still waiting for the old one keeps waiting for it), ``wait`` on a set event returns after a checkpoint.
+    """
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._event: trio.Event | None = None
+        self._set = False
+
+    async def clear(self) -> None:
+        self._event = None
+        self._set = False
+
+    async def wait(self) -> None:
+        event = self._event
+        if event is None:
+            event = self._event = trio.Event()
+            if self._set:
+                event.set()
+        await event.wait()
+
+    async def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 class LeanServerConnection(h11.Connection):
@@ -642,6 +935,8 @@ class H1OnlyCapableProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if type(self.can_read) is EventWrapper:
+            self.can_read = LazyEvent()
         if type(self.connection) is h11.Connection:  # nothing was read yet: the same state, leaner heads
             self.connection = LeanServerConnection(
                 h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size)
@@ -795,6 +1090,7 @@ class GatewayHypercornConfig(HypercornConfig):
 #: the names hypercorn's trio worker looks up when it serves, and what ``install()`` puts there
 _PATCHES: tuple[tuple[str, str, type], ...] = (
     ("hypercorn.trio.run", "TCPServer", SerialisedTCPServer),
+    ("hypercorn.trio.tcp_server", "TaskGroup", InboxTaskGroup),
     ("hypercorn.protocol", "H11Protocol", H1OnlyCapableProtocol),
     ("hypercorn.protocol", "H2Protocol", FairH2Protocol),
     ("hypercorn.protocol.h11", "HTTPStream", DirectBodyHTTPStream),

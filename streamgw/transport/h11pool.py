@@ -209,33 +209,6 @@ class _Connection:
                            and not _asks_close(head.headers) and not _asks_close(request.headers))
         return head
 
-    async def receive_body(self, read_timeout: float | None) -> tuple[bytes, bool]:
-        """Return (data, finished): all body bytes decodable from what already
-        arrived -- waiting for the socket only when there are none -- and whether
-        the body is complete.  ``data`` is empty only when ``finished``.
-
-        It only awaits with nothing collected yet, and the decoder is fed only
-        after a receive completed: a cancellation loses no data.  Failures are
-        raised untranslated: the caller maps them (see ``_ResponseStream``).
-        """
-        decoder = self.body
-        data = self.pending
-        if data:
-            self.pending = b""
-            return data, decoder.done
-        while not decoder.done:
-            if self.eof:
-                decoder.eof()
-                break
-            raw = await self._receive_raw(read_timeout)
-            if not raw:
-                self.eof = True
-                continue
-            data = decoder.feed(raw)
-            if data:
-                return data, decoder.done
-        return b"", True
-
     async def _send_request(self, request: _Outgoing, write_timeout: float | None) -> None:
         conn = self.h11
         assert conn is not None
@@ -319,13 +292,53 @@ class _ResponseStream(httpx.AsyncByteStream):
         return self
 
     async def __anext__(self) -> bytes:
+        """All body bytes decodable from what already arrived -- waiting for the socket only when there are
+        none -- never an empty chunk.
+
+        It only awaits with nothing collected yet, and the decoder is fed only after a receive completed: a
+        cancellation loses no data.  (The connection's reading is written out here rather than in a method
+        of ``_Connection``: an open stream waits in it, and each coroutine frame it waits under it holds.)
+        """
         conn = self._conn
         if conn is None:
             raise StopAsyncIteration
+        decoder = conn.body
+        data = conn.pending
         try:
-            data, finished = await conn.receive_body(self._read_timeout)
+            if data:
+                conn.pending = b""
+            else:
+                plain = conn.plain if self._read_timeout is None else None
+                while not decoder.done:
+                    if conn.eof:
+                        decoder.eof()
+                        break
+                    if plain is None:
+                        raw = await conn._receive_raw(self._read_timeout)
+                    else:
+                        # ``sockio.receive_plain``, written out: a quiet stream waits here, and one more
+                        # coroutine frame would be held for all of it.  The wait is outside the ``except``:
+                        # inside, it would keep the BlockingIOError and its traceback alive as long.
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        waited = False
+                        while True:
+                            try:
+                                raw = plain.recv(conn.read_chunk)  # an OSError is mapped below
+                                break
+                            except BlockingIOError:
+                                pass
+                            await trio.lowlevel.wait_readable(plain)  # ClosedResourceError if closed meanwhile
+                            waited = True
+                        if not waited:  # a read that found its bytes waiting still lets other tasks run
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not raw:
+                        conn.eof = True
+                        continue
+                    data = decoder.feed(raw)
+                    if data:
+                        break
         except trio.Cancelled:
-            # Cancelled only while waiting on the socket, before h11 saw any new
+            # Cancelled only while waiting on the socket, before the decoder saw any new
             # byte, so nothing is lost: the body may still be read, or closed.
             raise
         except Exception as exc:
@@ -341,7 +354,7 @@ class _ResponseStream(httpx.AsyncByteStream):
             self._conn = None
             self._transport._discard(conn)
             raise
-        if finished:
+        if decoder.done:
             self._conn = None
             self._transport._checkin(conn)
             if not data:

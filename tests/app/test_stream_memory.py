@@ -2,12 +2,18 @@
 
 A stream that is quiet for minutes should hold only what its next events need: not the first events
 (their response snapshots and the snapshots' JSON text), not the last batch of deltas and events, not
-the upstream's response headers.  The gateway runs in this process, so its live objects can be looked at.
+the upstream's response headers, the ``httpx.Response`` around its body or the request body's JSON, no
+per-request memory channel or socket error; and its request task waits under few coroutine frames (each
+costs ~0.25 KB for as long as the stream lasts: no socket wrapper layers, no framework layers between
+hypercorn and the endpoint).  The gateway runs in this process, so its live objects can be looked at.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import httpx
 import trio
@@ -15,17 +21,25 @@ import trio
 from streamgw.config import Config, ProviderConfig, StoreConfig
 from streamgw.core.deltas import TextDelta
 from streamgw.core.jsontext import Snapshot
-from streamgw.testing.chat_mock import ChatCompletionsMock
+from streamgw.core.request import ResponsesRequest
 from streamgw.testing.harness import RawClient, running_gateway
+from streamgw.testing.process import start_mock, stop_process
+
+T = TypeVar("T")
 
 # a token every 2 s: between two of them the stream is quiet
 SLOW = {"model": "up/text:tokens=50,token_delay=2", "input": "hi", "stream": True}
+STREAMS = 3
+#: coroutines a quiet SSE stream's request task waits under (from hypercorn's task entry down to trio's wait
+#: on the upstream socket): 19 before issue 15's memory work, 11 after it
+MAX_COROUTINES_PER_STREAM = 12
 
 
 def _held() -> dict[str, int]:
     """How many of each kind the process holds (earlier tests may have left some: compare, never expect 0)."""
     gc.collect()
-    found = {"snapshots": 0, "text deltas": 0, "text delta events": 0, "upstream headers": 0}
+    found = {"snapshots": 0, "text deltas": 0, "text delta events": 0, "upstream headers": 0,
+             "upstream responses": 0, "request body JSON": 0, "memory channels": 0, "socket errors": 0}
     for o in gc.get_objects():
         kind = type(o)
         if kind is Snapshot:
@@ -34,32 +48,77 @@ def _held() -> dict[str, int]:
             found["text deltas"] += 1
         elif kind is dict and o.get("type") == "response.output_text.delta" and "sequence_number" in o:
             found["text delta events"] += 1
+        elif kind is ResponsesRequest and o.raw:  # a dict of strings is not tracked: look at who holds it
+            found["request body JSON"] += 1
         elif kind is httpx.Headers and "content-type" in o:
             found["upstream headers"] += 1
+        elif kind is httpx.Response:
+            found["upstream responses"] += 1
+        elif kind is trio.MemoryReceiveChannel:
+            found["memory channels"] += 1
+        elif isinstance(o, BlockingIOError):
+            found["socket errors"] += 1
     return found
 
 
-async def test_a_quiet_open_stream_keeps_no_first_events_last_batch_or_upstream_headers(
-        nursery: trio.Nursery) -> None:
-    mock = ChatCompletionsMock()
-    port = await nursery.start(mock.serve)
+def _chain(task: trio.lowlevel.Task) -> list[str]:
+    """The names of the coroutines (and generators) a task waits under, outermost first."""
+    names = []
+    awaited: object = task.coro
+    while awaited is not None:
+        code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
+        names.append(code.co_qualname if code is not None else type(awaited).__name__)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return names
+
+
+def _stream_coroutines() -> int:
+    """The coroutines the streams' request tasks wait under."""
+    gc.collect()
+    return sum(len(chain) for o in gc.get_objects()
+               if type(o) is trio.lowlevel.Task and "ResponsesEndpoint.__call__" in (chain := _chain(o)))
+
+
+@asynccontextmanager
+async def _quiet_streams(measure: Callable[[], T]) -> AsyncIterator[T]:
+    """``STREAMS`` open streams through an in-process gateway, each between two of its events; yields what
+    ``measure`` found with the gateway up before the streams.  The mock upstream is another process: only
+    the gateway's objects are in this one."""
+    mock, port = await trio.to_thread.run_sync(start_mock, [])
     config = Config(providers={"up": ProviderConfig(name="up", type="chat", base_url=f"http://127.0.0.1:{port}/v1")},
                     store=StoreConfig(backend="none"))
-    async with running_gateway(config) as gw_port:
-        before = _held()
-        clients = []
-        try:
-            for _ in range(3):
-                client = await RawClient.connect(gw_port)
-                await client.send_json("/v1/responses", SLOW)
-                clients.append(client)
-            for client in clients:
-                assert (await client.response_head()).status_code == 200
-            # the first events are written with the first token; one more batch goes out ~2 s later, and the
-            # one after that is ~2 s further: in between, the stream waits with a batch behind it
-            await trio.sleep(3)
-            now = _held()
-            assert {kind: max(0, count - before[kind]) for kind, count in now.items()} == dict.fromkeys(now, 0)
-        finally:
-            for client in clients:
-                await client.aclose()
+    try:
+        async with running_gateway(config) as gw_port:
+            before = measure()
+            clients = []
+            try:
+                for _ in range(STREAMS):
+                    client = await RawClient.connect(gw_port)
+                    await client.send_json("/v1/responses", SLOW)
+                    clients.append(client)
+                for client in clients:
+                    assert (await client.response_head()).status_code == 200
+                # the first events are written with the first token; one more batch goes out ~2 s later, and the
+                # one after that is ~2 s further: in between, the stream waits with a batch behind it
+                await trio.sleep(3)
+                yield before
+            finally:
+                for client in clients:
+                    await client.aclose()
+    finally:
+        await trio.to_thread.run_sync(stop_process, mock)
+        if mock.stdout is not None:
+            mock.stdout.close()
+
+
+async def test_a_quiet_open_stream_keeps_no_first_events_last_batch_or_upstream_headers() -> None:
+    async with _quiet_streams(_held) as before:
+        now = _held()
+        assert {kind: max(0, count - before[kind]) for kind, count in now.items()} == dict.fromkeys(now, 0)
+
+
+async def test_a_quiet_open_stream_waits_under_few_coroutines() -> None:
+    async with _quiet_streams(_stream_coroutines) as before:
+        assert before == 0
+        per_stream = _stream_coroutines() / STREAMS
+    assert per_stream <= MAX_COROUTINES_PER_STREAM, per_stream
