@@ -326,7 +326,8 @@ class LiveResponse:
                 self.keepalive = keepalive_of(plan, responses.engine.timeouts)
 
     def _drop_raw(self) -> None:
-        """Forget the body's JSON (``raw``) once the upstream request is made from it (``ResponseRun.open``).
+        """Forget the body's JSON (``raw``) once the upstream request is made from it (``ResponseRun.open``);
+        done after the first events went out.
 
         Only a native upstream's request is built from ``raw``, and no attempt starts after the run opens;
         the parsed fields (the echo, the store's input items, the request log) stay.  An answer that streams
@@ -407,7 +408,6 @@ class LiveResponse:
             self._record_since = time.time()  # the recorder is made with the expansion
         self.run = run = await ResponseRun.open(request, plan, responses.engine, started_at=self.entry.started,
                                                 attempts=self.entry.attempts, trace=self._trace)
-        self._drop_raw()
         self.entry.mark("translated")  # the first events exist (``run.initial``)
         self.keepalive = run.opened.timeouts.keepalive if request.stream else 0.0
         self.entry.label = self.entry.provider = run.provider
@@ -441,6 +441,7 @@ class LiveResponse:
             return
         await deliver(initial)
         del initial  # this frame lives as long as the stream: the snapshots (and their JSON text) need not
+        self._drop_raw()  # after the first events (the copy is not on their way), before the recorder is made
         self._announce()  # after the first events: metrics and the store's bookkeeping are not on their way
         recorder = self._recording()
         if recorder is None:
@@ -459,6 +460,7 @@ class LiveResponse:
         """Run to the end (``stream: false``); the final response object, stored before it is returned."""
         run = self.run
         assert run is not None, "collect() inside the async with"
+        self._drop_raw()
         self._announce()
         recorder = self._recording()
         try:
