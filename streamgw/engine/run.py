@@ -13,8 +13,6 @@ registers itself once, when it opens), and the run ends with ``response.failed``
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +26,7 @@ from streamgw.core.tracecontext import TraceParent
 from streamgw.engine.attempt import AttemptRecord, EngineContext, Opened, open_plan
 from streamgw.engine.drain import Drain, GatewayShuttingDown
 from streamgw.engine.routing import Plan
+from streamgw.engine.timers import DueHeap
 from streamgw.errors import UpstreamTimeout, failure_error
 
 
@@ -58,31 +57,18 @@ class _Waits:
     delivered, so a slow client is not taken for a silent upstream and a delivery is never cut; on
     again for the next wait), and each set is a trip through trio's deadline heap.  Instead a run
     notes when its current wait began (``_waiting`` / ``_active_at``: two attribute writes a batch),
-    and this timer keeps an entry per run by the earliest time its deadline can come.  When an entry
+    and a ``DueHeap`` keeps an entry per run by the earliest time its deadline can come.  When an entry
     comes up the due time is worked out again from what the run noted: a run still within it goes back
     in the heap; a run past it and waiting on the upstream has its scope cancelled; a run delivering
     meanwhile is looked at again one idle period later (it checks the total and drain deadlines itself
-    after each delivery).  The timer is a trio system task of the trio run that streams (a test may
-    serve in several), running while any stream is open and up to an idle timeout after; nothing in it
-    raises.
+    after each delivery).  The heap's task runs while any stream is open and up to an idle timeout after.
     """
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Place]] = []
-        self._order = itertools.count()
-        self._wake: trio.CancelScope | None = None
-        self._running = False
-        self._ended = 0  # runs ended since the heap was last swept (their entries are dead)
+    __slots__ = ("_ended", "heap")
 
-    def add(self, due: float, place: _Place) -> None:
-        """Look at ``place`` again at ``due``."""
-        heapq.heappush(self._heap, (due, next(self._order), place))
-        if not self._running:
-            self._running = True
-            trio.lowlevel.spawn_system_task(self._tick, name="streamgw stream deadlines")
-        wake = self._wake
-        if wake is not None and due < wake.deadline:
-            wake.deadline = due
+    def __init__(self) -> None:
+        self.heap: DueHeap[_Place] = DueHeap(_due_place, "streamgw stream deadlines")
+        self._ended = 0  # runs ended since the heap was last swept (their entries are dead)
 
     def ended(self) -> None:
         """A run's stream ended: sweep the dead entries once they are half the heap.
@@ -92,36 +78,23 @@ class _Waits:
         a sequential client's next request usually finds it still there.
         """
         self._ended += 1
-        heap = self._heap
-        if self._ended * 2 >= len(heap):
-            heap[:] = [entry for entry in heap if entry[2].run is not None]
-            heapq.heapify(heap)
+        if self._ended * 2 >= len(self.heap):
+            self.heap.keep(lambda place: place.run is not None)
             self._ended = 0
 
-    async def _tick(self) -> None:
-        heap = self._heap
-        try:
-            while heap:  # ends with nothing left to time: an idle process keeps no task for this
-                with trio.CancelScope(deadline=heap[0][0]) as wake:
-                    self._wake = wake
-                    await trio.sleep_forever()
-                self._wake = None
-                now = trio.current_time()
-                while heap and heap[0][0] <= now:
-                    _, _, place = heapq.heappop(heap)
-                    run = place.run
-                    if run is None:
-                        continue
-                    due = run._due()
-                    if due > now:
-                        heapq.heappush(heap, (due, next(self._order), place))
-                    elif run._waiting and run._scope is not None:
-                        run._scope.cancel()  # the run ends its stream with the deadline's failure
-                    elif run._idle > 0:  # delivering: idle time counts from the end of the delivery
-                        heapq.heappush(heap, (now + run._idle, next(self._order), place))
-        finally:
-            self._wake = None
-            self._running = False
+
+def _due_place(place: _Place, now: float) -> float | None:
+    """``_Waits``'s handling of a run whose entry came up: when to look again (None: not again)."""
+    run = place.run
+    if run is None:
+        return None
+    due = run._due()
+    if due > now:
+        return due
+    if run._waiting and run._scope is not None:
+        run._scope.cancel()  # the run ends its stream with the deadline's failure
+        return None
+    return now + run._idle if run._idle > 0 else None  # delivering: idle time counts from the delivery's end
 
 
 _WAITS: trio.lowlevel.RunVar[_Waits] = trio.lowlevel.RunVar("streamgw_waits")
@@ -229,7 +202,7 @@ class ResponseRun:
             due = self._due()
             if due < math.inf:
                 self._place = _Place(self)
-                _waits().add(due, self._place)
+                _waits().heap.add(due, self._place)
             try:
                 while not emitter.done:
                     self._active_at = t  # one clock read a batch: the end of a delivery starts the next wait
@@ -283,7 +256,7 @@ class ResponseRun:
         """The drain began: the upstream wait in progress (if any) ends by ``deadline``."""
         place = self._place
         if place is not None:
-            _waits().add(deadline, place)
+            _waits().heap.add(deadline, place)
 
     async def aclose(self) -> None:
         """Close the upstream (idempotent; effective even when cancelled).

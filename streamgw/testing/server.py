@@ -16,8 +16,6 @@ server in a daemon thread with its own ``trio.run`` for synchronous tests.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import logging
 import queue
@@ -33,6 +31,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 import trio
+
+from streamgw.engine.timers import DueHeap
 
 __all__ = [
     "ClientDisconnected",
@@ -268,16 +268,13 @@ class Pacer:
     A stream that sleeps until each chunk is due and then writes it costs a wake-up of its task (and
     trio's socket layers) per chunk; with thousands of slow streams open that is most of a core, which
     a load test's upstream cannot spend.  ``play`` hands a stream's chunks here: one task keeps them in
-    a heap by due time and writes every chunk that is due with one non-blocking ``send``.  The stream's
-    task wakes only when all its chunks went, when the socket took only part of one (it writes the
-    rest itself, then hands the stream back), or when the client left.
+    a heap by due time (``DueHeap``) and writes every chunk that is due with one non-blocking ``send``.
+    The stream's task wakes only when all its chunks went, when the socket took only part of one (it
+    writes the rest itself, then hands the stream back), or when the client left.
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Paced]] = []
-        self._order = itertools.count()
-        self._wake: trio.CancelScope | None = None
-        self._running = False
+        self.heap: DueHeap[_Paced] = DueHeap(_write_due, "mock pacer")
 
     async def play(self, send: Responder, t0: float, events: Sequence[tuple[float, bytes]]) -> None:
         """Write ``events`` (``(seconds after t0, chunk)``) on ``send`` on time; return when all went.
@@ -287,7 +284,7 @@ class Pacer:
         paced = _Paced(send, t0, events)
         try:
             while paced.next < len(events):
-                self._add(paced)
+                self.heap.add(t0 + events[paced.next][0], paced)
                 await paced.done.wait()
                 paced.done = trio.Event()
                 if paced.error is not None:
@@ -298,51 +295,29 @@ class Pacer:
         finally:
             paced.gone = True
 
-    def _add(self, paced: _Paced) -> None:
-        due = paced.t0 + paced.events[paced.next][0]
-        heapq.heappush(self._heap, (due, next(self._order), paced))
-        if not self._running:
-            self._running = True
-            trio.lowlevel.spawn_system_task(self._tick, name="mock pacer")
-        elif self._wake is not None and due < self._wake.deadline:
-            self._wake.deadline = due
 
-    async def _tick(self) -> None:
-        heap = self._heap
+def _write_due(paced: _Paced, now: float) -> float | None:
+    """Write ``paced``'s chunks that are due; when its next one is (None: its task has something to do)."""
+    if paced.gone:
+        return None
+    events = paced.events
+    while paced.next < len(events) and paced.t0 + events[paced.next][0] <= now:
+        data = events[paced.next][1]
+        paced.next += 1
         try:
-            while heap:
-                with trio.CancelScope(deadline=heap[0][0]) as wake:
-                    self._wake = wake
-                    await trio.sleep_forever()
-                self._wake = None
-                now = trio.current_time()
-                while heap and heap[0][0] <= now:
-                    _, _, paced = heapq.heappop(heap)
-                    if not paced.gone:
-                        self._write_due(paced, now)
-        finally:
-            self._wake = None
-            self._running = False
-
-    def _write_due(self, paced: _Paced, now: float) -> None:
-        events = paced.events
-        while paced.next < len(events) and paced.t0 + events[paced.next][0] <= now:
-            data = events[paced.next][1]
-            paced.next += 1
-            try:
-                rest = paced.send.chunk_nowait(data)
-            except Exception as exc:  # ClientDisconnected, or a misuse: the stream's task raises it
-                paced.error = exc
-                paced.done.set()
-                return
-            if rest:
-                paced.rest = rest
-                paced.done.set()
-                return
-        if paced.next < len(events):
-            heapq.heappush(self._heap, (paced.t0 + events[paced.next][0], next(self._order), paced))
-        else:
+            rest = paced.send.chunk_nowait(data)
+        except Exception as exc:  # ClientDisconnected, or a misuse: the stream's task raises it
+            paced.error = exc
             paced.done.set()
+            return None
+        if rest:
+            paced.rest = rest
+            paced.done.set()
+            return None
+    if paced.next < len(events):
+        return paced.t0 + events[paced.next][0]
+    paced.done.set()
+    return None
 
 
 def _error_body(message: str) -> bytes:

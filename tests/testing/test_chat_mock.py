@@ -553,7 +553,7 @@ async def test_paced_streams_are_the_same_bytes_on_the_same_schedule(nursery: tr
         assert body(chunks) == reference, name
         # role and tok0 at ttft, each later token 30 ms after the previous one: 0.02 + 4 * 0.03
         assert 0.14 - 0.005 < times[-1] < 0.14 + 0.1, (name, times)
-    assert not paced.pacer._heap and not paced.pacer._running  # the pacer's task ended with the streams
+    assert paced.pacer is not None and not paced.pacer.heap.running  # the pacer's task ended with the streams
 
 
 async def test_a_paced_client_that_leaves_is_recorded_and_forgotten(nursery: trio.Nursery) -> None:
@@ -563,4 +563,4 @@ async def test_a_paced_client_that_leaves_is_recorded_and_forgotten(nursery: tri
         await read_until(stream, b"tok3 ")
     await wait_until(lambda: mock.stats.disconnects)
     await wait_until(lambda: mock.stats.connections_open == 0)
-    await wait_until(lambda: not mock.pacer._running)  # its entry was dropped, not written to a closed socket
+    await wait_until(lambda: mock.pacer is not None and not mock.pacer.heap.running)  # dropped, not written to
