@@ -136,6 +136,7 @@ import json
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from itertools import chain
 from typing import Any
 
@@ -441,6 +442,22 @@ async def _recv_plain(sock: socket.socket) -> bytes | None:
     return data
 
 
+_BLOCKED: Any = object()
+
+
+async def _at_once(attempt: Callable[[], Any]) -> Any:
+    """trio's way around an operation that may complete at once: a cancellation point first, then the
+    attempt and, if it completed, a checkpoint (no cancel from here: it happened).  Its result, or
+    ``_BLOCKED`` when it raised ``trio.WouldBlock`` (the caller then waits its own way)."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        result = attempt()
+    except trio.WouldBlock:
+        return _BLOCKED
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    return result
+
+
 class LightLock:
     """``trio.Lock`` for a connection's writes and its keep-alive timer, without a parking lot per lock.
 
@@ -470,13 +487,7 @@ class LightLock:
             raise trio.WouldBlock
 
     async def acquire(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self.acquire_nowait()
-        except trio.WouldBlock:
-            pass
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        if await _at_once(self.acquire_nowait) is not _BLOCKED:
             return
         task = trio.lowlevel.current_task()
         if self._waiters is None:
@@ -543,13 +554,7 @@ class AppInbox:
             raise trio.WouldBlock
 
     async def send(self, message: Any) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self.send_nowait(message)
-        except trio.WouldBlock:
-            pass
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        if await _at_once(partial(self.send_nowait, message)) is not _BLOCKED:
             return
         task = trio.lowlevel.current_task()
         senders = self._senders
@@ -578,13 +583,8 @@ class AppInbox:
         raise trio.WouldBlock
 
     async def receive(self) -> Any:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            message = self.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        message = await _at_once(self.receive_nowait)
+        if message is not _BLOCKED:
             return message
         task = trio.lowlevel.current_task()
         receivers = self._receivers
