@@ -564,3 +564,6 @@ async def test_a_paced_client_that_leaves_is_recorded_and_forgotten(nursery: tri
     await wait_until(lambda: mock.stats.disconnects)
     await wait_until(lambda: mock.stats.connections_open == 0)
     await wait_until(lambda: mock.pacer is not None and not mock.pacer.heap.running)  # dropped, not written to
+    [(request_id, _)] = mock.stats.disconnects
+    assert request_id == mock.requests[0].request_id
+    assert mock.pacer is not None and len(mock.pacer.heap) == 0  # nothing of the stream left to write
