@@ -164,6 +164,7 @@ from quart import Quart
 
 from streamgw.errors import GatewayError, InvalidRequest
 from streamgw.serving.connections import ConnectionSlots
+from streamgw.transport.sockio import plain_socket, receive_plain
 
 __all__ = [
     "DISCONNECT_EXTENSION",
@@ -278,8 +279,9 @@ class SerialisedTCPServer(TCPServer):
         while True:
             data: bytes | bytearray | None
             if plain is not None:
-                data = await _recv_plain(plain)  # the same, holding less while it waits
-                if data is None:
+                try:  # the same, holding less while it waits (no SocketStream layers: one frame)
+                    data = await receive_plain(plain, MAX_RECV)
+                except (OSError, trio.ClosedResourceError):  # reset, or closed by another task meanwhile
                     break
             else:
                 try:
@@ -394,11 +396,7 @@ class SerialisedTCPServer(TCPServer):
         Every write goes through ``send_lock``, so the send side of trio's ``SocketStream`` (whose
         conflict detector is bypassed here) is never in use while this writes.
         """
-        stream: trio.abc.Stream = self.stream
-        if type(stream) is trio.SocketStream:
-            raw: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
-            return raw
-        return None
+        return plain_socket(self.stream)
 
     async def _close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -412,34 +410,6 @@ class SerialisedTCPServer(TCPServer):
                     ):
                         await stream.send_eof()
             await stream.aclose()
-
-
-async def _recv_plain(sock: socket.socket) -> bytes | None:
-    """``SocketStream.receive_some(MAX_RECV)`` on a plain TCP socket, None where it would raise
-    ``ClosedResourceError`` or ``BrokenResourceError``; with the same checkpoints.
-
-    A connection waits here for as long as it is open: trio's way holds four more coroutine frames and a
-    context manager for the whole wait (``SocketStream.receive_some``, the socket method wrapper, its
-    non-blocking helper, the error translation), about 1.1 KB per open connection.
-    """
-    await trio.lowlevel.checkpoint_if_cancelled()
-    waited = False
-    while True:
-        try:
-            data = sock.recv(MAX_RECV)
-            break
-        except BlockingIOError:
-            pass  # the wait is below: inside the ``except`` it would keep the error and its traceback alive
-        except OSError:  # reset by the client, or closed by another task (fileno -1)
-            return None
-        try:
-            await trio.lowlevel.wait_readable(sock)
-        except trio.ClosedResourceError:  # closed by another task meanwhile
-            return None
-        waited = True
-    if not waited:  # a read that found its bytes waiting still lets other tasks run
-        await trio.lowlevel.cancel_shielded_checkpoint()
-    return data
 
 
 _BLOCKED: Any = object()
