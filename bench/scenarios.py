@@ -1074,7 +1074,9 @@ def _open_level_remote(bench: Bench, n: int) -> Json:
     return _hold(bench, plan, bench.remote_target(), bench.server_pid(), remote=True)
 
 
-def _warm(server: GatewayProcess | BareProcess) -> None:
+def _warm(server: GatewayProcess | BareProcess, headers: Sequence[tuple[str, str]] = ()) -> None:
+    """Twenty short streams through ``server`` (with ``headers``), so that no measured window holds its cold start:
+    the first connections, a control backend's first round trips, the first run of each code path."""
     verify: ssl.SSLContext | bool = True
     if isinstance(server, BareProcess):
         url = server.url
@@ -1082,7 +1084,7 @@ def _warm(server: GatewayProcess | BareProcess) -> None:
     else:
         url, verify = server.url + "/v1/responses", server.verify()
         body = {"model": "mock/text:tokens=5", "input": _PROMPT, "stream": True}
-    with httpx.Client(timeout=30, verify=verify) as client:
+    with httpx.Client(timeout=30, verify=verify, headers=list(headers)) as client:
         for _ in range(20):
             client.post(url, json=body).raise_for_status()
 
@@ -1335,6 +1337,8 @@ def limits(bench: Bench) -> Json:
             for name, extra in configs.items():
                 gateways[name] = bench.new_gateway(f"gateway-limits-{name}", extra_config=extra)
             auth = (("authorization", f"Bearer {_LIMITS_KEY}"),)
+            for gateway in gateways.values():  # a Redis connection, a SQLite thread: not in the first window
+                _warm(gateway, auth)
             kinds = [(name, bench.gateway_target("mock/text:tokens=20", name=name, gateway=g, headers=auth))
                      for name, g in gateways.items()]
             result = _closed_loop(bench, "limits", title, (_COMPARE_CONCURRENCY,), True, kinds, gateways)

@@ -18,9 +18,17 @@ def test_limits_flag() -> None:
     assert planned_steps(Settings(repeats=2), (11,)) == 6
 
 
+class _SecondRuns(_ShortRuns):
+    """A one-second window: three fresh gateways on a busy CI machine must each complete some streams in it."""
+
+    @property
+    def duration(self) -> float:
+        return 1.0
+
+
 def test_compare_limits_against_real_gateways(tmp_path: Path) -> None:
     require_redis()
-    settings = _ShortRuns(quick=True, repeats=1, out_dir=tmp_path, pin=False, store="memory")
+    settings = _SecondRuns(quick=True, repeats=1, out_dir=tmp_path, pin=False, store="memory")
     bench = Bench(settings, Progress(3, enabled=False))
     try:
         scenario = limits(bench)
@@ -29,7 +37,7 @@ def test_compare_limits_against_real_gateways(tmp_path: Path) -> None:
     rows = {row["target"]: row for row in scenario["rows"]}
     assert set(rows) == {"off", "sqlite", "redis"}
     for row in rows.values():  # limits far above the load: nothing refused
-        assert row["median"]["errors"] == 0 and row["median"]["streams_per_s"] > 0
+        assert row["median"]["errors"] == 0 and row["median"]["streams_per_s"] > 0, row["runs"]
     for name in ("sqlite", "redis"):
         assert scenario["comparison"][name]["throughput_ratio"] > 0
         assert "concurrent_streams = 100000" in (tmp_path / f"gateway-limits-{name}.toml").read_text()
