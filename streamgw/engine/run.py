@@ -114,7 +114,7 @@ class ResponseRun:
     """The emitter plus the winning upstream source, with idle and total deadlines."""
 
     # one per open stream: slots, not a per-instance dict
-    __slots__ = ("_active_at", "_closed", "_drain", "_idle", "_place", "_scope", "_shut_down", "_total",
+    __slots__ = ("_active_at", "_closed", "_drain", "_idle", "_place", "_rest", "_scope", "_shut_down", "_total",
                  "_total_deadline", "_waiting", "emitter", "first_delta_at", "initial", "opened", "started_at")
 
     def __init__(self, emitter: Emitter, opened: Opened, started_at: float, drain: Drain | None = None) -> None:
@@ -126,7 +126,9 @@ class ResponseRun:
         self._total = timeouts.total
         self._total_deadline = started_at + timeouts.total if timeouts.total > 0 else math.inf
         self.first_delta_at = trio.current_time()
-        self.initial: list[Any] = emitter.start() + emitter.feed(opened.first)
+        #: the first batch's deltas after the one that gave the first output: ``stream`` delivers them next
+        self._rest: list[Any] = []
+        self.initial: list[Any] = emitter.start() + self._first_output(opened.first)
         opened.first = []  # fed: the winner need not hold its first deltas for as long as it streams
         self._closed = False
         #: while ``stream`` runs: its cancel scope, its place with ``_Waits``, whether it is waiting on the
@@ -138,6 +140,22 @@ class ResponseRun:
         self._shut_down = False  # ended by the drain deadline
         self._drain = Drain() if drain is None else drain
         self._drain.watch(self)
+
+    def _first_output(self, first: list[Any]) -> list[Any]:
+        """The events of ``first`` up to its first output; the deltas after it wait in ``_rest``.
+
+        A first read can hold a whole answer (a fast or cached upstream sends it at once).  Translating and
+        writing all of it before the first event is time the client waits for its first token; so the first
+        write carries the response's opening and first output, and the rest of the batch follows as the
+        next delivery (the same events, in the same order).
+        """
+        emitter = self.emitter
+        for i, delta in enumerate(first):
+            out = emitter.feed((delta,))
+            if out:
+                self._rest = first[i + 1:]
+                return out
+        return []
 
     @property
     def done(self) -> bool:
@@ -204,6 +222,13 @@ class ResponseRun:
                 self._place = _Place(self)
                 _waits().heap.add(due, self._place)
             try:
+                rest, self._rest = self._rest, []  # the first read's deltas after its first output
+                if rest:
+                    out = emitter.feed(rest)
+                    del rest
+                    if out:
+                        await deliver(out)
+                        t = now()
                 while not emitter.done:
                     self._active_at = t  # one clock read a batch: the end of a delivery starts the next wait
                     self._waiting = True

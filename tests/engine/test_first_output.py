@@ -1,0 +1,104 @@
+"""The first write carries the response's opening and its first output, even when the first read holds it all.
+
+An upstream that answers at once (a short answer, a cached one, a fast model) lets one socket read carry
+the whole stream.  The run hands its first events over as soon as the first output is translated; the
+rest of that read follows as the next delivery, so the client's first token does not wait for the
+translation and encoding of every later one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from streamgw.app.gateway import Gateway
+from streamgw.config import Config, ProviderConfig
+from streamgw.core.request import parse_request
+from streamgw.core.sse import encode_event
+from streamgw.engine.run import ResponseRun
+from streamgw.testing.chat_mock import ChatCompletionsMock
+from streamgw.testing.invariants import check_events, output_text
+from streamgw.testing.server import MockRequest, Responder, serve_http
+
+TOKENS = [f"t{i} " for i in range(20)]
+_HEAD = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+#: a whole answer: role, 20 content chunks, the finish, usage and [DONE], written with one send
+WHOLE = b"".join([
+    _HEAD + b'"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
+    *(_HEAD + b'"delta":{"content":' + json.dumps(t).encode() + b'},"finish_reason":null}]}\n\n' for t in TOKENS),
+    _HEAD + b'"delta":{},"finish_reason":"stop"}]}\n\n',
+    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
+    b'"usage":{"prompt_tokens":3,"completion_tokens":20,"total_tokens":23}}\n\n',
+    b"data: [DONE]\n\n",
+])
+
+
+async def _at_once(req: MockRequest, send: Responder) -> None:
+    await send.start(200, {"content-type": "text/event-stream"})
+    await send.end(WHOLE)
+
+
+@asynccontextmanager
+async def _gateway(nursery: trio.Nursery, port: int) -> AsyncIterator[Gateway]:
+    gw = Gateway(Config(providers={"up": ProviderConfig(name="up", type="chat",
+                                                         base_url=f"http://127.0.0.1:{port}/v1")}))
+    try:
+        yield gw
+    finally:
+        await gw.clients.aclose()
+
+
+async def _run(gw: Gateway, model: str) -> tuple[list[Any], list[list[dict[str, Any]]]]:
+    """Open a streamed run; its initial events and each later delivery, as a client would decode them."""
+    request = parse_request(json.dumps({"model": model, "input": "hello", "stream": True}).encode())
+    run = await ResponseRun.open(request, gw.router.plan(request.model), gw.engine)
+    initial = _decoded(run.initial)
+    deliveries: list[list[dict[str, Any]]] = []
+
+    async def deliver(events: list[Any]) -> None:
+        deliveries.append(_decoded(events))
+
+    try:
+        await run.stream(deliver)
+    finally:
+        await run.aclose()
+    return initial, deliveries
+
+
+def _decoded(events: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for event in events:
+        data = encode_event(event).split(b"\ndata: ", 1)[1]
+        out.append(json.loads(data))
+    return out
+
+
+async def test_a_whole_answer_in_one_read_is_delivered_first_output_first(nursery: trio.Nursery) -> None:
+    port = await nursery.start(serve_http, _at_once)
+    async with _gateway(nursery, port) as gw:
+        initial, deliveries = await _run(gw, "up/m")
+    assert [e["type"] for e in initial] == ["response.created", "response.in_progress", "response.output_item.added",
+                                            "response.content_part.added", "response.output_text.delta"]
+    assert initial[-1]["delta"] == TOKENS[0]
+    # the rest of the read comes as the next delivery (one write), not a delivery per delta
+    assert [e["delta"] for e in deliveries[0] if e["type"] == "response.output_text.delta"] == TOKENS[1:]
+    rest = [e for batch in deliveries for e in batch]
+    assert rest[-1]["type"] == "response.completed"
+    final = check_events(initial + rest)  # one stream: numbered in order, every item opened and closed
+    assert output_text(final) == "".join(TOKENS) and final["usage"]["output_tokens"] == 20
+
+
+async def test_tokens_that_arrive_one_by_one_are_delivered_one_by_one(nursery: trio.Nursery) -> None:
+    port = await nursery.start(ChatCompletionsMock().serve)
+    async with _gateway(nursery, port) as gw:
+        initial, deliveries = await _run(gw, "up/text:tokens=4,token_delay=0.05,ttft=0.05")
+    assert initial[-1]["type"] == "response.output_text.delta"
+    texts = [[e["delta"] for e in batch if e["type"] == "response.output_text.delta"] for batch in deliveries]
+    assert [t for t in texts if t] == [[t] for t in [d for batch in texts for d in batch]]  # one token a write
+    assert all(batch for batch in deliveries)  # nothing delivers an empty batch
+    final = check_events(initial + [e for batch in deliveries for e in batch])
+    assert final["status"] == "completed"
