@@ -28,7 +28,7 @@ import resource
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -97,6 +97,12 @@ class EveryInterval:
         self.count = 0
 
 
+class IdleTimer(Protocol):
+    """An idle connection's keep-alive timer: ``cancel`` makes it run out now (the connection closes)."""
+
+    def cancel(self) -> None: ...
+
+
 class ConnectionSlots:
     """The open client connections of one worker, against ``limit``, and which of them are idle.
 
@@ -110,13 +116,13 @@ class ConnectionSlots:
         self.limit = max(1, limit)
         self.open = 0
         self.evictions = 0  # idle connections closed to make room (for tests and logs)
-        self._idle: dict[object, trio.CancelScope] = {}  # in the order they became idle
+        self._idle: dict[object, IdleTimer] = {}  # in the order they became idle
         self._closing: set[object] = set()  # closed to make room, not gone yet
         self._changed: trio.Event | None = None
         self._full = EveryInterval()
         self._evicting = EveryInterval(level=logging.INFO)
 
-    def idle(self, connection: object, keep_alive: trio.CancelScope) -> None:
+    def idle(self, connection: object, keep_alive: IdleTimer) -> None:
         """``connection`` waits for its next request; cancelling ``keep_alive`` closes it."""
         self._idle[connection] = keep_alive
         self._wake()

@@ -69,7 +69,8 @@ ends but the task group waits for the timer: the socket stayed in CLOSE-WAIT for
 ``SerialisedTCPServer._read_data`` stops the timer once the client's side is closed, so the connection
 closes at once, and a request that ends after that closes the connection instead of starting it again.
 The same timer is how ``streamgw.serving.connections.ConnectionSlots`` closes the longest-idle
-connection when a worker is at its ``max_connections``.
+connection when a worker is at its ``max_connections``.  (The worker replaces the timer's task per idle
+period with ``streamgw.serving.worker.KeptAlive``, which closes through ``close_idle`` the same way.)
 
 5. A request with both Content-Length and Transfer-Encoding (``hypercorn/protocol/h11.py``)
 ------------------------------------------------------------------------------------------
@@ -293,6 +294,17 @@ class SerialisedTCPServer(TCPServer):
                 break
             del data  # not held through the next wait (a request's head and body, for as long as it streams)
         await handle(Closed())
+
+    @property
+    def task_group(self) -> TaskGroup:
+        """The connection's task group (hypercorn's, made in ``run``)."""
+        group: TaskGroup = self._task_group
+        return group
+
+    async def close_idle(self) -> None:
+        """Close the connection as its keep-alive timer does when it runs out (``streamgw.serving.worker``)."""
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
 
     async def _idle_timeout(self) -> None:
         """hypercorn's keep-alive timer, which the worker's ``ConnectionSlots`` may cut short."""

@@ -20,10 +20,12 @@ protocol — too late to end a stream honestly.  So this module runs hypercorn's
    stopped reading cannot hold the process);
 6. lifespan shutdown (the store writer flushes, upstream clients close), and ``serve`` returns.
 
-The same loop fixes hypercorn's idle-connection task under quart-trio (``DetachedSingleTask``):
-without it an idle keep-alive connection is never closed at shutdown and holds the process until
-the hard deadline.  Its accept loop (``streamgw.serving.connections``) holds the worker to
-``max_connections`` open connections and rides out ``accept()`` failing for lack of file descriptors.
+Its connections' keep-alive timers are kept by one task per worker (``KeptAlive``) rather than a
+task per idle period as in hypercorn; where hypercorn's own connection class serves, its idle task is
+fixed for quart-trio (``DetachedSingleTask``): without that an idle keep-alive connection is never
+closed at shutdown and holds the process until the hard deadline.  Its accept loop
+(``streamgw.serving.connections``) holds the worker to ``max_connections`` open connections and rides
+out ``accept()`` failing for lack of file descriptors.
 
 Written against hypercorn 0.18 (``streamgw.serving.versions`` refuses another release line): upstream,
 ``hypercorn.trio.serve`` would need a hook between closing its listeners and setting ``terminated``.
@@ -49,6 +51,7 @@ from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState, Lifespa
 from hypercorn.utils import LifespanFailureError, LifespanTimeoutError, repr_socket_addr, wrap_app
 
 from streamgw.engine.drain import Drain
+from streamgw.engine.timers import DueHeap
 from streamgw.serving.connections import (
     ConnectionSlots,
     Listener,
@@ -149,7 +152,7 @@ class DetachedSingleTask(TrioSingleTask):
 
     Upstream this is one line in ``TrioSingleTask.restart`` (``hypercorn/trio/worker_context.py``):
     ``task_group.spawn`` instead of ``await task_group._nursery.start``; we found no hypercorn issue
-    that reports it.
+    that reports it.  The worker's own connections use ``KeptAlive`` instead (no task at all).
     """
 
     def __init__(self) -> None:  # no ``super().__init__()``: its lock (one per connection) is never used here
@@ -174,6 +177,94 @@ async def _run_in_scope(scope: trio.CancelScope, action: Callable[[], Awaitable[
         await action()
 
 
+class KeptAlive:
+    """A connection's keep-alive timer without a task: the worker's one ``DueHeap`` times every connection.
+
+    hypercorn runs a task per connection while it is idle (``restart`` when a response is done,
+    ``stop`` when the next request arrives): per request a cancellation, the old task's last step, a
+    spawn and the new task's first step — about 5 % of a short stream's instructions, and part of it
+    between a request's arrival and its handler.  Here ``restart`` notes when the connection became
+    idle and ``stop`` forgets it; the connection is filed in the heap once, by when it would time out,
+    and when that comes it is either past its timeout (closed, as hypercorn's task would) or filed
+    again by its new due time (or not at all while it is busy: the next ``restart`` files it).
+
+    As with hypercorn's task, the worker's ``ConnectionSlots`` can close an idle connection early
+    (``cancel``), and a connection that becomes idle once the worker is terminating closes at once.
+    """
+
+    __slots__ = ("_closing", "_filed", "_server", "_since", "_slots", "_timeout")
+
+    def __init__(self, server: SerialisedTCPServer, slots: ConnectionSlots, timeout: float) -> None:
+        self._server = server
+        self._slots = slots
+        self._timeout = timeout
+        self._since: float | None = None  # when it became idle; None while it serves (or once closed)
+        self._filed = False  # in the heap (at most once)
+        self._closing = False  # a close is on its way (until a request arrives first)
+
+    async def restart(self, task_group: TaskGroup, action: Callable[[], Awaitable[None]]) -> None:
+        """The connection is idle (``action``, hypercorn's idle task, is not needed)."""
+        if self._server.context.terminated.is_set():
+            self._since = trio.current_time()
+            self._close()  # idle once the worker is terminating: closed at once
+            return
+        self._since = now = trio.current_time()
+        self._slots.idle(self._server.stream, self)
+        if not self._filed:
+            self._filed = True
+            _keep_alive_heap().add(now + self._timeout, self)
+
+    async def stop(self) -> None:
+        """The connection is busy (or its client's side is closed)."""
+        self._closing = False
+        if self._since is not None:
+            self._since = None
+            self._slots.busy(self._server.stream)
+
+    def cancel(self) -> None:
+        """Close the connection now if it is idle (``ConnectionSlots``: to make room, or at shutdown)."""
+        if self._since is not None:
+            self._close()
+
+    def _close(self) -> None:
+        self._since = None
+        self._closing = True
+        self._slots.busy(self._server.stream)
+        try:
+            self._server.task_group.spawn(self._close_now)
+        except RuntimeError:  # the connection's task group has ended: it is closed already
+            pass
+
+    async def _close_now(self) -> None:
+        if self._closing:  # no request arrived since the close was decided
+            await self._server.close_idle()
+
+
+def _kept_alive_due(connection: KeptAlive, now: float) -> float | None:
+    """The heap's handling of a connection whose time came: when to look again (None: not filed)."""
+    since = connection._since
+    if since is not None:
+        due = since + connection._timeout
+        if due > now:
+            return due
+        connection._close()
+    connection._filed = False
+    return None
+
+
+_KEEP_ALIVE: trio.lowlevel.RunVar[DueHeap[KeptAlive]] = trio.lowlevel.RunVar("streamgw_keep_alive")
+
+
+def _keep_alive_heap() -> DueHeap[KeptAlive]:
+    """This trio run's keep-alive heap."""
+    try:
+        return _KEEP_ALIVE.get()
+    except LookupError:
+        heap: DueHeap[KeptAlive] = DueHeap(_kept_alive_due, "streamgw keep-alive")
+        _KEEP_ALIVE.set(heap)
+        return heap
+
+
 def _connection_handler(
     app: AppWrapper, hc: HypercornConfig, context: WorkerContext, state: LifespanState, slots: ConnectionSlots
 ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
@@ -185,9 +276,11 @@ def _connection_handler(
         if not await first_bytes(stream, slots, hc.keep_alive_timeout):
             return  # closed by the caller
         server = server_class(app, hc, context, connection_state, stream)  # type: ignore[arg-type]
-        server.idle_task = DetachedSingleTask()
         if isinstance(server, SerialisedTCPServer):  # hypercorn's own class cannot close idle ones early
             server.slots = slots
+            server.idle_task = KeptAlive(server, slots, hc.keep_alive_timeout)  # type: ignore[assignment]
+        else:
+            server.idle_task = DetachedSingleTask()
         await server.run()
 
     return handle

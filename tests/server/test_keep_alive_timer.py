@@ -1,0 +1,145 @@
+"""The worker's keep-alive timer: idle connections close on time, busy ones never, and no task per request.
+
+The worker (``streamgw.serving.worker``) serves in this test's trio run, with a keep-alive timeout of
+0.3 s and a small ASGI app; the client is a raw socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from streamgw.config import Config
+from streamgw.engine.drain import Drain
+from streamgw.serving.main import hypercorn_config
+from streamgw.serving.worker import _Server, listen
+
+TIMEOUT = 0.3
+REQUEST = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n"
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+class _Worker:
+    def __init__(self, port: int, stop: trio.Event, server: _Server) -> None:
+        self.port = port
+        self.stop = stop
+        self.server = server
+        self.finished = trio.Event()
+
+
+@asynccontextmanager
+async def _worker(nursery: trio.Nursery) -> AsyncIterator[_Worker]:
+    hc = hypercorn_config(Config())
+    hc.bind = ["127.0.0.1:0"]
+    hc.keep_alive_timeout = TIMEOUT
+    sockets = listen(hc)
+    port = sockets.insecure_sockets[0].getsockname()[1]
+    server = _Server(_app, hc, Drain(), drain_timeout=1.0, grace=1.0)
+    stop = trio.Event()
+    worker = _Worker(port, stop, server)
+    ready = trio.Event()
+
+    async def run() -> None:
+        try:
+            await server.run(sockets, stop, ready.set)
+        finally:
+            worker.finished.set()
+
+    nursery.start_soon(run)
+    await ready.wait()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        with trio.fail_after(10):
+            await worker.finished.wait()
+
+
+async def _ask(stream: trio.SocketStream) -> None:
+    """One request on ``stream``, its whole response read."""
+    await stream.send_all(REQUEST)
+    data = b""
+    while not data.endswith(b"ok"):
+        chunk = await stream.receive_some(4096)
+        assert chunk, f"closed by the server after {data!r}"
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
+
+
+async def _closed_within(stream: trio.SocketStream, seconds: float) -> float:
+    """How long until the server closes ``stream`` (fails past ``seconds``)."""
+    start = trio.current_time()
+    with trio.fail_after(seconds):
+        assert await stream.receive_some(4096) == b""
+    return trio.current_time() - start
+
+
+async def test_an_idle_connection_closes_after_the_keep_alive_timeout(nursery: trio.Nursery) -> None:
+    async with _worker(nursery) as worker:
+        async with await trio.open_tcp_stream("127.0.0.1", worker.port) as stream:
+            await _ask(stream)
+            held = worker.server.slots.open  # this connection's slot, and the one the accept loop waits with
+            took = await _closed_within(stream, 5.0)
+        assert TIMEOUT * 0.8 <= took < TIMEOUT + 1.0
+        with trio.fail_after(2):  # and the worker let go of it: its slot is free
+            while worker.server.slots.open != held - 1:  # noqa: ASYNC110 -- nothing signals a released slot
+                await trio.sleep(0.01)
+
+
+async def test_a_connection_in_use_stays_open_and_times_out_from_its_last_request(nursery: trio.Nursery) -> None:
+    async with _worker(nursery) as worker:
+        async with await trio.open_tcp_stream("127.0.0.1", worker.port) as stream:
+            start = trio.current_time()
+            while trio.current_time() - start < TIMEOUT * 4:  # requests for 4 timeouts, never idle a whole one
+                await _ask(stream)
+                await trio.sleep(TIMEOUT / 3)
+            await _ask(stream)
+            took = await _closed_within(stream, 5.0)
+        assert TIMEOUT * 0.8 <= took < TIMEOUT + 1.0
+
+
+class _Spawns(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+async def test_requests_on_a_kept_connection_start_no_timer_tasks(nursery: trio.Nursery) -> None:
+    """hypercorn's keep-alive timer was a task per idle period: a spawn and a cancellation per request."""
+    async with _worker(nursery) as worker:
+        async with await trio.open_tcp_stream("127.0.0.1", worker.port) as stream:
+            await _ask(stream)
+            spawns = _Spawns()
+            trio.lowlevel.add_instrument(spawns)
+            try:
+                for _ in range(20):
+                    await _ask(stream)
+            finally:
+                trio.lowlevel.remove_instrument(spawns)
+    # the request's own task, and nothing else (the timer's one task lives across requests)
+    assert len(spawns.names) == 20, spawns.names
+
+
+async def test_shutdown_closes_an_idle_connection_at_once(nursery: trio.Nursery) -> None:
+    async with _worker(nursery) as worker:
+        async with await trio.open_tcp_stream("127.0.0.1", worker.port) as stream:
+            await _ask(stream)
+            worker.stop.set()
+            await _closed_within(stream, TIMEOUT * 0.8)  # before the keep-alive timeout could end it
