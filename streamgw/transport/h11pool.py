@@ -246,6 +246,19 @@ class _Connection:
                 raise ProtocolViolation(f"unexpected {event!r} before the response head")
 
     async def _send(self, data: bytes, write_timeout: float | None) -> None:
+        plain = self.plain
+        if plain is not None:
+            # A request nearly always fits the socket's buffer: written at once, without the stream's layers
+            # and without a trip through the scheduler (the wait for the response head comes next).  What the
+            # socket does not take goes through ``send_all``; errors are the socket's ``OSError``.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                sent = plain.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
         with trio.CancelScope(deadline=_deadline(write_timeout)):
             await self.stream.send_all(data)
             return

@@ -107,3 +107,54 @@ async def test_send_replays_its_body_on_a_fresh_connection_when_the_kept_one_was
     [first, stale], [replayed] = server.connections
     assert first == stale == replayed
     assert replayed.endswith(b'\r\n\r\n{"a":1}')
+
+
+
+class _Steps(trio.abc.Instrument):
+    """How many times ``task`` was scheduled."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.count += 1
+
+
+async def test_a_request_that_fits_the_socket_goes_out_without_a_trip_through_the_scheduler(
+        nursery: trio.Nursery) -> None:
+    """The request is written at once; the task's next schedule point is its wait for the response head.
+
+    The server answers 50 ms after each request, on a kept connection: sending the second request and
+    getting its head takes the task one wake-up (the head's arrival), not a checkpoint after the write too.
+    """
+    async def slow(stream: trio.SocketStream) -> None:
+        async with stream:
+            received = b""
+            while True:
+                while b"\r\n\r\n" not in received:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    received += data
+                received = b""  # bodiless requests only
+                await trio.sleep(0.05)
+                await stream.send_all(_ANSWER)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, slow, 0, host="127.0.0.1"))
+    url = httpx.URL(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/v1/x")
+    transport = TrioH11Transport()
+    try:
+        first = await transport.send("POST", url, {}, b"", TIMEOUTS)  # connects (not counted)
+        assert b"".join([chunk async for chunk in first.aiter_raw()]) == b"hello"
+        steps = _Steps(trio.lowlevel.current_task())
+        trio.lowlevel.add_instrument(steps)
+        try:
+            second = await transport.send("POST", url, {}, b"", TIMEOUTS)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert b"".join([chunk async for chunk in second.aiter_raw()]) == b"hello"
+    finally:
+        await transport.aclose()
+    assert steps.count == 1
