@@ -25,6 +25,7 @@ TOP_LEVEL = {
     "streamgw.config_schema": "config",
     "streamgw.config_loader": "config",
     "streamgw.config_presets": "config",
+    "streamgw.timers": "timers",
     "streamgw.cli": "entry",
     "streamgw.supervisor": "entry",
     "streamgw.asgi": "entry",
@@ -38,6 +39,7 @@ RANKS = {
     "errors": 0,
     "core": 1,
     "config": 2,
+    "timers": 2,  # many things timed by one trio task (streamgw.timers.DueHeap): the store, engine and server
     "providers": 3,
     "transport": 3,
     "store": 3,

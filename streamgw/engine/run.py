@@ -26,8 +26,8 @@ from streamgw.core.tracecontext import TraceParent
 from streamgw.engine.attempt import AttemptRecord, EngineContext, Opened, open_plan
 from streamgw.engine.drain import Drain, GatewayShuttingDown
 from streamgw.engine.routing import Plan
-from streamgw.engine.timers import DueHeap
 from streamgw.errors import UpstreamTimeout, failure_error
+from streamgw.timers import DueHeap
 
 
 class _DeadlineExpired(Exception):

@@ -51,7 +51,6 @@ from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState, Lifespa
 from hypercorn.utils import LifespanFailureError, LifespanTimeoutError, repr_socket_addr, wrap_app
 
 from streamgw.engine.drain import Drain
-from streamgw.engine.timers import DueHeap
 from streamgw.serving.connections import (
     ConnectionSlots,
     Listener,
@@ -60,6 +59,7 @@ from streamgw.serving.connections import (
     first_bytes,
 )
 from streamgw.serving.hypercorn_trio import SerialisedTCPServer
+from streamgw.timers import DueHeap
 
 __all__ = ["DetachedSingleTask", "InFlight", "Sockets", "addresses", "close_sockets", "listen", "run_gateway", "serve"]
 

@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 import trio
 
-from streamgw.engine.timers import DueHeap
+from streamgw.timers import DueHeap
 
 __all__ = [
     "ClientDisconnected",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from streamgw.engine.timers import DueHeap
+from streamgw.timers import DueHeap
 
 
 async def test_items_are_handled_at_their_times_in_order_and_refiled(autojump_clock: trio.testing.MockClock) -> None:
