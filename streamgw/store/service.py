@@ -7,7 +7,7 @@ and hands them to the backend.  Reads (GET, chaining) look in ``pending`` first,
 whose write is still queued or in flight never reads as missing.  A newer version of a
 record (a stream's final object after its ``in_progress`` snapshot) replaces the pending
 one; the writer always writes the latest.  A snapshot is held back ``[store] snapshot_after``
-seconds before it is queued at all (a snapshot task queues the ones still current then), so
+seconds before it is queued at all (a ``DueHeap`` queues the ones still current then), so
 a stream that ends sooner is written once: its final object.
 
 Every read takes the caller's tenant: a record of another tenant is treated exactly as a
@@ -33,6 +33,7 @@ every second while it is unwritable, so readiness recovers without traffic.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ from streamgw.store.base import (
     decode_record,
     encode_record,
 )
+from streamgw.timers import DueHeap
 
 log = logging.getLogger("streamgw.store")
 
@@ -126,8 +128,8 @@ class StoreService:
         self._writer_up = False
         self._batch: list[str] = []  # the ids the writer took from the queue and has not finished
         #: snapshots not queued yet: id -> (trio time when due, the snapshot); in due order (one delay for all)
-        self._held: dict[str, tuple[float, StoredResponse]] = {}
-        self._held_added = trio.Event()  # set when the first snapshot is held: wakes the snapshot task
+        #: snapshots held back (``snapshot_after``), by when they are due; a task runs only while it holds any
+        self._held: DueHeap[StoredResponse] = DueHeap(self._snapshot_due, "streamgw store snapshots")
         self._failing = trio.Event()  # set when the store starts failing: wakes the health task
         #: seconds between two health checks (writable, unwritable); attributes so tests can shorten them
         self.check_every = _CHECK_EVERY
@@ -161,12 +163,11 @@ class StoreService:
             return
         delay = self.config.snapshot_after
         if snapshot and delay > 0:
-            if not self._held:
-                self._held_added.set()
-            self._held[record.id] = (trio.current_time() + delay, record)
+            # Due times rounded up to a tenth of the delay: the snapshots of a busy second come up together,
+            # one wake-up for many, each at most 10 % later.
+            step = delay / 10
+            self._held.add(math.ceil((trio.current_time() + delay) / step) * step, record)
             return
-        if self._held:
-            self._held.pop(record.id, None)
         self._enqueue(record.id)
 
     def unwritable(self) -> str | None:
@@ -234,7 +235,6 @@ class StoreService:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._supervised, "purge", self._purge_loop)
                 nursery.start_soon(self._supervised, "health", self._health_loop)
-                nursery.start_soon(self._supervised, "snapshot", self._snapshot_loop)
                 await self._supervised("writer", self._write_loop)
                 nursery.cancel_scope.cancel()
         finally:
@@ -292,21 +292,12 @@ class StoreService:
             self._forget(response_id)
         self._drop(len(lost), "error")
 
-    async def _snapshot_loop(self) -> None:
-        """Queue each held snapshot when it is due, unless a newer version (or a DELETE) came first."""
-        while True:
-            if not self._held:
-                self._held_added = trio.Event()
-                await self._held_added.wait()
-                continue
-            response_id, (due, record) = next(iter(self._held.items()))
-            if due > trio.current_time():
-                await trio.sleep_until(due)
-                continue
-            del self._held[response_id]
-            if (self._pending.get(response_id) is record and response_id not in self._queued
-                    and response_id not in self._in_flight):
-                self._enqueue(response_id)
+    def _snapshot_due(self, record: StoredResponse, now: float) -> None:
+        """A held snapshot came due: queue it unless a newer version (or a DELETE) came first."""
+        response_id = record.id
+        if (self._pending.get(response_id) is record and response_id not in self._queued
+                and response_id not in self._in_flight):
+            self._enqueue(response_id)
 
     async def _write_loop(self) -> None:
         # The receiving end is not closed here: a writer restarted after a crash reads on from it.

@@ -206,3 +206,57 @@ async def test_waiting_for_a_write_ends_when_it_is_written_or_given_up(running: 
         assert not done.is_set(), "still being written"
         backend.release.set()
     assert done.is_set() and await backend.get("resp_1") is not None
+
+
+class CountingBackend(MemoryBackend):
+    """A memory backend that lists the id of every record it writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[str] = []
+
+    async def put_many(self, records: Sequence[EncodedRecord]) -> None:
+        self.written += [r.id for r in records]
+        await super().put_many(records)
+
+
+class _Steps(trio.abc.Instrument):
+    """How many times tasks named ``name`` were scheduled."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name == self.name:
+            self.count += 1
+
+
+async def test_held_snapshots_are_written_only_if_still_current_and_come_due_in_groups(running: Any) -> None:
+    """30 streams start 5 ms apart; 20 end at once.  The 10 still running have their snapshot written (not
+    before ``snapshot_after``); the others only their final object.  The snapshots' timer wakes per group
+    of due times (a tenth of the delay), not per stream."""
+    backend = CountingBackend()
+    service = await running(StoreService(StoreConfig(backend="memory", snapshot_after=0.5), Metrics(), backend))
+    steps = _Steps("streamgw store snapshots")
+    trio.lowlevel.add_instrument(steps)
+    try:
+        started = trio.current_time()
+        for i in range(30):
+            service.submit(stored(f"resp_{i}", status="in_progress"), snapshot=True)
+            if i % 3:
+                service.submit(stored(f"resp_{i}", status="completed"))
+            await trio.sleep(0.005)
+        with trio.fail_after(5):
+            while len(set(backend.written)) < 30:  # noqa: ASYNC110 -- the writer signals nothing per record
+                await trio.sleep(0.02)
+        waited = trio.current_time() - started
+        await wait_written(service)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    statuses = {i: await status_of(service, f"resp_{i}") for i in range(30)}
+    assert [i for i, s in statuses.items() if s == "in_progress"] == list(range(0, 30, 3))
+    assert all(s == "completed" for i, s in statuses.items() if i % 3)
+    assert waited >= 0.5
+    assert sorted(backend.written) == sorted(f"resp_{i}" for i in range(30))  # each written once
+    assert 1 <= steps.count <= 6, steps.count  # 30 snapshots over 150 ms: 3-4 groups of 50 ms
