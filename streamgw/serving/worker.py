@@ -195,7 +195,8 @@ class KeptAlive:
     __slots__ = ("_closing", "_filed", "_server", "_since", "_slots", "_timeout")
 
     def __init__(self, server: SerialisedTCPServer, slots: ConnectionSlots, timeout: float) -> None:
-        self._server = server
+        #: None once the connection has ended: a filing left in the heap must not keep it alive until it is due
+        self._server: SerialisedTCPServer | None = server
         self._slots = slots
         self._timeout = timeout
         self._since: float | None = None  # when it became idle; None while it serves (or once closed)
@@ -204,20 +205,22 @@ class KeptAlive:
 
     async def restart(self, task_group: TaskGroup, action: Callable[[], Awaitable[None]]) -> None:
         """The connection is idle (``action``, hypercorn's idle task, is not needed)."""
-        if self._server.context.terminated.is_set():
-            self._since = trio.current_time()
-            self._close()  # idle once the worker is terminating: closed at once
+        server = self._server
+        if server is None:
             return
         self._since = now = trio.current_time()
-        self._slots.idle(self._server.stream, self)
+        if server.context.terminated.is_set():
+            self._close()  # idle once the worker is terminating: closed at once
+            return
+        self._slots.idle(server.stream, self)
         if not self._filed:
             self._filed = True
-            _keep_alive_heap().add(now + self._timeout, self)
+            _keep_alive_timers().heap.add(now + self._timeout, self)
 
     async def stop(self) -> None:
         """The connection is busy (or its client's side is closed)."""
         self._closing = False
-        if self._since is not None:
+        if self._since is not None and self._server is not None:
             self._since = None
             self._slots.busy(self._server.stream)
 
@@ -226,18 +229,29 @@ class KeptAlive:
         if self._since is not None:
             self._close()
 
-    def _close(self) -> None:
+    def ended(self) -> None:
+        """The connection has ended: let go of it (its filing, if any, is dropped when it comes up or in a sweep)."""
+        self._server = None
         self._since = None
+        if self._filed:
+            _keep_alive_timers().ended()
+
+    def _close(self) -> None:
+        server = self._server
+        self._since = None
+        if server is None:
+            return
         self._closing = True
-        self._slots.busy(self._server.stream)
+        self._slots.busy(server.stream)
         try:
-            self._server.task_group.spawn(self._close_now)
+            server.task_group.spawn(self._close_now)
         except RuntimeError:  # the connection's task group has ended: it is closed already
             pass
 
     async def _close_now(self) -> None:
-        if self._closing:  # no request arrived since the close was decided
-            await self._server.close_idle()
+        server = self._server
+        if self._closing and server is not None:  # no request arrived since the close was decided
+            await server.close_idle()
 
 
 def _kept_alive_due(connection: KeptAlive, now: float) -> float | None:
@@ -252,17 +266,42 @@ def _kept_alive_due(connection: KeptAlive, now: float) -> float | None:
     return None
 
 
-_KEEP_ALIVE: trio.lowlevel.RunVar[DueHeap[KeptAlive]] = trio.lowlevel.RunVar("streamgw_keep_alive")
+class _KeepAliveTimers:
+    """The keep-alive heap of one trio run, and how many of its filings belong to connections that ended."""
+
+    __slots__ = ("_ended", "heap")
+
+    def __init__(self) -> None:
+        self.heap: DueHeap[KeptAlive] = DueHeap(_kept_alive_due, "streamgw keep-alive")
+        self._ended = 0
+
+    def ended(self) -> None:
+        """A filed connection ended: sweep the dead filings once they are half the heap (a flood of short
+        connections would otherwise leave one per connection for a whole keep-alive timeout)."""
+        self._ended += 1
+        if self._ended * 2 >= len(self.heap):
+            self.heap.keep(_alive)
+            self._ended = 0
 
 
-def _keep_alive_heap() -> DueHeap[KeptAlive]:
-    """This trio run's keep-alive heap."""
+def _alive(connection: KeptAlive) -> bool:
+    if connection._server is None:
+        connection._filed = False
+        return False
+    return True
+
+
+_KEEP_ALIVE: trio.lowlevel.RunVar[_KeepAliveTimers] = trio.lowlevel.RunVar("streamgw_keep_alive")
+
+
+def _keep_alive_timers() -> _KeepAliveTimers:
+    """This trio run's keep-alive timers."""
     try:
         return _KEEP_ALIVE.get()
     except LookupError:
-        heap: DueHeap[KeptAlive] = DueHeap(_kept_alive_due, "streamgw keep-alive")
-        _KEEP_ALIVE.set(heap)
-        return heap
+        timers = _KeepAliveTimers()
+        _KEEP_ALIVE.set(timers)
+        return timers
 
 
 def _connection_handler(
@@ -276,12 +315,16 @@ def _connection_handler(
         if not await first_bytes(stream, slots, hc.keep_alive_timeout):
             return  # closed by the caller
         server = server_class(app, hc, context, connection_state, stream)  # type: ignore[arg-type]
-        if isinstance(server, SerialisedTCPServer):  # hypercorn's own class cannot close idle ones early
-            server.slots = slots
-            server.idle_task = KeptAlive(server, slots, hc.keep_alive_timeout)  # type: ignore[assignment]
-        else:
+        if not isinstance(server, SerialisedTCPServer):  # hypercorn's own class cannot close idle ones early
             server.idle_task = DetachedSingleTask()
-        await server.run()
+            await server.run()
+            return
+        server.slots = slots
+        kept = server.idle_task = KeptAlive(server, slots, hc.keep_alive_timeout)  # type: ignore[assignment]
+        try:
+            await server.run()
+        finally:
+            kept.ended()
 
     return handle
 

@@ -6,6 +6,7 @@ The worker (``streamgw.serving.worker``) serves in this test's trio run, with a 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,7 @@ import trio
 
 from streamgw.config import Config
 from streamgw.engine.drain import Drain
+from streamgw.serving.hypercorn_trio import SerialisedTCPServer
 from streamgw.serving.main import hypercorn_config
 from streamgw.serving.worker import _Server, listen
 
@@ -43,10 +45,10 @@ class _Worker:
 
 
 @asynccontextmanager
-async def _worker(nursery: trio.Nursery) -> AsyncIterator[_Worker]:
+async def _worker(nursery: trio.Nursery, keep_alive_timeout: float = TIMEOUT) -> AsyncIterator[_Worker]:
     hc = hypercorn_config(Config())
     hc.bind = ["127.0.0.1:0"]
-    hc.keep_alive_timeout = TIMEOUT
+    hc.keep_alive_timeout = keep_alive_timeout
     sockets = listen(hc)
     port = sockets.insecure_sockets[0].getsockname()[1]
     server = _Server(_app, hc, Drain(), drain_timeout=1.0, grace=1.0)
@@ -143,3 +145,23 @@ async def test_shutdown_closes_an_idle_connection_at_once(nursery: trio.Nursery)
             await _ask(stream)
             worker.stop.set()
             await _closed_within(stream, TIMEOUT * 0.8)  # before the keep-alive timeout could end it
+
+
+def _servers() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, SerialisedTCPServer))
+
+
+async def test_a_connection_that_ended_is_not_kept_by_its_timer(nursery: trio.Nursery) -> None:
+    """Connections that make a request and close (a flood of short clients) must not stay in memory until
+    their keep-alive timeout would have come (30 s here)."""
+    async with _worker(nursery, keep_alive_timeout=30.0) as worker:
+        before = _servers()
+        for _ in range(10):
+            async with await trio.open_tcp_stream("127.0.0.1", worker.port) as stream:
+                await _ask(stream)
+                held = worker.server.slots.open
+            with trio.fail_after(5):  # the worker saw it go
+                while worker.server.slots.open != held - 1:  # noqa: ASYNC110 -- nothing signals a released slot
+                    await trio.sleep(0.01)
+        assert _servers() == before
