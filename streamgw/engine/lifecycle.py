@@ -516,14 +516,17 @@ class LiveResponse:
             entry.response = response
         if entry.error is not None and entry.status == 200 and entry.streamed and not entry.terminal:
             entry.terminal = "failed"  # the door ends the stream it committed to with response.failed
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
-            for admission in self._admissions:  # slots released, tokens and cost counted
-                try:
-                    await admission.settle(entry)
-                except Exception:
-                    log.exception("settling an admission failed")
-            if isinstance(exc, GatewayError) and not self._admitting and self.responses.admission:
-                self.headers = await self.responses.headers(self.caller, self.request.model)
+        # refused before the admission rules ran: the answer still carries the caller's rate-limit headers
+        headers = isinstance(exc, GatewayError) and not self._admitting and bool(self.responses.admission)
+        if self._admissions or headers:  # (two cancel scopes a request saved where there are no limits)
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                for admission in self._admissions:  # slots released, tokens and cost counted
+                    try:
+                        await admission.settle(entry)
+                    except Exception:
+                        log.exception("settling an admission failed")
+                if headers:
+                    self.headers = await self.responses.headers(self.caller, self.request.model)
         self._announce()  # a response whose first delivery failed (the client left) still opened
         self._exited = True
         if not self.hold:
