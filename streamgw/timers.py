@@ -25,7 +25,7 @@ T = TypeVar("T")
 class DueHeap(Generic[T]):
     """Items by due time (``trio.current_time()``), each handled when its time comes."""
 
-    __slots__ = ("_handle", "_heap", "_name", "_order", "_running", "_wake")
+    __slots__ = ("_ended", "_handle", "_heap", "_name", "_order", "_running", "_wake")
 
     def __init__(self, handle: Callable[[T, float], float | None], name: str) -> None:
         self._handle = handle
@@ -34,6 +34,7 @@ class DueHeap(Generic[T]):
         self._order = itertools.count()  # ties by filing order; items are never compared
         self._wake: trio.CancelScope | None = None
         self._running = False
+        self._ended = 0  # filings known dead since the last sweep (``ended``)
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -58,6 +59,15 @@ class DueHeap(Generic[T]):
         heap = self._heap
         heap[:] = [entry for entry in heap if alive(entry[2])]
         heapq.heapify(heap)
+
+    def ended(self, alive: Callable[[T], bool]) -> None:
+        """A filed item ended (its filing is dead): sweep the dead ones (``keep(alive)``) once they are half
+        the heap.  Without it a dead filing stays until it comes up, keeping what its item refers to; the
+        task is not woken for it (a wake-up costs more than a sweep now and then)."""
+        self._ended += 1
+        if self._ended * 2 >= len(self._heap):
+            self.keep(alive)
+            self._ended = 0
 
     async def _tick(self) -> None:
         heap, handle = self._heap, self._handle

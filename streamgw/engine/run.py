@@ -64,23 +64,23 @@ class _Waits:
     after each delivery).  The heap's task runs while any stream is open and up to an idle timeout after.
     """
 
-    __slots__ = ("_ended", "heap")
+    __slots__ = ("heap",)
 
     def __init__(self) -> None:
         self.heap: DueHeap[_Place] = DueHeap(_due_place, "streamgw stream deadlines")
-        self._ended = 0  # runs ended since the heap was last swept (their entries are dead)
 
     def ended(self) -> None:
-        """A run's stream ended: sweep the dead entries once they are half the heap.
+        """A run's stream ended: its entry is dead (swept with the others once they are half the heap).
 
         The task is not woken for it (a wake-up costs more than the timing of a short stream): it
         ends when it next wakes, by the last stream's idle timeout, and finds nothing left to time;
         a sequential client's next request usually finds it still there.
         """
-        self._ended += 1
-        if self._ended * 2 >= len(self.heap):
-            self.heap.keep(lambda place: place.run is not None)
-            self._ended = 0
+        self.heap.ended(_live_place)
+
+
+def _live_place(place: _Place) -> bool:
+    return place.run is not None
 
 
 def _due_place(place: _Place, now: float) -> float | None:

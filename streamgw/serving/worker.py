@@ -215,7 +215,7 @@ class KeptAlive:
         self._slots.idle(server.stream, self)
         if not self._filed:
             self._filed = True
-            _keep_alive_timers().heap.add(now + self._timeout, self)
+            _keep_alive_heap().add(now + self._timeout, self)
 
     async def stop(self) -> None:
         """The connection is busy (or its client's side is closed)."""
@@ -234,7 +234,7 @@ class KeptAlive:
         self._server = None
         self._since = None
         if self._filed:
-            _keep_alive_timers().ended()
+            _keep_alive_heap().ended(_alive)
 
     def _close(self) -> None:
         server = self._server
@@ -266,24 +266,6 @@ def _kept_alive_due(connection: KeptAlive, now: float) -> float | None:
     return None
 
 
-class _KeepAliveTimers:
-    """The keep-alive heap of one trio run, and how many of its filings belong to connections that ended."""
-
-    __slots__ = ("_ended", "heap")
-
-    def __init__(self) -> None:
-        self.heap: DueHeap[KeptAlive] = DueHeap(_kept_alive_due, "streamgw keep-alive")
-        self._ended = 0
-
-    def ended(self) -> None:
-        """A filed connection ended: sweep the dead filings once they are half the heap (a flood of short
-        connections would otherwise leave one per connection for a whole keep-alive timeout)."""
-        self._ended += 1
-        if self._ended * 2 >= len(self.heap):
-            self.heap.keep(_alive)
-            self._ended = 0
-
-
 def _alive(connection: KeptAlive) -> bool:
     if connection._server is None:
         connection._filed = False
@@ -291,17 +273,17 @@ def _alive(connection: KeptAlive) -> bool:
     return True
 
 
-_KEEP_ALIVE: trio.lowlevel.RunVar[_KeepAliveTimers] = trio.lowlevel.RunVar("streamgw_keep_alive")
+_KEEP_ALIVE: trio.lowlevel.RunVar[DueHeap[KeptAlive]] = trio.lowlevel.RunVar("streamgw_keep_alive")
 
 
-def _keep_alive_timers() -> _KeepAliveTimers:
-    """This trio run's keep-alive timers."""
+def _keep_alive_heap() -> DueHeap[KeptAlive]:
+    """This trio run's keep-alive heap (a flood of short connections leaves dead filings: ``DueHeap.ended``)."""
     try:
         return _KEEP_ALIVE.get()
     except LookupError:
-        timers = _KeepAliveTimers()
-        _KEEP_ALIVE.set(timers)
-        return timers
+        heap: DueHeap[KeptAlive] = DueHeap(_kept_alive_due, "streamgw keep-alive")
+        _KEEP_ALIVE.set(heap)
+        return heap
 
 
 def _connection_handler(

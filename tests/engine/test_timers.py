@@ -52,3 +52,21 @@ async def test_an_earlier_item_wakes_the_task_sooner_and_keep_drops_dead_items(
     assert seen == [2]
     await trio.sleep(100)
     assert seen == [2, 1]
+
+
+async def test_dead_filings_are_swept_once_they_are_half_the_heap(autojump_clock: trio.testing.MockClock) -> None:
+    """``ended``: items that ended before their time leave the heap in sweeps, not one by one, and only once
+    half of it is dead; what is swept is never handled (a dead filing not yet swept is: handlers check)."""
+    handled: list[int] = []
+    heap: DueHeap[int] = DueHeap(lambda item, now: handled.append(item), "test timer")
+    dead: set[int] = set()
+    for i in range(10):
+        heap.add(trio.current_time() + 60, i)
+    sizes = []
+    for i in range(6):
+        dead.add(i)
+        heap.ended(lambda item: item not in dead)
+        sizes.append(len(heap))
+    assert sizes == [10, 10, 10, 10, 5, 5]  # the 5th end makes them half: those five go; the 6th waits
+    await trio.sleep(61)
+    assert sorted(handled) == [5, 6, 7, 8, 9]
