@@ -24,6 +24,8 @@ class RawServer:
         self.port = 0
         #: answer this many requests of each connection, then read the next one and close without an answer
         self.close_after: int | None = None
+        #: seconds to wait before each answer
+        self.delay = 0.0
 
     async def serve(self, stream: trio.SocketStream) -> None:
         seen: list[bytes] = []
@@ -48,6 +50,8 @@ class RawServer:
                 buffer = rest[length:]
                 if self.close_after is not None and len(seen) > self.close_after:
                     return  # the race of a keep-alive connection the server closes as a request comes in
+                if self.delay:
+                    await trio.sleep(self.delay)
                 await stream.send_all(_ANSWER)
 
 
@@ -129,21 +133,9 @@ async def test_a_request_that_fits_the_socket_goes_out_without_a_trip_through_th
     The server answers 50 ms after each request, on a kept connection: sending the second request and
     getting its head takes the task one wake-up (the head's arrival), not a checkpoint after the write too.
     """
-    async def slow(stream: trio.SocketStream) -> None:
-        async with stream:
-            received = b""
-            while True:
-                while b"\r\n\r\n" not in received:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    received += data
-                received = b""  # bodiless requests only
-                await trio.sleep(0.05)
-                await stream.send_all(_ANSWER)
-
-    listeners = await nursery.start(partial(trio.serve_tcp, slow, 0, host="127.0.0.1"))
-    url = httpx.URL(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/v1/x")
+    server = await start(nursery)
+    server.delay = 0.05
+    url = httpx.URL(f"http://127.0.0.1:{server.port}/v1/x")
     transport = TrioH11Transport()
     try:
         first = await transport.send("POST", url, {}, b"", TIMEOUTS)  # connects (not counted)
