@@ -33,6 +33,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgw.app.routes import create_app
+from streamgw.config import Config
 from streamgw.config_loader import load_config
 from streamgw.engine.drain import Drain
 from streamgw.serving import hypercorn_trio
@@ -143,9 +144,23 @@ def summarize(runs: Sequence[Sequence[Mark]]) -> dict[str, Any]:
             "steps_us": round(steps, 1), "waits_us": round(waits, 1), "total_us": round(total, 1)}
 
 
-async def record(requests: int, store: str, where: bool = False) -> tuple[list[Mark], list[float]]:
-    """Serve ``requests`` (after 20 warm-up ones) and return the marks and the client's times to first byte."""
+def record(requests: int, store: str, where: bool = False) -> tuple[list[Mark], list[float]]:
+    """Start the mock, serve ``requests`` (after 20 warm-up ones) in a trio run; the marks and the client's times
+    to first byte.  (The mock process and the configuration file are handled outside the trio run: both block.)"""
     mock, mock_port = start_mock([])
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # the configuration is read here, not in the trio run
+            path = Path(tmp) / "gateway.toml"
+            path.write_text(f'[store]\nbackend = "{store}"\npath = "{tmp}/store.db"\n\n[logging]\nrequests = false\n\n'
+                            f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
+            return trio.run(_serve, requests, load_config(path), where)
+    finally:
+        stop_process(mock)
+        if mock.stdout is not None:
+            mock.stdout.close()
+
+
+async def _serve(requests: int, config: Config, where: bool) -> tuple[list[Mark], list[float]]:
     log = StepLog(where)
     server_class = hypercorn_trio.SerialisedTCPServer
     plain_send = server_class.send_raw
@@ -154,38 +169,28 @@ async def record(requests: int, store: str, where: bool = False) -> tuple[list[M
         log.marks.append((time.perf_counter(), "write", str(len(data))))
         await plain_send(self, data)
 
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "gateway.toml"
-            path.write_text(f'[store]\nbackend = "{store}"\npath = "{tmp}/store.db"\n\n[logging]\nrequests = false\n\n'
-                            f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
-            config = load_config(path)
-            app = create_app(config)
-            hc = hypercorn_config(config)
-            hc.bind = ["127.0.0.1:0"]
-            sockets = listen(hc)
-            port = sockets.insecure_sockets[0].getsockname()[1]
-            server = _Server(app, hc, Drain(), drain_timeout=1.0, grace=1.0)
-            stop, ready = trio.Event(), trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(server.run, sockets, stop, ready.set)
-                await ready.wait()
-                warm = await trio.run_process([sys.executable, "-c", _CLIENT, str(port), "20", "0"],
-                                              capture_stdout=True)
-                assert warm.returncode == 0
-                server_class.send_raw = noted_send  # type: ignore[method-assign]
-                trio.lowlevel.add_instrument(log)
-                try:
-                    done = await trio.run_process([sys.executable, "-c", _CLIENT, str(port), str(requests),
-                                                   str(_PAUSE)], capture_stdout=True)
-                finally:
-                    trio.lowlevel.remove_instrument(log)
-                    server_class.send_raw = plain_send  # type: ignore[method-assign]
-                stop.set()
-    finally:
-        stop_process(mock)
-        if mock.stdout is not None:
-            mock.stdout.close()
+    app = create_app(config)
+    hc = hypercorn_config(config)
+    hc.bind = ["127.0.0.1:0"]
+    sockets = listen(hc)
+    port = sockets.insecure_sockets[0].getsockname()[1]
+    server = _Server(app, hc, Drain(), drain_timeout=1.0, grace=1.0)
+    stop, ready = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run, sockets, stop, ready.set)
+        await ready.wait()
+        warm = await trio.run_process([sys.executable, "-c", _CLIENT, str(port), "20", "0"],
+                                      capture_stdout=True)
+        assert warm.returncode == 0
+        server_class.send_raw = noted_send  # type: ignore[method-assign]
+        trio.lowlevel.add_instrument(log)
+        try:
+            done = await trio.run_process([sys.executable, "-c", _CLIENT, str(port), str(requests),
+                                           str(_PAUSE)], capture_stdout=True)
+        finally:
+            trio.lowlevel.remove_instrument(log)
+            server_class.send_raw = plain_send  # type: ignore[method-assign]
+        stop.set()
     return log.marks, [float(t) for t in json.loads(done.stdout)]
 
 
@@ -196,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--where", action="store_true", help="name the frames each task step stopped at")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    marks, firsts = trio.run(record, args.requests, args.store, args.where)
+    marks, firsts = record(args.requests, args.store, args.where)
     report = summarize(requests_of(marks))
     report["client_first_byte_ms"] = round(statistics.median(firsts) * 1000, 3) if firsts else None
     if args.json:

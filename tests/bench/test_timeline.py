@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import trio
-
 from bench.timeline import Mark, record, requests_of, summarize
 
 
@@ -40,7 +38,7 @@ def test_a_shape_seen_less_often_is_left_out_of_the_rows() -> None:
 
 
 def test_a_real_gateway_run_shows_the_server_and_the_application_steps() -> None:
-    marks, firsts = trio.run(record, 15, "memory")
+    marks, firsts = record(15, "memory")
     report = summarize(requests_of(marks))
     assert len(firsts) == 15 and all(t > 0 for t in firsts)
     assert report["requests"] >= 10
