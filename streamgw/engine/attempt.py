@@ -100,6 +100,8 @@ class Opened:
 
 
 class _Closed:
+    ready = False
+
     async def receive(self) -> list[Delta] | None:
         return None
 

@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from streamgw.config import ProviderConfig, Timeouts
-from streamgw.core.deltas import Delta, ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart, UpstreamFailure
+from streamgw.core.deltas import Delta, ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart, UpstreamFailure, Usage
 from streamgw.core.request import ResponsesRequest
 from streamgw.errors import UpstreamError, UpstreamTimeout, redact, sanitize_upstream
 from streamgw.providers.base import NO_ASSETS, Dialect, StreamTranslator, UpstreamRequest
@@ -30,6 +30,11 @@ class DeltaSource(Protocol):
 
     async def receive(self) -> list[Delta] | None: ...
 
+    @property
+    def ready(self) -> bool:
+        """Whether ``receive`` has a batch without waiting (bytes read already, not yet translated)."""
+        ...
+
     async def drain(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -37,6 +42,8 @@ class DeltaSource(Protocol):
 
 class ScriptSource:
     """Plays an in-process provider's script (``LocalProvider``) with its configured pacing."""
+
+    ready = False
 
     def __init__(self, deltas: list[Delta], first_delay: float, tokens_per_second: float) -> None:
         self._deltas = deltas
@@ -62,6 +69,14 @@ class ScriptSource:
 
     async def aclose(self) -> None:
         self._pos = len(self._deltas)
+
+
+def _decides(batch: list[Delta]) -> bool:
+    """Whether ``batch`` holds a delta other than usage (the first one says: output, or a failure)."""
+    for delta in batch:
+        if type(delta) is not Usage:
+            return True
+    return False
 
 
 def _is_token(delta: Delta) -> bool:
@@ -90,11 +105,21 @@ DRAIN_SECONDS = 0.5
 
 _NO_HEADERS = httpx.Headers()
 
+#: until its first delta, a source translates a large read in slices this long, then twice as long, ...
+FIRST_SLICE = 512
+
 
 class HttpSource:
-    """An upstream HTTP response body fed through a dialect translator."""
+    """An upstream HTTP response body fed through a dialect translator.
 
-    __slots__ = ("_chunks", "_ended", "_response", "_secrets", "_translator")  # one per open stream
+    Until the first delta, a read is translated in growing slices (``FIRST_SLICE`` bytes, then twice as many,
+    ...): a fast upstream can send a whole answer in one read, and the first event should not wait for all of
+    it to be decoded.  What follows the slice that gave the first delta is translated by the next ``receive``,
+    without reading.  Every translator takes its body in pieces split anywhere (the network splits it so too).
+    """
+
+    # one per open stream: slots, not a per-instance dict
+    __slots__ = ("_chunks", "_ended", "_opening", "_pending", "_response", "_secrets", "_translator")
 
     def __init__(self, response: httpx.Response, translator: StreamTranslator, secrets: Sequence[str]) -> None:
         # Its headers were read (``open_stream``: a 2xx); from here only the body is: an answer that streams
@@ -107,8 +132,13 @@ class HttpSource:
         self._translator = translator
         self._secrets = secrets
         self._ended = False
+        self._opening = True  # nothing but usage translated yet
+        self._pending = b""  # read, not yet translated: what followed the first delta's slice
 
     async def receive(self) -> list[Delta] | None:
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            return self._translator.feed(pending)
         if self._ended:
             return None
         try:
@@ -120,7 +150,35 @@ class HttpSource:
             self._ended = True
             detail = redact(f"{type(exc).__name__}: {exc}", self._secrets)
             return [UpstreamFailure("server_error", f"upstream connection failed mid-stream ({detail})")]
+        if self._opening:
+            return self._first(chunk)
         return self._translator.feed(chunk)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._pending)
+
+    def _first(self, chunk: bytes) -> list[Delta]:
+        """Translate ``chunk`` slice by slice up to its first delta that is not usage; keep the rest in ``_pending``.
+
+        Usage alone decides nothing (``first_failure``): a failure after it in the same read is still a failure
+        before any output, so the slices go on until something else came.
+        """
+        feed = self._translator.feed
+        out: list[Delta] = []
+        start, size, end = 0, FIRST_SLICE, len(chunk)
+        while end - start > size:
+            out += feed(chunk[start:start + size])
+            start += size
+            if _decides(out):
+                self._opening = False
+                self._pending = chunk[start:]
+                return out
+            size *= 2
+        out += feed(chunk[start:] if start else chunk)
+        if _decides(out):
+            self._opening = False
+        return out
 
     async def drain(self) -> None:
         """Read the rest of a finished body (bounded), so the connection can be reused."""
@@ -138,6 +196,7 @@ class HttpSource:
 
     async def aclose(self) -> None:
         self._ended = True
+        self._pending = b""
         chunks = self._chunks
         try:
             if isinstance(chunks, AsyncGeneratorType):

@@ -1,9 +1,10 @@
 """The first write carries the response's opening and its first output, even when the first read holds it all.
 
 An upstream that answers at once (a short answer, a cached one, a fast model) lets one socket read carry
-the whole stream.  The run hands its first events over as soon as the first output is translated; the
-rest of that read follows as the next delivery, so the client's first token does not wait for the
-translation and encoding of every later one.
+the whole stream.  The source translates that read only up to its first delta (in growing slices) and the
+run hands its first events over as soon as the first output is translated; the rest of that read follows
+as the next delivery, so the client's first token does not wait for the decoding, translation and
+encoding of every later one.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 
 from streamgw.app.gateway import Gateway
 from streamgw.config import Config, ProviderConfig
+from streamgw.core.deltas import TextDelta, Usage
 from streamgw.core.request import parse_request
 from streamgw.core.sse import encode_event
+from streamgw.engine.attempt import open_attempt
 from streamgw.engine.run import ResponseRun
+from streamgw.engine.sources import FIRST_SLICE
+from streamgw.errors import GatewayError
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.invariants import check_events, output_text
 from streamgw.testing.server import MockRequest, Responder, serve_http
@@ -102,3 +108,46 @@ async def test_tokens_that_arrive_one_by_one_are_delivered_one_by_one(nursery: t
     assert all(batch for batch in deliveries)  # nothing delivers an empty batch
     final = check_events(initial + [e for batch in deliveries for e in batch])
     assert final["status"] == "completed"
+
+
+async def test_the_first_read_is_translated_only_up_to_its_first_delta(nursery: trio.Nursery) -> None:
+    port = await nursery.start(serve_http, _at_once)
+    async with _gateway(nursery, port) as gw:
+        request = parse_request(json.dumps({"model": "up/m", "input": "hello", "stream": True}).encode())
+        opened = await open_attempt(request, gw.router.plan(request.model).targets[0], gw.engine, None)
+        try:
+            assert len(WHOLE) > 4 * FIRST_SLICE  # one read, several slices
+            # the first slice holds the role chunk and the first two tokens: the rest waits, read but not decoded
+            assert opened.first == [TextDelta(TOKENS[0]), TextDelta(TOKENS[1])]
+            assert opened.source.ready
+            rest = await opened.source.receive()  # no upstream read: it was read with the first
+            assert rest is not None and not opened.source.ready
+            texts = [d.text for d in rest if isinstance(d, TextDelta)]
+            assert texts == TOKENS[2:] and isinstance(rest[-1], Usage)
+        finally:
+            await opened.aclose()
+
+
+#: usage first (within the first slice), SSE comments, then an error past the first slice: all in one read
+USAGE_THEN_ERROR = (
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
+    b'"usage":{"prompt_tokens":3,"completion_tokens":0,"total_tokens":3}}\n\n'
+    + b": padding\n" * (FIRST_SLICE // 10)
+    + b'data: {"error":{"message":"overloaded","type":"server_error","code":"overloaded"}}\n\n'
+)
+
+
+async def _usage_then_error(req: MockRequest, send: Responder) -> None:
+    await send.start(200, {"content-type": "text/event-stream"})
+    await send.end(USAGE_THEN_ERROR)
+
+
+async def test_usage_alone_does_not_end_the_first_read(nursery: trio.Nursery) -> None:
+    """A failure after usage in the first read is still a failure before any output: an error, not a stream."""
+    port = await nursery.start(serve_http, _usage_then_error)
+    async with _gateway(nursery, port) as gw:
+        request = parse_request(json.dumps({"model": "up/m", "input": "hello", "stream": True}).encode())
+        assert USAGE_THEN_ERROR.index(b"\n\n") < FIRST_SLICE < USAGE_THEN_ERROR.index(b'"error"')
+        with pytest.raises(GatewayError) as caught:
+            await open_attempt(request, gw.router.plan(request.model).targets[0], gw.engine, None)
+        assert "overloaded" in str(caught.value)
