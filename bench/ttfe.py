@@ -1,6 +1,7 @@
 """Added time to first event: gateway vs. the bare proxy vs. the mock upstream directly, interleaved, c=1.
 
     python bench/ttfe.py [--requests 300] [--tokens 20] [--store sqlite|memory|none] [--phases] [--baseline SRC]
+                         [--pin]
 
 Starts the Chat Completions mock, the gateway (hypercorn, trio worker) and the bare trio + h11
 pass-through proxy (``bench.bareproxy``, the floor for this stack) as real processes on 127.0.0.1,
@@ -19,12 +20,19 @@ first_read, translate, emit, write), their sum and the median ``ttfe_ms`` the ga
 each gateway request, or before it (they swap every round): ``baseline_ms``, ``baseline_added_ms`` and
 ``gateway_minus_baseline_ms`` (paired).
 Run it from a directory that holds no ``streamgw`` package (``python -m`` puts the current one first).
+
+``--pin`` (two CPUs or more): the servers (gateways and bare proxy) run on the first CPU, the mock and the
+client on the second, as the main bench pins them.  Unpinned on a 2-core machine, whatever a server does just
+after its first write (the rest of the stream) competes with the client waking up for the same two cores, and
+the client's time includes that wait; pinned, the client sees the first write, as a client on another machine
+would.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -96,11 +104,21 @@ def main() -> None:
                         help="also the median of each step of the gateway's time to first event ([logging] phases)")
     parser.add_argument("--baseline", metavar="SRC", default="",
                         help="also a gateway from the streamgw source tree SRC, interleaved (an A/B)")
+    parser.add_argument("--pin", action="store_true",
+                        help="servers on the first CPU, the mock and the client on the second")
     args = parser.parse_args()
+    server_prefix: list[str] = []
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs two CPUs")
+        server_prefix = ["taskset", "-c", str(cpus[0])]
+        os.sched_setaffinity(0, {cpus[1]})  # this client, and the mock it starts
     with tempfile.TemporaryDirectory() as tmp:
         mock_proc, mock_port = start_mock([])
         procs: list[subprocess.Popen[bytes] | subprocess.Popen[str]] = [mock_proc]
         urls: dict[str, str] = {}
+        pids: dict[str, int] = {}
         try:
             for name, src in (("gateway", ""), ("baseline", args.baseline)):
                 if name == "baseline" and not src:
@@ -113,13 +131,18 @@ def main() -> None:
                            if args.phases else "")
                 config.write_text(f'{logging}[store]\nbackend = "{args.store}"\npath = "{folder / "gw.db"}"\n\n'
                                   f'[providers.mock]\ntype = "chat"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n')
-                prefix = ["env", f"PYTHONPATH={Path(src).resolve()}"] if src else None
+                prefix = [*server_prefix, *(["env", f"PYTHONPATH={Path(src).resolve()}"] if src else [])]
                 gw_proc, urls[name] = start_gateway(config, folder / "gw.log", prefix=prefix)
                 procs.append(gw_proc)
+                pids[name] = gw_proc.pid
             bare_proc, bare_port = start_listening(
-                [sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}"], "bare proxy")
+                [*server_prefix, sys.executable, "-m", "bench.bareproxy", "--upstream", f"http://127.0.0.1:{mock_port}"],
+                "bare proxy")
             procs.append(bare_proc)
             report = run(args, mock_port, urls, bare_port)
+            # where each process was allowed to run (``--pin``)
+            running = {"client": 0, "mock": mock_proc.pid, **pids, "bare": bare_proc.pid}
+            report["cpus"] = {name: sorted(os.sched_getaffinity(pid)) for name, pid in running.items()}
         finally:
             for proc in reversed(procs):
                 stop_process(proc)
@@ -168,6 +191,7 @@ def run(args: argparse.Namespace, mock_port: int, urls: dict[str, str], bare_por
 
     report: dict[str, object] = {
         "requests": args.requests,
+        "pinned": bool(getattr(args, "pin", False)),
         "direct_ms": ms(times["direct"]),
         "bare_ms": ms(times["bare"]),
         "gateway_ms": ms(times["gateway"]),

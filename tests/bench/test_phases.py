@@ -4,6 +4,9 @@ the request log; ``bench/ttfe.py --phases`` takes the median of each step."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,3 +111,16 @@ def test_phase_medians_on_synthetic_lines() -> None:
     found = phase_medians(lines)
     assert found["parse"] == 0.2 and found["upstream"] == 0.5 and found["write"] is None
     assert found["ttfe_ms"] == 2.0 and found["sum"] == 0.7
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs two CPUs")
+def test_ttfe_pin_puts_the_servers_and_the_client_on_different_cpus(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[2] / "bench" / "ttfe.py"
+    done = subprocess.run([sys.executable, str(script), "--requests", "3", "--tokens", "2", "--store", "none", "--pin"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    assert report["pinned"] is True
+    assert report["cpus"] == {"client": [second], "mock": [second], "gateway": [first], "bare": [first]}
+    assert report["gateway_ms"]["p50"] > 0 and report["bare_ms"]["p50"] > 0
