@@ -259,7 +259,7 @@ class ResponsesEndpoint:
                     notice.forget(left)
                     exchange.work = None
                     if ticket is not None:
-                        ticket.close()
+                        self.keepalives.release(ticket)
             if failure is not None:
                 raise failure
         except GatewayError as error:  # the lifecycle mapped everything else to internal_error
@@ -357,11 +357,11 @@ class _Ticket:
     def __init__(self, exchange: _Exchange, live: LiveResponse, work: trio.CancelScope) -> None:
         self.exchange: _Exchange | None = exchange
         self.live: LiveResponse | None = live
-        self.work = work
+        self.work: trio.CancelScope | None = work
 
     def close(self) -> None:
         """The response is over: no more keepalives, and nothing of it kept alive by the timer."""
-        self.exchange = self.live = None
+        self.exchange = self.live = self.work = None
 
     def interval(self) -> float:
         live = self.live
@@ -375,7 +375,8 @@ class _Ticket:
             await exchange.write(KEEPALIVE)
         except Exception:  # the watcher task's failure would have ended the request: so does this
             log.debug("a keepalive write failed; the response ends", exc_info=True)
-            self.work.cancel()
+            if self.work is not None:
+                self.work.cancel()
 
 
 class KeepaliveTimer:
@@ -395,6 +396,7 @@ class KeepaliveTimer:
         self._order = itertools.count()
         self._wake: trio.CancelScope | None = None
         self._run: object = None  # the trio run the timer task serves (its root task)
+        self._released = 0  # tickets released since the last sweep (``release``)
 
     def add(self, exchange: _Exchange, live: LiveResponse, work: trio.CancelScope) -> _Ticket:
         """Keep ``exchange`` alive while it lasts (``live.keepalive``; 0: off); ``work`` ends if a write fails."""
@@ -411,6 +413,21 @@ class KeepaliveTimer:
             self._wake.deadline = due
         heapq.heappush(self._heap, (due, next(self._order), ticket))
         return ticket
+
+    def release(self, ticket: _Ticket) -> None:
+        """The response is over: close its ticket; once released tickets are half the heap, drop them.
+
+        A released ticket's entry would otherwise stay until its next keepalive was due (an interval after
+        the response's last write, 15 s by default): short responses at a high rate would keep thousands
+        of them, and the collector would walk them again and again.
+        """
+        ticket.close()
+        self._released += 1
+        heap = self._heap
+        if self._released * 2 >= len(heap):
+            heap[:] = [entry for entry in heap if entry[2].exchange is not None]
+            heapq.heapify(heap)
+            self._released = 0
 
     async def _tick(self) -> None:
         heap = self._heap

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -201,3 +202,23 @@ async def test_many_streams_share_one_deadline_timer_that_ends_with_them(
     assert deadline_timers() == 1  # it outlives the last stream (a next one would need it again)
     await trio.sleep(15)
     assert deadline_timers() == 0  # and ends by the last stream's idle deadline
+
+
+async def test_finished_streams_leave_nothing_with_the_keepalive_timer(upstream: Upstream) -> None:
+    """A stream's place with the keepalive timer goes once it ends, not an interval after its last write."""
+    from streamgw.app.streaming import _Ticket
+
+    def tickets() -> list[_Ticket]:
+        gc.collect()
+        return [obj for obj in gc.get_objects() if type(obj) is _Ticket]
+
+    config = make_config([upstream.provider("up")], keepalive=30)
+    async with running_gateway(config) as port:
+        for _ in range(30):
+            result = await post_sse(port, body("up/text:tokens=2"))
+            assert output_text(check_events(result.events)) == "tok0 tok1 "
+        await trio.sleep(0.3)  # the last handler ends after its client has read the whole answer
+        left = tickets()
+        # released tickets are swept once they are half the heap: at most one is left between sweeps
+        assert len(left) <= 1, f"{len(left)} tickets of finished streams kept by the timer"
+        assert all(t.exchange is None and t.live is None and t.work is None for t in left)
