@@ -49,6 +49,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState, LifespanState, TaskGroup
 from hypercorn.utils import LifespanFailureError, LifespanTimeoutError, repr_socket_addr, wrap_app
+from quart import Quart
 
 from streamgw.engine.drain import Drain
 from streamgw.serving.connections import (
@@ -109,10 +110,14 @@ def close_sockets(sockets: Sockets) -> None:
 class InFlight:
     """ASGI wrapper that counts the HTTP requests and WebSocket connections in progress.
 
-    One increment and one decrement per request: nothing per event.
+    One increment and one decrement per request: nothing per event.  A Quart application is called through its
+    ``asgi_app``, which is all that ``Quart.__call__`` does: without that frame, which every open stream's task
+    would hold for as long as it streams.
     """
 
     def __init__(self, app: ASGIApp) -> None:
+        if isinstance(app, Quart) and type(app).__call__ is Quart.__call__:
+            app = app.asgi_app
         self._app = app
         self.count = 0
         self._idle: trio.Event | None = None

@@ -1,0 +1,50 @@
+"""What an open stream's application task waits under, served by the production worker.
+
+Every coroutine between trio and the wait holds its frame for as long as the stream lasts; the worker calls a
+Quart application through its ``asgi_app`` (all that ``Quart.__call__`` does), so that frame is not among them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from streamgw.app.routes import create_app
+from streamgw.config import Config, DemoSettings, ProviderConfig
+from streamgw.engine.drain import Drain
+from streamgw.serving.main import hypercorn_config
+from streamgw.serving.worker import _Server, listen
+
+
+def _walk(task: trio.lowlevel.Task) -> list[trio.lowlevel.Task]:
+    return [task, *(t for nursery in task.child_nurseries for child in nursery.child_tasks for t in _walk(child))]
+
+
+async def test_an_open_streams_task_holds_no_framework_frame() -> None:
+    slow = DemoSettings(first_token_delay=0.0, tokens_per_second=1.0)
+    config = Config(providers={"demo": ProviderConfig(name="demo", type="demo", demo=slow)})
+    hc = hypercorn_config(config)
+    hc.bind = ["127.0.0.1:0"]
+    sockets = listen(hc)
+    port = sockets.insecure_sockets[0].getsockname()[1]
+    server = _Server(create_app(config), hc, Drain(), drain_timeout=1.0, grace=1.0)
+    stop, ready = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run, sockets, stop, ready.set)
+        await ready.wait()
+        body = json.dumps({"model": "demo/echo", "input": "one two three four", "stream": True}).encode()
+        async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+            await client.send_all(b"POST /v1/responses HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                                  b"content-length: %d\r\n\r\n" % len(body) + body)
+            assert (await client.receive_some(65536)).startswith(b"HTTP/1.1 200")
+            await trio.sleep(0.1)
+            tasks = [t for t in _walk(trio.lowlevel.current_root_task()) if t.coro.cr_code.co_name == "_serve_asgi"]
+            assert len(tasks) == 1
+            frames = [(f.f_code.co_filename.rsplit("/", 2)[-2:], f.f_code.co_name)
+                      for f, _ in tasks[0].iter_await_frames()]
+            names = [name for _, name in frames]
+            assert names[:3] == ["_serve_asgi", "__call__", "__call__"], frames  # InFlight, then the endpoint
+            assert frames[2][0] == ["app", "streaming.py"], frames
+            assert not any(path[0] == "quart" for path, _ in frames), frames
+        stop.set()
