@@ -136,7 +136,7 @@ import importlib
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from itertools import chain
 from typing import Any
@@ -259,11 +259,16 @@ class SerialisedTCPServer(TCPServer):
             nursery = nursery.parent_task.parent_nursery
         return False
 
-    async def _read_data(self) -> None:
-        if self.config.read_timeout:
-            await super()._read_data()
-        else:
-            await self._read_untimed()
+    def _read_data(self) -> Coroutine[Any, Any, None]:
+        # Not a coroutine function: the reading coroutine is returned, so a connection's task does not hold
+        # one more frame (this one) for as long as it is open.
+        return self._read_timed() if self.config.read_timeout else self._read_untimed()
+
+    async def _read_timed(self) -> None:
+        await super()._read_data()
+        await self._read_ended()
+
+    async def _read_ended(self) -> None:
         # Nothing more will come from the client.  The keep-alive timer would hold the connection (and
         # its socket, in CLOSE-WAIT) for up to keep_alive_timeout: stop it so that the task group ends
         # and the connection closes now.  A request still in progress has had its http.disconnect.
@@ -294,6 +299,7 @@ class SerialisedTCPServer(TCPServer):
                 break
             del data  # not held through the next wait (a request's head and body, for as long as it streams)
         await handle(Closed())
+        await self._read_ended()
 
     @property
     def task_group(self) -> TaskGroup:

@@ -45,10 +45,12 @@ class _Worker:
 
 
 @asynccontextmanager
-async def _worker(nursery: trio.Nursery, keep_alive_timeout: float = TIMEOUT) -> AsyncIterator[_Worker]:
+async def _worker(nursery: trio.Nursery, keep_alive_timeout: float = TIMEOUT,
+                  read_timeout: float | None = None) -> AsyncIterator[_Worker]:
     hc = hypercorn_config(Config())
     hc.bind = ["127.0.0.1:0"]
     hc.keep_alive_timeout = keep_alive_timeout
+    hc.read_timeout = read_timeout
     sockets = listen(hc)
     port = sockets.insecure_sockets[0].getsockname()[1]
     server = _Server(_app, hc, Drain(), drain_timeout=1.0, grace=1.0)
@@ -113,6 +115,16 @@ async def test_a_connection_in_use_stays_open_and_times_out_from_its_last_reques
             await _ask(stream)
             took = await _closed_within(stream, 5.0)
         assert TIMEOUT * 0.8 <= took < TIMEOUT + 1.0
+
+
+async def test_with_a_read_timeout_a_silent_client_is_closed_by_it(nursery: trio.Nursery) -> None:
+    """hypercorn's ``read_timeout`` (not set by streamgw's configuration, but an operator's hypercorn setting):
+    its timed read loop serves requests, and a client silent past it is closed as its read ends."""
+    async with _worker(nursery, keep_alive_timeout=30.0, read_timeout=TIMEOUT) as worker:
+        async with await trio.open_tcp_stream("127.0.0.1", worker.port) as stream:
+            await _ask(stream)
+            took = await _closed_within(stream, 5.0)
+        assert TIMEOUT * 0.8 <= took < TIMEOUT + 1.0  # the read timeout, not the 30 s keep-alive
 
 
 class _Spawns(trio.abc.Instrument):

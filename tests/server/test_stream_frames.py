@@ -1,7 +1,8 @@
-"""What an open stream's application task waits under, served by the production worker.
+"""What an open stream's tasks wait under, served by the production worker.
 
 Every coroutine between trio and the wait holds its frame for as long as the stream lasts; the worker calls a
-Quart application through its ``asgi_app`` (all that ``Quart.__call__`` does), so that frame is not among them.
+Quart application through its ``asgi_app`` (all that ``Quart.__call__`` does), and a connection's reader is
+awaited without the ``_read_data`` layer that only chooses it, so neither frame is among them.
 """
 
 from __future__ import annotations
@@ -47,4 +48,8 @@ async def test_an_open_streams_task_holds_no_framework_frame() -> None:
             assert names[:3] == ["_serve_asgi", "__call__", "__call__"], frames  # InFlight, then the endpoint
             assert frames[2][0] == ["app", "streaming.py"], frames
             assert not any(path[0] == "quart" for path, _ in frames), frames
+            chains = [[f.f_code.co_name for f, _ in t.iter_await_frames()]
+                      for t in _walk(trio.lowlevel.current_root_task())]
+            readers = [names for names in chains if "_read_untimed" in names]
+            assert len(readers) == 1 and "_read_data" not in readers[0], readers
         stop.set()
