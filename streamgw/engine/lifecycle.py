@@ -298,6 +298,8 @@ class LiveResponse:
         self.run: ResponseRun | None = None
         self.expansion: Expansion | None = None
         self._recorder: Recorder | None = None
+        #: while a stored response streams: the door's delivery, which ``_recorded`` wraps
+        self._deliver: Callable[[list[Any]], Awaitable[None]] | None = None
         self._record_since: float | None = None  # the response is to be stored; when it was asked for
         self._refused: GatewayError | None = None
         self.plan: Plan | None = None
@@ -448,13 +450,19 @@ class LiveResponse:
             await run.stream(deliver)
             return
         await recorder.started(run)  # after the first event: the store is not on its path
+        self._deliver = deliver
+        try:
+            await run.stream(self._recorded)  # a bound method: no closure and cells held for as long as it streams
+        finally:
+            self._deliver = None  # the door's delivery refers back to this response: no cycle left behind
 
-        async def recorded(events: list[Any]) -> None:
-            if run.done:
-                await recorder.finish(run)  # stored before the client can see the terminal event
-            await deliver(events)
-
-        await run.stream(recorded)
+    async def _recorded(self, events: list[Any]) -> None:
+        """``stream``'s delivery of a stored response: stored before the client can see the terminal event."""
+        run, recorder, deliver = self.run, self._recorder, self._deliver
+        assert run is not None and recorder is not None and deliver is not None, "set by stream()"
+        if run.done:
+            await recorder.finish(run)
+        await deliver(events)
 
     async def collect(self) -> dict[str, Any]:
         """Run to the end (``stream: false``); the final response object, stored before it is returned."""
