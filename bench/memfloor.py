@@ -54,9 +54,12 @@ sys.stdin.read()
 '''
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+async def _rss() -> int:
+    """This process's resident set size, in bytes (read through trio: the serving loop is running)."""
+    import trio
+
+    statm = await trio.Path("/proc/self/statm").read_text()
+    return int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def relay_app(mock_port: int) -> Any:
@@ -141,11 +144,11 @@ def serve_layer(layer: str, mock_port: int, streams: int, store: str, folder: st
             warm, _ = await hold(5)  # every code path once, before the idle reading
             await trio.sleep(0.5)
             gc.collect()
-            idle = _rss()
+            idle = await _rss()
             clients, opened = await hold(streams)
             await trio.sleep(SETTLE_S)
             gc.collect()
-            held = _rss()
+            held = await _rss()
             for proc in (warm, clients):
                 proc.kill()
                 await proc.wait()
