@@ -17,9 +17,15 @@ from typing import Generic, TypeVar
 
 import trio
 
-__all__ = ["DueHeap"]
+__all__ = ["DueHeap", "prune"]
 
 T = TypeVar("T")
+
+
+def prune(heap: list[tuple[float, int, T]], alive: Callable[[T], bool]) -> None:
+    """Drop, in place, every ``(due, order, item)`` entry of ``heap`` whose item is no longer ``alive``."""
+    heap[:] = [entry for entry in heap if alive(entry[2])]
+    heapq.heapify(heap)
 
 
 class DueHeap(Generic[T]):
@@ -56,9 +62,7 @@ class DueHeap(Generic[T]):
 
     def keep(self, alive: Callable[[T], bool]) -> None:
         """Drop every filing whose item is no longer ``alive`` (without waking the task)."""
-        heap = self._heap
-        heap[:] = [entry for entry in heap if alive(entry[2])]
-        heapq.heapify(heap)
+        prune(self._heap, alive)
 
     def ended(self, alive: Callable[[T], bool]) -> None:
         """A filed item ended (its filing is dead): sweep the dead ones (``keep(alive)``) once they are half

@@ -38,6 +38,7 @@ from streamgw.core.sse import encode_comment, encode_event
 from streamgw.core.tracecontext import parse_traceparent
 from streamgw.engine.lifecycle import LiveResponse, RequestEntry, open_response, request_id
 from streamgw.errors import GatewayError, PayloadTooLarge, RequestTimeout, ServerBusy
+from streamgw.timers import prune
 
 if TYPE_CHECKING:
     from streamgw.app.gateway import Gateway
@@ -359,6 +360,10 @@ class _Ticket:
         self.live: LiveResponse | None = live
         self.work: trio.CancelScope | None = work
 
+    def open(self) -> bool:
+        """Whether the response is still going (not ``close``d)."""
+        return self.exchange is not None
+
     def close(self) -> None:
         """The response is over: no more keepalives, and nothing of it kept alive by the timer."""
         self.exchange = self.live = self.work = None
@@ -423,10 +428,8 @@ class KeepaliveTimer:
         """
         ticket.close()
         self._released += 1
-        heap = self._heap
-        if self._released * 2 >= len(heap):
-            heap[:] = [entry for entry in heap if entry[2].exchange is not None]
-            heapq.heapify(heap)
+        if self._released * 2 >= len(self._heap):
+            prune(self._heap, _Ticket.open)
             self._released = 0
 
     async def _tick(self) -> None:
