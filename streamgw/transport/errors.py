@@ -2,7 +2,7 @@
 
 ``TrioH11Transport`` stands in for httpcore under httpx, so it keeps httpx's contract:
 every failure it reports is an ``httpx.TransportError``.  What raises underneath -- trio
-streams and sockets, ``ssl`` (wrapped by trio), h11, the body decoder, our own deadlines
+streams and sockets, ``ssl`` (wrapped by trio), the head and body codecs, our own deadlines
 (``trio.TooSlowError``) -- is translated in one place, by one table, the way httpcore's
 ``map_exceptions`` does it: the operation that was running (connecting, writing, reading,
 waiting for a slot) picks the httpx class for I/O errors and timeouts; protocol errors
@@ -20,24 +20,24 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Final
 
-import h11
 import httpx
 import trio
 
 from streamgw.transport.http1body import BodyFramingError
+from streamgw.transport.http1head import HeadError, LocalHeadError
 
 __all__ = ["CONNECTING", "READING", "WAITING", "WRITING", "ProtocolViolation", "describe", "map_exceptions"]
 
 
 class ProtocolViolation(Exception):
-    """The server broke HTTP/1.1 in a way neither h11 nor the body decoder reports itself."""
+    """The server broke HTTP/1.1 in a way neither head nor body codec reports itself (it closed early...)."""
 
 
 #: what trio streams and sockets raise when the connection breaks or was closed under us
 #: (``ssl.SSLError`` is an ``OSError``; trio wraps it in ``BrokenResourceError`` after connect)
 IO_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 #: the server's bytes are not HTTP/1.1: the same in every phase
-_PROTOCOL_ERRORS: Final = (h11.RemoteProtocolError, BodyFramingError, ProtocolViolation)
+_PROTOCOL_ERRORS: Final = (HeadError, BodyFramingError, ProtocolViolation)
 #: how deep ``describe`` follows ``__cause__`` for a message
 _MAX_CAUSES: Final = 4
 
@@ -69,7 +69,7 @@ class map_exceptions:  # lower case like contextlib.suppress: it is used as ``wi
         self._table: tuple[tuple[tuple[type[Exception], ...], type[httpx.TransportError]], ...] = (
             ((trio.TooSlowError,), timeout),
             (_PROTOCOL_ERRORS, httpx.RemoteProtocolError),
-            ((h11.LocalProtocolError,), httpx.LocalProtocolError),
+            ((LocalHeadError,), httpx.LocalProtocolError),
             (IO_ERRORS, error),
         )
 

@@ -1,9 +1,11 @@
 """A trio-native HTTP/1.1 transport for httpx, with an O(1) connection pool.
 
-httpx stays the client API; this replaces httpcore underneath it.  Each socket
-(`trio.SocketStream`, wrapped in a `trio.SSLStream` for https) gets one
-`h11.Connection`.  Idle connections wait in a per-origin LIFO stack; checking one
-out or in never scans other requests or connections.
+httpx stays the client API; this replaces httpcore underneath it.  Each socket is a
+`trio.SocketStream` (wrapped in a `trio.SSLStream` for https); request and response heads
+are written and parsed by ``streamgw.transport.http1head``, bodies framed by
+``streamgw.transport.http1body`` (both sans-IO, with h11's grammar and checks).  Idle
+connections wait in a per-origin LIFO stack; checking one out or in never scans other
+requests or connections.
 
 Two properties matter to the gateway:
 
@@ -33,12 +35,12 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final, cast
 
-import h11
 import httpx
 import trio
 
 from streamgw.transport.errors import CONNECTING, READING, WAITING, WRITING, ProtocolViolation
 from streamgw.transport.http1body import BodyDecoder, framing
+from streamgw.transport.http1head import LocalHeadError, ResponseHead, parse_response_head, request_head
 from streamgw.transport.sockio import plain_socket, receive_plain
 
 __all__ = ["BODY_EXTENSION", "CONNECT_TO_EXTENSION", "TrioH11Transport"]
@@ -57,7 +59,7 @@ CONNECT_TO_EXTENSION: Final = "streamgw.connect_to"
 Origin = tuple[bytes, bytes, int, str]
 
 _DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
-#: h11 rejects a response head bigger than this.
+#: a response head bigger than this is refused
 _MAX_HEAD_SIZE: Final = 64 * 1024
 #: failures that, on a reused connection with no response byte yet, mean "stale"
 _STALE_ERRORS: Final = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
@@ -125,9 +127,9 @@ def _prepared_headers(url: httpx.URL, method: str, headers: Mapping[str, str], b
 
 
 class _Connection:
-    """One socket, its h11 state machine, and the pool's bookkeeping for it."""
+    """One socket, the state of the response it reads, and the pool's bookkeeping for it."""
 
-    __slots__ = ("body", "closed", "eof", "h11", "idle_since", "keep_alive", "origin", "pending", "plain",
+    __slots__ = ("body", "closed", "eof", "idle_since", "keep_alive", "origin", "pending", "plain",
                  "read_chunk", "response_started", "reused", "socket", "stream")
 
     def __init__(self, origin: Origin, stream: trio.abc.Stream, socket: trio.socket.SocketType,
@@ -138,12 +140,10 @@ class _Connection:
         #: the stdlib socket under a plain TCP stream (None with TLS): reads skip ``SocketStream``'s layers
         self.plain: stdsocket.socket | None = plain_socket(stream)
         self.read_chunk = read_chunk
-        #: made by ``exchange`` (a new connection) or at check-in (a kept one); ``None`` once a head was read
-        self.h11: h11.Connection | None = None
         self.idle_since = 0.0
         self.reused = False  # True once it served a request and came back from the pool
         self.response_started = False  # a byte of the current response arrived
-        self.body = BodyDecoder("none")  # h11 parses heads; bodies are unframed by this decoder
+        self.body = BodyDecoder("none")  # the current response's body framing
         self.pending = b""  # body bytes that arrived with the head
         self.eof = False  # the peer closed its side
         self.keep_alive = False  # the connection may carry another request after this response
@@ -169,11 +169,9 @@ class _Connection:
         return self.socket.is_readable()
 
     async def exchange(self, request: _Outgoing, write_timeout: float | None,
-                       read_timeout: float | None) -> h11.Response:
+                       read_timeout: float | None) -> ResponseHead:
         """Send ``request`` and read the response head, skipping 1xx responses."""
         self.response_started = False
-        if self.h11 is None:  # a connection made for this request (a reused one got its fresh one at check-in)
-            self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_SIZE)
         try:
             with WRITING:
                 await self._send_request(request, write_timeout)
@@ -181,69 +179,76 @@ class _Connection:
             write_error = exc
         else:
             with READING:
-                return self._body_follows(await self._receive_head(read_timeout), request)
+                return self._body_follows(*await self._receive_head(read_timeout), request)
         # A server may answer early (413, 401...) and close without reading the
         # whole body: its response is more useful than our write error.
         try:
             with READING:
-                head = await self._receive_head(read_timeout)
+                head, leftover = await self._receive_head(read_timeout)
         except httpx.TransportError:
             raise write_error from None
         with READING:
-            self._body_follows(head, request)
+            self._body_follows(head, leftover, request)
         self.keep_alive = False
         return head
 
-    def _body_follows(self, head: h11.Response, request: _Outgoing) -> h11.Response:
-        """Set up the body decoder for ``head``; h11 is done with this response."""
-        mode, length = framing(head.status_code, list(head.headers), request.method)
+    def _body_follows(self, head: ResponseHead, leftover: bytes, request: _Outgoing) -> ResponseHead:
+        """Set up the body decoder for ``head``; ``leftover``: what arrived after it."""
+        mode, length = framing(head.status_code, head.headers, request.method)
         self.body = decoder = BodyDecoder(mode, length)
-        assert self.h11 is not None
-        leftover, self.eof = self.h11.trailing_data
-        # h11 is done with this response: dropped now, it does not keep the parsed head and its receive
-        # buffer alive for as long as the body streams; a reusable connection gets a fresh one at check-in
-        # (after the response, not on the way to its first byte).
-        self.h11 = None
-        self.pending = decoder.feed(bytes(leftover)) if leftover else b""
+        self.pending = decoder.feed(leftover) if leftover else b""
         self.keep_alive = (head.http_version == b"1.1" and not decoder.until_eof
                            and not _asks_close(head.headers) and not _asks_close(request.headers))
         return head
 
     async def _send_request(self, request: _Outgoing, write_timeout: float | None) -> None:
-        conn = self.h11
-        assert conn is not None
-        head = conn.send(h11.Request(method=request.method, target=request.target, headers=request.headers))
+        head, length = request_head(request.method, request.target, request.headers)
         body = request.body
         if body is not None:
-            # Head, body and end in one write: one syscall for a typical API call.
-            data = [head, conn.send(h11.Data(data=body)) if body else b"", conn.send(h11.EndOfMessage())]
-            await self._send(b"".join(data), write_timeout)
+            # Head and body in one write: one syscall for a typical API call.
+            if length is None:
+                body = (b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)) if body else b"0\r\n\r\n"
+            elif len(body) != length:
+                raise LocalHeadError(f"the body is {len(body)} bytes, its Content-Length says {length}")
+            await self._send(head + body, write_timeout)
             return
         await self._send(head, write_timeout)
         stream = request.stream
         if not isinstance(stream, httpx.AsyncByteStream):
             raise TypeError("TrioH11Transport needs an async request body")
+        left = length
         async for part in stream:
-            if part:
-                await self._send(conn.send(h11.Data(data=part)), write_timeout)
-        await self._send(conn.send(h11.EndOfMessage()), write_timeout)
+            if not part:
+                continue
+            if left is None:
+                part = b"%x\r\n%s\r\n" % (len(part), part)
+            else:
+                left -= len(part)
+                if left < 0:
+                    raise LocalHeadError(f"the body is longer than its Content-Length ({length})")
+            await self._send(part, write_timeout)
+        if left is None:
+            await self._send(b"0\r\n\r\n", write_timeout)
+        elif left:
+            raise LocalHeadError(f"the body is shorter than its Content-Length ({length})")
 
-    async def _receive_head(self, read_timeout: float | None) -> h11.Response:
-        conn = self.h11
-        assert conn is not None
+    async def _receive_head(self, read_timeout: float | None) -> tuple[ResponseHead, bytes]:
+        """The response head (1xx ones skipped) and the bytes that arrived after it."""
+        buf = b""
         while True:
-            event = conn.next_event()
-            if type(event) is h11.Response:
-                return event
-            if event is h11.NEED_DATA:
-                if await self._receive(read_timeout):
-                    self.response_started = True
-                elif not self.response_started:
-                    # h11's own words for this ("can't handle event type ConnectionClosed when
-                    # role=SERVER...") do not tell an operator what happened.
-                    raise ProtocolViolation("the server closed the connection without sending a response")
-            elif type(event) is not h11.InformationalResponse:
-                raise ProtocolViolation(f"unexpected {event!r} before the response head")
+            parsed = parse_response_head(buf, _MAX_HEAD_SIZE) if buf else None
+            if parsed is None:
+                data = await self._receive_raw(read_timeout)
+                if not data:
+                    raise ProtocolViolation("the server closed the connection in the middle of the response head"
+                                            if buf else "the server closed the connection without sending a response")
+                self.response_started = True
+                buf += data
+                continue
+            head, end = parsed
+            buf = buf[end:]
+            if head.status_code >= 200:
+                return head, buf
 
     async def _send(self, data: bytes, write_timeout: float | None) -> None:
         plain = self.plain
@@ -263,13 +268,6 @@ class _Connection:
             await self.stream.send_all(data)
             return
         raise trio.TooSlowError("timed out sending the request")
-
-    async def _receive(self, read_timeout: float | None) -> bool:
-        """Feed the next bytes from the socket to h11; False at EOF."""
-        data = await self._receive_raw(read_timeout)
-        assert self.h11 is not None
-        self.h11.receive_data(data)  # b"" tells h11 about EOF
-        return bool(data)
 
     async def _receive_raw(self, read_timeout: float | None) -> bytes:
         """The next bytes from the socket (b"" at EOF)."""
@@ -393,7 +391,7 @@ class _Waiter:
 
 
 class TrioH11Transport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 over trio sockets with h11, pooling keep-alive connections.
+    """HTTP/1.1 over trio sockets, pooling keep-alive connections.
 
     Use it as ``httpx.AsyncClient(transport=TrioH11Transport())``.
 
@@ -481,7 +479,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         body = _ResponseStream(self, conn, read_timeout)
         return httpx.Response(
             head.status_code,
-            headers=head.headers.raw_items(),
+            headers=head.raw,
             stream=body,
             extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason,
                         BODY_EXTENSION: body},
@@ -613,7 +611,6 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         # response, so such a connection is closed too.
         if conn.keep_alive and conn.body.done and not conn.body.extra and not conn.eof:
             conn.reused = True
-            conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_SIZE)
             self._release(conn)
         else:
             self._discard(conn)

@@ -1,7 +1,7 @@
 """Sans-IO framing of an HTTP/1.1 response body: chunked, Content-Length, or until the connection closes.
 
-h11 parses the response head; the body, where a streamed answer spends all its bytes, is
-unframed here instead.  h11 makes an event object per chunk and runs its state machine for
+``http1head`` parses the response head; the body, where a streamed answer spends all its bytes,
+is unframed here.  h11 (which did both) makes an event object per chunk and runs its state machine for
 each; a gateway relaying hundreds of small SSE chunks per second per stream paid about a
 tenth of its CPU for that.  This decoder turns everything that arrived in one read into one
 ``bytes`` object with a few ``find`` calls and slices.
@@ -32,7 +32,7 @@ class BodyFramingError(Exception):
 def framing(status: int, headers: list[tuple[bytes, bytes]], method: bytes) -> tuple[str, int]:
     """The framing of a response body from its head: ``("none"|"chunked"|"length"|"eof", length)``.
 
-    ``headers`` are lower-cased names (as h11 gives them).  Transfer-Encoding wins over
+    ``headers`` are lower-cased names (as ``http1head`` gives them).  Transfer-Encoding wins over
     Content-Length; a Transfer-Encoding other than ``chunked`` is refused, as h11 does.
     """
     if method == b"HEAD" or status in (204, 304) or 100 <= status < 200:

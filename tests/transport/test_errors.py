@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import time
 
-import h11
 import httpx
 import pytest
 import trio
@@ -17,6 +16,7 @@ from streamgw.testing.process import free_port
 from streamgw.transport.errors import CONNECTING, READING, WAITING, WRITING, describe, map_exceptions
 from streamgw.transport.h11pool import TrioH11Transport
 from streamgw.transport.http1body import BodyFramingError
+from streamgw.transport.http1head import HeadError, LocalHeadError
 
 TIMEOUTS = {"connect": 0.5, "read": None, "write": 5.0, "pool": None}
 
@@ -62,7 +62,8 @@ async def test_eof_before_the_head_is_remote_protocol_error_in_plain_words() -> 
 async def test_malformed_head_is_remote_protocol_error() -> None:
     with FaultServer(Fault.MALFORMED_HEAD) as server, pytest.raises(httpx.RemoteProtocolError) as caught:
         await fetch(f"http://127.0.0.1:{server.port}/")
-    assert isinstance(caught.value.__cause__, h11.RemoteProtocolError)
+    assert isinstance(caught.value.__cause__, HeadError)
+    assert str(caught.value).startswith("illegal status line")
 
 
 async def test_reset_mid_body_is_read_error() -> None:
@@ -78,11 +79,11 @@ async def test_reset_mid_body_is_read_error() -> None:
         (CONNECTING, trio.TooSlowError("slow"), httpx.ConnectTimeout),
         (WRITING, trio.BrokenResourceError("pipe"), httpx.WriteError),
         (WRITING, trio.TooSlowError("slow"), httpx.WriteTimeout),
-        (WRITING, h11.LocalProtocolError("bad header"), httpx.LocalProtocolError),
+        (WRITING, LocalHeadError("bad header"), httpx.LocalProtocolError),
         (READING, trio.ClosedResourceError("closed"), httpx.ReadError),
         (READING, trio.TooSlowError("slow"), httpx.ReadTimeout),
         (READING, BodyFramingError("bad chunk"), httpx.RemoteProtocolError),
-        (READING, h11.RemoteProtocolError("bad head"), httpx.RemoteProtocolError),
+        (READING, HeadError("bad head"), httpx.RemoteProtocolError),
         (WAITING, trio.TooSlowError("slow"), httpx.PoolTimeout),
     ],
 )

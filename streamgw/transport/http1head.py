@@ -1,0 +1,188 @@
+"""Sans-IO HTTP/1.1 heads for the upstream client: the request head it writes and the response head it reads.
+
+h11 did both, through its event objects, its header normalisation and its state machine: about 65 µs a request
+on the way to every first token, for a request whose headers we built and a response head of a few lines.  Both
+are checked here with the grammar h11 applies (RFC 9110 §5.5 and RFC 9112 §2 to §4, with h11's tolerances: bare LF
+line ends, a missing reason phrase, obsolete line folding joined with a space), and the response's header
+semantics h11 enforces: one value for Content-Length (repeats must agree), only ``chunked`` as a
+Transfer-Encoding, no 1xx below 100 and no 101 (we never ask to switch protocols).  A response head this parser
+accepts h11 accepts with the same fields, and the reverse (``tests/transport/test_http1head.py`` compares
+them on hand-written and generated heads).  The body after the head is framed by ``http1body``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Final
+
+__all__ = ["HeadError", "LocalHeadError", "ResponseHead", "parse_response_head", "request_head"]
+
+# RFC 9110 §5.6.2 token; §5.5 field-value as h11 reads it (obs-text allowed, no NUL or whitespace inside a
+# "vchar", single spaces or tabs between them, none at either end)
+_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_VALUE: Final = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_NAME_RE: Final = re.compile(_TOKEN)
+_VALUE_RE: Final = re.compile(_VALUE)
+_TARGET_RE: Final = re.compile(rb"[\x21-\x7e]+")
+_FIELD_RE: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
+_STATUS_RE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
+_FOLD_RE: Final = re.compile(rb"[ \t]+")
+_BLANK_RE: Final = re.compile(rb"\n\r?\n")
+_DIGITS_RE: Final = re.compile(rb"[0-9]{1,20}")
+
+
+class HeadError(Exception):
+    """The server's response head is not HTTP/1.1 (or asks for what this client does not do)."""
+
+
+class LocalHeadError(Exception):
+    """A request head we were about to send would not be valid HTTP/1.1 (a bad header name or value...)."""
+
+
+class ResponseHead:
+    """A parsed response head.  ``headers``: (lower-cased name, value); ``raw``: (name as sent, value)."""
+
+    __slots__ = ("headers", "http_version", "raw", "reason", "status_code")
+
+    def __init__(self, status_code: int, reason: bytes, http_version: bytes,
+                 headers: list[tuple[bytes, bytes]], raw: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = status_code
+        self.reason = reason
+        self.http_version = http_version
+        self.headers = headers
+        self.raw = raw
+
+
+def parse_response_head(data: bytes, limit: int) -> tuple[ResponseHead, int] | None:
+    """The response head at the start of ``data`` and where it ends, or ``None`` while it is incomplete.
+
+    1xx heads are returned like any other (the caller skips them).  Raises ``HeadError`` for anything h11
+    would refuse, and for a head longer than ``limit`` bytes, complete or not.
+    """
+    if data[:1] == b"\n" or data[:2] == b"\r\n":
+        raise HeadError("no response line received")
+    blank = _BLANK_RE.search(data)
+    if blank is None:
+        if len(data) > limit:
+            raise HeadError(f"response head longer than {limit} bytes")
+        if data and data[0] < 0x21:  # cannot start a status line (a TLS record, a space...): say so now
+            raise HeadError("illegal status line")
+        return None
+    end = blank.end()
+    if end > limit:
+        raise HeadError(f"response head longer than {limit} bytes")
+    lines = data[:blank.start()].split(b"\n")
+    status_line = lines[0][:-1] if lines[0].endswith(b"\r") else lines[0]
+    status = _STATUS_RE.fullmatch(status_line)
+    if status is None:
+        raise HeadError(f"illegal status line: {status_line[:100]!r}")
+    code = int(status[2])
+    if code < 100:
+        raise HeadError(f"illegal status code {code}")
+    if code == 101:
+        raise HeadError("101 Switching Protocols, but no protocol switch was asked for")
+    raw = _fields(lines)
+    return ResponseHead(code, status[3] or b"", status[1], _normalised(raw), raw), end
+
+
+def _fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """The header fields of ``lines`` (after the status line), obsolete line folds joined with a space."""
+    folded: list[bytes] = []
+    for line in lines[1:]:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        fold = _FOLD_RE.match(line)
+        if fold is not None:
+            if not folded:
+                raise HeadError("continuation line at start of headers")
+            folded[-1] += b" " + line[fold.end():]
+        else:
+            folded.append(line)
+    fields = []
+    for line in folded:
+        field = _FIELD_RE.fullmatch(line)
+        if field is None:
+            raise HeadError(f"illegal header line: {line[:100]!r}")
+        fields.append((field[1], field[2]))
+    return fields
+
+
+def _normalised(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """(lower-cased name, value) of ``raw``; one Content-Length kept of those that agree; the
+    Transfer-Encoding checked (``raw`` gets the same edits: it is what the caller's response shows)."""
+    out: list[tuple[bytes, bytes]] = []
+    kept: list[tuple[bytes, bytes]] = []
+    length: bytes | None = None
+    chunked = False
+    for name, value in raw:
+        lower = name.lower()
+        if lower == b"content-length":
+            values = {part.strip() for part in value.split(b",")}
+            if len(values) != 1:
+                raise HeadError("conflicting Content-Length headers")
+            value = values.pop()
+            if _DIGITS_RE.fullmatch(value) is None:
+                raise HeadError(f"bad Content-Length {value[:40]!r}")
+            if length is not None:
+                if value != length:
+                    raise HeadError("conflicting Content-Length headers")
+                continue
+            length = value
+        elif lower == b"transfer-encoding":
+            if chunked:
+                raise HeadError("multiple Transfer-Encoding headers")
+            value = value.lower()
+            if value != b"chunked":
+                raise HeadError(f"unsupported Transfer-Encoding {value[:40]!r} (only chunked is)")
+            chunked = True
+        out.append((lower, value))
+        kept.append((name, value))
+    raw[:] = kept
+    return out
+
+
+def request_head(method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, int | None]:
+    """The bytes of a request head, and its body's framing: the Content-Length, or ``None`` for chunked.
+
+    The headers are written as given, Host first (RFC 9112 §3.2: exactly one).  Raises ``LocalHeadError`` for
+    what h11 would refuse to send: a method that is not a token, a target with spaces or controls, a header
+    name or value outside the grammar (a CR or LF in a value would start a header of its own), no Host or
+    two, a Transfer-Encoding other than chunked, disagreeing Content-Lengths.
+    """
+    if _NAME_RE.fullmatch(method) is None:
+        raise LocalHeadError(f"illegal method {method[:40]!r}")
+    if _TARGET_RE.fullmatch(target) is None:
+        raise LocalHeadError(f"illegal request target {target[:100]!r}")
+    host: list[bytes] = []
+    lines: list[bytes] = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+    length: bytes | None = None
+    chunked = False
+    for name, value in headers:
+        if _NAME_RE.fullmatch(name) is None:
+            raise LocalHeadError(f"illegal header name {name[:40]!r}")
+        if _VALUE_RE.fullmatch(value) is None:
+            raise LocalHeadError(f"illegal value of header {name[:40]!r}")
+        lower = name.lower()
+        if lower == b"host":
+            host.append(b"%s: %s\r\n" % (name, value))
+            continue
+        if lower == b"content-length":  # written as h11 writes it: repeats of one value collapsed
+            values = {part.strip() for part in value.split(b",")}
+            value = values.pop() if len(values) == 1 else b""
+            if _DIGITS_RE.fullmatch(value) is None or (length is not None and value != length):
+                raise LocalHeadError(f"bad or conflicting Content-Length in header {name[:40]!r}")
+            if length is not None:
+                continue
+            length = value
+        elif lower == b"transfer-encoding":
+            value = value.lower()
+            if chunked or value != b"chunked":
+                raise LocalHeadError(f"unsupported Transfer-Encoding {value[:40]!r}")
+            chunked = True
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if len(host) != 1:
+        raise LocalHeadError("a request needs exactly one Host header" if host else "missing Host header")
+    lines.insert(1, host[0])
+    lines.append(b"\r\n")
+    return b"".join(lines), None if chunked else int(length or b"0")
