@@ -226,7 +226,7 @@ class ResponseRun:
                 if rest:
                     out = emitter.feed(rest)
                     del rest
-                    if source.ready and not emitter.done:  # the rest of the first read: no wait, one write
+                    while source.ready and not emitter.done:  # the rest of the first read: no wait, one write
                         batch = await source.receive()
                         out += emitter.feed(batch) if batch is not None else emitter.finish()
                     if out:

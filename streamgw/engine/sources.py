@@ -143,6 +143,8 @@ class HttpSource:
             return None
         try:
             chunk = await self._chunks.__anext__()
+            if self._opening:
+                return self._first(chunk)
         except StopAsyncIteration:
             self._ended = True
             return self._translator.finish()
@@ -150,34 +152,40 @@ class HttpSource:
             self._ended = True
             detail = redact(f"{type(exc).__name__}: {exc}", self._secrets)
             return [UpstreamFailure("server_error", f"upstream connection failed mid-stream ({detail})")]
-        if self._opening:
-            return self._first(chunk)
         return self._translator.feed(chunk)
 
     @property
     def ready(self) -> bool:
-        return bool(self._pending)
+        """Whether ``receive`` has bytes to translate without reading: the rest of a first read."""
+        return bool(self._pending) or getattr(self._chunks, "buffered", False)
 
     def _first(self, chunk: bytes) -> list[Delta]:
         """Translate ``chunk`` slice by slice up to its first delta that is not usage; keep the rest in ``_pending``.
 
         Usage alone decides nothing (``first_failure``): a failure after it in the same read is still a failure
-        before any output, so the slices go on until something else came.
+        before any output, so the slices go on until something else came, through the rest of what arrived
+        (our transport hands over the body bytes that came with the head in two pieces, undecoded until
+        asked for: ``take_buffered``).
         """
         feed = self._translator.feed
         out: list[Delta] = []
-        start, size, end = 0, FIRST_SLICE, len(chunk)
-        while end - start > size:
-            out += feed(chunk[start:start + size])
-            start += size
+        size = FIRST_SLICE
+        while chunk:
+            start, end = 0, len(chunk)
+            while end - start > size:
+                out += feed(chunk[start:start + size])
+                start += size
+                size *= 2
+                if _decides(out):
+                    self._opening = False
+                    self._pending = chunk[start:]
+                    return out
+            out += feed(chunk[start:] if start else chunk)
             if _decides(out):
                 self._opening = False
-                self._pending = chunk[start:]
                 return out
-            size *= 2
-        out += feed(chunk[start:] if start else chunk)
-        if _decides(out):
-            self._opening = False
+            take = getattr(self._chunks, "take_buffered", None)
+            chunk = take() if take is not None else b""
         return out
 
     async def drain(self) -> None:

@@ -61,6 +61,9 @@ Origin = tuple[bytes, bytes, int, str]
 _DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
 #: a response head bigger than this is refused
 _MAX_HEAD_SIZE: Final = 64 * 1024
+#: a response's first body bytes (those that came with its head, or its first read) are handed over in two
+#: pieces when there are more: this many first, then the rest
+FIRST_PIECE: Final = 1024
 #: failures that, on a reused connection with no response byte yet, mean "stale"
 _STALE_ERRORS: Final = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
@@ -129,7 +132,7 @@ def _prepared_headers(url: httpx.URL, method: str, headers: Mapping[str, str], b
 class _Connection:
     """One socket, the state of the response it reads, and the pool's bookkeeping for it."""
 
-    __slots__ = ("body", "closed", "eof", "idle_since", "keep_alive", "origin", "pending", "plain",
+    __slots__ = ("body", "closed", "eof", "idle_since", "keep_alive", "later", "opening", "origin", "pending", "plain",
                  "read_chunk", "response_started", "reused", "socket", "stream")
 
     def __init__(self, origin: Origin, stream: trio.abc.Stream, socket: trio.socket.SocketType,
@@ -144,7 +147,12 @@ class _Connection:
         self.reused = False  # True once it served a request and came back from the pool
         self.response_started = False  # a byte of the current response arrived
         self.body = BodyDecoder("none")  # the current response's body framing
-        self.pending = b""  # body bytes that arrived with the head
+        # Body bytes read and not decoded yet: a first piece (``pending``) and the rest (``later``).  A fast
+        # upstream can send a whole answer with its head or in its first read; the first look at it should not
+        # wait for all of it to be unframed (``take_buffered`` decodes the rest at once when asked).
+        self.pending = b""
+        self.later = b""
+        self.opening = False  # no body byte of the current response handed over yet
         self.eof = False  # the peer closed its side
         self.keep_alive = False  # the connection may carry another request after this response
         self.closed = False
@@ -196,7 +204,8 @@ class _Connection:
         """Set up the body decoder for ``head``; ``leftover``: what arrived after it."""
         mode, length = framing(head.status_code, head.headers, request.method)
         self.body = decoder = BodyDecoder(mode, length)
-        self.pending = decoder.feed(leftover) if leftover else b""
+        self.pending, self.later = leftover[:FIRST_PIECE], leftover[FIRST_PIECE:]
+        self.opening = True
         self.keep_alive = (head.http_version == b"1.1" and not decoder.until_eof
                            and not _asks_close(head.headers) and not _asks_close(request.headers))
         return head
@@ -302,9 +311,38 @@ class _ResponseStream(httpx.AsyncByteStream):
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
+    @property
+    def buffered(self) -> bool:
+        """Whether body bytes that came with the head are still to be handed over (no read needed for them)."""
+        conn = self._conn
+        return conn is not None and bool(conn.pending or conn.later)
+
+    def take_buffered(self) -> bytes:
+        """All the body bytes that came with the head and were not handed over yet, decoded now (``b""``: none
+        left; the end of the body is for ``__anext__`` to tell).  A framing error fails as in ``__anext__``."""
+        conn = self._conn
+        if conn is None or not (conn.pending or conn.later):
+            return b""
+        raw = conn.pending + conn.later
+        conn.pending = conn.later = b""
+        try:
+            return conn.body.feed(raw)
+        except Exception as exc:
+            mapped = self._failed(conn, exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def _failed(self, conn: _Connection, exc: Exception) -> Exception:
+        """``exc`` (raised while reading) as an httpx exception; the connection is unusable after it."""
+        self._conn = None
+        self._transport._discard(conn)
+        return READING.translate(exc)
+
     async def __anext__(self) -> bytes:
-        """All body bytes decodable from what already arrived -- waiting for the socket only when there are
-        none -- never an empty chunk.
+        """Body bytes, never an empty chunk: all those decodable from what was read, waiting for the socket
+        only when there are none -- except that a response's first bytes (those that came with its head, or
+        its first read) come in two pieces, ``FIRST_PIECE`` bytes, then the rest.
 
         It only awaits with nothing collected yet, and the decoder is fed only after a receive completed: a
         cancellation loses no data.  (The connection's reading is written out here rather than in a method
@@ -314,40 +352,48 @@ class _ResponseStream(httpx.AsyncByteStream):
         if conn is None:
             raise StopAsyncIteration
         decoder = conn.body
-        data = conn.pending
+        data = b""
         try:
-            if data:
-                conn.pending = b""
-            else:
-                plain = conn.plain if self._read_timeout is None else None
-                while not decoder.done:
-                    if conn.eof:
-                        decoder.eof()
-                        break
-                    if plain is None:
-                        raw = await conn._receive_raw(self._read_timeout)
+            while True:
+                # Bytes read and not decoded yet, first piece first: those that came with the head, or the rest
+                # of the response's first read.
+                while not data and (conn.pending or conn.later):
+                    if conn.pending:
+                        raw, conn.pending = conn.pending, b""
                     else:
-                        # ``sockio.receive_plain``, written out: a quiet stream waits here, and one more
-                        # coroutine frame would be held for all of it.  The wait is outside the ``except``:
-                        # inside, it would keep the BlockingIOError and its traceback alive as long.
-                        await trio.lowlevel.checkpoint_if_cancelled()
-                        waited = False
-                        while True:
-                            try:
-                                raw = plain.recv(conn.read_chunk)  # an OSError is mapped below
-                                break
-                            except BlockingIOError:
-                                pass
-                            await trio.lowlevel.wait_readable(plain)  # ClosedResourceError if closed meanwhile
-                            waited = True
-                        if not waited:  # a read that found its bytes waiting still lets other tasks run
-                            await trio.lowlevel.cancel_shielded_checkpoint()
-                    if not raw:
-                        conn.eof = True
-                        continue
+                        raw, conn.later = conn.later, b""
                     data = decoder.feed(raw)
-                    if data:
-                        break
+                if data or decoder.done:
+                    break
+                if conn.eof:
+                    decoder.eof()
+                    break
+                if self._read_timeout is not None or conn.plain is None:
+                    raw = await conn._receive_raw(self._read_timeout)
+                else:
+                    # ``sockio.receive_plain``, written out: a quiet stream waits here, and one more
+                    # coroutine frame would be held for all of it.  The wait is outside the ``except``:
+                    # inside, it would keep the BlockingIOError and its traceback alive as long.
+                    plain = conn.plain
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    waited = False
+                    while True:
+                        try:
+                            raw = plain.recv(conn.read_chunk)  # an OSError is mapped below
+                            break
+                        except BlockingIOError:
+                            pass
+                        await trio.lowlevel.wait_readable(plain)  # ClosedResourceError if closed meanwhile
+                        waited = True
+                    if not waited:  # a read that found its bytes waiting still lets other tasks run
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                if not raw:
+                    conn.eof = True
+                elif conn.opening and len(raw) > FIRST_PIECE:
+                    conn.pending, conn.later = raw[:FIRST_PIECE], raw[FIRST_PIECE:]
+                else:
+                    data = decoder.feed(raw)
+            conn.opening = False
         except trio.Cancelled:
             # Cancelled only while waiting on the socket, before the decoder saw any new
             # byte, so nothing is lost: the body may still be read, or closed.
@@ -355,9 +401,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         except Exception as exc:
             # Errors (timeouts included) leave the connection unusable.  Mapped here, not
             # by a ``with READING`` around the read: this runs once per chunk.
-            self._conn = None
-            self._transport._discard(conn)
-            mapped = READING.translate(exc)
+            mapped = self._failed(conn, exc)
             if mapped is exc:
                 raise
             raise mapped from exc
@@ -609,7 +653,8 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         """The response was read to its end: keep the connection if it can carry another request."""
         # Bytes past the end of the response would be misread as the next
         # response, so such a connection is closed too.
-        if conn.keep_alive and conn.body.done and not conn.body.extra and not conn.eof:
+        if conn.keep_alive and conn.body.done and not conn.body.extra and not conn.eof \
+                and not (conn.pending or conn.later):
             conn.reused = True
             self._release(conn)
         else:

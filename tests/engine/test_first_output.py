@@ -29,6 +29,7 @@ from streamgw.errors import GatewayError
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.invariants import check_events, output_text
 from streamgw.testing.server import MockRequest, Responder, serve_http
+from streamgw.transport.h11pool import FIRST_PIECE
 
 TOKENS = [f"t{i} " for i in range(20)]
 _HEAD = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
@@ -120,34 +121,41 @@ async def test_the_first_read_is_translated_only_up_to_its_first_delta(nursery: 
             # the first slice holds the role chunk and the first two tokens: the rest waits, read but not decoded
             assert opened.first == [TextDelta(TOKENS[0]), TextDelta(TOKENS[1])]
             assert opened.source.ready
-            rest = await opened.source.receive()  # no upstream read: it was read with the first
-            assert rest is not None and not opened.source.ready
+            rest: list[Any] = []
+            while opened.source.ready:  # no upstream read: it was read with the first
+                batch = await opened.source.receive()
+                assert batch is not None
+                rest += batch
             texts = [d.text for d in rest if isinstance(d, TextDelta)]
             assert texts == TOKENS[2:] and isinstance(rest[-1], Usage)
         finally:
             await opened.aclose()
 
 
-#: usage first (within the first slice), SSE comments, then an error past the first slice: all in one read
-USAGE_THEN_ERROR = (
-    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
-    b'"usage":{"prompt_tokens":3,"completion_tokens":0,"total_tokens":3}}\n\n'
-    + b": padding\n" * (FIRST_SLICE // 10)
-    + b'data: {"error":{"message":"overloaded","type":"server_error","code":"overloaded"}}\n\n'
-)
+def usage_then_error(padding: int) -> bytes:
+    """Usage first (within the first slice), ``padding`` bytes of SSE comments, then an error: all in one read."""
+    return (
+        b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":0,"total_tokens":3}}\n\n'
+        + b": padding\n" * (padding // 10)
+        + b'data: {"error":{"message":"overloaded","type":"server_error","code":"overloaded"}}\n\n'
+    )
 
 
-async def _usage_then_error(req: MockRequest, send: Responder) -> None:
-    await send.start(200, {"content-type": "text/event-stream"})
-    await send.end(USAGE_THEN_ERROR)
-
-
-async def test_usage_alone_does_not_end_the_first_read(nursery: trio.Nursery) -> None:
+# the error past the first slice; past the transport's first piece too (the rest is decoded only when asked)
+@pytest.mark.parametrize("padding", [FIRST_SLICE, 3 * FIRST_PIECE])
+async def test_usage_alone_does_not_end_the_first_read(nursery: trio.Nursery, padding: int) -> None:
     """A failure after usage in the first read is still a failure before any output: an error, not a stream."""
-    port = await nursery.start(serve_http, _usage_then_error)
+    body = usage_then_error(padding)
+
+    async def usage_then_error_at_once(req: MockRequest, send: Responder) -> None:
+        await send.start(200, {"content-type": "text/event-stream"})
+        await send.end(body)
+
+    port = await nursery.start(serve_http, usage_then_error_at_once)
     async with _gateway(nursery, port) as gw:
         request = parse_request(json.dumps({"model": "up/m", "input": "hello", "stream": True}).encode())
-        assert USAGE_THEN_ERROR.index(b"\n\n") < FIRST_SLICE < USAGE_THEN_ERROR.index(b'"error"')
+        assert body.index(b"\n\n") < FIRST_SLICE <= padding < body.index(b'"error"')
         with pytest.raises(GatewayError) as caught:
             await open_attempt(request, gw.router.plan(request.model).targets[0], gw.engine, None)
         assert "overloaded" in str(caught.value)

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trustme
 
-from streamgw.transport.h11pool import BODY_EXTENSION, CONNECT_TO_EXTENSION, TrioH11Transport
+from streamgw.transport.h11pool import BODY_EXTENSION, CONNECT_TO_EXTENSION, FIRST_PIECE, TrioH11Transport
 
 # -- the in-test server --------------------------------------------------------
 
@@ -378,6 +378,85 @@ async def test_connection_close_from_the_server_is_honoured(nursery: trio.Nurser
             r = await c.get(f"http://127.0.0.1:{port}/")
             assert (r.status_code, r.text) == (200, "bye")
     assert per_connection == [1, 1, 1]
+
+
+def _chunked(body: bytes, size: int) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
+                    for i in range(0, len(body), size)) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("with_head", [True, False])
+async def test_a_large_first_read_is_handed_over_in_two_pieces(nursery: trio.Nursery, with_head: bool) -> None:
+    """A response's first body bytes -- those that came with its head, or its first read -- come as a first
+    piece of ``FIRST_PIECE`` raw bytes, then the rest (decoded only when asked for); every byte, in order, and the
+    connection is kept.  Later reads come whole."""
+    body = bytes(range(48, 122)) * 100  # 7,400 bytes
+    framed = _chunked(body, 100)
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    requests = 0
+
+    async def answer(stream: trio.SocketStream) -> None:
+        nonlocal requests
+        data = b""
+        async with stream:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    more = await stream.receive_some(65536)
+                    if not more:
+                        return
+                    data += more
+                data = data.split(b"\r\n\r\n", 1)[1]
+                requests += 1
+                if with_head:
+                    await stream.send_all(head + framed)
+                else:
+                    await stream.send_all(head)
+                    await trio.sleep(0.05)  # the head is read alone
+                    await stream.send_all(framed)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    transport = TrioH11Transport()
+    async with httpx.AsyncClient(transport=transport) as c:
+        for _ in range(2):
+            async with c.stream("GET", f"http://127.0.0.1:{port}/") as r:
+                stream = r.extensions[BODY_EXTENSION]
+                first = await stream.__anext__()
+                assert 0 < len(first) <= FIRST_PIECE and body.startswith(first)
+                assert stream.buffered
+                rest = stream.take_buffered()
+                assert not stream.buffered and stream.take_buffered() == b""
+                assert first + rest == body
+                assert [chunk async for chunk in stream] == []  # the end: nothing more was sent
+        assert requests == 2 and len(transport._connections) == 1  # kept, and used again
+
+
+# the end within the rest; the end exactly at the end of the first piece (12: the framing of one chunk)
+@pytest.mark.parametrize(("size", "chunk"), [(3000, 1000), (FIRST_PIECE - 12, FIRST_PIECE - 12)])
+async def test_bytes_past_the_end_in_a_first_read_still_close_the_connection(nursery: trio.Nursery, size: int,
+                                                                            chunk: int) -> None:
+    """What follows the end of a response in its first read is not the next response: the connection is closed,
+    even though that read was handed over in pieces."""
+    framed = _chunked(b"x" * size, chunk)
+    assert chunk == size or len(framed) > FIRST_PIECE
+    assert chunk != size or len(framed) == FIRST_PIECE
+
+    async def junk_after(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(65536)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + framed
+                                  + b"HTTP/1.1 200 OK\r\n")
+            await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, junk_after, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    transport = TrioH11Transport()
+    async with httpx.AsyncClient(transport=transport) as c:
+        r = await c.get(f"http://127.0.0.1:{port}/")
+        assert r.content == b"x" * size
+        assert not transport._connections  # closed, not kept
 
 
 async def test_raw_http10_body_until_close(nursery: trio.Nursery) -> None:
