@@ -130,20 +130,17 @@ def first_failure(batch: list[Delta]) -> UpstreamFailure | None:
     return None
 
 
-async def _first_batch(source: DeltaSource, deadline: float, first_token: float) -> list[Delta]:
-    """Read until the first non-empty batch; a failure before any output is an error."""
-    with trio.move_on_at(deadline):
-        while True:
-            batch = await source.receive()
-            if batch is None:
-                raise UpstreamError("upstream closed the stream before any output", code="upstream_empty")
-            if batch:
-                failure = first_failure(batch)
-                if failure is not None:
-                    raise failure_error(failure.code, failure.message)
-                return batch
-    raise UpstreamTimeout(f"no output from upstream within {first_token:g} s (first_token timeout)",
-                          code="first_token_timeout")
+async def _first_batch(source: DeltaSource) -> list[Delta]:
+    """Read until the first non-empty batch; a failure before any output is an error (the caller bounds it)."""
+    while True:
+        batch = await source.receive()
+        if batch is None:
+            raise UpstreamError("upstream closed the stream before any output", code="upstream_empty")
+        if batch:
+            failure = first_failure(batch)
+            if failure is not None:
+                raise failure_error(failure.code, failure.message)
+            return batch
 
 
 async def open_attempt(
@@ -169,16 +166,26 @@ async def open_attempt(
         traceparent = trace.header(record.span_id)
     deadline = now + (timeouts.first_token or math.inf)
     endpoint.in_flight += 1
+    source: DeltaSource | None = None
+    first: list[Delta] | None = None
     try:
-        source = await open_source(request, provider, target.model, clients=ctx.clients, dialects=ctx.dialects,
-                                   secrets=ctx.secrets, timeouts=timeouts, deadline=deadline,
-                                   traceparent=traceparent)
-        record.headers_at = trio.current_time()
         try:
-            first = await _first_batch(source, deadline, timeouts.first_token)
+            with trio.move_on_at(deadline):  # one deadline for both waits: the response head, then the first delta
+                source = await open_source(request, provider, target.model, clients=ctx.clients,
+                                           dialects=ctx.dialects, secrets=ctx.secrets, timeouts=timeouts,
+                                           traceparent=traceparent)
+                record.headers_at = trio.current_time()
+                first = await _first_batch(source)
+            if source is None or first is None:
+                raise UpstreamTimeout(
+                    f"no output from upstream within {timeouts.first_token:g} s (first_token timeout)"
+                    if source is not None else
+                    f"upstream {provider.name!r} sent no response headers within {timeouts.first_token:g} s",
+                    code="first_token_timeout")
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await source.aclose()
+            if source is not None:
+                with trio.CancelScope(shield=True):
+                    await source.aclose()
             raise
     except GatewayError as error:
         endpoint.in_flight -= 1

@@ -12,7 +12,7 @@ import trio
 from streamgw.config import ProviderConfig, Timeouts
 from streamgw.core.deltas import Delta, ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart, UpstreamFailure, Usage
 from streamgw.core.request import ResponsesRequest
-from streamgw.errors import UpstreamError, UpstreamTimeout, redact, sanitize_upstream
+from streamgw.errors import UpstreamError, redact, sanitize_upstream
 from streamgw.providers.base import NO_ASSETS, Dialect, StreamTranslator, UpstreamRequest
 from streamgw.providers.errors import transport_failure
 from streamgw.providers.registry import local_providers
@@ -245,10 +245,10 @@ async def open_source(
     dialects: Mapping[str, Dialect],
     secrets: Sequence[str],
     timeouts: Timeouts,
-    deadline: float,
     traceparent: str | None = None,
 ) -> DeltaSource:
-    """Connect to ``provider`` and return its source once it answered 2xx (by ``deadline``).
+    """Connect to ``provider`` and return its source once it answered 2xx (the caller bounds the wait: the
+    attempt's first-token deadline covers this and the first delta).
 
     ``traceparent`` (tracing on): sent upstream as that header, in place of any configured one.
     """
@@ -258,16 +258,11 @@ async def open_source(
     dialect = dialects.get(provider.type)
     if dialect is None:
         raise UpstreamError(f"provider type {provider.type!r} is not supported", code="unsupported_provider")
-    with trio.move_on_at(deadline):
-        assets = NO_ASSETS
-        if dialect.needs_image_bytes:
-            assets = await clients.fetcher().fetch(remote_images(request))
-        upstream = dialect.build_request(request, provider, model, assets)
-        if traceparent is not None:
-            upstream.headers["traceparent"] = traceparent
-        response = await open_stream(clients.get(provider, timeouts), upstream, dialect, provider.name, secrets)
-        return HttpSource(response, dialect.new_translator(request, provider, secrets), secrets)
-    raise UpstreamTimeout(
-        f"upstream {provider.name!r} sent no response headers within {timeouts.first_token:g} s",
-        code="first_token_timeout",
-    )
+    assets = NO_ASSETS
+    if dialect.needs_image_bytes:
+        assets = await clients.fetcher().fetch(remote_images(request))
+    upstream = dialect.build_request(request, provider, model, assets)
+    if traceparent is not None:
+        upstream.headers["traceparent"] = traceparent
+    response = await open_stream(clients.get(provider, timeouts), upstream, dialect, provider.name, secrets)
+    return HttpSource(response, dialect.new_translator(request, provider, secrets), secrets)

@@ -28,7 +28,7 @@ from streamgw.engine.sources import FIRST_SLICE
 from streamgw.errors import GatewayError
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.invariants import check_events, output_text
-from streamgw.testing.server import MockRequest, Responder, serve_http
+from streamgw.testing.server import Handler, MockRequest, Responder, serve_http
 from streamgw.transport.h11pool import FIRST_PIECE
 
 TOKENS = [f"t{i} " for i in range(20)]
@@ -159,3 +159,59 @@ async def test_usage_alone_does_not_end_the_first_read(nursery: trio.Nursery, pa
         with pytest.raises(GatewayError) as caught:
             await open_attempt(request, gw.router.plan(request.model).targets[0], gw.engine, None)
         assert "overloaded" in str(caught.value)
+
+
+# -- the first-token deadline: one for the response head and the first delta -----------------------------------
+
+FIRST_TOKEN = 0.4
+
+
+def _slow(head_after: float, delta_after: float | None) -> Handler:
+    """An upstream whose head comes after ``head_after`` s and its first token ``delta_after`` s later (None:
+    never)."""
+    async def answer(req: MockRequest, send: Responder) -> None:
+        await trio.sleep(head_after)
+        await send.start(200, {"content-type": "text/event-stream"})
+        if delta_after is None:
+            await trio.sleep_forever()
+        await trio.sleep(delta_after)
+        await send.end(WHOLE)
+    return answer
+
+
+@pytest.mark.parametrize(("head_after", "delta_after", "message"), [
+    (10.0, None, "sent no response headers within 0.4 s"),
+    (0.0, None, "no output from upstream within 0.4 s"),
+    (0.25, 0.25, "no output from upstream within 0.4 s"),  # each wait within it, the two together not
+])
+async def test_one_first_token_deadline_covers_the_head_and_the_first_delta(
+        nursery: trio.Nursery, head_after: float, delta_after: float | None, message: str) -> None:
+    port = await nursery.start(serve_http, _slow(head_after, delta_after))
+    gw = Gateway(Config(providers={"up": ProviderConfig(name="up", type="chat", base_url=f"http://127.0.0.1:{port}/v1",
+                                                         timeouts=(("first_token", FIRST_TOKEN),))}))
+    try:
+        request = parse_request(json.dumps({"model": "up/m", "input": "hello", "stream": True}).encode())
+        start = trio.current_time()
+        with pytest.raises(GatewayError) as caught:
+            await open_attempt(request, gw.router.plan(request.model).targets[0], gw.engine, None)
+        elapsed = trio.current_time() - start
+    finally:
+        await gw.clients.aclose()
+    assert caught.value.code == "first_token_timeout" and message in str(caught.value)
+    assert FIRST_TOKEN <= elapsed < FIRST_TOKEN + 0.3
+
+
+async def test_a_first_delta_within_the_deadline_opens_the_attempt(nursery: trio.Nursery) -> None:
+    port = await nursery.start(serve_http, _slow(0.1, 0.1))
+    gw = Gateway(Config(providers={"up": ProviderConfig(name="up", type="chat", base_url=f"http://127.0.0.1:{port}/v1",
+                                                         timeouts=(("first_token", FIRST_TOKEN),))}))
+    try:
+        request = parse_request(json.dumps({"model": "up/m", "input": "hello", "stream": True}).encode())
+        opened = await open_attempt(request, gw.router.plan(request.model).targets[0], gw.engine, None)
+        await opened.aclose()
+    finally:
+        await gw.clients.aclose()
+    assert opened.first == [TextDelta(TOKENS[0]), TextDelta(TOKENS[1])]
+    headers_at, first_delta_at = opened.record.headers_at, opened.record.first_delta_at
+    assert headers_at is not None and first_delta_at is not None
+    assert first_delta_at - headers_at >= 0.09  # the head, then the first delta 0.1 s later
