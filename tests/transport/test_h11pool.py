@@ -352,6 +352,16 @@ async def test_sequential_requests_reuse_one_connection(server: Server, client: 
     assert server.connections[0].requests == 6
 
 
+async def _after_head(stream: trio.SocketStream, data: bytes) -> bytes | None:
+    """Read up to the end of the next (bodiless) request's head; what followed it, or None at EOF."""
+    while b"\r\n\r\n" not in data:
+        more = await stream.receive_some(65536)
+        if not more:
+            return None
+        data += more
+    return data.split(b"\r\n\r\n", 1)[1]
+
+
 async def test_connection_close_from_the_server_is_honoured(nursery: trio.Nursery) -> None:
     """A server that says ``Connection: close`` but leaves the socket open never gets a second request on it."""
     per_connection: list[int] = []
@@ -359,15 +369,10 @@ async def test_connection_close_from_the_server_is_honoured(nursery: trio.Nurser
     async def says_close_but_stays(stream: trio.SocketStream) -> None:
         index = len(per_connection)
         per_connection.append(0)
-        data = b""
+        rest = b""
         async with stream:
-            while True:
-                while b"\r\n\r\n" not in data:
-                    more = await stream.receive_some(65536)
-                    if not more:
-                        return
-                    data += more
-                data = data.split(b"\r\n\r\n", 1)[1]
+            while (after := await _after_head(stream, rest)) is not None:
+                rest = after
                 per_connection[index] += 1
                 await stream.send_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbye")
 
@@ -397,15 +402,10 @@ async def test_a_large_first_read_is_handed_over_in_two_pieces(nursery: trio.Nur
 
     async def answer(stream: trio.SocketStream) -> None:
         nonlocal requests
-        data = b""
+        rest = b""
         async with stream:
-            while True:
-                while b"\r\n\r\n" not in data:
-                    more = await stream.receive_some(65536)
-                    if not more:
-                        return
-                    data += more
-                data = data.split(b"\r\n\r\n", 1)[1]
+            while (after := await _after_head(stream, rest)) is not None:
+                rest = after
                 requests += 1
                 if with_head:
                     await stream.send_all(head + framed)
