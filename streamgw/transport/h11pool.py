@@ -242,20 +242,31 @@ class _Connection:
             raise LocalHeadError(f"the body is shorter than its Content-Length ({length})")
 
     async def _receive_head(self, read_timeout: float | None) -> tuple[ResponseHead, bytes]:
-        """The response head (1xx ones skipped) and the bytes that arrived after it."""
-        buf = b""
+        """The response head (1xx ones skipped) and the bytes that arrived after it.
+
+        A head in one read is parsed from that read; one in several is collected in a ``bytearray`` and
+        searched only where it is new (an upstream sending its head a byte at a time costs linear time).
+        """
+        buf: bytes | bytearray = b""
+        searched = 0
         while True:
-            parsed = parse_response_head(buf, _MAX_HEAD_SIZE) if buf else None
+            parsed = parse_response_head(buf, _MAX_HEAD_SIZE, searched) if buf else None
             if parsed is None:
+                searched = len(buf)
                 data = await self._receive_raw(read_timeout)
                 if not data:
                     raise ProtocolViolation("the server closed the connection in the middle of the response head"
                                             if buf else "the server closed the connection without sending a response")
                 self.response_started = True
-                buf += data
+                if not buf:
+                    buf = data
+                else:
+                    if type(buf) is bytes:
+                        buf = bytearray(buf)
+                    buf += data
                 continue
             head, end = parsed
-            buf = buf[end:]
+            buf, searched = bytes(buf[end:]), 0
             if head.status_code >= 200:
                 return head, buf
 

@@ -23,6 +23,8 @@ _HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
 
 # decoder states
 _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
+#: the states that wait for the end of a line (CRLF)
+_LINE_STATES: Final = (_SIZE, _TRAILERS)
 
 
 class BodyFramingError(Exception):
@@ -66,7 +68,7 @@ class BodyDecoder:
     __slots__ = ("_buf", "_chunked", "_remaining", "_state", "done", "extra", "until_eof")
 
     def __init__(self, mode: str, length: int = 0) -> None:
-        self._buf = b""
+        self._buf: bytes | bytearray = b""  # an unfinished line (or CRLF) from the previous read
         self._chunked = mode == "chunked"
         self.until_eof = mode == "eof"
         self._remaining = length
@@ -90,7 +92,17 @@ class BodyDecoder:
             self.done = True
             return out
         if self._buf:
-            return self._chunks(self._buf + data)
+            if self._state in _LINE_STATES and b"\n" not in data:
+                # Still inside a chunk-size or trailer line: kept without a copy of it all and a search from its
+                # start on every read (a line sent a byte at a time would cost quadratic time).
+                line = self._buf if isinstance(self._buf, bytearray) else bytearray(self._buf)
+                line += data
+                if len(line) > MAX_LINE:
+                    raise BodyFramingError("chunk size line too long" if self._state == _SIZE
+                                           else "trailer section too long")
+                self._buf = line
+                return b""
+            return self._chunks(bytes(self._buf) + data)
         if self._state == _SIZE:
             # The usual read of a streamed answer: exactly one whole chunk (``size CRLF data CRLF``).
             eol = data.find(b"\r\n", 0, MAX_LINE)

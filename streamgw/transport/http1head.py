@@ -54,15 +54,17 @@ class ResponseHead:
         self.raw = raw
 
 
-def parse_response_head(data: bytes, limit: int) -> tuple[ResponseHead, int] | None:
+def parse_response_head(data: bytes | bytearray, limit: int, searched: int = 0) -> tuple[ResponseHead, int] | None:
     """The response head at the start of ``data`` and where it ends, or ``None`` while it is incomplete.
 
     1xx heads are returned like any other (the caller skips them).  Raises ``HeadError`` for anything h11
-    would refuse, and for a head longer than ``limit`` bytes, complete or not.
+    would refuse, and for a head longer than ``limit`` bytes, complete or not.  ``searched``: how much of
+    ``data`` an earlier call saw without finding the head's end (a caller that appends each read to its
+    buffer passes it, so a head that trickles in byte by byte costs linear time, not quadratic).
     """
     if data[:1] == b"\n" or data[:2] == b"\r\n":
         raise HeadError("no response line received")
-    blank = _BLANK_RE.search(data)
+    blank = _BLANK_RE.search(data, max(0, searched - 2))  # the end ("\n\r\n") may straddle the old end
     if blank is None:
         if len(data) > limit:
             raise HeadError(f"response head longer than {limit} bytes")
@@ -72,7 +74,7 @@ def parse_response_head(data: bytes, limit: int) -> tuple[ResponseHead, int] | N
     end = blank.end()
     if end > limit:
         raise HeadError(f"response head longer than {limit} bytes")
-    lines = data[:blank.start()].split(b"\n")
+    lines = bytes(data[:blank.start()]).split(b"\n")
     status_line = lines[0][:-1] if lines[0].endswith(b"\r") else lines[0]
     status = _STATUS_RE.fullmatch(status_line)
     if status is None:

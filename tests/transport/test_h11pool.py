@@ -459,6 +459,30 @@ async def test_bytes_past_the_end_in_a_first_read_still_close_the_connection(nur
         assert not transport._connections  # closed, not kept
 
 
+async def test_a_head_in_many_reads(nursery: trio.Nursery) -> None:
+    """A response head sent in pieces (cut inside a line, inside its last CRLF CRLF) reads as one."""
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\n"
+    cuts = [4, 20, len(head) - 3, len(head) - 1]
+
+    async def in_pieces(stream: trio.SocketStream) -> None:
+        async with stream:
+            if await _after_head(stream, b"") is None:
+                return
+            start = 0
+            for cut in [*cuts, len(head)]:
+                await stream.send_all(head[start:cut])
+                await trio.sleep(0.02)
+                start = cut
+            await stream.send_all(b"hello")
+            await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, in_pieces, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    async with httpx.AsyncClient(transport=TrioH11Transport()) as c:
+        r = await c.get(f"http://127.0.0.1:{port}/")
+    assert (r.status_code, r.headers["content-type"], r.text) == (200, "text/plain", "hello")
+
+
 async def test_raw_http10_body_until_close(nursery: trio.Nursery) -> None:
     """An HTTP/1.0 answer without Content-Length: the body is everything up to EOF."""
     async def old_server(stream: trio.SocketStream) -> None:

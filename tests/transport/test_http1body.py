@@ -144,3 +144,34 @@ def test_framing_from_the_head() -> None:
         framing(200, [(b"content-length", b"1"), (b"content-length", b"2")], b"GET")
     with pytest.raises(BodyFramingError):
         framing(200, [(b"content-length", b"x")], b"GET")
+
+
+@pytest.mark.parametrize(("body", "line"), [
+    (b"5;ext=" + b"x" * 5000 + b"\r\nhello\r\n0\r\n\r\n", 0),  # a long chunk-size line (its extension)
+    (b"5\r\nhello\r\n0\r\nx-trailer: " + b"t" * 5000 + b"\r\n\r\n", 1),  # a long trailer line
+])
+def test_a_line_sent_a_byte_at_a_time_is_not_rescanned_per_byte(monkeypatch: pytest.MonkeyPatch, body: bytes,
+                                                                  line: int) -> None:
+    """An upstream that sends a long line a byte per read: the decoder keeps the bytes until the line's end
+    comes, instead of joining and searching the whole line again on every read (quadratic time)."""
+    calls = 0
+    original = BodyDecoder._chunks
+
+    def counted(self: BodyDecoder, buf: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        return original(self, buf)
+
+    monkeypatch.setattr(BodyDecoder, "_chunks", counted)
+    decoder = BodyDecoder("chunked")
+    out = b"".join(decoder.feed(body[i:i + 1]) for i in range(len(body)))
+    assert out == b"hello" and decoder.done and not decoder.extra
+    assert calls < 40  # once per byte before: ~5,000
+
+
+def test_a_line_longer_than_the_limit_is_refused_when_trickled() -> None:
+    decoder = BodyDecoder("chunked")
+    decoder.feed(b"5;")
+    with pytest.raises(BodyFramingError, match="chunk size line too long"):
+        for _ in range(70):
+            decoder.feed(b"x" * 1000)

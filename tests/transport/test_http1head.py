@@ -213,3 +213,55 @@ def test_the_requests_cover_both_outcomes() -> None:
 def test_generated_request_headers_as_h11_writes_them(extra: list[tuple[bytes, bytes]]) -> None:
     headers = [(b"Host", b"a"), *extra]
     assert our_request(b"POST", b"/x", headers, b"5") == h11_request(b"POST", b"/x", headers, b"5")
+
+
+# -- a head that arrives in pieces ----------------------------------------------------------------------------
+
+def _fed(data: bytes, piece: int) -> tuple[object, int]:
+    """``data`` fed ``piece`` bytes at a time, as the transport does (a growing ``bytearray``, ``searched``)."""
+    buf = bytearray()
+    searched = 0
+    for start in range(0, len(data), piece):
+        buf += data[start:start + piece]
+        parsed = parse_response_head(buf, LIMIT, searched)
+        if parsed is not None:
+            head, end = parsed
+            return (head.status_code, head.reason, head.http_version, head.headers, head.raw), end
+        searched = len(buf)
+    raise AssertionError("never complete")
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7])
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\nX-A: 1\n\nhi",  # bare LF: the end is two bytes
+    b"HTTP/1.1 200 OK\r\nX-A: 1\n\r\nhi",  # "\n\r\n" straddling any cut
+])
+def test_a_head_fed_in_pieces_parses_as_a_whole_one(data: bytes, piece: int) -> None:
+    whole = parse_response_head(data, LIMIT)
+    assert whole is not None
+    head, end = whole
+    assert _fed(data, piece) == ((head.status_code, head.reason, head.http_version, head.headers, head.raw), end)
+
+
+class _CountingSearch:
+    """Stands in for the blank-line pattern and counts the bytes each search may scan."""
+
+    def __init__(self, pattern: object) -> None:
+        self.pattern = pattern
+        self.scanned = 0
+
+    def search(self, data: bytes | bytearray, pos: int = 0) -> object:
+        self.scanned += len(data) - pos
+        return self.pattern.search(data, pos)  # type: ignore[attr-defined]
+
+
+def test_a_head_trickling_in_byte_by_byte_is_searched_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upstream sending a large head a byte per read must not cost a scan of the whole buffer per byte."""
+    import streamgw.transport.http1head as http1head
+
+    counting = _CountingSearch(http1head._BLANK_RE)
+    monkeypatch.setattr(http1head, "_BLANK_RE", counting)
+    data = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 60) for i in range(100)) + b"\r\n"
+    assert _fed(data, 1)[1] == len(data)
+    assert counting.scanned <= 3 * len(data)  # searching from the start each time: ~len(data) ** 2 / 2
