@@ -231,6 +231,10 @@ class ResponsesEndpoint:
         live = await self._begin(scope, receive, exchange)
         if live is None:
             return
+        # Every header the response needs has been read (key, request id, trace context, body length): the
+        # server holds this scope for as long as the response lasts, and a client's headers (an SDK sends a
+        # dozen or more) need not stay with it (~2 KB an open stream; the server's access log is off).
+        scope["headers"] = ()
         notice: _DisconnectNotice | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
         try:
             if notice is None:

@@ -8,6 +8,8 @@ awaited without the ``_read_data`` layer that only chooses it, so neither frame 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -22,7 +24,9 @@ def _walk(task: trio.lowlevel.Task) -> list[trio.lowlevel.Task]:
     return [task, *(t for nursery in task.child_nurseries for child in nursery.child_tasks for t in _walk(child))]
 
 
-async def test_an_open_streams_task_holds_no_framework_frame() -> None:
+@asynccontextmanager
+async def _slow_stream(headers: bytes = b"") -> AsyncIterator[bytes]:
+    """The production worker serving one slow demo stream, sent with ``headers``; yields its first read."""
     slow = DemoSettings(first_token_delay=0.0, tokens_per_second=1.0)
     config = Config(providers={"demo": ProviderConfig(name="demo", type="demo", demo=slow)})
     hc = hypercorn_config(config)
@@ -37,19 +41,41 @@ async def test_an_open_streams_task_holds_no_framework_frame() -> None:
         body = json.dumps({"model": "demo/echo", "input": "one two three four", "stream": True}).encode()
         async with await trio.open_tcp_stream("127.0.0.1", port) as client:
             await client.send_all(b"POST /v1/responses HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
-                                  b"content-length: %d\r\n\r\n" % len(body) + body)
-            assert (await client.receive_some(65536)).startswith(b"HTTP/1.1 200")
+                                  + headers + b"content-length: %d\r\n\r\n" % len(body) + body)
+            first = await client.receive_some(65536)
+            assert first.startswith(b"HTTP/1.1 200")
             await trio.sleep(0.1)
-            tasks = [t for t in _walk(trio.lowlevel.current_root_task()) if t.coro.cr_code.co_name == "_serve_asgi"]
-            assert len(tasks) == 1
-            frames = [(f.f_code.co_filename.rsplit("/", 2)[-2:], f.f_code.co_name)
-                      for f, _ in tasks[0].iter_await_frames()]
-            names = [name for _, name in frames]
-            assert names[:3] == ["_serve_asgi", "__call__", "__call__"], frames  # InFlight, then the endpoint
-            assert frames[2][0] == ["app", "streaming.py"], frames
-            assert not any(path[0] == "quart" for path, _ in frames), frames
-            chains = [[f.f_code.co_name for f, _ in t.iter_await_frames()]
-                      for t in _walk(trio.lowlevel.current_root_task())]
-            readers = [names for names in chains if "_read_untimed" in names]
-            assert len(readers) == 1 and "_read_data" not in readers[0], readers
+            yield first
         stop.set()
+
+
+def _handlers() -> list[trio.lowlevel.Task]:
+    """The tasks that run the application for a request (hypercorn's ``_serve_asgi``)."""
+    return [t for t in _walk(trio.lowlevel.current_root_task()) if t.coro.cr_code.co_name == "_serve_asgi"]
+
+
+async def test_an_open_streams_task_holds_no_framework_frame() -> None:
+    async with _slow_stream():
+        tasks = _handlers()
+        assert len(tasks) == 1
+        frames = [(f.f_code.co_filename.rsplit("/", 2)[-2:], f.f_code.co_name)
+                  for f, _ in tasks[0].iter_await_frames()]
+        names = [name for _, name in frames]
+        assert names[:3] == ["_serve_asgi", "__call__", "__call__"], frames  # InFlight, then the endpoint
+        assert frames[2][0] == ["app", "streaming.py"], frames
+        assert not any(path[0] == "quart" for path, _ in frames), frames
+        chains = [[f.f_code.co_name for f, _ in t.iter_await_frames()]
+                  for t in _walk(trio.lowlevel.current_root_task())]
+        readers = [names for names in chains if "_read_untimed" in names]
+        assert len(readers) == 1 and "_read_data" not in readers[0], readers
+
+
+async def test_an_open_stream_does_not_hold_the_requests_headers() -> None:
+    """Its scope lives as long as the response: a client's headers (an SDK sends a dozen or more) are read
+    when the request begins and not kept."""
+    many = b"".join(b"x-stainless-%d: value-%d\r\n" % (i, i) for i in range(12))
+    async with _slow_stream(many + b"x-request-id: req-kept-1\r\n") as first:
+        assert b"\r\nx-request-id: req-kept-1\r\n" in first  # read before they went
+        (task,) = _handlers()
+        scope = task.coro.cr_frame.f_locals["scope"]
+        assert scope["type"] == "http" and list(scope["headers"]) == []
