@@ -33,7 +33,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final, NoReturn, cast
 
 import httpx
 import trio
@@ -339,16 +339,16 @@ class _ResponseStream(httpx.AsyncByteStream):
         try:
             return conn.body.feed(raw)
         except Exception as exc:
-            mapped = self._failed(conn, exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self._fail(conn, exc)
 
-    def _failed(self, conn: _Connection, exc: Exception) -> Exception:
-        """``exc`` (raised while reading) as an httpx exception; the connection is unusable after it."""
+    def _fail(self, conn: _Connection, exc: Exception) -> NoReturn:
+        """Raise ``exc`` (raised while reading) as an httpx exception; the connection is unusable after it."""
         self._conn = None
         self._transport._discard(conn)
-        return READING.translate(exc)
+        mapped = READING.translate(exc)
+        if mapped is exc:
+            raise exc
+        raise mapped from exc
 
     async def __anext__(self) -> bytes:
         """Body bytes, never an empty chunk: all those decodable from what was read, waiting for the socket
@@ -412,10 +412,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         except Exception as exc:
             # Errors (timeouts included) leave the connection unusable.  Mapped here, not
             # by a ``with READING`` around the read: this runs once per chunk.
-            mapped = self._failed(conn, exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self._fail(conn, exc)
         except BaseException:
             self._conn = None
             self._transport._discard(conn)

@@ -110,36 +110,54 @@ def _fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     return fields
 
 
-def _normalised(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """(lower-cased name, value) of ``raw``; one Content-Length kept of those that agree; the
-    Transfer-Encoding checked (``raw`` gets the same edits: it is what the caller's response shows)."""
-    out: list[tuple[bytes, bytes]] = []
-    kept: list[tuple[bytes, bytes]] = []
-    length: bytes | None = None
-    chunked = False
-    for name, value in raw:
-        lower = name.lower()
+class _Framing:
+    """A head's Content-Length and Transfer-Encoding, checked as h11 checks them: one length (repeats of it in a
+    header or across headers collapsed, any other value refused), ``chunked`` as the only coding, named once."""
+
+    __slots__ = ("_error", "chunked", "length")
+
+    def __init__(self, error: type[Exception]) -> None:
+        self._error = error
+        self.length: bytes | None = None
+        self.chunked = False
+
+    def kept(self, lower: bytes, value: bytes) -> bytes | None:
+        """The value of header ``lower`` as it is kept (a collapsed length, a lower-cased coding), or ``None``
+        for a Content-Length that repeats the one kept already."""
         if lower == b"content-length":
             values = {part.strip() for part in value.split(b",")}
             if len(values) != 1:
-                raise HeadError("conflicting Content-Length headers")
+                raise self._error("conflicting Content-Length headers")
             value = values.pop()
             if _DIGITS_RE.fullmatch(value) is None:
-                raise HeadError(f"bad Content-Length {value[:40]!r}")
-            if length is not None:
-                if value != length:
-                    raise HeadError("conflicting Content-Length headers")
-                continue
-            length = value
+                raise self._error(f"bad Content-Length {value[:40]!r}")
+            if self.length is not None:
+                if value != self.length:
+                    raise self._error("conflicting Content-Length headers")
+                return None
+            self.length = value
         elif lower == b"transfer-encoding":
-            if chunked:
-                raise HeadError("multiple Transfer-Encoding headers")
+            if self.chunked:
+                raise self._error("multiple Transfer-Encoding headers")
             value = value.lower()
             if value != b"chunked":
-                raise HeadError(f"unsupported Transfer-Encoding {value[:40]!r} (only chunked is)")
-            chunked = True
-        out.append((lower, value))
-        kept.append((name, value))
+                raise self._error(f"unsupported Transfer-Encoding {value[:40]!r} (only chunked is)")
+            self.chunked = True
+        return value
+
+
+def _normalised(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """(lower-cased name, value) of ``raw``, framing headers checked and collapsed (``_Framing``); ``raw`` gets
+    the same edits: it is what the caller's response shows."""
+    out: list[tuple[bytes, bytes]] = []
+    kept: list[tuple[bytes, bytes]] = []
+    framing = _Framing(HeadError)
+    for name, value in raw:
+        lower = name.lower()
+        kept_value = framing.kept(lower, value)
+        if kept_value is not None:
+            out.append((lower, kept_value))
+            kept.append((name, kept_value))
     raw[:] = kept
     return out
 
@@ -158,8 +176,7 @@ def request_head(method: bytes, target: bytes, headers: Sequence[tuple[bytes, by
         raise LocalHeadError(f"illegal request target {target[:100]!r}")
     host: list[bytes] = []
     lines: list[bytes] = [b"%s %s HTTP/1.1\r\n" % (method, target)]
-    length: bytes | None = None
-    chunked = False
+    framing = _Framing(LocalHeadError)
     for name, value in headers:
         if _NAME_RE.fullmatch(name) is None:
             raise LocalHeadError(f"illegal header name {name[:40]!r}")
@@ -169,22 +186,11 @@ def request_head(method: bytes, target: bytes, headers: Sequence[tuple[bytes, by
         if lower == b"host":
             host.append(b"%s: %s\r\n" % (name, value))
             continue
-        if lower == b"content-length":  # written as h11 writes it: repeats of one value collapsed
-            values = {part.strip() for part in value.split(b",")}
-            value = values.pop() if len(values) == 1 else b""
-            if _DIGITS_RE.fullmatch(value) is None or (length is not None and value != length):
-                raise LocalHeadError(f"bad or conflicting Content-Length in header {name[:40]!r}")
-            if length is not None:
-                continue
-            length = value
-        elif lower == b"transfer-encoding":
-            value = value.lower()
-            if chunked or value != b"chunked":
-                raise LocalHeadError(f"unsupported Transfer-Encoding {value[:40]!r}")
-            chunked = True
-        lines.append(b"%s: %s\r\n" % (name, value))
+        kept = framing.kept(lower, value)  # written as h11 writes them: a repeated length once, the coding lower-cased
+        if kept is not None:
+            lines.append(b"%s: %s\r\n" % (name, kept))
     if len(host) != 1:
         raise LocalHeadError("a request needs exactly one Host header" if host else "missing Host header")
     lines.insert(1, host[0])
     lines.append(b"\r\n")
-    return b"".join(lines), None if chunked else int(length or b"0")
+    return b"".join(lines), None if framing.chunked else int(framing.length or b"0")
