@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, assert_never
 
+from streamgw.core import textbuf
 from streamgw.core.deltas import (
     Delta,
     Finish,
@@ -79,14 +80,14 @@ class _Message:
     item: dict[str, Any]
     index: int
     part_kind: str | None = None  # "output_text" | "refusal" while a part is open
-    parts: list[str] = field(default_factory=list)
+    text: bytearray = field(default_factory=bytearray)  # the open part's text so far (``textbuf``)
 
 
 @dataclass(slots=True)
 class _Reasoning:
     item: dict[str, Any]
     index: int
-    parts: list[str] = field(default_factory=list)
+    text: bytearray = field(default_factory=bytearray)  # the summary's text so far (``textbuf``)
     sealed: bool = False  # its signature arrived: the block is complete
 
 
@@ -216,7 +217,7 @@ class ResponseEmitter:
             msg = self._open
             if type(msg) is not _Message or msg.part_kind != "output_text":
                 msg = self._message_part("output_text")
-            msg.parts.append(text)
+            textbuf.add(msg.text, text)
             item = msg.item
             seq = self._seq
             self._seq = seq + 1
@@ -233,7 +234,7 @@ class ResponseEmitter:
     def _on_refusal(self, delta: RefusalDelta) -> None:
         if delta.text:
             msg = self._message_part("refusal")
-            msg.parts.append(delta.text)
+            textbuf.add(msg.text, delta.text)
             self._emit(
                 {
                     "type": "response.refusal.delta",
@@ -250,7 +251,7 @@ class ResponseEmitter:
         rs = self._open
         if not isinstance(rs, _Reasoning) or rs.sealed:
             rs = self._open_reasoning()
-        rs.parts.append(delta.text)
+        textbuf.add(rs.text, delta.text)
         self._emit(
             {
                 "type": "response.reasoning_summary_text.delta",
@@ -339,7 +340,7 @@ class ResponseEmitter:
     def _close_part(self, msg: _Message) -> None:
         if msg.part_kind is None:
             return
-        text = "".join(msg.parts)
+        text = textbuf.text(msg.text)
         base = {"item_id": msg.item["id"], "output_index": msg.index, "content_index": len(msg.item["content"])}
         part: dict[str, Any]
         if msg.part_kind == "output_text":
@@ -351,7 +352,7 @@ class ResponseEmitter:
         self._emit({"type": "response.content_part.done", **base, "part": part})
         msg.item["content"].append(part)
         msg.part_kind = None
-        msg.parts = []
+        msg.text = bytearray()
 
     def _open_reasoning(self, *, summary_part: bool = True) -> _Reasoning:
         self._settle()
@@ -365,8 +366,8 @@ class ResponseEmitter:
         return rs
 
     def _close_reasoning(self, rs: _Reasoning) -> None:
-        if rs.parts:
-            text = "".join(rs.parts)
+        if rs.text:
+            text = textbuf.text(rs.text)
             base = {"item_id": rs.item["id"], "output_index": rs.index, "summary_index": 0}
             self._emit({"type": "response.reasoning_summary_text.done", **base, "text": text})
             part = {"type": "summary_text", "text": text}

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamgw.core import jsontext
+from streamgw.core import jsontext, textbuf
 from streamgw.core.deltas import UpstreamFailure
 from streamgw.core.emitter import random_id
 from streamgw.errors import clean_message, sanitize_error_object
@@ -167,7 +167,7 @@ class _Part:
     """A content or summary part between its ``added`` and its ``done``."""
 
     part: dict[str, Any]
-    texts: list[str] = field(default_factory=list)
+    text: bytearray = field(default_factory=bytearray)  # its deltas so far (``textbuf``)
     text_done: bool = False  # its ``*.done`` text event was relayed
 
 
@@ -179,7 +179,7 @@ class _Item:
     item: dict[str, Any]
     parts: dict[tuple[str, int], _Part] = field(default_factory=dict)  # open, in order
     closed: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
-    args: list[str] = field(default_factory=list)
+    args: bytearray = field(default_factory=bytearray)  # its arguments' deltas so far (``textbuf``)
     args_done: bool = False
 
 
@@ -408,14 +408,14 @@ class RelayEmitter:
         part = self._open_part(item, "content")
         delta = item.payload.get("delta")
         if part is not None and type(delta) is str:
-            part.texts.append(delta)
+            textbuf.add(part.text, delta)
         self._pass(item)
 
     def _on_summary_delta(self, item: RelayedEvent) -> None:
         part = self._open_part(item, "summary")
         delta = item.payload.get("delta")
         if part is not None and type(delta) is str:
-            part.texts.append(delta)
+            textbuf.add(part.text, delta)
         self._pass(item)
 
     def _on_content_text_done(self, item: RelayedEvent) -> None:
@@ -433,7 +433,7 @@ class RelayEmitter:
     def _on_args_delta(self, item: RelayedEvent) -> None:
         delta = item.payload.get("delta")
         if self._open is not None and type(delta) is str:
-            self._open.args.append(delta)
+            textbuf.add(self._open.args, delta)
         self._pass(item)
 
     def _on_args_done(self, item: RelayedEvent) -> None:
@@ -451,7 +451,7 @@ class RelayEmitter:
         space, index = key
         index_name, part_done = _SPACES[space]
         text_field, text_done = _PART_TEXT.get(str(part.part.get("type")), ("text", ""))
-        text = "".join(part.texts)
+        text = textbuf.text(part.text)
         base = {"item_id": current.item.get("id"), "output_index": current.index, index_name: index}
         if text_done and not part.text_done:
             event: dict[str, Any] = {"type": text_done, **base, text_field: text}
@@ -485,7 +485,7 @@ class RelayEmitter:
         self._items[current.index] = final
 
     def _close_arguments(self, current: _Item, final: dict[str, Any]) -> None:
-        arguments = "".join(current.args)
+        arguments = textbuf.text(current.args)
         if not current.args_done:
             self._emit_own({"type": "response.function_call_arguments.done", "item_id": final.get("id"),
                             "output_index": current.index, "name": final.get("name"), "arguments": arguments})

@@ -219,6 +219,16 @@ def test_finish_without_terminal_is_a_failure_and_before_any_snapshot_too() -> N
     assert (final["id"], final["model"], final["provider"], final["store"]) == expected
 
 
+def test_a_cut_part_is_closed_with_all_the_text_it_streamed() -> None:
+    pieces = ["plain ", "\u00e9", "\u6f22\u5b57", "\U0001f642 ", " end"]  # one to four UTF-8 bytes each
+    em = emitter()
+    em.feed([*opening(), *message_start(), *(text_delta(piece, 4 + i) for i, piece in enumerate(pieces))])
+    out = as_dicts(em.feed([UpstreamFailure("server_error", "connection reset")]))
+    done = next(e for e in out if e["type"] == "response.output_text.done")
+    assert done["text"] == "".join(pieces)
+    assert out[-1]["response"]["output"][0]["content"][0]["text"] == "".join(pieces)
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
