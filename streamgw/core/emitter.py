@@ -150,7 +150,7 @@ class ResponseEmitter:
         self._out: list[Event] = []
         self._open: _OpenItem | None = None
         self._calls: dict[int | str, _Call] = {}
-        self._waiting: list[_Call] = []  # calls started while another call was open
+        self._waiting: tuple[_Call, ...] = ()  # calls started while another call was open (rare: a tuple)
         self._usage: Usage | None = None
         self._finish: FinishReason | None = None
         self.done = False
@@ -277,7 +277,7 @@ class ResponseEmitter:
         call = _Call(delta.key, delta.call_id, delta.name)
         self._calls[delta.key] = call
         if isinstance(self._open, _Call):
-            self._waiting.append(call)  # items never interleave: replay it after the open call closes
+            self._waiting += (call,)  # items never interleave: replay it after the open call closes
         else:
             self._emit_call(call)
 
@@ -423,23 +423,28 @@ class ResponseEmitter:
     def _drain_waiting(self) -> None:
         """Emit calls that started while another call was open, in the order they started."""
         while self._waiting and not isinstance(self._open, _Call):
-            call = self._waiting.pop(0)
+            call = self._next_waiting()
             self._emit_call(call)
             if call.ended:
                 self._close_open("completed")
+
+    def _next_waiting(self) -> _Call:
+        call, *rest = self._waiting
+        self._waiting = tuple(rest)
+        return call
 
     def _settle(self) -> None:
         """Close the open item and every waiting call, before a new kind of item opens."""
         self._close_open("completed")
         while self._waiting:
-            self._emit_call(self._waiting.pop(0))
+            self._emit_call(self._next_waiting())
             self._close_open("completed")
 
     def _close_all(self, last_status: str) -> None:
         """Close everything; the item still open at the very end gets ``last_status``."""
         while self._waiting:
             self._close_open("completed")
-            self._emit_call(self._waiting.pop(0))
+            self._emit_call(self._next_waiting())
         self._close_open(last_status)
 
     # -- terminal -------------------------------------------------------------------------------

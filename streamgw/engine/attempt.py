@@ -82,7 +82,7 @@ class Opened:
     """A winning attempt: its source, the first batch of deltas, and who served it."""
 
     source: DeltaSource
-    first: list[Delta]
+    first: Sequence[Delta]  # ``()`` once the run fed them to its emitter
     target: Target
     endpoint: Endpoint
     timeouts: Timeouts

@@ -305,7 +305,7 @@ class LiveResponse:
         self.plan: Plan | None = None
         #: headers for the answer from admission (rate-limit state); complete once entered, or after an error
         self.headers: dict[str, str] = {}
-        self._admissions: list[Admission] = []
+        self._admissions: tuple[Admission, ...] = ()  # (a tuple: most requests have none, and an empty one is free)
         self._admitting = False  # admission started (its refusal carries its own headers)
         #: the SSE keepalive interval (0: off): known as soon as the route is, the winner's once open
         self.keepalive = 0.0
@@ -364,9 +364,9 @@ class LiveResponse:
         return self.run is not None and self.run.done
 
     @property
-    def initial(self) -> list[Any]:
+    def initial(self) -> Sequence[Any]:
         """The first events (``response.created`` ... the first delta's), before ``stream``."""
-        return [] if self.run is None else self.run.initial
+        return () if self.run is None else self.run.initial
 
     async def __aenter__(self) -> LiveResponse:
         try:
@@ -403,7 +403,7 @@ class LiveResponse:
         for rule in responses.admission:
             admission = await rule.admit(self.caller, request, plan)
             if admission is not None:
-                self._admissions.append(admission)
+                self._admissions += (admission,)
                 self.headers.update(admission.headers)
         self.entry.mark("admitted")
         if request.store and responses.store.enabled:
@@ -433,7 +433,7 @@ class LiveResponse:
         """
         run = self.run
         assert run is not None, "stream() inside the async with"
-        initial, run.initial = run.initial, []  # the snapshots in them would otherwise live as long as the stream
+        initial, run.initial = run.initial, ()  # the snapshots in them would otherwise live as long as the stream
         if run.done:
             recorder = self._recording()
             if recorder is not None:

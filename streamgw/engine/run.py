@@ -14,7 +14,7 @@ registers itself once, when it opens), and the run ends with ``response.failed``
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -127,9 +127,9 @@ class ResponseRun:
         self._total_deadline = started_at + timeouts.total if timeouts.total > 0 else math.inf
         self.first_delta_at = trio.current_time()
         #: the first batch's deltas after the one that gave the first output: ``stream`` delivers them next
-        self._rest: list[Any] = []
-        self.initial: list[Any] = emitter.start() + self._first_output(opened.first)
-        opened.first = []  # fed: the winner need not hold its first deltas for as long as it streams
+        self._rest: Sequence[Any] = ()
+        self.initial: Sequence[Any] = emitter.start() + self._first_output(opened.first)
+        opened.first = ()  # fed: the winner need not hold its first deltas for as long as it streams
         self._closed = False
         #: while ``stream`` runs: its cancel scope, its place with ``_Waits``, whether it is waiting on the
         #: upstream (not delivering), and when that wait began
@@ -141,7 +141,7 @@ class ResponseRun:
         self._drain = Drain() if drain is None else drain
         self._drain.watch(self)
 
-    def _first_output(self, first: list[Any]) -> list[Any]:
+    def _first_output(self, first: Sequence[Any]) -> list[Any]:
         """The events of ``first`` up to its first output; the deltas after it wait in ``_rest``.
 
         A first read can hold a whole answer (a fast or cached upstream sends it at once).  Translating and
@@ -222,7 +222,7 @@ class ResponseRun:
                 self._place = _Place(self)
                 _waits().heap.add(due, self._place)
             try:
-                rest, self._rest = self._rest, []  # the first read's deltas after its first output
+                rest, self._rest = self._rest, ()  # the first read's deltas after its first output
                 if rest:
                     out = emitter.feed(rest)
                     del rest

@@ -726,25 +726,27 @@ class DisconnectNotice:
     __slots__ = ("_callbacks", "closed")
 
     def __init__(self) -> None:
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: tuple[Callable[[], None], ...] = ()  # (usually one: a tuple holds it in less)
         self.closed = False
 
     def on_disconnect(self, callback: Callable[[], None]) -> bool:
         """Call ``callback`` when the stream closes; False (and no call) if it has closed already."""
         if self.closed:
             return False
-        self._callbacks.append(callback)
+        self._callbacks += (callback,)
         return True
 
     def forget(self, callback: Callable[[], None]) -> None:
         """No call for ``callback`` any more (the application is done with the response)."""
+        callbacks = list(self._callbacks)
         with contextlib.suppress(ValueError):
-            self._callbacks.remove(callback)
+            callbacks.remove(callback)
+        self._callbacks = tuple(callbacks)
 
     def fire(self) -> None:
         """The stream closed: every callback, once."""
         self.closed = True
-        callbacks, self._callbacks = self._callbacks, []
+        callbacks, self._callbacks = self._callbacks, ()
         for callback in callbacks:
             callback()
 
