@@ -136,9 +136,10 @@ import importlib
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import partial
 from itertools import chain
+from types import MappingProxyType
 from typing import Any
 
 import h2.events
@@ -820,12 +821,29 @@ class DirectBodyHTTPStream(HTTPStream):
                 await write(bytes(body), True)
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
         await super().app_send(message)
-        if (self.state is ASGIHTTPState.RESPONSE and message is not None
-                and message["type"] == "http.response.start"
-                and not suppress_body(self.scope["method"], int(self.response["status"]))):
-            protocol = getattr(self.send, "__self__", None)
-            if isinstance(protocol, H1OnlyCapableProtocol):
-                self._write_body = protocol.write_body
+        if self.state is ASGIHTTPState.RESPONSE and message is not None and message["type"] == "http.response.start":
+            if getattr(self.config.log, "access_logger", None) is None:
+                self.response = _sent_head(message)
+            if not suppress_body(self.scope["method"], int(self.response["status"])):
+                protocol = getattr(self.send, "__self__", None)
+                if isinstance(protocol, H1OnlyCapableProtocol):
+                    self._write_body = protocol.write_body
+
+
+#: what hypercorn reads of a response's start message once it went out, for the usual one: ``_sent_head``
+_SENT_200: Mapping[str, Any] = MappingProxyType({"type": "http.response.start", "status": 200})
+
+
+def _sent_head(message: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The part of a sent ``http.response.start`` that hypercorn reads later (its status, ``trailers``).
+
+    hypercorn keeps the message for as long as the response lasts, headers and all, for its access log;
+    with no access log the headers need not stay (a list, a tuple and a request id each open stream).
+    """
+    status, trailers = message["status"], message.get("trailers", False)
+    if status == 200 and not trailers:
+        return _SENT_200
+    return {"type": "http.response.start", "status": status, "trailers": trailers}
 
 
 class LazyEvent:

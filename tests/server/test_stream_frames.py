@@ -7,6 +7,7 @@ awaited without the ``_read_data`` layer that only chooses it, so neither frame 
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ import trio
 from streamgw.app.routes import create_app
 from streamgw.config import Config, DemoSettings, ProviderConfig
 from streamgw.engine.drain import Drain
+from streamgw.serving.hypercorn_trio import DirectBodyHTTPStream
 from streamgw.serving.main import hypercorn_config
 from streamgw.serving.worker import _Server, listen
 
@@ -79,3 +81,14 @@ async def test_an_open_stream_does_not_hold_the_requests_headers() -> None:
         (task,) = _handlers()
         scope = task.coro.cr_frame.f_locals["scope"]
         assert scope["type"] == "http" and list(scope["headers"]) == []
+
+
+async def test_an_open_stream_does_not_hold_its_response_head() -> None:
+    """hypercorn keeps the start message for as long as the response lasts; with no access log only its status
+    (and trailers flag) is read later, so the headers sent (one with the request id) are not kept."""
+    async with _slow_stream(b"x-request-id: req-head-1\r\n") as first:
+        assert b"\r\nx-request-id: req-head-1\r\n" in first  # sent before they went
+        (stream,) = [o for o in gc.get_objects() if type(o) is DirectBodyHTTPStream]
+        assert dict(stream.response) == {"type": "http.response.start", "status": 200}
+        (task,) = _handlers()
+        assert task.coro.cr_frame is not None  # still streaming
