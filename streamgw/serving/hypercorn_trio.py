@@ -606,7 +606,11 @@ class InboxTaskGroup(TaskGroup):
             asgi = app.app
             if isinstance(asgi, Quart) and type(asgi).__call__ is Quart.__call__:
                 asgi = asgi.asgi_app  # all that ``Quart.__call__`` does, without its frame
-            self._nursery.start_soon(_serve_asgi, asgi, config, scope, inbox.receive, send)
+            ended: Callable[[], None] | None = None
+            begin = getattr(asgi, "begin_request", None)
+            if begin is not None:  # a wrapper that counts requests (the worker's ``InFlight``), without its frame
+                asgi, ended = begin()
+            self._nursery.start_soon(_serve_asgi, asgi, config, scope, inbox.receive, send, ended)
         else:
             self._nursery.start_soon(_handle, app, config, scope, inbox.receive, send, trio.to_thread.run_sync,
                                      trio.from_thread.run)
@@ -614,8 +618,9 @@ class InboxTaskGroup(TaskGroup):
 
 
 async def _serve_asgi(app: Any, config: HypercornConfig, scope: Any, receive: Callable[[], Awaitable[Any]],
-                      send: Callable[[Any], Awaitable[None]]) -> None:
-    """hypercorn's ``_handle`` (``hypercorn.trio.task_group``) for an ASGI application called directly."""
+                      send: Callable[[Any], Awaitable[None]], ended: Callable[[], None] | None = None) -> None:
+    """hypercorn's ``_handle`` (``hypercorn.trio.task_group``) for an ASGI application called directly;
+    ``ended`` is called when the application returns (or fails)."""
     try:
         await app(scope, receive, send)
     except trio.Cancelled:
@@ -629,6 +634,8 @@ async def _serve_asgi(app: Any, config: HypercornConfig, scope: Any, receive: Ca
     except Exception:
         await config.log.exception("Error in ASGI Framework")
     finally:
+        if ended is not None:
+            ended()
         await send(None)
 
 

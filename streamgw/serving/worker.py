@@ -126,13 +126,25 @@ class InFlight:
         if scope["type"] == "lifespan":
             await self._app(scope, receive, send)
             return
-        self.count += 1
+        app, ended = self.begin_request()
         try:
-            await self._app(scope, receive, send)
+            await app(scope, receive, send)
         finally:
-            self.count -= 1
-            if self.count == 0 and self._idle is not None:
-                self._idle.set()
+            ended()
+
+    def begin_request(self) -> tuple[ASGIApp, Callable[[], None]]:
+        """Count a request in: the application to call for it, and what to call when it is over.
+
+        The worker's task group (``InboxTaskGroup``) calls it rather than this wrapper, so that an open
+        stream's task does not hold one more frame (this wrapper's) for as long as it streams.
+        """
+        self.count += 1
+        return self._app, self._request_ended
+
+    def _request_ended(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
 
     async def wait_idle(self) -> None:
         """Return once nothing is in flight."""
