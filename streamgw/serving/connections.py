@@ -203,7 +203,8 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return stream.socket if isinstance(stream, trio.SocketStream) else None
 
 
-Handler = Callable[[trio.abc.Stream], Awaitable[None]]
+#: a connection's preamble; it returns what serves the connection from then on (``None``: nothing more to do)
+Handler = Callable[[trio.abc.Stream], Awaitable[Awaitable[None] | None]]
 
 #: ``accept()`` failures about one connection that went away meanwhile (trio's list): try the next one
 _GONE_ERRNOS = frozenset(getattr(errno, name) for name in (
@@ -305,7 +306,11 @@ async def _accept_forever(listener: Listener, handler: Handler, nursery: trio.Nu
 
 async def _serve_one(handler: Handler, stream: trio.abc.Stream, slots: ConnectionSlots) -> None:
     try:
-        await handler(stream)
+        # Two steps, so that the handler's own frame is gone while the connection is served (for as long as
+        # a stream lasts, every frame its task waits under is held).
+        serving = await handler(stream)
+        if serving is not None:
+            await serving
     finally:
         try:
             await trio.aclose_forcefully(stream)

@@ -240,6 +240,10 @@ class SerialisedTCPServer(TCPServer):
                     watcher.cancel_scope.cancel()
         except* Exception:
             await self.config.log.exception("connection failed; it was closed, other connections go on")
+        finally:
+            ended = getattr(self.idle_task, "ended", None)  # the worker's ``KeptAlive``: the connection is over
+            if ended is not None:
+                ended()
 
     async def _close_when_cancelled(self) -> None:
         try:

@@ -121,6 +121,7 @@ class InFlight:
         self._app = app
         self.count = 0
         self._idle: trio.Event | None = None
+        self._ended = self._request_ended  # one bound method for every request (each open stream's task holds it)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -139,7 +140,7 @@ class InFlight:
         stream's task does not hold one more frame (this wrapper's) for as long as it streams.
         """
         self.count += 1
-        return self._app, self._request_ended
+        return self._app, self._ended
 
     def _request_ended(self) -> None:
         self.count -= 1
@@ -305,25 +306,22 @@ def _keep_alive_heap() -> DueHeap[KeptAlive]:
 
 def _connection_handler(
     app: AppWrapper, hc: HypercornConfig, context: WorkerContext, state: LifespanState, slots: ConnectionSlots
-) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+) -> Callable[[trio.abc.Stream], Awaitable[Awaitable[None] | None]]:
     # Looked up at serve time: ``streamgw.serving`` may have put its TCPServer subclass there.
     server_class: type[TCPServer] = hypercorn_run.TCPServer  # type: ignore[attr-defined]
     connection_state = ConnectionState(state.copy())
 
-    async def handle(stream: trio.abc.Stream) -> None:
+    async def handle(stream: trio.abc.Stream) -> Awaitable[None] | None:
+        """The connection's first bytes; then the server's ``run``, for ``_serve_one`` to await."""
         if not await first_bytes(stream, slots, hc.keep_alive_timeout):
-            return  # closed by the caller
+            return None  # closed by the caller
         server = server_class(app, hc, context, connection_state, stream)  # type: ignore[arg-type]
         if not isinstance(server, SerialisedTCPServer):  # hypercorn's own class cannot close idle ones early
             server.idle_task = DetachedSingleTask()
-            await server.run()
-            return
+            return server.run()
         server.slots = slots
-        kept = server.idle_task = KeptAlive(server, slots, hc.keep_alive_timeout)  # type: ignore[assignment]
-        try:
-            await server.run()
-        finally:
-            kept.ended()
+        server.idle_task = KeptAlive(server, slots, hc.keep_alive_timeout)  # type: ignore[assignment]
+        return server.run()  # its end tells the KeptAlive (``SerialisedTCPServer.run``)
 
     return handle
 

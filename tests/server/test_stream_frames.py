@@ -1,8 +1,10 @@
 """What an open stream's tasks wait under, served by the production worker.
 
 Every coroutine between trio and the wait holds its frame for as long as the stream lasts; the worker calls a
-Quart application through its ``asgi_app`` (all that ``Quart.__call__`` does), and a connection's reader is
-awaited without the ``_read_data`` layer that only chooses it, so neither frame is among them.
+Quart application through its ``asgi_app`` (all that ``Quart.__call__`` does) and counts it in flight without a
+wrapper's frame, a connection's reader is awaited without the ``_read_data`` layer that only chooses it, and the
+worker's connection handler has returned once the connection's first bytes came, so none of those frames is among
+them.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ async def test_an_open_streams_task_holds_no_framework_frame() -> None:
                   for t in _walk(trio.lowlevel.current_root_task())]
         readers = [names for names in chains if "_read_untimed" in names]
         assert len(readers) == 1 and "_read_data" not in readers[0], readers
+        assert readers[0][:2] == ["_serve_one", "run"], readers  # the worker's handler returned once it began
 
 
 async def test_an_open_stream_does_not_hold_the_requests_headers() -> None:
