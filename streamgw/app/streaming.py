@@ -254,7 +254,8 @@ class ResponsesEndpoint:
                 try:
                     async with live:
                         if live.request.stream:
-                            await live.stream(exchange.deliver)
+                            rest = await live.begin_stream(exchange.deliver)  # the first events written
+                            await rest  # awaited here: an open stream holds no lifecycle frame (``begin_stream``)
                         else:
                             final = await live.collect()
                             await exchange.respond(200, json_body(final), [])

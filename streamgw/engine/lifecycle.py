@@ -431,6 +431,12 @@ class LiveResponse:
         The store has the final object before the batch with the terminal event is delivered
         (with ``confirm_writes``: written), so a client that chains at once finds it.
         """
+        await (await self.begin_stream(deliver))
+
+    async def begin_stream(self, deliver: Callable[[list[Any]], Awaitable[None]]) -> Awaitable[None]:
+        """``stream`` in two steps: ``initial`` goes to ``deliver`` now, and the rest of the stream is the awaitable
+        returned (the run's drive loop), which the caller awaits itself: this frame is then not among those an open
+        stream's task holds for as long as it lasts."""
         run = self.run
         assert run is not None, "stream() inside the async with"
         initial, run.initial = run.initial, ()  # the snapshots in them would otherwise live as long as the stream
@@ -440,21 +446,17 @@ class LiveResponse:
                 await recorder.started(run)  # stored before the client can see the terminal event
             await deliver(initial)
             self._announce()
-            return
+            return _nothing()
         await deliver(initial)
-        del initial  # this frame lives as long as the stream: the snapshots (and their JSON text) need not
+        del initial
         self._drop_raw()  # after the first events (the copy is not on their way), before the recorder is made
         self._announce()  # after the first events: metrics and the store's bookkeeping are not on their way
         recorder = self._recording()
         if recorder is None:
-            await run.stream(deliver)
-            return
+            return run.stream(deliver)
         await recorder.started(run)  # after the first event: the store is not on its path
-        self._deliver = deliver
-        try:
-            await run.stream(self._recorded)  # a bound method: no closure and cells held for as long as it streams
-        finally:
-            self._deliver = None  # the door's delivery refers back to this response: no cycle left behind
+        self._deliver = deliver  # dropped by ``_exit``: the door's delivery refers back to this response
+        return run.stream(self._recorded)  # a bound method: no closure and cells held for as long as it streams
 
     async def _recorded(self, events: list[Any]) -> None:
         """``stream``'s delivery of a stored response: stored before the client can see the terminal event."""
@@ -499,6 +501,7 @@ class LiveResponse:
     async def _exit(self, exc: BaseException | None) -> None:
         """Close everything, once, however the block ends; then the request-log entry."""
         entry, run = self.entry, self.run
+        self._deliver = None  # (``begin_stream``) no cycle left behind
         if isinstance(exc, Exception):
             if not isinstance(exc, GatewayError):
                 log.exception("unexpected error in a %s response", entry.door, exc_info=exc)
@@ -558,6 +561,10 @@ class LiveResponse:
             self.responses.observer.ended(entry)
         finally:
             entry.request = entry.response = None  # the entry may outlive the response (a test keeps it)
+
+
+async def _nothing() -> None:
+    """What is left of a stream that ended with its first events (``LiveResponse.begin_stream``)."""
 
 
 def open_response(responses: Responses, caller: Caller, request: ResponsesRequest, *, door: str, request_id: str,

@@ -67,6 +67,7 @@ async def test_an_open_streams_task_holds_no_framework_frame() -> None:
         names = [name for _, name in frames]
         assert names[:2] == ["_serve_asgi", "__call__"], frames  # the endpoint: no InFlight frame between
         assert frames[1][0] == ["app", "streaming.py"], frames
+        assert frames[2] == (["engine", "run.py"], "stream"), frames  # the run's loop, under no lifecycle frame
         assert not any(path[0] == "quart" for path, _ in frames), frames
         chains = [[f.f_code.co_name for f, _ in t.iter_await_frames()]
                   for t in _walk(trio.lowlevel.current_root_task())]
