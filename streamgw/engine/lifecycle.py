@@ -297,6 +297,7 @@ class LiveResponse:
             self.entry.store_calls = []
         self.run: ResponseRun | None = None
         self.expansion: Expansion | None = None
+        self._own_expansion = False  # ``expansion`` is the request's own input with ids minted (``_expanded``)
         self._recorder: Recorder | None = None
         #: while a stored response streams: the door's delivery, which ``_recorded`` wraps
         self._deliver: Callable[[list[Any]], Awaitable[None]] | None = None
@@ -333,11 +334,17 @@ class LiveResponse:
 
         Only a native upstream's request is built from ``raw``, and no attempt starts after the run opens;
         the parsed fields (the echo, the store's input items, the request log) stay.  An answer that streams
-        for minutes need not hold the body twice.
+        for minutes need not hold the body twice.  Likewise its input: a response to be stored has its own
+        expansion by now (its items with ids minted: copies of those the client sent without one), and the
+        request holds those items instead of the client's (a conversation is then held once, not twice).
         """
         request, original = self.request, self.entry.request
-        if request.raw:
-            self.request = slim = replace(request, raw={})
+        changes: dict[str, Any] = {"raw": {}} if request.raw else {}
+        expansion = self.expansion
+        if self._own_expansion and expansion is not None and expansion.request is request:
+            changes["input"] = expansion.items  # the same items (the ids aside), in the same order
+        if changes:
+            self.request = slim = replace(request, **changes)
             if self.expansion is not None and self.expansion.request is request:
                 self.expansion = replace(self.expansion, request=slim)
             if original is request:
@@ -349,7 +356,16 @@ class LiveResponse:
         """The request's expansion, made now if ``_open`` left it for later (a request naming nothing stored)."""
         if self.expansion is None:
             self.expansion = own_expansion(self.request, self.caller.tenant)
+            self._own_expansion = True
         return self.expansion
+
+    def _slim(self) -> Recorder | None:
+        """After the first events: the request slimmed (``_drop_raw``), then the store's recorder (``None``: not
+        stored), made with the slimmed request's expansion."""
+        if self._record_since is not None:
+            self._expanded()
+        self._drop_raw()
+        return self._recording()
 
     def _recording(self) -> Recorder | None:
         """The store's recorder of this response (``None``: it is not stored), made on first use."""
@@ -449,9 +465,8 @@ class LiveResponse:
             return _nothing()
         await deliver(initial)
         del initial
-        self._drop_raw()  # after the first events (the copy is not on their way), before the recorder is made
+        recorder = self._slim()  # after the first events (none of it is on their way)
         self._announce()  # after the first events: metrics and the store's bookkeeping are not on their way
-        recorder = self._recording()
         if recorder is None:
             return run.stream(deliver)
         await recorder.started(run)  # after the first event: the store is not on its path
@@ -470,9 +485,8 @@ class LiveResponse:
         """Run to the end (``stream: false``); the final response object, stored before it is returned."""
         run = self.run
         assert run is not None, "collect() inside the async with"
-        self._drop_raw()
+        recorder = self._slim()
         self._announce()
-        recorder = self._recording()
         try:
             final = await run.collect()
         finally:
