@@ -213,6 +213,22 @@ class _Exchange:
         return not (self.busy or self.ended) and trio.current_time() - self.last_write >= interval
 
 
+#: the values of a request's scope that are the same for nearly every request to this endpoint: ``_share_constants``
+_CONSTANTS: dict[str | bytes, str | bytes] = {v: v for v in ("POST", "/v1/responses", b"/v1/responses", "1.1", "2")}
+
+
+def _share_constants(scope: Scope) -> None:
+    """Swap the scope's own copies of the method, path and HTTP version for equal shared ones.
+
+    The server makes them for each request and keeps the scope for as long as the response lasts: ~0.2 KB of
+    strings an open stream, which are the same for every request here.
+    """
+    for key in ("method", "path", "raw_path", "http_version"):
+        shared = _CONSTANTS.get(scope.get(key))  # type: ignore[arg-type]
+        if shared is not None:
+            scope[key] = shared
+
+
 class ResponsesEndpoint:
     """The ASGI application for ``POST /v1/responses``."""
 
@@ -235,6 +251,7 @@ class ResponsesEndpoint:
         # server holds this scope for as long as the response lasts, and a client's headers (an SDK sends a
         # dozen or more) need not stay with it (~2 KB an open stream; the server's access log is off).
         scope["headers"] = ()
+        _share_constants(scope)
         notice: _DisconnectNotice | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
         try:
             if notice is None:

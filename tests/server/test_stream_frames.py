@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from streamgw.app.routes import create_app
+from streamgw.app.streaming import _CONSTANTS
 from streamgw.config import Config, DemoSettings, ProviderConfig
 from streamgw.engine.drain import Drain
 from streamgw.serving.hypercorn_trio import DirectBodyHTTPStream
@@ -85,6 +86,11 @@ async def test_an_open_stream_does_not_hold_the_requests_headers() -> None:
         (task,) = _handlers()
         scope = task.coro.cr_frame.f_locals["scope"]
         assert scope["type"] == "http" and list(scope["headers"]) == []
+        # nor its own copies of the method, path and version: one shared string each, for every request
+        with_constants = {key: scope[key] for key in ("method", "path", "raw_path", "http_version")}
+        assert with_constants == {"method": "POST", "path": "/v1/responses", "raw_path": b"/v1/responses",
+                                  "http_version": "1.1"}
+        assert all(value is _CONSTANTS[value] for value in with_constants.values()), with_constants
 
 
 async def test_an_open_stream_does_not_hold_its_response_head() -> None:
