@@ -96,7 +96,8 @@ class SSEDecoder:
         ``unknown_lines`` (the caller drains it) instead of ignoring them, for upstreams
         that mix raw non-SSE text into a stream (Gemini's JSON error lines)."""
         self._keep_unknown = keep_unknown_lines
-        self.unknown_lines: list[bytes] = []
+        #: (a list only where kept: an open stream of another upstream holds no empty one)
+        self.unknown_lines: list[bytes] | tuple[()] = [] if keep_unknown_lines else ()
         self._data: list[str] = []  # data-line values of the event being built
         self._event = ""  # event type buffer
         self._last_id: str | None = None  # last event id buffer (persists)
@@ -225,7 +226,7 @@ class SSEDecoder:
             if value.isdigit():  # bytes.isdigit(): ASCII digits only, False when empty
                 self._retry = int(value)
         elif self._keep_unknown:
-            self.unknown_lines.append(line)
+            self.unknown_lines.append(line)  # type: ignore[union-attr]  # a list when kept
 
     def _dispatch(self) -> SSEEvent:
         """Build the event from the buffers and reset the per-event buffers."""
