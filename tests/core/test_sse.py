@@ -162,7 +162,7 @@ def test_unknown_lines_are_kept_only_when_asked() -> None:
     assert keeping.unknown_lines == [b"foo: bar", b'{"error": {"code": 500,', b'"status": "x"}}']
     plain = SSEDecoder()
     assert plain.feed(stream) == [SSEEvent("", "yes", None, 5)]
-    assert plain.unknown_lines == []
+    assert len(plain.unknown_lines) == 0
 
 
 def test_event_field_names_the_event_and_is_reset_after_dispatch() -> None:
