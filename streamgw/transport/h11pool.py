@@ -41,7 +41,7 @@ import trio
 from streamgw.transport.errors import CONNECTING, READING, WAITING, WRITING, ProtocolViolation
 from streamgw.transport.http1body import BodyDecoder, framing
 from streamgw.transport.http1head import LocalHeadError, ResponseHead, parse_response_head, request_head
-from streamgw.transport.sockio import plain_socket, receive_plain
+from streamgw.transport.sockio import plain_socket, receive_plain, recv_now
 
 __all__ = ["BODY_EXTENSION", "CONNECT_TO_EXTENSION", "TrioH11Transport"]
 
@@ -383,19 +383,15 @@ class _ResponseStream(httpx.AsyncByteStream):
                     raw = await conn._receive_raw(self._read_timeout)
                 else:
                     # ``sockio.receive_plain``, written out: a quiet stream waits here, and one more
-                    # coroutine frame would be held for all of it.  The wait is outside the ``except``:
-                    # inside, it would keep the BlockingIOError and its traceback alive as long.
+                    # coroutine frame would be held for all of it.  ``recv_now`` keeps an empty socket's
+                    # BlockingIOError out of this frame (which would then keep a frame object as long).
                     plain = conn.plain
                     await trio.lowlevel.checkpoint_if_cancelled()
                     waited = False
-                    while True:
-                        try:
-                            raw = plain.recv(conn.read_chunk)  # an OSError is mapped below
-                            break
-                        except BlockingIOError:
-                            pass
+                    while (got := recv_now(plain, conn.read_chunk)) is None:  # an OSError is mapped below
                         await trio.lowlevel.wait_readable(plain)  # ClosedResourceError if closed meanwhile
                         waited = True
+                    raw = got
                     if not waited:  # a read that found its bytes waiting still lets other tasks run
                         await trio.lowlevel.cancel_shielded_checkpoint()
                 if not raw:

@@ -3,14 +3,17 @@
 A stream that is quiet for minutes should hold only what its next events need: not the first events
 (their response snapshots and the snapshots' JSON text), not the last batch of deltas and events, not
 the upstream's response headers, the ``httpx.Response`` around its body or the request body's JSON, no
-per-request memory channel or socket error; and its request task waits under few coroutine frames (each
-costs ~0.25 KB for as long as the stream lasts: no socket wrapper layers, no framework layers between
-hypercorn and the endpoint).  The gateway runs in this process, so its live objects can be looked at.
+per-request memory channel or socket error, no frame object (CPython makes one for a coroutine an exception
+passed through, an empty socket's ``BlockingIOError`` for one, and keeps it as long as the coroutine); and its
+request task waits under few coroutine frames (each costs ~0.25 KB for as long as the stream lasts: no socket
+wrapper layers, no framework layers between hypercorn and the endpoint).  The gateway runs in this process, so
+its live objects can be looked at.
 """
 
 from __future__ import annotations
 
 import gc
+import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -40,7 +43,8 @@ def _held() -> dict[str, int]:
     """How many of each kind the process holds (earlier tests may have left some: compare, never expect 0)."""
     gc.collect()
     found = {"snapshots": 0, "text deltas": 0, "text delta events": 0, "upstream headers": 0,
-             "upstream responses": 0, "request body JSON": 0, "memory channels": 0, "socket errors": 0}
+             "upstream responses": 0, "request body JSON": 0, "memory channels": 0, "socket errors": 0,
+             "coroutines with a frame object": 0}
     for o in gc.get_objects():
         kind = type(o)
         if kind is Snapshot:
@@ -59,7 +63,25 @@ def _held() -> dict[str, int]:
             found["memory channels"] += 1
         elif isinstance(o, BlockingIOError):
             found["socket errors"] += 1
+        elif kind is trio.lowlevel.Task:
+            found["coroutines with a frame object"] += _framed(o)
     return found
+
+
+def _framed(task: trio.lowlevel.Task) -> int:
+    """How many coroutines from a stream's endpoint down to its upstream wait hold a frame object (CPython makes one
+    for a traceback through the coroutine, e.g. an empty socket's ``BlockingIOError``; it is kept as long as the
+    coroutine lives).  Looked for without ``cr_frame``, which would make one."""
+    coroutines: list[types.CoroutineType[object, object, object]] = []
+    awaited: object = task.coro
+    while type(awaited) is types.CoroutineType:
+        coroutines.append(awaited)
+        awaited = awaited.cr_await
+    names = [c.cr_code.co_qualname for c in coroutines]
+    if "ResponsesEndpoint.__call__" not in names:
+        return 0
+    below = coroutines[names.index("ResponsesEndpoint.__call__"):]
+    return sum(any(type(r) is types.FrameType for r in gc.get_referents(c)) for c in below)
 
 
 def _chain(task: trio.lowlevel.Task) -> list[str]:
