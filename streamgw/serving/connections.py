@@ -301,7 +301,7 @@ async def _accept_forever(listener: Listener, handler: Handler, nursery: trio.Nu
         if failures.count or backoff != BACKOFF_FIRST:
             failures.ended("accepting connections again after accept() failures")
             backoff = BACKOFF_FIRST
-        nursery.start_soon(_serve_one, handler, stream, slots)
+        nursery.start_soon(_serve_one, handler, stream, slots, name=_CONNECTION_TASK)
 
 
 async def _serve_one(handler: Handler, stream: trio.abc.Stream, slots: ConnectionSlots) -> None:
@@ -316,3 +316,7 @@ async def _serve_one(handler: Handler, stream: trio.abc.Stream, slots: Connectio
             await trio.aclose_forcefully(stream)
         finally:
             slots.release(stream)
+
+
+#: the name of every connection's task, the one trio would make for each (one string, not one a connection)
+_CONNECTION_TASK = f"{_serve_one.__module__}.{_serve_one.__qualname__}"

@@ -144,6 +144,7 @@ from typing import Any
 
 import h2.events
 import h11
+import hypercorn.trio.tcp_server as _tcp
 import trio
 from h11._connection import _body_framing
 from h11._headers import Headers as H11Headers
@@ -229,7 +230,7 @@ class SerialisedTCPServer(TCPServer):
         stream: trio.abc.Stream = self.stream
         try:
             if type(stream) is trio.SocketStream:
-                await super().run()  # its ``finally`` closes the stream, also when this raises
+                await self._run_plain()  # its ``finally`` closes the stream, also when this raises
                 return
             async with trio.open_nursery() as watcher:
                 watcher.start_soon(self._close_when_cancelled)
@@ -244,6 +245,32 @@ class SerialisedTCPServer(TCPServer):
             ended = getattr(self.idle_task, "ended", None)  # the worker's ``KeptAlive``: the connection is over
             if ended is not None:
                 ended()
+
+    async def _run_plain(self) -> None:
+        """``TCPServer.run`` for a plain TCP stream, without its test for TLS.
+
+        hypercorn finds out that a stream is not TLS by calling its ``do_handshake`` inside a ``fail_after``
+        scope and catching the ``AttributeError``: a cancel scope per connection, and a traceback through the
+        connection's coroutine, which then keeps a frame object (~0.3 KB) for as long as the connection lasts.
+        The same steps otherwise (names looked up in hypercorn's module, where ``install`` puts ours).
+        """
+        sock = self.stream.socket
+        try:
+            client = _tcp.parse_socket_addr(sock.family, sock.getpeername())
+            server = _tcp.parse_socket_addr(sock.family, sock.getsockname())
+            async with _tcp.TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = _tcp.ProtocolWrapper(
+                    self.app, self.config, self.context, task_group, _tcp.ConnectionState(self.state), False,
+                    client, server, self.protocol_send, "http/1.1",
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
 
     async def _close_when_cancelled(self) -> None:
         try:
@@ -614,7 +641,7 @@ class InboxTaskGroup(TaskGroup):
             begin = getattr(asgi, "begin_request", None)
             if begin is not None:  # a wrapper that counts requests (the worker's ``InFlight``), without its frame
                 asgi, ended = begin()
-            self._nursery.start_soon(_serve_asgi, asgi, config, scope, inbox.receive, send, ended)
+            self._nursery.start_soon(_serve_asgi, asgi, config, scope, inbox.receive, send, ended, name=_REQUEST_TASK)
         else:
             self._nursery.start_soon(_handle, app, config, scope, inbox.receive, send, trio.to_thread.run_sync,
                                      trio.from_thread.run)
@@ -641,6 +668,10 @@ async def _serve_asgi(app: Any, config: HypercornConfig, scope: Any, receive: Ca
         if ended is not None:
             ended()
         await send(None)
+
+
+#: the name of every request's task, the one trio would make for each (one string, not one a request)
+_REQUEST_TASK = f"{_serve_asgi.__module__}.{_serve_asgi.__qualname__}"
 
 
 class RoundRobinScheduler(PriorityTree):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,7 +21,8 @@ from streamgw.app.routes import create_app
 from streamgw.app.streaming import _CONSTANTS
 from streamgw.config import Config, DemoSettings, ProviderConfig
 from streamgw.engine.drain import Drain
-from streamgw.serving.hypercorn_trio import DirectBodyHTTPStream
+from streamgw.serving.connections import _CONNECTION_TASK
+from streamgw.serving.hypercorn_trio import _REQUEST_TASK, DirectBodyHTTPStream
 from streamgw.serving.main import hypercorn_config
 from streamgw.serving.worker import _Server, listen
 
@@ -57,6 +59,33 @@ async def _slow_stream(headers: bytes = b"") -> AsyncIterator[bytes]:
 def _handlers() -> list[trio.lowlevel.Task]:
     """The tasks that run the application for a request (hypercorn's ``_serve_asgi``)."""
     return [t for t in _walk(trio.lowlevel.current_root_task()) if t.coro.cr_code.co_name == "_serve_asgi"]
+
+
+def _coroutines(task: trio.lowlevel.Task) -> list[types.CoroutineType[object, object, object]]:
+    """The coroutines ``task`` waits under, outermost first (found without ``cr_frame``, which makes a frame object)."""
+    chain = []
+    coroutine: object = task.coro
+    while type(coroutine) is types.CoroutineType:
+        chain.append(coroutine)
+        coroutine = coroutine.cr_await
+    return chain
+
+
+async def test_an_open_streams_tasks_hold_no_frame_object() -> None:
+    """CPython gives a coroutine a frame object when an exception passes through it (an empty socket's
+    ``BlockingIOError``, hypercorn's test for TLS) and keeps it as long as the coroutine lives: ~0.2-0.3 KB each
+    that an open stream would hold for as long as it lasts (checked first, before anything looks at a frame).
+    trio makes one for each task's first coroutine when it starts the task: those two are the only ones."""
+    async with _slow_stream():
+        tasks = _walk(trio.lowlevel.current_root_task())
+        chains = [[c.cr_code.co_name for c in _coroutines(t)] for t in tasks]
+        (reader,) = [t for t, names in zip(tasks, chains, strict=True) if "_read_untimed" in names]
+        (handler,) = [t for t, names in zip(tasks, chains, strict=True) if names[:1] == ["_serve_asgi"]]
+        framed = [c.cr_code.co_name for t in (reader, handler) for c in _coroutines(t)
+                  if any(type(r) is types.FrameType for r in gc.get_referents(c))]
+        assert framed == ["_serve_one", "_serve_asgi"], framed
+        # and their names are one string for all of them, not one made per task
+        assert reader.name is _CONNECTION_TASK and handler.name is _REQUEST_TASK
 
 
 async def test_an_open_streams_task_holds_no_framework_frame() -> None:
