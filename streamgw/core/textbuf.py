@@ -13,12 +13,10 @@ Pure: standard library only.
 
 from __future__ import annotations
 
-__all__ = ["add", "text"]
+__all__ = ["text"]
 
-
-def add(buffer: bytearray, delta: str) -> None:
-    """Append ``delta`` to ``buffer`` (in place)."""
-    buffer += delta.encode("utf-8", "surrogatepass")
+# A delta is appended where it arrives, as ``buffer += delta.encode("utf-8", "surrogatepass")``: once per
+# token, so written out there rather than called here.
 
 
 def text(buffer: bytearray) -> str:
