@@ -217,7 +217,7 @@ class ResponseEmitter:
             msg = self._open
             if type(msg) is not _Message or msg.part_kind != "output_text":
                 msg = self._message_part("output_text")
-            msg.text += text.encode("utf-8", "surrogatepass")  # ``textbuf``, inlined: once per token
+            textbuf.add(msg.text, text)
             item = msg.item
             seq = self._seq
             self._seq = seq + 1
@@ -234,7 +234,7 @@ class ResponseEmitter:
     def _on_refusal(self, delta: RefusalDelta) -> None:
         if delta.text:
             msg = self._message_part("refusal")
-            msg.text += delta.text.encode("utf-8", "surrogatepass")
+            textbuf.add(msg.text, delta.text)
             self._emit(
                 {
                     "type": "response.refusal.delta",
@@ -251,7 +251,7 @@ class ResponseEmitter:
         rs = self._open
         if not isinstance(rs, _Reasoning) or rs.sealed:
             rs = self._open_reasoning()
-        rs.text += delta.text.encode("utf-8", "surrogatepass")
+        textbuf.add(rs.text, delta.text)
         self._emit(
             {
                 "type": "response.reasoning_summary_text.delta",

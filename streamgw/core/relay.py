@@ -408,14 +408,14 @@ class RelayEmitter:
         part = self._open_part(item, "content")
         delta = item.payload.get("delta")
         if part is not None and type(delta) is str:
-            part.text += delta.encode("utf-8", "surrogatepass")  # (``textbuf``)
+            textbuf.add(part.text, delta)
         self._pass(item)
 
     def _on_summary_delta(self, item: RelayedEvent) -> None:
         part = self._open_part(item, "summary")
         delta = item.payload.get("delta")
         if part is not None and type(delta) is str:
-            part.text += delta.encode("utf-8", "surrogatepass")  # (``textbuf``)
+            textbuf.add(part.text, delta)
         self._pass(item)
 
     def _on_content_text_done(self, item: RelayedEvent) -> None:
@@ -433,7 +433,7 @@ class RelayEmitter:
     def _on_args_delta(self, item: RelayedEvent) -> None:
         delta = item.payload.get("delta")
         if self._open is not None and type(delta) is str:
-            self._open.args += delta.encode("utf-8", "surrogatepass")
+            textbuf.add(self._open.args, delta)
         self._pass(item)
 
     def _on_args_done(self, item: RelayedEvent) -> None:

@@ -13,10 +13,12 @@ Pure: standard library only.
 
 from __future__ import annotations
 
-__all__ = ["text"]
+__all__ = ["add", "text"]
 
-# A delta is appended where it arrives, as ``buffer += delta.encode("utf-8", "surrogatepass")``: once per
-# token, so written out there rather than called here.
+
+def add(buffer: bytearray, delta: str) -> None:
+    """Append ``delta`` to ``buffer`` (in place)."""
+    buffer += delta.encode("utf-8", "surrogatepass")
 
 
 def text(buffer: bytearray) -> str:

@@ -345,8 +345,8 @@ class LiveResponse:
             changes["input"] = expansion.items  # the same items (the ids aside), in the same order
         if changes:
             self.request = slim = replace(request, **changes)
-            if self.expansion is not None and self.expansion.request is request:
-                self.expansion = replace(self.expansion, request=slim)
+            if expansion is not None and expansion.request is request:
+                self.expansion = replace(expansion, request=slim)
             if original is request:
                 self.entry.request = slim
         if original is not None and original is not request and original.raw:
