@@ -50,7 +50,10 @@ key = "sk-admin-0123456789"
 
 def load(tmp_path: Path, text: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     path = tmp_path / "streamgw.toml"
-    path.write_text(text)
+    # The limits' counters and the store in this test's own files: by default they are in the working directory,
+    # where a key's daily token budget would carry over from one run of the tests to the next.
+    own = f'\n[store]\npath = "{tmp_path / "store.db"}"\n\n[control]\npath = "{tmp_path / "control.db"}"\n'
+    path.write_text(text + own if "[store]" not in text and "[control]" not in text else text)
     return load_config(str(path), env=env or {})
 
 
