@@ -12,7 +12,7 @@ medians and p99 of each, and of the paired differences against the direct reques
 
 ``--phases`` turns on the gateway's ``[logging] phases`` (JSON request log to a file in the temporary
 directory) and adds ``phases_ms``: the median over the measured requests of each step of the gateway's
-time to first event (``streamgw.app.requestlog.PHASES``: parse, route, store, admission, attempt, upstream,
+time to first event (``streamgw.app.requestlog.PHASES``: intake, parse, route, store, admission, attempt, upstream,
 first_read, translate, emit, write), their sum and the median ``ttfe_ms`` the gateway logged itself.
 
 ``--baseline SRC`` (an A/B on a noisy machine): a second gateway runs the streamgw source tree at SRC

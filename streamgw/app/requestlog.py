@@ -73,7 +73,8 @@ def _ms(start: float | None, end: float | None) -> float | None:
 
 
 #: ``phases_ms``: the steps from the request's arrival to the first write of events, in order
-PHASES = ("parse", "route", "store", "admission", "attempt", "upstream", "first_read", "translate", "emit", "write")
+PHASES = ("intake", "parse", "route", "store", "admission", "attempt", "upstream", "first_read", "translate", "emit",
+          "write")
 
 
 def _winner(entry: RequestEntry) -> AttemptRecord | None:
@@ -86,15 +87,18 @@ def _winner(entry: RequestEntry) -> AttemptRecord | None:
 def phases_ms(entry: RequestEntry) -> dict[str, float | None]:
     """Where the time to the first event went (``[logging] phases``), in ms, one entry per ``PHASES``.
 
-    Each step ends at a timestamp: the body parsed (auth and body read included), the route planned,
-    stored context expanded, admission passed, the winning attempt started, its response head, its first
-    delta, the first events built, encoded (the door commits), written.  A step whose end is not known
+    Each step ends at a timestamp: the application began (``intake``: the server read the request's head,
+    made its stream and started its task; 0 with a server that does not say when the head arrived), the body
+    parsed (auth and body read included), the route planned, stored context expanded, admission passed, the
+    winning attempt started, its response head, its first delta, the first events built, encoded (the door
+    commits), written.  A step whose end is not known
     (no winner, the WebSocket door has no commit, a non-streamed response) is ``null`` and its time counts
     in the next known one, so the known steps always add up to ``ttfe_ms``.
     """
     marks = entry.phases or {}
     winner = _winner(entry)
-    ends = (marks.get("parsed"), marks.get("planned"), marks.get("expanded"), marks.get("admitted"),
+    ends = (marks.get("began"), marks.get("parsed"), marks.get("planned"), marks.get("expanded"),
+            marks.get("admitted"),
             winner.started if winner else None, winner.headers_at if winner else None,
             winner.first_delta_at if winner else None, marks.get("translated"), marks.get("head"),
             entry.first_write_at)

@@ -16,7 +16,7 @@ from werkzeug.routing import WebsocketMismatch
 
 from streamgw.app.admin import install_admin
 from streamgw.app.gateway import Gateway
-from streamgw.app.streaming import ResponsesEndpoint
+from streamgw.app.streaming import ResponsesEndpoint, arrival
 from streamgw.app.usage import install_usage_routes
 from streamgw.app.websocket import install_websocket
 from streamgw.config import Config
@@ -105,14 +105,14 @@ def _install_hooks(app: QuartTrio, gw: Gateway) -> None:
 
     @app.before_request
     async def _before() -> None:
-        g.started = trio.current_time()
+        g.started = arrival(request.scope, trio.current_time())
         g.request_id = request_id(request.headers.get("x-request-id"))
         if request.path.startswith("/v1/"):
             g.caller = await gw.authenticate(request.headers.get("authorization"))
 
     @app.before_websocket
     async def _before_websocket() -> None:
-        g.started = trio.current_time()
+        g.started = arrival(websocket.scope, trio.current_time())
         g.request_id = request_id(websocket.headers.get("x-request-id"))
 
     @app.after_request

@@ -47,6 +47,9 @@ log = logging.getLogger("streamgw")
 
 #: the ASGI extension through which the server calls back on disconnect (``streamgw.serving``'s hypercorn)
 DISCONNECT_EXTENSION = "streamgw.disconnect"
+#: the ASGI extension with the time (``trio.current_time()``) the server had read the request's head: the
+#: request's clocks start there (``streamgw.serving``'s hypercorn; other servers: when the application starts)
+ARRIVED_EXTENSION = "streamgw.arrived"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,6 +76,17 @@ def encode_events(events: list[Event]) -> bytes:
 def json_body(payload: Any) -> bytes:
     """Compact UTF-8 JSON."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def arrival(scope: Scope, now: float) -> float:
+    """When the request arrived (``ARRIVED_EXTENSION``), or ``now`` where the server does not say.
+
+    A request's time to first event, its logged duration and its timeouts count from there: the server's
+    share (parsing the head, making the stream and the task that runs the application) is time its client
+    waits too.
+    """
+    arrived = scope.get("extensions", {}).get(ARRIVED_EXTENSION)
+    return arrived if type(arrived) is float and arrived <= now else now
 
 
 class _ClientGone(Exception):
@@ -294,7 +308,8 @@ class ResponsesEndpoint:
     async def _begin(self, scope: Scope, receive: Receive, exchange: _Exchange) -> LiveResponse | None:
         """Authenticate, read and parse the body, and open the lifecycle; None when the request was answered."""
         gw = self.gw
-        started = trio.current_time()
+        began = trio.current_time()
+        started = arrival(scope, began)
         trace = parse_traceparent(_header(scope, b"traceparent"))
         try:
             caller = await gw.authenticate(_header(scope, b"authorization"))
@@ -321,6 +336,8 @@ class ResponsesEndpoint:
         live = open_response(gw.responses, caller, req, door="sse" if req.stream else "json",
                              request_id=exchange.request_id, started=started, trace=trace)
         live.entry.http_version = str(scope.get("http_version", ""))
+        if live.entry.phases is not None:
+            live.entry.phases["began"] = began  # the end of ``intake``: the server's share
         live.hold = True  # logged once the error below is written too
         exchange.entry = live.entry
         exchange.headers = live.headers  # filled by admission (or, for a refusal before it, when the block ends)

@@ -170,6 +170,7 @@ from streamgw.serving.connections import ConnectionSlots
 from streamgw.transport.sockio import plain_socket, receive_plain
 
 __all__ = [
+    "ARRIVED_EXTENSION",
     "DISCONNECT_EXTENSION",
     "AppInbox",
     "DirectBodyHTTPStream",
@@ -193,6 +194,9 @@ _H2_PREFACE_TARGET = (b"PRI", b"*", b"2.0")
 _ASGI: dict[str, str] = {"spec_version": "2.1", "version": "3.0"}
 #: the ASGI extension (``scope["extensions"]``) that carries a request's ``DisconnectNotice``
 DISCONNECT_EXTENSION = "streamgw.disconnect"
+#: the ASGI extension holding when the request's head had been read off the socket (``trio.current_time()``): the
+#: application's clocks (time to first event, timeouts) start there, not when its task first runs
+ARRIVED_EXTENSION = "streamgw.arrived"
 #: seconds between two looks at a connection's cancellation while a write waits for its client to read
 _BLOCKED_POLL = 0.25
 
@@ -208,6 +212,9 @@ class SerialisedTCPServer(TCPServer):
     _read_done = False
     #: the nursery the connection's task runs in (its server's connections)
     _home: trio.Nursery | None = None
+    #: when the last read from the client returned (``trio.current_time()``; ``_read_untimed`` notes it): a
+    #: request's head is complete at the read that ended it, before h11, the stream and the application's task
+    read_at: float | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -314,6 +321,7 @@ class SerialisedTCPServer(TCPServer):
         stream = self.stream
         handle = self.protocol.handle
         plain = self._raw_socket
+        now = trio.current_time
         while True:
             data: bytes | bytearray | None
             if plain is not None:
@@ -326,6 +334,7 @@ class SerialisedTCPServer(TCPServer):
                     data = await stream.receive_some(MAX_RECV)
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
+            self.read_at = now()
             await handle(RawData(bytes(data)))
             if data == b"":
                 break
@@ -828,6 +837,9 @@ class DirectBodyHTTPStream(HTTPStream):
             self._notice = DisconnectNotice()
             extensions: dict[str, Any] = self.scope["extensions"]
             extensions[DISCONNECT_EXTENSION] = self._notice
+            arrived = _read_at(self.send)
+            if arrived is not None:
+                extensions[ARRIVED_EXTENSION] = arrived
             if self.scope["asgi"] == _ASGI:
                 self.scope["asgi"] = _ASGI  # one shared dict, not one per request for as long as it lasts
 
@@ -870,6 +882,14 @@ class DirectBodyHTTPStream(HTTPStream):
                 protocol = getattr(self.send, "__self__", None)
                 if isinstance(protocol, H1OnlyCapableProtocol):
                     self._write_body = protocol.write_body
+
+
+def _read_at(stream_send: Callable[..., Any]) -> float | None:
+    """When the connection under a stream (its protocol's server: ``SerialisedTCPServer``) last read from the
+    client; ``None`` when another server reads (hypercorn's own read loop, with a ``read_timeout``)."""
+    protocol = getattr(stream_send, "__self__", None)
+    server = getattr(getattr(protocol, "send", None), "__self__", None)
+    return server.read_at if isinstance(server, SerialisedTCPServer) else None
 
 
 #: what hypercorn reads of a response's start message once it went out, for the usual one: ``_sent_head``

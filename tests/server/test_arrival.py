@@ -1,0 +1,79 @@
+"""``streamgw.arrived``: when the server had read a request's head, for the application's clocks to start there.
+
+hypercorn parses the head, makes the request's stream and its scope, and starts a task that runs the application;
+on this machine that is a good part of a millisecond before the application runs, and the client waits through it
+too.  Served by the production worker; the client and the server share one trio run, hence one clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from streamgw.config import Config
+from streamgw.engine.drain import Drain
+from streamgw.serving.hypercorn_trio import ARRIVED_EXTENSION
+from streamgw.serving.main import hypercorn_config
+from streamgw.serving.worker import _Server, listen
+
+
+class _Recorder:
+    """An ASGI application that notes, per request, the arrival the server gave and when it began itself."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, float]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.seen.append((scope["extensions"].get(ARRIVED_EXTENSION), trio.current_time()))
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@asynccontextmanager
+async def _serving(app: _Recorder) -> AsyncIterator[int]:
+    hc = hypercorn_config(Config())
+    hc.bind = ["127.0.0.1:0"]
+    sockets = listen(hc)
+    server = _Server(app, hc, Drain(), drain_timeout=1.0, grace=1.0)  # type: ignore[arg-type]
+    stop, ready = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run, sockets, stop, ready.set)
+        await ready.wait()
+        yield sockets.insecure_sockets[0].getsockname()[1]
+        stop.set()
+
+
+async def _answer(client: trio.SocketStream) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n\r\nok"):
+        data += await client.receive_some(4096)
+    return data
+
+
+async def test_the_arrival_is_the_read_that_completed_the_head_and_precedes_the_application() -> None:
+    app = _Recorder()
+    head = b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n"
+    async with _serving(app) as port, await trio.open_tcp_stream("127.0.0.1", port) as client:
+        sent = []
+        for _ in range(2):  # two requests on one connection, each head in two pieces 50 ms apart
+            await client.send_all(head)
+            await trio.sleep(0.05)
+            sent.append(trio.current_time())
+            await client.send_all(b"\r\nhi")
+            assert (await _answer(client)).startswith(b"HTTP/1.1 200")
+    assert len(app.seen) == 2
+    for (arrived, began), completed in zip(app.seen, sent, strict=True):
+        assert type(arrived) is float
+        assert completed <= arrived <= began  # not the first piece's read, not the application's start
+        assert began - arrived < 0.05
+    assert app.seen[1][0] - app.seen[0][0] >= 0.05  # the second request's own read, not the connection's first
