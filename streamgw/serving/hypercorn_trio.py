@@ -213,7 +213,8 @@ class SerialisedTCPServer(TCPServer):
     #: the nursery the connection's task runs in (its server's connections)
     _home: trio.Nursery | None = None
     #: when the last read from the client returned (``trio.current_time()``; ``_read_untimed`` notes it): a
-    #: request's head is complete at the read that ended it, before h11, the stream and the application's task
+    #: request's head is complete at the read that ended it, before h11, the stream and the application's task.
+    #: ``None`` again once a response is over (``protocol_send``)
     read_at: float | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -372,8 +373,12 @@ class SerialisedTCPServer(TCPServer):
         if type(event) is RawData:
             await self.send_raw(event.data)
             return
-        if isinstance(event, Updated) and event.idle and self._read_done:
-            event = Closed()  # idle again, but the client is gone: close rather than wait for it
+        if isinstance(event, Updated) and event.idle:
+            # A response is over.  Whatever was read before belongs to it, or is a request the client sent before it
+            # ended (pipelined), which waited for it: that one's clocks start when it is taken up, not when it came.
+            self.read_at = None
+            if self._read_done:
+                event = Closed()  # idle again, but the client is gone: close rather than wait for it
         await super().protocol_send(event)
 
     async def send_raw(self, data: bytes) -> None:

@@ -35,6 +35,8 @@ class _Recorder:
         self.seen.append((scope["extensions"].get(ARRIVED_EXTENSION), trio.current_time()))
         while (await receive()).get("more_body"):
             pass
+        if scope["path"] == "/slow":
+            await trio.sleep(0.1)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -77,3 +79,17 @@ async def test_the_arrival_is_the_read_that_completed_the_head_and_precedes_the_
         assert completed <= arrived <= began  # not the first piece's read, not the application's start
         assert began - arrived < 0.05
     assert app.seen[1][0] - app.seen[0][0] >= 0.05  # the second request's own read, not the connection's first
+
+
+async def test_a_pipelined_request_is_not_dated_from_before_the_response_it_waited_for() -> None:
+    app = _Recorder()
+    request = b"POST %s HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nhi"
+    async with _serving(app) as port, await trio.open_tcp_stream("127.0.0.1", port) as client:
+        await client.send_all(request % b"/slow" + request % b"/x")  # the second is read with the first
+        answers = b""
+        while answers.count(b"HTTP/1.1 200") < 2 or not answers.endswith(b"ok"):
+            answers += await client.receive_some(4096)
+    (first_arrived, first_began), (second_arrived, second_began) = app.seen
+    assert type(first_arrived) is float and first_arrived <= first_began
+    assert second_began - first_began >= 0.1  # taken up once the slow response was over
+    assert second_arrived is None or second_arrived >= first_began + 0.1  # its timeouts do not count that wait
