@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import trio
 
 from streamgw.config import Config
@@ -93,3 +94,15 @@ async def test_a_pipelined_request_is_not_dated_from_before_the_response_it_wait
     assert type(first_arrived) is float and first_arrived <= first_began
     assert second_began - first_began >= 0.1  # taken up once the slow response was over
     assert second_arrived is None or second_arrived >= first_began + 0.1  # its timeouts do not count that wait
+
+
+async def test_an_http2_request_is_dated_from_the_read_that_brought_its_headers() -> None:
+    app = _Recorder()
+    async with _serving(app) as port, httpx.AsyncClient(http1=False, http2=True) as client:
+        before = trio.current_time()
+        answers = [await client.post(f"http://127.0.0.1:{port}/x", content=b"hi") for _ in range(2)]
+    assert [(a.http_version, a.status_code) for a in answers] == [("HTTP/2", 200)] * 2
+    assert len(app.seen) == 2
+    for arrived, began in app.seen:
+        assert type(arrived) is float and before <= arrived <= began and began - arrived < 0.05
+    assert app.seen[1][0] > app.seen[0][1]  # the second request's own read
