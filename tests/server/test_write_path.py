@@ -54,8 +54,10 @@ async def read_stream(client: RawClient, pause: float = 0.0) -> list[dict[str, A
             return events
 
 
-async def test_body_chunks_bypass_h11_and_keep_its_state(mock_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Per response h11 frames the head and the end only; two responses on one connection prove its state."""
+async def test_body_chunks_bypass_h11_and_the_usual_request_never_meets_it(
+        mock_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual request is served without h11 (``LeanH1Protocol``); once a request sends the connection
+    hypercorn's way, h11 frames each response's head and end only, and keeps its state across responses."""
     server_sends: list[type] = []
     writes: list[bytes] = []
     h11_send = h11.Connection.send
@@ -75,16 +77,19 @@ async def test_body_chunks_bypass_h11_and_keep_its_state(mock_port: int, monkeyp
     async with running_gateway(chat_config(mock_port)) as port:
         client = await RawClient.connect(port)
         try:
-            for _ in range(2):
+            # the third request's ``Connection: upgrade`` (without an Upgrade) is one the short way declines
+            for headers in ({}, {}, {"connection": "keep-alive, upgrade"}, {}):
                 body = {"model": "mock/text:tokens=30,token_delay=0.005", "input": "hi", "stream": True}
-                await client.send_json("/v1/responses", body)
+                await client.send_json("/v1/responses", body, headers)
                 events = await read_stream(client)
                 check_events(events)
                 assert sum(e["type"] == "response.output_text.delta" for e in events) == 30
+                if not headers and not server_sends:
+                    assert len(writes) >= 10  # paced: most deltas are written one by one
         finally:
             await client.aclose()
-    assert len(writes) >= 2 * 10  # paced: most deltas are written one by one
-    # per response, whatever the number of chunks: the head and the end (every chunk is framed directly)
+    assert len(writes) >= 4 * 10
+    # per response on hypercorn's way, whatever the number of chunks: the head and the end
     once = [h11.Response, h11.EndOfMessage]
     assert server_sends == once * 2, [t.__name__ for t in server_sends]
 
