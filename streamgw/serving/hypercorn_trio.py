@@ -1207,12 +1207,30 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
     #: the connection is closing: nothing more is served
     _done = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        config = self.config
-        if config.server_names or getattr(config.log, "access_logger", None) is not None \
-                or type(self.connection) is not LeanServerConnection:
+    def __init__(self, app: Any, config: HypercornConfig, context: Any, task_group: Any, connection_state: Any,
+                 ssl: bool, client: tuple[str, int] | None, server: tuple[str, int] | None,
+                 send: Callable[[Event], Awaitable[None]]) -> None:
+        if config.server_names or getattr(config.log, "access_logger", None) is not None:
+            super().__init__(app, config, context, task_group, connection_state, ssl, client, server, send)
             self._hypercorn = True
+            return
+        # ``H11Protocol.__init__``'s attributes, without its h11 connection (~1 KB a connection holds, and two made
+        # and validated on the way: h11's, then ours): ``_hand_over`` makes one if a request needs it.
+        self.app = app
+        self.client = client
+        self.config = config
+        self.context = context
+        self.keep_alive_requests = 0
+        self.send = send
+        self.server = server
+        self.ssl = ssl
+        self.stream = None
+        self.task_group = task_group
+        self.connection_state = connection_state
+        can_read = context.event_class()
+        self.can_read = LazyEvent() if type(can_read) is EventWrapper else can_read
+        owner = getattr(send, "__self__", None)
+        self._send_raw = owner.send_raw if isinstance(owner, SerialisedTCPServer) else self._send_raw_event
 
     async def handle(self, event: Event) -> None:
         if self._hypercorn:
@@ -1249,12 +1267,18 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
             self._pending = buffered
             self._searched = len(buffered)
         elif parsed is DECLINED:
-            self._hypercorn = True
-            self.connection.receive_data(buffered)
-            await self._handle_events()
+            await self._hand_over(buffered)
         elif isinstance(parsed, tuple):
             head, end = parsed
             await self._start(head, buffered, end)
+
+    async def _hand_over(self, buffered: bytes) -> None:
+        """Serve the connection hypercorn's way from here on, starting with ``buffered`` (a request's first byte on)."""
+        self._hypercorn = True
+        limit = self.config.h11_max_incomplete_size
+        self.connection = LeanServerConnection(h11.SERVER, max_incomplete_event_size=limit)
+        self.connection.receive_data(buffered)
+        await self._handle_events()
 
     async def _start(self, head: RequestHead, buffered: bytes, end: int) -> None:
         notice = DisconnectNotice()
