@@ -20,8 +20,10 @@ from hypercorn.trio import serve
 
 from streamgw.app.routes import create_app
 from streamgw.config import Config, ProviderConfig
+from streamgw.engine.drain import Drain
 from streamgw.serving import hypercorn_trio
 from streamgw.serving.main import hypercorn_config
+from streamgw.serving.worker import _Server, listen
 from streamgw.testing.chat_mock import ChatCompletionsMock
 from streamgw.testing.process import free_port, start_gateway
 
@@ -142,3 +144,30 @@ def mock_process() -> Iterator[int]:
 
     with running_mock() as port:
         yield port
+
+
+async def lifespan(receive: Any, send: Any) -> None:
+    """An ASGI application's side of the lifespan protocol, for test applications that have nothing to start."""
+    while (message := await receive())["type"] != "lifespan.shutdown":
+        await send({"type": message["type"] + ".complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+@asynccontextmanager
+async def worker_serving(app: Any, tweak: Callable[[HypercornConfig], None] | None = None) -> AsyncIterator[int]:
+    """The production worker (``streamgw.serving.worker``) serving the ASGI ``app`` in this trio run on a free
+    port; ``tweak`` may change the hypercorn config first."""
+    hc = hypercorn_config(Config())  # installs the fixes
+    hc.bind = ["127.0.0.1:0"]
+    if tweak is not None:
+        tweak(hc)
+    sockets = listen(hc)
+    server = _Server(app, hc, Drain(), drain_timeout=1.0, grace=1.0)
+    stop, ready = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run, sockets, stop, ready.set)
+        await ready.wait()
+        try:
+            yield sockets.insecure_sockets[0].getsockname()[1]
+        finally:
+            stop.set()

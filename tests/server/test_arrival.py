@@ -7,18 +7,15 @@ too.  Served by the production worker; the client and the server share one trio 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
 import trio
 
-from streamgw.config import Config
-from streamgw.engine.drain import Drain
 from streamgw.serving.hypercorn_trio import ARRIVED_EXTENSION
-from streamgw.serving.main import hypercorn_config
-from streamgw.serving.worker import _Server, listen
+
+from .serving_support import lifespan, worker_serving
 
 
 class _Recorder:
@@ -29,9 +26,7 @@ class _Recorder:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         self.seen.append((scope["extensions"].get(ARRIVED_EXTENSION), trio.current_time()))
         while (await receive()).get("more_body"):
@@ -42,18 +37,8 @@ class _Recorder:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
-@asynccontextmanager
-async def _serving(app: _Recorder) -> AsyncIterator[int]:
-    hc = hypercorn_config(Config())
-    hc.bind = ["127.0.0.1:0"]
-    sockets = listen(hc)
-    server = _Server(app, hc, Drain(), drain_timeout=1.0, grace=1.0)  # type: ignore[arg-type]
-    stop, ready = trio.Event(), trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.run, sockets, stop, ready.set)
-        await ready.wait()
-        yield sockets.insecure_sockets[0].getsockname()[1]
-        stop.set()
+def _serving(app: _Recorder) -> AbstractAsyncContextManager[int]:
+    return worker_serving(app)
 
 
 async def _answer(client: trio.SocketStream) -> bytes:

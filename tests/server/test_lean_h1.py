@@ -12,16 +12,14 @@ stream, a fixed length, no response, too few bytes, 204, ``connection: close``).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import hypercorn.protocol
 import pytest
 import trio
+from hypercorn.config import Config as HypercornConfig
 
-from streamgw.config import Config
-from streamgw.engine.drain import Drain
 from streamgw.serving import hypercorn_trio
 from streamgw.serving.hypercorn_trio import (
     ARRIVED_EXTENSION,
@@ -29,8 +27,8 @@ from streamgw.serving.hypercorn_trio import (
     H1OnlyCapableProtocol,
     LeanH1Protocol,
 )
-from streamgw.serving.main import hypercorn_config
-from streamgw.serving.worker import _Server, listen
+
+from .serving_support import lifespan, worker_serving
 
 
 class _App:
@@ -42,9 +40,7 @@ class _App:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         messages = []
         while scope["path"] != "/stall":
@@ -94,23 +90,12 @@ class _App:
             await send({"type": "http.response.body", "body": body})
 
 
-@asynccontextmanager
-async def _serving(app: _App) -> AsyncIterator[int]:
-    """The production worker serving ``app``."""
-    hc = hypercorn_config(Config())  # installs the short way
-    hc.bind = ["127.0.0.1:0"]
-    hc.h11_max_incomplete_size = 2048
-    hc.include_date_header = False  # the two ways' answers compare byte for byte (HTTP/2's HPACK too)
-    sockets = listen(hc)
-    server = _Server(app, hc, Drain(), drain_timeout=1.0, grace=1.0)  # type: ignore[arg-type]
-    stop, ready = trio.Event(), trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.run, sockets, stop, ready.set)
-        await ready.wait()
-        try:
-            yield sockets.insecure_sockets[0].getsockname()[1]
-        finally:
-            stop.set()
+def _serving(app: _App) -> AbstractAsyncContextManager[int]:
+    def tweak(hc: HypercornConfig) -> None:
+        hc.h11_max_incomplete_size = 2048
+        hc.include_date_header = False  # the two ways' answers compare byte for byte (HTTP/2's HPACK too)
+
+    return worker_serving(app, tweak)
 
 
 def _head(path: bytes, length: int, extra: bytes = b"") -> bytes:
