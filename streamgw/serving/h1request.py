@@ -21,16 +21,15 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
+# the grammar h11 applies (RFC 9110 §5.6.2 token, §5.5 field-value), shared with the upstream side's heads
+from streamgw.transport.http1head import FIELD_VALUE, TOKEN
+
 __all__ = ["DECLINED", "Framing", "RequestHead", "parse_request_head", "response_head"]
 
-_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-# RFC 9110 §5.5 field-value as h11 reads it (no NUL or whitespace inside a "vchar" run; single spaces or tabs
-# between runs; none at either end)
-_VALUE: Final = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
-_REQUEST_LINE_RE: Final = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1")
-_FIELD_RE: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
-_NAME_RE: Final = re.compile(_TOKEN)
-_VALUE_RE: Final = re.compile(_VALUE)
+_REQUEST_LINE_RE: Final = re.compile(rb"(" + TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1")
+_FIELD_RE: Final = re.compile(rb"(" + TOKEN + rb"):[ \t]*(" + FIELD_VALUE + rb")[ \t]*")
+_NAME_RE: Final = re.compile(TOKEN)
+_VALUE_RE: Final = re.compile(FIELD_VALUE)
 _DIGITS_RE: Final = re.compile(rb"[0-9]{1,18}")
 _LENGTH_RE: Final = re.compile(rb"[0-9]{1,20}")  # h11's bound on a Content-Length it sends
 _HEAD_END: Final = b"\r\n\r\n"

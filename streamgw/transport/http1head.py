@@ -16,16 +16,18 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["HeadError", "LocalHeadError", "ResponseHead", "parse_response_head", "request_head"]
+__all__ = ["FIELD_VALUE", "TOKEN", "HeadError", "LocalHeadError", "ResponseHead", "parse_response_head",
+           "request_head"]
 
 # RFC 9110 §5.6.2 token; §5.5 field-value as h11 reads it (obs-text allowed, no NUL or whitespace inside a
-# "vchar", single spaces or tabs between them, none at either end)
-_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-_VALUE: Final = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
-_NAME_RE: Final = re.compile(_TOKEN)
-_VALUE_RE: Final = re.compile(_VALUE)
+# "vchar", single spaces or tabs between them, none at either end).  ``streamgw.serving.h1request`` reads
+# request heads with the same grammar.
+TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+FIELD_VALUE: Final = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_NAME_RE: Final = re.compile(TOKEN)
+_VALUE_RE: Final = re.compile(FIELD_VALUE)
 _TARGET_RE: Final = re.compile(rb"[\x21-\x7e]+")
-_FIELD_RE: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
+_FIELD_RE: Final = re.compile(rb"(" + TOKEN + rb"):[ \t]*(" + FIELD_VALUE + rb")[ \t]*")
 _STATUS_RE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
 _FOLD_RE: Final = re.compile(rb"[ \t]+")
 _BLANK_RE: Final = re.compile(rb"\n\r?\n")
