@@ -1206,6 +1206,8 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
     _exchange: LeanExchange | None = None
     #: the connection is closing: nothing more is served
     _done = False
+    #: the server under the connection when it is ours (it notes when each read came)
+    _server: SerialisedTCPServer | None = None
 
     def __init__(self, app: Any, config: HypercornConfig, context: Any, task_group: Any, connection_state: Any,
                  ssl: bool, client: tuple[str, int] | None, server: tuple[str, int] | None,
@@ -1230,7 +1232,8 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
         can_read = context.event_class()
         self.can_read = LazyEvent() if type(can_read) is EventWrapper else can_read
         owner = getattr(send, "__self__", None)
-        self._send_raw = owner.send_raw if isinstance(owner, SerialisedTCPServer) else self._send_raw_event
+        self._server = owner if isinstance(owner, SerialisedTCPServer) else None
+        self._send_raw = self._server.send_raw if self._server is not None else self._send_raw_event
 
     async def handle(self, event: Event) -> None:
         if self._hypercorn:
@@ -1283,8 +1286,7 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
     async def _start(self, head: RequestHead, buffered: bytes, end: int) -> None:
         notice = DisconnectNotice()
         extensions: dict[str, Any] = {DISCONNECT_EXTENSION: notice}
-        server = getattr(self.send, "__self__", None)
-        arrived = server.read_at if isinstance(server, SerialisedTCPServer) else None
+        arrived = None if self._server is None else self._server.read_at
         if arrived is not None:
             extensions[ARRIVED_EXTENSION] = arrived
         path, _, query_string = head.target.partition(b"?")
@@ -1307,11 +1309,10 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
         length = head.content_length
         body = buffered[end:end + length]
         rest = buffered[end + length:]
-        exchange = self._exchange = LeanExchange(self, head, notice, length - len(body))
+        exchange = self._exchange = LeanExchange(self, head.keep_alive, notice, length - len(body))
         self._pending = rest  # a request sent behind this one waits for its response to end
         await self.send(Updated(idle=False))
-        put = await self.task_group.spawn_app(self.app, self.config, scope, exchange.app_send)
-        exchange.put = put
+        exchange.put = await self.task_group.spawn_app(self.app, self.config, scope, exchange.app_send)
         await exchange.queue(body)
         self.keep_alive_requests += 1
         await self.context.mark_request()
@@ -1329,53 +1330,50 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
         exchange.finish()
 
 
-def _set_event() -> trio.Event:
-    event = trio.Event()
-    event.set()
-    return event
-
-
 class LeanExchange:
     """One request and its response on ``LeanH1Protocol``'s short way: the application's ``send``, and where the
     request's body and the client's going away reach it."""
 
-    __slots__ = ("closed", "ended", "framing", "held", "keep_alive", "notice", "protocol", "put", "remaining",
-                 "state")
+    __slots__ = ("closed", "ended", "finished", "framing", "held", "keep_alive", "notice", "protocol", "put",
+                 "remaining", "state")
 
-    def __init__(self, protocol: LeanH1Protocol, head: RequestHead, notice: DisconnectNotice, remaining: int) -> None:
+    def __init__(self, protocol: LeanH1Protocol, keep_alive: bool, notice: DisconnectNotice, remaining: int) -> None:
         self.protocol = protocol
         self.notice = notice
         #: request-body bytes still to come
         self.remaining = remaining
+        #: the application's inbox (``InboxTaskGroup.spawn_app``'s ``AppInbox.send``)
         self.put: Callable[[Any], Awaitable[None]] | None = None
-        #: 0: no response yet; 1: its body is being sent; 2: complete
+        #: 0: no response yet; 1: its body is being sent; 2: complete (or the application returned)
         self.state = 0
         self.held: bytes | None = None
         self.framing: Framing | None = None
-        self.keep_alive = head.keep_alive
+        self.keep_alive = keep_alive
         #: the client went away (or the connection broke)
         self.closed = False
-        #: set when the exchange is over (made when a task waits for that)
+        #: the exchange is over; ``ended`` is set then, made only when a task waits for it
+        self.finished = False
         self.ended: trio.Event | None = None
 
     async def queue(self, body: bytes) -> None:
         """Give the application a piece of the request's body (dropped once it has returned, or has answered)."""
-        if self.state == 2:
-            return
-        message = {"type": "http.request", "body": body, "more_body": self.remaining > 0}
+        if self.state != 2:
+            await self._put({"type": "http.request", "body": body, "more_body": self.remaining > 0})
+
+    async def _put(self, message: Any) -> None:
+        """Queue ``message`` for the application: at once when its inbox has room, else waiting for room."""
         put = self.put
         assert put is not None
-        put_nowait = getattr(getattr(put, "__self__", None), "send_nowait", None)
-        if put_nowait is not None:
+        inbox = getattr(put, "__self__", None)
+        if type(inbox) is AppInbox:
             try:
-                put_nowait(message)
+                inbox.send_nowait(message)
                 return
             except trio.WouldBlock:
                 pass
         await put(message)
 
     async def received(self, data: bytes) -> None:
-        protocol = self.protocol
         if not data:  # the client closed its side; ``client_closed`` follows once the read loop ends
             return
         remaining = self.remaining
@@ -1387,21 +1385,22 @@ class LeanExchange:
         if data:
             # The next request, sent before this one's response ended: the reader waits for that end (as h11's
             # PAUSED makes hypercorn's reader wait), then takes it up.
-            protocol._pending += data
+            self.protocol._pending += data
             await self.over()
 
     async def over(self) -> None:
         """Wait until the exchange is over (its response complete, or the connection closing)."""
+        if self.finished:
+            await trio.lowlevel.checkpoint()
+            return
         if self.ended is None:
             self.ended = trio.Event()
         await self.ended.wait()
 
     def finish(self) -> None:
-        ended = self.ended
-        if ended is None:
-            self.ended = _ENDED
-        else:
-            ended.set()
+        self.finished = True
+        if self.ended is not None:
+            self.ended.set()
 
     async def client_closed(self) -> None:
         if self.closed:
@@ -1409,18 +1408,7 @@ class LeanExchange:
         self.closed = True
         self.notice.fire()
         if self.put is not None:
-            await self.queue_disconnect()
-
-    async def queue_disconnect(self) -> None:
-        put = self.put
-        assert put is not None
-        put_nowait = getattr(getattr(put, "__self__", None), "send_nowait", None)
-        try:
-            if put_nowait is None:
-                raise trio.WouldBlock
-            put_nowait({"type": "http.disconnect"})
-        except trio.WouldBlock:
-            await put({"type": "http.disconnect"})
+            await self._put(_DISCONNECT)
 
     async def app_send(self, message: Any) -> None:
         protocol = self.protocol
@@ -1492,10 +1480,6 @@ class LeanExchange:
                 break
             await trio.lowlevel.checkpoint()
         await protocol.recycle(self, self.keep_alive and not self.remaining and not self.closed)
-
-
-#: the ``ended`` of every exchange that was over before anyone waited for it
-_ENDED = _set_event()
 
 
 def _framed_twice(request: h11.Request) -> bool:
