@@ -16,16 +16,20 @@ pytestmark = pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which
 
 def test_counts_a_variant_and_the_bare_proxy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "icount.json"
-    assert main(["--variants", "plain,json-log", "--requests", "3", "--repeats", "2", "--warmup", "2",
+    assert main(["--variants", "plain,no-store", "--requests", "10", "--repeats", "2", "--warmup", "2",
                  "--bare", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())["per_request"]
-    assert set(figures) == {"plain", "json-log", "bare proxy"}
+    assert set(figures) == {"plain", "no-store", "bare proxy"}
     for values in figures.values():
         assert len(values) == 2 and all(1e5 < v < 1e9 for v in values)
-    # the same work counted twice agrees closely; a gateway request is more work than a bare-proxy relay
+    # the same work counted twice agrees closely; more work counts more: storing each response (the default
+    # SQLite store) costs ~15 % of a streamed request.  (Against the bare proxy there is no order to assert any
+    # more: since the short HTTP/1.1 way, a gateway request without the store counts fewer instructions than the
+    # bare proxy's relay, which frames every chunk twice with h11.)
     plain = figures["plain"]
     assert abs(plain[0] - plain[1]) / plain[0] < 0.25
-    assert min(figures["bare proxy"]) < min(plain)
+    # (window by window, in order of size: a process's first window counts more than its second in both)
+    assert all(n < p for n, p in zip(sorted(figures["no-store"]), sorted(plain), strict=True))
     assert "x1.000" in capsys.readouterr().out
 
 
