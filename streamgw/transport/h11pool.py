@@ -41,7 +41,7 @@ import trio
 from streamgw.transport.errors import CONNECTING, READING, WAITING, WRITING, ProtocolViolation
 from streamgw.transport.http1body import BodyDecoder, framing
 from streamgw.transport.http1head import LocalHeadError, ResponseHead, parse_response_head, request_head
-from streamgw.transport.sockio import plain_socket, receive_plain, recv_now
+from streamgw.transport.sockio import plain_socket, receive_plain, recv_now, wait_readable
 
 __all__ = ["BODY_EXTENSION", "CONNECT_TO_EXTENSION", "TrioH11Transport"]
 
@@ -389,7 +389,7 @@ class _ResponseStream(httpx.AsyncByteStream):
                     await trio.lowlevel.checkpoint_if_cancelled()
                     waited = False
                     while (got := recv_now(plain, conn.read_chunk)) is None:  # an OSError is mapped below
-                        await trio.lowlevel.wait_readable(plain)  # ClosedResourceError if closed meanwhile
+                        await wait_readable(plain)  # ClosedResourceError if closed meanwhile
                         waited = True
                     raw = got
                     if not waited:  # a read that found its bytes waiting still lets other tasks run

@@ -11,10 +11,26 @@ not wait; nothing else.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable
 
 import trio
+from trio._core._run import GLOBAL_RUN_CONTEXT as _RUN  # trio's per-thread run state (pinned below 0.36)
 
-__all__ = ["plain_socket", "receive_plain", "recv_now"]
+__all__ = ["plain_socket", "receive_plain", "recv_now", "wait_readable"]
+
+
+def wait_readable(sock: socket.socket) -> Awaitable[None]:
+    """``trio.lowlevel.wait_readable(sock)`` without the two coroutine frames it holds while it waits.
+
+    The public function reaches the epoll wait through two coroutines that only pass the call on (the
+    module-level wrapper and the I/O manager's method); each is a frame kept alive for as long as the
+    wait lasts, ~0.4 KB apiece, and a quiet open stream waits on two sockets all the time.  This is not a
+    coroutine: with the epoll I/O manager (Linux) it returns that manager's wait itself, with any other
+    the public function's.  The wrapper's other work, shielding its frame from ``KeyboardInterrupt``, is
+    moot in a worker, which takes SIGINT as a signal (``trio.open_signal_receiver``).
+    """
+    wait = getattr(_RUN.runner.io_manager, "_epoll_wait", None)
+    return trio.lowlevel.wait_readable(sock) if wait is None else wait(sock, "read_task")  # noqa: ASYNC105  (awaited by the caller)
 
 
 def plain_socket(stream: trio.abc.Stream) -> socket.socket | None:
@@ -38,7 +54,7 @@ async def receive_plain(sock: socket.socket, size: int) -> bytes:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return data
     while True:
-        await trio.lowlevel.wait_readable(sock)
+        await wait_readable(sock)
         data = recv_now(sock, size)
         if data is not None:  # else a spurious wake-up
             return data

@@ -35,8 +35,9 @@ SLOW = {"model": "up/text:tokens=50,token_delay=2", "input": "hi", "stream": Tru
 STREAMS = 3
 #: coroutines a quiet SSE stream's request task waits under (from hypercorn's task entry down to trio's wait
 #: on the upstream socket): 19 before issue 15's memory work; 10 since the worker counts requests without a
-#: wrapper's frame and the lifecycle hands the door the run's loop (``begin_stream``)
-MAX_COROUTINES_PER_STREAM = 10
+#: wrapper's frame and the lifecycle hands the door the run's loop (``begin_stream``); 8 since the socket's wait
+#: goes to the epoll manager's own (``sockio.wait_readable``: not trio's two coroutines that pass it on)
+MAX_COROUTINES_PER_STREAM = 8
 
 
 def _held() -> dict[str, int]:

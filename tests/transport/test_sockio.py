@@ -1,14 +1,17 @@
-"""``receive_plain``: SocketStream.receive_some's bytes and semantics without its layers."""
+"""``receive_plain``: SocketStream.receive_some's bytes and semantics without its layers; ``wait_readable``:
+trio's wait without the coroutines above it."""
 
 from __future__ import annotations
 
 import socket
+import types
 
 import pytest
 import trio
 import trio.lowlevel
 
-from streamgw.transport.sockio import plain_socket, receive_plain
+from streamgw.transport import sockio
+from streamgw.transport.sockio import plain_socket, receive_plain, wait_readable
 
 
 async def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
@@ -93,3 +96,44 @@ def test_only_plain_socket_streams_have_a_plain_socket() -> None:
         raw.close()
     ssl_stream = trio.SSLStream.__new__(trio.SSLStream)  # any non-SocketStream stream
     assert plain_socket(ssl_stream) is None
+
+
+async def test_wait_readable_is_the_epoll_wait_itself() -> None:
+    """Nothing of ours (nor trio's public wrapper) stays between the caller and the wait."""
+    left, right = await _pair()
+    async with left, right:
+        waiting = wait_readable(right.socket)
+        assert type(waiting) is types.CoroutineType and waiting.cr_code.co_name == "_epoll_wait"
+        waiting.close()
+
+
+async def test_wait_readable_wakes_cancels_and_refuses_a_second_waiter() -> None:
+    left, right = await _pair()
+    sock = plain_socket(right)
+    assert sock is not None
+    async with left, right:
+        with trio.move_on_after(0.01) as waited:
+            await wait_readable(sock)
+        assert waited.cancelled_caught
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_readable, sock)
+            await trio.sleep(0.01)
+            with pytest.raises(trio.BusyResourceError):  # as trio's: one reader of an fd at a time
+                await wait_readable(sock)
+            await left.send_all(b"x")  # wakes the first waiter; the cancel above left no registration behind
+        await trio.lowlevel.wait_readable(sock)  # and trio's own wait still works on it
+        assert sock.recv(10) == b"x"
+
+
+async def test_wait_readable_without_the_epoll_manager_takes_trios_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    left, right = await _pair()
+    manager_without_epoll = types.SimpleNamespace(runner=types.SimpleNamespace(io_manager=object()))
+    monkeypatch.setattr(sockio, "_RUN", manager_without_epoll)
+    sock = plain_socket(right)
+    assert sock is not None
+    async with left, right:
+        waiting = wait_readable(sock)
+        assert type(waiting) is types.CoroutineType and waiting.cr_code.co_name == "wait_readable"
+        await left.send_all(b"y")
+        await waiting
+        assert sock.recv(10) == b"y"
