@@ -188,7 +188,7 @@ from quart import Quart
 from streamgw.errors import GatewayError, InvalidRequest
 from streamgw.serving.connections import ConnectionSlots
 from streamgw.serving.h1request import DECLINED, Framing, RequestHead, parse_request_head, response_head
-from streamgw.transport.sockio import plain_socket, receive_plain
+from streamgw.transport.sockio import plain_socket, recv_now, wait_readable
 
 __all__ = [
     "ARRIVED_EXTENSION",
@@ -247,22 +247,23 @@ class SerialisedTCPServer(TCPServer):
         if type(self.idle_task) is TrioSingleTask:
             self.idle_task._lock = LightLock()  # type: ignore[assignment]
 
-    async def run(self) -> None:
+    def run(self) -> Coroutine[Any, Any, None]:
         """Serve the connection; a failure inside it ends this connection, not the worker.
 
         When the connection is cancelled from outside (a server's hard shutdown deadline), its socket is
         closed at once: a write blocked on a client that stopped reading is shielded and would
         otherwise hold the connection, and the server, for as long as the client keeps it open.  Over
         plain TCP the blocked write itself looks out for that (``_send_plain``); a TLS connection has a
-        watcher task for it.
+        watcher task for it.  Not a coroutine function: it returns the coroutine that serves, so that the
+        connection's task does not hold one more frame (this one) for as long as it is open.
         """
+        return self._run_plain() if type(self.stream) is trio.SocketStream else self._run_watched()
+
+    async def _run_watched(self) -> None:
+        """``run`` for a stream that is not plain TCP (TLS): hypercorn's, with the watcher task."""
         self._home = trio.lowlevel.current_task().parent_nursery
         self._served = False
-        stream: trio.abc.Stream = self.stream
         try:
-            if type(stream) is trio.SocketStream:
-                await self._run_plain()  # its ``finally`` closes the stream, also when this raises
-                return
             async with trio.open_nursery() as watcher:
                 watcher.start_soon(self._close_when_cancelled)
                 try:
@@ -273,35 +274,44 @@ class SerialisedTCPServer(TCPServer):
         except* Exception:
             await self.config.log.exception("connection failed; it was closed, other connections go on")
         finally:
-            ended = getattr(self.idle_task, "ended", None)  # the worker's ``KeptAlive``: the connection is over
-            if ended is not None:
-                ended()
+            self._ended()
 
     async def _run_plain(self) -> None:
-        """``TCPServer.run`` for a plain TCP stream, without its test for TLS.
+        """``run`` for a plain TCP stream: ``TCPServer.run`` without its test for TLS.
 
         hypercorn finds out that a stream is not TLS by calling its ``do_handshake`` inside a ``fail_after``
         scope and catching the ``AttributeError``: a cancel scope per connection, and a traceback through the
         connection's coroutine, which then keeps a frame object (~0.3 KB) for as long as the connection lasts.
         The same steps otherwise (names looked up in hypercorn's module, where ``install`` puts ours).
         """
+        self._home = trio.lowlevel.current_task().parent_nursery
         sock = self.stream.socket
         try:
-            client = _tcp.parse_socket_addr(sock.family, sock.getpeername())
-            server = _tcp.parse_socket_addr(sock.family, sock.getsockname())
-            async with _tcp.TaskGroup() as task_group:
-                self._task_group = task_group
-                self.protocol = _tcp.ProtocolWrapper(
-                    self.app, self.config, self.context, task_group, _tcp.ConnectionState(self.state), False,
-                    client, server, self.protocol_send, "http/1.1",
-                )
-                await self.protocol.initiate()
-                await self.idle_task.restart(self._task_group, self._idle_timeout)
-                await self._read_data()
-        except OSError:
-            pass
+            try:
+                client = _tcp.parse_socket_addr(sock.family, sock.getpeername())
+                server = _tcp.parse_socket_addr(sock.family, sock.getsockname())
+                async with _tcp.TaskGroup() as task_group:
+                    self._task_group = task_group
+                    self.protocol = _tcp.ProtocolWrapper(
+                        self.app, self.config, self.context, task_group, _tcp.ConnectionState(self.state), False,
+                        client, server, self.protocol_send, "http/1.1",
+                    )
+                    await self.protocol.initiate()
+                    await self.idle_task.restart(self._task_group, self._idle_timeout)
+                    await self._read_data()
+            except OSError:
+                pass
+            finally:
+                await self._close()  # closes the stream, also when this raises
+        except* Exception:
+            await self.config.log.exception("connection failed; it was closed, other connections go on")
         finally:
-            await self._close()
+            self._ended()
+
+    def _ended(self) -> None:
+        ended = getattr(self.idle_task, "ended", None)  # the worker's ``KeptAlive``: the connection is over
+        if ended is not None:
+            ended()
 
     async def _close_when_cancelled(self) -> None:
         try:
@@ -349,8 +359,16 @@ class SerialisedTCPServer(TCPServer):
         while True:
             data: bytes | bytearray | None
             if plain is not None:
-                try:  # the same, holding less while it waits (no SocketStream layers: one frame)
-                    data = await receive_plain(plain, MAX_RECV)
+                # The same, holding less while it waits: ``sockio.receive_plain`` written out (no SocketStream
+                # layers, and not its frame either: a quiet connection waits here for as long as it streams).
+                try:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    waited = False
+                    while (data := recv_now(plain, MAX_RECV)) is None:
+                        await wait_readable(plain)
+                        waited = True
+                    if not waited:  # a read that found its bytes waiting still lets other tasks run
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                 except (OSError, trio.ClosedResourceError):  # reset, or closed by another task meanwhile
                     break
             else:
@@ -699,9 +717,12 @@ class InboxTaskGroup(TaskGroup):
 async def _serve_asgi(app: Any, config: HypercornConfig, scope: Any, receive: Callable[[], Awaitable[Any]],
                       send: Callable[[Any], Awaitable[None]], ended: Callable[[], None] | None = None) -> None:
     """hypercorn's ``_handle`` (``hypercorn.trio.task_group``) for an ASGI application called directly;
-    ``ended`` is called when the application returns (or fails)."""
+    ``ended`` is called when the application returns (or fails).  This frame lets go of the scope once the
+    application has it (an application that is done with it need not have it kept for the request's length)."""
     try:
-        await app(scope, receive, send)
+        call = app(scope, receive, send)
+        del scope
+        await call
     except trio.Cancelled:
         raise
     except BaseExceptionGroup as error:
