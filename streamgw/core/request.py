@@ -764,13 +764,35 @@ def request_from_object(raw: dict[str, Any]) -> ResponsesRequest:
 
 # --- echo ----------------------------------------------------------------------------------------
 
-_DEFAULT_TEXT: dict[str, Any] = {"format": {"type": "text"}, "verbosity": "medium"}
-_DEFAULT_REASONING: dict[str, Any] = {"effort": None, "summary": None}
+class _Shared(dict):  # type: ignore[type-arg]
+    """A dict that every response shares (a default echoed as is): reading, ``==`` and JSON as a dict's, any change
+    a ``TypeError`` (one response's change would otherwise show in every other's); a copy is a plain dict."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("a shared echo default is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type[dict], tuple[dict[str, Any]]]:  # type: ignore[type-arg]
+        return dict, (dict(self),)  # a copy (or a pickle) is an ordinary dict
+
+
+_DEFAULT_TEXT: dict[str, Any] = _Shared(format=_Shared(type="text"), verbosity="medium")
+_DEFAULT_REASONING: dict[str, Any] = _Shared(effort=None, summary=None)
+_NO_METADATA: dict[str, str] = _Shared()
 
 
 def _present(obj: dict[str, Any] | None) -> dict[str, Any]:
     """``obj`` without its null values (a null ``text.format`` still echoes the default)."""
     return {key: value for key, value in (obj or {}).items() if value is not None}
+
+
+def _over(defaults: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """``defaults`` updated with ``given``'s non-null values: ``defaults`` itself when there are none."""
+    present = _present(given)
+    return {**defaults, **present} if present else defaults
 
 
 def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
@@ -788,25 +810,27 @@ def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
 def echo_fields(req: ResponsesRequest) -> dict[str, Any]:
     """The request fields echoed into every ``response`` snapshot, defaults filled (OpenAI's ``Response`` object).
 
-    The returned dict and its first-level containers are fresh; deeper values (tool
-    schemas, ``text.format``) are shared with ``req`` and must not be mutated.  No
-    deep copy: a client's deeply nested schema must not cost a recursion per snapshot.
+    The returned dict is fresh; the values in it (``text``, ``reasoning``, ``metadata``,
+    tool schemas) may be shared with ``req`` or, when the request left them out, with
+    every other response (one default each, not a copy held by every open stream) and
+    must not be mutated.  No deep copy: a client's deeply nested schema must not cost a
+    recursion per snapshot.
     """
     return {
         "background": req.background,
         "instructions": req.instructions,
         "max_output_tokens": req.max_output_tokens,
         "max_tool_calls": req.max_tool_calls,
-        "metadata": dict(req.metadata),
+        "metadata": dict(req.metadata) if req.metadata else _NO_METADATA,
         "parallel_tool_calls": req.parallel_tool_calls,
         "previous_response_id": req.previous_response_id,
         "prompt_cache_key": req.prompt_cache_key,
-        "reasoning": {**_DEFAULT_REASONING, **_present(req.reasoning)},
+        "reasoning": _over(_DEFAULT_REASONING, req.reasoning),
         "safety_identifier": req.safety_identifier,
         "service_tier": req.service_tier or "auto",
         "store": req.store,
         "temperature": 1.0 if req.temperature is None else req.temperature,
-        "text": {**_DEFAULT_TEXT, **_present(req.text)},
+        "text": _over(_DEFAULT_TEXT, req.text),
         "tool_choice": req.tool_choice if isinstance(req.tool_choice, str) else dict(req.tool_choice),
         "tools": [_echo_tool(tool) for tool in req.tools],
         "top_logprobs": req.top_logprobs or 0,

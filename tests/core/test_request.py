@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from typing import Any
@@ -568,6 +569,30 @@ def test_echo_is_fresh_at_top_level() -> None:
     echo["tools"][0]["name"] = "changed"
     assert request.metadata == {"a": "b"}
     assert request.tools == ({"type": "function", "name": "f"},)
+
+
+def test_echo_defaults_are_shared_and_read_only() -> None:
+    """A request that leaves ``text``, ``reasoning`` and ``metadata`` out echoes one shared default of each (not a
+    copy held by each open stream); such a default cannot be changed through one response, and copies of it are
+    ordinary dicts."""
+    first, second = echo_fields(parse()), echo_fields(parse(text={"format": None}, reasoning={"summary": None}))
+    for key in ("text", "reasoning", "metadata"):
+        assert first[key] is second[key], key
+        with pytest.raises(TypeError):
+            first[key]["x"] = 1
+        with pytest.raises(TypeError):
+            first[key].update(x=1)
+        with pytest.raises(TypeError):
+            first[key].clear()
+        assert type(copy.deepcopy(first[key])) is dict and type(dict(first[key])) is dict
+    with pytest.raises(TypeError):
+        first["text"]["format"]["type"] = "json_object"
+    assert json.loads(json.dumps(first)) == echo_fields(parse())  # encoded and compared as dicts
+    assert echo_fields(parse())["text"] == {"format": {"type": "text"}, "verbosity": "medium"}
+    given = echo_fields(parse(text={"verbosity": "low"}, reasoning={"effort": "low"}, metadata={"a": "b"}))
+    assert given["text"] is not first["text"] and type(given["text"]) is dict  # given values: a dict of its own
+    given["metadata"]["c"] = "d"
+    assert (first["text"]["verbosity"], first["reasoning"]["effort"], first["metadata"]) == ("medium", None, {})
 
 
 # --- Unicode, nesting depth and counts (checked on the raw body, before any field) ---------------
