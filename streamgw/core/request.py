@@ -19,6 +19,8 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from operator import attrgetter
 from typing import Any, NoReturn
 
 from streamgw.errors import InvalidRequest
@@ -28,6 +30,7 @@ __all__ = [
     "MAX_INPUT_ITEMS",
     "MAX_TOOLS",
     "ResponsesRequest",
+    "echo_builder",
     "echo_fields",
     "load_object",
     "parse_request",
@@ -816,25 +819,45 @@ def echo_fields(req: ResponsesRequest) -> dict[str, Any]:
     must not be mutated.  No deep copy: a client's deeply nested schema must not cost a
     recursion per snapshot.
     """
+    return _echo(*_ECHOED(req))
+
+
+def echo_builder(req: ResponsesRequest) -> Callable[[], dict[str, Any]]:
+    """What makes ``echo_fields(req)`` when called, holding only the values it reads: not ``req``, whose body's
+    JSON and input the lifecycle lets go of once the upstream request is made."""
+    return partial(_echo, *_ECHOED(req))
+
+
+_ECHOED = attrgetter(
+    "background", "instructions", "max_output_tokens", "max_tool_calls", "metadata", "parallel_tool_calls",
+    "previous_response_id", "prompt_cache_key", "reasoning", "safety_identifier", "service_tier", "store",
+    "temperature", "text", "tool_choice", "tools", "top_logprobs", "top_p", "truncation", "user",
+)
+
+
+def _echo(background: Any, instructions: Any, max_output_tokens: Any, max_tool_calls: Any, metadata: Any,
+          parallel_tool_calls: Any, previous_response_id: Any, prompt_cache_key: Any, reasoning: Any,
+          safety_identifier: Any, service_tier: Any, store: Any, temperature: Any, text: Any, tool_choice: Any,
+          tools: Any, top_logprobs: Any, top_p: Any, truncation: Any, user: Any) -> dict[str, Any]:
     return {
-        "background": req.background,
-        "instructions": req.instructions,
-        "max_output_tokens": req.max_output_tokens,
-        "max_tool_calls": req.max_tool_calls,
-        "metadata": dict(req.metadata) if req.metadata else _NO_METADATA,
-        "parallel_tool_calls": req.parallel_tool_calls,
-        "previous_response_id": req.previous_response_id,
-        "prompt_cache_key": req.prompt_cache_key,
-        "reasoning": _over(_DEFAULT_REASONING, req.reasoning),
-        "safety_identifier": req.safety_identifier,
-        "service_tier": req.service_tier or "auto",
-        "store": req.store,
-        "temperature": 1.0 if req.temperature is None else req.temperature,
-        "text": _over(_DEFAULT_TEXT, req.text),
-        "tool_choice": req.tool_choice if isinstance(req.tool_choice, str) else dict(req.tool_choice),
-        "tools": [_echo_tool(tool) for tool in req.tools],
-        "top_logprobs": req.top_logprobs or 0,
-        "top_p": 1.0 if req.top_p is None else req.top_p,
-        "truncation": req.truncation or "disabled",
-        "user": req.user,
+        "background": background,
+        "instructions": instructions,
+        "max_output_tokens": max_output_tokens,
+        "max_tool_calls": max_tool_calls,
+        "metadata": dict(metadata) if metadata else _NO_METADATA,
+        "parallel_tool_calls": parallel_tool_calls,
+        "previous_response_id": previous_response_id,
+        "prompt_cache_key": prompt_cache_key,
+        "reasoning": _over(_DEFAULT_REASONING, reasoning),
+        "safety_identifier": safety_identifier,
+        "service_tier": service_tier or "auto",
+        "store": store,
+        "temperature": 1.0 if temperature is None else temperature,
+        "text": _over(_DEFAULT_TEXT, text),
+        "tool_choice": tool_choice if isinstance(tool_choice, str) else dict(tool_choice),
+        "tools": [_echo_tool(tool) for tool in tools],
+        "top_logprobs": top_logprobs or 0,
+        "top_p": 1.0 if top_p is None else top_p,
+        "truncation": truncation or "disabled",
+        "user": user,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import json
 from typing import Any
 
@@ -14,6 +15,7 @@ from streamgw.core.request import (
     MAX_INPUT_ITEMS,
     MAX_TOOLS,
     ResponsesRequest,
+    echo_builder,
     echo_fields,
     parse_request,
 )
@@ -593,6 +595,18 @@ def test_echo_defaults_are_shared_and_read_only() -> None:
     assert given["text"] is not first["text"] and type(given["text"]) is dict  # given values: a dict of its own
     given["metadata"]["c"] = "d"
     assert (first["text"]["verbosity"], first["reasoning"]["effort"], first["metadata"]) == ("medium", None, {})
+
+
+def test_echo_builder_makes_the_echo_without_holding_the_request() -> None:
+    request = parse(instructions="sys", metadata={"a": "b"}, tools=[{"type": "function", "name": "f"}],
+                    text={"verbosity": "low"}, tool_choice={"type": "function", "name": "f"}, temperature=0)
+    build = echo_builder(request)
+    assert build() == echo_fields(request) and build() is not build()
+    assert request not in gc.get_referents(build) and not any(request in gc.get_referents(o)
+                                                              for o in gc.get_referents(build))
+    first = build()
+    first["metadata"]["x"] = "y"  # a fresh copy each time, as echo_fields gives
+    assert build()["metadata"] == {"a": "b"} and request.metadata == {"a": "b"}
 
 
 # --- Unicode, nesting depth and counts (checked on the raw body, before any field) ---------------
