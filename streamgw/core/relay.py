@@ -215,13 +215,14 @@ class RelayEmitter:
         *,
         model: str,
         provider: str,
-        echo: dict[str, Any],
+        echo: dict[str, Any] | Callable[[], dict[str, Any]],
         new_id: Callable[[str], str] = random_id,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._provider = provider
         #: the latest ``response`` snapshot (a placeholder until the upstream sends one)
-        self.response = _placeholder(new_id("resp_"), int(clock()), model, provider, echo)
+        self.response = _placeholder(new_id("resp_"), int(clock()), model, provider,
+                                     echo if isinstance(echo, dict) else echo())
         self.done = False
         self.output_started = False
         self._seq = 0

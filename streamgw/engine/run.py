@@ -21,7 +21,7 @@ import trio
 
 from streamgw.core.emitter import Emitter, EmitterFactory, ResponseEmitter
 from streamgw.core.relay import RelayEmitter
-from streamgw.core.request import ResponsesRequest, echo_fields
+from streamgw.core.request import ResponsesRequest, echo_builder
 from streamgw.core.tracecontext import TraceParent
 from streamgw.engine.attempt import AttemptRecord, EngineContext, Opened, open_plan
 from streamgw.engine.drain import Drain, GatewayShuttingDown
@@ -189,7 +189,7 @@ class ResponseRun:
                 drain.unwatch(scope)
             try:
                 emitter = emitter_factory(opened, ctx)(
-                    model=request.model, provider=opened.target.provider.name, echo=echo_fields(request)
+                    model=request.model, provider=opened.target.provider.name, echo=echo_builder(request)
                 )
                 return cls(emitter, opened, started, drain)
             except BaseException:

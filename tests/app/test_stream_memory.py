@@ -1,7 +1,8 @@
 """What an open stream keeps while it waits for its upstream (issue 15: memory per open stream).
 
 A stream that is quiet for minutes should hold only what its next events need: not the first events
-(their response snapshots and the snapshots' JSON text), not the last batch of deltas and events, not
+(their response snapshots and the snapshots' JSON text), no response object (one is built for each snapshot, from
+the echoed fields' values and the output so far), not the last batch of deltas and events, not
 the upstream's response headers, the ``httpx.Response`` around its body or the request body's JSON, no
 per-request memory channel or socket error, no frame object (CPython makes one for a coroutine an exception
 passed through, an empty socket's ``BlockingIOError`` for one, and keeps it as long as the coroutine); and its
@@ -45,7 +46,7 @@ def _held() -> dict[str, int]:
     gc.collect()
     found = {"snapshots": 0, "text deltas": 0, "text delta events": 0, "upstream headers": 0,
              "upstream responses": 0, "request body JSON": 0, "memory channels": 0, "socket errors": 0,
-             "coroutines with a frame object": 0}
+             "coroutines with a frame object": 0, "response objects": 0}
     for o in gc.get_objects():
         kind = type(o)
         if kind is Snapshot:
@@ -54,6 +55,8 @@ def _held() -> dict[str, int]:
             found["text deltas"] += 1
         elif kind is dict and o.get("type") == "response.output_text.delta" and "sequence_number" in o:
             found["text delta events"] += 1
+        elif kind is dict and o.get("object") == "response":  # the emitter builds one when asked, keeps none
+            found["response objects"] += 1
         elif kind is ResponsesRequest and o.raw:  # a dict of strings is not tracked: look at who holds it
             found["request body JSON"] += 1
         elif kind is httpx.Headers and "content-type" in o:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 from typing import Any
@@ -93,6 +94,39 @@ def test_snapshots_echo_request_fields_and_start_empty() -> None:
         assert resp["status"] == "in_progress" and resp["output"] == [] and resp["usage"] is None
         assert resp["tool_choice"] == "auto" and resp["parallel_tool_calls"] is True
         assert resp["provider"] == "demo" and resp["model"] == "m"
+
+
+def test_an_echo_builder_gives_the_same_stream_and_no_response_object_is_kept_while_it_runs() -> None:
+    """Given what builds the echo (as the engine gives it), a running emitter holds no response object: ``response``
+    is built when read, with the output so far; a changed copy changes nothing; the events are byte for byte those
+    of an emitter given the echo itself, and the final object is kept once terminal."""
+    deltas: list[Delta] = [TextDelta("a"), TextDelta("b"), ToolCallStart(0, "call_1", "f"), ToolCallArgs(0, "{}"),
+                           Finish(FinishReason.COMPLETED), Usage(3, 2)]
+    expected = run(deltas)
+    counter = itertools.count()
+    built: list[int] = []
+
+    def echo() -> dict[str, Any]:
+        built.append(1)
+        return dict(ECHO)
+
+    em = ResponseEmitter(model="m", provider="demo", echo=echo, new_id=lambda prefix: f"{prefix}{next(counter)}",
+                         clock=lambda: 1700000000.0)
+    events = em.start() + em.feed(deltas[:2])
+    held = [o for o in gc.get_referents(em) if type(o) is dict and o.get("object") == "response"]
+    assert held == []
+    now = em.response
+    assert (now["status"], now["id"], [i["type"] for i in now["output"]]) == ("in_progress", "resp_0", ["message"])
+    now["status"] = "changed"
+    now["output"] = []
+    assert em.response["status"] == "in_progress" and len(em.response["output"]) == 1
+    events += em.feed(deltas[2:]) + em.finish()
+    assert [json.dumps(e) for e in events] == [json.dumps(e) for e in expected]
+    assert em.response is em.response and em.response == expected[-1]["response"]
+    assert em.response["status"] == "completed" and em.response["usage"]["total_tokens"] == 5
+    calls = len(built)
+    em.response  # noqa: B018  (the final object is kept: no more building)
+    assert len(built) == calls
 
 
 def test_function_call_fragments_join_and_item_closes() -> None:
