@@ -353,7 +353,7 @@ class SerialisedTCPServer(TCPServer):
         default), that is a cancel scope made, entered and left for every read, and one held by every
         open connection while it waits, for nothing."""
         stream = self.stream
-        handle = self.protocol.handle
+        protocol = self.protocol  # (its ``handle`` looked up per read: no bound method held while it waits)
         plain = self._raw_socket
         now = trio.current_time
         while True:
@@ -377,11 +377,11 @@ class SerialisedTCPServer(TCPServer):
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
             self.read_at = now()
-            await handle(RawData(bytes(data)))
+            await protocol.handle(RawData(bytes(data)))
             if data == b"":
                 break
             del data  # not held through the next wait (a request's head and body, for as long as it streams)
-        await handle(Closed())
+        await protocol.handle(Closed())
         await self._read_ended()
 
     @property
@@ -1100,8 +1100,12 @@ class H1OnlyCapableProtocol(H11Protocol):
             self.connection = LeanServerConnection(
                 h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size)
         server = getattr(self.send, "__self__", None)
-        self._send_raw: Callable[[bytes], Awaitable[None]] = (
-            server.send_raw if isinstance(server, SerialisedTCPServer) else self._send_raw_event)
+        self._server: SerialisedTCPServer | None = server if isinstance(server, SerialisedTCPServer) else None
+
+    def _send_raw(self, data: bytes) -> Awaitable[None]:
+        # Looked up per write rather than kept as a bound method: one object fewer held by every connection.
+        server = self._server
+        return server.send_raw(data) if server is not None else self._send_raw_event(data)
 
     async def _send_raw_event(self, data: bytes) -> None:
         await self.send(RawData(data=data))
@@ -1254,7 +1258,6 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
         self.can_read = LazyEvent() if type(can_read) is EventWrapper else can_read
         owner = getattr(send, "__self__", None)
         self._server = owner if isinstance(owner, SerialisedTCPServer) else None
-        self._send_raw = self._server.send_raw if self._server is not None else self._send_raw_event
 
     async def handle(self, event: Event) -> None:
         if self._hypercorn:
