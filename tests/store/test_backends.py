@@ -81,6 +81,18 @@ async def test_sqlite_file_is_created_in_wal_mode_and_survives_a_reopen(tmp_path
         await second.aclose()
 
 
+async def test_sqlite_writer_keeps_a_small_page_cache_and_readers_the_default(tmp_path: Path) -> None:
+    backend = SQLiteBackend(str(tmp_path / "cache.db"))
+    try:
+        await backend.put_many([record("resp_a", "msg_1")])
+        assert await backend.get("resp_a") == b"body of resp_a"
+        assert backend._writer is not None and backend._readers
+        assert backend._writer.execute("PRAGMA cache_size").fetchone()[0] == -256
+        assert backend._readers[0].execute("PRAGMA cache_size").fetchone()[0] == -2000
+    finally:
+        await backend.aclose()
+
+
 async def test_sqlite_purge_removes_rows(tmp_path: Path) -> None:
     clock = Clock()
     store = SQLiteBackend(str(tmp_path / "p.db"), clock=clock)
