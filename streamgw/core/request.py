@@ -794,6 +794,8 @@ def _present(obj: dict[str, Any] | None) -> dict[str, Any]:
 
 def _over(defaults: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
     """``defaults`` updated with ``given``'s non-null values: ``defaults`` itself when there are none."""
+    if not given:
+        return defaults
     present = _present(given)
     return {**defaults, **present} if present else defaults
 
@@ -855,7 +857,7 @@ def _echo(background: Any, instructions: Any, max_output_tokens: Any, max_tool_c
         "temperature": 1.0 if temperature is None else temperature,
         "text": _over(_DEFAULT_TEXT, text),
         "tool_choice": tool_choice if isinstance(tool_choice, str) else dict(tool_choice),
-        "tools": [_echo_tool(tool) for tool in tools],
+        "tools": [_echo_tool(tool) for tool in tools] if tools else [],
         "top_logprobs": top_logprobs or 0,
         "top_p": 1.0 if top_p is None else top_p,
         "truncation": truncation or "disabled",
