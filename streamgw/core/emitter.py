@@ -57,6 +57,10 @@ class Emitter(Protocol):
         """True once any output item went out."""
         ...
 
+    def in_progress(self) -> dict[str, Any]:
+        """A fresh ``in_progress`` snapshot without output or usage (what ``response.created`` carries)."""
+        ...
+
     def start(self) -> list[Any]: ...
 
     def feed(self, items: Iterable[Any], /) -> list[Any]: ...
@@ -156,6 +160,10 @@ class ResponseEmitter:
         """The response object as it stands: the final one once terminal, else a fresh ``in_progress`` one (its
         ``output`` the emitter's own list: read it, do not change it)."""
         return self._final if self._final is not None else self._snapshot(self._output)
+
+    def in_progress(self) -> dict[str, Any]:
+        """A fresh ``in_progress`` snapshot without output or usage (what ``response.created`` carries)."""
+        return self._snapshot([])
 
     def _snapshot(self, output: list[dict[str, Any]]) -> dict[str, Any]:
         echo = self._echo

@@ -237,6 +237,10 @@ class RelayEmitter:
         """The sequence number our next own event would get."""
         return self._seq
 
+    def in_progress(self) -> dict[str, Any]:
+        """A fresh ``in_progress`` snapshot without output or usage (of the latest snapshot the upstream sent)."""
+        return {**self.response, "status": "in_progress", "output": [], "usage": None}
+
     def start(self) -> list[RelayOutput]:
         """Nothing: the upstream sends its own ``response.created``."""
         return []

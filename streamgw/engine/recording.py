@@ -51,7 +51,7 @@ class Recorder:
         if run.done:
             await self.finish(run)
             return
-        snapshot = {**run.emitter.response, "status": "in_progress", "output": [], "usage": None}
+        snapshot = run.emitter.in_progress()
         self._submit(snapshot, run, snapshot=True)
 
     async def finish(self, run: ResponseRun) -> None:

@@ -113,6 +113,7 @@ def test_an_echo_builder_gives_the_same_stream_and_no_response_object_is_kept_wh
     em = ResponseEmitter(model="m", provider="demo", echo=echo, new_id=lambda prefix: f"{prefix}{next(counter)}",
                          clock=lambda: 1700000000.0)
     events = em.start() + em.feed(deltas[:2])
+    assert em.in_progress() == expected[0]["response"] and em.in_progress() is not em.in_progress()
     held = [o for o in gc.get_referents(em) if type(o) is dict and o.get("object") == "response"]
     assert held == []
     now = em.response

@@ -101,6 +101,16 @@ def test_snapshots_get_the_provider_and_keep_everything_else() -> None:
     assert em.response["id"] == "resp_up" and em.response["provider"] == "oai"
 
 
+def test_in_progress_is_a_fresh_copy_of_the_latest_snapshot_without_output() -> None:
+    em = emitter()
+    em.feed([*opening(), *message_start()])
+    snap = em.in_progress()
+    assert snap == {**em.response, "status": "in_progress", "output": [], "usage": None}
+    assert snap["id"] == "resp_up" and snap is not em.in_progress()
+    snap["id"] = "changed"
+    assert em.response["id"] == "resp_up"
+
+
 def complete_stream(em: RelayEmitter) -> list[RelayOutput]:
     part = {"type": "output_text", "annotations": [], "logprobs": [], "text": "Hi there"}
     item = {"id": MSG, "type": "message", "status": "completed", "content": [part], "role": "assistant"}
