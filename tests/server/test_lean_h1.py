@@ -183,7 +183,8 @@ async def test_the_short_way_answers_as_hypercorns_does(monkeypatch: pytest.Monk
     async def run(way: str, scenario: str, sends: list[bytes | float]) -> None:
         app = _App()
         async with _serving(app) as port:
-            ports[port] = scenario
+            if way == "lean":  # (the h11 way's servers, later, may be given a port the lean way's had)
+                ports[port] = scenario
             answer, closed = await _exchange(port, sends)
         results.setdefault(scenario, {})[way] = (answer, closed, app.seen)
 
