@@ -787,16 +787,12 @@ _DEFAULT_REASONING: dict[str, Any] = _Shared(effort=None, summary=None)
 _NO_METADATA: dict[str, str] = _Shared()
 
 
-def _present(obj: dict[str, Any] | None) -> dict[str, Any]:
-    """``obj`` without its null values (a null ``text.format`` still echoes the default)."""
-    return {key: value for key, value in (obj or {}).items() if value is not None}
-
-
 def _over(defaults: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
-    """``defaults`` updated with ``given``'s non-null values: ``defaults`` itself when there are none."""
+    """``defaults`` updated with ``given``'s non-null values (a null ``text.format`` still echoes the default):
+    ``defaults`` itself when there are none."""
     if not given:
         return defaults
-    present = _present(given)
+    present = {key: value for key, value in given.items() if value is not None}
     return {**defaults, **present} if present else defaults
 
 
