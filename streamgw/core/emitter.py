@@ -40,6 +40,11 @@ Event = dict[str, Any]
 Echo = dict[str, Any] | Callable[[], dict[str, Any]]
 
 
+def echoed(echo: Echo) -> dict[str, Any]:
+    """The fields ``echo`` stands for."""
+    return echo if isinstance(echo, dict) else echo()
+
+
 class Emitter(Protocol):
     """What the engine drives for one response: ``ResponseEmitter`` (deltas in) or ``RelayEmitter``.
 
@@ -166,7 +171,6 @@ class ResponseEmitter:
         return self._snapshot([])
 
     def _snapshot(self, output: list[dict[str, Any]]) -> dict[str, Any]:
-        echo = self._echo
         return {
             "id": self._id,
             "object": "response",
@@ -176,7 +180,7 @@ class ResponseEmitter:
             "completed_at": None,
             "error": None,
             "incomplete_details": None,
-            **(echo if isinstance(echo, dict) else echo()),
+            **echoed(self._echo),
             "model": self._model,
             "output": output,
             "usage": None,

@@ -29,7 +29,7 @@ from typing import Any
 
 from streamgw.core import jsontext, textbuf
 from streamgw.core.deltas import UpstreamFailure
-from streamgw.core.emitter import random_id
+from streamgw.core.emitter import Echo, echoed, random_id
 from streamgw.errors import clean_message, sanitize_error_object
 
 __all__ = [
@@ -215,14 +215,13 @@ class RelayEmitter:
         *,
         model: str,
         provider: str,
-        echo: dict[str, Any] | Callable[[], dict[str, Any]],
+        echo: Echo,
         new_id: Callable[[str], str] = random_id,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._provider = provider
         #: the latest ``response`` snapshot (a placeholder until the upstream sends one)
-        self.response = _placeholder(new_id("resp_"), int(clock()), model, provider,
-                                     echo if isinstance(echo, dict) else echo())
+        self.response = _placeholder(new_id("resp_"), int(clock()), model, provider, echoed(echo))
         self.done = False
         self.output_started = False
         self._seq = 0
