@@ -41,6 +41,7 @@ import trio
 from streamgw.transport.errors import CONNECTING, READING, WAITING, WRITING, ProtocolViolation
 from streamgw.transport.http1body import BodyDecoder, framing
 from streamgw.transport.http1head import LocalHeadError, ResponseHead, parse_response_head, request_head
+from streamgw.transport.meanwhile import meanwhile
 from streamgw.transport.sockio import plain_socket, receive_plain, recv_now, wait_readable
 
 __all__ = ["BODY_EXTENSION", "CONNECT_TO_EXTENSION", "TrioH11Transport"]
@@ -186,6 +187,7 @@ class _Connection:
         except httpx.WriteError as exc:
             write_error = exc
         else:
+            meanwhile()  # the upstream has the request: what does not need its answer is done now
             with READING:
                 return self._body_follows(*await self._receive_head(read_timeout), request)
         # A server may answer early (413, 401...) and close without reading the

@@ -6,12 +6,15 @@ what a parser makes of them.
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import partial
 
 import httpx
 import trio
 
 from streamgw.transport.h11pool import TrioH11Transport
+from streamgw.transport.meanwhile import MEANWHILE
 
 _ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 5\r\n\r\nhello"
 
@@ -26,10 +29,15 @@ class RawServer:
         self.close_after: int | None = None
         #: seconds to wait before each answer
         self.delay = 0.0
+        #: when set, each answer waits for this event
+        self.gate: trio.Event | None = None
+        #: the server's side of each connection
+        self.streams: list[trio.SocketStream] = []
 
     async def serve(self, stream: trio.SocketStream) -> None:
         seen: list[bytes] = []
         self.connections.append(seen)
+        self.streams.append(stream)
         buffer = b""
         async with stream:
             while True:
@@ -52,6 +60,8 @@ class RawServer:
                     return  # the race of a keep-alive connection the server closes as a request comes in
                 if self.delay:
                     await trio.sleep(self.delay)
+                if self.gate is not None:
+                    await self.gate.wait()
                 await stream.send_all(_ANSWER)
 
 
@@ -112,6 +122,56 @@ async def test_send_replays_its_body_on_a_fresh_connection_when_the_kept_one_was
     assert first == stale == replayed
     assert replayed.endswith(b'\r\n\r\n{"a":1}')
 
+
+
+def _waiting_bytes(stream: trio.SocketStream) -> bytes:
+    """What the peer sent that this side has not read yet (peeked: it stays to be read)."""
+    with socket.socket(fileno=os.dup(stream.socket.fileno())) as sock:
+        try:
+            return sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return b""
+
+
+async def test_meanwhile_runs_once_the_request_is_written_and_before_the_head_is_awaited(
+        nursery: trio.Nursery) -> None:
+    """``MEANWHILE``'s work runs once an exchange's request is on the wire, before the wait for its answer.
+
+    The server answers only once the work has run: a transport that waited for the head first would wait here
+    for good (the test's deadline).  The work sees the whole request waiting at the server's side.
+    """
+    server = await start(nursery)
+    url = httpx.URL(f"http://127.0.0.1:{server.port}/v1/x")
+    body = b'{"model":"m"}'
+    seen: list[bytes] = []
+
+    def work() -> None:
+        [stream] = server.streams
+        seen.append(_waiting_bytes(stream))
+        assert server.gate is not None
+        server.gate.set()
+
+    async def one() -> bytes:
+        response = await transport.send("POST", url, {"content-type": "application/json"}, body, TIMEOUTS)
+        return b"".join([chunk async for chunk in response.aiter_raw()])
+
+    transport = TrioH11Transport()
+    try:
+        with trio.fail_after(5):
+            assert await one() == b"hello"  # the connection is open, the server's side of it known
+            server.gate = trio.Event()
+            waiting = MEANWHILE.set(work)
+            try:
+                assert await one() == b"hello"
+            finally:
+                MEANWHILE.reset(waiting)
+            server.gate = None
+            assert await one() == b"hello"  # no work set: nothing runs
+    finally:
+        await transport.aclose()
+    [connection] = server.connections
+    assert len(seen) == 1 and seen[0] == connection[1]
+    assert seen[0].endswith(b"\r\n\r\n" + body)
 
 
 class _Steps(trio.abc.Instrument):
