@@ -50,6 +50,7 @@ from quart_trio import QuartTrio
 from streamgw.core.emitter import Event
 from streamgw.core.relay import RelayedEvent
 from streamgw.core.request import ResponsesRequest, load_object, request_from_object
+from streamgw.core.sse import event_json
 from streamgw.core.tracecontext import TraceParent, parse_traceparent
 from streamgw.engine.lifecycle import Caller, LiveResponse, open_response
 from streamgw.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge
@@ -115,7 +116,7 @@ def event_text(event: Event | RelayedEvent) -> str:
     """The text frame of one event: exactly the JSON an SSE ``data:`` line would carry."""
     if isinstance(event, RelayedEvent):
         return event.data  # relayed unchanged from a native Responses upstream, no JSON work
-    return _compact(event)
+    return event_json(event)
 
 
 def error_frame(error: GatewayError) -> str:

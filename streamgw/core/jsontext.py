@@ -132,9 +132,16 @@ class Snapshot(dict[str, Any]):
     """A response object as it stood at one point, carried unchanged by several events.
 
     ``response.created`` and ``response.in_progress`` carry the same snapshot, the largest
-    JSON of a stream's start: the SSE encoder (``streamgw.core.sse.encode_event``) keeps its
-    ``dumps_compact`` text in ``text`` when it first encodes it and reuses it for the next
-    event.  Never mutate a snapshot once an event carrying it was encoded.
+    JSON of a stream's start: its ``dumps_compact`` text is made once (``json``, by the first
+    event encoded or earlier) and kept in ``text`` for the next event.  Never mutate a snapshot
+    once its text was made.
     """
 
     text: str | None = None
+
+    def json(self) -> str:
+        """The snapshot's compact JSON text, made on first use."""
+        text = self.text
+        if text is None:
+            text = self.text = dumps_compact(self)
+        return text

@@ -28,7 +28,7 @@ from streamgw.core.jsontext import dumps_compact as _json_compact
 if TYPE_CHECKING:
     from streamgw.core.relay import RelayedEvent
 
-__all__ = ["SSEDecoder", "SSEEvent", "TruncatedStream", "encode_comment", "encode_event"]
+__all__ = ["SSEDecoder", "SSEEvent", "TruncatedStream", "encode_comment", "encode_event", "event_json"]
 
 _BOM = b"\xef\xbb\xbf"
 _LF = 0x0A
@@ -260,16 +260,20 @@ def encode_event(event: dict[str, Any] | RelayedEvent) -> bytes:
         framed = _text_delta(event)
         if framed is not None:
             return framed
+    return ("event: " + etype + "\ndata: " + event_json(event) + "\n\n").encode()
+
+
+def event_json(event: dict[str, Any]) -> str:
+    """The compact JSON of an emitted event: what its SSE ``data:`` line (and a WebSocket text frame) carries.
+
+    An event carrying a ``Snapshot`` (``response.created``, ``response.in_progress``) takes the snapshot's
+    text, made once for both.
+    """
     response = event.get("response")
     if type(response) is Snapshot and tuple(event) == _SNAPSHOT_KEYS and type(event["sequence_number"]) is int:
-        text = response.text
-        if text is None:
-            text = response.text = _json_compact(response)
-        payload = ('{"type":' + _json_str(etype) + ',"response":' + text + ',"sequence_number":'
-                   + str(event["sequence_number"]) + "}")
-    else:
-        payload = _json_compact(event)
-    return ("event: " + etype + "\ndata: " + payload + "\n\n").encode()
+        return ('{"type":' + _json_str(event["type"]) + ',"response":' + response.json() + ',"sequence_number":'
+                + str(event["sequence_number"]) + "}")
+    return _json_compact(event)
 
 
 def _text_delta(event: dict[str, Any]) -> bytes | None:
