@@ -20,14 +20,16 @@ from typing import Any
 import trio
 
 from streamgw.core.emitter import Emitter, EmitterFactory, ResponseEmitter
+from streamgw.core.jsontext import Snapshot
 from streamgw.core.relay import RelayEmitter
 from streamgw.core.request import ResponsesRequest, echo_builder
 from streamgw.core.tracecontext import TraceParent
 from streamgw.engine.attempt import AttemptRecord, EngineContext, Opened, open_plan
 from streamgw.engine.drain import Drain, GatewayShuttingDown
-from streamgw.engine.routing import Plan
+from streamgw.engine.routing import Plan, Target
 from streamgw.errors import UpstreamTimeout, failure_error
 from streamgw.timers import DueHeap
+from streamgw.transport.meanwhile import MEANWHILE
 
 
 class _DeadlineExpired(Exception):
@@ -36,8 +38,64 @@ class _DeadlineExpired(Exception):
 
 def emitter_factory(opened: Opened, ctx: EngineContext) -> EmitterFactory:
     """The emitter for the winning attempt's dialect: a native Responses upstream is relayed, not re-emitted."""
-    dialect = ctx.dialects.get(opened.target.provider.type)
+    return _factory_for(opened.target, ctx)
+
+
+def _factory_for(target: Target, ctx: EngineContext) -> EmitterFactory:
+    dialect = ctx.dialects.get(target.provider.type)
     return RelayEmitter if dialect is not None and dialect.relays_events else ResponseEmitter
+
+
+class _Opening:
+    """A response's opening (its emitter and the events of ``start``: ``response.created`` and
+    ``response.in_progress``, their JSON made), which depends on the request and the provider, not on the
+    upstream's answer: made while the first attempt's upstream works on the request
+    (``streamgw.transport.meanwhile``), for the plan's first target, and taken once an attempt has answered.
+
+    Made then, it is not on the way from the upstream's first delta to the client's first event.  If another
+    provider won (a fallback, a hedge, a route's other order), or nothing called ``prepare`` (a local
+    provider, another transport), ``take`` makes the opening there, as before.
+    """
+
+    __slots__ = ("_ctx", "_encode", "_made", "_request", "_target")
+
+    def __init__(self, request: ResponsesRequest, target: Target, ctx: EngineContext) -> None:
+        self._request = request
+        self._target = target
+        self._ctx = ctx
+        self._encode = request.stream  # a streamed response's opening is encoded; a collected one's never
+        self._made: tuple[str, EmitterFactory, Emitter, list[Any]] | None = None
+
+    def prepare(self) -> None:
+        """Make the opening for the first target (once; a failure here is left for ``take`` to meet)."""
+        if self._made is not None:
+            return
+        target = self._target
+        try:
+            factory = _factory_for(target, self._ctx)
+            emitter, start = _opened_with(factory, self._request, target.provider.name)
+            if self._encode:
+                for event in start:
+                    snapshot = event.get("response")
+                    if type(snapshot) is Snapshot:
+                        snapshot.json()
+        except Exception:
+            return
+        self._made = (target.provider.name, factory, emitter, start)
+
+    def take(self, opened: Opened, ctx: EngineContext) -> tuple[Emitter, list[Any]]:
+        """The emitter and its start events for the attempt that answered."""
+        made, self._made = self._made, None
+        factory = emitter_factory(opened, ctx)
+        provider = opened.target.provider.name
+        if made is not None and made[0] == provider and made[1] is factory:
+            return made[2], made[3]
+        return _opened_with(factory, self._request, provider)
+
+
+def _opened_with(factory: EmitterFactory, request: ResponsesRequest, provider: str) -> tuple[Emitter, list[Any]]:
+    emitter = factory(model=request.model, provider=provider, echo=echo_builder(request))
+    return emitter, emitter.start()
 
 
 class _Place:
@@ -117,7 +175,9 @@ class ResponseRun:
     __slots__ = ("_active_at", "_closed", "_drain", "_idle", "_place", "_rest", "_scope", "_shut_down", "_total",
                  "_total_deadline", "_waiting", "emitter", "first_delta_at", "initial", "opened", "started_at")
 
-    def __init__(self, emitter: Emitter, opened: Opened, started_at: float, drain: Drain | None = None) -> None:
+    def __init__(self, emitter: Emitter, opened: Opened, started_at: float, drain: Drain | None = None,
+                 start: list[Any] | None = None) -> None:
+        """``start``: the events of ``emitter.start()`` if they were made already (``_Opening``)."""
         self.emitter = emitter
         self.opened = opened
         self.started_at = started_at
@@ -128,7 +188,7 @@ class ResponseRun:
         self.first_delta_at = trio.current_time()
         #: the first batch's deltas after the one that gave the first output: ``stream`` delivers them next
         self._rest: Sequence[Any] = ()
-        self.initial: Sequence[Any] = emitter.start() + self._first_output(opened.first)
+        self.initial: Sequence[Any] = (emitter.start() if start is None else start) + self._first_output(opened.first)
         opened.first = ()  # fed: the winner need not hold its first deltas for as long as it streams
         self._closed = False
         #: while ``stream`` runs: its cancel scope, its place with ``_Waits``, whether it is waiting on the
@@ -183,15 +243,16 @@ class ResponseRun:
         deadline = min(started + total if total > 0 else math.inf, drain.deadline)
         with trio.move_on_at(deadline) as scope:
             drain.watch(scope)
+            opening = _Opening(request, plan.targets[0], ctx)
+            waiting = MEANWHILE.set(opening.prepare)  # done once an upstream has the request
             try:
                 opened = await open_plan(request, plan, ctx, deadline, attempts, trace)
             finally:
+                MEANWHILE.reset(waiting)
                 drain.unwatch(scope)
             try:
-                emitter = emitter_factory(opened, ctx)(
-                    model=request.model, provider=opened.target.provider.name, echo=echo_builder(request)
-                )
-                return cls(emitter, opened, started, drain)
+                emitter, start = opening.take(opened, ctx)
+                return cls(emitter, opened, started, drain, start)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await opened.aclose()
