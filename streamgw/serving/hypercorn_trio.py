@@ -153,6 +153,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
+import select
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -189,6 +191,8 @@ from streamgw.errors import GatewayError, InvalidRequest
 from streamgw.serving.connections import ConnectionSlots
 from streamgw.serving.h1request import DECLINED, Framing, RequestHead, parse_request_head, response_head
 from streamgw.transport.sockio import plain_socket, recv_now, wait_readable
+
+log = logging.getLogger("streamgw")
 
 __all__ = [
     "ARRIVED_EXTENSION",
@@ -239,6 +243,12 @@ class SerialisedTCPServer(TCPServer):
     #: request's head is complete at the read that ended it, before h11, the stream and the application's task.
     #: ``None`` again once a response is over (``protocol_send``)
     read_at: float | None = None
+    #: the read loop serves a request in its own task (``LeanH1Protocol``): this loop is ``_read_untimed`` on a plain
+    #: socket, and ``inline`` is where the protocol leaves the request to serve (its application's coroutine)
+    serves_inline = False
+    inline: Coroutine[Any, Any, None] | None = None
+    #: the connection's ``LeanH1Protocol`` (it takes up, after a request served here, one that came meanwhile)
+    lean: LeanH1Protocol | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -356,6 +366,8 @@ class SerialisedTCPServer(TCPServer):
         protocol = self.protocol  # (its ``handle`` looked up per read: no bound method held while it waits)
         plain = self._raw_socket
         now = trio.current_time
+        self.serves_inline = plain is not None
+        fd = None if plain is None else plain.fileno()
         while True:
             data: bytes | bytearray | None
             if plain is not None:
@@ -381,6 +393,20 @@ class SerialisedTCPServer(TCPServer):
             if data == b"":
                 break
             del data  # not held through the next wait (a request's head and body, for as long as it streams)
+            while (serve := self.inline) is not None:  # a request served in this task (``LeanH1Protocol._start``)
+                self.inline = None
+                assert plain is not None and fd is not None
+                try:
+                    await serve
+                finally:
+                    client_watch().discard(fd, plain)
+                del serve
+                lean = self.lean
+                if self._read_done or lean is None:
+                    break
+                await lean.resume()  # a request the client sent meanwhile
+            if self._read_done:  # the client closed while a request was served here (``ClientWatch``)
+                break
         await protocol.handle(Closed())
         await self._read_ended()
 
@@ -628,6 +654,13 @@ class AppInbox:
         else:
             raise trio.WouldBlock
 
+    def push(self, message: Any) -> None:
+        """``send_nowait`` past the limit if need be: for the last message a request gets (``http.disconnect``)."""
+        try:
+            self.send_nowait(message)
+        except trio.WouldBlock:
+            self._items.append(message)
+
     async def send(self, message: Any) -> None:
         if await _at_once(partial(self.send_nowait, message)) is not _BLOCKED:
             return
@@ -700,18 +733,24 @@ class InboxTaskGroup(TaskGroup):
         inbox = AppInbox(config.max_app_queue_size)
         assert self._nursery is not None
         if type(app) is ASGIWrapper:
-            asgi = app.app
-            if isinstance(asgi, Quart) and type(asgi).__call__ is Quart.__call__:
-                asgi = asgi.asgi_app  # all that ``Quart.__call__`` does, without its frame
-            ended: Callable[[], None] | None = None
-            begin = getattr(asgi, "begin_request", None)
-            if begin is not None:  # a wrapper that counts requests (the worker's ``InFlight``), without its frame
-                asgi, ended = begin()
+            asgi, ended = _direct(app)
             self._nursery.start_soon(_serve_asgi, asgi, config, scope, inbox.receive, send, ended, name=_REQUEST_TASK)
         else:
             self._nursery.start_soon(_handle, app, config, scope, inbox.receive, send, trio.to_thread.run_sync,
                                      trio.from_thread.run)
         return inbox.send
+
+
+def _direct(app: ASGIWrapper) -> tuple[Any, Callable[[], None] | None]:
+    """The ASGI application inside hypercorn's wrapper, called directly, and what to call when it returns."""
+    asgi = app.app
+    if isinstance(asgi, Quart) and type(asgi).__call__ is Quart.__call__:
+        asgi = asgi.asgi_app  # all that ``Quart.__call__`` does, without its frame
+    ended: Callable[[], None] | None = None
+    begin = getattr(asgi, "begin_request", None)
+    if begin is not None:  # a wrapper that counts requests (the worker's ``InFlight``), without its frame
+        asgi, ended = begin()
+    return asgi, ended
 
 
 async def _serve_asgi(app: Any, config: HypercornConfig, scope: Any, receive: Callable[[], Awaitable[Any]],
@@ -1209,12 +1248,15 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
     """hypercorn's HTTP/1.1 protocol with a short way for the usual request (``streamgw.serving.h1request``).
 
     A request whose head ``parse_request_head`` accepts (HTTP/1.1, a ``Host``, a body of a ``Content-Length`` or
-    none, no upgrade, ``Expect`` or ``Transfer-Encoding``) is served here: its ASGI scope made from the head, the
-    application started in the connection's task group (``InboxTaskGroup.spawn_app``), its body queued as it
-    arrives, and the response written from the application's messages (``LeanExchange``), with the bytes h11
-    would write.  That is the whole of what the request's way through h11 (its reader, event objects and state
-    machine, both ways), hypercorn's ``HTTPStream`` and its stream events does for such a request, in one layer:
-    about a third of a millisecond less before a stream's first event on the bench machine.
+    none, no upgrade, ``Expect`` or ``Transfer-Encoding``) is served here: its ASGI scope made from the head, its
+    body queued for the application, and the response written from the application's messages (``LeanExchange``),
+    with the bytes h11 would write.  When the head and the whole body came (nearly always: an API call's body is a
+    few KB) and the connection's read loop is ``SerialisedTCPServer._read_untimed`` on a plain socket, that loop
+    runs the application itself (``inline``), and ``ClientWatch`` reads the client meanwhile; otherwise the
+    application gets a task of its own in the connection's task group (``InboxTaskGroup.spawn_app``) and the loop
+    goes on reading the body for it.  That is the whole of what the request's way through h11 (its reader, event
+    objects and state machine, both ways), hypercorn's ``HTTPStream`` and its stream events does for such a
+    request, in one layer: about a third of a millisecond less before a stream's first event on the bench machine.
 
     The first head it declines (or a server with ``server_names`` or an access log, which it does not do) hands the
     connection to hypercorn's way for good: the bytes read so far go to h11, which has been idle (nothing else
@@ -1258,6 +1300,8 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
         self.can_read = LazyEvent() if type(can_read) is EventWrapper else can_read
         owner = getattr(send, "__self__", None)
         self._server = owner if isinstance(owner, SerialisedTCPServer) else None
+        if self._server is not None:
+            self._server.lean = self
 
     async def handle(self, event: Event) -> None:
         if self._hypercorn:
@@ -1269,19 +1313,31 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
             if exchange is not None:
                 await exchange.received(data)  # returns once the exchange is over if a request came behind it
                 data = b""
-            while not self._done and self._exchange is None and (data or self._pending):
-                await self._take(data)
-                data = b""
-                exchange = self._exchange
-                if exchange is None:  # a head still arriving, or hypercorn's way from now on
-                    break
-                if self._pending:
-                    # The next request came with this one: it waits for this one's response to end (as h11's
-                    # PAUSED makes hypercorn's reader wait), and the client is not read meanwhile.
-                    await exchange.over()
+            await self._serve(data)
             # else: the client closed between requests; the read loop ends and with it the connection
         elif type(event) is Closed and exchange is not None:
             await exchange.client_closed()
+
+    async def resume(self) -> None:
+        """A request served in the connection's task is over: take up the one the client sent meanwhile, if any."""
+        if not self._hypercorn:
+            await self._serve(b"")
+
+    async def _serve(self, data: bytes) -> None:
+        """Start the requests in what was read (with ``data``), one after the other."""
+        while not self._done and self._exchange is None and (data or self._pending):
+            await self._take(data)
+            data = b""
+            exchange = self._exchange
+            if exchange is None:  # a head still arriving, or hypercorn's way from now on
+                break
+            server = self._server
+            if server is not None and server.inline is not None:
+                break  # the read loop serves it, then comes back here (``resume``)
+            if self._pending:
+                # The next request came with this one: it waits for this one's response to end (as h11's
+                # PAUSED makes hypercorn's reader wait), and the client is not read meanwhile.
+                await exchange.over()
 
     async def _take(self, data: bytes) -> None:
         """Start the request at the front of what was read (with ``data``), if its head is complete."""
@@ -1336,6 +1392,22 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
         exchange = self._exchange = LeanExchange(self, head.keep_alive, notice, length - len(body))
         self._pending = rest  # a request sent behind this one waits for its response to end
         await self.send(Updated(idle=False))
+        server = self._server
+        if server is not None and server.serves_inline and len(body) == length and type(self.app) is ASGIWrapper:
+            # The whole request is here: served in the connection's task (by its read loop, once this returns), with
+            # no task of its own (its spawn, and the scheduler's turn before it starts, are on the way to the
+            # first event); the client is watched meanwhile by the worker's ``ClientWatch``.
+            inbox = AppInbox(self.config.max_app_queue_size)
+            exchange.put = inbox.send
+            await exchange.queue(body)
+            self.keep_alive_requests += 1
+            await self.context.mark_request()
+            sock = server._raw_socket
+            assert sock is not None
+            client_watch().add(sock, exchange)
+            asgi, ended = _direct(self.app)  # (last: nothing here fails once the request is counted in flight)
+            server.inline = _serve_asgi(asgi, self.config, scope, inbox.receive, exchange.app_send, ended)
+            return
         exchange.put = await self.task_group.spawn_app(self.app, self.config, scope, exchange.app_send)
         await exchange.queue(body)
         self.keep_alive_requests += 1
@@ -1434,6 +1506,33 @@ class LeanExchange:
         if self.put is not None:
             await self._put(_DISCONNECT)
 
+    def readable(self, sock: socket.socket) -> bool:
+        """The client's socket is readable while this request is served in the connection's task
+        (``ClientWatch``): read what came, once.  The next request, sent before this one's answer ended, waits for
+        that end (as it would in the read loop, which reads nothing more meanwhile); the client's close ends the
+        request's work (its ``streamgw.disconnect`` notice and ``http.disconnect``) and, after it, the connection.
+        Whether the socket is to be watched still (it was not: nothing to read after all)."""
+        try:
+            data = recv_now(sock, MAX_RECV)
+        except OSError:  # reset
+            data = b""
+        if data is None:
+            return True
+        protocol = self.protocol
+        if data:
+            protocol._pending += data
+            return False
+        server = protocol._server
+        if server is not None:
+            server._read_done = True  # the read loop ends once this request is over
+        if not self.closed:
+            self.closed = True
+            self.notice.fire()
+            inbox = getattr(self.put, "__self__", None)
+            if type(inbox) is AppInbox:
+                inbox.push(_DISCONNECT)
+        return False
+
     async def app_send(self, message: Any) -> None:
         protocol = self.protocol
         if message is None:  # the application returned: no more body for it
@@ -1504,6 +1603,76 @@ class LeanExchange:
                 break
             await trio.lowlevel.checkpoint()
         await protocol.recycle(self, self.keep_alive and not self.remaining and not self.closed)
+
+
+class ClientWatch:
+    """The clients of the requests served in their connections' own tasks, watched by one task for the worker.
+
+    ``LeanH1Protocol`` serves a request whose head and body came whole in the connection's task: no task is
+    spawned for it, and the scheduler has no turn to take between its head and its application.  That task is then
+    busy with the request and does not read its client, as it otherwise would while a response streams (to see the
+    client leave, or send its next request early).  Those sockets are in one epoll set instead, and one trio system
+    task waits for it: a socket that becomes readable leaves the set and its exchange reads it once
+    (``LeanExchange.readable``).  A socket is in the set from the request's start until its application returns.
+    """
+
+    __slots__ = ("_epoll", "_exchanges", "_task")
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._exchanges: dict[int, tuple[socket.socket, LeanExchange]] = {}
+        self._task: trio.lowlevel.Task | None = None
+
+    def add(self, sock: socket.socket, exchange: LeanExchange) -> None:
+        fd = sock.fileno()
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+        self._exchanges[fd] = (sock, exchange)
+        if self._task is None:
+            self._task = trio.lowlevel.spawn_system_task(self._watch, name="streamgw client watch")
+
+    def discard(self, fd: int, sock: socket.socket) -> None:
+        """Stop watching ``sock``, which was ``fd`` when it was added (if it is still watched; it may be closed)."""
+        watched = self._exchanges.get(fd)
+        if watched is not None and watched[0] is sock:
+            del self._exchanges[fd]
+            with contextlib.suppress(OSError):  # closed: the kernel has left it out of the set already
+                self._epoll.unregister(fd)
+
+    def __len__(self) -> int:
+        return len(self._exchanges)
+
+    async def _watch(self) -> None:
+        epoll, exchanges = self._epoll, self._exchanges
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, _ in epoll.poll(0):
+                    watched = exchanges.get(fd)
+                    if watched is None:
+                        continue
+                    sock, exchange = watched
+                    try:
+                        keep = exchange.readable(sock)
+                    except Exception:  # a system task must not fail: the request goes on, unwatched
+                        log.exception("watching a client failed")
+                        keep = False
+                    if not keep:
+                        self.discard(fd, sock)
+        finally:
+            epoll.close()
+
+
+_CLIENT_WATCH: trio.lowlevel.RunVar[ClientWatch] = trio.lowlevel.RunVar("streamgw_client_watch")
+
+
+def client_watch() -> ClientWatch:
+    """This trio run's ``ClientWatch``."""
+    try:
+        return _CLIENT_WATCH.get()
+    except LookupError:
+        watch = ClientWatch()
+        _CLIENT_WATCH.set(watch)
+        return watch
 
 
 def _framed_twice(request: h11.Request) -> bool:

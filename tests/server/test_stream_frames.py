@@ -23,7 +23,7 @@ from streamgw.config import Config, DemoSettings, ProviderConfig
 from streamgw.engine.drain import Drain
 from streamgw.serving.connections import _CONNECTION_TASK
 from streamgw.serving.h1request import RequestHead
-from streamgw.serving.hypercorn_trio import _REQUEST_TASK, DirectBodyHTTPStream, LeanExchange
+from streamgw.serving.hypercorn_trio import DirectBodyHTTPStream, LeanExchange
 from streamgw.serving.main import hypercorn_config
 from streamgw.serving.worker import _Server, listen
 
@@ -61,9 +61,10 @@ async def _slow_stream(headers: bytes = b"", chunked: bool = False) -> AsyncIter
         stop.set()
 
 
-def _handlers() -> list[trio.lowlevel.Task]:
-    """The tasks that run the application for a request (hypercorn's ``_serve_asgi``)."""
-    return [t for t in _walk(trio.lowlevel.current_root_task()) if t.coro.cr_code.co_name == "_serve_asgi"]
+def _handlers() -> list[types.CoroutineType[object, object, object]]:
+    """The coroutines that run the application for a request (``_serve_asgi``), in whichever task."""
+    return [c for t in _walk(trio.lowlevel.current_root_task()) for c in _coroutines(t)
+            if c.cr_code.co_name == "_serve_asgi"]
 
 
 def _coroutines(task: trio.lowlevel.Task) -> list[types.CoroutineType[object, object, object]]:
@@ -80,37 +81,36 @@ async def test_an_open_streams_tasks_hold_no_frame_object() -> None:
     """CPython gives a coroutine a frame object when an exception passes through it (an empty socket's
     ``BlockingIOError``, hypercorn's test for TLS) and keeps it as long as the coroutine lives: ~0.2-0.3 KB each
     that an open stream would hold for as long as it lasts (checked first, before anything looks at a frame).
-    trio makes one for each task's first coroutine when it starts the task: those two are the only ones."""
+    trio makes one for each task's first coroutine when it starts the task: the stream has one task (its
+    connection's, which serves the request itself), and that is its only one."""
     async with _slow_stream():
         tasks = _walk(trio.lowlevel.current_root_task())
         chains = [[c.cr_code.co_name for c in _coroutines(t)] for t in tasks]
         (reader,) = [t for t, names in zip(tasks, chains, strict=True) if "_read_untimed" in names]
-        (handler,) = [t for t, names in zip(tasks, chains, strict=True) if names[:1] == ["_serve_asgi"]]
-        framed = [c.cr_code.co_name for t in (reader, handler) for c in _coroutines(t)
+        assert not [names for names in chains if names[:1] == ["_serve_asgi"]]  # no task of the request's own
+        framed = [c.cr_code.co_name for c in _coroutines(reader)
                   if any(type(r) is types.FrameType for r in gc.get_referents(c))]
-        assert framed == ["_serve_one", "_serve_asgi"], framed
-        # and their names are one string for all of them, not one made per task
-        assert reader.name is _CONNECTION_TASK and handler.name is _REQUEST_TASK
+        assert framed == ["_serve_one"], framed
+        # and its name is one string for all of them, not one made per task
+        assert reader.name is _CONNECTION_TASK
 
 
 async def test_an_open_streams_task_holds_no_framework_frame() -> None:
     async with _slow_stream():
-        tasks = _handlers()
+        tasks = [t for t in _walk(trio.lowlevel.current_root_task())
+                 if "_read_untimed" in [c.cr_code.co_name for c in _coroutines(t)]]
         assert len(tasks) == 1
-        frames = [(f.f_code.co_filename.rsplit("/", 2)[-2:], f.f_code.co_name)
-                  for f, _ in tasks[0].iter_await_frames()]
+        all_frames = [(f.f_code.co_filename.rsplit("/", 2)[-2:], f.f_code.co_name)
+                      for f, _ in tasks[0].iter_await_frames()]
+        # the worker's handler returned once it began; ``run`` and ``_read_data`` only chose the coroutine to
+        # await; the read loop serves the request itself (``LeanH1Protocol``): no frame of the protocol's between
+        assert [name for _, name in all_frames[:4]] == ["_serve_one", "_run_plain", "_read_untimed", "_serve_asgi"]
+        frames = all_frames[3:]
         names = [name for _, name in frames]
         assert names[:2] == ["_serve_asgi", "__call__"], frames  # the endpoint: no InFlight frame between
         assert frames[1][0] == ["app", "streaming.py"], frames
         assert frames[2] == (["engine", "run.py"], "stream"), frames  # the run's loop, under no lifecycle frame
         assert not any(path[0] == "quart" for path, _ in frames), frames
-        chains = [[f.f_code.co_name for f, _ in t.iter_await_frames()]
-                  for t in _walk(trio.lowlevel.current_root_task())]
-        readers = [names for names in chains if "_read_untimed" in names]
-        assert len(readers) == 1, readers
-        # the worker's handler returned once it began; ``run`` and ``_read_data`` only chose the coroutine to
-        # await, and the socket's wait is the epoll manager's own, without trio's two wrappers above it
-        assert readers[0][:4] == ["_serve_one", "_run_plain", "_read_untimed", "_epoll_wait"], readers
 
 
 def _scopes() -> list[dict[str, object]]:
@@ -123,8 +123,8 @@ async def test_an_open_stream_does_not_hold_its_scope() -> None:
     many = b"".join(b"x-stainless-%d: value-%d\r\n" % (i, i) for i in range(12))
     async with _slow_stream(many + b"x-request-id: req-kept-1\r\n") as first:
         assert b"\r\nx-request-id: req-kept-1\r\n" in first  # read before they went
-        (task,) = _handlers()
-        assert "scope" not in task.coro.cr_frame.f_locals
+        (serving,) = _handlers()
+        assert "scope" not in serving.cr_frame.f_locals
         assert _scopes() == []
         assert not [o for o in gc.get_objects() if type(o) is tuple and o[:1] == (b"x-stainless-3",)]
 
@@ -156,5 +156,5 @@ async def test_an_open_stream_does_not_hold_its_response_head() -> None:
         assert not [o for o in gc.get_objects() if type(o) is RequestHead]  # nor the request's
         header = (b"x-request-id", b"req-head-1")
         assert not [o for o in gc.get_objects() if type(o) is list and header in o]  # neither head's headers
-        (task,) = _handlers()
-        assert task.coro.cr_frame is not None  # still streaming
+        (serving,) = _handlers()
+        assert serving.cr_frame is not None  # still streaming
