@@ -1616,36 +1616,47 @@ class ClientWatch:
     (``LeanExchange.readable``).  A socket is in the set from the request's start until its application returns.
     """
 
-    __slots__ = ("_epoll", "_exchanges", "_task")
+    __slots__ = ("_epoll", "_exchanges")
+
+    #: seconds the watch's task (and its epoll set) stays once nothing is watched
+    LINGER = 2.0
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
+        self._epoll: select.epoll | None = None  # and the task waiting on it: both made on first use
         self._exchanges: dict[int, tuple[socket.socket, LeanExchange]] = {}
-        self._task: trio.lowlevel.Task | None = None
 
     def add(self, sock: socket.socket, exchange: LeanExchange) -> None:
+        epoll = self._epoll
+        if epoll is None:
+            epoll = self._epoll = select.epoll()
+            trio.lowlevel.spawn_system_task(self._watch, epoll, name="streamgw client watch")
         fd = sock.fileno()
-        self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+        epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
         self._exchanges[fd] = (sock, exchange)
-        if self._task is None:
-            self._task = trio.lowlevel.spawn_system_task(self._watch, name="streamgw client watch")
 
     def discard(self, fd: int, sock: socket.socket) -> None:
         """Stop watching ``sock``, which was ``fd`` when it was added (if it is still watched; it may be closed)."""
         watched = self._exchanges.get(fd)
         if watched is not None and watched[0] is sock:
             del self._exchanges[fd]
-            with contextlib.suppress(OSError):  # closed: the kernel has left it out of the set already
-                self._epoll.unregister(fd)
+            if self._epoll is not None:
+                with contextlib.suppress(OSError):  # closed: the kernel has left it out of the set already
+                    self._epoll.unregister(fd)
 
     def __len__(self) -> int:
         return len(self._exchanges)
 
-    async def _watch(self) -> None:
-        epoll, exchanges = self._epoll, self._exchanges
+    async def _watch(self, epoll: select.epoll) -> None:
+        """Wait for the set; end (closing it) once nothing was watched for ``LINGER`` seconds."""
+        exchanges = self._exchanges
         try:
             while True:
-                await trio.lowlevel.wait_readable(epoll.fileno())
+                with trio.move_on_after(self.LINGER) as lingered:
+                    await trio.lowlevel.wait_readable(epoll.fileno())
+                if lingered.cancelled_caught:
+                    if not exchanges:
+                        return
+                    continue
                 for fd, _ in epoll.poll(0):
                     watched = exchanges.get(fd)
                     if watched is None:
@@ -1659,7 +1670,9 @@ class ClientWatch:
                     if not keep:
                         self.discard(fd, sock)
         finally:
+            self._epoll = None
             epoll.close()
+            exchanges.clear()  # (closed with the trio run: what was watched is gone too)
 
 
 _CLIENT_WATCH: trio.lowlevel.RunVar[ClientWatch] = trio.lowlevel.RunVar("streamgw_client_watch")
