@@ -1,7 +1,7 @@
 """Added time to first event: gateway vs. the bare proxy vs. the mock upstream directly, interleaved, c=1.
 
-    python bench/ttfe.py [--requests 300] [--tokens 20] [--store sqlite|memory|none] [--phases] [--baseline SRC]
-                         [--pin]
+    python bench/ttfe.py [--requests 300] [--tokens 20] [--token-delay S] [--store sqlite|memory|none] [--phases]
+                         [--baseline SRC] [--pin]
 
 Starts the Chat Completions mock, the gateway (hypercorn, trio worker) and the bare trio + h11
 pass-through proxy (``bench.bareproxy``, the floor for this stack) as real processes on 127.0.0.1,
@@ -20,6 +20,14 @@ first_read, translate, emit, write), their sum and the median ``ttfe_ms`` the ga
 each gateway request, or before it (they swap every round): ``baseline_ms``, ``baseline_added_ms`` and
 ``gateway_minus_baseline_ms`` (paired).
 Run it from a directory that holds no ``streamgw`` package (``python -m`` puts the current one first).
+
+``--token-delay S``: the mock sends the answer's tokens ``S`` seconds apart (default 0: all at once, as
+scenario 2 of ``python -m bench``).  A 20-token answer sent at once keeps the mock busy writing the rest of it
+on its core, the client's too, for a few hundred microseconds after the first token: a client woken by the
+first event then waits for that core, and what the server does after the upstream's first byte mostly hides
+behind the wait (the time it adds before the upstream request goes out does not).  Tokens a millisecond apart
+leave the client's core idle when the first event comes: every step of the server counts, on cores that were
+idle in between (slower for the servers and the direct requests alike).
 
 ``--pin`` (two CPUs or more): the servers (gateways and bare proxy) run on the first CPU, the mock and the
 client on the second, as the main bench pins them.  Unpinned on a 2-core machine, whatever a server does just
@@ -74,6 +82,11 @@ def phase_medians(lines: Iterable[str], prefix: str = MEASURED) -> dict[str, flo
     return found
 
 
+def mock_model(tokens: int, token_delay: float = 0.0) -> str:
+    """The chat mock's model name for an answer of ``tokens`` tokens, ``token_delay`` seconds apart."""
+    return f"text:tokens={tokens}" + (f",token_delay={token_delay:g}" if token_delay > 0 else "")
+
+
 def first_event_time(client: httpx.Client, url: str, body: dict[str, object], marker: bytes,
                      request_id: str | None = None) -> float:
     """Seconds from sending ``body`` to the first received chunk containing ``marker``; drains the rest."""
@@ -98,6 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--token-delay", type=float, default=0.0, metavar="S",
+                        help="seconds between the mock's tokens (0: all at once)")
     parser.add_argument("--store", choices=("sqlite", "memory", "none"), default="sqlite",
                         help="the gateway's response store (sqlite, as deployed, in a temporary file)")
     parser.add_argument("--phases", action="store_true",
@@ -154,7 +169,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, mock_port: int, urls: dict[str, str], bare_port: int) -> dict[str, object]:
-    model = f"text:tokens={args.tokens}"
+    model = mock_model(args.tokens, getattr(args, "token_delay", 0.0))
     direct_body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     gw_body = {"model": f"mock/{model}", "input": "hi", "stream": True}
     direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
@@ -191,6 +206,7 @@ def run(args: argparse.Namespace, mock_port: int, urls: dict[str, str], bare_por
 
     report: dict[str, object] = {
         "requests": args.requests,
+        "model": model,
         "pinned": bool(getattr(args, "pin", False)),
         "direct_ms": ms(times["direct"]),
         "bare_ms": ms(times["bare"]),

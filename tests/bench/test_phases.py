@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.ttfe import phase_medians
+from bench.ttfe import mock_model, phase_medians
 from streamgw.app.requestlog import PHASES
 from streamgw.config import ConfigError
 from streamgw.config_loader import load_config
-from streamgw.testing.chat_mock import ChatCompletionsMock
+from streamgw.testing.chat_mock import ChatCompletionsMock, parse_model
 from streamgw.testing.process import start_gateway, stop_process
 from streamgw.testing.server import serving_in_thread
 
@@ -125,3 +125,9 @@ def test_ttfe_pin_puts_the_servers_and_the_client_on_different_cpus(tmp_path: Pa
     assert report["pinned"] is True
     assert report["cpus"] == {"client": [second], "mock": [second], "gateway": [first], "bare": [first]}
     assert report["gateway_ms"]["p50"] > 0 and report["bare_ms"]["p50"] > 0
+
+
+def test_ttfe_s_mock_model_paces_the_tokens_when_asked() -> None:
+    assert mock_model(20) == "text:tokens=20"
+    assert mock_model(20, 0.001) == "text:tokens=20,token_delay=0.001"
+    assert parse_model(mock_model(5, 0.25)) == ("text", {"tokens": 5, "token_delay": 0.25})  # as the mock reads it
