@@ -10,6 +10,8 @@ watch keeps no socket once its request is over.
 
 from __future__ import annotations
 
+import socket
+import struct
 from typing import Any
 
 import trio
@@ -124,3 +126,18 @@ async def test_a_request_sent_early_is_served_after_the_one_being_served() -> No
     first, second = received.split(b"HTTP/1.1 200", 2)[1:]
     assert first.endswith(b"4\r\nlast\r\n0\r\n\r\n") and second.endswith(b"/next")
     assert app.watched_while_serving == [1, 1]
+
+
+async def test_a_client_that_resets_its_connection_is_heard_too() -> None:
+    app = _App()
+    async with worker_serving(app) as port:
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(_post(b"/wait"))
+        await _read_until(client, b"first")
+        # SO_LINGER 0: the close sends a reset, not a FIN (the watch's read gets ECONNRESET, not EOF)
+        client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.socket.close()
+        with trio.fail_after(2):
+            await app.disconnected.wait()
+        await trio.sleep(0.05)
+        assert len(client_watch()) == 0
