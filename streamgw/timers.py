@@ -17,9 +17,19 @@ from typing import Generic, TypeVar
 
 import trio
 
-__all__ = ["DueHeap", "prune"]
+__all__ = ["DueHeap", "prune", "run_local"]
 
 T = TypeVar("T")
+
+
+def run_local(var: trio.lowlevel.RunVar[T], make: Callable[[], T]) -> T:
+    """``var``'s value in this trio run, made by ``make`` on first use (one per run: tests serve in several)."""
+    try:
+        return var.get()
+    except LookupError:
+        value = make()
+        var.set(value)
+        return value
 
 
 def prune(heap: list[tuple[float, int, T]], alive: Callable[[T], bool]) -> None:

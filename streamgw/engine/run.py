@@ -28,7 +28,7 @@ from streamgw.engine.attempt import AttemptRecord, EngineContext, Opened, open_p
 from streamgw.engine.drain import Drain, GatewayShuttingDown
 from streamgw.engine.routing import Plan, Target
 from streamgw.errors import UpstreamTimeout, failure_error
-from streamgw.timers import DueHeap
+from streamgw.timers import DueHeap, run_local
 from streamgw.transport.meanwhile import MEANWHILE
 
 
@@ -160,12 +160,7 @@ _WAITS: trio.lowlevel.RunVar[_Waits] = trio.lowlevel.RunVar("streamgw_waits")
 
 def _waits() -> _Waits:
     """This trio run's ``_Waits``."""
-    try:
-        return _WAITS.get()
-    except LookupError:
-        waits = _Waits()
-        _WAITS.set(waits)
-        return waits
+    return run_local(_WAITS, _Waits)
 
 
 class ResponseRun:

@@ -190,6 +190,7 @@ from quart import Quart
 from streamgw.errors import GatewayError, InvalidRequest
 from streamgw.serving.connections import ConnectionSlots
 from streamgw.serving.h1request import DECLINED, Framing, RequestHead, parse_request_head, response_head
+from streamgw.timers import run_local
 from streamgw.transport.sockio import plain_socket, recv_now, wait_readable
 
 log = logging.getLogger("streamgw")
@@ -1680,12 +1681,7 @@ _CLIENT_WATCH: trio.lowlevel.RunVar[ClientWatch] = trio.lowlevel.RunVar("streamg
 
 def client_watch() -> ClientWatch:
     """This trio run's ``ClientWatch``."""
-    try:
-        return _CLIENT_WATCH.get()
-    except LookupError:
-        watch = ClientWatch()
-        _CLIENT_WATCH.set(watch)
-        return watch
+    return run_local(_CLIENT_WATCH, ClientWatch)
 
 
 def _framed_twice(request: h11.Request) -> bool:

@@ -60,7 +60,7 @@ from streamgw.serving.connections import (
     first_bytes,
 )
 from streamgw.serving.hypercorn_trio import SerialisedTCPServer
-from streamgw.timers import DueHeap
+from streamgw.timers import DueHeap, run_local
 
 __all__ = ["DetachedSingleTask", "InFlight", "Sockets", "addresses", "close_sockets", "listen", "run_gateway", "serve"]
 
@@ -296,12 +296,7 @@ _KEEP_ALIVE: trio.lowlevel.RunVar[DueHeap[KeptAlive]] = trio.lowlevel.RunVar("st
 
 def _keep_alive_heap() -> DueHeap[KeptAlive]:
     """This trio run's keep-alive heap (a flood of short connections leaves dead filings: ``DueHeap.ended``)."""
-    try:
-        return _KEEP_ALIVE.get()
-    except LookupError:
-        heap: DueHeap[KeptAlive] = DueHeap(_kept_alive_due, "streamgw keep-alive")
-        _KEEP_ALIVE.set(heap)
-        return heap
+    return run_local(_KEEP_ALIVE, lambda: DueHeap(_kept_alive_due, "streamgw keep-alive"))
 
 
 def _connection_handler(
