@@ -1394,25 +1394,23 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
         self._pending = rest  # a request sent behind this one waits for its response to end
         await self.send(Updated(idle=False))
         server = self._server
-        if server is not None and server.serves_inline and len(body) == length and type(self.app) is ASGIWrapper:
-            # The whole request is here: served in the connection's task (by its read loop, once this returns), with
-            # no task of its own (its spawn, and the scheduler's turn before it starts, are on the way to the
-            # first event); the client is watched meanwhile by the worker's ``ClientWatch``.
-            inbox = AppInbox(self.config.max_app_queue_size)
+        # The whole request is here: served in the connection's task (by its read loop, once this returns), with no
+        # task of its own (its spawn, and the scheduler's turn before it starts, are on the way to the first event);
+        # the client is watched meanwhile by the worker's ``ClientWatch``.
+        inline = server is not None and server.serves_inline and len(body) == length and type(self.app) is ASGIWrapper
+        inbox = AppInbox(self.config.max_app_queue_size) if inline else None
+        if inbox is not None:
             exchange.put = inbox.send
-            await exchange.queue(body)
-            self.keep_alive_requests += 1
-            await self.context.mark_request()
-            sock = server._raw_socket
-            assert sock is not None
-            client_watch().add(sock, exchange)
-            asgi, ended = _direct(self.app)  # (last: nothing here fails once the request is counted in flight)
-            server.inline = _serve_asgi(asgi, self.config, scope, inbox.receive, exchange.app_send, ended)
-            return
-        exchange.put = await self.task_group.spawn_app(self.app, self.config, scope, exchange.app_send)
+        else:
+            exchange.put = await self.task_group.spawn_app(self.app, self.config, scope, exchange.app_send)
         await exchange.queue(body)
         self.keep_alive_requests += 1
         await self.context.mark_request()
+        if inbox is not None:
+            assert server is not None and server._raw_socket is not None
+            client_watch().add(server._raw_socket, exchange)
+            asgi, ended = _direct(self.app)  # (last: nothing here fails once the request is counted in flight)
+            server.inline = _serve_asgi(asgi, self.config, scope, inbox.receive, exchange.app_send, ended)
 
     async def recycle(self, exchange: LeanExchange, keep_alive: bool) -> None:
         """``exchange`` is over: the connection waits for its next request (the reader takes up one that came
@@ -1500,12 +1498,16 @@ class LeanExchange:
             self.ended.set()
 
     async def client_closed(self) -> None:
+        if self._close_seen() and self.put is not None:
+            await self._put(_DISCONNECT)
+
+    def _close_seen(self) -> bool:
+        """The client is gone: its disconnect notice fires (once); whether this was the first time."""
         if self.closed:
-            return
+            return False
         self.closed = True
         self.notice.fire()
-        if self.put is not None:
-            await self._put(_DISCONNECT)
+        return True
 
     def readable(self, sock: socket.socket) -> bool:
         """The client's socket is readable while this request is served in the connection's task
@@ -1526,9 +1528,7 @@ class LeanExchange:
         server = protocol._server
         if server is not None:
             server._read_done = True  # the read loop ends once this request is over
-        if not self.closed:
-            self.closed = True
-            self.notice.fire()
+        if self._close_seen():
             inbox = getattr(self.put, "__self__", None)
             if type(inbox) is AppInbox:
                 inbox.push(_DISCONNECT)
