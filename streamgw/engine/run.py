@@ -57,13 +57,12 @@ class _Opening:
     provider, another transport), ``take`` makes the opening there, as before.
     """
 
-    __slots__ = ("_ctx", "_encode", "_made", "_request", "_target")
+    __slots__ = ("_ctx", "_made", "_request", "_target")
 
     def __init__(self, request: ResponsesRequest, target: Target, ctx: EngineContext) -> None:
         self._request = request
         self._target = target
         self._ctx = ctx
-        self._encode = request.stream  # a streamed response's opening is encoded; a collected one's never
         self._made: tuple[str, EmitterFactory, Emitter, list[Any]] | None = None
 
     def prepare(self) -> None:
@@ -74,7 +73,7 @@ class _Opening:
         try:
             factory = _factory_for(target, self._ctx)
             emitter, start = _opened_with(factory, self._request, target.provider.name)
-            if self._encode:
+            if self._request.stream:  # a streamed response's opening is encoded; a collected one's never
                 for event in start:
                     snapshot = event.get("response")
                     if type(snapshot) is Snapshot:
@@ -83,10 +82,10 @@ class _Opening:
             return
         self._made = (target.provider.name, factory, emitter, start)
 
-    def take(self, opened: Opened, ctx: EngineContext) -> tuple[Emitter, list[Any]]:
+    def take(self, opened: Opened) -> tuple[Emitter, list[Any]]:
         """The emitter and its start events for the attempt that answered."""
         made, self._made = self._made, None
-        factory = emitter_factory(opened, ctx)
+        factory = emitter_factory(opened, self._ctx)
         provider = opened.target.provider.name
         if made is not None and made[0] == provider and made[1] is factory:
             return made[2], made[3]
@@ -246,7 +245,7 @@ class ResponseRun:
                 MEANWHILE.reset(waiting)
                 drain.unwatch(scope)
             try:
-                emitter, start = opening.take(opened, ctx)
+                emitter, start = opening.take(opened)
                 return cls(emitter, opened, started, drain, start)
             except BaseException:
                 with trio.CancelScope(shield=True):
