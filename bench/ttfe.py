@@ -169,7 +169,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, mock_port: int, urls: dict[str, str], bare_port: int) -> dict[str, object]:
-    model = mock_model(args.tokens, getattr(args, "token_delay", 0.0))
+    model = mock_model(args.tokens, args.token_delay)
     direct_body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     gw_body = {"model": f"mock/{model}", "input": "hi", "stream": True}
     direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
