@@ -5,10 +5,14 @@
 
 Starts the Chat Completions mock, the gateway (hypercorn, trio worker) and the bare trio + h11
 pass-through proxy (``bench.bareproxy``, the floor for this stack) as real processes on 127.0.0.1,
-then alternates one direct, one bare-proxy and one gateway request, each on its own keep-alive
-connection. Direct and bare: time to the mock's first content chunk. Gateway: time to the first SSE
-event (the gateway sends ``response.created`` together with the first translated delta). Reports
-medians and p99 of each, and of the paired differences against the direct request (``added``).
+then goes round a direct and a bare-proxy request, a direct and a gateway request, each on its own
+keep-alive connection. Direct and bare: time to the mock's first content chunk. Gateway: time to the first
+SSE event (the gateway sends ``response.created`` together with the first translated delta). Reports
+medians and p99 of each, and of the paired differences against the direct request just before
+(``added``).  Each proxied request follows a direct one: with the client on the mock's core, a client whose
+previous request was proxied is woken late by the next one's first event (while the mock still writes the
+rest of its answer), one whose previous request was direct at once; that position alone moved a time to
+first event by up to ~0.15 ms here, so every proxy gets the same one.
 
 ``--phases`` turns on the gateway's ``[logging] phases`` (JSON request log to a file in the temporary
 directory) and adds ``phases_ms``: the median over the measured requests of each step of the gateway's
@@ -16,8 +20,8 @@ time to first event (``streamgw.app.requestlog.PHASES``: intake, parse, route, s
 first_read, translate, emit, write), their sum and the median ``ttfe_ms`` the gateway logged itself.
 
 ``--baseline SRC`` (an A/B on a noisy machine): a second gateway runs the streamgw source tree at SRC
-(``PYTHONPATH``, e.g. a checkout of main), with the same configuration, and takes its turn after
-each gateway request, or before it (they swap every round): ``baseline_ms``, ``baseline_added_ms`` and
+(``PYTHONPATH``, e.g. a checkout of main), with the same configuration, and takes its turn beside the
+gateway's, after a direct request of its own (the two swap every round): ``baseline_ms``, ``baseline_added_ms`` and
 ``gateway_minus_baseline_ms`` (paired).
 Run it from a directory that holds no ``streamgw`` package (``python -m`` puts the current one first).
 
@@ -177,6 +181,7 @@ def run(args: argparse.Namespace, mock_port: int, urls: dict[str, str], bare_por
     chunk = b'"content":"tok'
     clients = {name: httpx.Client(timeout=30) for name in ("direct", "bare", *urls)}
     times: dict[str, list[float]] = {name: [] for name in clients}
+    before: dict[str, list[float]] = {name: [] for name in clients}  # the direct request just before each
 
     def one(name: str, request_id: str | None = None) -> float:
         if name == "direct":
@@ -189,11 +194,14 @@ def run(args: argparse.Namespace, mock_port: int, urls: dict[str, str], bare_por
         for _ in range(20):  # warm up every path and its connection pools
             for name in clients:
                 one(name)
-        order = list(clients)
+        proxies = [name for name in clients if name != "direct"]
         for i in range(args.requests):
-            # the two gateways swap turns every round: neither always follows the other's leftover work
-            for name in (order if i % 2 == 0 else [*order[:2], *reversed(order[2:])]):
+            # each proxied request right after a direct one (the client is woken alike for all of them, see
+            # above); the two gateways swap turns every round
+            for name in (proxies if i % 2 == 0 else [proxies[0], *reversed(proxies[1:])]):
+                before[name].append(one("direct"))
                 times[name].append(one(name, f"{MEASURED}{i}"))
+        times["direct"] = [t for name in proxies for t in before[name]]
     finally:
         for client in clients.values():
             client.close()
@@ -202,7 +210,7 @@ def run(args: argparse.Namespace, mock_port: int, urls: dict[str, str], bare_por
         return {"p50": round(statistics.median(values) * 1e3, 3), "p99": round(percentile(values, 0.99) * 1e3, 3)}
 
     def added(name: str) -> dict[str, float]:
-        return ms([t - d for t, d in zip(times[name], times["direct"], strict=True)])
+        return ms([t - d for t, d in zip(times[name], before[name], strict=True)])
 
     report: dict[str, object] = {
         "requests": args.requests,
