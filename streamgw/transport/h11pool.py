@@ -96,15 +96,17 @@ class _Outgoing:
     connection), else ``None`` and ``stream`` yields it.
     """
 
-    __slots__ = ("body", "headers", "method", "stream", "target")
+    __slots__ = ("body", "head", "headers", "method", "stream", "target")
 
     def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes | None,
-                 stream: object = None) -> None:
+                 stream: object = None, head: bytes | None = None) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.body = body
         self.stream = stream
+        #: the request head's bytes when they are known already (``_Prepared``), else made from the rest
+        self.head = head
 
     @classmethod
     def of(cls, request: httpx.Request) -> _Outgoing:
@@ -128,6 +130,53 @@ def _prepared_headers(url: httpx.URL, method: str, headers: Mapping[str, str], b
             and method in ("POST", "PUT", "PATCH"):
         auto.append((b"Content-Length", b"0"))
     return auto + raw
+
+
+class _Prepared:
+    """What every request of one method to one URL with the same headers writes before its body's length: the
+    request line, ``Host`` and the headers, checked once (``request_head``) and kept as bytes.
+
+    The upstream side sends the same few heads over and over (a provider's endpoint, its key and content
+    type): ``TrioH11Transport.send`` keeps them, so a request's head is one concatenation, not a check of every
+    header and a join."""
+
+    __slots__ = ("empty_length", "head", "headers", "method", "origin", "target")
+
+    def __init__(self, method: str, url: httpx.URL, headers: Mapping[str, str]) -> None:
+        self.method = method.encode("ascii")
+        self.target = url.raw_path
+        self.origin = _origin(url)
+        self.headers = [(b"Host", url.netloc)] + [(name.encode("ascii"), value.encode("ascii"))
+                                                   for name, value in headers.items()]
+        head, _ = request_head(self.method, self.target, self.headers)
+        self.head = head[:-2]  # up to the blank line: the body's length goes there
+        #: an empty body still gets ``Content-Length: 0`` for these methods, after ``Host`` (as httpx writes it)
+        self.empty_length = head.index(b"\r\n", head.index(b"\r\n") + 2) + 2 \
+            if method in ("POST", "PUT", "PATCH") else 0
+
+    @staticmethod
+    def applies(url: httpx.URL, headers: Mapping[str, str]) -> bool:
+        """Whether a head can be kept for these: ``Host`` and the framing are left to this class."""
+        return bool(url.raw_host) and not any(name.lower() in _OWN_HEADERS for name in headers)
+
+    def outgoing(self, body: bytes) -> _Outgoing:
+        """The request with ``body``: the same bytes as ``_prepared_headers`` and ``request_head`` make."""
+        if body:
+            head = b"%bContent-Length: %d\r\n\r\n" % (self.head, len(body))
+        elif self.empty_length:
+            at = self.empty_length
+            head = b"%bContent-Length: 0\r\n%b\r\n" % (self.head[:at], self.head[at:])
+        else:
+            head = self.head + b"\r\n"
+        return _Outgoing(self.method, self.target, self.headers, body, head=head)
+
+
+_PEEK: Final = stdsocket.MSG_PEEK | stdsocket.MSG_DONTWAIT
+#: the headers a ``_Prepared`` head writes itself
+_OWN_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding"})
+#: how many prepared heads a transport keeps (a header that changes per request, such as ``traceparent``,
+#: makes each of them new: the store starts over when full)
+_PREPARED_MAX: Final = 256
 
 
 class _Connection:
@@ -173,9 +222,19 @@ class _Connection:
         """Whether an idle connection is unusable, checked without blocking.
 
         An idle HTTP/1.1 connection has nothing to read: if its socket is readable
-        the server closed it (EOF) or broke the protocol -- either way, drop it.
+        the server closed it (EOF) or broke the protocol -- either way, drop it.  A plain socket is asked with
+        one non-blocking peek (no ``poll`` object made and registered for the question).
         """
-        return self.socket.is_readable()
+        plain = self.plain
+        if plain is None:
+            return self.socket.is_readable()
+        try:
+            plain.recv(1, _PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True
 
     async def exchange(self, request: _Outgoing, write_timeout: float | None,
                        read_timeout: float | None) -> ResponseHead:
@@ -213,8 +272,12 @@ class _Connection:
         return head
 
     async def _send_request(self, request: _Outgoing, write_timeout: float | None) -> None:
-        head, length = request_head(request.method, request.target, request.headers)
         body = request.body
+        head = request.head
+        if head is not None and body is not None:
+            await self._send(head + body, write_timeout)
+            return
+        head, length = request_head(request.method, request.target, request.headers)
         if body is not None:
             # Head and body in one write: one syscall for a typical API call.
             if length is None:
@@ -491,6 +554,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         self._waiters: dict[Origin, OrderedDict[_Waiter, None]] = {}
         self._connections: set[_Connection] = set()  # every open one, for aclose()
         self._closed = False
+        self._prepared: dict[tuple[str, httpx.URL, tuple[tuple[str, str], ...]], _Prepared] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``; the returned response's body streams from the socket."""
@@ -502,9 +566,21 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                    timeouts: Mapping[str, float | None]) -> httpx.Response:
         """``handle_async_request`` for a request whose body is in memory, without building an
         ``httpx.Request`` (its header normalisation and body stream cost more than the rest of the send):
-        the same bytes on the wire (``Host``, the headers given, ``Content-Length``)."""
-        outgoing = _Outgoing(method.encode("ascii"), url.raw_path, _prepared_headers(url, method, headers, body), body)
-        return await self._handle(_origin(url), outgoing, timeouts)
+        the same bytes on the wire (``Host``, the headers given, ``Content-Length``), the head made once for
+        each method, URL and headers (``_Prepared``)."""
+        key = (method, url, tuple(headers.items()))
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            if not _Prepared.applies(url, headers):
+                outgoing = _Outgoing(method.encode("ascii"), url.raw_path, _prepared_headers(url, method, headers, body),
+                                     body)
+                return await self._handle(_origin(url), outgoing, timeouts)
+            with WRITING:  # a header h11 would refuse fails here as it would once written: LocalProtocolError
+                prepared = _Prepared(method, url, headers)
+            if len(self._prepared) >= _PREPARED_MAX:
+                self._prepared.clear()
+            self._prepared[key] = prepared
+        return await self._handle(prepared.origin, prepared.outgoing(body), timeouts)
 
     async def _handle(self, origin: Origin, request: _Outgoing, timeouts: Mapping[str, Any]) -> httpx.Response:
         connect_timeout: float | None = timeouts.get("connect", self._connect_timeout)

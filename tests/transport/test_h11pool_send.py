@@ -11,6 +11,7 @@ import socket
 from functools import partial
 
 import httpx
+import pytest
 import trio
 
 from streamgw.transport.h11pool import TrioH11Transport
@@ -104,6 +105,39 @@ async def test_send_writes_what_an_httpx_request_writes(nursery: trio.Nursery) -
     assert requests[0].endswith(b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     assert requests[2] == requests[3]
     assert b"\r\nContent-Length: 0\r\n" in requests[2]
+
+
+async def test_send_makes_a_head_once_per_url_and_headers_and_writes_what_httpx_writes(
+        nursery: trio.Nursery) -> None:
+    server = await start(nursery)
+    transport = TrioH11Transport()
+    url = httpx.URL(f"http://127.0.0.1:{server.port}/v1/chat/completions")
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-1"}
+    own_host = {"Host": "upstream.example", "content-type": "application/json"}
+    sent = [(headers, b'{"a":1}'), (headers, b'{"a":12345}'), (headers, b""), (own_host, b'{"b":2}'),
+            ({**headers, "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}, b'{"a":1}')]
+    try:
+        for given, body in sent:
+            for via_httpx in (True, False):
+                if via_httpx:
+                    request = httpx.Request("POST", url, headers=given, content=body, extensions={"timeout": TIMEOUTS})
+                    response = await transport.handle_async_request(request)
+                else:
+                    response = await transport.send("POST", url, given, body, TIMEOUTS)
+                assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"hello"
+        # one head kept for the first headers (three bodies), one for the traceparent's; none with a Host given
+        assert len(transport._prepared) == 2
+        with pytest.raises(httpx.LocalProtocolError):  # refused before a connection is taken, and not kept
+            await transport.send("POST", url, {"x-bad": "a\r\nb"}, b"{}", TIMEOUTS)
+        assert len(transport._prepared) == 2
+    finally:
+        await transport.aclose()
+    [requests] = server.connections
+    assert len(requests) == 2 * len(sent)
+    for i in range(0, len(requests), 2):
+        assert requests[i] == requests[i + 1]  # httpx's bytes, then ours
+    assert requests[3].endswith(b'\r\nContent-Length: 11\r\n\r\n{"a":12345}')
+    assert b"\r\nHost: upstream.example\r\n" in requests[7]
 
 
 async def test_send_replays_its_body_on_a_fresh_connection_when_the_kept_one_was_stale(
