@@ -457,7 +457,10 @@ class _ResponseStream(httpx.AsyncByteStream):
                         await wait_readable(plain)  # ClosedResourceError if closed meanwhile
                         waited = True
                     raw = got
-                    if not waited:  # a read that found its bytes waiting still lets other tasks run
+                    if not waited and not conn.opening:
+                        # A read that found its bytes waiting still lets other tasks run; not the response's
+                        # first body read, which comes right after the wait for its head (and is on the way to
+                        # the client's first event).
                         await trio.lowlevel.cancel_shielded_checkpoint()
                 if not raw:
                     conn.eof = True

@@ -34,6 +34,10 @@ class RawServer:
         self.gate: trio.Event | None = None
         #: the server's side of each connection
         self.streams: list[trio.SocketStream] = []
+        #: when set, each answer is these writes instead of ``_ANSWER``, each after the first once ``part_sent``
+        #: has a turn of it: ``part_sent.send(None)`` lets the next one go
+        self.parts: list[bytes] | None = None
+        self.part_sent, self.part_go = trio.open_memory_channel[None](0)
 
     async def serve(self, stream: trio.SocketStream) -> None:
         seen: list[bytes] = []
@@ -63,7 +67,10 @@ class RawServer:
                     await trio.sleep(self.delay)
                 if self.gate is not None:
                     await self.gate.wait()
-                await stream.send_all(_ANSWER)
+                for i, part in enumerate(self.parts or [_ANSWER]):
+                    if i:
+                        await self.part_go.receive()
+                    await stream.send_all(part)
 
 
 async def start(nursery: trio.Nursery) -> RawServer:
@@ -244,3 +251,33 @@ async def test_a_request_that_fits_the_socket_goes_out_without_a_trip_through_th
     finally:
         await transport.aclose()
     assert steps.count == 1
+
+
+async def test_the_first_body_bytes_after_the_head_are_read_without_a_trip_through_the_scheduler(
+        nursery: trio.Nursery) -> None:
+    """Body bytes waiting in the socket when the response's first body read comes are read at once (the wait
+    for the head was the schedule point); a later read that finds its bytes waiting still lets others run."""
+    server = await start(nursery)
+    server.parts = [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"5\r\nhello\r\n", b"5\r\nworld\r\n",
+                    b"0\r\n\r\n"]
+    url = httpx.URL(f"http://127.0.0.1:{server.port}/v1/x")
+    transport = TrioH11Transport()
+    counted = []
+    try:
+        response = await transport.send("POST", url, {}, b"", TIMEOUTS)
+        chunks = response.aiter_raw()
+        for _ in range(2):
+            await server.part_sent.send(None)
+            await trio.sleep(0.05)  # the part is in the socket by now
+            steps = _Steps(trio.lowlevel.current_task())
+            trio.lowlevel.add_instrument(steps)
+            try:
+                assert await chunks.__anext__() in (b"hello", b"world")
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+            counted.append(steps.count)
+        await server.part_sent.send(None)
+        assert b"".join([chunk async for chunk in chunks]) == b""
+    finally:
+        await transport.aclose()
+    assert counted == [0, 1]
