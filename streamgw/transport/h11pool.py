@@ -575,8 +575,8 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         prepared = self._prepared.get(key)
         if prepared is None:
             if not _Prepared.applies(url, headers):
-                outgoing = _Outgoing(method.encode("ascii"), url.raw_path, _prepared_headers(url, method, headers, body),
-                                     body)
+                raw = _prepared_headers(url, method, headers, body)
+                outgoing = _Outgoing(method.encode("ascii"), url.raw_path, raw, body)
                 return await self._handle(_origin(url), outgoing, timeouts)
             with WRITING:  # a header h11 would refuse fails here as it would once written: LocalProtocolError
                 prepared = _Prepared(method, url, headers)
