@@ -12,7 +12,6 @@ into bytes, the WebSocket pump sends its JSON.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from streamgw.core.deltas import (
     UpstreamFailure,
     Usage,
 )
+from streamgw.core.ids import random_hex
 from streamgw.core.jsontext import Snapshot
 
 Event = dict[str, Any]
@@ -83,7 +83,7 @@ class EmitterFactory(Protocol):
 
 def random_id(prefix: str) -> str:
     """``prefix`` + 48 hex characters, the shape OpenAI uses."""
-    return prefix + secrets.token_hex(24)
+    return prefix + random_hex(24)
 
 
 @dataclass(slots=True)

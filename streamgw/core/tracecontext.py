@@ -8,9 +8,10 @@ absent: the request starts a trace of its own (https://www.w3.org/TR/trace-conte
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
+
+from streamgw.core.ids import random_hex
 
 __all__ = ["TraceParent", "new_span_id", "new_trace_id", "parse_traceparent"]
 
@@ -35,7 +36,7 @@ class TraceParent:
 def new_trace_id() -> str:
     """A random, non-zero 16-byte trace id in lower-case hex."""
     while True:
-        value = os.urandom(16).hex()
+        value = random_hex(16)
         if value != _ZERO_TRACE:
             return value
 
@@ -43,7 +44,7 @@ def new_trace_id() -> str:
 def new_span_id() -> str:
     """A random, non-zero 8-byte span id in lower-case hex."""
     while True:
-        value = os.urandom(8).hex()
+        value = random_hex(8)
         if value != _ZERO_SPAN:
             return value
 

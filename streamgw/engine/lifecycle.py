@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ import trio
 
 from streamgw.config import KeyPolicy, Timeouts
 from streamgw.core.emitter import ResponseEmitter
+from streamgw.core.ids import random_hex
 from streamgw.core.request import ResponsesRequest, echo_fields
 from streamgw.core.tracecontext import TraceParent, new_span_id
 from streamgw.engine.attempt import AttemptRecord, EngineContext
@@ -63,7 +63,7 @@ def request_id(header: str | None) -> str:
     """The client's ``x-request-id`` when it is well-formed, else a new ``req_<hex>``."""
     if header is not None and _REQUEST_ID.fullmatch(header):
         return header
-    return "req_" + secrets.token_hex(16)
+    return "req_" + random_hex(16)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,6 @@ very message of an id that never existed.
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +31,7 @@ from typing import Any, Protocol
 
 from streamgw.config import ProviderConfig
 from streamgw.core.blobs import PREFIX as BLOB_PREFIX
+from streamgw.core.ids import random_hex
 from streamgw.core.request import ResponsesRequest
 from streamgw.errors import InvalidRequest, NotFound
 from streamgw.store.base import CLIENT, MINTED, StoredResponse
@@ -74,7 +74,7 @@ class Expansion:
 
 
 def _minted(item: Item) -> str:
-    return _ID_PREFIXES.get(str(item.get("type")), "item_") + secrets.token_hex(24)
+    return _ID_PREFIXES.get(str(item.get("type")), "item_") + random_hex(24)
 
 
 def _with_ids(items: Sequence[Item], origins: Sequence[str]) -> tuple[list[Item], list[str], list[str]]:
