@@ -437,16 +437,23 @@ class SerialisedTCPServer(TCPServer):
             await self._initiate_server_close()
 
     async def protocol_send(self, event: Event) -> None:
-        """Write ``RawData`` with ``send_raw``; other events as hypercorn does."""
-        if type(event) is RawData:
+        """Write ``RawData`` with ``send_raw``; other events as hypercorn does (``Updated`` without its chain of
+        ``isinstance`` checks against hypercorn's abstract event class: one comes with every request)."""
+        kind = type(event)
+        if kind is RawData:
             await self.send_raw(event.data)
             return
-        if isinstance(event, Updated) and event.idle:
+        if kind is Updated:
+            if not event.idle:  # a request began: no keep-alive timeout while it is served
+                await self.idle_task.stop()
+                return
             # A response is over.  Whatever was read before belongs to it, or is a request the client sent before it
             # ended (pipelined), which waited for it: that one's clocks start when it is taken up, not when it came.
             self.read_at = None
-            if self._read_done:
-                event = Closed()  # idle again, but the client is gone: close rather than wait for it
+            if not self._read_done:
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                return
+            event = Closed()  # idle again, but the client is gone: close rather than wait for it
         await super().protocol_send(event)
 
     async def send_raw(self, data: bytes) -> None:

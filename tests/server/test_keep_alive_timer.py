@@ -32,6 +32,8 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] == "/slow":  # an answer that takes longer than the keep-alive timeout
+        await trio.sleep(TIMEOUT * 3)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
 
@@ -74,9 +76,9 @@ async def _worker(nursery: trio.Nursery, keep_alive_timeout: float = TIMEOUT,
             await worker.finished.wait()
 
 
-async def _ask(stream: trio.SocketStream) -> None:
+async def _ask(stream: trio.SocketStream, request: bytes = REQUEST) -> None:
     """One request on ``stream``, its whole response read."""
-    await stream.send_all(REQUEST)
+    await stream.send_all(request)
     data = b""
     while not data.endswith(b"ok"):
         chunk = await stream.receive_some(4096)
@@ -115,6 +117,15 @@ async def test_a_connection_in_use_stays_open_and_times_out_from_its_last_reques
             await _ask(stream)
             took = await _closed_within(stream, 5.0)
         assert TIMEOUT * 0.8 <= took < TIMEOUT + 1.0
+
+
+async def test_a_request_served_longer_than_the_timeout_is_not_cut_by_it(nursery: trio.Nursery) -> None:
+    async with _worker(nursery) as worker:
+        async with await trio.open_tcp_stream("127.0.0.1", worker.port) as stream:
+            await _ask(stream)  # the connection was idle once: its timer is filed
+            with trio.fail_after(5):
+                await _ask(stream, REQUEST.replace(b"GET / ", b"GET /slow "))
+            await _ask(stream)
 
 
 async def test_with_a_read_timeout_a_silent_client_is_closed_by_it(nursery: trio.Nursery) -> None:
