@@ -129,7 +129,7 @@ class _Exchange:
     __slots__ = ("_send", "_waiter", "busy", "committed", "ended", "entry", "gone", "headers", "last_write", "live",
                  "request_id", "sent", "status", "work")
 
-    def __init__(self, send: Send, request_id: str) -> None:
+    def __init__(self, send: Send, request_id: str, now: float) -> None:
         self._send = send
         self.request_id = request_id
         self.entry: RequestEntry | None = None  # the request-log entry, once the lifecycle has one
@@ -139,7 +139,7 @@ class _Exchange:
         self.status = 0
         self.busy = False
         self._waiter: trio.Event | None = None
-        self.last_write = trio.current_time()
+        self.last_write = now  # (no write yet: the request's start)
         self.gone = False
         #: headers every answer carries besides the usual ones (the admission's rate-limit state)
         self.headers: Mapping[str, str] = {}
@@ -257,8 +257,9 @@ class ResponsesEndpoint:
         Serving is written out here rather than in a method of its own: this frame waits for as long as the
         response lasts, and so would every frame below it (an open stream holds each of them).
         """
-        exchange = _Exchange(send, request_id(_header(scope, b"x-request-id")))
-        live = await self._begin(scope, receive, exchange)
+        now = trio.current_time()
+        exchange = _Exchange(send, request_id(_header(scope, b"x-request-id")), now)
+        live = await self._begin(scope, receive, exchange, now)
         if live is None:
             return
         # Every header the response needs has been read (key, request id, trace context, body length): the
@@ -306,11 +307,10 @@ class ResponsesEndpoint:
         finally:
             live.release()
 
-    async def _begin(self, scope: Scope, receive: Receive, exchange: _Exchange) -> LiveResponse | None:
+    async def _begin(self, scope: Scope, receive: Receive, exchange: _Exchange, now: float) -> LiveResponse | None:
         """Authenticate, read and parse the body, and open the lifecycle; None when the request was answered."""
         gw = self.gw
-        began = trio.current_time()
-        started = arrival(scope, began)
+        started = arrival(scope, now)
         trace = parse_traceparent(_header(scope, b"traceparent"))
         try:
             caller = await gw.authenticate(_header(scope, b"authorization"))
@@ -338,7 +338,7 @@ class ResponsesEndpoint:
                              request_id=exchange.request_id, started=started, trace=trace)
         live.entry.http_version = str(scope.get("http_version", ""))
         if live.entry.phases is not None:
-            live.entry.phases["began"] = began  # the end of ``intake``: the server's share
+            live.entry.phases["began"] = now  # the end of ``intake``: the server's share
         live.hold = True  # logged once the error below is written too
         exchange.entry = live.entry
         exchange.headers = live.headers  # filled by admission (or, for a refusal before it, when the block ends)

@@ -52,8 +52,10 @@ class Health:
 
     def pick(self, provider: ProviderConfig) -> Endpoint:
         """The key to use now: not cooling if possible, then least in flight."""
-        now = self._clock()
         candidates = self.endpoints(provider)
+        if len(candidates) == 1:  # one key (nearly every provider): no choice to make
+            return candidates[0]
+        now = self._clock()
         warm = [e for e in candidates if not e.cooling(now)] or candidates
         return min(warm, key=lambda e: (e.in_flight, e.failures, e.cooled_until, e.index))
 
