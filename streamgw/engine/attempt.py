@@ -99,6 +99,12 @@ class Opened:
         await source.aclose()
 
 
+class RunDeadline(Exception):
+    """An attempt given its run's deadline (``open_attempt``'s ``bound``) reached that deadline, or the drain's,
+    before its own first-token one: the run reports it (as a total timeout or a shutdown), and the attempt
+    ended as one a deadline abandoned (``cancelled``)."""
+
+
 class _Closed:
     ready = False
 
@@ -146,12 +152,15 @@ async def _first_batch(source: DeltaSource) -> list[Delta]:
 async def open_attempt(
     request: ResponsesRequest, target: Target, ctx: EngineContext, route: RouteConfig | None,
     log: list[AttemptRecord] | None = None, kind: str = "first", trace: TraceParent | None = None,
+    bound: float | None = None,
 ) -> Opened:
     """One upstream attempt up to its first delta; the endpoint's health is updated either way.
 
     With ``log``, the attempt appends its ``AttemptRecord`` there as it starts.  With ``trace``
     (tracing is on) the attempt gets a span id of its own, and the upstream request a
-    ``traceparent`` naming it.
+    ``traceparent`` naming it.  With ``bound`` (a run of this one attempt: ``ResponseRun.open``), the wait
+    also ends at that deadline and at the drain's (its cancel scope is the run's too: one scope, not two
+    nested ones); ``RunDeadline`` says so.
     """
     timeouts = timeouts_for(ctx, target, route)
     endpoint = ctx.health.pick(target.provider)
@@ -168,15 +177,25 @@ async def open_attempt(
     endpoint.in_flight += 1
     source: DeltaSource | None = None
     first: list[Delta] | None = None
+    drain = ctx.drain if bound is not None else None
     try:
         try:
-            with trio.move_on_at(deadline):  # one deadline for both waits: the response head, then the first delta
-                source = await open_source(request, provider, target.model, clients=ctx.clients,
-                                           dialects=ctx.dialects, secrets=ctx.secrets, timeouts=timeouts,
-                                           traceparent=traceparent)
-                record.headers_at = trio.current_time()
-                first = await _first_batch(source)
+            # one deadline for both waits: the response head, then the first delta
+            with trio.move_on_at(deadline if bound is None else min(deadline, bound)) as scope:
+                if drain is not None:
+                    drain.watch(scope)
+                try:
+                    source = await open_source(request, provider, target.model, clients=ctx.clients,
+                                               dialects=ctx.dialects, secrets=ctx.secrets, timeouts=timeouts,
+                                               traceparent=traceparent)
+                    record.headers_at = trio.current_time()
+                    first = await _first_batch(source)
+                finally:
+                    if drain is not None:
+                        drain.unwatch(scope)
             if source is None or first is None:
+                if bound is not None and drain is not None and min(bound, drain.deadline) <= deadline:
+                    raise RunDeadline  # (when both came at once: the run's, as two nested scopes would have it)
                 raise UpstreamTimeout(
                     f"no output from upstream within {timeouts.first_token:g} s (first_token timeout)"
                     if source is not None else

@@ -24,7 +24,7 @@ from streamgw.core.jsontext import Snapshot
 from streamgw.core.relay import RelayEmitter
 from streamgw.core.request import ResponsesRequest, echo_builder
 from streamgw.core.tracecontext import TraceParent
-from streamgw.engine.attempt import AttemptRecord, EngineContext, Opened, open_plan
+from streamgw.engine.attempt import AttemptRecord, EngineContext, Opened, RunDeadline, open_attempt, open_plan
 from streamgw.engine.drain import Drain, GatewayShuttingDown
 from streamgw.engine.routing import Plan, Target
 from streamgw.errors import UpstreamTimeout, failure_error
@@ -235,15 +235,24 @@ class ResponseRun:
         total = ctx.timeouts.merged(plan.route.timeouts if plan.route else ()).total
         drain = ctx.drain
         deadline = min(started + total if total > 0 else math.inf, drain.deadline)
-        with trio.move_on_at(deadline) as scope:
-            drain.watch(scope)
-            opening = _Opening(request, plan.targets[0], ctx)
-            waiting = MEANWHILE.set(opening.prepare)  # done once an upstream has the request
-            try:
-                opened = await open_plan(request, plan, ctx, deadline, attempts, trace)
-            finally:
-                MEANWHILE.reset(waiting)
-                drain.unwatch(scope)
+        opening = _Opening(request, plan.targets[0], ctx)
+        waiting = MEANWHILE.set(opening.prepare)  # done once an upstream has the request
+        opened: Opened | None = None
+        try:
+            if plan.route is None:  # one attempt: its cancel scope carries this deadline too
+                opened = await open_attempt(request, plan.targets[0], ctx, None, attempts, trace=trace, bound=deadline)
+            else:
+                with trio.move_on_at(deadline) as scope:
+                    drain.watch(scope)
+                    try:
+                        opened = await open_plan(request, plan, ctx, deadline, attempts, trace)
+                    finally:
+                        drain.unwatch(scope)
+        except RunDeadline:
+            pass
+        finally:
+            MEANWHILE.reset(waiting)
+        if opened is not None:
             try:
                 emitter, start = opening.take(opened)
                 return cls(emitter, opened, started, drain, start)

@@ -18,11 +18,11 @@ import pytest
 import trio
 
 from streamgw.app.gateway import Gateway
-from streamgw.config import Config, ProviderConfig
+from streamgw.config import Config, ProviderConfig, Timeouts
 from streamgw.core.deltas import TextDelta, Usage
 from streamgw.core.request import parse_request
 from streamgw.core.sse import encode_event
-from streamgw.engine.attempt import open_attempt
+from streamgw.engine.attempt import AttemptRecord, open_attempt
 from streamgw.engine.run import ResponseRun
 from streamgw.engine.sources import FIRST_SLICE
 from streamgw.errors import GatewayError
@@ -215,3 +215,30 @@ async def test_a_first_delta_within_the_deadline_opens_the_attempt(nursery: trio
     headers_at, first_delta_at = opened.record.headers_at, opened.record.first_delta_at
     assert headers_at is not None and first_delta_at is not None
     assert first_delta_at - headers_at >= 0.09  # the head, then the first delta 0.1 s later
+
+
+@pytest.mark.parametrize(("total", "first_token", "code"), [
+    (0.3, 0.6, "total_timeout"),  # the run's deadline comes first: the run's error, the endpoint not blamed
+    (0.6, 0.3, "first_token_timeout"),  # the attempt's comes first: a failure of the endpoint
+])
+async def test_a_one_target_run_reports_whichever_deadline_came_first(
+        nursery: trio.Nursery, total: float, first_token: float, code: str) -> None:
+    """One target, one cancel scope for both deadlines (the attempt's): each still ends the wait as its own."""
+    port = await nursery.start(serve_http, _slow(10.0, None))
+    gw = Gateway(Config(providers={"up": ProviderConfig(name="up", type="chat", base_url=f"http://127.0.0.1:{port}/v1")},
+                        timeouts=Timeouts(first_token=first_token, total=total)))
+    attempts: list[AttemptRecord] = []
+    try:
+        request = parse_request(json.dumps({"model": "up/m", "input": "hello", "stream": True}).encode())
+        plan = gw.router.plan(request.model)
+        start = trio.current_time()
+        with pytest.raises(GatewayError) as caught:
+            await ResponseRun.open(request, plan, gw.engine, attempts=attempts)
+        elapsed = trio.current_time() - start
+        [endpoint] = gw.engine.health.endpoints(plan.targets[0].provider)
+    finally:
+        await gw.clients.aclose()
+    assert caught.value.code == code
+    assert min(total, first_token) <= elapsed < min(total, first_token) + 0.25
+    assert [a.outcome for a in attempts] == ["cancelled" if code == "total_timeout" else code]
+    assert endpoint.failures == (0 if code == "total_timeout" else 1) and endpoint.in_flight == 0

@@ -19,6 +19,7 @@ import trio
 from streamgw.app.gateway import Gateway
 from streamgw.config import Config, ProviderConfig
 from streamgw.core.request import parse_request
+from streamgw.engine.attempt import AttemptRecord
 from streamgw.engine.drain import GatewayShuttingDown
 from streamgw.engine.run import ResponseRun
 from streamgw.testing.chat_mock import ChatCompletionsMock
@@ -259,6 +260,31 @@ async def test_a_request_still_opening_gets_503(nursery: trio.Nursery) -> None:
     assert error.status == 503 and error.headers == {"retry-after": "1"}
     assert error.envelope()["error"] == {"message": error.message, "type": "provider_error", "param": None,
                                          "code": "server_error"}
+
+
+async def test_a_drain_that_begins_while_a_request_opens_cuts_its_wait(nursery: trio.Nursery) -> None:
+    """A one-target request waits in its attempt's cancel scope, which the drain lowers like any run's."""
+    async with engine(nursery) as gw:
+        attempts: list[AttemptRecord] = []
+        outcome: list[BaseException] = []
+
+        async def opening() -> None:
+            request = parse_request(b'{"model": "mock/text:ttft=5", "input": "hello", "stream": true}')
+            try:
+                await ResponseRun.open(request, gw.router.plan(request.model), gw.engine, attempts=attempts)
+            except GatewayShuttingDown as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(opening)
+            await trio.sleep(0.1)  # waiting for the first token now
+            assert gw.drain.watched == 1
+            gw.drain.begin(0.2)
+            begun = trio.current_time()
+        assert 0.2 <= trio.current_time() - begun < 0.5
+        assert gw.drain.watched == 0
+    assert len(outcome) == 1 and outcome[0].status == 503
+    assert [a.outcome for a in attempts] == ["cancelled"]
 
 
 async def test_a_non_streamed_request_cut_by_the_drain_gets_503(nursery: trio.Nursery) -> None:
