@@ -1414,8 +1414,10 @@ class LeanH1Protocol(H1OnlyCapableProtocol):
         self.keep_alive_requests += 1
         await self.context.mark_request()
         if inbox is not None:
-            assert server is not None and server._raw_socket is not None
-            client_watch().add(server._raw_socket, exchange)
+            assert server is not None
+            plain = server._raw_socket
+            assert plain is not None
+            client_watch().add(plain, exchange)
             asgi, ended = _direct(self.app)  # (last: nothing here fails once the request is counted in flight)
             server.inline = _serve_asgi(asgi, self.config, scope, inbox.receive, exchange.app_send, ended)
 
