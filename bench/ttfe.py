@@ -28,8 +28,9 @@ Run it from a directory that holds no ``streamgw`` package (``python -m`` puts t
 ``--token-delay S``: the mock sends the answer's tokens ``S`` seconds apart (default 0: all at once, as
 scenario 2 of ``python -m bench``).  A 20-token answer sent at once keeps the mock busy writing the rest of it
 on its core, the client's too, for a few hundred microseconds after the first token: a client woken by the
-first event then waits for that core, and what the server does after the upstream's first byte mostly hides
-behind the wait (the time it adds before the upstream request goes out does not).  Tokens a millisecond apart
+first event may have to wait for that core (how long depends on the client's previous request: the order
+above), and part of what the server does after the upstream's first byte hides behind the wait (the time it
+adds before the upstream request goes out does not).  Tokens a millisecond apart
 leave the client's core idle when the first event comes: every step of the server counts, on cores that were
 idle in between (slower for the servers and the direct requests alike).
 
