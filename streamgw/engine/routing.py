@@ -27,6 +27,10 @@ class Plan:
     route: RouteConfig | None = None
 
 
+#: how many single-target plans a router keeps
+_PLANS_MAX = 1024
+
+
 class Router:
     """Resolves ``"provider/model"``, the ``provider`` hint, and bare names from ``models`` lists."""
 
@@ -35,6 +39,9 @@ class Router:
         self._routes = {
             name: Plan(tuple(self._target(t) for t in route.targets), route) for name, route in config.routes.items()
         }
+        #: single-target plans made so far, by model and hint (a plan depends on the config alone); the names are
+        #: the clients', so the store starts over when full
+        self._plans: dict[tuple[str, str | None], Plan] = {}
         self._bare: dict[str, ProviderConfig] = {}
         for provider in config.providers.values():
             for model in provider.models:
@@ -48,7 +55,14 @@ class Router:
         """A route named ``model`` (unless a ``provider`` hint is given), else a single target."""
         if hint is None and model in self._routes:
             return self._routes[model]
-        return Plan((self.resolve(model, hint),))
+        key = (model, hint)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = Plan((self.resolve(model, hint),))  # (an unknown model raises: nothing kept)
+            if len(self._plans) >= _PLANS_MAX:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
     def resolve(self, model: str, hint: str | None = None) -> Target:
         """The target for a request's ``model`` and optional ``provider`` hint."""
