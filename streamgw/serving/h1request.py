@@ -183,7 +183,9 @@ def response_head(status: int, headers: Iterable[tuple[bytes, bytes]],
         kept.add(b"close")
         fields.extend((b"Connection", b"connection", token) for token in sorted(kept))
     lines = [b"HTTP/1.1 %d \r\n" % status]
-    lines.extend(b"%b: %b\r\n" % (name, value) for name, lower, value in fields if lower == b"host")
-    lines.extend(b"%b: %b\r\n" % (name, value) for name, lower, value in fields if lower != b"host")
+    rest: list[bytes] = []
+    for name, lower, value in fields:  # any Host first, the others in order
+        (lines if lower == b"host" else rest).append(b"%b: %b\r\n" % (name, value))
+    lines += rest
     lines.append(b"\r\n")
     return b"".join(lines), framing, keep_alive
