@@ -158,9 +158,8 @@ def _user_message(history: _History, item: dict[str, Any], param: str) -> None:
         _USER_PARTS[part["type"]](part, f"{param}.content[{j}]", history.provider)
         for j, part in enumerate(item["content"])
     ]
-    content: str | list[dict[str, Any]] = parts
-    if all(part["type"] == "text" for part in parts):
-        content = "\n".join(part["text"] for part in parts)
+    texts = [part["text"] for part in parts if part["type"] == "text"]
+    content: str | list[dict[str, Any]] = "\n".join(texts) if len(texts) == len(parts) else parts  # text only: a string
     history.add({"role": "user", "content": content})
 
 
