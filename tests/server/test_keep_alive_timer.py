@@ -76,8 +76,8 @@ async def _worker(nursery: trio.Nursery, keep_alive_timeout: float = TIMEOUT,
             await worker.finished.wait()
 
 
-async def _ask(stream: trio.SocketStream, request: bytes = REQUEST) -> None:
-    """One request on ``stream``, its whole response read."""
+async def _ask(stream: trio.SocketStream, request: bytes = REQUEST) -> bytes:
+    """One request on ``stream``, its whole response read (and returned)."""
     await stream.send_all(request)
     data = b""
     while not data.endswith(b"ok"):
@@ -85,6 +85,7 @@ async def _ask(stream: trio.SocketStream, request: bytes = REQUEST) -> None:
         assert chunk, f"closed by the server after {data!r}"
         data += chunk
     assert data.startswith(b"HTTP/1.1 200")
+    return data
 
 
 async def _closed_within(stream: trio.SocketStream, seconds: float) -> float:
@@ -123,9 +124,13 @@ async def test_a_request_served_longer_than_the_timeout_is_not_cut_by_it(nursery
     async with _worker(nursery) as worker:
         async with await trio.open_tcp_stream("127.0.0.1", worker.port) as stream:
             await _ask(stream)  # the connection was idle once: its timer is filed
+            start = trio.current_time()
             with trio.fail_after(5):
-                await _ask(stream, REQUEST.replace(b"GET / ", b"GET /slow "))
-            await _ask(stream)
+                slow = await _ask(stream, REQUEST.replace(b"GET / ", b"GET /slow "))
+            took = trio.current_time() - start
+            after = await _ask(stream)  # and the connection is still there for the next request
+        assert took >= TIMEOUT * 3 and slow.startswith(b"HTTP/1.1 200") and slow.endswith(b"\r\n\r\nok")
+        assert after.startswith(b"HTTP/1.1 200")
 
 
 async def test_with_a_read_timeout_a_silent_client_is_closed_by_it(nursery: trio.Nursery) -> None:
