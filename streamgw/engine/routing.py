@@ -27,8 +27,10 @@ class Plan:
     route: RouteConfig | None = None
 
 
-#: how many single-target plans a router keeps
+#: how many single-target plans a router keeps, and the longest model name (with its hint) it keeps one for:
+#: the names are the client's, and a kept plan holds its name
 _PLANS_MAX = 1024
+_PLAN_NAME_MAX = 256
 
 
 class Router:
@@ -59,9 +61,10 @@ class Router:
         plan = self._plans.get(key)
         if plan is None:
             plan = Plan((self.resolve(model, hint),))  # (an unknown model raises: nothing kept)
-            if len(self._plans) >= _PLANS_MAX:
-                self._plans.clear()
-            self._plans[key] = plan
+            if len(model) + len(hint or "") <= _PLAN_NAME_MAX:
+                if len(self._plans) >= _PLANS_MAX:
+                    self._plans.clear()
+                self._plans[key] = plan
         return plan
 
     def resolve(self, model: str, hint: str | None = None) -> Target:

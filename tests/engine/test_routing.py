@@ -43,3 +43,10 @@ def test_the_kept_plans_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(router._plans) <= 8
     assert [p.targets[0].model for p in plans] == [f"m{i}" for i in range(20)]
     assert router.plan("a/m19") is plans[19]  # the newest are still there
+
+
+def test_a_long_model_name_is_resolved_but_not_kept() -> None:
+    router = _router()
+    model = "a/" + "x" * 300
+    assert router.plan(model).targets[0].model == "x" * 300
+    assert router._plans == {}
