@@ -9,6 +9,7 @@ processes never hand out the same id.
 from __future__ import annotations
 
 import os
+import threading
 
 __all__ = ["random_hex"]
 
@@ -17,24 +18,27 @@ _READ = 4096
 
 _pool = ""  # hex digits not handed out yet
 _at = 0
+_lock = threading.Lock()  # ids are minted in the trio thread; a worker thread that mints one gets its own too
 
 
 def random_hex(nbytes: int) -> str:
     """``nbytes`` random bytes as ``2 * nbytes`` lower-case hex digits (``secrets.token_hex(nbytes)``)."""
     global _pool, _at
-    start = _at
-    end = start + 2 * nbytes
-    if end > len(_pool):
-        _pool = os.urandom(max(_READ, nbytes)).hex()
-        start, end = 0, 2 * nbytes
-    _at = end
-    return _pool[start:end]
+    with _lock:
+        start = _at
+        end = start + 2 * nbytes
+        if end > len(_pool):
+            _pool = os.urandom(max(_READ, nbytes)).hex()
+            start, end = 0, 2 * nbytes
+        _at = end
+        return _pool[start:end]
 
 
 def _forget() -> None:
     """In a forked child: never hand out what the parent may hand out too."""
-    global _pool, _at
+    global _pool, _at, _lock
     _pool, _at = "", 0
+    _lock = threading.Lock()  # (a lock held by another thread at the fork would stay held in the child)
 
 
 os.register_at_fork(after_in_child=_forget)
