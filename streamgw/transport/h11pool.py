@@ -177,6 +177,8 @@ _OWN_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding"})
 #: how many prepared heads a transport keeps (a header that changes per request, such as ``traceparent``,
 #: makes each of them new: the store starts over when full)
 _PREPARED_MAX: Final = 256
+#: the longest head kept (bytes)
+_PREPARED_HEAD_MAX: Final = 4096
 
 
 class _Connection:
@@ -580,9 +582,10 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                 return await self._handle(_origin(url), outgoing, timeouts)
             with WRITING:  # a header h11 would refuse fails here as it would once written: LocalProtocolError
                 prepared = _Prepared(method, url, headers)
-            if len(self._prepared) >= _PREPARED_MAX:
-                self._prepared.clear()
-            self._prepared[key] = prepared
+            if len(prepared.head) <= _PREPARED_HEAD_MAX:  # (a path may hold a client's model name: not kept long)
+                if len(self._prepared) >= _PREPARED_MAX:
+                    self._prepared.clear()
+                self._prepared[key] = prepared
         return await self._handle(prepared.origin, prepared.outgoing(body), timeouts)
 
     async def _handle(self, origin: Origin, request: _Outgoing, timeouts: Mapping[str, Any]) -> httpx.Response:

@@ -137,11 +137,16 @@ async def test_send_makes_a_head_once_per_url_and_headers_and_writes_what_httpx_
         with pytest.raises(httpx.LocalProtocolError):  # refused before a connection is taken, and not kept
             await transport.send("POST", url, {"x-bad": "a\r\nb"}, b"{}", TIMEOUTS)
         assert len(transport._prepared) == 2
+        long_url = url.copy_with(path="/v1/" + "m" * 5000)  # sent as any other, its head not kept
+        response = await transport.send("POST", long_url, headers, b"{}", TIMEOUTS)
+        assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"hello"
+        assert len(transport._prepared) == 2
     finally:
         await transport.aclose()
     [requests] = server.connections
-    assert len(requests) == 2 * len(sent)
-    for i in range(0, len(requests), 2):
+    assert len(requests) == 2 * len(sent) + 1
+    assert requests[-1].startswith(b"POST /v1/" + b"m" * 5000 + b" HTTP/1.1\r\nHost: ")
+    for i in range(0, len(requests) - 1, 2):
         assert requests[i] == requests[i + 1]  # httpx's bytes, then ours
     assert requests[3].endswith(b'\r\nContent-Length: 11\r\n\r\n{"a":12345}')
     assert b"\r\nHost: upstream.example\r\n" in requests[7]
