@@ -123,6 +123,9 @@ _WRITER_CACHE_KIB = 256
 
 
 def _create(path: str) -> tuple[sqlite3.Connection, Identity]:
+    directory = os.path.dirname(path) or "."
+    if path not in _NOT_A_FILE and not os.path.isdir(directory):  # SQLite would only say "unable to open"
+        raise FileNotFoundError(f"the directory {directory!r} does not exist")
     conn = _connect(path)
     conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
     try:

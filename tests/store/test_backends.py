@@ -108,8 +108,9 @@ async def test_sqlite_purge_removes_rows(tmp_path: Path) -> None:
 
 async def test_sqlite_that_cannot_open_is_unavailable_and_fails_fast(tmp_path: Path) -> None:
     store = SQLiteBackend(str(tmp_path / "no" / "such" / "dir.db"))
-    with pytest.raises(StoreUnavailable, match="sqlite"):
+    with pytest.raises(StoreUnavailable, match="sqlite") as raised:
         await store.open()
+    assert f"the directory {str(tmp_path / 'no' / 'such')!r} does not exist" in raised.value.message
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
         await store.get("resp_a")
