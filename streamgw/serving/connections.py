@@ -10,7 +10,8 @@ request of the worker (including its upstream connects) fails for the same reaso
   between requests, or one that has not sent a complete request yet — is closed to make room; when
   every connection has a request in progress, accepting pauses until one closes and the kernel's
   listen backlog holds the newcomers;
-* ``accept_connections`` is the accept loop: it takes a slot before each ``accept()``, backs off
+* ``accept_connections`` is the accept loop: it takes a slot before each ``accept()`` (at the cap, once a
+  client waits in the backlog: a slot is not made for a client that may never come), backs off
   briefly when ``accept()`` fails for lack of resources (``EMFILE``, ``ENFILE``, ``ENOBUFS``,
   ``ENOMEM``), and reports such failures through ``EveryInterval`` — one line per interval with a
   count instead of one traceback per attempt;
@@ -249,6 +250,10 @@ class Listener:
                 stream = trio.SSLStream(stream, self.ssl_context, server_side=True, https_compatible=True)
             return stream
 
+    async def arrival(self) -> None:
+        """Return once a connection waits to be accepted (or may: other workers accept from the same socket)."""
+        await trio.lowlevel.wait_readable(self.socket)
+
     @staticmethod
     def _closed_already(conn: socket.socket) -> bool:
         conn.setblocking(False)
@@ -283,6 +288,10 @@ async def _accept_forever(listener: Listener, handler: Handler, nursery: trio.Nu
     failures = EveryInterval()
     backoff = BACKOFF_FIRST
     while True:
+        if slots.open >= slots.limit:
+            # Full: an idle connection is closed for a client that is there, not for one that may come (the
+            # newest connection, before its first bytes, counts as idle: it was closed while nobody waited).
+            await listener.arrival()
         await slots.take()
         try:
             stream = await listener.accept()

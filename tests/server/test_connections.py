@@ -176,26 +176,53 @@ def test_at_max_connections_the_longest_idle_connections_are_closed(gateway: Sta
     assert text.count("max_connections (20) reached") <= 2, text  # once per 10 s, not per connection
 
 
+def test_the_connection_that_fills_the_last_slot_is_not_closed_before_it_speaks(gateway: Start) -> None:
+    """At ``max_connections`` the longest-idle connection is closed for a connection that waits, not for one that
+    may come: the newest connection, accepted into the last slot and silent for a moment (a client slow to send
+    its request), was closed at once while no other client waited."""
+    gw = gateway("max_connections = 3\nbody_timeout = 30")
+    answered(gw)
+    busy = []
+    try:
+        for _ in range(2):
+            sock = gw.connect()
+            sock.sendall(post_head(100)[:-2] + b"Expect: 100-continue\r\n\r\n")
+            assert sock.recv(1000).startswith(b"HTTP/1.1 100 ")
+            busy.append(sock)
+        last = gw.connect()
+        busy.append(last)
+        time.sleep(0.5)  # accepted, then silent
+        last.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(last)[0] == 200
+        assert "closing the longest-idle connection" not in gw.log_text()
+    finally:
+        for sock in busy:
+            sock.close()
+
+
 def test_at_max_connections_with_every_connection_busy_new_ones_wait(gateway: Start) -> None:
     gw = gateway("max_connections = 3\nbody_timeout = 30")
     answered(gw)
     busy = []
-    for _ in range(3):  # a request each, its body still to come: none of them may be closed
-        sock = gw.connect()
-        sock.sendall(post_head(100)[:-2] + b"Expect: 100-continue\r\n\r\n")
-        # hypercorn answers 100 once it has the request (and so knows the connection is busy)
-        assert sock.recv(1000).startswith(b"HTTP/1.1 100 ")
-        sock.sendall(b'{"model":')
-        busy.append(sock)
-    with pytest.raises(httpx.TimeoutException):  # waits in the listen backlog
-        httpx.get(gw.url + "/healthz", timeout=1.0)
-    busy[0].close()  # a slot frees up
-    assert answered(gw, timeout=3) < 3
-    for sock in busy[1:]:
-        sock.settimeout(0.1)
-        with pytest.raises(TimeoutError):
-            sock.recv(1)  # still open, still waiting for its answer
-        sock.close()
+    try:
+        for _ in range(3):  # a request each, its body still to come: none of them may be closed
+            sock = gw.connect()
+            busy.append(sock)
+            sock.sendall(post_head(100)[:-2] + b"Expect: 100-continue\r\n\r\n")
+            # hypercorn answers 100 once it has the request (and so knows the connection is busy)
+            assert sock.recv(1000).startswith(b"HTTP/1.1 100 ")
+            sock.sendall(b'{"model":')
+        with pytest.raises(httpx.TimeoutException):  # waits in the listen backlog
+            httpx.get(gw.url + "/healthz", timeout=1.0)
+        busy[0].close()  # a slot frees up
+        assert answered(gw, timeout=3) < 3
+        for sock in busy[1:]:
+            sock.settimeout(0.1)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)  # still open, still waiting for its answer
+    finally:
+        for sock in busy:
+            sock.close()  # also when an assertion failed: a socket left to the garbage collector fails a later test
     assert "Traceback" not in gw.log_text()
 
 
