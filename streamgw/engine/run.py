@@ -24,7 +24,15 @@ from streamgw.core.jsontext import Snapshot
 from streamgw.core.relay import RelayEmitter
 from streamgw.core.request import ResponsesRequest, echo_builder
 from streamgw.core.tracecontext import TraceParent
-from streamgw.engine.attempt import AttemptRecord, EngineContext, Opened, RunDeadline, open_attempt, open_plan
+from streamgw.engine.attempt import (
+    AttemptRecord,
+    EngineContext,
+    Opened,
+    RunDeadline,
+    open_attempt,
+    open_plan,
+    timeouts_for,
+)
 from streamgw.engine.drain import Drain, GatewayShuttingDown
 from streamgw.engine.routing import Plan, Target
 from streamgw.errors import UpstreamTimeout, failure_error
@@ -232,7 +240,10 @@ class ResponseRun:
         (tracing on) each upstream request carries a ``traceparent`` naming its attempt.
         """
         started = trio.current_time() if started_at is None else started_at
-        total = ctx.timeouts.merged(plan.route.timeouts if plan.route else ()).total
+        # The total the response will have: with one target its provider's own counts (global < provider);
+        # a route's, when it sets one, overrides every provider's.
+        route = plan.route
+        total = (ctx.timeouts.merged(route.timeouts) if route else timeouts_for(ctx, plan.targets[0], None)).total
         drain = ctx.drain
         deadline = min(started + total if total > 0 else math.inf, drain.deadline)
         opening = _Opening(request, plan.targets[0], ctx)

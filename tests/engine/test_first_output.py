@@ -217,6 +217,25 @@ async def test_a_first_delta_within_the_deadline_opens_the_attempt(nursery: trio
     assert first_delta_at - headers_at >= 0.09  # the head, then the first delta 0.1 s later
 
 
+async def test_a_providers_own_total_timeout_bounds_the_wait_for_its_first_output(nursery: trio.Nursery) -> None:
+    """``[providers.X.timeouts] total`` bounds the whole response, its opening too (it bounded only the stream after
+    the first output: a slow opening ran to the first-token timeout, then failed with ``total_timeout``)."""
+    port = await nursery.start(serve_http, _slow(10.0, None))
+    provider = ProviderConfig(name="up", type="chat", base_url=f"http://127.0.0.1:{port}/v1",
+                              timeouts=(("total", 0.3),))
+    gw = Gateway(Config(providers={"up": provider}, timeouts=Timeouts(first_token=5.0, total=60.0)))
+    try:
+        request = parse_request(json.dumps({"model": "up/m", "input": "hello", "stream": True}).encode())
+        start = trio.current_time()
+        with pytest.raises(GatewayError) as caught:
+            await ResponseRun.open(request, gw.router.plan(request.model), gw.engine)
+        elapsed = trio.current_time() - start
+    finally:
+        await gw.clients.aclose()
+    assert caught.value.code == "total_timeout"
+    assert 0.3 <= elapsed < 0.55
+
+
 @pytest.mark.parametrize(("total", "first_token", "code"), [
     (0.3, 0.6, "total_timeout"),  # the run's deadline comes first: the run's error, the endpoint not blamed
     (0.6, 0.3, "first_token_timeout"),  # the attempt's comes first: a failure of the endpoint
