@@ -1,18 +1,25 @@
 """Added time to first event: gateway vs. the bare proxy vs. the mock upstream directly, interleaved, c=1.
 
     python bench/ttfe.py [--requests 300] [--tokens 20] [--token-delay S] [--store sqlite|memory|none] [--phases]
-                         [--baseline SRC] [--pin]
+                         [--baseline SRC] [--pin] [--seed N]
 
 Starts the Chat Completions mock, the gateway (hypercorn, trio worker) and the bare trio + h11
 pass-through proxy (``bench.bareproxy``, the floor for this stack) as real processes on 127.0.0.1,
-then goes round a direct and a bare-proxy request, a direct and a gateway request, each on its own
-keep-alive connection. Direct and bare: time to the mock's first content chunk. Gateway: time to the first
-SSE event (the gateway sends ``response.created`` together with the first translated delta). Reports
-medians and p99 of each, and of the paired differences against the direct request just before
-(``added``).  Each proxied request follows a direct one: with the client on the mock's core, a client whose
-previous request was proxied is woken late by the next one's first event (while the mock still writes the
-rest of its answer), one whose previous request was direct at once; that position alone moved a time to
-first event by up to ~0.15 ms here, so every proxy gets the same one.
+then goes round the proxies (the bare proxy and the gateway, in an order shuffled every round), each
+request on its own keep-alive connection and after two direct requests to the mock. Direct and bare: time to
+the mock's first content chunk. Gateway: time to the first SSE event (the gateway sends ``response.created``
+together with the first translated delta). Reports medians and p99 of each, and of the paired differences
+against the direct request just before (``added``).
+
+Why two directs and a shuffle: with this client on the mock's core, a request's time depends on the request
+before it.  A client whose previous request was proxied is woken late by the next one's first event (while
+the mock still writes the rest of its answer), one whose previous request was direct at once (up to ~0.15 ms);
+and a direct request itself took 0.79 ms after a gateway's, 1.01 after a direct one, 1.07 after the bare
+proxy's (medians, 1,500 rounds).  With one direct request before each proxy, the bare proxy's direct
+followed the gateway (fast: its ``added`` came out high) and the gateway's followed the bare proxy (slow: low),
+and of two identical gateways (``--baseline``) the one listed first measured ~55 µs faster in every run.  Now
+the first direct takes whatever the previous request left behind, the second (the pair) always follows a
+direct one, and no proxy holds a fixed place in the round: the same two gateways differ by 1 µs.
 
 ``--phases`` turns on the gateway's ``[logging] phases`` (JSON request log to a file in the temporary
 directory) and adds ``phases_ms``: the median over the measured requests of each step of the gateway's
@@ -21,7 +28,7 @@ first_read, translate, emit, write), their sum and the median ``ttfe_ms`` the ga
 
 ``--baseline SRC`` (an A/B on a noisy machine): a second gateway runs the streamgw source tree at SRC
 (``PYTHONPATH``, e.g. a checkout of main), with the same configuration, and takes its turn beside the
-gateway's, after a direct request of its own (the two swap every round): ``baseline_ms``, ``baseline_added_ms`` and
+gateway's, after direct requests of its own: ``baseline_ms``, ``baseline_added_ms`` and
 ``gateway_minus_baseline_ms`` (paired).
 Run it from a directory that holds no ``streamgw`` package (``python -m`` puts the current one first).
 
@@ -46,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -124,6 +132,7 @@ def main() -> None:
                         help="also the median of each step of the gateway's time to first event ([logging] phases)")
     parser.add_argument("--baseline", metavar="SRC", default="",
                         help="also a gateway from the streamgw source tree SRC, interleaved (an A/B)")
+    parser.add_argument("--seed", type=int, default=1, help="of the proxies' order in each round")
     parser.add_argument("--pin", action="store_true",
                         help="servers on the first CPU, the mock and the client on the second")
     args = parser.parse_args()
@@ -196,10 +205,12 @@ def run(args: argparse.Namespace, mock_port: int, urls: dict[str, str], bare_por
             for name in clients:
                 one(name)
         proxies = [name for name in clients if name != "direct"]
+        shuffle = random.Random(args.seed).shuffle
         for i in range(args.requests):
-            # each proxied request right after a direct one (the client is woken alike for all of them, see
-            # above); the two gateways swap turns every round
-            for name in (proxies if i % 2 == 0 else [proxies[0], *reversed(proxies[1:])]):
+            # two direct requests before each proxied one, the proxies in a new order every round (see above)
+            shuffle(proxies)
+            for name in proxies:
+                one("direct")
                 before[name].append(one("direct"))
                 times[name].append(one(name, f"{MEASURED}{i}"))
         times["direct"] = [t for name in proxies for t in before[name]]
