@@ -250,7 +250,7 @@ class ResponseRun:
         waiting = MEANWHILE.set(opening.prepare)  # done once an upstream has the request
         opened: Opened | None = None
         try:
-            if plan.route is None:  # one attempt: its cancel scope carries this deadline too
+            if route is None:  # one attempt: its cancel scope carries this deadline too
                 opened = await open_attempt(request, plan.targets[0], ctx, None, attempts, trace=trace, bound=deadline)
             else:
                 with trio.move_on_at(deadline) as scope:
